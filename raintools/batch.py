@@ -126,6 +126,8 @@ class ForwardBatcher:
             on_done: Callable[[int, Any], None] | None = None) -> list:
         """Run `jobs` (callables) with at most `workers` at once; returns their results in order.
         The first exception of a job is raised after the others have finished."""
+        if getattr(_ROUTE, "batcher", None) is not None:
+            raise RuntimeError("ForwardBatcher.run cannot be nested inside a batch worker.")
         jobs = list(jobs)
         n = len(jobs)
         workers = max(1, min(workers or n, n)) if n else 0

@@ -5,11 +5,14 @@ same candidates:
 
 * `CachedEngine` (the default, fast): every node keeps the KV of its own tokens; a node's cache
   extends its parent's, so each token of the tree is computed once; the greedy and sampled
-  rollouts of one expansion run as one batch over the shared prefix; committed prefixes are merged
-  into the root and discarded subtrees free their caches with their nodes.
+  rollouts of one expansion run as one batch over the shared prefix (rollouts that drew the same
+  tokens share a row; the last token is fed only for the kept candidates), and the leaf's clause
+  completion rides in the same batch; committed prefixes are merged into the root and discarded
+  subtrees free their caches with their nodes. One top-k and one host transfer per step.
 * `ReferenceEngine`: the straightforward execution of the authors' public code (batch 1, each
   rollout and each clause completion recomputing the whole prefix once, no KV kept across nodes,
-  the last rollout token never fed). For equivalence tests and the speed benchmark.
+  the last rollout token never fed, embeddings one string at a time). For equivalence tests and
+  the speed benchmark.
 """
 
 from __future__ import annotations
@@ -161,9 +164,12 @@ class CachedEngine(Engine):
 
     def rollouts(self, node, length, uniforms, keep, completion: Completion | None = None):
         """Greedy + sampled rollouts of `length` tokens as one batch over the node's cached path.
-        With `completion` (a clause completion of the same node), the completion runs as one more
-        row of the same batch, so its steps cost no forward pass of their own; it is finished
-        alone after the rollouts if it is longer."""
+
+        Rollouts that have drawn the same tokens so far share one batch row (so a token is fed
+        once however many rollouts drew it), and at the last step only the candidates that will
+        be kept are fed (their KV and logits become the new nodes'). With `completion` (a clause
+        completion of the same node) the completion runs as one more row of the same batch, so
+        its steps cost no forward pass of their own; it finishes alone if it is longer."""
         lm = self.lm
         past = self.path_kv(node)
         start = kv_len(past)
@@ -171,74 +177,80 @@ class CachedEngine(Engine):
         rows = [[] for _ in range(rows_n)]
         probs = [1.0] * rows_n
         done = [False] * rows_n
+        at: list[int | None] = [0] * rows_n      # batch row holding each rollout's state
         comp = completion if completion is not None and not completion.done else None
-        # batch rows: rollout indices, and -1 for the completion (always last)
-        alive = list(range(rows_n)) + ([-1] if comp is not None else [])
-        logits = node.logits.unsqueeze(0)     # every row starts from the node's logits
-        kv = kv_repeat(past, len(alive))
-        pad = lm.tokenizer.pad_token_id
+        comp_at = 0
+        logits = node.logits.unsqueeze(0)        # batch row 0: the node itself
+        kv = past
         if comp is not None:
             comp.logits = node.logits
         for t in range(length):
-            # one top-k over all rollout rows and one transfer to the host per step
-            nroll = len(alive) - (comp is not None)
-            tp, ti = truncated(logits[:nroll], self.top_k, self.temperature)
+            # one top-k over all batch rows and one transfer to the host per step
+            tp, ti = truncated(logits, self.top_k, self.temperature)
             tp, ti = tp.cpu(), ti.cpu()
-            feed = []                                   # one entry per batch row
-            for b, r in enumerate(alive[:nroll]):
-                if done[r]:
-                    feed.append(pad)
+            toks: dict[int, int] = {}
+            for r in range(rows_n):
+                if done[r] or at[r] is None:
                     continue
-                lb = 0 if tp.shape[0] == 1 else b
-                j = 0 if r == 0 else pick(tp[lb], float(uniforms[r - 1, t]))
-                tok = int(ti[lb, j])
+                b = at[r]
+                j = 0 if r == 0 else pick(tp[b], float(uniforms[r - 1, t]))
+                tok = int(ti[b, j])
                 rows[r].append(tok)
-                probs[r] *= float(tp[lb, j])
+                probs[r] *= float(tp[b, j])
                 done[r] = lm.is_stop_token(tok)
-                feed.append(tok)
-            last = t == length - 1 or all(done[r] for r in alive[:nroll])
-            sel = list(range(nroll))
-            if all(done[r] for r in alive[:nroll]):
-                sel = []
+                toks[r] = tok
+            last = t == length - 1 or all(done)
+            if all(done):
+                feed_rows = []
             elif t == length - 1:
                 # Only the candidates that will be kept need their last token's KV and logits.
                 kept = set(self._finish(rows, probs, keep))
-                sel = [b for b, r in enumerate(alive[:nroll]) if r in kept and not done[r]]
+                feed_rows = [r for r in toks if r in kept and not done[r]]
+            else:
+                feed_rows = [r for r in toks if not done[r]]
+            groups: dict[tuple[int, int], int] = {}
+            parents, feed = [], []
+            new_at: list[int | None] = [None] * rows_n
+            for r in feed_rows:
+                key = (at[r], toks[r])
+                if key not in groups:
+                    groups[key] = len(feed)
+                    parents.append(at[r])
+                    feed.append(toks[r])
+                new_at[r] = groups[key]
             if comp is not None:
                 tok = comp.step()
                 if tok is None:
                     comp = None
                 else:
-                    sel.append(nroll)
+                    parents.append(comp_at)
                     feed.append(tok)
-            if not sel:
+                    comp_at = len(feed) - 1
+            at = new_at
+            if not feed:
                 break
-            if len(sel) < len(alive):
-                index = torch.tensor(sel, device=kv[0][0].device)
+            if parents != list(range(kv[0][0].shape[0])):
+                index = torch.tensor(parents, device=kv[0][0].device)
                 kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in kv]
-                feed = [feed[b] for b in sel]
-                alive = [alive[b] for b in sel]
             logits, kv = lm.forward(torch.tensor(feed).unsqueeze(1), past=kv)
             if comp is not None:
-                comp.logits = logits[-1]
+                comp.logits = logits[comp_at]
             if last:
                 break
         chosen = self._finish(rows, probs, keep)
         cands = []
-        batch_row = {r: b for b, r in enumerate(alive) if r >= 0}
         for r in chosen:
             c = Candidate(tuple(rows[r]), probs[r])
-            b = batch_row.get(r)
-            fed_all = b is not None and kv_len(kv) - start >= len(rows[r]) and not done[r]
-            if fed_all and len(rows[r]) == length:
+            b = at[r]
+            if (b is not None and not done[r] and len(rows[r]) == length
+                    and kv_len(kv) - start == len(rows[r])):
                 c.kv = kv_slice(kv, start, start + len(rows[r]), row=b)
                 c.logits = logits[b].clone()
             cands.append(c)
         samples = [c.raw_p for c in cands[1:]]
         cands[0].raw_p = clamp_greedy(cands[0].raw_p, samples)
         if comp is not None:                  # the completion goes on alone
-            b = len(alive) - 1
-            state = [(k[b:b + 1], v[b:b + 1]) for k, v in kv]
+            state = [(k[comp_at:comp_at + 1], v[comp_at:comp_at + 1]) for k, v in kv]
             while not comp.done:
                 tok = comp.step()
                 if tok is None:
@@ -269,6 +281,8 @@ class CachedEngine(Engine):
 
 class ReferenceEngine(Engine):
     """Batch 1, no KV kept across nodes (see module docstring)."""
+
+    embed_one_by_one = True     # the public code encodes the path's texts one string at a time
 
     def start(self, prompt_ids):
         self.prefix_ids = list(prompt_ids)

@@ -4,7 +4,15 @@
     print(result.text, result.stats)
 
 `RainSearch` exposes each phase (`select`, `expand`, `evaluate`, `backward`, `simulate`,
-`commit_step`) so the notebooks can step through a search one phase at a time.
+`commit_step`) so the notebooks can step through a search one phase at a time. `simulate` runs
+`evaluate` and `expand` through `evaluate_and_expand`, which lets the fast engine run the clause
+completion inside the expansion's rollout batch (same result, fewer forward passes).
+
+    results = rain_generate_batch(lm, prompts, config)     # many prompts, forward passes batched
+
+Each result's stats count forward passes and tokens (`tokens_computed`, and `tokens_needed`: each
+tree node's tokens, each completion's fed tokens, each judged response's new tokens and question
+endings, the prompt and the judging header once) and the wall time of each phase (`time_*_s`).
 """
 
 from __future__ import annotations
@@ -336,7 +344,10 @@ class RainSearch:
             texts.append(self.lm.decode(tail))
         texts.reverse()
         with _Timer(self.timings, "embed"):
-            emb = self.embedder(texts)
+            if getattr(self.engine, "embed_one_by_one", False):     # as the public code does
+                emb = torch.cat([self.embedder([t]) for t in texts])
+            else:
+                emb = self.embedder(texts)
         self.counts["embed_calls"] += 1
         self.counts["embedded_texts"] += len(texts)
         for node, e in zip(nodes, emb):
