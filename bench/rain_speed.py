@@ -128,7 +128,12 @@ def measure(name, lm, fn):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=1, help="number of demo prompts (default 1)")
-    ap.add_argument("--max-new-tokens", type=int, default=8)
+    ap.add_argument("--commits", type=int, default=2,
+                    help="outer steps (commits) per prompt (default 2: 1 + 2 committed tokens); the "
+                         "search horizon stays the paper's max_length, as in the public code")
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help="cap the response instead (this also makes leaves at the cap terminal, "
+                         "which shortens the search; default: no cap)")
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: fp32 on CPU, "
@@ -159,9 +164,15 @@ def main(argv=None) -> int:
         template = str(FRAMES / "harm_long.txt")
         lm.chat.system_prompt = (FRAMES / "chat_prefix.txt").read_text(encoding="utf-8")
     prompts = demo_prompt_texts(args.prompts)
-    cfg = RainConfig.hh(max_new_tokens=args.max_new_tokens, seed=args.seed, record_trace=False)
+    cfg = RainConfig.hh(max_new_tokens=args.max_new_tokens, max_commits=args.commits or None,
+                        seed=args.seed, record_trace=False)
     if args.simulations:
         cfg = cfg.replace(max_simulations=args.simulations)
+    # vanilla decodes as many tokens as RAIN commits (without EOS): the sum of the token-set lengths
+    n_vanilla = min(args.max_new_tokens or 10**9,
+                    sum(cfg.token_set_length(i) for i in range(args.commits)) if args.commits else 10**9)
+    if n_vanilla == 10**9:
+        ap.error("give --commits or --max-new-tokens")
     from raintools.embed import load_embedder
 
     embedder = load_embedder()
@@ -172,7 +183,8 @@ def main(argv=None) -> int:
     print(f"{len(prompts)} prompt(s) of {[len(lm.prompt_ids(p)) for p in prompts]} tokens; judging "
           f"header + question {judge_len} tokens (frame '{args.frame}'); RainConfig.hh: T="
           f"{cfg.max_simulations}, T_m={cfg.min_visits}, V={cfg.value_threshold}, "
-          f"{cfg.num_candidates} candidates, max_new_tokens={cfg.max_new_tokens}, seed={cfg.seed}")
+          f"{cfg.num_candidates} candidates, max_new_tokens={cfg.max_new_tokens}, commits={cfg.max_commits}, "
+          f"seed={cfg.seed}")
 
     # warm-up (allocator, kernels, tokenizer caches); nothing it computes is reused below
     generate_vanilla(lm, prompts[0], max_new_tokens=2)
@@ -193,7 +205,7 @@ def main(argv=None) -> int:
                           embedder=embedder, engine="reference").run()
 
     res["vanilla"], row = measure("a_vanilla", lm, lambda: [
-        generate_vanilla(lm, p, max_new_tokens=args.max_new_tokens) for p in prompts])
+        generate_vanilla(lm, p, max_new_tokens=n_vanilla) for p in prompts])
     row["tokens_needed"] = sum(r.stats["prompt_tokens"] + len(r.tokens) - 1 for r in res["vanilla"])
     row["redundancy"] = row["tokens_computed"] / row["tokens_needed"]
     rows.append(row)
@@ -254,7 +266,7 @@ def main(argv=None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": lm.name, "device": str(lm.device), "dtype": str(lm.dtype).replace("torch.", ""),
             "threads": torch.get_num_threads(), "host": platform.node(), "frame": args.frame,
-            "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "T": cfg.max_simulations,
+            "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "commits": args.commits, "T": cfg.max_simulations,
             "seed": args.seed, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(meta) + list(rows[0]))

@@ -47,6 +47,8 @@ class RainConfig:
     # -- lengths
     max_length: int = 2048              # prompt + response tokens
     max_new_tokens: int | None = None   # optional cap on the response
+    max_commits: int | None = None      # stop after this many outer steps (the search horizon
+                                        # stays max_length / max_new_tokens; for benchmarks/demos)
     # -- bookkeeping
     seed: int = 0
     record_trace: bool = True
@@ -95,6 +97,7 @@ class RainConfig:
             bad(f"commit_rule must be 'argmax' or 'sample', got {self.commit_rule!r}.")
         number("max_length", lo=2, integer=True)
         number("max_new_tokens", lo=1, integer=True, allow_none=True)
+        number("max_commits", lo=1, integer=True, allow_none=True)
         number("seed", integer=True)
         for flag in ("complete_clause", "similarity_update", "node_addition", "record_trace"):
             if not isinstance(getattr(self, flag), bool):

@@ -488,6 +488,14 @@ def kv_slice(kv: KV, start: int, end: int | None = None, row: int | None = None)
     return [(k[rows, :, start:end].clone(), v[rows, :, start:end].clone()) for k, v in kv]
 
 
+def kv_gather(kv: KV, positions: Sequence[int]) -> KV:
+    """The given sequence positions (all batch rows), copied into new tensors."""
+    if not kv:
+        return []
+    index = torch.tensor(list(positions), device=kv[0][0].device)
+    return [(k.index_select(-2, index), v.index_select(-2, index)) for k, v in kv]
+
+
 def kv_repeat(kv: KV, n: int) -> KV:
     return [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv] if n > 1 else kv
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .models import KV, LanguageModel, kv_cat, kv_len, kv_repeat, kv_slice
+from .models import KV, LanguageModel, kv_cat, kv_gather, kv_len, kv_slice
 from .sampling import pick, sample_full, truncated
 from .tree import Node
 
@@ -56,6 +56,30 @@ def top_candidates(logits: torch.Tensor, k: int) -> list[Candidate]:
     probs = torch.softmax(logits.float(), dim=-1)
     vals, idx = torch.topk(probs, min(k, probs.shape[-1]))
     return [Candidate((int(i),), float(v)) for v, i in zip(vals.tolist(), idx.tolist())]
+
+
+def line_of(g: int, parent: list[int]) -> list[int]:
+    """Packed indices of the line that ends at packed token g, first token first."""
+    line = []
+    while g >= 0:
+        line.append(g)
+        g = parent[g]
+    return line[::-1]
+
+
+def packed_step(start: int, parent: list[int], depth: list[int], feed: list[int], first: int):
+    """Inputs of one packed rollout step: the tokens `feed` (packed indices first, first + 1, ...)
+    after a KV holding the path (`start` positions) and the packed tokens before `first`. Each new
+    token sees the path and its own line; its position is start + its depth. Returns
+    (input_ids [1, S], position_ids [1, S], mask [1, 1, S, start + first + S], True = may attend)."""
+    s = len(feed)
+    mask = torch.zeros(s, start + first + s, dtype=torch.bool)
+    mask[:, :start] = True
+    for i in range(s):
+        for a in line_of(first + i, parent):
+            mask[i, start + a] = True
+    pos = [start + depth[first + i] for i in range(s)]
+    return torch.tensor([feed]), torch.tensor([pos]), mask[None, None]
 
 
 class Engine:
@@ -163,13 +187,17 @@ class CachedEngine(Engine):
         node.logits = logits[0]
 
     def rollouts(self, node, length, uniforms, keep, completion: Completion | None = None):
-        """Greedy + sampled rollouts of `length` tokens as one batch over the node's cached path.
+        """Greedy + sampled rollouts of `length` tokens over the node's cached path, packed.
 
-        Rollouts that have drawn the same tokens so far share one batch row (so a token is fed
-        once however many rollouts drew it), and at the last step only the candidates that will
-        be kept are fed (their KV and logits become the new nodes'). With `completion` (a clause
-        completion of the same node) the completion runs as one more row of the same batch, so
-        its steps cost no forward pass of their own; it finishes alone if it is longer."""
+        All rollouts advance together, one forward pass per step, packed into one sequence after
+        the path's KV (a token tree: each new token sees the path and its own line, through a 4D
+        mask and explicit positions), so the shared path is neither copied per rollout nor
+        re-read per row. Rollouts that have drawn the same tokens so far share their tokens (a
+        token is fed once however many rollouts drew it), and at the last step only the
+        candidates that will be kept are fed (their KV and logits become the new nodes'). With
+        `completion` (a clause completion of the same node) the completion rides in the same
+        passes as one more line, so its steps cost no forward pass of their own; it finishes alone
+        if it is longer."""
         lm = self.lm
         past = self.path_kv(node)
         start = kv_len(past)
@@ -177,22 +205,27 @@ class CachedEngine(Engine):
         rows = [[] for _ in range(rows_n)]
         probs = [1.0] * rows_n
         done = [False] * rows_n
-        at: list[int | None] = [0] * rows_n      # batch row holding each rollout's state
+        # packed tokens fed so far, in feeding order (KV position start + index): the packed token
+        # before each one on its line (-1: the node itself) and its depth below the node
+        parent: list[int] = []
+        depth: list[int] = []
+        at: list[int | None] = [-1] * rows_n     # packed token whose logits give a rollout's next draw
         comp = completion if completion is not None and not completion.done else None
-        comp_at = 0
-        logits = node.logits.unsqueeze(0)        # batch row 0: the node itself
+        comp_at = -1
+        logits = node.logits.unsqueeze(0)        # logits of the tokens fed by the last pass ...
+        base = -1                                # ... whose packed indices start here (-1: the node)
         kv = past
         if comp is not None:
             comp.logits = node.logits
         for t in range(length):
-            # one top-k over all batch rows and one transfer to the host per step
+            # one top-k over the last pass's tokens and one transfer to the host per step
             tp, ti = truncated(logits, self.top_k, self.temperature)
             tp, ti = tp.cpu(), ti.cpu()
             toks: dict[int, int] = {}
             for r in range(rows_n):
                 if done[r] or at[r] is None:
                     continue
-                b = at[r]
+                b = at[r] - base if at[r] >= 0 else 0
                 j = 0 if r == 0 else pick(tp[b], float(uniforms[r - 1, t]))
                 tok = int(ti[b, j])
                 rows[r].append(tok)
@@ -208,14 +241,15 @@ class CachedEngine(Engine):
                 feed_rows = [r for r in toks if r in kept and not done[r]]
             else:
                 feed_rows = [r for r in toks if not done[r]]
+            first = len(parent)
             groups: dict[tuple[int, int], int] = {}
-            parents, feed = [], []
             new_at: list[int | None] = [None] * rows_n
+            feed: list[int] = []
             for r in feed_rows:
                 key = (at[r], toks[r])
                 if key not in groups:
-                    groups[key] = len(feed)
-                    parents.append(at[r])
+                    groups[key] = first + len(feed)
+                    parent.append(at[r])
                     feed.append(toks[r])
                 new_at[r] = groups[key]
             if comp is not None:
@@ -223,34 +257,36 @@ class CachedEngine(Engine):
                 if tok is None:
                     comp = None
                 else:
-                    parents.append(comp_at)
+                    parent.append(comp_at)
                     feed.append(tok)
-                    comp_at = len(feed) - 1
+                    comp_at = first + len(feed) - 1
             at = new_at
             if not feed:
                 break
-            if parents != list(range(kv[0][0].shape[0])):
-                index = torch.tensor(parents, device=kv[0][0].device)
-                kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in kv]
-            logits, kv = lm.forward(torch.tensor(feed).unsqueeze(1), past=kv)
+            depth += [0 if parent[g] < 0 else depth[parent[g]] + 1 for g in range(first, len(parent))]
+            ids, pos, mask = packed_step(start, parent, depth, feed, first)
+            logits, kv = lm.forward(ids, past=kv, attention_mask=mask, position_ids=pos, all_logits=True)
+            logits, base = logits[0], first
             if comp is not None:
-                comp.logits = logits[comp_at]
+                comp.logits = logits[comp_at - base]
             if last:
                 break
         chosen = self._finish(rows, probs, keep)
         cands = []
         for r in chosen:
             c = Candidate(tuple(rows[r]), probs[r])
-            b = at[r]
-            if (b is not None and not done[r] and len(rows[r]) == length
-                    and kv_len(kv) - start == len(rows[r])):
-                c.kv = kv_slice(kv, start, start + len(rows[r]), row=b)
-                c.logits = logits[b].clone()
+            g = at[r]
+            if (g is not None and g >= max(base, 0) and not done[r] and len(rows[r]) == length
+                    and depth[g] == length - 1):
+                c.kv = kv_gather(kv, [start + a for a in line_of(g, parent)])
+                c.logits = logits[g - base].clone()
             cands.append(c)
         samples = [c.raw_p for c in cands[1:]]
         cands[0].raw_p = clamp_greedy(cands[0].raw_p, samples)
         if comp is not None:                  # the completion goes on alone
-            state = [(k[comp_at:comp_at + 1], v[comp_at:comp_at + 1]) for k, v in kv]
+            state = past
+            if comp_at >= 0:
+                state = kv_cat([past, kv_gather(kv, [start + a for a in line_of(comp_at, parent)])])
             while not comp.done:
                 tok = comp.step()
                 if tok is None:

@@ -433,6 +433,9 @@ class RainSearch:
         self.root = reroot(child, cfg.root_prior_mix)
         self._carry_parents = [self.root]     # its children's priors were re-mixed: record them
         self.outer_step += 1
+        if not child.terminal and cfg.max_commits is not None and self.outer_step >= cfg.max_commits:
+            self.finished, self.stop_reason = True, "max commits"
+            return child
         if child.terminal:
             self.finished = True
             text = self.lm.decode(self.response)

@@ -121,6 +121,17 @@ def test_cached_logits_match_full_forward(tiny_lm):
         assert torch.allclose(node.logits, full, atol=1e-4), node.uid
         checked += 1
     assert checked >= 5
+    # the keys and values kept along each cached path (packed rollouts gather them from a token
+    # tree) equal those of one plain forward pass over the whole text
+    kv_checked = 0
+    for node in s.root.walk():
+        if any(n.kv is None for n in node.path_from_root()):
+            continue
+        _, full_kv = tiny_lm.forward(torch.tensor([s.engine.prefix_ids + node.response_tokens()]))
+        for (k, v), (fk, fv) in zip(s.engine.path_kv(node), full_kv):
+            assert torch.allclose(k, fk, atol=1e-4) and torch.allclose(v, fv, atol=1e-4), node.uid
+        kv_checked += node.step > s.root.step
+    assert kv_checked >= 3
 
 
 def test_each_token_is_computed_about_once(tiny_lm):
@@ -168,6 +179,22 @@ def test_early_stop_when_a_child_is_good_and_visited_enough(tiny_lm):
     assert per_step[0] == 30                    # the whole budget, from a fresh root
     # later steps reuse the kept subtree's visits: they run up to max(T, initi + 15) - initi
     assert all(n >= 5 for n in per_step)
+
+
+def test_max_commits_stops_early_without_shortening_the_horizon(tiny_lm):
+    long = SMALL.replace(max_new_tokens=30)
+    _, full = run(tiny_lm, long)
+    s, cut = run(tiny_lm, long.replace(max_commits=2))
+    assert cut.stats["commits"] == 2 and cut.stats["stop_reason"] == "max commits"
+    # the same search as the longer run up to that point (the horizon is still 30 tokens) ...
+    assert cut.token_sets == full.token_sets[:2]
+    assert cut.stats["simulations_per_step"] == full.stats["simulations_per_step"][:2]
+    # ... unlike max_new_tokens=3, which makes leaves at 3 tokens terminal and changes the search
+    _, short = run(tiny_lm, SMALL.replace(max_new_tokens=3))
+    assert len(short.tokens) == 3 == len(cut.tokens)
+    assert all(s.remaining(n) > 0 for n in s.root.walk())     # no leaf hit the length limit
+    with pytest.raises(ConfigError, match="max_commits"):
+        RainConfig(max_commits=0)
 
 
 def test_ablation_switches(tiny_lm):
