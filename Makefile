@@ -36,8 +36,9 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -rs -m "not embedded and not notebook"
 
+# jupyter refuses to start as root (containers) unless told so
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 figures: setup
 	$(PY) -m raintools.notebooks run --all --full

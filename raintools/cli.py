@@ -17,7 +17,7 @@ from .errors import RainToolsError
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m",
                    help="embedded alias (smollm2-135m), local folder or Hugging Face id")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, or auto (spread a large model over all GPUs); default: cuda if available")
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: by device)")
     p.add_argument("--seed", type=int, default=0)
 

@@ -113,14 +113,17 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     """Load a causal LM: an embedded alias ("smollm2-135m"), a local folder or a Hugging Face id.
 
     `device` defaults to CUDA when available; `dtype` to float32 on CPU and bfloat16 on CUDA.
-    Extra keyword arguments go to `from_pretrained` (e.g. `device_map="auto"` for models larger
-    than one GPU). `trust_remote_code` stays off.
+    `device="auto"` (or `device_map="auto"`) spreads a model larger than one GPU over all of
+    them. Extra keyword arguments go to `from_pretrained`. `trust_remote_code` stays off.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise ModelLoadError("Model name must be a non-empty string (e.g. 'smollm2-135m' or a folder).")
     name = str(name_or_path)
+    if device == "auto":      # shard the layers over every visible GPU (and CPU if they are full)
+        model_kwargs.setdefault("device_map", "auto")
+        device = None
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     if name in EMBEDDED_MODELS:
@@ -492,8 +495,12 @@ def kv_gather(kv: KV, positions: Sequence[int]) -> KV:
     """The given sequence positions (all batch rows), copied into new tensors."""
     if not kv:
         return []
-    index = torch.tensor(list(positions), device=kv[0][0].device)
-    return [(k.index_select(-2, index), v.index_select(-2, index)) for k, v in kv]
+    index = torch.tensor(list(positions))
+    out, on = [], {}
+    for k, v in kv:            # layers may live on different devices (device_map="auto")
+        i = on.setdefault(k.device, index.to(k.device))
+        out.append((k.index_select(-2, i), v.index_select(-2, i)))
+    return out
 
 
 def kv_repeat(kv: KV, n: int) -> KV:

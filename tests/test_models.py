@@ -101,3 +101,31 @@ def test_local_folder_models_load(tmp_path):
     again = load_model(str(tmp_path), device="cpu")
     ids = lm.prompt_ids("hello")
     assert torch.allclose(again.full_logits(ids), lm.full_logits(ids), atol=1e-5)
+
+
+def test_device_auto_uses_a_device_map(tmp_path, monkeypatch):
+    """device="auto" loads through accelerate's device_map (layers spread over the GPUs; all on the
+    CPU here) and computes the same logits; gathered caches stay on each layer's device."""
+    from transformers import AutoModelForCausalLM
+
+    from raintools.models import kv_gather
+
+    lm = tiny_model(seed=0)
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    seen = {}
+    real = AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    auto = load_model(str(tmp_path), device="auto")
+    assert seen.get("device_map") == "auto"
+    ids = lm.prompt_ids("hello")
+    assert torch.allclose(auto.full_logits(ids), lm.full_logits(ids), atol=1e-5)
+    _, kv = auto.forward(torch.tensor([ids]))
+    picked = kv_gather(kv, [0, 2])
+    assert torch.equal(picked[0][0], kv[0][0][:, :, [0, 2]])
+    assert all(k.device == kv[i][0].device for i, (k, _) in enumerate(picked))
