@@ -308,8 +308,9 @@ ax2.set_xticks(range(len(groups)), [f"{m}\n{a}" for m, a in groups], fontsize=8)
 ax2.set(ylim=(0, 110), title="reported by the RAIN paper (Li et al. 2024), not measured here")
 ax2.legend(title="decoding")
 fig.tight_layout()
-save_figure(fig, "08_adversarial_asr", pd.concat([ours, paper], ignore_index=True)[
-    ["source", "model", "attack", "method", "suffix", "n", "successes", "asr"]])
+table = pd.concat([ours, paper], ignore_index=True).astype({"n": "Int64", "successes": "Int64"})
+save_figure(fig, "08_adversarial_asr",
+            table[["source", "model", "attack", "method", "suffix", "n", "successes", "asr"]])
 
 # %% [markdown]
 # ## 6. The suffix is in the judge's prompt too

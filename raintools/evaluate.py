@@ -251,6 +251,14 @@ class SelfEvaluator:
             node = node[t]
         return new
 
+    def forget_queries(self) -> None:
+        """Drop the per-query caches (encoded conversations and judged responses); the encoded
+        judging header is kept. The evaluation runner calls this before each answer so that an
+        answer's cost does not depend on what was judged before it."""
+        self._queries.clear()
+        self._responses.clear()
+        self._seen.clear()
+
     def fork(self) -> "SelfEvaluator":
         """A view of this evaluator for one of several concurrent searches
         (`rain_generate_batch`): it shares the encoded judging header (encoded now if needed) and

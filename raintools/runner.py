@@ -515,21 +515,14 @@ def warm_up(lm, task, config: MethodConfig) -> None:
     task_evaluator(lm, task, config)("Hello.", "Hello! How can I help?")
 
 
-# The self-evaluator's per-query caches (its fixed judging header is kept).
-_QUERY_CACHES = ("_queries", "_responses", "_seen")
-
-
 def _forget_queries(lm) -> None:
     """Empty the self-evaluators' per-query caches before each answer, so that an answer's cost
     does not depend on whether another method answered the same prompt just before it: costs
-    then agree between runs, resumed runs and shards. (SelfEvaluator has no public reset yet;
-    this clears its cache attributes by name.)"""
+    then agree between runs, resumed runs and shards."""
     for ev in getattr(lm, "_evaluators", {}).values():
         ev = getattr(ev, "inner", ev)
-        for name in _QUERY_CACHES:
-            cache = getattr(ev, name, None)
-            if hasattr(cache, "clear"):
-                cache.clear()
+        if hasattr(ev, "forget_queries"):
+            ev.forget_queries()
 
 
 def answer(lm, item, method: str, task, config: MethodConfig, seed: int, judges: dict,

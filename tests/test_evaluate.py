@@ -69,6 +69,25 @@ def test_self_evaluator_on_a_tiny_model_cached_equals_reference():
     assert -1.0 <= a <= 1.0
 
 
+def test_forget_queries_drops_per_query_caches_and_keeps_the_header():
+    lm = tiny_model(seed=1)
+    ev = SelfEvaluator(lm, mode="soft")
+
+    def cost(q, r):
+        s0 = lm.stats.snapshot()
+        v = ev(q, r)
+        return v, lm.stats.since(s0).tokens
+
+    v1, first = cost("hi", "hello there.")        # header + conversation + response + questions
+    v2, again = cost("hi", "hello there.")        # conversation and response reused
+    ev.forget_queries()
+    v3, after = cost("hi", "hello there.")        # header reused, the rest computed again
+    assert v1 == pytest.approx(v2, abs=1e-5) and v1 == pytest.approx(v3, abs=1e-5)
+    assert again < after < first
+    header = len(lm.bos() + lm.encode(ev.template.header))
+    assert first - after == header
+
+
 @pytest.mark.embedded
 def test_self_evaluation_on_the_embedded_model(embedded_lm):
     ev = self_evaluator(embedded_lm)
