@@ -124,9 +124,12 @@ def shared_advbench_path() -> Path:
 # JSONL files that survive interruption
 
 
-def read_jsonl(path) -> list[dict]:
-    """Records of a JSONL file. A last line cut off mid-write (interrupted run) is removed from
-    the file; a bad line elsewhere is a DataError naming the file and line."""
+def read_jsonl(path, repair: bool = True) -> list[dict]:
+    """Records of a JSONL file; a bad line is a DataError naming the file and line, except a last
+    line cut off mid-write (an interrupted run). With `repair` (only for a file this process
+    appends to) such a line is removed from the file so that appends stay valid JSONL (a complete
+    last record missing only its newline gets the newline); without it, the file is never
+    modified (another process may be writing it) and the torn line is just skipped."""
     p = Path(path)
     if not p.exists():
         return []
@@ -151,9 +154,10 @@ def read_jsonl(path) -> list[dict]:
             rec = None
         if isinstance(rec, dict):  # complete record, only its newline missing
             records.append(rec)
-            with open(p, "ab") as fh:
-                fh.write(b"\n")
-        else:  # torn by an interruption: drop it so appends stay valid JSONL
+            if repair:
+                with open(p, "ab") as fh:
+                    fh.write(b"\n")
+        elif repair:  # torn by an interruption: drop it so appends stay valid JSONL
             with open(p, "r+b") as fh:
                 fh.truncate(len(raw) - len(tail))
     return records

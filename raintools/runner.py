@@ -169,25 +169,7 @@ def package_versions() -> dict:
 def read_records(path: Path, repair: bool = False) -> list[dict]:
     """Records of a results file. `repair=True` (only for a file this process appends to)
     drops a last line cut off mid-write from the file; otherwise such a line is just skipped."""
-    if repair:
-        return read_jsonl(path)
-    if not path.exists():
-        return []
-    out = []
-    lines = path.read_bytes().split(b"\n")
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            rec = None
-        if not isinstance(rec, dict):
-            if i == len(lines) - 1:
-                continue  # torn tail of an interrupted write
-            raise DataError(f"{path}: line {i + 1}: not a JSON object; fix or delete the line.")
-        out.append(rec)
-    return out
+    return read_jsonl(path, repair=repair)
 
 
 def _all_records(out: Path, own: Path | None) -> list[dict]:
