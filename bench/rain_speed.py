@@ -6,10 +6,16 @@
   (c) fast RAIN (`engine="fast"`: each token computed once, batched rollouts, cached packed judge),
   (d) with --prompts >= 2: fast RAIN on all prompts at once (`rain_generate_batch`).
 
-    .venv/bin/python bench/rain_speed.py                        # 1 prompt, 8 new tokens, HH constants
-    .venv/bin/python bench/rain_speed.py --prompts 4 --skip-reference   # + the many-prompts path
-    .venv/bin/python bench/rain_speed.py --frame paper          # public-code-sized prompts (see README)
+    .venv/bin/python bench/rain_speed.py                 # 1 prompt, 2 commits, HH constants (T = 50)
+    .venv/bin/python bench/rain_speed.py --prompts 4 --skip-reference   # + the many-prompts path (d)
+    .venv/bin/python bench/rain_speed.py --frame ours    # raintools' own short judging template
     .venv/bin/python bench/rain_speed.py --device cuda --model <hf id> --prompts 64
+
+The default frame is the public code's HH setting in size (bench/frames: a few-shot chat prefix,
+~315-token prompts, a ~1,120-token judging prompt), so that (b) computes about what the public code
+computes per simulation (its figures are printed beside (b)'s). `--commits K` runs K outer steps
+(1 + 2 + 4 + 10 ... tokens) with the paper's search horizon; `--max-new-tokens` caps the response
+instead, which also makes leaves at the cap terminal and so changes the search.
 
 Every number printed comes from this run. A CSV (one row per variant) goes to
 bench/results/rain_speed.csv (or --csv). The last line is the summary:
@@ -141,9 +147,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device-map", default=None, help="e.g. 'auto' for models larger than one GPU")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (1 gives steadier timings on a shared, busy CPU)")
-    ap.add_argument("--frame", choices=("ours", "paper"), default="ours",
-                    help="'paper': a ~1,150-token judging prompt and a few-shot chat prefix "
-                         "(~300-token prompts), the sizes of the public code's HH setting")
+    ap.add_argument("--frame", choices=("ours", "paper"), default="paper",
+                    help="'paper' (default): a ~1,150-token judging prompt and a few-shot chat "
+                         "prefix (~300-token prompts), the sizes of the public code's HH setting, "
+                         "so that (b) is a fair stand-in for it; 'ours': raintools' own short "
+                         "judging template and the bare chat template")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--simulations", type=int, default=None,
                     help="override T (default: the paper's 50); for quick checks only")

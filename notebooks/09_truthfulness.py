@@ -46,7 +46,6 @@ BUDGET = (dict(max_simulations=2, extra_simulations=1, clause_max_tokens=4) if F
           dict(max_simulations=8, extra_simulations=4, clause_max_tokens=16))
 
 # %%
-import math
 import time
 
 import matplotlib.pyplot as plt
@@ -54,6 +53,7 @@ import pandas as pd
 import seaborn as sns
 
 import raintools as rt
+from raintools.analysis import vanilla_vs_rain, wilson_interval
 from raintools.evaluate import load_template
 from raintools.plots import save_figure
 from raintools.tasks import PAPER_TRUTHFULQA, get_task
@@ -61,14 +61,6 @@ from raintools.tasks import PAPER_TRUTHFULQA, get_task
 sns.set_theme(style="whitegrid")
 pd.set_option("display.max_colwidth", 90)
 
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson interval of a rate k/n (in %): honest error bars for a handful of items."""
-    if n == 0:
-        return (0.0, 100.0)
-    p, d = k / n, 1 + z * z / n
-    mid, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (100 * (mid - half), 100 * (mid + half))
 
 # %% [markdown]
 # ## 1. The task and its data
@@ -135,16 +127,7 @@ pairs.head(8)
 # %%
 items = questions[:: max(1, len(questions) // N_ITEMS)][:N_ITEMS]
 cfg = task.preset(max_new_tokens=MAX_NEW_TOKENS, seed=SEED, **BUDGET)
-evaluator = task.evaluator(lm, cfg.eval_mode)
-results = []
-for it in items:
-    prompt = task.prompt(it)
-    van = rt.generate_vanilla(lm, prompt, max_new_tokens=MAX_NEW_TOKENS)
-    rain = rt.rain_generate(lm, prompt, cfg, evaluator=evaluator)
-    results.append(dict(id=it.id, question=it.prompt, vanilla=van.text, rain=rain.text,
-                        vanilla_s=van.stats["wall_time_s"], rain_s=rain.stats["wall_time_s"],
-                        simulations=rain.stats["simulations"]))
-answers = pd.DataFrame(results)
+answers = vanilla_vs_rain(lm, task, items, cfg).rename(columns={"prompt": "question"})
 answers[["question", "vanilla", "rain", "simulations", "rain_s"]]
 
 # %% [markdown]
@@ -180,13 +163,13 @@ paper = pd.DataFrame(PAPER_TRUTHFULQA).assign(source="paper (reported)",
                                               metric="True+Info %", n=817)
 ours = pd.DataFrame([
     dict(model=lm.name, method=m, value=100 * float(answers[f"{k}_truthful"].mean()),
-         ci=wilson(int(answers[f"{k}_truthful"].sum()), len(answers)),
+         ci=wilson_interval(int(answers[f"{k}_truthful"].sum()), len(answers), percent=True),
          source="measured here", metric="truthful % (MiniLM reference judge)", n=len(answers))
     for m, k in (("vanilla", "vanilla"), ("RAIN", "rain"))])
+check_ci = wilson_interval(int(pairs.true_scored_higher.sum()), len(pairs), percent=True)
 check_row = pd.DataFrame([dict(model=lm.name, method="self-evaluation", value=100 * check_acc,
-                               ci=wilson(int(pairs.true_scored_higher.sum()), len(pairs)),
-                               source="measured here", metric="true answer scored higher %",
-                               n=len(pairs))])
+                               ci=check_ci, source="measured here",
+                               metric="true answer scored higher %", n=len(pairs))])
 summary = pd.concat([paper, ours, check_row], ignore_index=True)
 summary[["ci_low", "ci_high"]] = [c if isinstance(c, tuple) else (None, None) for c in summary.ci]
 summary = summary.drop(columns="ci")

@@ -46,7 +46,6 @@ BUDGET = (dict(max_simulations=2, extra_simulations=1, clause_max_tokens=4) if F
           dict(max_simulations=8, extra_simulations=4, clause_max_tokens=16))
 
 # %%
-import math
 import time
 
 import matplotlib.pyplot as plt
@@ -55,6 +54,7 @@ import pandas as pd
 import seaborn as sns
 
 import raintools as rt
+from raintools.analysis import vanilla_vs_rain, wilson_interval
 from raintools.evaluate import load_template
 from raintools.judges import SentimentJudge
 from raintools.plots import save_figure
@@ -63,14 +63,6 @@ from raintools.tasks import PAPER_IMDB, get_task
 sns.set_theme(style="whitegrid")
 pd.set_option("display.max_colwidth", 90)
 
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson interval of a rate k/n (in %): honest error bars for a handful of items."""
-    if n == 0:
-        return (0.0, 100.0)
-    p, d = k / n, 1 + z * z / n
-    mid, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (100 * (mid - half), 100 * (mid + half))
 
 
 def auc(pos_scores, neg_scores) -> float:
@@ -157,16 +149,8 @@ scores.groupby("label")[["self_eval", "vader"]].mean()
 # %%
 items = negative[: (N_ITEMS + 1) // 2] + positive[: N_ITEMS // 2]
 cfg = task.preset(max_new_tokens=MAX_NEW_TOKENS, seed=SEED, **BUDGET)
-evaluator = task.evaluator(lm, cfg.eval_mode)
-results = []
-for it in items:
-    prompt = task.prompt(it)
-    van = rt.generate_vanilla(lm, prompt, max_new_tokens=MAX_NEW_TOKENS)
-    rain = rt.rain_generate(lm, prompt, cfg, evaluator=evaluator)
-    results.append(dict(id=it.id, review_label=it.meta["sentiment"], opening=it.prompt,
-                        vanilla=van.text, rain=rain.text, simulations=rain.stats["simulations"],
-                        rain_s=rain.stats["wall_time_s"]))
-conts = pd.DataFrame(results)
+conts = (vanilla_vs_rain(lm, task, items, cfg).rename(columns={"prompt": "opening"})
+         .assign(review_label=[it.meta["sentiment"] for it in items]))
 conts[["review_label", "opening", "vanilla", "rain", "simulations", "rain_s"]]
 
 # %% [markdown]
@@ -198,8 +182,8 @@ conts[["opening", "vanilla_positive", "vanilla_score", "rain_positive", "rain_sc
 paper = pd.DataFrame(PAPER_IMDB).assign(source="paper (reported)", metric="% positive")
 ours = pd.DataFrame([
     dict(model=lm.name, method=m, value=100 * float(conts[f"{k}_positive"].mean()),
-         ci=wilson(int(conts[f"{k}_positive"].sum()), len(conts)), source="measured here",
-         metric="% positive (VADER)", n=len(conts))
+         ci=wilson_interval(int(conts[f"{k}_positive"].sum()), len(conts), percent=True),
+         source="measured here", metric="% positive (VADER)", n=len(conts))
     for m, k in (("vanilla", "vanilla"), ("RAIN", "rain"))])
 checks = pd.DataFrame([
     dict(model=lm.name, method="self-evaluation", value=auc_self, source="measured here",

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .data import PreferencePair, parse_transcript
+
+if TYPE_CHECKING:
+    from .config import RainConfig
+    from .models import LanguageModel
 
 Evaluator = Callable[[str, str], float]
 
@@ -75,14 +79,17 @@ OWN_PAIRS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion (stays inside [0, 1], sensible for small n)."""
+def wilson_interval(successes: float, n: int, z: float = 1.96,
+                    percent: bool = False) -> tuple[float, float]:
+    """Wilson score interval of a proportion (stays inside [0, 1], sensible for small n);
+    `percent=True` gives it in %."""
     if n <= 0:
         return float("nan"), float("nan")
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    scale = 100.0 if percent else 1.0
+    return scale * max(0.0, centre - half), scale * min(1.0, centre + half)
 
 
 def own_pairs() -> list[PreferencePair]:
@@ -480,4 +487,27 @@ def evaluator_quality_sweep(lm, truth: WordListTruth, accuracies: Sequence[float
                                  simulations=r.stats["simulations"], seconds=r.stats["wall_time_s"]))
                 bar.update()
     bar.close()
+    return pd.DataFrame(rows)
+
+
+def vanilla_vs_rain(lm: "LanguageModel", task, items: Sequence, config: "RainConfig",
+                    evaluator=None, progress: bool = True) -> pd.DataFrame:
+    """Each item's prompt (`task.prompt(item)`) answered by vanilla greedy decoding and by RAIN
+    with the task's evaluator (default `task.evaluator(lm, config.eval_mode)`), both with
+    `config.max_new_tokens`. One row per item: id, prompt (the item's own text), vanilla, rain,
+    simulations, vanilla_s, rain_s."""
+    from tqdm.auto import tqdm
+
+    from .search import rain_generate
+    from .vanilla import generate_vanilla
+
+    evaluator = evaluator or task.evaluator(lm, config.eval_mode)
+    rows = []
+    for it in tqdm(list(items), desc="vanilla vs RAIN", unit="item", disable=not progress):
+        prompt = task.prompt(it)
+        van = generate_vanilla(lm, prompt, max_new_tokens=config.max_new_tokens)
+        rain = rain_generate(lm, prompt, config, evaluator=evaluator)
+        rows.append(dict(id=it.id, prompt=it.prompt, vanilla=van.text, rain=rain.text,
+                         simulations=rain.stats["simulations"], vanilla_s=van.stats["wall_time_s"],
+                         rain_s=rain.stats["wall_time_s"]))
     return pd.DataFrame(rows)
