@@ -26,7 +26,6 @@ redundancy=<c tokens computed / tokens that must be computed> rain_over_vanilla=
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import platform
@@ -49,6 +48,8 @@ from raintools.batch import ForwardBatcher  # noqa: E402
 from raintools.demo import demo_prompt_texts  # noqa: E402
 from raintools.models import DEFAULT_MODEL  # noqa: E402
 from raintools.search import PHASES, RainSearch, rain_generate_batch  # noqa: E402
+
+from _common import run_meta, write_csv  # noqa: E402  (bench/ is on sys.path as the script's folder)
 
 FRAMES = ROOT / "bench" / "frames"
 # The authors' code on this kind of CPU (shared docs, cpu-facts.md): HH, one prompt, default constants.
@@ -270,18 +271,10 @@ def main(argv=None) -> int:
               f"({f['committed_tokens'] / f['wall_s']:.2f} -> {d['committed_tokens'] / d['wall_s']:.2f} "
               f"committed tokens/s), forward passes {f['forward_calls']} -> {d['forward_calls']}")
 
-    path = Path(args.csv)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": lm.name, "device": str(lm.device), "dtype": str(lm.dtype).replace("torch.", ""),
-            "threads": torch.get_num_threads(), "host": platform.node(), "frame": args.frame,
-            "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "commits": args.commits, "T": cfg.max_simulations,
-            "seed": args.seed, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(meta) + list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({**meta, **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()}})
-    print(f"wrote {path}")
+    write_csv(args.csv, run_meta(lm, frame=args.frame, prompts=len(prompts),
+                                 max_new_tokens=args.max_new_tokens, commits=args.commits,
+                                 T=cfg.max_simulations, seed=args.seed,
+                                 date=time.strftime("%Y-%m-%d %H:%M:%S")), rows)
 
     c, a = by["fast"], by["vanilla"]
     speed = by["reference"]["wall_s"] / c["wall_s"] if "reference" in by else float("nan")
