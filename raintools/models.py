@@ -503,10 +503,6 @@ def kv_gather(kv: KV, positions: Sequence[int]) -> KV:
     return out
 
 
-def kv_repeat(kv: KV, n: int) -> KV:
-    return [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv] if n > 1 else kv
-
-
 def kv_len(kv: KV) -> int:
     return int(kv[0][0].shape[-2]) if kv else 0
 
