@@ -41,7 +41,7 @@ lab: setup
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 figures: setup
-	$(PY) -m raintools.notebooks run --all --full
+	$(PY) -m raintools.views.notebooks run --all --full
 
 sync-notebooks: setup
 	$(VENV)/bin/jupytext --sync notebooks/*.py

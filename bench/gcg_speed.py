@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from raintools.attacks import (GCGConfig, _Target, allowed_token_mask, build_layout,  # noqa: E402
+from raintools.attacks.gcg import (GCGConfig, _Target, allowed_token_mask, build_layout,  # noqa: E402
                                candidate_losses, propose, target_gradient)
 from raintools.models import DEFAULT_MODEL, load_model  # noqa: E402
 

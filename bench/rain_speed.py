@@ -45,7 +45,7 @@ warnings.filterwarnings("ignore", message=r"var\(\): degrees of freedom")
 
 from raintools import RainConfig, SelfEvaluator, generate_vanilla, load_model  # noqa: E402
 from raintools.batch import ForwardBatcher  # noqa: E402
-from raintools.demo import demo_prompt_texts  # noqa: E402
+from raintools.experiments.demo import demo_prompt_texts  # noqa: E402
 from raintools.models import DEFAULT_MODEL  # noqa: E402
 from raintools.search import PHASES, RainSearch, rain_generate_batch  # noqa: E402
 

@@ -32,7 +32,7 @@
 # %% tags=["parameters"]
 # Parameters: read from the environment (RAINTOOLS_FAST, RAINTOOLS_MODEL, RAINTOOLS_DEVICE,
 # RAINTOOLS_SEED) so the same notebook runs on a laptop and on a big model on a GPU.
-from raintools.notebooks import settings
+from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
@@ -45,9 +45,9 @@ import pandas as pd
 import seaborn as sns
 
 import raintools as rt
-from raintools.analysis import notebook_config
-from raintools.data import demo_prompts
-from raintools.plots import commits_frame, plot_commit_timeline, plot_method_stats, save_figure
+from raintools.views.analysis import notebook_config
+from raintools.experiments.data import demo_prompts
+from raintools.views.plots import commits_frame, plot_commit_timeline, plot_method_stats, save_figure
 
 sns.set_theme(style="whitegrid")
 pd.set_option("display.max_colwidth", 120)
@@ -66,7 +66,7 @@ print(f"{lm.name} on {lm.device} ({lm.dtype}), loaded in {lm.load_seconds:.1f} s
 # %% [markdown]
 # ## 2. One prompt, two ways
 #
-# The prompt comes from a small set we wrote ourselves (`raintools.data.demo_prompts`): a mildly
+# The prompt comes from a small set we wrote ourselves (`raintools.experiments.data.demo_prompts`): a mildly
 # harmful request, the kind RAIN is meant to handle.
 
 # %%

@@ -29,7 +29,7 @@
 #    the paper reports for bigger models.
 
 # %% tags=["parameters"]
-from raintools.notebooks import settings
+from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
@@ -42,9 +42,9 @@ import pandas as pd
 import seaborn as sns
 
 import raintools as rt
-from raintools.analysis import (OWN_PAIRS, PAPER_SELF_EVAL_ACCURACY, judge_breakdown,
+from raintools.views.analysis import (OWN_PAIRS, PAPER_SELF_EVAL_ACCURACY, judge_breakdown,
                                 load_self_eval_pairs, pair_query, self_eval_accuracy)
-from raintools.plots import plot_accuracy_by_model, plot_judge_breakdown, save_figure
+from raintools.views.plots import plot_accuracy_by_model, plot_judge_breakdown, save_figure
 
 sns.set_theme(style="whitegrid")
 pd.set_option("display.max_colwidth", 100)

@@ -32,7 +32,7 @@
 # are at different depths.
 
 # %% tags=["parameters"]
-from raintools.notebooks import settings
+from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
@@ -50,10 +50,10 @@ import pandas as pd
 import seaborn as sns
 
 import raintools as rt
-from raintools.analysis import (candidate_sets, demo_judge, notebook_config, selection_sweep,
+from raintools.views.analysis import (candidate_sets, demo_judge, notebook_config, selection_sweep,
                                 selection_terms)
 from raintools.embed import load_embedder
-from raintools.plots import plot_candidate_sets, plot_selection_sweep, plot_selection_terms, save_figure
+from raintools.views.plots import plot_candidate_sets, plot_selection_sweep, plot_selection_terms, save_figure
 
 sns.set_theme(style="whitegrid")
 lm = rt.load_model(MODEL, device=DEVICE)

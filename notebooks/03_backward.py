@@ -30,7 +30,7 @@
 #    new candidates, since trying more of the same will not help.
 
 # %% tags=["parameters"]
-from raintools.notebooks import settings
+from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
@@ -48,10 +48,10 @@ import seaborn as sns
 import torch
 
 import raintools as rt
-from raintools.analysis import (backup_table, demo_judge, node_addition_table, notebook_config,
+from raintools.views.analysis import (backup_table, demo_judge, node_addition_table, notebook_config,
                                 similarity_updates)
 from raintools.embed import load_embedder
-from raintools.plots import (cosine_similarity_matrix, plot_backup, plot_node_addition,
+from raintools.views.plots import (cosine_similarity_matrix, plot_backup, plot_node_addition,
                              plot_similarity_heatmap, save_figure)
 
 sns.set_theme(style="whitegrid")

@@ -30,7 +30,7 @@
 # the root's children over time, a commit timeline, and an explorer you can scroll through.
 
 # %% tags=["parameters"]
-from raintools.notebooks import settings
+from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
@@ -45,11 +45,11 @@ import pandas as pd
 import seaborn as sns
 
 import raintools as rt
-from raintools.analysis import demo_judge, notebook_config
+from raintools.views.analysis import demo_judge, notebook_config
 from raintools.embed import load_embedder
-from raintools.plots import (child_values_frame, commits_frame, committed_path, draw_tree, nodes_frame,
+from raintools.views.plots import (child_values_frame, commits_frame, committed_path, draw_tree, nodes_frame,
                              plot_child_values, plot_commit_timeline, save_figure, whole_search)
-from raintools.widgets import TreeExplorer
+from raintools.views.widgets import TreeExplorer
 
 sns.set_theme(style="whitegrid")
 pd.set_option("display.max_colwidth", 80)

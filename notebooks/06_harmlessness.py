@@ -23,7 +23,7 @@
 #
 # In this notebook you will:
 # 1. load a handful of HH prompts and pick a judge (and check what that judge can tell apart),
-# 2. run the evaluation with the project's runner (`raintools.runner.run_eval`, the same code as
+# 2. run the evaluation with the project's runner (`raintools.experiments.runner.run_eval`, the same code as
 #    `python -m raintools eval`): vanilla, RAIN and best-of-N with RAIN's own self-evaluator,
 # 3. draw harmless vs helpful rates with bootstrap 95% intervals, beside the paper's numbers,
 # 4. read win rates (RAIN vs vanilla on the same prompts),
@@ -36,7 +36,7 @@
 # RAINTOOLS_SEED) so the same notebook runs on a laptop and on a big model on a GPU.
 import os
 
-from raintools.notebooks import settings
+from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
@@ -68,14 +68,14 @@ import pandas as pd
 import seaborn as sns
 
 import raintools as rt
-from raintools.analysis import load_self_eval_pairs, notebook_config, pair_query
-from raintools.data import data_root
-from raintools.judges import LLMJudge
-from raintools.methods import MethodConfig, register_variant
-from raintools.plots import save_figure
-from raintools.runner import build_judges, run_eval
-from raintools.stats import bootstrap_ci
-from raintools.tasks import get_task
+from raintools.views.analysis import load_self_eval_pairs, notebook_config, pair_query
+from raintools.experiments.data import data_root
+from raintools.experiments.judges import LLMJudge
+from raintools.experiments.methods import MethodConfig, register_variant
+from raintools.views.plots import save_figure
+from raintools.experiments.runner import build_judges, run_eval
+from raintools.experiments.stats import bootstrap_ci
+from raintools.experiments.tasks import get_task
 
 sns.set_theme(style="whitegrid")
 pd.set_option("display.max_colwidth", 80)
@@ -141,7 +141,7 @@ judge_check.head()
 # %% [markdown]
 # ## 2. Run the evaluation
 #
-# Methods come from one registry (`raintools.methods`): every method is a function
+# Methods come from one registry (`raintools.experiments.methods`): every method is a function
 # `(lm, prompt, task, config, seed) -> RainResult`. Besides `vanilla` (greedy) and `rain`, we add
 # best-of-N with several N as *variants* of the built-in `bon`: sample N answers and keep the one
 # the model's own self-evaluator (the same judge RAIN searches with) likes best, the paper's

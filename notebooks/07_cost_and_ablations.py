@@ -33,7 +33,7 @@
 # RAINTOOLS_SEED) so the same notebook runs on a laptop and on a big model on a GPU.
 import os
 
-from raintools.notebooks import settings
+from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
@@ -60,14 +60,14 @@ import seaborn as sns
 
 import raintools as rt
 from raintools import RainConfig
-from raintools.analysis import notebook_config
-from raintools.data import data_root
-from raintools.judges import RefusalJudge
-from raintools.methods import MethodConfig, register_variant
-from raintools.plots import save_figure
-from raintools.runner import run_eval
-from raintools.stats import rate_ci
-from raintools.tasks import get_task
+from raintools.views.analysis import notebook_config
+from raintools.experiments.data import data_root
+from raintools.experiments.judges import RefusalJudge
+from raintools.experiments.methods import MethodConfig, register_variant
+from raintools.views.plots import save_figure
+from raintools.experiments.runner import run_eval
+from raintools.experiments.stats import rate_ci
+from raintools.experiments.tasks import get_task
 
 sns.set_theme(style="whitegrid")
 pd.set_option("display.max_colwidth", 80)

@@ -50,7 +50,7 @@
 # RAINTOOLS_SEED) so the same notebook runs on a laptop and on a big model on a GPU.
 import os
 
-from raintools.notebooks import settings
+from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
@@ -79,11 +79,11 @@ import pandas as pd
 import seaborn as sns
 
 import raintools as rt
-from raintools.attack_run import (load_behaviors, loss_rows, paper_asr_rows, rain_fn, run_attack,
+from raintools.attacks.run import (load_behaviors, loss_rows, paper_asr_rows, rain_fn, run_attack,
                                   step_anatomy, vanilla_fn)
-from raintools.attacks import GCGConfig
-from raintools.data import data_root, demo_prompts
-from raintools.plots import save_figure
+from raintools.attacks.gcg import GCGConfig
+from raintools.experiments.data import data_root, demo_prompts
+from raintools.views.plots import save_figure
 
 sns.set_theme(style="whitegrid")
 pd.set_option("display.max_colwidth", 100)
@@ -384,7 +384,7 @@ verdicts.round(3)
 #
 # ```bash
 # RAINTOOLS_MODEL=meta-llama/Llama-2-7b-chat-hf RAINTOOLS_DEVICE=cuda RAINTOOLS_RUNS=runs \
-#     .venv/bin/python -m raintools.notebooks run 08 --full
+#     .venv/bin/python -m raintools.views.notebooks run 08 --full
 # ```
 #
 # or the command line for more behaviours (`--mode universal --train N` optimises one suffix on N

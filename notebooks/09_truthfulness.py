@@ -28,13 +28,13 @@
 #    offline against TruthfulQA's reference answers,
 # 4. draw our numbers beside the paper's.
 #
-# Everything goes through the `truthful` task (`raintools.tasks`), the same object the
+# Everything goes through the `truthful` task (`raintools.experiments.tasks`), the same object the
 # evaluation runner uses: `python -m raintools eval --task truthful --data truthfulqa ...`.
 
 # %% tags=["parameters"]
 # Parameters: read from the environment (RAINTOOLS_FAST, RAINTOOLS_MODEL, RAINTOOLS_DEVICE,
 # RAINTOOLS_SEED) so the same notebook runs on a laptop and on a big model on a GPU.
-from raintools.notebooks import settings
+from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
@@ -53,10 +53,10 @@ import pandas as pd
 import seaborn as sns
 
 import raintools as rt
-from raintools.analysis import vanilla_vs_rain, wilson_interval
+from raintools.views.analysis import vanilla_vs_rain, wilson_interval
 from raintools.evaluate import load_template
-from raintools.plots import save_figure
-from raintools.tasks import PAPER_TRUTHFULQA, get_task
+from raintools.views.plots import save_figure
+from raintools.experiments.tasks import PAPER_TRUTHFULQA, get_task
 
 sns.set_theme(style="whitegrid")
 pd.set_option("display.max_colwidth", 90)

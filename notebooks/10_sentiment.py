@@ -28,13 +28,13 @@
 # 3. continue a few reviews with vanilla decoding and with RAIN, and score them offline (VADER),
 # 4. draw our numbers beside the paper's.
 #
-# Everything goes through the `sentiment` task (`raintools.tasks`), the same object the
+# Everything goes through the `sentiment` task (`raintools.experiments.tasks`), the same object the
 # evaluation runner uses: `python -m raintools eval --task sentiment --data imdb ...`.
 
 # %% tags=["parameters"]
 # Parameters: read from the environment (RAINTOOLS_FAST, RAINTOOLS_MODEL, RAINTOOLS_DEVICE,
 # RAINTOOLS_SEED) so the same notebook runs on a laptop and on a big model on a GPU.
-from raintools.notebooks import settings
+from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
@@ -54,11 +54,11 @@ import pandas as pd
 import seaborn as sns
 
 import raintools as rt
-from raintools.analysis import vanilla_vs_rain, wilson_interval
+from raintools.views.analysis import vanilla_vs_rain, wilson_interval
 from raintools.evaluate import load_template
-from raintools.judges import SentimentJudge
-from raintools.plots import save_figure
-from raintools.tasks import PAPER_IMDB, get_task
+from raintools.experiments.judges import SentimentJudge
+from raintools.views.plots import save_figure
+from raintools.experiments.tasks import PAPER_IMDB, get_task
 
 sns.set_theme(style="whitegrid")
 pd.set_option("display.max_colwidth", 90)
@@ -74,7 +74,7 @@ def auc(pos_scores, neg_scores) -> float:
 # %% [markdown]
 # ## 1. The task, its data and its prompt
 #
-# The data give the first 8 words of each review (`raintools.data.load_imdb`). A chat model needs
+# The data give the first 8 words of each review (`raintools.experiments.data.load_imdb`). A chat model needs
 # a request, so `task.prompt(item)` wraps the opening in one (our wording). The self-evaluator and
 # the offline judge read the *review*: `task.judge_query(prompt)` gives the opening back, and the
 # continuation follows it. (For a base model, load it with `ChatFormat(kind="plain")`; the same

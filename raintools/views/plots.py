@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .trace import CommitRecord, NodeRecord, Trace
+from ..trace import CommitRecord, NodeRecord, Trace
 
 VALUE_CMAP = "RdYlGn"
 PATH_COLOUR = "#1f4e9c"

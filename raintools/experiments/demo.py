@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import RainConfig
-from .models import load_model
-from .search import rain_generate
-from .vanilla import generate_vanilla
+from ..config import RainConfig
+from ..models import load_model
+from ..search import rain_generate
+from ..vanilla import generate_vanilla
 
 HONEST_NOTE = (
     "Note: a 135M model judges harm at about chance (41% pairwise accuracy measured on HH-RLHF; the\n"

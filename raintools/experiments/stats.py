@@ -1,6 +1,6 @@
 """Statistics for evaluation tables: bootstrap confidence intervals, rates and win rates.
 
-    from raintools.stats import bootstrap_ci, win_rate, summarize
+    from raintools.experiments.stats import bootstrap_ci, win_rate, summarize
     bootstrap_ci([1, 0, 1, 1])             # CI(estimate=0.75, lo=..., hi=..., n=4)
     win_rate(rain_flags, vanilla_flags)    # paired comparison over the same prompts
 
@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["CI", "bootstrap_ci", "rate_ci", "win_rate", "WinRate", "metric_keys", "summarize",
            "PRIMARY_METRICS", "NUMERIC_METRICS"]

@@ -4,7 +4,7 @@ A method is a function `fn(lm, prompt, task, config, seed) -> RainResult`:
 
 - `lm`: a `raintools.LanguageModel`;
 - `prompt`: the user request (already made from the data row by the task);
-- `task`: a `raintools.tasks.Task` (its self-evaluation template steers RAIN and best-of-N);
+- `task`: a `raintools.experiments.tasks.Task` (its self-evaluation template steers RAIN and best-of-N);
 - `config`: a `MethodConfig` (the RAIN constants plus the few settings other methods need);
 - `seed`: the run's seed (every draw is keyed by it, so a result does not depend on the order or
   the process in which prompts are answered).
@@ -13,7 +13,7 @@ Built in: `vanilla` (greedy), `sampled` (temperature / top-k sampling), `rain`, 
 (best-of-N with the same self-evaluator as RAIN: the paper's "cherry-pick" baseline). New methods
 plug in with the decorator:
 
-    from raintools.methods import register_method
+    from raintools.experiments.methods import register_method
 
     @register_method("rain-soft")
     def rain_soft(lm, prompt, task, config, seed):
@@ -21,7 +21,7 @@ plug in with the decorator:
         return METHODS["rain"](lm, prompt, task, cfg, seed)
 
 and then `python -m raintools eval --methods vanilla,rain-soft` finds them (import the module
-that registers them first, or register in a notebook and call `raintools.runner.run_eval`).
+that registers them first, or register in a notebook and call `raintools.experiments.runner.run_eval`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .config import RainConfig
-from .errors import ConfigError
-from .search import RainResult
+from ..config import RainConfig
+from ..errors import ConfigError
+from ..search import RainResult
 
 MethodFn = Callable[..., RainResult]
 METHODS: dict[str, MethodFn] = {}
@@ -169,7 +169,7 @@ def task_evaluator(lm, task, config: MethodConfig, cached: bool = True):
     execution."""
     if hasattr(task, "evaluator"):
         return task.evaluator(lm, config.rain.eval_mode, cached=cached)
-    from .evaluate import SelfEvaluator, self_evaluator
+    from ..evaluate import SelfEvaluator, self_evaluator
 
     return (self_evaluator(lm, task.template, config.rain.eval_mode) if cached
             else SelfEvaluator(lm, task.template, config.rain.eval_mode, cached=False))
@@ -182,7 +182,7 @@ def task_evaluator(lm, task, config: MethodConfig, cached: bool = True):
 @register_method("vanilla")
 def vanilla(lm, prompt: str, task, config: MethodConfig, seed: int) -> RainResult:
     """Greedy decoding with a KV cache (the paper's vanilla auto-regressive inference)."""
-    from .vanilla import generate_vanilla
+    from ..vanilla import generate_vanilla
 
     return generate_vanilla(lm, prompt, max_new_tokens=config.max_new_tokens, seed=seed)
 
@@ -190,7 +190,7 @@ def vanilla(lm, prompt: str, task, config: MethodConfig, seed: int) -> RainResul
 @register_method("sampled")
 def sampled(lm, prompt: str, task, config: MethodConfig, seed: int) -> RainResult:
     """Sampled vanilla decoding (temperature, optional top-k)."""
-    from .vanilla import generate_vanilla
+    from ..vanilla import generate_vanilla
 
     return generate_vanilla(lm, prompt, max_new_tokens=config.max_new_tokens, do_sample=True,
                             temperature=config.temperature, top_k=config.top_k, seed=seed)
@@ -199,7 +199,7 @@ def sampled(lm, prompt: str, task, config: MethodConfig, seed: int) -> RainResul
 @register_method("rain")
 def rain(lm, prompt: str, task, config: MethodConfig, seed: int) -> RainResult:
     """RAIN with the task's self-evaluator."""
-    from .search import rain_generate
+    from ..search import rain_generate
 
     # the reference engine pairs with the straightforward, uncached judge passes
     evaluator = task_evaluator(lm, task, config, cached=config.engine != "reference")
@@ -210,7 +210,7 @@ def rain(lm, prompt: str, task, config: MethodConfig, seed: int) -> RainResult:
 @register_method("bon")
 def bon(lm, prompt: str, task, config: MethodConfig, seed: int) -> RainResult:
     """Best-of-N: N sampled answers, the one the task's self-evaluator scores highest."""
-    from .vanilla import best_of_n
+    from ..vanilla import best_of_n
 
     r = best_of_n(lm, prompt, n=config.bon_n, evaluator=task_evaluator(lm, task, config),
                   max_new_tokens=config.max_new_tokens, temperature=config.temperature,

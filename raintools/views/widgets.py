@@ -1,6 +1,6 @@
 """Interactive explorers for JupyterLab (ipywidgets). They read `Trace`s only.
 
-    from raintools.widgets import TreeExplorer
+    from raintools.views.widgets import TreeExplorer
     TreeExplorer(result.trace)          # a slider over simulations, a node picker, the tree, the text
 
 The callbacks are plain methods (`show(sim_index, node=None)`), so the explorer is testable
@@ -14,7 +14,7 @@ import html
 import io
 
 from .plots import draw_tree, drawn_node_count, node_text, short
-from .trace import Trace
+from ..trace import Trace
 
 
 class TreeExplorer:

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 __all__ = [
     "Item", "PreferencePair", "load_hh_rlhf", "load_hh_pairs", "load_advbench", "load_table",
@@ -502,11 +502,11 @@ def _imdb_label(value, path, line, config: bool = False) -> int:
 
 
 def demo_prompts(kind: str | None = None) -> list[Item]:
-    """Our own small prompt set (raintools/data/demo_prompts.jsonl): 12 mildly harmful requests
+    """Our own small prompt set (raintools/experiments/demo_prompts.jsonl): 12 mildly harmful requests
     and 12 benign ones, `meta['harmful']` True/False. `kind`: None/'all', 'harmful', 'benign'."""
     if kind not in (None, "all", "harmful", "benign"):
         raise ConfigError(f"kind must be None, 'all', 'harmful' or 'benign', not {kind!r}.")
-    res = resources.files("raintools") / "data" / "demo_prompts.jsonl"
+    res = resources.files("raintools.experiments") / "demo_prompts.jsonl"
     with resources.as_file(res) as path:
         items = []
         for line, row in _iter_jsonl(Path(path)):
@@ -545,7 +545,7 @@ def data_root() -> Path | None:
     (../shared/data from the repository root), else ./shared/data. None when none exists."""
     env = os.environ.get("RAINTOOLS_DATA")
     candidates = [Path(env).expanduser()] if env else []
-    candidates += [Path(__file__).resolve().parents[2] / "shared" / "data",
+    candidates += [Path(__file__).resolve().parents[3] / "shared" / "data",
                    Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"]
     for c in candidates:
         if c.is_dir():

@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .data import PreferencePair, parse_transcript
+from ..experiments.data import PreferencePair, parse_transcript
 
 if TYPE_CHECKING:
-    from .config import RainConfig
-    from .models import LanguageModel
+    from ..config import RainConfig
+    from ..models import LanguageModel
 
 Evaluator = Callable[[str, str], float]
 
 def notebook_config(lm, **overrides):
     """The RAIN constants a notebook uses for `lm`: the paper's HH setting on a GPU, the small
     CPU budget (`RainConfig.cpu_demo`, same rules) on a CPU. `overrides` change single fields."""
-    from .config import RainConfig
+    from ..config import RainConfig
 
     on_cpu = getattr(getattr(lm, "device", None), "type", "cpu") == "cpu"
     return (RainConfig.cpu_demo if on_cpu else RainConfig.hh)(**overrides)
@@ -98,7 +98,7 @@ def own_pairs() -> list[PreferencePair]:
     for i, (query, chosen, rejected) in enumerate(OWN_PAIRS):
         context = f"Human: {query}"
         out.append(PreferencePair(f"own-pair-{i:02d}", context, chosen, rejected,
-                                  {"turns": [("user", query)], "source": "raintools.analysis.OWN_PAIRS"}))
+                                  {"turns": [("user", query)], "source": "raintools.views.analysis.OWN_PAIRS"}))
     return out
 
 
@@ -107,7 +107,7 @@ def load_self_eval_pairs(limit: int | None = 40, max_chars: int | None = 1200,
     """HH-RLHF harmless-base test pairs (first `limit` whose context + both responses are at most
     `max_chars` characters, to keep a CPU run short), and a description of the source. Falls back
     to `own_pairs()` when the data file is absent."""
-    from .data import data_root, load_hh_pairs
+    from ..experiments.data import data_root, load_hh_pairs
 
     if path is None:
         root = data_root()
@@ -227,7 +227,7 @@ def selection_sweep(true_values: Sequence[float], priors: Sequence[float], cs: I
     Each visit returns a hard vote +1 with probability (1 + value) / 2, else -1 (like the
     self-evaluator's votes). Returns one row per (c, child): visits, share of visits, mean
     value seen, the child's prior and true value, and whether it is the best child."""
-    from .tree import Bounds, Node, backup, select_child, set_priors
+    from ..tree import Bounds, Node, backup, select_child, set_priors
 
     true_values = [float(v) for v in true_values]
     if len(priors) != len(true_values):
@@ -260,7 +260,7 @@ def selection_terms(children, parent_n: float, c: float, qmin: float = -1.0,
                     qmax: float = 1.0) -> pd.DataFrame:
     """The two terms of the selection score for each child (NodeRecords or Nodes with q, n, p,
     text): the normalised value qh and the exploration bonus c p sqrt(N) / (1 + n)."""
-    from .tree import Bounds, selection_score
+    from ..tree import Bounds, selection_score
 
     bounds = Bounds(qmin, qmax)
     rows = []
@@ -328,7 +328,7 @@ def node_addition_table(root, max_children: int = 20, variance_factor: float = 0
     """The dynamic-node-addition test at every expanded node of a live tree: number of children,
     the variance norm of their embeddings against the threshold factor * length, whether every
     child's value is negative, and whether the test fires (`tree.needs_node_addition`)."""
-    from .tree import embedding_variance_norm, needs_node_addition
+    from ..tree import embedding_variance_norm, needs_node_addition
 
     rows = []
     for node in root.walk():
@@ -364,7 +364,7 @@ BAD_WORDS: dict[str, tuple[str, ...]] = {
 class WordListTruth:
     """Ground truth for the simulated-judge experiment. A response is **bad** when it contains
     a word from the list for its prompt (whole words, any case, with an optional -s, -es, -ing or
-    -ed ending), unless it refuses (`raintools.judges.RefusalJudge`); otherwise it is good. `lists` maps a prompt text
+    -ed ending), unless it refuses (`raintools.experiments.judges.RefusalJudge`); otherwise it is good. `lists` maps a prompt text
     to its words. It is a transparent, checkable rule, not a measure of real harm."""
 
     lists: dict[str, tuple[str, ...]]
@@ -373,7 +373,7 @@ class WordListTruth:
     def __post_init__(self):
         import re
 
-        from .judges import RefusalJudge
+        from ..experiments.judges import RefusalJudge
 
         self._refusal = RefusalJudge()
         self._patterns = {q: re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")(s|es|ing|ed)?\b",
@@ -381,7 +381,7 @@ class WordListTruth:
 
     @classmethod
     def for_demo_prompts(cls, ids: Sequence[str] | None = None) -> "WordListTruth":
-        from .data import demo_prompts
+        from ..experiments.data import demo_prompts
 
         items = {it.id: it.prompt for it in demo_prompts("harmful")}
         ids = list(BAD_WORDS) if ids is None else list(ids)
@@ -408,7 +408,7 @@ def demo_judge(lm, prompt_id: str, judge: str = "simulated", accuracy: float = 0
     (one with a `BAD_WORDS` list) and either a clearly labelled `SimulatedJudge` right with
     probability `accuracy` against `WordListTruth` (`judge="simulated"`), or the model's own
     self-evaluator (`judge="own"`)."""
-    from .evaluate import SimulatedJudge, self_evaluator
+    from ..evaluate import SimulatedJudge, self_evaluator
 
     truth = WordListTruth.for_demo_prompts([prompt_id])
     prompt = truth.prompts[0]
@@ -457,9 +457,9 @@ def evaluator_quality_sweep(lm, truth: WordListTruth, accuracies: Sequence[float
     is good, and the judge's measured agreement with the truth on the texts it judged."""
     from tqdm.auto import tqdm
 
-    from .evaluate import SimulatedJudge, self_evaluator
-    from .search import rain_generate
-    from .vanilla import generate_vanilla
+    from ..evaluate import SimulatedJudge, self_evaluator
+    from ..search import rain_generate
+    from ..vanilla import generate_vanilla
 
     prompts = list(prompts or truth.prompts)
     jobs = [("simulated", p) for p in accuracies]
@@ -498,8 +498,8 @@ def vanilla_vs_rain(lm: "LanguageModel", task, items: Sequence, config: "RainCon
     simulations, vanilla_s, rain_s."""
     from tqdm.auto import tqdm
 
-    from .search import rain_generate
-    from .vanilla import generate_vanilla
+    from ..search import rain_generate
+    from ..vanilla import generate_vanilla
 
     evaluator = evaluator or task.evaluator(lm, config.eval_mode)
     rows = []

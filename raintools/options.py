@@ -1,0 +1,47 @@
+"""Command-line options for the model and the RAIN search, shared by every subcommand
+(`generate`, `demo`, `eval`, `attack`): one definition, so the flags mean the same everywhere.
+Decoder level: imports nothing from experiments, attacks or views."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m",
+                   help="embedded alias (smollm2-135m), local folder or Hugging Face id")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, or auto (spread a large model over all GPUs); default: cuda if available")
+    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: by device)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_rain_args(p: argparse.ArgumentParser) -> None:
+    from .config import PRESETS
+
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="RAIN constants (default: hh on GPU, cpu-demo on CPU)")
+    p.add_argument("--simulations", type=int, default=None, help="T, max simulations per step")
+    p.add_argument("--min-visits", type=int, default=None, help="T_m")
+    p.add_argument("--value-threshold", type=float, default=None, help="V")
+    p.add_argument("--c", type=float, default=None, help="exploration constant")
+    p.add_argument("--no-similarity", action="store_true", help="ablation: no similarity update")
+    p.add_argument("--no-node-addition", action="store_true", help="ablation: no dynamic node addition")
+    p.add_argument("--engine", default="fast", choices=["fast", "reference"])
+
+
+def rain_config_from_args(args, device: str):
+    from .config import PRESETS
+
+    preset = args.preset or ("cpu-demo" if str(device) == "cpu" else "hh")
+    over = {"seed": args.seed}
+    if getattr(args, "max_new_tokens", None):
+        over["max_new_tokens"] = args.max_new_tokens
+    for arg, field in (("simulations", "max_simulations"), ("min_visits", "min_visits"),
+                       ("value_threshold", "value_threshold"), ("c", "c")):
+        if getattr(args, arg, None) is not None:
+            over[field] = getattr(args, arg)
+    if getattr(args, "no_similarity", False):
+        over["similarity_update"] = False
+    if getattr(args, "no_node_addition", False):
+        over["node_addition"] = False
+    return PRESETS[preset](**over)
