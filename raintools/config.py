@@ -24,7 +24,10 @@ class RainConfig:
     token_set_lengths: tuple[int, ...] = (1, 2, 4, 10)  # by absolute depth; the last repeats
     top_k: int = 15                     # truncation of rollout sampling
     temperature: float = 1.0            # rollout sampling temperature (AdvBench: 2)
+    token_temperature: float = 1.0      # softmax temperature of the 1-token level's priors (AdvBench: 2)
     sample_attempts: int = 9            # sampled rollouts per expansion (AdvBench: 19)
+    add_attempts: int = 1               # sampled rollouts per node addition, the first new one
+                                        # kept (AdvBench: 3)
     root_prior_mix: float = 0.25        # root children priors: (1-m) p + m uniform
     # -- evaluation
     complete_clause: bool = True        # sample to the end of the clause before judging
@@ -80,13 +83,15 @@ class RainConfig:
             bad(f"token_set_lengths must be a non-empty list of lengths >= 1, got {self.token_set_lengths}.")
         number("top_k", lo=1, integer=True)
         number("temperature", lo=0, lo_open=True)
+        number("token_temperature", lo=0, lo_open=True)
         number("sample_attempts", lo=0, integer=True)
+        number("add_attempts", lo=0, integer=True)
         number("root_prior_mix", lo=0, hi=1)
         number("clause_max_tokens", lo=0, integer=True, allow_none=True)
         if self.eval_mode not in ("votes", "soft"):
             bad(f"eval_mode must be 'votes' or 'soft', got {self.eval_mode!r}.")
         number("sim_gamma", lo=0, hi=1)
-        number("sim_threshold", lo=-1, hi=1)
+        number("sim_threshold", lo=0, hi=1)    # below 0: negative weights, extrapolated values
         number("max_children", lo=1, integer=True)
         number("add_variance_factor", lo=0)
         number("max_simulations", lo=1, integer=True)
@@ -126,9 +131,12 @@ class RainConfig:
 
     @classmethod
     def advbench(cls, **overrides) -> "RainConfig":
-        """The AdvBench setting: T_m = 5, rollout temperature 2, up to 19 sampling attempts."""
+        """The AdvBench setting of the public code: T_m = 5, temperature 2 at every level (the
+        rollouts and the 1-token level's priors), up to 19 sampling attempts per expansion and 3
+        per node addition (the HH setting: 9 and 1)."""
         return cls(**{"name": "advbench", "min_visits": 5, "temperature": 2.0,
-                      "sample_attempts": 19, **overrides})
+                      "token_temperature": 2.0, "sample_attempts": 19, "add_attempts": 3,
+                      **overrides})
 
     @classmethod
     def truthfulqa(cls, **overrides) -> "RainConfig":

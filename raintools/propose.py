@@ -49,11 +49,11 @@ def clamp_greedy(p_greedy: float, p_samples: list[float]) -> float:
     return max(min(p_greedy, sum(p_samples)), max(p_samples) + min(p_samples))
 
 
-def top_candidates(logits: torch.Tensor, k: int) -> list[Candidate]:
-    """The k most likely next tokens; raw_p is the full-softmax probability, so normalising over
-    any set of children equals the softmax truncated to that set (top-10 at expansion, top-(k+1)
-    after node addition)."""
-    probs = torch.softmax(logits.float(), dim=-1)
+def top_candidates(logits: torch.Tensor, k: int, temperature: float = 1.0) -> list[Candidate]:
+    """The k most likely next tokens; raw_p is the full-softmax probability (at `temperature`),
+    so normalising over any set of children equals the softmax truncated to that set (top-10 at
+    expansion, top-(k+1) after node addition)."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
     vals, idx = torch.topk(probs, min(k, probs.shape[-1]))
     return [Candidate((int(i),), float(v)) for v, i in zip(vals.tolist(), idx.tolist())]
 
@@ -334,6 +334,8 @@ class ReferenceEngine(Engine):
         rows_n = 1 + uniforms.shape[0]
         rows, probs = [], []
         for r in range(rows_n):
+            if len({tuple(x) for x in rows}) >= keep:
+                break       # as the public code: no more attempts once enough are unique
             toks, pr, logits, kv = [], 1.0, node.logits, None
             for t in range(length):
                 tok, p = self._choose(logits, r, t, uniforms)

@@ -183,6 +183,12 @@ class RainSearch:
             left = min(left, self.cfg.max_new_tokens - len(self.response) - used)
         return left
 
+    def level_length(self, node: Node) -> int:
+        """Token-set length of the candidates below `node`: the configured length for its depth,
+        capped by the remaining budget (at least 1). Never read from a child: the greedy child
+        stops early at an end-of-turn token."""
+        return max(1, min(self.cfg.token_set_length(node.step), self.remaining(node)))
+
     def _is_terminal(self, node: Node) -> bool:
         if any(self.lm.is_stop_token(t) for t in node.tokens):
             return True
@@ -208,8 +214,8 @@ class RainSearch:
         t_add = self.timings["add"]
         node, path = self.root, [self.root]
         while node.children:
-            if self.cfg.node_addition and needs_node_addition(node, self.cfg.max_children,
-                                                              self.cfg.add_variance_factor):
+            if self.cfg.node_addition and needs_node_addition(
+                    node, self.cfg.max_children, self.cfg.add_variance_factor, self.level_length(node)):
                 self.add_nodes(node)
             node = select_child(node, self.bounds, self.cfg.c)
             path.append(node)
@@ -217,21 +223,27 @@ class RainSearch:
         return path
 
     def add_nodes(self, node: Node) -> list[Node]:
-        """Dynamic node addition: the next-ranked token (1-token level) or one greedy + one
-        sampled rollout (longer levels); new candidates only; priors renormalised."""
-        length = len(node.children[0].tokens)
+        """Dynamic node addition: the next-ranked token (1-token level) or one greedy rollout and
+        the first sampled one that differs from it, out of `add_attempts` (longer levels), each of
+        the level's length (`level_length`); new candidates only, never more than
+        `max_children` children; priors renormalised."""
+        room = self.cfg.max_children - len(node.children)
+        if room <= 0:
+            return []
         self._add_counter += 1
         self._ensure(node)
         with _Timer(self.timings, "add"):
-            if length == 1:
-                cands = top_candidates(node.logits, len(node.children) + 1)
+            if self.cfg.token_set_length(node.step) == 1:
+                length = 1
+                cands = top_candidates(node.logits, len(node.children) + 1, self.cfg.token_temperature)
             else:
-                length = min(length, self.remaining(node))
-                u = keyed_rng(self.cfg.seed, ADD, node.uid, self._add_counter).random((1, length))
+                length = self.level_length(node)
+                u = keyed_rng(self.cfg.seed, ADD, node.uid, self._add_counter).random(
+                    (self.cfg.add_attempts, length))
                 cands = self.engine.rollouts(node, length, u, keep=2)
         added = []
         for cand in cands:
-            if node.child_with_tokens(cand.tokens) is None:
+            if len(added) < room and node.child_with_tokens(cand.tokens) is None:
                 added.append(self._new_node(node, cand, rolled_out=length > 1))
         if added:
             set_priors(node, self.cfg.root_prior_mix)
@@ -253,9 +265,9 @@ class RainSearch:
         length = cfg.token_set_length(leaf.step)
         with _Timer(self.timings, "expand"):
             if length == 1:
-                cands = top_candidates(leaf.logits, cfg.num_candidates)
+                cands = top_candidates(leaf.logits, cfg.num_candidates, cfg.token_temperature)
             else:
-                length = max(1, min(length, self.remaining(leaf)))
+                length = self.level_length(leaf)
                 u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length))
                 if completion is not None:
                     cands = self.engine.rollouts(leaf, length, u, keep=cfg.num_candidates,

@@ -13,7 +13,7 @@ from raintools import RainConfig, RainSearch, rain_generate
 from raintools.errors import ConfigError, PromptError
 from raintools.models import kv_len, tiny_model
 from raintools.trace import Trace
-from raintools.tree import Node
+from raintools.tree import Node, needs_node_addition
 
 
 def letter_embedder(texts):
@@ -250,7 +250,8 @@ def test_stop_at_eos_and_chat_turns():
     dict(c=-1.0), dict(max_simulations=0), dict(token_set_lengths=(1, 0)), dict(value_threshold=1.5),
     dict(sim_threshold=2.0), dict(min_visits=-1), dict(eval_mode="maybe"), dict(commit_rule="best"),
     dict(temperature=0.0), dict(num_candidates=0), dict(max_new_tokens=0), dict(c=float("nan")),
-    dict(similarity_update="yes"),
+    dict(similarity_update="yes"), dict(sim_threshold=-0.5), dict(token_temperature=0.0),
+    dict(add_attempts=-1),
 ])
 def test_bad_hyperparameters_raise_one_clear_error(bad):
     with pytest.raises(ConfigError, match="Invalid RainConfig"):
@@ -270,3 +271,91 @@ def test_bad_prompts(tiny_lm):
         rain_generate(tiny_lm, "hello", SMALL, evaluator=lambda q, r: 3.0, embedder=letter_embedder)
     with pytest.raises(ConfigError, match="engine"):
         rain_generate(tiny_lm, "hello", SMALL, evaluator=vowel_judge, engine="warp")
+
+
+def _short_greedy_root(lm, cfg, engine="fast"):
+    """A search whose root sits at absolute depth 3 (10-token level) and whose greedy rollout is a
+    bare end-of-turn token: the root's next-token logits are nudged so that EOS is the argmax by a
+    hair (the samples still vary). Expanded, then made to look alike (equal embeddings) and bad
+    (q = -1): the node-addition test fires."""
+    s = RainSearch(lm, "hello", cfg, evaluator=vowel_judge, embedder=letter_embedder, engine=engine)
+    eos = lm.tokenizer.eos_token_id
+    s.root.step = 3
+    s.root.logits = s.root.logits.clone()
+    s.root.logits[eos] = s.root.logits.max() + 0.01
+    s.expand(s.root)
+    for ch in s.root.children:
+        ch.n, ch.fn, ch.q, ch.embedding = 1.0, 1, -1.0, torch.ones(4)
+    s.root.n = s.root.fn = len(s.root.children)
+    return s, eos
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_node_addition_with_an_end_of_turn_first_child_adds_one_candidate_of_the_level(engine):
+    lm = tiny_model(seed=3, chat=True)
+    cfg = SMALL.replace(max_new_tokens=40)
+    s, eos = _short_greedy_root(lm, cfg, engine)
+    kids = s.root.children
+    assert kids[0].tokens == (eos,) and len(kids) >= 3
+    assert all(len(ch.tokens) == 10 or ch.tokens[-1] == eos for ch in kids)
+    assert s.level_length(s.root) == 10
+    assert needs_node_addition(s.root, cfg.max_children, cfg.add_variance_factor, s.level_length(s.root))
+    before = len(kids)
+    added = s.add_nodes(s.root)
+    # the greedy rollout is the (EOS,) child again: at most the one sampled rollout is new, and it
+    # has the level's length (10 tokens, or fewer only when it ends at EOS itself); the old code
+    # took the (EOS,) child's length 1 and added the top-(k+1) single tokens at once
+    assert len(added) <= 1 and len(s.root.children) == before + len(added)
+    assert all(len(a.tokens) == 10 or a.tokens[-1] == eos for a in added)
+    assert sum(ch.p for ch in s.root.children) == pytest.approx(1.0)
+    # the cap holds after adding: with room for one child, the greedy (EOS,) rollout and a sample
+    # would both be new once the (EOS,) child is gone; only one is added
+    s2, _ = _short_greedy_root(lm, cfg, engine)
+    s2.root.children = s2.root.children[1:]
+    s2.cfg.max_children = len(s2.root.children) + 1
+    added = s2.add_nodes(s2.root)
+    assert len(added) == 1 and len(s2.root.children) == s2.cfg.max_children
+    assert s2.add_nodes(s2.root) == []                     # full: nothing more
+
+
+def test_node_addition_never_exceeds_the_cap_in_a_search():
+    lm = tiny_model(seed=3, chat=True)
+    const = lambda texts: torch.ones(len(texts), 4)
+    cfg = SMALL.replace(max_new_tokens=24, num_candidates=3, max_children=4, max_simulations=12)
+    _, r = run(lm, cfg, evaluator=lambda q, x: -1.0, embedder=const)
+    assert r.stats["nodes_added"] > 0
+    for rec in r.trace.commits:
+        kids: dict[int, int] = {}
+        for n in rec.tree:
+            if n.parent is not None:
+                kids[n.parent] = kids.get(n.parent, 0) + 1
+        assert max(kids.values()) <= 4
+
+
+def test_advbench_preset_temperature_at_every_level_and_attempts(tiny_lm):
+    adv = RainConfig.advbench()
+    assert (adv.min_visits, adv.temperature, adv.token_temperature) == (5, 2.0, 2.0)
+    assert (adv.sample_attempts, adv.add_attempts) == (19, 3)
+    hh = RainConfig.hh()
+    assert (hh.temperature, hh.token_temperature, hh.sample_attempts, hh.add_attempts) == (1.0, 1.0, 9, 1)
+    # the 1-token level's priors are the top-10 of softmax(logits / 2), then the root mix
+    cfg = adv.replace(max_new_tokens=8, max_simulations=4, extra_simulations=2)
+    s = RainSearch(tiny_lm, "hello", cfg, evaluator=vowel_judge, embedder=letter_embedder)
+    s.expand(s.root)
+    vals, idx = torch.topk(torch.softmax(s.root.logits.float() / 2.0, -1), 10)
+    want = vals / vals.sum() * 0.75 + 0.25 / 10
+    assert [ch.tokens[0] for ch in s.root.children] == idx.tolist()
+    assert torch.allclose(torch.tensor([ch.p for ch in s.root.children]), want / want.sum(), atol=1e-6)
+    # rollouts at temperature 2; node addition draws 3 sampled rollouts (expansion 19)
+    assert s.engine.temperature == 2.0
+    shapes = []
+    real = s.engine.rollouts
+    s.engine.rollouts = lambda node, length, u, keep, **kw: shapes.append((u.shape[0], keep)) or real(
+        node, length, u, keep, **kw)
+    s.root.children[0].step = 1
+    leaf = s.root.children[0]
+    s.expand(leaf)
+    for ch in leaf.children:
+        ch.n, ch.fn, ch.q, ch.embedding = 1.0, 1, -1.0, torch.ones(4)
+    s.add_nodes(leaf)
+    assert shapes == [(19, 10), (3, 2)]

@@ -89,21 +89,22 @@ def test_embedding_running_mean_over_real_visits():
 
 def test_node_addition_trigger():
     parent = make_parent([0.5, 0.5], ns=[1, 1], qs=[-0.5, -0.2])
-    assert not needs_node_addition(parent, 20, 0.03)            # no embeddings yet
+    assert not needs_node_addition(parent, 20, 0.03, 1)         # no embeddings yet
     for ch in parent.children:
         ch.embedding = torch.tensor([1.0, 2.0, 3.0])
     assert embedding_variance_norm(parent) == pytest.approx(0.0)
-    assert needs_node_addition(parent, 20, 0.03)                # alike and all bad
+    assert needs_node_addition(parent, 20, 0.03, 1)             # alike and all bad
     parent.children[1].q = 0.1
-    assert not needs_node_addition(parent, 20, 0.03)            # one child is good
+    assert not needs_node_addition(parent, 20, 0.03, 1)         # one child is good
     parent.children[1].q = -0.1
     parent.children[1].embedding = torch.tensor([1.0, 2.5, 3.0])
     var = torch.var(torch.stack([c.embedding for c in parent.children]), dim=0)
     assert embedding_variance_norm(parent) == pytest.approx(float(var.norm()))
     assert float(var.norm()) > 0.03                             # too diverse at length 1
-    assert not needs_node_addition(parent, 20, 0.03)
-    assert needs_node_addition(parent, 20, 0.03 * 10)           # threshold scales with length
-    assert not needs_node_addition(parent, 2, 1.0)              # already max_children
+    assert not needs_node_addition(parent, 20, 0.03, 1)
+    # the threshold scales with the level's length (given, not read from the 1-token children)
+    assert needs_node_addition(parent, 20, 0.03, 10)
+    assert not needs_node_addition(parent, 2, 1.0, 10)          # already max_children
 
 
 def test_priors_normalise_and_mix_at_the_root():
