@@ -142,7 +142,7 @@ updates.head(10)
 # In the search above (a `variance_norm` of NaN means not every child has been tried yet):
 
 # %%
-node_addition_table(search.root, cfg.max_children, cfg.add_variance_factor).round(4)
+node_addition_table(search).round(4)
 
 # %% [markdown]
 # Now give a search a judge that finds **everything** bad (a deliberately broken, simulated judge),
@@ -157,7 +157,7 @@ gloomy = rt.RainSearch(lm, prompt, cfg.replace(num_candidates=3), evaluator=ever
                        embedder=embedder)
 for _ in range(SIMULATIONS):
     gloomy.simulate()
-adds = node_addition_table(gloomy.root, cfg.max_children, cfg.add_variance_factor)
+adds = node_addition_table(gloomy)
 ax = plot_node_addition(adds)
 save_figure(ax.figure, "03_node_addition", adds)
 print("nodes added:", gloomy.counts["nodes_added"])

@@ -288,7 +288,13 @@ def test_similarity_and_node_addition_tables(lm):
         s.simulate()
     sims = A.similarity_updates(s.trace)
     assert len(sims) > 0 and np.allclose(sims.cosine, 1.0) and np.allclose(sims.weight, 0.2)
-    t = A.node_addition_table(s.root)
+    t = A.node_addition_table(s)
+    # the level's length comes from the search (configured length by depth, budget cap), the
+    # same number the search's own test uses; a bare root gets the default lengths by depth
+    assert list(t.length) == [s.level_length(n) for n in s.root.walk() if n.children]
+    assert t.threshold.equals(s.cfg.add_variance_factor * t.length)
+    bare = A.node_addition_table(s.root)
+    assert list(bare.length) == [CFG.token_set_length(d) for d in bare.depth]
     known = t.dropna(subset=["variance_norm"])          # NaN: some child has no embedding yet
     assert len(known) and (known.variance_norm == 0).all()
     assert s.counts["nodes_added"] > 0

@@ -324,23 +324,38 @@ def similarity_updates(trace) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["simulation", "node", "sibling", "weight", "cosine", "value"])
 
 
-def node_addition_table(root, max_children: int = 20, variance_factor: float = 0.03) -> pd.DataFrame:
+def node_addition_table(tree, max_children: int | None = None,
+                        variance_factor: float | None = None) -> pd.DataFrame:
     """The dynamic-node-addition test at every expanded node of a live tree: number of children,
-    the variance norm of their embeddings against the threshold factor * length, whether every
-    child's value is negative, and whether the test fires (`tree.needs_node_addition`)."""
+    the variance norm of their embeddings against the threshold factor * the level's length,
+    whether every child's value is negative, and whether the test fires
+    (`tree.needs_node_addition`).
+
+    `tree`: a `RainSearch` (its config, and each node's level length as the search computes it:
+    the configured token-set length for the node's depth, capped by the remaining budget), or a
+    bare root node (then the default token-set lengths by depth, without the budget cap).
+    `max_children` / `variance_factor` default to the search's (or the default) config."""
+    from ..config import RainConfig
     from ..tree import embedding_variance_norm, needs_node_addition
 
+    if hasattr(tree, "level_length"):
+        root, cfg, level = tree.root, tree.cfg, tree.level_length
+    else:
+        root, cfg = tree, RainConfig()
+        level = lambda node: cfg.token_set_length(node.step)  # noqa: E731
+    max_children = cfg.max_children if max_children is None else max_children
+    variance_factor = cfg.add_variance_factor if variance_factor is None else variance_factor
     rows = []
     for node in root.walk():
         if not node.children:
             continue
-        length = len(node.children[0].tokens)
+        length = level(node)
         norm = embedding_variance_norm(node)
         rows.append(dict(uid=node.uid, depth=node.step, children=len(node.children), length=length,
                          variance_norm=float("nan") if norm is None else norm,
                          threshold=variance_factor * length,
                          all_negative=max(ch.q for ch in node.children) < 0,
-                         fires=needs_node_addition(node, max_children, variance_factor)))
+                         fires=needs_node_addition(node, max_children, variance_factor, length)))
     return pd.DataFrame(rows)
 
 
