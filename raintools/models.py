@@ -235,12 +235,17 @@ class ChatFormat:
         return f"{PLAIN_FRAME}\nHuman: {query}\n\nAssistant:"
 
     def user_turn_index(self, response_text: str) -> int:
-        """Index where a new user turn starts in `response_text`, or -1."""
+        """Index where a new user turn starts in `response_text`, or -1. The text must keep the
+        special tokens (`LanguageModel.decode_raw`): chat markers such as '<|im_start|>user' are
+        special tokens, which `decode` drops. On token ids use `LanguageModel.user_turn_start`."""
         hits = [response_text.find(m) for m in self.user_markers]
         hits = [h for h in hits if h >= 0]
         return min(hits) if hits else -1
 
     def clean_response(self, response_text: str) -> str:
+        """`response_text` (decoded with special tokens kept) cut where a new user turn starts,
+        stripped. On token ids use `LanguageModel.response_text`, which also drops the special
+        tokens of the part kept."""
         i = self.user_turn_index(response_text)
         return (response_text[:i] if i >= 0 else response_text).strip()
 
@@ -333,7 +338,50 @@ class LanguageModel:
         return [bos] if bos is not None and probe and probe[0] == bos else []
 
     def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids` without special tokens (what a reader sees)."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def decode_raw(self, ids: Sequence[int]) -> str:
+        """The text of `ids` with special tokens kept (where chat markers can be found)."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def has_user_turn(self, ids: Sequence[int]) -> bool:
+        """Whether a new user turn starts in the response tokens `ids` (found on the text decoded
+        with special tokens: ChatML's '<|im_start|>user' and its kin are special tokens)."""
+        return self.chat.user_turn_index(self.decode_raw(ids)) >= 0
+
+    def user_turn_start(self, ids: Sequence[int]) -> int:
+        """Index of the token in which a new user turn starts in the response tokens `ids`,
+        or -1."""
+        ids = list(ids)
+        i = self.chat.user_turn_index(self.decode_raw(ids))
+        if i < 0:
+            return -1
+        lo, hi = 0, len(ids) - 1      # the first token whose prefix text reaches past character i
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(self.decode_raw(ids[: mid + 1])) > i:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def response_text(self, ids: Sequence[int]) -> str:
+        """The response a reader sees in the tokens `ids`: cut where a new user turn starts,
+        without special tokens, stripped."""
+        ids = list(ids)
+        j = self.user_turn_start(ids)
+        if j < 0:
+            return self.decode(ids).strip()
+        raw = self.decode_raw(ids)
+        i = self.chat.user_turn_index(raw)
+        head = self.decode_raw(ids[:j])
+        # a marker may start inside token j (e.g. '.\n' before 'Human:'): keep that token's text
+        # up to the marker
+        extra = raw[len(head):i] if raw.startswith(head) and i >= len(head) else ""
+        for special in getattr(self.tokenizer, "all_special_tokens", ()):
+            extra = extra.replace(special, "")
+        return (self.decode(ids[:j]) + extra).strip()
 
     def prompt_ids(self, query: str, max_new_tokens: int = 1) -> list[int]:
         """Token ids of the generation prompt for one user request, checked against the context."""

@@ -127,9 +127,8 @@ class Engine:
         lm = self.lm
         if out and lm.is_stop_token(out[-1]):
             return True
-        seq = response + out
-        text = lm.decode(seq[-TAIL_TOKENS:])
-        return ends_clause(text) or lm.chat.user_turn_index(text) >= 0
+        tail = (response + out)[-TAIL_TOKENS:]
+        return ends_clause(lm.decode(tail)) or lm.has_user_turn(tail)
 
     def _complete_loop(self, leaf, response, rng, max_tokens, advance):
         c = Completion(self, response, rng, max_tokens, leaf.logits)

@@ -194,11 +194,10 @@ class RainSearch:
             return True
         if self.remaining(node) <= 0:
             return True
-        text = self.lm.decode(self.response + node.response_tokens())
-        return self.lm.chat.user_turn_index(text) >= 0
+        return self.lm.has_user_turn(self.response + node.response_tokens())
 
     def response_text(self, tokens: list[int]) -> str:
-        return self.lm.chat.clean_response(self.lm.decode(tokens))
+        return self.lm.response_text(tokens)
 
     def _ensure(self, node: Node) -> None:
         if node.logits is None:
@@ -450,10 +449,9 @@ class RainSearch:
             return child
         if child.terminal:
             self.finished = True
-            text = self.lm.decode(self.response)
             if any(self.lm.is_stop_token(t) for t in child.tokens):
                 self.stop_reason = "eos"
-            elif self.lm.chat.user_turn_index(text) >= 0:
+            elif self.lm.has_user_turn(self.response):
                 self.stop_reason = "user turn"
             else:
                 self.stop_reason = "length"

@@ -45,7 +45,7 @@ def generate_vanilla(lm: LanguageModel, prompt: str, max_new_tokens: int = 128, 
         if lm.is_stop_token(tok):
             reason = "eos"
             break
-        if lm.chat.user_turn_index(lm.decode(out)) >= 0:
+        if lm.has_user_turn(out):
             reason = "user turn"
             break
         if len(out) >= max_new_tokens:
@@ -55,7 +55,7 @@ def generate_vanilla(lm: LanguageModel, prompt: str, max_new_tokens: int = 128, 
     used = lm.stats.since(s0)
     stats = dict(committed_tokens=len(out), forward_calls=used.calls, tokens_computed=used.tokens,
                  wall_time_s=time.perf_counter() - t0, stop_reason=reason, prompt_tokens=len(ids))
-    return RainResult(text=lm.chat.clean_response(lm.decode(out)), prompt=prompt,
+    return RainResult(text=lm.response_text(out), prompt=prompt,
                       method="sampled" if do_sample else "vanilla", tokens=out, stats=stats)
 
 

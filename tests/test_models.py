@@ -54,6 +54,12 @@ def test_chat_format_and_new_user_turn_detection():
     assert plain.chat.kind == "plain"
     assert plain.chat.prompt_text(plain.tokenizer, "hi").endswith("Human: hi\n\nAssistant:")
     assert plain.chat.clean_response(" Fine.\nHuman: next question") == "Fine."
+    # on token ids: the turn's first token, the text before it without special tokens
+    ids = chat.encode("Sure.<|im_start|>user\nmore")
+    assert chat.user_turn_start(ids) == 5 and chat.response_text(ids) == "Sure."
+    ids = plain.encode(" Fine.\nHuman: next question")
+    assert plain.user_turn_start(ids) == 6 and plain.response_text(ids) == "Fine."
+    assert plain.user_turn_start(plain.encode("Fine.")) == -1
     with pytest.raises(ModelLoadError):
         ChatFormat.for_tokenizer(plain.tokenizer, kind="chat")
 
@@ -129,3 +135,46 @@ def test_device_auto_uses_a_device_map(tmp_path, monkeypatch):
     picked = kv_gather(kv, [0, 2])
     assert torch.equal(picked[0][0], kv[0][0][:, :, [0, 2]])
     assert all(k.device == kv[i][0].device for i, (k, _) in enumerate(picked))
+
+
+def test_a_user_turn_in_the_embedded_models_own_ids_ends_the_response(embedded_lm):
+    """ChatML (SmolLM2, Qwen): the user-turn marker '<|im_start|>user' holds a special token,
+    which the text without special tokens drops, so turns are found on the text decoded with
+    them. Tested on the embedded model's own greedy continuation, which ends its turn and then
+    writes the next user turn itself."""
+    import dataclasses
+
+    from raintools import RainConfig, RainSearch
+    from raintools.models import LanguageModel
+    from raintools.tree import Node
+
+    lm = embedded_lm
+    logits, kv = lm.forward(torch.tensor([lm.prompt_ids("Say hi.")]))
+    out: list[int] = []
+    for _ in range(40):                    # stop tokens ignored: the model's raw stream
+        out.append(int(logits[0].argmax()))
+        logits, kv = lm.forward(torch.tensor([[out[-1]]]), past=kv)
+    start, end = (lm.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>"))
+    j = next(k for k in range(len(out) - 1)
+             if out[k] == start and lm.decode_raw(out[k + 1: k + 2]).startswith("user"))
+    assert end in out[:j]
+    # without special tokens the marker is gone ("...?\nuser\n..."): a text test never fires
+    assert lm.chat.user_turn_index(lm.decode(out)) == -1
+    assert lm.has_user_turn(out) and not lm.has_user_turn(out[:j])
+    t = lm.user_turn_start(out)
+    assert t <= j and out[t] in (start, end)
+    answer = lm.decode(out[: out.index(end)]).strip()
+    assert answer and lm.response_text(out) == answer        # cut before the model's next turn
+    assert lm.decode(out[j + 2:]).strip() not in lm.response_text(out)
+    # with the end-of-turn token out of the stop set, the user-turn test alone ends a response:
+    # vanilla decoding, the search's terminal test and the clause completion's stop rule
+    bare = LanguageModel(lm.model, lm.tokenizer, name="no-stops",
+                         chat=dataclasses.replace(lm.chat, stop_token_ids=frozenset()))
+    r = generate_vanilla(bare, "Say hi.", max_new_tokens=40)
+    assert r.stats["stop_reason"] == "user turn"
+    assert r.tokens == out[: j + 2] and r.text == answer
+    s = RainSearch(bare, "Say hi.", RainConfig(max_new_tokens=64), evaluator=lambda q, x: 0.0,
+                   embedder=lambda texts: torch.ones(len(texts), 4))
+    assert s._is_terminal(Node(tokens=tuple(out[: j + 2]), parent=s.root, step=1))
+    assert not s._is_terminal(Node(tokens=tuple(out[: t]), parent=s.root, step=1))
+    assert s.engine._clause_done(out[:j], out[j: j + 2])     # "...?\nuser": no clause end

@@ -461,7 +461,7 @@ def greedy_generate(lm, prompt: str, max_new_tokens: int = 64) -> str:
             break
         out.append(nxt)
         logits, kv = lm.forward(torch.tensor([[nxt]], dtype=torch.long), past=kv)
-    return lm.chat.clean_response(lm.decode(out))
+    return lm.response_text(out)
 
 
 # Our own short list of refusal openings, used only while raintools.experiments.judges is not there.
