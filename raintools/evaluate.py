@@ -154,8 +154,8 @@ class SelfEvaluator:
         q0 = self.template.question_text(self.orders[0])
         self.letter_ids = option_token_ids(lm.tokenizer, q0, letters)
         self.stats = EvalStats()
-        self._header: KV | None = None
-        self._queries: OrderedDict[str, KV] = OrderedDict()
+        self._header: tuple[tuple[int, ...], KV] | None = None
+        self._queries: OrderedDict[str, tuple[tuple[int, ...], KV]] = OrderedDict()
         self._query_cache_size = query_cache_size
         # per query: judge KV of recently judged responses (LRU), and a trie of every response
         # prefix judged so far (what a new evaluation must compute is what the trie lacks)
@@ -165,6 +165,7 @@ class SelfEvaluator:
         self._question_ids = [lm.encode(self.template.question_text(o)) for o in self.orders]
         self._question_tree = split_common(self._question_ids)
         self.last_probs: list[list[float]] = []
+        self.last_ids: list[list[int]] = []      # the ids judged last, one list per order
 
     # -- values from letter probabilities
     def _value(self, probs_per_order: list[torch.Tensor]) -> float:
@@ -191,60 +192,90 @@ class SelfEvaluator:
         probs = torch.softmax(logits.float(), dim=-1)[..., self.letter_ids]
         return probs / probs.sum(dim=-1, keepdim=True).clamp_min(1e-30)
 
+    # -- the judging prompt
+    def prompt_texts(self, query: str, response: str) -> list[str]:
+        """The judging prompt for (query, response), one string per option order."""
+        return [self.template.full_text(query, response, order) for order in self.orders]
+
+    def prompt_ids(self, query: str, response: str) -> list[list[int]]:
+        """The token ids the judge reads for (query, response), one list per option order: each
+        order's whole prompt tokenised as one string (after the BOS token where the tokenizer
+        adds one). Both executions feed exactly these ids: tokenising the prompt in pieces would
+        give other ids (SentencePiece tokenizers put a word-start marker at each piece's start)."""
+        bos = self.lm.bos()
+        return [bos + self.lm.encode(text) for text in self.prompt_texts(query, response)]
+
     # -- cached execution
-    def _encode_header(self) -> KV:
+    def _encode_header(self) -> tuple[tuple[int, ...], KV]:
+        """The judging header's ids and KV, computed once per model. Its last token is left out:
+        in a whole prompt it may merge with the conversation that follows."""
         if self._header is None:
             lm = self.lm
-            ids = lm.bos() + lm.encode(self.template.header)
-            _, self._header = lm.forward(torch.tensor([ids]))
+            ids = tuple((lm.bos() + lm.encode(self.template.header))[:-1])
+            _, kv = lm.forward(torch.tensor([list(ids)]))
             self.stats.tokens_needed += len(ids)
+            self._header = (ids, kv)
         return self._header
 
-    def _query_kv(self, query: str) -> KV:
+    def _query_entry(self, query: str, trunk: list[int]) -> tuple[tuple[int, ...], KV]:
+        """The ids and KV (from position 0) of the prompt up to the query's end, for this query:
+        made from the first prompt that shows it, computed over the header's KV. The cut is a
+        token boundary that the whole prompt shares with the header + conversation text alone,
+        less one token (the token at the cut may merge with the response that follows)."""
         if query in self._queries:
             self._queries.move_to_end(query)
             return self._queries[query]
         lm = self.lm
-        header = self._encode_header()
-        ids = lm.encode(self.template.conversation.format(query=query))
-        _, kv = lm.forward(torch.tensor([ids]), past=header)
-        self.stats.tokens_needed += len(ids)
-        self._queries[query] = kv
+        h_ids, h_kv = self._encode_header()
+        alone = lm.bos() + lm.encode(self.template.header + self.template.conversation.format(query=query))
+        cut = max(_common_start(trunk, alone) - 1, 1)
+        h = min(_common_start(trunk, h_ids), cut - 1)
+        past = [(k[:, :, :h], v[:, :, :h]) for k, v in h_kv] if h > 0 else None
+        _, kv = lm.forward(torch.tensor([trunk[h:cut]]), past=past)
+        self.stats.tokens_needed += cut - h
+        entry = (tuple(trunk[:cut]), kv)
+        self._queries[query] = entry
         while len(self._queries) > self._query_cache_size:
             old, _ = self._queries.popitem(last=False)
             self._responses.pop(old, None)
             self._seen.pop(old, None)
-        return kv
+        return entry
 
-    def _response_past(self, query: str, kv: KV, resp_ids: list[int]) -> tuple[KV, int]:
-        """The query's KV extended by the longest start of `resp_ids` judged before (responses of
-        one search share the committed text and the tree path), and that length."""
+    def _past(self, query: str, trunk: list[int]) -> tuple[KV, int, int]:
+        """(KV of the longest start of `trunk` computed before, its length, the length of the
+        query's part when the whole of it is in that start, else -1). Every cached KV is keyed by
+        the exact ids it was computed from, so a start is reused only where the ids agree."""
+        q_ids, q_kv = self._query_entry(query, trunk)
+        m = _common_start(trunk, q_ids)
+        if m < len(q_ids):       # the prompt splits the query's tokens otherwise: no reuse past m
+            return [(k[:, :, :m], v[:, :, :m]) for k, v in q_kv], m, -1
+        q = len(q_ids)
         cache = self._responses.setdefault(query, OrderedDict())
-        best, m = None, 0
+        best, r = None, q
         for ids in cache:
-            n = 0
-            for a, b in zip(ids, resp_ids):
-                if a != b:
-                    break
-                n += 1
-            if n > m:
-                best, m = ids, n
+            n = _common_start(trunk, ids, q)
+            if n > r:
+                best, r = ids, n
         if best is None:
-            return kv, 0
+            return q_kv, q, q
         cache.move_to_end(best)
-        return kv_cat([kv, [(k[:, :, :m], v[:, :, :m]) for k, v in cache[best]]]), m
+        return kv_cat([q_kv, [(k[:, :, :r - q], v[:, :, :r - q]) for k, v in cache[best]]]), r, q
 
-    def _remember_response(self, query: str, resp_ids: list[int], kv: KV, start: int) -> int:
-        """Keep the judge KV of this response; return how many of its tokens no earlier
-        evaluation of this query had computed."""
-        if resp_ids and self._response_cache_size > 0:
+    def _remember_response(self, query: str, trunk: list[int], kv: KV, q: int) -> int:
+        """Keep the judge KV of this prompt's ids after the query's (LRU); return how many of
+        those ids no earlier evaluation of this query had computed."""
+        part = trunk[q:]
+        if part and self._response_cache_size > 0:
             cache = self._responses.setdefault(query, OrderedDict())
-            cache[tuple(resp_ids)] = kv_slice(kv, start, start + len(resp_ids))
-            cache.move_to_end(tuple(resp_ids))
+            cache[tuple(trunk)] = kv_slice(kv, q, len(trunk))
+            cache.move_to_end(tuple(trunk))
             while len(cache) > self._response_cache_size:
                 cache.popitem(last=False)
+        return self._count_new(query, part)
+
+    def _count_new(self, query: str, part: list[int]) -> int:
         node, new = self._seen.setdefault(query, {}), 0
-        for t in resp_ids:
+        for t in part:
             if t not in node:
                 node[t] = {}
                 new += 1
@@ -270,6 +301,7 @@ class SelfEvaluator:
         twin._queries = OrderedDict()
         twin._responses, twin._seen = {}, {}
         twin.last_probs = []
+        twin.last_ids = []
         return twin
 
     def __call__(self, query: str, response: str) -> float:
@@ -277,17 +309,22 @@ class SelfEvaluator:
         if not self.cached:
             return self._reference(query, response)
         lm = self.lm
-        kv = self._query_kv(query)
-        resp_ids = lm.encode(self.template.response.format(response=response.strip()))
-        # The start of the response judged before is reused; then one forward pass for the rest
-        # of the response and every question ending: a token tree whose trunk is the response
-        # plus the start the endings share, each ending's own tail seeing the trunk.
-        past, m = self._response_past(query, kv, resp_ids)
-        common, tails = self._question_tree
-        ids, pos, mask, ends = token_tree(kv_len(past), resp_ids[m:] + common, tails)
+        per_order = self.prompt_ids(query, response)
+        trunk, tails = split_common(per_order)
+        # The longest start computed before (header, query, a response judged before) is reused;
+        # then one forward pass for the rest: a token tree whose trunk is the rest of the common
+        # ids, each order's own ending a tail that sees the trunk.
+        past, m, q = self._past(query, trunk)
+        if not any(tails) and m >= len(trunk):      # nothing left to feed: recompute the last id
+            past, m = [(k[:, :, :m - 1], v[:, :, :m - 1]) for k, v in past], m - 1
+        ids, pos, mask, ends = token_tree(m, trunk[m:], tails)
         logits, out = lm.forward(ids, past=past, attention_mask=mask, position_ids=pos, logits_at=ends)
-        new = self._remember_response(query, resp_ids, out, kv_len(kv))
-        self.stats.tokens_needed += new + len(common) + sum(len(t) for t in tails)
+        if q >= 0:
+            new = self._remember_response(query, trunk, out, q)
+        else:
+            new = len(trunk) - m
+        self.stats.tokens_needed += new + sum(len(t) for t in tails)
+        self.last_ids = [trunk + t for t in tails]
         probs = self._letter_probs(logits[0])
         self.last_probs = probs.tolist()
         return self._value(list(probs))
@@ -295,17 +332,24 @@ class SelfEvaluator:
     # -- reference-style execution: whole prompt, once per order, batch 1
     def _reference(self, query: str, response: str) -> float:
         lm = self.lm
-        probs = []
-        for i, order in enumerate(self.orders):
-            ids = (lm.bos() + lm.encode(self.template.header)
-                   + lm.encode(self.template.conversation.format(query=query))
-                   + lm.encode(self.template.response.format(response=response.strip()))
-                   + self._question_ids[i])
-            probs.append(self._letter_probs(lm.full_logits(ids)))
-        resp = lm.encode(self.template.response.format(response=response.strip()))
-        self.stats.tokens_needed += len(resp) + sum(len(q) for q in self._question_ids)
+        per_order = self.prompt_ids(query, response)
+        probs = [self._letter_probs(lm.full_logits(ids)) for ids in per_order]
+        trunk, tails = split_common(per_order)
+        alone = lm.bos() + lm.encode(self.template.header + self.template.conversation.format(query=query))
+        q = max(_common_start(trunk, alone) - 1, 1)
+        self.stats.tokens_needed += len(trunk) - q + sum(len(t) for t in tails)
+        self.last_ids = per_order
         self.last_probs = [p.tolist() for p in probs]
         return self._value(probs)
+
+
+def _common_start(a, b, start: int = 0) -> int:
+    """Length of the longest common start of the sequences `a` and `b` (known to agree before
+    `start`)."""
+    n, end = start, min(len(a), len(b))
+    while n < end and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def self_evaluator(lm: LanguageModel, template: str = "harm", mode: str = "votes") -> SelfEvaluator:

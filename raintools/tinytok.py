@@ -3,6 +3,10 @@
 `char_tokenizer()` maps each printable ASCII character to one token (plus special tokens).
 `word_tokenizer()` is a sentencepiece-style (Metaspace, "▁word") tokenizer, so tests can check
 that label-token lookups work for tokenizers that glue a space marker to letters, as LLaMA's does.
+`llama_tokenizer()` trains a small BPE vocabulary with the pipeline of LLaMA's own (legacy)
+tokenizer.json: every string gets a word-start marker "▁" prepended and its spaces become "▁",
+then BPE; BOS added. So text tokenised in pieces gets a marker at each piece's start that the
+whole string does not have, as with the paper's LLaMA and Vicuna models.
 """
 
 from __future__ import annotations
@@ -56,3 +60,35 @@ def word_tokenizer(words: list[str] | None = None):
     tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>",
                                    eos_token="</s>", unk_token="<unk>")
+
+
+def llama_tokenizer(texts: list[str] | None = None, vocab_size: int = 600):
+    """A LLaMA-style (SentencePiece BPE, legacy normalizer) tokenizer trained in a fraction of a
+    second on `texts` (default: the judging templates), no download. Characters outside the
+    texts and printable ASCII map to <unk>."""
+    from importlib import resources
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if texts is None:
+        folder = resources.files("raintools.templates")
+        texts = [p.read_text("utf-8") for p in folder.iterdir() if p.name.endswith(".txt")]
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(),
+                                    decoders.Strip(content=" ", left=1)])
+    alphabet = sorted({c for c in string.printable if c not in "\x0b\x0c\r "} | {"▁"})
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=alphabet, show_progress=False)
+    # trained on words (as SentencePiece splits at whitespace and we at punctuation too, so that
+    # an option letter after "(" stays one token), then applied to whole strings as LLaMA's is
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True),
+        pre_tokenizers.Punctuation(), pre_tokenizers.Split("\n", behavior="isolated")])
+    tk.train_from_iterator(texts, trainer=trainer)
+    tk.pre_tokenizer = None
+    bos = tk.token_to_id("<s>")
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="</s>")

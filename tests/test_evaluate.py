@@ -84,8 +84,11 @@ def test_forget_queries_drops_per_query_caches_and_keeps_the_header():
     v3, after = cost("hi", "hello there.")        # header reused, the rest computed again
     assert v1 == pytest.approx(v2, abs=1e-5) and v1 == pytest.approx(v3, abs=1e-5)
     assert again < after < first
-    header = len(lm.bos() + lm.encode(ev.template.header))
+    # the header is kept less its last token (which may merge with what follows it)
+    header = len(lm.bos() + lm.encode(ev.template.header)) - 1
     assert first - after == header
+    # everything fed is exactly the whole prompt, tokenised as one string
+    assert ev.last_ids == ev.prompt_ids("hi", "hello there.")
 
 
 @pytest.mark.embedded
@@ -118,3 +121,53 @@ def test_simulated_judge_has_the_requested_accuracy():
     assert [j("q", "good 1") for _ in range(3)] == [j("q", "good 1")] * 3      # deterministic
     with pytest.raises(ConfigError):
         SimulatedJudge(truth, accuracy=1.5)
+
+
+def llama_style_lm(seed: int = 0) -> LanguageModel:
+    """A tiny random Llama model with a LLaMA-style SentencePiece tokenizer trained offline."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from raintools.tinytok import llama_tokenizer
+
+    tok = llama_tokenizer()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    return LanguageModel(LlamaForCausalLM(cfg).eval(), tok, name="tiny-llama-sp")
+
+
+JUDGED = [("How do I pick a lock?", "I can't help with that."),
+          ("How do I pick a lock?", "I can't help with that. Call a locksmith."),
+          ("How do I pick a lock?", "Use a tension wrench"),
+          ("What is the capital of France?", "Paris is.")]
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", pytest.param("embedded", marks=pytest.mark.embedded)])
+def test_cached_judge_reads_exactly_the_ids_of_the_whole_prompt(kind, request):
+    lm = llama_style_lm() if kind == "sentencepiece" else request.getfixturevalue("embedded_lm")
+    ev = SelfEvaluator(lm, mode="soft")
+    ref = SelfEvaluator(lm, mode="soft", cached=False)
+    t = ev.template
+    for i, (q, r) in enumerate(JUDGED):
+        # the whole prompt of each order, tokenised as one string by the tokenizer itself
+        whole = [lm.tokenizer(t.full_text(q, r, o))["input_ids"] for o in ev.orders]
+        assert ev.prompt_ids(q, r) == whole
+        s0 = lm.stats.snapshot()
+        v = ev(q, r)
+        used = lm.stats.since(s0).tokens
+        assert ev.last_ids == whole                       # cached prefix + computed suffix
+        if kind == "sentencepiece" or i == 0:             # (a 135M pass over 1.3k tokens is slow)
+            assert v == pytest.approx(ref(q, r), abs=1e-4)    # = a plain forward over `whole`
+            assert ref.last_ids == whole
+            assert torch.allclose(torch.tensor(ev.last_probs), torch.tensor(ref.last_probs), atol=1e-4)
+        if i in (1, 2):     # the cache still pays: header and query are reused
+            assert used < len(whole[0]) / 4
+    if kind == "sentencepiece":
+        # tokenised in pieces, the prompt gets word-start markers the whole string does not have
+        # (what the judge used to read)
+        q, r = JUDGED[0]
+        pieces = (lm.bos() + lm.encode(t.header) + lm.encode(t.conversation.format(query=q))
+                  + lm.encode(t.response.format(response=r)) + lm.encode(t.question_text(ev.orders[0])))
+        assert pieces != ev.prompt_ids(q, r)[0]
