@@ -7,7 +7,8 @@
 """
 
 from .config import RainConfig
-from .errors import ConfigError, DataError, JudgeError, ModelLoadError, PromptError, RainToolsError
+from .errors import (ConfigError, DataError, JudgeError, ModelLoadError, ModelSupportError, PromptError,
+                     RainToolsError)
 from .evaluate import SelfEvaluator, SimulatedJudge, load_template, option_token_ids, self_evaluator
 from .models import DEFAULT_MODEL, ChatFormat, LanguageModel, load_model, tiny_model
 from .search import RainResult, RainSearch, rain_generate, rain_generate_batch
@@ -18,7 +19,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChatFormat", "ConfigError", "DataError", "DEFAULT_MODEL", "JudgeError", "LanguageModel",
-    "ModelLoadError", "PromptError", "RainConfig", "RainResult", "RainSearch", "RainToolsError",
+    "ModelLoadError", "ModelSupportError", "PromptError", "RainConfig", "RainResult", "RainSearch",
+    "RainToolsError",
     "SelfEvaluator", "SimulatedJudge", "Trace", "best_of_n", "generate_vanilla", "load_model",
     "load_template", "option_token_ids", "rain_generate", "rain_generate_batch", "self_evaluator",
     "tiny_model",

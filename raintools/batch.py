@@ -19,7 +19,10 @@ timing: a batch run is reproducible. All random draws are keyed by node, so resu
 `rain_generate` on each prompt up to float ties.
 
 The batched forward needs an attention implementation that takes a 4D mask (sdpa, the default,
-or eager); padded KV copies cost memory: `max_batch_bytes` caps one merged pass.
+or eager); padded KV copies cost memory: `max_batch_bytes` caps one merged pass. On a model whose
+route is not "packed" (`raintools.families`: ALiBi, flash attention, ...) only requests of the same
+shape without masks or positions are merged (their rows stacked, no padding), so every family
+stays exact.
 """
 
 from __future__ import annotations
@@ -58,11 +61,12 @@ class _Request:
 class _Shape:
     """What one forward request looks like: rows, new tokens, past length, bytes per KV token."""
 
-    __slots__ = ("req", "rows", "s", "p", "kv_token_bytes")
+    __slots__ = ("req", "rows", "s", "p", "kv_token_bytes", "plain")
 
     def __init__(self, req: _Request):
         ids, past = req.args[0], req.args[1]
         self.req = req
+        self.plain = req.args[2] is None and req.args[4] is None    # no mask, default positions
         self.rows, self.s = int(ids.shape[0]), int(ids.shape[1])
         self.p = kv_len(past)
         self.kv_token_bytes = (sum(k.shape[1] * k.shape[3] * k.element_size() * 2 for k, _ in past)
@@ -230,8 +234,19 @@ class ForwardBatcher:
         rows = s = p = 0
         cost = 0.0
         kvb = 0
+        route = self.lm.route
+
+        def alone(sh):   # a 2D mask with holes: sliding windows count the holes, a tree does not
+            am = sh.req.args[2]
+            return route.windowed and am is not None and am.dim() == 2
+
         for sh in sorted(shapes, key=lambda x: (x.s, x.p, x.req.worker)):
-            if cur:
+            if cur and (alone(sh) or alone(cur[0])):
+                groups.append(cur)
+            elif cur and not route.packed and not (sh.plain and cur[0].plain
+                                                   and (sh.s, sh.p) == (s, p)):
+                groups.append(cur)        # without packing, only same-shape plain rows stack
+            elif cur:
                 r2, s2, p2 = rows + sh.rows, max(s, sh.s), max(p, sh.p)
                 merged = self._cost(r2, s2, p2)
                 apart = cost + self._cost(sh.rows, sh.s, sh.p)
@@ -320,6 +335,8 @@ class ForwardBatcher:
                         k_all[r0:r0 + b, :, P - sh.p:].copy_(k)
                         v_all[r0:r0 + b, :, P - sh.p:].copy_(v)
                 past_all.append((k_all, v_all))
+        if not lm.route.packed:       # same-shape plain requests (see _groups): rows stacked
+            mask = pos = None
         logits, kv = lm.raw_forward(ids, past_all or None, attention_mask=mask, position_ids=pos,
                                     logits_at=keep)
         for sh, (r0, b), w in zip(group, spans, wants):

@@ -9,6 +9,10 @@ class ConfigError(RainToolsError, ValueError):
     """An invalid hyperparameter or option."""
 
 
+class ModelSupportError(ConfigError):
+    """An option that this model family cannot serve exactly (the message says why and what to use)."""
+
+
 class PromptError(RainToolsError, ValueError):
     """An empty prompt or one that does not fit in the model's context."""
 

@@ -311,21 +311,59 @@ class SelfEvaluator:
         lm = self.lm
         per_order = self.prompt_ids(query, response)
         trunk, tails = split_common(per_order)
+        route = lm.route.kind
+        if route == "reference":
+            return self._sequential(trunk, tails)
         # The longest start computed before (header, query, a response judged before) is reused;
         # then one forward pass for the rest: a token tree whose trunk is the rest of the common
-        # ids, each order's own ending a tail that sees the trunk.
+        # ids, each order's own ending a tail that sees the trunk (on the "rows" route: one batch
+        # row per order).
         past, m, q = self._past(query, trunk)
         if not any(tails) and m >= len(trunk):      # nothing left to feed: recompute the last id
             past, m = [(k[:, :, :m - 1], v[:, :, :m - 1]) for k, v in past], m - 1
-        ids, pos, mask, ends = token_tree(m, trunk[m:], tails)
-        logits, out = lm.forward(ids, past=past, attention_mask=mask, position_ids=pos, logits_at=ends)
+        if route == "packed":
+            ids, pos, mask, ends = token_tree(m, trunk[m:], tails)
+            logits, out = lm.forward(ids, past=past, attention_mask=mask, position_ids=pos,
+                                     logits_at=ends)
+            logits = logits[0]
+        else:
+            logits, out = self._rows(past, trunk[m:], tails)
         if q >= 0:
             new = self._remember_response(query, trunk, out, q)
         else:
             new = len(trunk) - m
         self.stats.tokens_needed += new + sum(len(t) for t in tails)
         self.last_ids = [trunk + t for t in tails]
-        probs = self._letter_probs(logits[0])
+        probs = self._letter_probs(logits)
+        self.last_probs = probs.tolist()
+        return self._value(list(probs))
+
+    def _rows(self, past: KV, rest: list[int], tails: list[list[int]]):
+        """`rest` + each order's tail as its own batch row after `past`, right-padded (a causal
+        model never looks at the padding after a row's end), no mask. Returns the logits at each
+        row's end and the KV of the first row."""
+        seqs = [rest + t for t in tails]
+        width = max(len(x) for x in seqs)
+        pad = self.lm.tokenizer.pad_token_id or 0
+        ids = torch.tensor([x + [pad] * (width - len(x)) for x in seqs])
+        ends = torch.tensor([[len(x) - 1] for x in seqs])
+        rows = [(k.expand(len(seqs), -1, -1, -1), v.expand(len(seqs), -1, -1, -1))
+                for k, v in past or ()]
+        logits, out = self.lm.forward(ids, past=rows or None, logits_at=ends)
+        return logits[:, 0], [(k[:1], v[:1]) for k, v in out]
+
+    def _sequential(self, trunk: list[int], tails: list[list[int]]) -> float:
+        """A model without a per-token KV (reference route): the ids the orders share once (after
+        the judging header's state, computed once per model), then each order's ending after
+        them, one pass each (the model's cache object is copied for each)."""
+        lm = self.lm
+        h_ids, h_state = self._encode_header()
+        h = len(h_ids) if len(trunk) > len(h_ids) and trunk[:len(h_ids)] == list(h_ids) else 0
+        lg, state = lm.forward(torch.tensor([trunk[h:]]), past=h_state if h else None)
+        logits = [lm.forward(torch.tensor([t]), past=state)[0][0] if t else lg[0] for t in tails]
+        self.stats.tokens_needed += len(trunk) - h + sum(len(t) for t in tails)
+        self.last_ids = [trunk + t for t in tails]
+        probs = self._letter_probs(torch.stack(logits))
         self.last_probs = probs.tolist()
         return self._value(list(probs))
 

@@ -11,8 +11,10 @@ token it computes, so speed claims are measured, not guessed.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
+import logging
 import os
 import shutil
 import tempfile
@@ -24,7 +26,10 @@ from typing import Sequence
 
 import torch
 
-from .errors import ModelLoadError, PromptError
+from .errors import ModelLoadError, ModelSupportError, PromptError
+from .families import CHECK_WINDOW_MAX, REFERENCE, ROWS, Route, layer_masks, static_route
+
+log = logging.getLogger("raintools")
 
 # Aliases of models that ship inside PyPI wheels (no hub access needed).
 EMBEDDED_MODELS = {
@@ -297,6 +302,7 @@ class LanguageModel:
     chat: ChatFormat | None = None
     stats: ForwardStats = field(default_factory=ForwardStats)
     load_seconds: float = 0.0
+    _route: Route | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if self.tokenizer.pad_token_id is None:
@@ -325,6 +331,87 @@ class LanguageModel:
     @property
     def vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
+
+    # -- how the engine serves this model (raintools.families)
+    @property
+    def route(self) -> Route:
+        """The execution route of this model: "packed" token trees, one batch "rows" per
+        candidate, or the "reference" engine (see `raintools.families`). Decided once, from the
+        model's configuration and, for a packed route, a self-check against its own forward;
+        a route other than packed is logged once."""
+        route = self._route
+        if route is None:
+            with _ROUTE_LOCK:
+                route = self._route
+                if route is None:
+                    route = self._detect_route()
+                    self._route = route
+                    if route.packed:
+                        log.info("%s: packed token trees (exact)", self.name)
+                    elif route.kind == ROWS:
+                        log.warning("raintools: %s: %s; the fast engine runs one batch row per "
+                                    "candidate (exact, slower).", self.name, route.reason)
+                    else:
+                        log.warning("raintools: %s: %s; RAIN runs through the reference-style "
+                                    "engine (engine='reference').", self.name, route.reason)
+        return route
+
+    def _detect_route(self) -> Route:
+        route = static_route(self.model)
+        if not route.packed:
+            return route
+        self._route = route               # raw_forward applies its masks during the check
+        before = self.stats.snapshot()
+        try:
+            dev = self.packed_check()
+            tol = 1e-3 if self.dtype == torch.float32 else 5e-2
+            if dev > tol:
+                why = (f"a packed token tree differs from {type(self.model).__name__}'s own forward "
+                       f"by {dev:.3g} logit standard deviations")
+                return Route(ROWS, why)
+            return route
+        except Exception as exc:  # noqa: BLE001 - the model cannot run a packed tree
+            return Route(ROWS, f"{type(self.model).__name__} cannot run a packed token tree "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+        finally:
+            self._route = None
+            self.stats.calls, self.stats.tokens = before.calls, before.tokens
+
+    def packed_check(self, seed: int = 0) -> float:
+        """Largest difference, in standard deviations of the logits, between a packed token tree
+        and the model's own forward of each line: a past, then a tree (a trunk and two tails),
+        then one more token after each tail (the past then holds tree tokens out of position
+        order). The sequence is longer than the smallest sliding window when that window is at
+        most `CHECK_WINDOW_MAX` tokens."""
+        route = self._route or self.route
+        w = route.smallest_window
+        n = w + 16 if w is not None and w + 16 <= CHECK_WINDOW_MAX else 24
+        g = torch.Generator().manual_seed(seed)
+        vocab = min(self.vocab_size, int(self.model.get_input_embeddings().weight.shape[0]))
+        special = set(getattr(self.tokenizer, "all_special_ids", ()) or ())
+        pool = torch.tensor([i for i in range(vocab) if i not in special] or list(range(vocab)))
+        rand = lambda k: pool[torch.randint(0, len(pool), (k,), generator=g)].tolist()  # noqa: E731
+        ids, tail2, x = rand(n), rand(4), rand(2)
+        a, b = n // 2, n - 6
+        trunk, tail1 = ids[a:b], ids[b:]
+        _, past = self.raw_forward(torch.tensor([ids[:a]]))
+        t_ids, t_pos, t_mask, _ = token_tree(a, trunk, [tail1, tail2])
+        lt, kv = self.raw_forward(t_ids, past, attention_mask=t_mask, position_ids=t_pos,
+                                  all_logits=True)
+        # one token after each tail, each seeing the past, the trunk and its own tail
+        T = t_ids.shape[1]
+        m = torch.zeros(2, a + T + 2, dtype=torch.bool)
+        m[:, :a + len(trunk)] = True
+        m[0, a + len(trunk):a + len(trunk) + len(tail1)] = True
+        m[1, a + len(trunk) + len(tail1):a + T] = True
+        m[0, a + T] = m[1, a + T + 1] = True
+        l2, _ = self.raw_forward(torch.tensor([x]), kv, attention_mask=m[None, None],
+                                 position_ids=torch.tensor([[n, b + len(tail2)]]), all_logits=True)
+        full1, _ = self.raw_forward(torch.tensor([ids + x[:1]]), all_logits=True)
+        full2, _ = self.raw_forward(torch.tensor([ids[:b] + tail2 + x[1:]]), all_logits=True)
+        pairs = [(lt[0, :b - a + len(tail1)], full1[0, a:n]), (lt[0, b - a + len(tail1):], full2[0, b:b + 4]),
+                 (l2[0, 0], full1[0, n]), (l2[0, 1], full2[0, b + 4])]
+        return max(float((x - y).abs().max() / y.std().clamp_min(1e-6)) for x, y in pairs)
 
     # -- text <-> tokens
     def encode(self, text: str) -> list[int]:
@@ -428,16 +515,25 @@ class LanguageModel:
                     attention_mask: torch.Tensor | None = None, all_logits: bool = False,
                     position_ids: torch.Tensor | None = None, logits_at: torch.Tensor | None = None):
         """`forward` executed now, on this thread (see `forward`)."""
+        route = self._route or self.route
+        if route.kind == REFERENCE:
+            return self._state_forward(route, input_ids, past, attention_mask, all_logits,
+                                       position_ids, logits_at)
         device = self.device
         cache = kv_cache(past)
         input_ids = input_ids.to(device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
-            if attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
-                # additive float mask: works with the sdpa and eager attention implementations
-                add = torch.zeros(attention_mask.shape, dtype=self.dtype, device=device)
-                attention_mask = add.masked_fill_(~attention_mask, torch.finfo(self.dtype).min)
+            if attention_mask.dim() == 4:
+                if not route.packed:
+                    raise ModelSupportError(f"{self.name}: {route.reason}, so it cannot take a "
+                                            f"token-tree (4D) mask; run it on its {route.kind} route.")
+                if attention_mask.dtype == torch.bool:
+                    attention_mask = self._additive(layer_masks(attention_mask, route))
         if position_ids is not None:
+            if not route.packed:
+                raise ModelSupportError(f"{self.name}: {route.reason}, so it cannot take explicit "
+                                        f"positions; run it on its {route.kind} route.")
             position_ids = position_ids.to(device)
         if logits_at is not None:
             keep = logits_at.to(device)
@@ -457,6 +553,51 @@ class LanguageModel:
         kv = [(layer.keys, layer.values) for layer in new_cache.layers]
         return logits.float(), kv
 
+    def _additive(self, mask):
+        """Boolean 4D mask(s) as additive float masks (the sdpa and eager implementations both
+        take these); a dict of masks per layer type stays a dict."""
+        if isinstance(mask, dict):
+            return {k: self._additive(v) for k, v in mask.items()}
+        add = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device)
+        return add.masked_fill_(~mask, torch.finfo(self.dtype).min)
+
+    def _state_forward(self, route, input_ids, past, attention_mask, all_logits, position_ids,
+                       logits_at):
+        """`raw_forward` for a model without a per-token KV (the reference route): `past` is the
+        model's own cache object, copied before the model extends it, or a `TokenHistory` (the
+        tokens so far, recomputed) when the model returns no cache."""
+        if position_ids is not None or (attention_mask is not None and attention_mask.dim() == 4):
+            raise ModelSupportError(f"{self.name}: {route.reason}; token trees (4D masks, explicit "
+                                    f"positions) need a per-token KV cache. Use engine='reference'.")
+        device = self.device
+        input_ids = input_ids.to(device)
+        s = input_ids.shape[1]
+        cache = None
+        if isinstance(past, TokenHistory):
+            input_ids = torch.cat([past.ids.to(device), input_ids], dim=1)
+        elif past is not None:
+            cache = copy.deepcopy(past)
+        p = input_ids.shape[1] - s
+        if logits_at is not None:
+            keep = (logits_at.to(device) + p).expand(input_ids.shape[0], -1)
+        else:
+            keep = 0 if all_logits else 1
+        kwargs = {self._cache_kwarg: cache} if cache is not None else {}
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=keep,
+                         attention_mask=None if attention_mask is None else attention_mask.to(device),
+                         **kwargs)
+        self.stats.calls += 1
+        self.stats.tokens += int(input_ids.numel())
+        logits = out.logits
+        if logits_at is None and not all_logits:
+            logits = logits[:, -1, :]
+        elif all_logits and logits_at is None:
+            logits = logits[:, p:]
+        new_cache = getattr(out, "cache", None)
+        if new_cache is None:
+            new_cache = getattr(out, "past_key_values", None)
+        return logits.float(), (new_cache if new_cache is not None else TokenHistory(input_ids.cpu()))
+
     @torch.inference_mode()
     def full_logits(self, ids: Sequence[int]) -> torch.Tensor:
         """Next-token logits after `ids`, computed from scratch (no cache). For tests and the
@@ -470,6 +611,15 @@ class _Route(threading.local):
 
 
 _ROUTE = _Route()
+_ROUTE_LOCK = threading.RLock()
+
+
+@dataclass
+class TokenHistory:
+    """The past of a model that returns no reusable cache (e.g. RecurrentGemma keeps its state
+    inside its modules): the tokens so far, recomputed with the next input."""
+
+    ids: torch.Tensor      # [batch, past]
 
 
 def kv_cache(past: KV | None):

@@ -26,7 +26,9 @@ def add_rain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--c", type=float, default=None, help="exploration constant")
     p.add_argument("--no-similarity", action="store_true", help="ablation: no similarity update")
     p.add_argument("--no-node-addition", action="store_true", help="ablation: no dynamic node addition")
-    p.add_argument("--engine", default="fast", choices=["fast", "reference"])
+    p.add_argument("--engine", default="auto", choices=["auto", "fast", "reference"],
+                   help="auto (default): fast on models with a per-token KV cache, reference on "
+                        "recurrent / state-space ones")
 
 
 def rain_config_from_args(args, device: str):

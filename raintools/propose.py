@@ -8,7 +8,9 @@ same candidates:
   rollouts of one expansion run as one batch over the shared prefix (rollouts that drew the same
   tokens share a row; the last token is fed only for the kept candidates), and the leaf's clause
   completion rides in the same batch; committed prefixes are merged into the root and discarded
-  subtrees free their caches with their nodes. One top-k and one host transfer per step.
+  subtrees free their caches with their nodes. One top-k and one host transfer per step. On a
+  model whose route is "rows" (`raintools.families`: ALiBi and others that a packed token tree
+  cannot serve exactly) the rollouts run as one batch row per line instead, with the same draws.
 * `ReferenceEngine`: the straightforward execution of the authors' public code (batch 1, each
   rollout and each clause completion recomputing the whole prefix once, no KV kept across nodes,
   the last rollout token never fed, embeddings one string at a time). For equivalence tests and
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import ConfigError, ModelSupportError
 from .models import KV, LanguageModel, kv_cat, kv_gather, kv_len, kv_slice
 from .sampling import pick, sample_full, truncated
 from .tree import Node
@@ -168,6 +171,15 @@ class CachedEngine(Engine):
 
     fuses_completion = True     # `rollouts(..., completion=)` runs a clause completion in the batch
 
+    def __init__(self, lm: LanguageModel, top_k: int = 15, temperature: float = 1.0):
+        super().__init__(lm, top_k, temperature)
+        route = lm.route
+        if route.kind not in ("packed", "rows"):
+            raise ModelSupportError(
+                f"The fast engine needs a per-token KV cache, and {lm.name} has none: {route.reason}. "
+                f"Use engine='reference' (or engine='auto', which picks it).")
+        self.packed = route.packed      # False: one batch row per rollout line
+
     def start(self, prompt_ids):
         self.prefix_ids = list(prompt_ids)
         logits, kv = self.lm.forward(torch.tensor([prompt_ids]))
@@ -263,9 +275,17 @@ class CachedEngine(Engine):
             if not feed:
                 break
             depth += [0 if parent[g] < 0 else depth[parent[g]] + 1 for g in range(first, len(parent))]
-            ids, pos, mask = packed_step(start, parent, depth, feed, first)
-            logits, kv = lm.forward(ids, past=kv, attention_mask=mask, position_ids=pos, all_logits=True)
-            logits, base = logits[0], first
+            if self.packed:
+                ids, pos, mask = packed_step(start, parent, depth, feed, first)
+                logits, kv = lm.forward(ids, past=kv, attention_mask=mask, position_ids=pos,
+                                        all_logits=True)
+                logits = logits[0]
+            else:       # one row per line: its past is the row of the line it continues
+                src = torch.tensor([max(parent[g] - base, 0) for g in range(first, len(parent))])
+                rows_kv = [(k.index_select(0, src.to(k.device)), v.index_select(0, src.to(v.device)))
+                           for k, v in kv]
+                logits, kv = lm.forward(torch.tensor(feed).unsqueeze(1), past=rows_kv)
+            base = first
             if comp is not None:
                 comp.logits = logits[comp_at - base]
             if last:
@@ -277,15 +297,21 @@ class CachedEngine(Engine):
             g = at[r]
             if (g is not None and g >= max(base, 0) and not done[r] and len(rows[r]) == length
                     and depth[g] == length - 1):
-                c.kv = kv_gather(kv, [start + a for a in line_of(g, parent)])
+                if self.packed:
+                    c.kv = kv_gather(kv, [start + a for a in line_of(g, parent)])
+                else:
+                    c.kv = kv_slice(kv, start, row=g - base)
                 c.logits = logits[g - base].clone()
             cands.append(c)
         samples = [c.raw_p for c in cands[1:]]
         cands[0].raw_p = clamp_greedy(cands[0].raw_p, samples)
         if comp is not None:                  # the completion goes on alone
             state = past
-            if comp_at >= 0:
+            if comp_at >= 0 and self.packed:
                 state = kv_cat([past, kv_gather(kv, [start + a for a in line_of(comp_at, parent)])])
+            elif comp_at >= 0:           # the completion's own row of the last pass
+                state = [(k[comp_at - base:comp_at - base + 1], v[comp_at - base:comp_at - base + 1])
+                         for k, v in kv]
             while not comp.done:
                 tok = comp.step()
                 if tok is None:
@@ -369,3 +395,21 @@ class ReferenceEngine(Engine):
 
 
 ENGINES = {"fast": CachedEngine, "cached": CachedEngine, "reference": ReferenceEngine}
+
+
+def resolve_engine(lm: LanguageModel, engine: str) -> str:
+    """The engine that runs. "auto" (the default) is the fast engine on every model with a
+    per-token KV cache (its route, `lm.route`, is "packed" or "rows") and the reference engine on
+    the others (state-space, recurrent, hybrid models); asking for "fast" on those is an error."""
+    if engine != "auto" and engine not in ENGINES:
+        raise ConfigError(f"Unknown engine {engine!r}; choose from {sorted(ENGINES) + ['auto']}.")
+    if engine == "reference":
+        return engine
+    route = lm.route
+    if route.kind == "reference":
+        if engine == "auto":
+            return "reference"
+        raise ModelSupportError(
+            f"engine={engine!r} needs a per-token KV cache, and {lm.name} has none: {route.reason}. "
+            f"Use engine='auto' (or 'reference'): RAIN then runs through the reference-style engine.")
+    return "fast" if engine == "auto" else engine

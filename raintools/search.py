@@ -30,7 +30,7 @@ from .config import RainConfig
 from .errors import ConfigError, PromptError
 from .evaluate import Evaluator, self_evaluator
 from .models import LanguageModel
-from .propose import ENGINES, Candidate, Completion, top_candidates
+from .propose import ENGINES, Candidate, Completion, resolve_engine, top_candidates
 from .sampling import ADD, COMMIT, COMPLETE, EXPAND, keyed_rng
 from .trace import CommitRecord, NodeRecord, SimulationRecord, Trace
 from .tree import (Bounds, Node, backup, most_visited, needs_node_addition, reroot,
@@ -88,7 +88,7 @@ class RainSearch:
 
     def __init__(self, lm: LanguageModel, prompt: str, config: RainConfig | None = None,
                  evaluator: Evaluator | None = None, embedder: Callable | None = None,
-                 engine: str = "fast"):
+                 engine: str = "auto"):
         self.cfg = (config or RainConfig()).validate()
         self.lm = lm
         self.prompt = prompt
@@ -98,8 +98,7 @@ class RainSearch:
             raise PromptError(
                 f"The prompt is {len(prompt_ids)} tokens, not below max_length={self.cfg.max_length}: "
                 f"shorten it or raise RainConfig.max_length.")
-        if engine not in ENGINES:
-            raise ConfigError(f"Unknown engine {engine!r}; choose from {sorted(ENGINES)}.")
+        engine = resolve_engine(lm, engine)
         self.engine_name = engine
         self.engine = ENGINES[engine](lm, top_k=self.cfg.top_k, temperature=self.cfg.temperature)
         if evaluator is None:
@@ -475,6 +474,7 @@ class RainSearch:
         stats = dict(self.counts)
         stats.update(
             engine=self.engine_name,
+            engine_route="reference" if self.engine_name == "reference" else self.lm.route.kind,
             committed_tokens=len(self.response),
             commits=len(self.token_sets),
             simulations_per_step=list(self.sims_per_step),
@@ -493,12 +493,15 @@ class RainSearch:
 
 def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = None,
                   evaluator: Evaluator | None = None, embedder: Callable | None = None,
-                  engine: str = "fast", progress: bool = False, **overrides) -> RainResult:
+                  engine: str = "auto", progress: bool = False, **overrides) -> RainResult:
     """Generate a response to `prompt` with RAIN.
 
     `config` defaults to the paper's HH setting; keyword overrides change single fields
     (e.g. `max_new_tokens=32`). `evaluator` defaults to the model's own self-evaluator;
-    `embedder` to all-MiniLM-L6-v2. `engine="reference"` runs the slow straightforward execution.
+    `embedder` to all-MiniLM-L6-v2. `engine="auto"` runs the fast engine on every model with a
+    per-token KV cache and the reference engine on the others (`lm.route`, logged once; the
+    route is in `stats["engine_route"]`); `engine="reference"` runs the slow straightforward
+    execution.
     """
     cfg = (config or RainConfig())
     if overrides:
@@ -509,7 +512,7 @@ def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = No
 
 def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfig | None = None,
                         evaluator: Evaluator | None = None, embedder: Callable | None = None,
-                        engine: str = "fast", progress: bool = False, concurrency: int | None = None,
+                        engine: str = "auto", progress: bool = False, concurrency: int | None = None,
                         batcher=None, **overrides) -> list[RainResult]:
     """RAIN on many prompts, the searches run side by side so that their forward passes (and
     embedder calls) batch together: the throughput path for evaluating many prompts, above all
@@ -529,11 +532,10 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     if overrides:
         cfg = cfg.replace(**overrides)
     cfg.validate()
+    engine = resolve_engine(lm, engine)
     if engine == "reference" or len(prompts) <= 1:
         return [rain_generate(lm, p, cfg, evaluator=evaluator, embedder=embedder, engine=engine)
                 for p in tqdm(prompts, desc="RAIN prompts", disable=not progress)]
-    if engine not in ENGINES:
-        raise ConfigError(f"Unknown engine {engine!r}; choose from {sorted(ENGINES)}.")
     batcher = batcher or ForwardBatcher(lm)
     base_eval = evaluator if evaluator is not None else self_evaluator(lm, "harm", cfg.eval_mode)
     if (cfg.similarity_update or cfg.node_addition) and embedder is None:

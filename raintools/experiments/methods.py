@@ -46,7 +46,7 @@ class MethodConfig:
     `rain`: the RAIN constants (its `max_new_tokens` is overridden by the one here, so all
     methods answer with the same length budget). `temperature` / `top_k`: sampling for `sampled`
     and the best-of-N candidates. `bon_n`: N of best-of-N. `engine`: RAIN's engine
-    ("fast" or "reference"). `embedder`: optional callable list[str] -> Tensor for RAIN's
+    ("auto": fast where the model allows; "fast" or "reference"). `embedder`: optional callable list[str] -> Tensor for RAIN's
     similarity update (default all-MiniLM-L6-v2)."""
 
     rain: RainConfig = field(default_factory=RainConfig)
@@ -54,7 +54,7 @@ class MethodConfig:
     temperature: float = 1.0
     top_k: int | None = None
     bon_n: int = 4
-    engine: str = "fast"
+    engine: str = "auto"
     embedder: Callable | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):

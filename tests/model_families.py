@@ -1,0 +1,112 @@
+"""Tiny random models of many transformers families, built from configs in milliseconds (no
+download), each with the character tokenizer of `raintools.tinytok`. Sliding windows are set
+shorter than any prompt the tests use (WINDOW tokens), so a path that ignores the window differs.
+
+`FAMILIES[name] = (model_type, config overrides)`; `build(name)` returns a `LanguageModel`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+WINDOW = 7
+CONTEXT = 4096          # the character-level judging prompt is ~2,000 tokens
+
+_LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=CONTEXT)
+
+FAMILIES: dict[str, tuple[str, dict]] = {
+    # rotary, grouped-query attention
+    "llama": ("llama", dict(_LLAMA)),
+    "qwen3": ("qwen3", dict(_LLAMA, head_dim=8)),
+    "olmo2": ("olmo2", dict(_LLAMA)),
+    # multi-query attention
+    "granite": ("granite", dict(_LLAMA, num_key_value_heads=1)),
+    # sliding windows: on every layer (Mistral, Starcoder2), on some layers (Qwen2's
+    # max_window_layers, Gemma 2/3's layer_types), with soft-capping (Gemma 2)
+    "mistral": ("mistral", dict(_LLAMA, sliding_window=WINDOW)),
+    "starcoder2": ("starcoder2", dict(_LLAMA, sliding_window=WINDOW)),
+    "qwen2-swa": ("qwen2", dict(_LLAMA, use_sliding_window=True, sliding_window=WINDOW,
+                                max_window_layers=1)),
+    "gemma2": ("gemma2", dict(_LLAMA, head_dim=8, sliding_window=WINDOW, query_pre_attn_scalar=8,
+                              attn_logit_softcapping=5.0, final_logit_softcapping=3.0)),
+    "gemma3": ("gemma3_text", dict(_LLAMA, num_hidden_layers=3, head_dim=8, sliding_window=WINDOW,
+                                   query_pre_attn_scalar=8,
+                                   layer_types=["sliding_attention", "full_attention",
+                                                "sliding_attention"])),
+    "cohere2": ("cohere2", dict(_LLAMA, sliding_window=WINDOW,
+                                layer_types=["sliding_attention", "full_attention"])),
+    # partial rotary
+    "phi": ("phi", dict(_LLAMA, partial_rotary_factor=0.5)),
+    "gpt_neox": ("gpt_neox", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, rotary_pct=0.25,
+                                  max_position_embeddings=CONTEXT)),
+    "stablelm": ("stablelm", dict(_LLAMA, partial_rotary_factor=0.25)),
+    # absolute learned positions
+    "gpt2": ("gpt2", dict(n_embd=32, n_layer=2, n_head=4, n_positions=CONTEXT)),
+    "gpt_bigcode": ("gpt_bigcode", dict(n_embd=32, n_layer=2, n_head=4, n_positions=CONTEXT,
+                                        multi_query=True)),
+    "opt": ("opt", dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                        word_embed_proj_dim=32, max_position_embeddings=CONTEXT)),
+    # Falcon: rotary + multi-query, and the ALiBi variant
+    "falcon": ("falcon", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              multi_query=True, alibi=False, max_position_embeddings=CONTEXT)),
+    # ALiBi
+    "falcon-alibi": ("falcon", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                    multi_query=True, alibi=True, max_position_embeddings=CONTEXT)),
+    "bloom": ("bloom", dict(hidden_size=32, n_layer=2, n_head=4)),
+    "mpt": ("mpt", dict(d_model=32, n_layers=2, n_heads=4, expansion_ratio=2, max_seq_len=CONTEXT)),
+    # recurrent and hybrid
+    "mamba": ("mamba", dict(hidden_size=32, state_size=4, num_hidden_layers=2, expand=2,
+                            conv_kernel=4)),
+    "jamba": ("jamba", dict(_LLAMA, num_hidden_layers=2, attn_layer_period=2, attn_layer_offset=1,
+                            expert_layer_period=2, expert_layer_offset=1, num_experts=2,
+                            num_experts_per_tok=1, mamba_d_state=4, mamba_d_conv=4,
+                            mamba_expand=2, mamba_dt_rank=4)),
+    "recurrent_gemma": ("recurrent_gemma", dict(hidden_size=32, intermediate_size=64,
+                                                num_hidden_layers=2, num_attention_heads=4,
+                                                num_key_value_heads=1, lru_width=32,
+                                                attention_window_size=WINDOW,
+                                                block_types=["recurrent", "attention"])),
+    "falcon_h1": ("falcon_h1", dict(_LLAMA, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8,
+                                    mamba_d_state=4, mamba_d_conv=4, mamba_n_groups=1,
+                                    mamba_chunk_size=16)),
+    "qwen3_next": ("qwen3_next", dict(_LLAMA, head_dim=8, num_experts=2, num_experts_per_tok=1,
+                                      moe_intermediate_size=32, shared_expert_intermediate_size=32,
+                                      linear_num_value_heads=2, linear_num_key_heads=2,
+                                      linear_key_head_dim=8, linear_value_head_dim=8,
+                                      layer_types=["linear_attention", "full_attention"])),
+}
+
+
+# What each family must get (raintools.families): a packed token tree wherever it reproduces the
+# model's forward, one batch row per candidate for ALiBi, the reference engine without a KV cache.
+ROWS = {"falcon-alibi", "bloom", "mpt"}
+RECURRENT = {"mamba", "jamba", "recurrent_gemma", "falcon_h1", "qwen3_next"}
+SLIDING = {"mistral", "starcoder2", "qwen2-swa", "gemma2", "gemma3", "cohere2"}
+
+
+def expected_route(name: str) -> str:
+    return "rows" if name in ROWS else "reference" if name in RECURRENT else "packed"
+
+
+def build(name: str, seed: int = 0, chat: bool = False, attn: str | None = None, **config):
+    """A `LanguageModel` of family `name` with random weights (float32, eval mode); `config`
+    overrides its config fields."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from raintools.models import LanguageModel
+    from raintools.tinytok import char_tokenizer
+
+    model_type, overrides = FAMILIES[name]
+    tok = char_tokenizer(chat=chat)
+    kwargs = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    kwargs.update(overrides)
+    kwargs.update(config)
+    cfg = AutoConfig.for_model(model_type, **kwargs)
+    if attn is not None:
+        cfg._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    return LanguageModel(model, tok, name=f"tiny-{name}-{seed}")

@@ -1,0 +1,214 @@
+"""Every model family exact or routed (issue #12).
+
+Tiny random models of many transformers families (tests/model_families.py: rotary and learned
+absolute positions, partial rotary, multi-query and grouped-query attention, soft-capping, sliding
+windows shorter than every prompt here, ALiBi, state-space and hybrid models). For each family with
+a per-token KV cache, the fast engine's paths give the model's own next-token logits: a packed
+(or, on the "rows" route, row-per-candidate) rollout after a cached past, a cached decode step,
+the cached judge (judging prefix + the response and question endings), and a merged pass of two
+searches. RAIN runs end to end from a saved folder, and the recurrent models take the reference
+route.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from model_families import FAMILIES, RECURRENT, SLIDING, WINDOW, build, expected_route
+from raintools import ModelSupportError, RainConfig, SelfEvaluator, load_model, rain_generate
+from raintools import rain_generate_batch
+from raintools.batch import ForwardBatcher, _Request, _Shape
+from raintools.evaluate import JudgeTemplate
+from raintools.models import kv_len, token_tree
+from raintools.propose import CachedEngine
+from raintools.tree import Node
+
+from test_search import letter_embedder
+
+KV_FAMILIES = [n for n in FAMILIES if n not in RECURRENT]
+PROMPT = "hello there, how are you today?"          # 31 tokens, windows are 7
+TOL = 1e-4
+# A short judging template (the packaged one is ~2,000 characters = tokens here): still several
+# times longer than the windows.
+SHORT = JudgeTemplate(
+    name="short", header="Judge the reply of the assistant.\n", conversation="User: {query}\n",
+    response="Assistant: {response}\n",
+    question="Is the reply harmful or harmless?\nOptions: (A) {option_a} (B) {option_b}\nAnswer: (",
+    positive="harmless", negative="harmful")
+CFG = RainConfig(max_new_tokens=5, max_simulations=4, extra_simulations=2, min_visits=2,
+                 clause_max_tokens=3)
+
+_MODELS: dict = {}
+
+
+def model(name):
+    """One random model per family for this module (built in milliseconds)."""
+    if name not in _MODELS:
+        _MODELS[name] = build(name)
+    return _MODELS[name]
+
+
+def diff(a, b) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def judge_logits(ev: SelfEvaluator) -> list:
+    """Record the logits each judgement turns into letter probabilities."""
+    seen = []
+    letter_probs = ev._letter_probs
+
+    def spy(logits):
+        seen.append(logits.detach().clone())
+        return letter_probs(logits)
+
+    ev._letter_probs = spy
+    return seen
+
+
+def judge_prompt_ids(lm, ev, query, response, order):
+    t = ev.template
+    return (lm.bos() + lm.encode(t.header) + lm.encode(t.conversation.format(query=query))
+            + lm.encode(t.response.format(response=response)) + ev._question_ids[order])
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_each_family_gets_its_route(name, caplog):
+    lm = model(name)
+    with caplog.at_level(logging.INFO, logger="raintools"):
+        route = lm.route
+        assert lm.route is route                      # decided once
+    assert route.kind == expected_route(name), route.reason
+    if route.kind != "packed":
+        # said once in the log, with the reason
+        assert [r.levelno for r in caplog.records] == [logging.WARNING]
+        assert route.reason and route.reason in caplog.records[0].getMessage()
+    else:
+        assert lm.packed_check() < TOL
+    if name in SLIDING:
+        assert route.windowed and route.smallest_window == WINDOW
+
+
+@pytest.mark.parametrize("name", KV_FAMILIES)
+def test_fast_paths_equal_the_models_own_forward(name):
+    lm = model(name)
+    packed = lm.route.packed
+    P = lm.encode(PROMPT)
+    # a cached decode step
+    _, kv = lm.forward(torch.tensor([P[:-1]]))
+    step, _ = lm.forward(torch.tensor([[P[-1]]]), past=kv)
+    assert diff(step[0], lm.full_logits(P)) < TOL
+    # rollouts after the cached prompt, then from a new node (per-node KV chunks concatenated);
+    # every layer keeps the whole KV, sliding ones included
+    eng = CachedEngine(lm, top_k=5)
+    root = eng.start(P)
+    assert kv_len(root.kv) == len(P)
+    u = np.random.default_rng(0).random((5, 4))
+    checked = 0
+    cands = eng.rollouts(root, 4, u, keep=6)
+    for c in cands:
+        if c.kv is not None:
+            full, full_kv = lm.forward(torch.tensor([P + list(c.tokens)]))
+            assert diff(c.logits, full[0]) < TOL
+            assert kv_len(c.kv) == 4
+            for (k, v), (k2, v2) in zip(c.kv, full_kv):
+                assert diff(k, k2[:, :, len(P):]) < TOL and diff(v, v2[:, :, len(P):]) < TOL
+            checked += 1
+    first = next(c for c in cands if c.kv is not None)
+    child = Node(tokens=first.tokens, parent=root, step=1, uid=1, kv=first.kv, logits=first.logits)
+    root.children.append(child)
+    for c in eng.rollouts(child, 3, u[:, :3], keep=6):
+        if c.kv is not None:
+            assert diff(c.logits, lm.full_logits(P + list(first.tokens) + list(c.tokens))) < TOL
+            checked += 1
+    assert checked >= 3
+    # the cached judge: judging prefix once, then the response (its start reused) and both endings
+    ev = SelfEvaluator(lm, SHORT, mode="soft")
+    seen = judge_logits(ev)
+    query, response = "how do I bake bread?", "Mix flour and water, then bake it."
+    ev(query, "Mix flour and")
+    ev(query, response)
+    for order in range(2):
+        ids = judge_prompt_ids(lm, ev, query, response, order)
+        assert len(ids) > 4 * WINDOW
+        assert diff(seen[-1][order], lm.full_logits(ids)) < TOL
+    # two searches' requests merged into one pass: on a packed route a token tree after one past
+    # and a decode step after a past of another length; on the rows route two decode steps of
+    # the same shape (different pasts)
+    _, kv_a = lm.forward(torch.tensor([P[:20]]))
+    _, kv_b = lm.forward(torch.tensor([P[3:23]]))
+    if packed:
+        ids, pos, mask, ends = token_tree(kv_len(kv), P[-1:] + [40, 41], [[42, 43], [44]])
+        reqs = [(ids, kv, mask, False, pos, ends), (torch.tensor([[P[20]]]), kv_a, None, False, None, None)]
+        lines = [P + [40, 41, 42, 43], P + [40, 41, 44], P[:21]]
+    else:
+        reqs = [(torch.tensor([[P[20]]]), kv_a, None, False, None, None),
+                (torch.tensor([[P[23]]]), kv_b, None, False, None, None)]
+        lines = [P[:21], P[3:24]]
+    batcher = ForwardBatcher(lm, call_cost=1e9)
+    shapes = [_Shape(_Request(i, "lm", r)) for i, r in enumerate(reqs)]
+    groups = batcher._groups(shapes)
+    assert len(groups) == 1
+    batcher._run_group(groups[0])
+    got = [row for sh in shapes for row in sh.req.result[0].reshape(-1, lm.vocab_size)]
+    assert len(got) == len(lines)
+    for lg, line in zip(got, lines):
+        assert diff(lg, lm.full_logits(line)) < TOL
+
+
+def test_rows_route_refuses_token_trees_and_merges_only_same_shapes():
+    lm = model("bloom")
+    P = lm.encode(PROMPT)
+    _, kv = lm.forward(torch.tensor([P[:10]]))
+    ids, pos, mask, ends = token_tree(10, P[10:12], [[40], [41]])
+    with pytest.raises(ModelSupportError, match="ALiBi|position"):
+        lm.forward(ids, past=kv, attention_mask=mask, position_ids=pos, logits_at=ends)
+    _, kv2 = lm.forward(torch.tensor([P[:12]]))
+    reqs = [(torch.tensor([[P[10]]]), kv, None, False, None, None),
+            (torch.tensor([[P[12]]]), kv2, None, False, None, None)]
+    b = ForwardBatcher(lm, call_cost=1e9)
+    assert len(b._groups([_Shape(_Request(i, "lm", r)) for i, r in enumerate(reqs)])) == 2
+
+
+def test_a_judging_prompt_longer_than_a_real_window():
+    """Gemma 3's local layers see 512 tokens (1B) or 1,024: fewer than the packaged judging
+    prompt (here ~2,000 character tokens). The cached judge still equals the full forward."""
+    lm = build("gemma3", seed=3, sliding_window=512)
+    assert lm.route.packed and lm.route.smallest_window == 512
+    ev = SelfEvaluator(lm, "harm", mode="soft")
+    seen = judge_logits(ev)
+    query, response = "What is bread?", "Bread is baked dough."
+    ev(query, response)
+    for order in range(2):
+        ids = judge_prompt_ids(lm, ev, query, response, order)
+        assert len(ids) > 3 * 512
+        assert diff(seen[-1][order], lm.full_logits(ids)) < TOL
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_rain_end_to_end_from_a_saved_folder(name, tmp_path):
+    src = model(name)
+    src.model.save_pretrained(tmp_path)
+    src.tokenizer.save_pretrained(tmp_path)
+    lm = load_model(str(tmp_path), device="cpu")
+    assert lm.route.kind == expected_route(name)
+    ev = SelfEvaluator(lm, SHORT)
+    fast = rain_generate(lm, PROMPT, CFG, evaluator=ev, embedder=letter_embedder)
+    assert fast.stats["engine_route"] == expected_route(name)
+    assert fast.tokens and fast.stats["commits"] >= 1
+    if name in RECURRENT:
+        assert fast.stats["engine"] == "reference"
+        with pytest.raises(ModelSupportError, match="reference"):
+            rain_generate(lm, PROMPT, CFG, evaluator=ev, embedder=letter_embedder, engine="fast")
+        return
+    ref = rain_generate(lm, PROMPT, CFG, evaluator=SelfEvaluator(lm, SHORT, cached=False),
+                        embedder=letter_embedder, engine="reference")
+    assert fast.token_sets == ref.token_sets
+    assert fast.stats["simulations"] == ref.stats["simulations"]
+    # two searches side by side, their passes merged: the same answers
+    batch = rain_generate_batch(lm, [PROMPT, "hi"], CFG, evaluator=SelfEvaluator(lm, SHORT),
+                                embedder=letter_embedder)
+    assert batch[0].token_sets == fast.token_sets
