@@ -69,12 +69,6 @@ def judge_logits(ev: SelfEvaluator) -> list:
     return seen
 
 
-def judge_prompt_ids(lm, ev, query, response, order):
-    t = ev.template
-    return (lm.bos() + lm.encode(t.header) + lm.encode(t.conversation.format(query=query))
-            + lm.encode(t.response.format(response=response)) + ev._question_ids[order])
-
-
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_each_family_gets_its_route(name, caplog):
     lm = model(name)
@@ -132,7 +126,8 @@ def test_fast_paths_equal_the_models_own_forward(name):
     ev(query, "Mix flour and")
     ev(query, response)
     for order in range(2):
-        ids = judge_prompt_ids(lm, ev, query, response, order)
+        ids = ev.prompt_ids(query, response)[order]
+        assert ev.last_ids[order] == ids
         assert len(ids) > 4 * WINDOW
         assert diff(seen[-1][order], lm.full_logits(ids)) < TOL
     # two searches' requests merged into one pass: on a packed route a token tree after one past
@@ -183,7 +178,8 @@ def test_a_judging_prompt_longer_than_a_real_window():
     query, response = "What is bread?", "Bread is baked dough."
     ev(query, response)
     for order in range(2):
-        ids = judge_prompt_ids(lm, ev, query, response, order)
+        ids = ev.prompt_ids(query, response)[order]
+        assert ev.last_ids[order] == ids
         assert len(ids) > 3 * 512
         assert diff(seen[-1][order], lm.full_logits(ids)) < TOL
 
