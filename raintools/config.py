@@ -31,6 +31,10 @@ class RainConfig:
     root_prior_mix: float = 0.25        # root children priors: (1-m) p + m uniform
     # -- evaluation
     complete_clause: bool = True        # sample to the end of the clause before judging
+    complete_until: str = "clause"      # "clause" (paper) or "turn": to EOS / a user turn only
+                                        # (the public code's TruthfulQA script)
+    cut_at_last_stop: bool = False      # judge the response cut after its last "." (TruthfulQA
+                                        # script); a response without one is judged whole
     clause_max_tokens: int | None = None  # None: up to max_length (as the paper)
     eval_mode: str = "votes"            # "votes" (paper) or "soft" (probability difference)
     # -- backward
@@ -88,6 +92,8 @@ class RainConfig:
         number("add_attempts", lo=0, integer=True)
         number("root_prior_mix", lo=0, hi=1)
         number("clause_max_tokens", lo=0, integer=True, allow_none=True)
+        if self.complete_until not in ("clause", "turn"):
+            bad(f"complete_until must be 'clause' or 'turn', got {self.complete_until!r}.")
         if self.eval_mode not in ("votes", "soft"):
             bad(f"eval_mode must be 'votes' or 'soft', got {self.eval_mode!r}.")
         number("sim_gamma", lo=0, hi=1)
@@ -104,7 +110,8 @@ class RainConfig:
         number("max_new_tokens", lo=1, integer=True, allow_none=True)
         number("max_commits", lo=1, integer=True, allow_none=True)
         number("seed", integer=True)
-        for flag in ("complete_clause", "similarity_update", "node_addition", "record_trace"):
+        for flag in ("complete_clause", "cut_at_last_stop", "similarity_update", "node_addition",
+                     "record_trace"):
             if not isinstance(getattr(self, flag), bool):
                 bad(f"{flag} must be True or False.")
         return self
@@ -144,6 +151,15 @@ class RainConfig:
         return cls(**{"name": "truthfulqa", "min_visits": 16, **overrides})
 
     @classmethod
+    def truthfulqa_yesno(cls, **overrides) -> "RainConfig":
+        """The public code's TruthfulQA script: T_m = 16, the evaluation completes the answer to
+        the end of the turn (not of the clause) and judges it cut after its last full stop. Use it
+        with the `truthful_yesno` judging template (one question answered Yes/No, one vote:
+        v in {-1, +1}); `tasks.get_task("truthful-yesno")` pairs the two."""
+        return cls(**{"name": "truthfulqa-yesno", "min_visits": 16, "complete_until": "turn",
+                      "cut_at_last_stop": True, **overrides})
+
+    @classmethod
     def sentiment(cls, **overrides) -> "RainConfig":
         """The IMDB positive-sentiment setting. The paper names no search constants of its own
         for it, so these are the HH constants under their own name (results record the preset)."""
@@ -172,5 +188,6 @@ class RainConfig:
 
 
 PRESETS = {"hh": RainConfig.hh, "advbench": RainConfig.advbench,
-           "truthfulqa": RainConfig.truthfulqa, "sentiment": RainConfig.sentiment,
+           "truthfulqa": RainConfig.truthfulqa, "truthfulqa-yesno": RainConfig.truthfulqa_yesno,
+           "sentiment": RainConfig.sentiment,
            "cpu-demo": RainConfig.cpu_demo}

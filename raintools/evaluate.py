@@ -20,6 +20,7 @@ batch. Option-letter token ids come from the tokenizer in use, never hard-coded.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import string
 from collections import OrderedDict
@@ -51,6 +52,10 @@ class JudgeTemplate:
     positive: str
     negative: str
     others: tuple[str, ...] = ()
+    # what the judge answers with, by position in an order (default "A", "B", ...): the text that
+    # follows the question, e.g. (" Yes", " No") after a question ending in "?"
+    letters: tuple[str, ...] | None = None
+    single_order: bool = False   # ask the template order only (one vote, v in {-1, +1})
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -61,9 +66,15 @@ class JudgeTemplate:
         return (self.positive, *self.others, self.negative)
 
     def orders(self) -> list[tuple[str, ...]]:
-        """The label orders asked: template order, then reversed (the paper's swap)."""
+        """The label orders asked: template order, then reversed (the paper's swap); the
+        template order alone for a `single_order` template."""
         labels = self.labels
-        return [labels, tuple(reversed(labels))]
+        return [labels] if self.single_order else [labels, tuple(reversed(labels))]
+
+    def option_letters(self) -> tuple[str, ...]:
+        """The answer text of each position in an order ("A", "B", ... unless the template
+        names its own)."""
+        return self.letters or tuple(LETTERS[: len(self.labels)])
 
     def question_text(self, order: tuple[str, ...]) -> str:
         return self.question.format(**{f"option_{LETTERS[i].lower()}": lab for i, lab in enumerate(order)})
@@ -104,10 +115,26 @@ def load_template(name_or_path: str = "harm") -> JudgeTemplate:
         raise ConfigError(f"Judging template {name!r} lacks sections {sorted(missing)}.")
     labels = dict(line.split(":", 1) for line in body["labels"].splitlines() if ":" in line)
     labels = {k.strip(): v.strip() for k, v in labels.items()}
+    # optional settings among the labels: `letters: [" Yes", " No"]` (a JSON list, one answer
+    # text per position) and `orders: 1` (the template order only)
+    letters = labels.pop("letters", None)
+    n_orders = labels.pop("orders", "2")
     others = tuple(v for k, v in labels.items() if k not in ("positive", "negative"))
+    if letters is not None:
+        try:
+            letters = tuple(json.loads(letters))
+        except ValueError:
+            raise ConfigError(f"Judging template {name!r}: 'letters' must be a JSON list of "
+                              f"strings, got {letters!r}.") from None
+        if len(letters) != 2 + len(others) or not all(isinstance(x, str) and x for x in letters):
+            raise ConfigError(f"Judging template {name!r}: 'letters' needs one non-empty string "
+                              f"per label, got {list(letters)}.")
+    if n_orders not in ("1", "2"):
+        raise ConfigError(f"Judging template {name!r}: 'orders' must be 1 or 2, got {n_orders!r}.")
     return JudgeTemplate(name=name, header=body["header"], conversation=body["conversation"],
                          response=body["response"], question=body["question"],
-                         positive=labels["positive"], negative=labels["negative"], others=others)
+                         positive=labels["positive"], negative=labels["negative"], others=others,
+                         letters=letters, single_order=n_orders == "1")
 
 
 def option_token_ids(tokenizer, context: str, letters: str = "AB") -> list[int]:
@@ -150,7 +177,7 @@ class SelfEvaluator:
         self.mode = mode
         self.cached = cached
         self.orders = self.template.orders()
-        letters = LETTERS[: len(self.template.labels)]
+        letters = self.template.option_letters()
         q0 = self.template.question_text(self.orders[0])
         self.letter_ids = option_token_ids(lm.tokenizer, q0, letters)
         self.stats = EvalStats()

@@ -88,6 +88,8 @@ def packed_step(start: int, parent: list[int], depth: list[int], feed: list[int]
 class Engine:
     """Shared logic; subclasses say how logits and caches are obtained."""
 
+    complete_until = "clause"     # or "turn": completions stop only at EOS / a user turn
+
     def __init__(self, lm: LanguageModel, top_k: int = 15, temperature: float = 1.0):
         self.lm = lm
         self.top_k = top_k
@@ -124,14 +126,17 @@ class Engine:
         return chosen
 
     def _clause_done(self, response: list[int], out: list[int]) -> bool:
-        """The completion stops at EOS, at a clause end, or when a user turn starts. Only the
-        tail is decoded: the text before it was checked when it was generated (the leaf is not
-        terminal, so it holds no user turn), and a clause end is the last character."""
+        """The completion stops at EOS, at a clause end (unless `complete_until == "turn"`), or
+        when a user turn starts. Only the tail is decoded: the text before it was checked when it
+        was generated (the leaf is not terminal, so it holds no user turn), and a clause end is
+        the last character."""
         lm = self.lm
         if out and lm.is_stop_token(out[-1]):
             return True
         tail = (response + out)[-TAIL_TOKENS:]
-        return ends_clause(lm.decode(tail)) or lm.has_user_turn(tail)
+        if self.complete_until == "clause" and ends_clause(lm.decode(tail)):
+            return True
+        return lm.has_user_turn(tail)
 
     def _complete_loop(self, leaf, response, rng, max_tokens, advance):
         c = Completion(self, response, rng, max_tokens, leaf.logits)

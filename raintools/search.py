@@ -40,6 +40,13 @@ from .tree import (Bounds, Node, backup, most_visited, needs_node_addition, rero
 PHASES = ("select", "add", "ensure", "complete", "judge", "expand", "embed", "commit")
 
 
+def cut_at_last_stop(text: str) -> str:
+    """`text` up to and including its last full stop; unchanged when it has none (the judged
+    answer of the public code's TruthfulQA script)."""
+    i = text.rfind(".")
+    return text[: i + 1] if i >= 0 else text
+
+
 class _Timer:
     __slots__ = ("timings", "key", "t0")
 
@@ -101,6 +108,7 @@ class RainSearch:
         engine = resolve_engine(lm, engine)
         self.engine_name = engine
         self.engine = ENGINES[engine](lm, top_k=self.cfg.top_k, temperature=self.cfg.temperature)
+        self.engine.complete_until = self.cfg.complete_until
         if evaluator is None:
             evaluator = self_evaluator(lm, "harm", self.cfg.eval_mode)
             if engine == "reference":
@@ -305,6 +313,8 @@ class RainSearch:
 
     def _judge(self, response: list[int], completion: list[int]) -> tuple[float, list[int], str, bool]:
         text = self.response_text(response + completion)
+        if self.cfg.cut_at_last_stop:
+            text = cut_at_last_stop(text)
         self.counts["evaluations"] += 1
         if text in self.memo:
             self.counts["memo_hits"] += 1

@@ -28,6 +28,25 @@ def minilm():
     return load_embedder()
 
 
+@pytest.fixture(scope="session")
+def llama_lm():
+    """A tiny random Llama model with a LLaMA-style SentencePiece tokenizer trained offline
+    (`raintools.tinytok.llama_tokenizer`): word-start markers as the paper's models have."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from raintools.models import LanguageModel
+    from raintools.tinytok import llama_tokenizer
+
+    tok = llama_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    return LanguageModel(LlamaForCausalLM(cfg).eval(), tok, name="tiny-llama-sp")
+
+
 @pytest.fixture
 def tiny_lm():
     from raintools.models import tiny_model

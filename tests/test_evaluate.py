@@ -123,21 +123,6 @@ def test_simulated_judge_has_the_requested_accuracy():
         SimulatedJudge(truth, accuracy=1.5)
 
 
-def llama_style_lm(seed: int = 0) -> LanguageModel:
-    """A tiny random Llama model with a LLaMA-style SentencePiece tokenizer trained offline."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from raintools.tinytok import llama_tokenizer
-
-    tok = llama_tokenizer()
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    return LanguageModel(LlamaForCausalLM(cfg).eval(), tok, name="tiny-llama-sp")
-
-
 JUDGED = [("How do I pick a lock?", "I can't help with that."),
           ("How do I pick a lock?", "I can't help with that. Call a locksmith."),
           ("How do I pick a lock?", "Use a tension wrench"),
@@ -146,7 +131,7 @@ JUDGED = [("How do I pick a lock?", "I can't help with that."),
 
 @pytest.mark.parametrize("kind", ["sentencepiece", pytest.param("embedded", marks=pytest.mark.embedded)])
 def test_cached_judge_reads_exactly_the_ids_of_the_whole_prompt(kind, request):
-    lm = llama_style_lm() if kind == "sentencepiece" else request.getfixturevalue("embedded_lm")
+    lm = request.getfixturevalue("llama_lm" if kind == "sentencepiece" else "embedded_lm")
     ev = SelfEvaluator(lm, mode="soft")
     ref = SelfEvaluator(lm, mode="soft", cached=False)
     t = ev.template

@@ -259,3 +259,85 @@ def test_sentiment_task_on_the_real_file(shared_data):
     pytest.importorskip("vaderSentiment")
     v = judges["sentiment"].judge(items[0].prompt, "A wonderful, moving film; I loved it.")
     assert v["positive"] and v["score"] > 0
+
+
+# ------------------------------------------------------------------------------------------
+# The public code's TruthfulQA variant: one Yes/No vote, completion to the end of the turn,
+# the answer judged up to its last full stop
+
+
+def test_truthful_yesno_template_asks_one_order_with_yes_no_answers():
+    t = load_template("truthful_yesno")
+    assert t.orders() == [("truthful", "untruthful")] and t.option_letters() == (" Yes", " No")
+    full = t.full_text("Is the Earth flat?", " No, it is round.", t.orders()[0])
+    assert full.startswith(t.header) and full.endswith("Q: Is the Earth flat?\nA: No, it is round.\n"
+                                                      "Is the answer truthful?")
+    task = get_task("truthful-yesno")
+    assert (task.template, task.data_task, task.judges) == ("truthful_yesno", "truthfulqa", ("truthfulness",))
+    cfg = task.preset()
+    assert (cfg.min_visits, cfg.complete_until, cfg.cut_at_last_stop) == (16, "turn", True)
+    assert PRESETS["truthfulqa-yesno"]() == cfg
+
+
+def test_truthful_yesno_vote_arithmetic():
+    votes, soft = fake_evaluator("truthful_yesno"), fake_evaluator("truthful_yesno", "soft")
+    # one order, (Yes, No): the single vote is +1 when "Yes" is strictly more likely, else -1
+    assert votes._value(probs([.7, .3])) == 1.0
+    assert votes._value(probs([.3, .7])) == -1.0
+    assert votes._value(probs([.5, .5])) == -1.0          # a tie is not a "Yes"
+    assert soft._value(probs([.7, .3])) == pytest.approx(0.4)
+    rng = random.Random(1)
+    for _ in range(100):                                  # v = 2 A - 1 with A = [p(Yes) > p(No)]
+        a = rng.random()
+        assert votes._value(probs([a, 1 - a])) == 2 * (a > 1 - a) - 1
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", pytest.param("embedded", marks=pytest.mark.embedded)])
+def test_truthful_yesno_judge_on_real_tokenizers(kind, request):
+    lm = request.getfixturevalue("llama_lm" if kind == "sentencepiece" else "embedded_lm")
+    ev = SelfEvaluator(lm, "truthful_yesno")
+    ref = SelfEvaluator(lm, "truthful_yesno", cached=False)
+    assert [lm.tokenizer.decode([i]).strip() for i in ev.letter_ids] == ["Yes", "No"]
+    for q, r in [("Is the Earth flat?", "No, it is round."), ("Is the Earth flat?", "Yes.")]:
+        v = ev(q, r)
+        assert v in (-1.0, 1.0) and v == ref(q, r)
+        assert ev.last_ids == ev.prompt_ids(q, r) and len(ev.last_ids) == 1
+        p = torch.tensor(ev.last_probs)
+        assert p.shape == (1, 2) and torch.allclose(p, torch.tensor(ref.last_probs), atol=1e-4)
+        assert v == (1.0 if p[0, 0] > p[0, 1] else -1.0)
+
+
+def test_truthful_yesno_search_completes_the_turn_and_judges_up_to_the_last_stop():
+    from raintools import RainSearch
+    from raintools.search import cut_at_last_stop
+
+    assert cut_at_last_stop("It is round. Some say") == "It is round."
+    assert cut_at_last_stop("No full stop here") == "No full stop here"
+    lm = tiny_model(seed=5)
+    seen = []
+    cfg = RainConfig.truthfulqa_yesno(max_new_tokens=24, max_simulations=6, extra_simulations=2,
+                                      min_visits=2, clause_max_tokens=12)
+    s = RainSearch(lm, "Is it true?", cfg, evaluator=lambda q, r: seen.append(r) or -1.0,
+                   embedder=lambda texts: torch.ones(len(texts), 4))
+    s.run()
+    assert seen and all(r == cut_at_last_stop(r) for r in seen)
+    # the judged text is the cut one: a response with text after its last full stop loses it
+    ids = lm.encode("It is round. Some say")
+    seen.clear()
+    s.memo.clear()
+    s._judge(ids, [])
+    assert seen == ["It is round."]
+    # completions run to the end of the turn: a clause end does not stop them, only EOS or the budget
+    import numpy as np
+
+    turn, clause = (RainSearch(lm, "Is it true?", cfg.replace(complete_until=until),
+                               evaluator=lambda q, r: -1.0, embedder=lambda texts: torch.ones(len(texts), 4))
+                    for until in ("turn", "clause"))
+    stopped_early = 0
+    for seed in range(12):
+        turn_out, _ = turn.engine.complete(turn.root, [], np.random.default_rng(seed), 12)
+        clause_out, _ = clause.engine.complete(clause.root, [], np.random.default_rng(seed), 12)
+        assert len(turn_out) == 12 or lm.is_stop_token(turn_out[-1])
+        assert turn_out[: len(clause_out)] == clause_out          # the same draws, continued
+        stopped_early += len(clause_out) < len(turn_out)
+    assert stopped_early > 0                                     # the clause rule did stop some

@@ -183,6 +183,14 @@ register(Task("truthful", template="truthful", preset=RainConfig.truthfulqa,
               judges=("truthfulness",), data_task="truthfulqa",
               description="truthfulness (TruthfulQA): is the answer truthful?"))
 
+# The public code's TruthfulQA script, as an option: one question answered " Yes" / " No" (one
+# vote, v in {-1, +1}), the answer completed to the end of the turn and judged cut after its last
+# full stop (`RainConfig.truthfulqa_yesno`). The default `truthful` task keeps the two-order vote.
+register(Task("truthful-yesno", template="truthful_yesno", preset=RainConfig.truthfulqa_yesno,
+              judges=("truthfulness",), data_task="truthfulqa",
+              description="truthfulness (TruthfulQA), the public code's variant: one Yes/No vote "
+                          "on the whole answer"))
+
 # IMDB: the data gives the first words of a review. A chat model is asked to continue it (our
 # wording below); the self-evaluator and the judge read the continuation as part of the review
 # (its {query} is the opening, unwrapped from the request). For a base model, load it with
