@@ -191,6 +191,26 @@ PLAIN_FRAME = (
     "assistant. The assistant answers the human's questions.\n"
 )
 
+# Example exchanges put before the request with `few_shot=True` (our own text, the shape of the
+# public code's few-shot chat prefix for base models: one line, then Human:/Assistant: pairs).
+FEW_SHOT_INTRO = "A conversation between a human and an AI assistant who is helpful, honest and polite."
+FEW_SHOT_EXAMPLES = (
+    ("How long should I boil an egg?",
+     "For a soft yolk, about six minutes in boiling water; for a firm one, nine to ten minutes. "
+     "Cool it in cold water afterwards so that it peels easily."),
+    ("What should I take on a day of hiking?",
+     "Water, some food, a map or a charged phone, sun cream, a light rain jacket and a small "
+     "first-aid kit. Wear shoes you have walked in before, and tell someone where you are going."),
+    ("What is a household budget for?",
+     "A budget is a plan for your money. Writing down what comes in and what goes out each month "
+     "shows where the money goes, helps you save for what you want and keeps you from spending "
+     "more than you earn."),
+    ("How can I become a better listener?",
+     "Give the speaker your full attention, let them finish before you answer, and ask questions "
+     "about what they said. Repeating their main point in your own words shows that you "
+     "understood it."),
+)
+
 
 @dataclass
 class ChatFormat:
@@ -199,15 +219,22 @@ class ChatFormat:
     `kind="chat"` uses the tokenizer's chat template; `kind="plain"` uses a Human:/Assistant:
     frame (for base models, as the paper did with LLaMA). Vanilla decoding and RAIN share one
     `ChatFormat`, so their prompts are identical.
+
+    `few_shot=True` puts example exchanges (`FEW_SHOT_EXAMPLES`, ours) before the request, as
+    the public code did for base models: in the plain frame as Human:/Assistant: pairs, with a
+    chat template as earlier turns. Install one with
+    `lm.chat = ChatFormat.for_tokenizer(lm.tokenizer, kind="plain", few_shot=True)`.
     """
 
     kind: str
     user_markers: tuple[str, ...]
     stop_token_ids: frozenset[int]
     system_prompt: str | None = None
+    few_shot: bool = False
 
     @classmethod
-    def for_tokenizer(cls, tokenizer, kind: str | None = None, system_prompt: str | None = None):
+    def for_tokenizer(cls, tokenizer, kind: str | None = None, system_prompt: str | None = None,
+                      few_shot: bool = False):
         has_template = bool(getattr(tokenizer, "chat_template", None))
         kind = kind or ("chat" if has_template else "plain")
         stops = set()
@@ -228,15 +255,21 @@ class ChatFormat:
         else:
             raise ModelLoadError(f"Unknown chat format kind '{kind}': use 'chat' or 'plain'.")
         return cls(kind=kind, user_markers=markers, stop_token_ids=frozenset(stops),
-                   system_prompt=system_prompt)
+                   system_prompt=system_prompt, few_shot=few_shot)
 
     def prompt_text(self, tokenizer, query: str) -> str:
         if self.kind == "chat":
             messages = []
             if self.system_prompt:
                 messages.append({"role": "system", "content": self.system_prompt})
+            for human, assistant in FEW_SHOT_EXAMPLES if self.few_shot else ():
+                messages += [{"role": "user", "content": human},
+                             {"role": "assistant", "content": assistant}]
             messages.append({"role": "user", "content": query})
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if self.few_shot:
+            shots = "".join(f"\n\nHuman: {h}\nAssistant: {a}" for h, a in FEW_SHOT_EXAMPLES)
+            return f"{FEW_SHOT_INTRO}{shots}\n\nHuman: {query}\nAssistant:"
         return f"{PLAIN_FRAME}\nHuman: {query}\n\nAssistant:"
 
     def user_turn_index(self, response_text: str) -> int:

@@ -178,3 +178,32 @@ def test_a_user_turn_in_the_embedded_models_own_ids_ends_the_response(embedded_l
     assert s._is_terminal(Node(tokens=tuple(out[: j + 2]), parent=s.root, step=1))
     assert not s._is_terminal(Node(tokens=tuple(out[: t]), parent=s.root, step=1))
     assert s.engine._clause_done(out[:j], out[j: j + 2])     # "...?\nuser": no clause end
+
+
+def test_few_shot_prefix_of_example_exchanges():
+    from raintools import RainConfig, RainSearch
+    from raintools.models import FEW_SHOT_EXAMPLES, FEW_SHOT_INTRO
+
+    lm = tiny_model(seed=1, max_position_embeddings=2048)
+    assert not lm.chat.few_shot                               # off by default
+    lm.chat = ChatFormat.for_tokenizer(lm.tokenizer, kind="plain", few_shot=True)
+    text = lm.chat.prompt_text(lm.tokenizer, "How do I bake bread?")
+    assert text.startswith(FEW_SHOT_INTRO + "\n\nHuman: " + FEW_SHOT_EXAMPLES[0][0] + "\nAssistant: ")
+    assert text.endswith("\n\nHuman: How do I bake bread?\nAssistant:")
+    assert text.count("\nHuman: ") == len(FEW_SHOT_EXAMPLES) + 1
+    assert text.count("\nAssistant: ") == len(FEW_SHOT_EXAMPLES)
+    # vanilla and RAIN read the same prompt, and the examples' turns end no response
+    ids = lm.prompt_ids("How do I bake bread?")
+    assert ids == lm.bos() + lm.encode(text)
+    r = generate_vanilla(lm, "How do I bake bread?", max_new_tokens=6)
+    assert r.stats["prompt_tokens"] == len(ids)
+    s = RainSearch(lm, "How do I bake bread?", RainConfig(max_new_tokens=4), evaluator=lambda q, x: 0.0,
+                   embedder=lambda texts: torch.ones(len(texts), 4))
+    assert s.engine.prefix_ids == ids and not s._is_terminal(s.root)
+    # with a chat template the examples become earlier turns
+    chat = tiny_model(chat=True, max_position_embeddings=2048)
+    chat.chat = ChatFormat.for_tokenizer(chat.tokenizer, few_shot=True)
+    text = chat.chat.prompt_text(chat.tokenizer, "Hi?")
+    h, a = FEW_SHOT_EXAMPLES[-1]
+    assert f"<|im_start|>user\n{h}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>" in text
+    assert text.endswith("<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n")
