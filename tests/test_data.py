@@ -229,3 +229,54 @@ def test_file_level_errors(tmp_path):
         load_dataset(unknown)
     with pytest.raises(ConfigError):
         load_table(unknown, "a", limit=-1)
+
+
+def test_paper_style_hh_subset_is_deterministic():
+    """The public code's HH selection: rows in the order `datasets`' shuffle(seed=42) gives
+    (numpy's default_rng(42).permutation), the first human turn, prompts under N tokens."""
+    import numpy as np
+
+    from raintools.tinytok import char_tokenizer
+
+    path = shared("hh-rlhf/harmless-base/test.jsonl.gz")
+    tok = char_tokenizer()                         # one token per character: the filter is visible
+    a = load_hh_rlhf(path, paper=True, tokenizer=tok, end=60, max_prompt_tokens=120)
+    b = load_hh_rlhf(path, paper=True, tokenizer=tok, end=60, max_prompt_tokens=120)
+    assert [x.to_dict() for x in a] == [x.to_dict() for x in b]
+    plain = load_hh_rlhf(path)
+    order = np.random.default_rng(42).permutation(len(plain))[:60]
+    kept = [plain[i] for i in order
+            if len(tok("\nHuman: " + plain[i].prompt + "\nAssistant:")["input_ids"]) < 120]
+    assert 0 < len(kept) < 60                      # the length filter dropped some rows
+    assert [(x.id, x.prompt) for x in a] == [(x.id, x.prompt) for x in kept]
+    assert all(x.meta["prompt_tokens"] < 120 and x.meta["seed"] == 42 for x in a)
+    assert [x.meta["shuffled_position"] for x in a] == sorted(x.meta["shuffled_position"] for x in a)
+    # another seed, another subset; start/end/limit cut the same order
+    c = load_hh_rlhf(path, paper=True, tokenizer=tok, end=60, max_prompt_tokens=120, seed=1)
+    assert [x.id for x in c] != [x.id for x in a]
+    d = load_hh_rlhf(path, paper=True, tokenizer=tok, start=10, end=60, max_prompt_tokens=120, limit=5)
+    assert [x.id for x in d] == [x.id for x in a if x.meta["shuffled_position"] >= 10][:5]
+    with pytest.raises(ConfigError, match="tokenizer"):
+        load_hh_rlhf(path, paper=True)
+
+
+def test_paper_style_hh_reads_the_red_team_attempts_format(tmp_path):
+    from raintools.tinytok import char_tokenizer
+
+    rows = [{"transcript": f"\n\nHuman: question {i}?\n\nAssistant: answer\n\nHuman: more\n\nAssistant: ok",
+             "rating": 1} for i in range(6)]
+    rows[3]["transcript"] = "\n\nHuman: " + "long " * 60 + "\n\nAssistant: no"
+    folder = tmp_path / "red-team-attempts"
+    folder.mkdir()
+    p = folder / "red_team_attempts.jsonl.gz"
+    with gzip.open(p, "wt", encoding="utf-8") as f:        # upstream: one JSON list
+        json.dump(rows, f, indent=1)
+    items = load_hh_rlhf(p, paper=True, tokenizer=char_tokenizer(), max_prompt_tokens=100)
+    assert len(items) == 5 and all(it.id.startswith("hh-red-team-") for it in items)
+    assert "hh-red-team-0003" not in {it.id for it in items}      # too long
+    assert {it.prompt for it in items} == {f"question {i}?" for i in (0, 1, 2, 4, 5)}
+    assert items[0].meta["transcript"].startswith("\n\nHuman: question")
+    bad = folder / "bad.jsonl"
+    bad.write_text(json.dumps({"transcript": "no turns here"}) + "\n")
+    with pytest.raises(DataError, match="bad.jsonl"):
+        load_hh_rlhf(bad, paper=True, max_prompt_tokens=None)

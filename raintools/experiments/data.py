@@ -26,7 +26,7 @@ from typing import Iterator
 from ..errors import ConfigError, DataError
 
 __all__ = [
-    "Item", "PreferencePair", "load_hh_rlhf", "load_hh_pairs", "load_advbench", "load_table",
+    "Item", "PreferencePair", "load_hh_rlhf", "load_hh_paper", "load_hh_pairs", "load_advbench", "load_table",
     "load_truthfulqa", "load_imdb", "demo_prompts", "load_dataset", "parse_transcript",
     "data_root", "DATASET_NAMES",
 ]
@@ -267,9 +267,10 @@ def parse_transcript(text: str) -> list[tuple[str, str]]:
 
 
 def _hh_prefix(path: Path) -> str:
-    """'hh-harmless' for .../harmless-base/test.jsonl.gz, 'hh-helpful' for helpful-base, else 'hh'."""
+    """'hh-harmless' for .../harmless-base/test.jsonl.gz, 'hh-helpful' for helpful-base,
+    'hh-red-team' for red-team-attempts, else 'hh'."""
     parent = path.parent.name.lower()
-    m = re.match(r"(harmless|helpful)", parent)
+    m = re.match(r"(harmless|helpful|red-team)", parent)
     return f"hh-{m.group(1)}" if m else "hh"
 
 
@@ -283,10 +284,20 @@ def _hh_rows(path: Path) -> Iterator[tuple[int, int, str, str]]:
         yield index, line, chosen, rejected
 
 
-def load_hh_rlhf(path, limit: int | None = None) -> list[Item]:
+def load_hh_rlhf(path, limit: int | None = None, paper: bool = False, tokenizer=None,
+                 seed: int = 42, start: int = 0, end: int | None = None,
+                 max_prompt_tokens: int | None = 512) -> list[Item]:
     """HH-RLHF prompts: the first human turn of each `chosen` transcript.
 
-    `meta` keeps the full `chosen` and `rejected` transcripts and the number of turns."""
+    `meta` keeps the full `chosen` and `rejected` transcripts and the number of turns.
+
+    `paper=True` selects prompts as the public code's HH script did (see `load_hh_paper`): the
+    rows in a fixed shuffled order, the first human turn, prompts under `max_prompt_tokens`
+    tokens of `tokenizer`; for its red-team split, point `path` at
+    red-team-attempts/red_team_attempts.jsonl.gz (not in the shared data)."""
+    if paper:
+        return load_hh_paper(path, tokenizer, limit=limit, seed=seed, start=start, end=end,
+                             max_prompt_tokens=max_prompt_tokens)
     path = Path(path)
     limit = _check_limit(limit)
     prefix = _hh_prefix(path)
@@ -304,6 +315,77 @@ def load_hh_rlhf(path, limit: int | None = None) -> list[Item]:
         items.append(Item(f"{prefix}-{index:04d}", prompt,
                           {"chosen": chosen, "rejected": rejected, "turns": len(turns),
                            "source": str(path.name)}))
+    return items
+
+
+def _hh_transcripts(path: Path) -> Iterator[tuple[int, int | None, str]]:
+    """(row index, line, transcript) of an HH-RLHF file: the `transcript` of each red-team attempt
+    (a JSON list or JSON lines, optionally gzipped) or the `chosen` transcript of a preference file."""
+    path = _existing_file(path)
+    if _suffix(path) not in (".jsonl", ".jsonl.gz", ".ndjson", ".json", ".json.gz"):
+        raise DataError(f"{path}: HH-RLHF data must be .jsonl(.gz) or .json(.gz).")
+    first = ""
+    for line in _LineReader(path):
+        if line.strip():
+            first = line.lstrip()
+            break
+    rows = _iter_json_array(path) if first.startswith("[") else _iter_jsonl(path)
+    for index, (line, row) in enumerate(rows):
+        column = "transcript" if "transcript" in row else "chosen"
+        yield index, line, _text_field(path, line, row, column)
+
+
+def load_hh_paper(path, tokenizer, limit: int | None = None, seed: int = 42, start: int = 0,
+                  end: int | None = None, max_prompt_tokens: int | None = 512) -> list[Item]:
+    """HH prompts selected as the public code's HH script did, deterministic: the file's rows
+    (red-team attempts' `transcript`, or a preference file's `chosen`) in the order of
+    `datasets.Dataset.shuffle(seed=42)` (the permutation `numpy.random.default_rng(seed)`
+    draws), rows `start:end` of that order, the first human turn of each, kept when the
+    conversation up to the first assistant turn ('\nHuman: ...\nAssistant:', the script's
+    prompt) has fewer than `max_prompt_tokens` tokens of `tokenizer` (special tokens included, as
+    the script counted; None: no length filter). Then at most `limit` prompts.
+
+    Ids come from the row's position in the file (`hh-red-team-0042`); `meta` holds the
+    transcript, the position in the shuffled order and the token count."""
+    import numpy as np
+
+    path = Path(path)
+    limit = _check_limit(limit)
+    for name, value in (("seed", seed), ("start", start)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{name} must be a non-negative integer, got {value!r}.")
+    if end is not None and (isinstance(end, bool) or not isinstance(end, int) or end < start):
+        raise ConfigError(f"end must be an integer >= start ({start}), got {end!r}.")
+    if max_prompt_tokens is not None:
+        if isinstance(max_prompt_tokens, bool) or not isinstance(max_prompt_tokens, int) \
+                or max_prompt_tokens < 1:
+            raise ConfigError(f"max_prompt_tokens must be a positive integer or None, got "
+                              f"{max_prompt_tokens!r}.")
+        if tokenizer is None:
+            raise ConfigError("The paper-style HH selection counts prompt tokens: pass "
+                              "tokenizer=lm.tokenizer (or max_prompt_tokens=None).")
+    rows = list(_hh_transcripts(path))
+    prefix = _hh_prefix(path)
+    order = np.random.default_rng(seed).permutation(len(rows)).tolist()
+    items: list[Item] = []
+    for position in range(start, len(order) if end is None else min(end, len(order))):
+        if limit is not None and len(items) >= limit:
+            break
+        index, line, transcript = rows[order[position]]
+        cut = transcript.find("\n\nAssistant:")
+        turns = parse_transcript(transcript)
+        if cut < 0 or not turns or turns[0][0] != "user" or not turns[0][1]:
+            raise DataError(f"{_where(path, line)}: the transcript does not start with a "
+                            f"'\\n\\nHuman:' turn followed by an assistant turn.")
+        shown = transcript[: cut + len("\n\nAssistant:")].replace("\n\n", "\n")
+        n_tokens = None
+        if max_prompt_tokens is not None:
+            n_tokens = len(tokenizer(shown)["input_ids"])
+            if n_tokens >= max_prompt_tokens:
+                continue
+        items.append(Item(f"{prefix}-{index:04d}", turns[0][1],
+                          {"transcript": transcript, "shuffled_position": position, "seed": seed,
+                           "prompt_tokens": n_tokens, "source": str(path.name)}))
     return items
 
 
