@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lab figures bench eval clean-cache sync-notebooks
+.PHONY: setup demo test test-fast lab figures combine bench eval clean-cache sync-notebooks
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,8 +40,17 @@ test-fast: setup
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
+# every notebook in full mode (figures, CSVs and a rendered copy of each notebook in
+# figures/notebooks/), then the demo figure. RAINTOOLS_MODEL / RAINTOOLS_DEVICE choose the model:
+# any run but the embedded model on a CPU writes into figures/<model>-<device>/.
 figures: setup
 	$(PY) -m raintools.views.notebooks run --all --full
+	$(PY) -m raintools demo --model $${RAINTOOLS_MODEL:-$(MODEL)} $${RAINTOOLS_DEVICE:+--device $$RAINTOOLS_DEVICE}
+
+# make combine [RUNS="figures figures/Llama-2-13b-chat-hf-cuda"] [PARAMS="name=13,other=70"]:
+# self-evaluation accuracy and harmless rate (vanilla -> RAIN) by model size, into figures/combined/
+combine: setup
+	$(PY) -m raintools.views.combine $(RUNS) $(if $(PARAMS),--params "$(PARAMS)")
 
 sync-notebooks: setup
 	$(VENV)/bin/jupytext --sync notebooks/*.py

@@ -42,9 +42,10 @@ import pandas as pd
 import seaborn as sns
 
 import raintools as rt
-from raintools.views.analysis import (OWN_PAIRS, PAPER_SELF_EVAL_ACCURACY, judge_breakdown,
-                                load_self_eval_pairs, pair_query, self_eval_accuracy)
-from raintools.views.plots import plot_accuracy_by_model, plot_judge_breakdown, save_figure
+from raintools.views.analysis import (OWN_PAIRS, PAPER_SELF_EVAL_ACCURACY, describe_self_eval,
+                                      judge_breakdown, load_self_eval_pairs, pair_query,
+                                      self_eval_accuracy, self_eval_rows)
+from raintools.views.plots import plot_judge_breakdown, plot_self_eval_summary, save_figure
 
 sns.set_theme(style="whitegrid")
 pd.set_option("display.max_colwidth", 100)
@@ -116,9 +117,10 @@ pd.DataFrame([{"answer": name, "votes value": votes(query, a), "soft value": sof
 # ## 5. How often is the judge right?
 #
 # HH-RLHF (Anthropic) holds pairs of answers to the same conversation, where people marked one as
-# less harmful ("chosen"). A good judge gives the chosen answer the higher score. We count a pair
-# as right when it does, as half right when both scores are equal (a coin flip would break the tie),
-# and as wrong otherwise.
+# less harmful ("chosen"). A good judge gives the chosen answer the higher score. Each pair ends in
+# one of three ways: **right** (the chosen answer scores higher), **tied** (both score the same)
+# or **wrong**. We report the share right and the share tied separately: a judge that ties every
+# pair has learnt nothing, and calling that "50%" (a tie as half a win) would hide it.
 #
 # Many pairs are multi-turn. `QUERY = "last"` shows the judge only the last human turn;
 # `QUERY = "full"` shows the whole conversation so far (`pair_query` builds both).
@@ -134,10 +136,9 @@ print("  query='full':", repr(pair_query(multi, "full")[:300]))
 # %%
 acc_votes = self_eval_accuracy(votes, pairs, query=QUERY, progress=True)
 acc_soft = self_eval_accuracy(soft, pairs, query=QUERY, progress=True)
-short_name = lm.name.split("/")[-1]
-measured = pd.DataFrame([acc_votes.summary(model=f"{short_name} (votes)", source="measured here"),
-                         acc_soft.summary(model=f"{short_name} (soft)", source="measured here")])
-measured
+measured = self_eval_rows(lm, {"votes": acc_votes, "soft": acc_soft})
+measured[["model", "judge", "params_b", "n", "wins", "ties", "losses", "strict", "strict_lo",
+          "strict_hi", "tie_rate"]].round(3)
 
 # %% [markdown]
 # Per pair (values of the chosen and the rejected answer):
@@ -146,21 +147,73 @@ measured
 acc_votes.table.merge(acc_soft.table, on=["id", "turns"], suffixes=(" votes", " soft")).head(12)
 
 # %% [markdown]
-# Next to the paper's numbers (LLaMA family, reported in the paper, not measured here):
+# Next to the paper's numbers (LLaMA family, reported in the paper, not measured here), on a log
+# scale of model size, so that the paper's trend reads as a curve. The right panel splits each of
+# our judges' pairs into right, tied and wrong.
 
 # %%
-ax = plot_accuracy_by_model(measured)
-save_figure(ax.figure, "01_self_eval_accuracy",
-            pd.concat([measured, PAPER_SELF_EVAL_ACCURACY], ignore_index=True))
+fig = plot_self_eval_summary(measured)
+save_figure(fig, "01_self_eval_accuracy", pd.concat([measured, PAPER_SELF_EVAL_ACCURACY], ignore_index=True))
 
 # %% [markdown]
 # ## Reading the result
 #
-# * With the embedded 135M model the votes are mostly ties (the model prefers one letter in both
-#   orders), so its accuracy sits at 50%: the judge carries no information. The soft score breaks
-#   the ties, but not in the right direction more often than a coin would (we measured it at or
-#   below chance). With few pairs the interval is wide.
+# What this run measured:
+
+# %%
+print(describe_self_eval(measured))
+
+# %% [markdown]
+# * With the embedded 135M model the hard votes tie (the model prefers one letter in both orders,
+#   so the two votes cancel): the votes judge carries no information. The soft score has no ties,
+#   but it ranks the less harmful answer higher no more often than a coin would.
 # * The paper found the same pattern by size: 52% at 7B, 81% at 30B, 98% for LLaMA-2 70B, and RAIN
 #   only helped where this accuracy was high. Notebook 05 shows why, with judges of known accuracy.
 # * To measure a larger model, run this notebook with `RAINTOOLS_MODEL` set to it (on a GPU) and
-#   more pairs (`N_PAIRS`).
+#   more pairs (`N_PAIRS`); `python -m raintools.views.combine` then puts several runs on one
+#   size axis.
+
+# %% [markdown]
+# ## Predict, then run
+#
+# Write your prediction down before you run each cell.
+#
+# **1.** A judge that always returns 0 (say, a model that always answers "B": one order votes
+# harmless, the other harmful). What share of pairs is right, tied, wrong? And the "ties count
+# half" accuracy?
+
+# %%
+print(self_eval_accuracy(lambda q, r: 0.0, pairs).summary())
+
+# %% [markdown]
+# *Answer:* every pair ties: 0% right, 100% tied, 0% wrong, and "50%" when a tie counts half.
+# That is the votes judge of the embedded model above.
+#
+# **2.** A judge that sees the true label and reports it right with probability 0.8, each answer
+# independently (a clearly labelled simulated judge, `SimulatedJudge`), with hard values +1/-1.
+# What share of pairs is right, tied, wrong?
+
+# %%
+chosen_texts = {p.chosen for p in pairs}
+coin = [self_eval_accuracy(rt.SimulatedJudge(lambda q, r: r in chosen_texts, accuracy=0.8, seed=s),
+                           pairs) for s in range(50)]
+print(pd.DataFrame([a.summary() for a in coin])[["strict", "tie_rate", "accuracy"]].mean().round(3))
+
+# %% [markdown]
+# *Answer:* right needs both answers judged right (0.8 x 0.8 = 64%), wrong needs both judged
+# wrong (0.2 x 0.2 = 4%), the rest tie (32%). An 80%-accurate judge of single answers is right
+# on only 64% of pairs; counting ties as half gives back 80%. (Averaged over 50 seeds; in fast
+# mode the few pairs make it noisier.)
+#
+# **3.** Swap the roles: score how often the soft judge gives the *rejected* (more harmful)
+# answer the higher value. Is it 100% minus the share right?
+
+# %%
+t = acc_soft.table
+print(f"rejected higher: {(t.value_rejected > t.value_chosen).mean():.0%}; "
+      f"100% - right: {1 - acc_soft.strict:.0%}; ties: {acc_soft.tie_rate:.0%}")
+
+# %% [markdown]
+# *Answer:* only when there are no ties: "rejected higher" is the share wrong, which is
+# 100% - right - tied. With the soft score ties are rare, so the two agree; with the votes judge
+# they would not (every pair tied).

@@ -206,7 +206,23 @@ def test_self_eval_accuracy_on_constructed_evaluators():
     assert 0 <= lo <= half.accuracy <= hi <= 1
     row = half.summary(model="x")
     assert row["model"] == "x" and row["n"] == 4
+    assert (row["wins"], row["ties"], row["losses"]) == (1, 3, 0)
+    assert (row["strict_lo"], row["strict_hi"]) == A.wilson_interval(1, 4) and row["strict"] == 0.25
     assert list(half.table.columns) == ["id", "turns", "value_chosen", "value_rejected", "score"]
+
+
+def test_self_eval_rows_report_ties_apart_from_wins(lm):
+    pairs = _pairs()
+    good = {p.chosen for p in pairs}
+    rows = A.self_eval_rows(lm, {"votes": A.self_eval_accuracy(lambda q, r: 0.0, pairs),
+                                 "oracle": A.self_eval_accuracy(lambda q, r: 1.0 if r in good else -1.0, pairs)})
+    assert rows.judge.tolist() == ["votes", "oracle"] and (rows.source == "measured here").all()
+    assert rows.params_b.iloc[0] == pytest.approx(sum(p.numel() for p in lm.model.parameters()) / 1e9)
+    assert rows.strict.tolist() == [0.0, 1.0] and rows.tie_rate.tolist() == [1.0, 0.0]
+    text = A.describe_self_eval(rows).splitlines()
+    assert text[0].startswith("votes: 0 of 4 pairs right, 4 tied, 0 wrong") and "every pair tied" in text[0]
+    assert "half a win: 50%" in text[0]
+    assert text[1].startswith("oracle: 4 of 4 pairs right") and "above chance" in text[1]
 
 
 def test_pair_query_for_multi_turn_pairs():
@@ -337,11 +353,19 @@ def test_evaluator_quality_sweep_runs_and_perfect_judge_helps(lm):
 
 
 def test_accuracy_and_method_plots():
-    measured = pd.DataFrame([dict(model="SmolLM2 135M (votes)", accuracy=0.45, ci_low=0.35, ci_high=0.55)])
-    ax = P.plot_accuracy_by_model(measured)
-    labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert labels[0].startswith("SmolLM2") and "LLaMA-2 70B" in labels
+    measured = pd.DataFrame([
+        dict(model="SmolLM2", judge="votes", params_b=0.135, n=60, strict=0.0, tie_rate=1.0, strict_lo=0.0,
+             strict_hi=0.06),
+        dict(model="SmolLM2", judge="soft", params_b=0.135, n=60, strict=0.4, tie_rate=0.0, strict_lo=0.28,
+             strict_hi=0.53)])
+    ax = P.plot_self_eval_by_size(measured)
+    assert ax.get_xscale() == "log"
     assert any("paper" in t.get_text() for t in ax.get_legend().get_texts())
+    (x0, y0), (x1, y1) = [ln.get_xydata()[0] for ln in ax.lines if ln.get_marker() == "s"]
+    assert (y0, y1) == (0.4, 0.0) and x0 != x1              # soft, votes: apart although same size
+    ax = P.plot_pair_outcomes(measured)
+    widths = [[round(b.get_width(), 3) for b in c] for c in ax.containers]
+    assert widths == [[0.0, 0.4], [1.0, 0.0], [0.0, 0.6]]   # right, tie, wrong per judge
     stats = pd.DataFrame([dict(method="vanilla", wall_time_s=1.0, forward_calls=10, tokens_computed=50),
                           dict(method="rain", wall_time_s=9.0, forward_calls=90, tokens_computed=900)])
     fig = P.plot_method_stats(stats)
@@ -350,10 +374,35 @@ def test_accuracy_and_method_plots():
 
 def test_save_figure_writes_png_and_csv(tmp_path, monkeypatch):
     monkeypatch.setenv("RAINTOOLS_FIGURES", str(tmp_path))
+    monkeypatch.delenv("RAINTOOLS_MODEL", raising=False)
+    monkeypatch.setenv("RAINTOOLS_DEVICE", "cpu")
     fig, ax = plt.subplots()
     ax.plot([0, 1])
     png = P.save_figure(fig, "x", pd.DataFrame({"a": [1]}))
-    assert png.is_file() and (tmp_path / "x.csv").is_file()
+    assert png == tmp_path / "x.png" and png.is_file() and (tmp_path / "x.csv").is_file()
+
+
+def test_figures_of_other_models_and_devices_go_to_their_own_folder(tmp_path, monkeypatch):
+    """The embedded model on a CPU keeps the plain names; a GPU run or another model writes into
+    a folder named after model and device, so it never overwrites the committed figures."""
+    from raintools.experiments.naming import run_tag
+
+    monkeypatch.setenv("RAINTOOLS_FIGURES", str(tmp_path))
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    written = {}
+    for model, device in [("smollm2-135m", "cpu"), ("smollm2-135m", "cuda"),
+                          ("meta-llama/Llama-2-13b-chat-hf", "cuda:1"), ("/models/my model/", "cpu")]:
+        monkeypatch.setenv("RAINTOOLS_MODEL", model)
+        monkeypatch.setenv("RAINTOOLS_DEVICE", device)
+        png = P.save_figure(fig, "01_x", pd.DataFrame({"model": [model]}))
+        written[(model, device)] = png.relative_to(tmp_path).as_posix()
+        assert pd.read_csv(png.with_suffix(".csv")).model[0] == model     # nothing overwritten
+    assert written == {("smollm2-135m", "cpu"): "01_x.png",
+                       ("smollm2-135m", "cuda"): "smollm2-135m-cuda/01_x.png",
+                       ("meta-llama/Llama-2-13b-chat-hf", "cuda:1"): "Llama-2-13b-chat-hf-cuda/01_x.png",
+                       ("/models/my model/", "cpu"): "my-model-cpu/01_x.png"}
+    assert run_tag("smollm2-135m", "auto") == "smollm2-135m-cuda"
 
 
 def test_notebook_config_follows_the_device(lm):

@@ -16,6 +16,7 @@ from ..config import RainConfig
 from ..models import load_model
 from ..search import rain_generate
 from ..vanilla import generate_vanilla
+from .naming import run_dir
 
 HONEST_NOTE = (
     "Note: a 135M model judges harm at about chance (41% pairwise accuracy measured on HH-RLHF; the\n"
@@ -66,8 +67,8 @@ def run_demo(model: str = "smollm2-135m", device: str | None = None, prompts: in
                              simulations=r.stats.get("simulations", 0)))
             print(f"  {method:8s} ({r.stats['wall_time_s']:.1f} s): {r.text!r}", flush=True)
     df = pd.DataFrame(rows)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    df.attrs["model"] = model
+    out = run_dir(out_dir, model, device)      # figures/ for the embedded model on a CPU
     df.to_csv(out / "demo.csv", index=False)
     _plot(df, out / "demo.png")
     print()
@@ -96,7 +97,15 @@ def _plot(df: pd.DataFrame, path: Path) -> None:
                 ylabel="forward calls / token")
     sns.barplot(data=short, x="prompt", y="seconds", hue="method", ax=axes[1])
     axes[1].set(title="Wall time per response", xlabel="demo prompt", ylabel="seconds")
-    fig.suptitle("Vanilla decoding vs RAIN (embedded SmolLM2-135M: mechanics and cost, not safety)")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:                      # one legend, outside the bars
+        ax.get_legend().remove()
+    model = df.attrs.get("model", "smollm2-135m")
+    note = ("embedded SmolLM2-135M: mechanics and cost, not safety" if model == "smollm2-135m"
+            else model)
+    fig.suptitle(f"Vanilla decoding vs RAIN ({note})")
+    fig.legend(handles, labels, title="method", loc="upper center", ncol=len(labels),
+               bbox_to_anchor=(0.5, 0.93), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.86))
     fig.savefig(path, dpi=120)
     plt.close(fig)

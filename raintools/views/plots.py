@@ -439,37 +439,149 @@ def plot_method_stats(df: pd.DataFrame, metrics: Sequence[str] = ("wall_time_s",
     return axes[0].figure
 
 
-def plot_accuracy_by_model(measured: pd.DataFrame, paper: pd.DataFrame | None = None, ax=None):
-    """Self-evaluation accuracy: the paper's reported numbers by model size beside ours.
-    `measured` rows: model, accuracy, optional ci_low / ci_high, source."""
+def _spread(xs: Sequence[float], factor: float = 1.12) -> list[float]:
+    """Log-scale x positions with equal values pulled apart (x, x*f, x/f, x*f^2, ...)."""
+    seen: dict[float, int] = {}
+    out = []
+    for x in xs:
+        k = seen.get(x, 0)
+        seen[x] = k + 1
+        step = (k + 1) // 2 * (1 if k % 2 else -1)
+        out.append(x * factor ** step)
+    return out
+
+
+def plot_self_eval_by_size(measured: pd.DataFrame, paper: pd.DataFrame | None = None, ax=None):
+    """Self-evaluation accuracy against model size (log x), the paper's reported LLaMA numbers
+    as a reference curve. `measured` rows (one per model and judge mode): model, params_b, judge,
+    strict (share of pairs where the less harmful answer scores strictly higher), strict_lo /
+    strict_hi (interval), tie_rate, n. Ties are not wins: a judge that ties every pair sits at 0
+    here, with its tie rate written beside it."""
     from .analysis import PAPER_SELF_EVAL_ACCURACY
 
     paper = PAPER_SELF_EVAL_ACCURACY if paper is None else paper
-    ax = _new_ax(ax, (9, 4))
-    rows = pd.concat([measured.assign(kind="measured here"), paper.assign(kind="paper (reported)")],
-                     ignore_index=True)
-    colours = {"measured here": "#d62728", "paper (reported)": "#4c72b0"}
-    xs = np.arange(len(rows))
-    ax.bar(xs, rows.accuracy, color=[colours[k] for k in rows.kind])
-    if {"ci_low", "ci_high"} <= set(rows.columns):
-        m = rows.ci_low.notna()
-        ax.errorbar(xs[m], rows.accuracy[m], yerr=[rows.accuracy[m] - rows.ci_low[m],
-                                                 rows.ci_high[m] - rows.accuracy[m]],
-                    fmt="none", ecolor="black", capsize=4, label="95% interval")
-    ns = rows["n"] if "n" in rows.columns else pd.Series([None] * len(rows))
-    for x, y, n in zip(xs, rows.accuracy, ns):
-        top = rows.ci_high[x] if "ci_high" in rows.columns and pd.notna(rows.ci_high[x]) else y
-        text = f"{100 * y:.0f}%" + (f"\n(n={int(n)})" if pd.notna(n) else "")
-        ax.annotate(text, (x, top), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
-    ax.axhline(0.5, color="grey", ls="--", lw=1, label="chance (50%)")
-    ax.set_xticks(xs, rows.model, rotation=20, ha="right")
-    ax.set(ylim=(0, 1.15), ylabel="self-evaluation accuracy", xlabel="model",
-           title="Self-evaluation accuracy on harmlessness: ours vs the paper's reported numbers")
-    from matplotlib.patches import Patch
+    ax = _new_ax(ax, (8, 4.6))
+    llama = paper[~paper.model.str.contains("LLaMA-2")].sort_values("params_b")
+    ax.plot(llama.params_b, llama.accuracy, marker="o", color="#4c72b0", lw=1.8,
+            label="LLaMA 7B-65B (paper, reported)")
+    rest = paper[paper.model.str.contains("LLaMA-2")]
+    ax.plot(rest.params_b, rest.accuracy, marker="D", ls="", color="#4c72b0", mfc="white", ms=7,
+            label="LLaMA-2 70B (paper, reported)")
+    for r in paper.itertuples():
+        ax.annotate(f"{r.model}\n{r.accuracy:.0%}", (r.params_b, r.accuracy), xytext=(0, 6),
+                    textcoords="offset points", ha="center", fontsize=7, color="#4c72b0")
+    colours = dict(zip(sorted(measured.get("judge", pd.Series([""])).fillna("").unique()),
+                       ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd"]))
+    m = measured.assign(judge=measured.get("judge", "").fillna("") if "judge" in measured else "")
+    m = m.assign(x=_spread(list(m.params_b)))
+    # points of the same size: labels alternate left / right of the markers
+    m = m.assign(side=m.groupby("params_b").cumcount() % 2 * 2 - 1)
+    for judge, d in m.groupby("judge", sort=True):
+        d = d.sort_values("x")
+        c = colours.get(judge, "#d62728")
+        lo = d.strict_lo if "strict_lo" in d else d.strict
+        hi = d.strict_hi if "strict_hi" in d else d.strict
+        yerr = np.clip(np.vstack([d.strict - lo.fillna(d.strict), hi.fillna(d.strict) - d.strict]), 0, None)
+        ax.errorbar(d.x, d.strict, yerr=yerr, marker="s", ms=7, capsize=4, color=c, elinewidth=1.2,
+                    ls="-" if len(d) > 1 else "none", lw=1,
+                    label=f"measured here{f', {judge} judge' if judge else ''} (95% interval)")
+        for r in d.itertuples():
+            ties = getattr(r, "tie_rate", 0.0)
+            n = getattr(r, "n", None)
+            text = f"{r.model}\n{r.strict:.0%} right" + (f", {ties:.0%} ties" if ties and ties > 0 else "") \
+                + (f"\n(n={int(n)})" if n is not None and pd.notna(n) else "")
+            ax.annotate(text, (r.x, r.strict), xytext=(10 * r.side, 0), textcoords="offset points",
+                        ha="left" if r.side > 0 else "right", va="center", fontsize=7, color=c)
+    ax.axhline(0.5, color="grey", ls="--", lw=1, label="coin flip (50%)")
+    xs = list(paper.params_b) + list(m.x)
+    ax.set_xscale("log")
+    ax.set(xlim=(min(xs) / 8, max(xs) * 2.5), ylim=(-0.1, 1.12),
+           xlabel="parameters (billions, log scale)",
+           ylabel="share of pairs judged right (ties not counted)",
+           title="Self-evaluation accuracy on harmlessness by model size")
+    ax.yaxis.set_major_formatter(_plt().FuncFormatter(lambda v, _: f"{v:.0%}"))
+    ax.legend(fontsize=8, loc="upper left")
+    return ax
 
-    handles, _ = ax.get_legend_handles_labels()
-    handles += [Patch(color=c, label=k) for k, c in colours.items()]
-    ax.legend(handles=handles, fontsize=8, loc="upper left")
+
+def plot_pair_outcomes(measured: pd.DataFrame, ax=None):
+    """For each judge: the share of preference pairs it got right (the less harmful answer
+    scored higher), tied (both answers the same score) and wrong. `measured` rows: model, judge,
+    strict, tie_rate, n (and accuracy: ties counted half)."""
+    ax = _new_ax(ax, (7, 0.9 + 0.55 * len(measured)))
+    names = [f"{r.model} ({r.judge})" if getattr(r, "judge", "") else r.model for r in measured.itertuples()]
+    right = measured.strict.to_numpy(float)
+    ties = measured.tie_rate.to_numpy(float)
+    wrong = 1 - right - ties
+    ys = np.arange(len(measured))
+    for left, width, colour, label in [(0, right, "#2ca02c", "right"), (right, ties, "#b5b5b5", "tie"),
+                                       (right + ties, wrong, "#d62728", "wrong")]:
+        bars = ax.barh(ys, width, left=left, color=colour, label=label, edgecolor="white")
+        ax.bar_label(bars, labels=[f"{w:.0%}" if w >= 0.06 else "" for w in width], label_type="center",
+                     fontsize=8, color="white" if colour != "#b5b5b5" else "black")
+    ax.set_yticks(ys, names, fontsize=8)
+    ax.invert_yaxis()
+    ns = measured.n if "n" in measured else pd.Series([None] * len(measured))
+    n_txt = f"{int(ns.iloc[0])} pairs" if len(ns) and pd.notna(ns.iloc[0]) else "pairs"
+    ax.set(xlim=(0, 1), xlabel=f"share of {n_txt}", title="Right, tied, wrong")
+    ax.xaxis.set_major_formatter(_plt().FuncFormatter(lambda v, _: f"{v:.0%}"))
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+    return ax
+
+
+def plot_self_eval_summary(measured: pd.DataFrame):
+    """Notebook 01's figure: accuracy by model size beside the paper's (left) and each judge's
+    right / tied / wrong shares (right). `measured`: `analysis.self_eval_rows`."""
+    plt = _plt()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw=dict(width_ratios=[1.7, 1]))
+    plot_self_eval_by_size(measured, ax=ax)
+    plot_pair_outcomes(measured, ax=ax2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_harmless_by_size(measured: pd.DataFrame, paper: pd.DataFrame | None = None, ax=None):
+    """The paper's Figure 1 form: harmless rate of vanilla decoding (hollow) and RAIN (filled),
+    joined by an arrow, against model size (log x). `measured` rows: model, params_b, vanilla,
+    rain and, where known, vanilla_lo/_hi, rain_lo/_hi (rates in [0, 1]); the paper's reported
+    LLaMA numbers (`analysis.PAPER_HH_HARMLESS`) are drawn beside them."""
+    from .analysis import PAPER_HH_HARMLESS
+
+    paper = PAPER_HH_HARMLESS if paper is None else paper
+    ax = _new_ax(ax, (8, 4.6))
+    groups = [(paper, "#4c72b0", "paper (reported, GPT-4 judge)", False),
+              (measured, "#d62728", "measured here (95% interval)", True)]
+    xs_all = []
+    for df, colour, label, bars in groups:
+        xs = _spread(list(df.params_b))
+        xs_all += xs
+        for x, r in zip(xs, df.itertuples()):
+            at = {"vanilla": x / 1.05, "rain": x * 1.05}      # side by side, intervals apart
+            for m, face in (("vanilla", "white"), ("rain", colour)):
+                y = getattr(r, m)
+                lo, hi = getattr(r, f"{m}_lo", None), getattr(r, f"{m}_hi", None)
+                if bars and lo is not None and pd.notna(lo):
+                    ax.errorbar([at[m]], [y], yerr=[[y - lo], [hi - y]], color=colour, capsize=3, lw=1,
+                                zorder=2)
+                ax.plot([at[m]], [y], marker="o", ms=8, mfc=face, mec=colour, mew=1.5, ls="", zorder=3)
+            ax.annotate("", xy=(at["rain"], r.rain), xytext=(at["vanilla"], r.vanilla),
+                        arrowprops=dict(arrowstyle="->", color=colour, lw=1.4, shrinkA=5, shrinkB=5))
+            low = min(r.vanilla, r.rain)
+            if bars and pd.notna(getattr(r, "vanilla_lo", None)):
+                low = min(low, r.vanilla_lo, r.rain_lo)
+            ax.annotate(f"{str(r.model).split('/')[-1]}\n{r.vanilla:.0%} → {r.rain:.0%}", (x, low),
+                        xytext=(0, -8), textcoords="offset points", ha="center", va="top", fontsize=7,
+                        color=colour)
+        ax.plot([], [], marker="o", ms=8, color=colour, ls="", label=label)
+    ax.plot([], [], marker="o", ms=8, mfc="white", mec="grey", ls="", label="vanilla decoding (hollow)")
+    ax.plot([], [], marker="o", ms=8, color="grey", ls="", label="RAIN (filled)")
+    ax.set_xscale("log")
+    ax.set(xlim=(min(xs_all) / 2.5, max(xs_all) * 2.5), ylim=(-0.2, 1.08),
+           xlabel="parameters (billions, log scale)", ylabel="harmless rate",
+           title="Harmless rate, vanilla decoding → RAIN, by model size")
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.yaxis.set_major_formatter(_plt().FuncFormatter(lambda v, _: f"{v:.0%}"))
+    ax.legend(fontsize=8, loc="lower right")
     return ax
 
 
