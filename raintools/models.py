@@ -155,10 +155,50 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
         ) from None
     if "device_map" not in model_kwargs:
         model.to(device)
-    model.eval()
-    lm = LanguageModel(model, tokenizer, name=name)
+    lm = wrap(model, tokenizer, name=name)
     lm.load_seconds = time.perf_counter() - t0
     return lm
+
+
+def embedded_model_folder(alias: str = DEFAULT_MODEL) -> Path:
+    """A plain Hugging Face folder (config, safetensors, tokenizer) of an embedded model, made on
+    first use: what `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` read."""
+    if alias not in EMBEDDED_MODELS:
+        raise ModelLoadError(f"Unknown embedded model {alias!r}; choose from {sorted(EMBEDDED_MODELS)}.")
+    return _materialise_embedded(alias)
+
+
+def wrap(model, tokenizer, name: str | None = None, chat: "ChatFormat | None" = None) -> "LanguageModel":
+    """The `LanguageModel` for a causal LM and tokenizer already loaded with transformers, on any
+    device, dtype or `device_map`: nothing is copied or reloaded, and the model is put in eval
+    mode. The wrapper is remembered on the model (`model.generate(custom_generate=...)` finds it,
+    see `raintools.hf`); wrapping the same pair again returns the same wrapper, with its counters
+    and encoded judging header. `chat` overrides the chat format found from the tokenizer."""
+    if isinstance(model, LanguageModel):
+        raise ModelLoadError("This is already a raintools LanguageModel; wrap its .model instead.")
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "get_output_embeddings"):
+        raise ModelLoadError(f"wrap() needs a transformers causal LM (e.g. from AutoModelForCausalLM), "
+                             f"got {type(model).__name__}.")
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise ModelLoadError(f"{type(model).__name__} is an encoder-decoder model; RAIN needs a "
+                             f"decoder-only causal LM.")
+    if not callable(tokenizer) or not hasattr(tokenizer, "decode"):
+        raise ModelLoadError(f"wrap() needs the model's tokenizer (e.g. from AutoTokenizer), got "
+                             f"{type(tokenizer).__name__}.")
+    known = model.__dict__.get("_raintools_lm")
+    if known is not None and known.tokenizer is tokenizer and name is None and chat is None:
+        return known
+    model.eval()
+    name = name or getattr(model, "name_or_path", None) or type(model).__name__
+    lm = LanguageModel(model, tokenizer, name=str(name), chat=chat)
+    model.__dict__["_raintools_lm"] = lm
+    return lm
+
+
+def wrapped(model) -> "LanguageModel | None":
+    """The wrapper `wrap` (or `load_model`) last made for this model, if any."""
+    lm = getattr(model, "__dict__", {}).get("_raintools_lm")
+    return lm if lm is not None and lm.model is model else None
 
 
 def _available_locally(repo_id: str) -> bool:
@@ -768,4 +808,4 @@ def tiny_model(vocab_size: int = 64, seed: int = 0, chat: bool = False, **config
     cfg.update(config)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
-    return LanguageModel(model, tok, name=f"tiny-random-{seed}")
+    return wrap(model, tok, name=f"tiny-random-{seed}")

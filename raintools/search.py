@@ -95,12 +95,15 @@ class RainSearch:
 
     def __init__(self, lm: LanguageModel, prompt: str, config: RainConfig | None = None,
                  evaluator: Evaluator | None = None, embedder: Callable | None = None,
-                 engine: str = "auto"):
+                 engine: str = "auto", prompt_ids: list[int] | None = None):
         self.cfg = (config or RainConfig()).validate()
         self.lm = lm
         self.prompt = prompt
         max_new = self.cfg.max_new_tokens or 1
-        prompt_ids = lm.prompt_ids(prompt, max_new_tokens=max_new)
+        if prompt_ids is None:
+            prompt_ids = lm.prompt_ids(prompt, max_new_tokens=max_new)
+        else:     # already formatted (e.g. by model.generate): `prompt` is the query the judge sees
+            prompt_ids = checked_prompt_ids(lm, prompt, prompt_ids, max_new)
         if len(prompt_ids) >= self.cfg.max_length:
             raise PromptError(
                 f"The prompt is {len(prompt_ids)} tokens, not below max_length={self.cfg.max_length}: "
@@ -501,9 +504,31 @@ class RainSearch:
                           stats=stats, trace=self.trace, config=self.cfg.to_dict())
 
 
+def checked_prompt_ids(lm: LanguageModel, query: str, ids, max_new_tokens: int) -> list[int]:
+    """Prompt token ids given as they are (no chat template applied), checked: a non-empty list of
+    ids in the vocabulary that leaves room for `max_new_tokens` in the model's context."""
+    if not isinstance(query, str):
+        raise PromptError(f"The query must be a string, got {type(query).__name__}.")
+    try:
+        ids = [int(t) for t in ids]
+    except (TypeError, ValueError):
+        raise PromptError("prompt_ids must be a list of token ids (ints).") from None
+    if not ids:
+        raise PromptError("prompt_ids is empty: give at least one prompt token.")
+    bad = [t for t in ids if not 0 <= t < lm.vocab_size]
+    if bad:
+        raise PromptError(f"prompt_ids holds ids outside the vocabulary (0..{lm.vocab_size - 1}): {bad[:5]}.")
+    if len(ids) + max_new_tokens > lm.max_context:
+        raise PromptError(
+            f"The prompt is {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds the "
+            f"model's context of {lm.max_context} tokens. Shorten the prompt or lower max_new_tokens.")
+    return ids
+
+
 def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = None,
                   evaluator: Evaluator | None = None, embedder: Callable | None = None,
-                  engine: str = "auto", progress: bool = False, **overrides) -> RainResult:
+                  engine: str = "auto", progress: bool = False, prompt_ids: list[int] | None = None,
+                  **overrides) -> RainResult:
     """Generate a response to `prompt` with RAIN.
 
     `config` defaults to the paper's HH setting; keyword overrides change single fields
@@ -511,19 +536,22 @@ def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = No
     `embedder` to all-MiniLM-L6-v2. `engine="auto"` runs the fast engine on every model with a
     per-token KV cache and the reference engine on the others (`lm.route`, logged once; the
     route is in `stats["engine_route"]`); `engine="reference"` runs the slow straightforward
-    execution.
+    execution. `prompt_ids`: the model's input as token ids, already formatted (no chat template
+    is applied to them); `prompt` is then only the query the evaluator judges responses against.
     """
     cfg = (config or RainConfig())
     if overrides:
         cfg = cfg.replace(**overrides)
-    search = RainSearch(lm, prompt, cfg, evaluator=evaluator, embedder=embedder, engine=engine)
+    search = RainSearch(lm, prompt, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
+                        prompt_ids=prompt_ids)
     return search.run(progress=progress)
 
 
 def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfig | None = None,
                         evaluator: Evaluator | None = None, embedder: Callable | None = None,
                         engine: str = "auto", progress: bool = False, concurrency: int | None = None,
-                        batcher=None, **overrides) -> list[RainResult]:
+                        batcher=None, prompt_ids: list[list[int]] | None = None,
+                        **overrides) -> list[RainResult]:
     """RAIN on many prompts, the searches run side by side so that their forward passes (and
     embedder calls) batch together: the throughput path for evaluating many prompts, above all
     on a GPU. Results equal running `rain_generate` on each prompt with the same config, up to
@@ -532,7 +560,8 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     `concurrency`: searches in flight at once (default: all prompts, at most 64); each holds its
     own tree and caches. `batcher`: a `raintools.batch.ForwardBatcher` to tune the grouping (its
     `stats` tell how many passes were merged). `engine="reference"` runs the prompts one by one.
-    Each result's stats count that search's own forward requests and tokens.
+    Each result's stats count that search's own forward requests and tokens. `prompt_ids`: one
+    already formatted token-id list per prompt (see `rain_generate`).
     """
     from .batch import BatchedCall, ForwardBatcher
     from .evaluate import SelfEvaluator
@@ -543,9 +572,14 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
         cfg = cfg.replace(**overrides)
     cfg.validate()
     engine = resolve_engine(lm, engine)
+    if prompt_ids is not None and len(prompt_ids) != len(prompts):
+        raise PromptError(f"prompt_ids has {len(prompt_ids)} rows for {len(prompts)} prompts.")
+    ids_of = list(prompt_ids) if prompt_ids is not None else [None] * len(prompts)
     if engine == "reference" or len(prompts) <= 1:
-        return [rain_generate(lm, p, cfg, evaluator=evaluator, embedder=embedder, engine=engine)
-                for p in tqdm(prompts, desc="RAIN prompts", disable=not progress)]
+        return [rain_generate(lm, p, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
+                              prompt_ids=ids)
+                for p, ids in tqdm(list(zip(prompts, ids_of)), desc="RAIN prompts",
+                                   disable=not progress)]
     batcher = batcher or ForwardBatcher(lm)
     base_eval = evaluator if evaluator is not None else self_evaluator(lm, "harm", cfg.eval_mode)
     if (cfg.similarity_update or cfg.node_addition) and embedder is None:
@@ -555,11 +589,12 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     bar = tqdm(total=len(prompts), desc="RAIN prompts", disable=not progress)
     lock = threading.Lock()
 
-    def job(prompt):
+    def job(prompt, ids):
         def run():
             # each search gets its own view of a self-evaluator (shared encoded header, own stats)
             ev = base_eval.fork() if isinstance(base_eval, SelfEvaluator) else base_eval
-            search = RainSearch(lm, prompt, cfg, evaluator=ev, embedder=shared_embed, engine=engine)
+            search = RainSearch(lm, prompt, cfg, evaluator=ev, embedder=shared_embed, engine=engine,
+                                prompt_ids=ids)
             return search.run()
         return run
 
@@ -570,7 +605,8 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     if isinstance(base_eval, SelfEvaluator) and base_eval.cached:
         base_eval.fork()          # encodes the judging header once, before the workers start
     try:
-        return batcher.run([job(p) for p in prompts], workers=concurrency or min(len(prompts), 64),
+        return batcher.run([job(p, ids) for p, ids in zip(prompts, ids_of)],
+                           workers=concurrency or min(len(prompts), 64),
                            on_done=done)
     finally:
         bar.close()
