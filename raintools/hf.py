@@ -317,7 +317,7 @@ def rain_decoding(model, input_ids: torch.LongTensor, logits_processor=None, sto
         changes["max_new_tokens"] = new
     if call_fields.get("top_k") is not None:
         k = int(call_fields["top_k"])
-        changes["top_k"] = k if k > 0 else lm.vocab_size
+        changes["top_k"] = lm.vocab_size if k == 0 else k
     if call_fields.get("temperature") is not None:
         changes["temperature"] = float(call_fields["temperature"])
     if seed is not None:
@@ -376,6 +376,11 @@ def generate(model, *args, **kwargs):
             if name not in calls and getattr(passed, name, None) != getattr(default, name, None):
                 calls[name] = getattr(passed, name, None)
     _refuse(_problems(named, calls, None))
+    rain_config = kwargs.get("rain_config")
+    if ("max_new_tokens" not in calls and "max_length" not in calls
+            and getattr(rain_config, "max_new_tokens", None) is not None):
+        # the RainConfig's own cap, said to transformers (which would warn about its default)
+        kwargs["max_new_tokens"] = rain_config.max_new_tokens
     tokenizer = kwargs.pop("tokenizer", None)
     if tokenizer is not None:
         wrap(model, tokenizer)

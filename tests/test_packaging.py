@@ -27,3 +27,13 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "make test" in ci and "make test" in readme and "make demo" in readme
+
+
+def test_licence_is_an_spdx_expression_with_a_backend_that_reads_it():
+    """`project.license` as a table is deprecated (setuptools stops building it after 2027-02-18);
+    the SPDX string form needs setuptools >= 77 (PEP 639)."""
+    py = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert py["project"]["license"] == "MIT"
+    (req,) = [r for r in py["build-system"]["requires"] if _name(r) == "setuptools"]
+    assert re.fullmatch(r"setuptools>=(\d+)", req.replace(" ", "")) and int(req.split(">=")[1]) >= 77
+    assert "setuptools>=77" in (ROOT / "environment.yml").read_text()
