@@ -136,6 +136,27 @@ ax = plot_commit_timeline(rain.trace)
 save_figure(ax.figure, "00_quickstart_timeline", commits_frame(rain.trace))
 
 # %% [markdown]
+# ## 4. The same search from `model.generate`
+#
+# Already have a transformers `model` and `tokenizer`? `rt.wrap(model, tokenizer)` gives the
+# wrapper RAIN uses, without a reload, and transformers' own `generate` runs RAIN as a *custom
+# generation method* (README, "From transformers"; the folder `hub/rain` is the same method in the
+# form you can push to the Hub). Here `lm.model` and `lm.tokenizer` stand for yours, and the input
+# is the prompt in the model's chat format, as `tokenizer.apply_chat_template(...)` makes it. Same
+# prompt, config and seed as above: the same tokens.
+
+# %%
+import torch
+
+model, tokenizer = lm.model, lm.tokenizer
+assert rt.wrap(model, tokenizer) is lm          # load_model already wrapped this pair
+input_ids = torch.tensor([lm.prompt_ids(prompt)], device=lm.device)
+out = model.generate(input_ids=input_ids, custom_generate=rt.hf.rain_decoding,
+                     max_new_tokens=MAX_NEW_TOKENS, rain_config=cfg, return_dict_in_generate=True)
+print(tokenizer.decode(out.sequences[0, input_ids.shape[1]:], skip_special_tokens=True))
+print("same tokens as rt.rain_generate:", out.results[0].tokens == rain.tokens)
+
+# %% [markdown]
 # ## What to take away
 #
 # * RAIN runs many model calls per committed token: the search is the price of aligning without
