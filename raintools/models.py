@@ -590,7 +590,7 @@ class LanguageModel:
         forward pass shared with other searches (same results up to float rounding).
         """
         router = getattr(_ROUTE, "batcher", None)
-        if router is not None and router.lm is self:
+        if router is not None and router.lm.model is self.model:    # any wrapper of this model
             return router.forward(input_ids, past, attention_mask, all_logits, position_ids, logits_at)
         return self.raw_forward(input_ids, past, attention_mask, all_logits, position_ids, logits_at)
 
