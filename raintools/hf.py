@@ -273,7 +273,7 @@ def query_from_ids(lm: LanguageModel, ids) -> str:
 
 def rain_decoding(model, input_ids: torch.LongTensor, logits_processor=None, stopping_criteria=None,
                   generation_config: GenerationConfig | None = None, rain_config: RainConfig | None = None,
-                  evaluator=None, embedder=None, engine: str = "fast", seed: int | None = None,
+                  evaluator=None, embedder=None, engine: str = "auto", seed: int | None = None,
                   query: str | list[str] | None = None, progress: bool = False,
                   concurrency: int | None = None, **model_kwargs):
     """RAIN as a transformers decoding method: `model.generate(**inputs,
@@ -413,7 +413,9 @@ def _with_stops(lm: LanguageModel, eos) -> LanguageModel:
     key = frozenset(extra)
     if key not in views:
         chat = replace(lm.chat, stop_token_ids=frozenset(lm.chat.stop_token_ids | extra))
-        views[key] = LanguageModel(lm.model, lm.tokenizer, name=lm.name, chat=chat, stats=lm.stats)
+        view = LanguageModel(lm.model, lm.tokenizer, name=lm.name, chat=chat, stats=lm.stats)
+        view._route = lm.route          # the same model: its route is known (no second self-check)
+        views[key] = view
     return views[key]
 
 
