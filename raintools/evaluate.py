@@ -340,7 +340,9 @@ class SelfEvaluator:
         trunk, tails = split_common(per_order)
         route = lm.route.kind
         if route == "reference":
-            return self._sequential(trunk, tails)
+            # no per-token KV to share, and some state-space models continue a state exactly
+            # only one token at a time: the whole prompt per order, as the reference judge
+            return self._reference(query, response)
         # The longest start computed before (header, query, a response judged before) is reused;
         # then one forward pass for the rest: a token tree whose trunk is the rest of the common
         # ids, each order's own ending a tail that sees the trunk (on the "rows" route: one batch
@@ -378,21 +380,6 @@ class SelfEvaluator:
                 for k, v in past or ()]
         logits, out = self.lm.forward(ids, past=rows or None, logits_at=ends)
         return logits[:, 0], [(k[:1], v[:1]) for k, v in out]
-
-    def _sequential(self, trunk: list[int], tails: list[list[int]]) -> float:
-        """A model without a per-token KV (reference route): the ids the orders share once (after
-        the judging header's state, computed once per model), then each order's ending after
-        them, one pass each (the model's cache object is copied for each)."""
-        lm = self.lm
-        h_ids, h_state = self._encode_header()
-        h = len(h_ids) if len(trunk) > len(h_ids) and trunk[:len(h_ids)] == list(h_ids) else 0
-        lg, state = lm.forward(torch.tensor([trunk[h:]]), past=h_state if h else None)
-        logits = [lm.forward(torch.tensor([t]), past=state)[0][0] if t else lg[0] for t in tails]
-        self.stats.tokens_needed += len(trunk) - h + sum(len(t) for t in tails)
-        self.last_ids = [trunk + t for t in tails]
-        probs = self._letter_probs(torch.stack(logits))
-        self.last_probs = probs.tolist()
-        return self._value(list(probs))
 
     # -- reference-style execution: whole prompt, once per order, batch 1
     def _reference(self, query: str, response: str) -> float:

@@ -20,7 +20,7 @@ import torch
 
 from model_families import FAMILIES, RECURRENT, SLIDING, WINDOW, build, expected_route
 from raintools import ModelSupportError, RainConfig, SelfEvaluator, load_model, rain_generate
-from raintools import rain_generate_batch
+from raintools import generate_vanilla, rain_generate_batch
 from raintools.batch import ForwardBatcher, _Request, _Shape
 from raintools.evaluate import JudgeTemplate
 from raintools.models import kv_len, token_tree
@@ -200,6 +200,13 @@ def test_rain_end_to_end_from_a_saved_folder(name, tmp_path):
         assert fast.stats["engine"] == "reference"
         with pytest.raises(ModelSupportError, match="reference"):
             rain_generate(lm, PROMPT, CFG, evaluator=ev, embedder=letter_embedder, engine="fast")
+        # the cached judge and vanilla decoding work on them and equal computing from scratch
+        ref = SelfEvaluator(lm, SHORT, mode="soft", cached=False)
+        soft = SelfEvaluator(lm, SHORT, mode="soft")
+        assert soft("how do I bake bread?", "Mix flour.") == ref("how do I bake bread?", "Mix flour.")
+        out = generate_vanilla(lm, PROMPT, max_new_tokens=4).tokens
+        ids = lm.prompt_ids(PROMPT)
+        assert out == [int(lm.full_logits(ids + out[:i]).argmax()) for i in range(len(out))]
         return
     ref = rain_generate(lm, PROMPT, CFG, evaluator=SelfEvaluator(lm, SHORT, cached=False),
                         embedder=letter_embedder, engine="reference")
