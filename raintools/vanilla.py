@@ -18,9 +18,12 @@ from .search import RainResult
 
 def generate_vanilla(lm: LanguageModel, prompt: str, max_new_tokens: int = 128, do_sample: bool = False,
                      temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
-                     sample_index: int = 0) -> RainResult:
+                     sample_index: int = 0, use_cache: bool = True) -> RainResult:
     """Greedy (default) or sampled decoding with a KV cache. Returns a `RainResult` with
-    method "vanilla" (or "sampled") so results of all methods share one shape."""
+    method "vanilla" (or "sampled") so results of all methods share one shape.
+
+    `use_cache=False` decodes without a KV cache, as the paper's vanilla baseline does: every
+    step runs the model over the whole prompt and response so far (same tokens, more work)."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if temperature <= 0:
@@ -50,11 +53,15 @@ def generate_vanilla(lm: LanguageModel, prompt: str, max_new_tokens: int = 128, 
             break
         if len(out) >= max_new_tokens:
             break
-        logits, kv = lm.forward(torch.tensor([[tok]]), past=kv)
+        if use_cache:
+            logits, kv = lm.forward(torch.tensor([[tok]]), past=kv)
+        else:       # the whole prefix again, from scratch
+            logits, kv = lm.forward(torch.tensor([ids + out]))
         logits = logits[0]
     used = lm.stats.since(s0)
     stats = dict(committed_tokens=len(out), forward_calls=used.calls, tokens_computed=used.tokens,
-                 wall_time_s=time.perf_counter() - t0, stop_reason=reason, prompt_tokens=len(ids))
+                 wall_time_s=time.perf_counter() - t0, stop_reason=reason, prompt_tokens=len(ids),
+                 kv_cache=use_cache)
     return RainResult(text=lm.response_text(out), prompt=prompt,
                       method="sampled" if do_sample else "vanilla", tokens=out, stats=stats)
 
