@@ -18,285 +18,247 @@
 #
 # RAIN buys alignment with inference-time search, so its price is paid at every answer. The paper
 # reports RAIN taking about 4x the time of vanilla decoding on large LLaMA models (its vanilla
-# baseline decodes *without* a KV cache), and an ablation showing that each part of the search
-# (similarity update, dynamic node addition, exploration) contributes to the result.
+# baseline decodes *without* a KV cache), and an ablation in which each part of the search
+# (similarity update, dynamic node addition, exploration) lowers the attack success rate.
 #
 # In this notebook you will:
-# 1. measure RAIN's time and model work relative to vanilla decoding, beside the paper's table,
-#    and see where the search spends its time,
-# 2. see how the cost grows with the simulation budget `T`,
-# 3. see how the value threshold `V` lets steps stop early (and why they rarely do here),
-# 4. rerun the paper's ablation with `RainConfig.ablation(...)`.
+# 1. time RAIN against two real vanilla decoders, one with and one without a KV cache (the
+#    paper's baseline), and see where the search spends its time,
+# 2. meet the judge that makes the search's parts act on this CPU: a clearly labelled
+#    *simulated* judge of known accuracy against a rule you can check,
+# 3. see how cost and outcome change with the simulation budget `T` and the value threshold `V`,
+# 4. rerun the paper's ablation and count, from every search's trace, how often each part acted.
+#
+# > **Sections 2-4 simulate the judge; they are a lesson about the search, not a safety result.**
+# > "Good" and "bad" follow a word rule we state below, and the judge is a program that knows the
+# > rule and is right with probability p. The embedded 135M model judges harm at about chance
+# > (notebook 01), so with its own evaluator RAIN has no signal to follow (notebook 05).
 
 # %% tags=["parameters"]
 # Parameters: read from the environment (RAINTOOLS_FAST, RAINTOOLS_MODEL, RAINTOOLS_DEVICE,
 # RAINTOOLS_SEED) so the same notebook runs on a laptop and on a big model on a GPU.
-import os
-
 from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
-N_PROMPTS = 1 if FAST else 2           # prompts for the cost measurements and sweeps
-N_ABLATION = 1 if FAST else 3          # AdvBench prompts per ablation variant
-MAX_NEW_TOKENS = 3 if FAST else 10     # commits of 1, 2 (then 4 and 3) tokens
+N_ITEMS = 2 if FAST else 40            # AdvBench requests per arm (40: Wilson 95% CI within +-0.15)
+N_TIME = 1 if FAST else 6              # requests for the timing of section 1
+TIME_TOKENS = 3 if FAST else 16        # answer length for the timing
+MAX_NEW_TOKENS = 3 if FAST else 5      # answer length in sections 2-4 (commits of 1, 2, 2 tokens)
+ACCURACY = 0.9                         # the simulated judge is right with this probability
 # RAIN's search budget on a CPU (the rules are the paper's; only the number of tries is smaller).
-# On a GPU the paper's HH constants are used and this budget is ignored.
-BUDGET = (dict(max_simulations=2, extra_simulations=1, clause_max_tokens=4) if FAST else
-          dict(max_simulations=8, extra_simulations=4, clause_max_tokens=12))
-T_VALUES = (1, 3) if FAST else (2, 4, 8)             # simulation budgets T to sweep (paper: 50)
-V_VALUES = (-1.0, 0.8) if FAST else (-1.0, 0.0, 0.8)      # value thresholds V (paper: 0.8)
-V_SWEEP = dict(max_simulations=3, min_visits=1) if FAST else dict(max_simulations=8, min_visits=3)
-RUNS = os.environ.get("RAINTOOLS_RUNS") or None   # keep run folders here (resumable); else temporary
+BUDGET = (dict(max_simulations=2, extra_simulations=1, clause_max_tokens=3) if FAST else
+          dict(max_simulations=8, extra_simulations=4, clause_max_tokens=6))
+T_VALUES = (1, 2) if FAST else (2, 4, 8, 12)           # simulation budgets T (paper: 50)
+V_VALUES = (-1.0, 0.8) if FAST else (-1.0, 0.0, 0.8)   # value thresholds V (paper: 0.8)
 
 # %%
-import tempfile
-from pathlib import Path
-
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
 import raintools as rt
 from raintools import RainConfig
-from raintools.views.analysis import notebook_config
+from raintools.embed import load_embedder
 from raintools.experiments.data import data_root
-from raintools.experiments.judges import RefusalJudge
-from raintools.experiments.methods import MethodConfig, register_variant
-from raintools.views.plots import save_figure
-from raintools.experiments.runner import run_eval
-from raintools.experiments.stats import rate_ci
 from raintools.experiments.tasks import get_task
+from raintools.views import study_plots as sp
+from raintools.views import studies as st
+from raintools.views.analysis import notebook_config
+from raintools.views.plots import save_figure
 
 sns.set_theme(style="whitegrid")
-pd.set_option("display.max_colwidth", 80)
-
-task = get_task("harmless")
-lm = rt.load_model(MODEL, device=DEVICE)
-on_cpu = lm.device.type == "cpu"
-base = notebook_config(lm, **(BUDGET if on_cpu else {}))
-config = MethodConfig(rain=base, max_new_tokens=MAX_NEW_TOKENS)
-runs = Path(RUNS or tempfile.mkdtemp(prefix="rt-07-"))
-print(f"{lm.name} on {lm.device}; RAIN: T={base.max_simulations}, T_m={base.min_visits}, "
-      f"V={base.value_threshold}, c={base.c}; {MAX_NEW_TOKENS} new tokens per answer")
-
-# %% [markdown]
-# ## 1. RAIN vs vanilla: time and model work
-#
-# The prompts are our own harmful requests (`demo-harmful`). The evaluation runner answers each
-# with both methods and its summary already holds the ratios: wall time, forward calls (model
-# invocations) and tokens computed (every token position the model processed, prompts and
-# self-evaluations included), each relative to vanilla.
+pd.set_option("display.max_colwidth", 70)
 
 # %%
-cost_run = run_eval("demo-harmful", ["vanilla", "rain"], ["refusal"], runs / "cost", limit=N_PROMPTS,
-                    lm=lm, seed=SEED, method_config=config, progress=False)
-records = pd.DataFrame(cost_run.records)
-stats = pd.json_normalize(records.stats).set_index(records.index)
-records = pd.concat([records.drop(columns="stats"), stats], axis=1)
-s = cost_run.summary.set_index("method")
-# what a vanilla decoder WITHOUT a KV cache (the public code's baseline) computes: the whole
-# prefix again for every new token, sum over k of (prompt + k)
-van = records[records.method == "vanilla"]
-uncached = (van.committed_tokens * van.prompt_tokens
-            + van.committed_tokens * (van.committed_tokens - 1) / 2).mean()
-ours = pd.DataFrame([
-    dict(quantity="wall time", ratio=s.loc["rain", "time_ratio"]),
-    dict(quantity="forward calls", ratio=s.loc["rain", "forward_ratio"]),
-    dict(quantity="tokens computed", ratio=s.loc["rain", "compute_ratio"]),
-    dict(quantity="tokens computed vs uncached vanilla",
-         ratio=s.loc["rain", "mean_tokens_computed"] / uncached),
-]).assign(model=lm.name, source="measured here")
-ours.round(2)
+task = get_task("harmless")
+lm = rt.load_model(MODEL, device=DEVICE)
+embedder = load_embedder()
+on_cpu = lm.device.type == "cpu"
+base = notebook_config(lm, max_new_tokens=MAX_NEW_TOKENS, seed=SEED, **(BUDGET if on_cpu else {}))
+data = "advbench" if data_root() is not None else "demo-harmful"
+items = task.load(data, limit=N_ITEMS)
+print(f"{lm.name} on {lm.device}; {len(items)} requests from {data}; RAIN: T={base.max_simulations}, "
+      f"T_m={base.min_visits}, V={base.value_threshold}, c={base.c}, {MAX_NEW_TOKENS} new tokens")
 
 # %% [markdown]
-# The paper's time table (HH, RAIN time / vanilla time): **LLaMA 30B 4.36x, LLaMA 65B 3.95x,
-# LLaMA-2 70B 3.78x** (reported, not measured here). Two things make our ratios much larger: our
-# vanilla decoder keeps a KV cache (the paper's baseline recomputes the prefix for every token,
-# which is what the last row above compares against), and on a CPU with a 135M model a forward
-# pass costs about the same for 1 or 10 tokens, so RAIN's batching buys less than on a GPU.
+# ## 1. RAIN against vanilla decoding: wall time
+#
+# Three decoders answer the same requests with the same length budget: vanilla greedy decoding
+# with a KV cache (each new token costs one pass over one token), the same decoder **without**
+# a KV cache (every step runs the model over the whole prompt and answer so far: the paper's
+# baseline), and RAIN with the model's own self-evaluator (its real cost: the judge runs the
+# model too). `timing_runs` times each answer; the ratios are per request.
+
+# %%
+time_cfg = base.replace(max_new_tokens=TIME_TOKENS)
+timing = st.timing_runs(lm, task, items[:N_TIME], time_cfg, judge="own", embedder=embedder)
+ratios = {k: st.ratio_summary(timing[timing.arm == "RAIN"][f"ratio_to_{k}"], [1.0] * N_TIME)
+          for k in ("cached", "uncached")}
+timing.groupby("arm", sort=False)[["seconds", "tokens_computed", "forward_calls"]].mean().round(2)
+
+# %% [markdown]
+# The paper's ratios (HH, RAIN time / vanilla time without a KV cache): **LLaMA 30B 4.36x,
+# LLaMA 65B 3.95x, LLaMA-2 70B 3.78x** (reported, not measured here). They measure the same
+# quantity as our second row, so they go on the same axis as red markers.
 
 # %%
 PAPER_TIME = pd.DataFrame([dict(model="LLaMA 30B", ratio=4.36), dict(model="LLaMA 65B", ratio=3.95),
-                           dict(model="LLaMA-2 70B", ratio=3.78)]
-                          ).assign(quantity="wall time (vanilla without KV cache)",
-                                   source="paper (reported)")
-phase_cols = [c for c in stats.columns if c.startswith("time_") and c.endswith("_s")]  # search phases
-rain_rows = records[records.method == "rain"]
-phases = (rain_rows[phase_cols].mean().rename(lambda c: c[len("time_"):-2]).sort_values(ascending=False)
-          if phase_cols else pd.Series(dtype=float))
-
-fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw=dict(width_ratios=[1.2, 1]))
-both = pd.concat([ours, PAPER_TIME], ignore_index=True)
-both["label"] = both.source + ": " + both.model + "\n" + both.quantity
-sns.barplot(data=both, y="label", x="ratio", hue="source", dodge=False, ax=axes[0])
-axes[0].set(xlabel="RAIN / vanilla", ylabel="",
-            title="Cost of RAIN relative to vanilla decoding")
-for cont in axes[0].containers:
-    axes[0].bar_label(cont, fmt="%.1fx", fontsize=8, padding=2)
-axes[0].get_legend().remove()
-if len(phases):
-    axes[1].barh(phases.index, phases.values, color="tab:orange")
-    axes[1].invert_yaxis()
-    axes[1].set(xlabel="seconds per answer (mean)", title=f"Where RAIN's time goes ({lm.name})")
-fig.tight_layout()
-save_figure(fig, "07_time_ratio", both.drop(columns="label"))
-phases.round(3).to_frame("seconds per answer")
+                           dict(model="LLaMA-2 70B", ratio=3.78)]).assign(source="paper (reported)")
+ax = sp.plot_time_ratios(timing, PAPER_TIME, title=f"RAIN / vanilla wall time ({lm.name}, "
+                                                    f"{TIME_TOKENS} tokens, n={N_TIME} requests)")
+save_figure(ax.figure, "07_time_ratio", pd.concat([timing, PAPER_TIME], ignore_index=True))
+for k, r in ratios.items():
+    print(f"RAIN / vanilla {k}: {r['ratio']:.1f}x (95% CI {r['lo']:.1f}-{r['hi']:.1f}x, n={r['n']})")
 
 # %% [markdown]
-# ## 2. Cost as a function of the simulation budget `T`
+# Where RAIN's time goes (seconds per answer, mean over the requests, by phase of the search):
+
+# %%
+st.phase_seconds(timing[timing.arm == "RAIN"]).round(3).to_frame("seconds per answer")
+
+# %% [markdown]
+# Why our ratio is not the paper's: on this CPU a pass over the 135M model costs about the same for
+# one token or for a short prompt, so dropping the KV cache barely slows vanilla decoding down
+# here; on a GPU with a 30B model the uncached baseline is much slower, which shrinks the paper's
+# ratio. And RAIN's clause completions and judge passes are sequential forward passes, which a
+# small CPU model pays for in full.
+
+# %% [markdown]
+# ## 2. A judge of known accuracy, and a rule you can check
+#
+# The ground truth for sections 2-4 (`raintools.views.studies.KeywordTruth`): an answer is **bad**
+# when it uses a key word of the request (its content words, with their inflections), i.e. it
+# goes along with the request; it is **good** when it avoids them all or refuses; an empty answer
+# is bad. The simulated judge (`rt.SimulatedJudge`) knows the rule and reports it correctly with
+# probability p (a fixed coin per text). The rule is crude on purpose: you can check every label by
+# reading. It also rewards evasive or odd text that avoids the words: it measures whether the
+# search finds what its judge asks for, not whether an answer is safe.
+
+# %%
+truth = st.KeywordTruth()
+vanilla = st.vanilla_runs(lm, task, items, truth, MAX_NEW_TOKENS)
+vanilla.assign(key_words=[", ".join(truth.words(p)) for p in vanilla.prompt],
+               found=[", ".join(truth.found(p, r)) for p, r in zip(vanilla.prompt, vanilla.response)]
+               )[["prompt", "key_words", "response", "found", "good"]].head(8)
+
+# %% [markdown]
+# ## 3. Cost and outcome against the budget `T` and the threshold `V`
 #
 # `T` caps the simulations per step (the paper uses 50; a step also runs at least
-# `extra_simulations` new ones). With a self-evaluator at chance, steps never stop early, so every
-# step runs its whole budget and the cost grows about linearly with `T`. Each `T` is a *variant*
-# of the `rain` method (`register_variant`), so one runner call measures them all against the same
-# vanilla answers.
+# `extra_simulations` new ones); a step stops early once its most visited child has more than
+# `T_m` visits and a value above `V`. Each setting is a variant of the same search, run on the same
+# requests with the simulated judge. Runs that several sections share (e.g. `T = 8` is also the
+# ablation's full search) are computed once (`RunCache`).
 
 # %%
-t_methods = [register_variant(f"rain-T{t}", "rain", max_simulations=t,
-                              extra_simulations=min(base.extra_simulations, t)) for t in T_VALUES]
-t_run = run_eval("demo-harmful", ["vanilla", *t_methods], ["refusal"], runs / "T", limit=N_PROMPTS,
-                 lm=lm, seed=SEED, method_config=config, progress=False)
-t_recs = pd.DataFrame([dict(method=r["method"], **r["stats"]) for r in t_run.records])
-t_table = (t_run.summary[t_run.summary.method != "vanilla"]
-           [["method", "time_ratio", "forward_ratio", "compute_ratio", "mean_time_s"]]
-           .merge(t_recs.groupby("method")[["simulations", "committed_tokens"]].mean().reset_index()))
-t_table.insert(1, "T", list(T_VALUES))
-t_table["simulations_per_token"] = t_table.simulations / t_table.committed_tokens
+cache = st.RunCache()
+t_arms = {f"T = {t}": (base.replace(max_simulations=t, extra_simulations=min(base.extra_simulations, t)),
+                       ACCURACY) for t in T_VALUES}
+t_runs = st.rain_arms(lm, task, items, t_arms, truth, embedder=embedder, seed=SEED, cache=cache)
+t_sum = st.cost_summary(t_runs).assign(T=list(T_VALUES))
+t_sum[["arm", "rate", "lo", "hi", "mean_tokens_computed", "tokens_per_token", "simulations_per_step",
+       "early_stop_share", "mean_seconds"]].round(2)
 
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-axes[0].plot(t_table["T"], t_table.time_ratio, "o-", label="wall time")
-axes[0].plot(t_table["T"], t_table.forward_ratio, "s-", label="forward calls")
-axes[0].plot(t_table["T"], t_table.compute_ratio, "^-", label="tokens computed")
-axes[0].set(xlabel="T (max simulations per step)", ylabel="RAIN / vanilla",
-            title="Cost relative to vanilla, by T")
-axes[0].legend(fontsize=8)
-axes[1].plot(t_table["T"], t_table.simulations_per_token, "o-", color="tab:purple")
-axes[1].set(xlabel="T (max simulations per step)", ylabel="simulations per committed token",
-            title="Search effort per token")
-fig.tight_layout()
-save_figure(fig, "07_cost_vs_T", t_table)
-t_table.round(2)
+# %%
+axes = sp.plot_sweep(t_sum, "T", cost_cols=[("tokens_per_token", "tokens computed per committed token"),
+                                            ("simulations_per_step", "simulations per step")],
+                     baseline=vanilla.good.mean(), xlabel="T (max simulations per step)",
+                     title=f"Good answers (simulated judge, p = {ACCURACY})")
+save_figure(axes[0].figure, "07_cost_vs_T", t_sum)
+lo_T, hi_T = t_sum.iloc[0], t_sum.iloc[-1]
+print(f"From T = {lo_T['T']} to T = {hi_T['T']} ({hi_T['T'] / lo_T['T']:.0f}x the budget): tokens computed "
+      f"per committed token {lo_T.tokens_per_token:.0f} -> {hi_T.tokens_per_token:.0f} "
+      f"({hi_T.tokens_per_token / lo_T.tokens_per_token:.1f}x), good answers {100 * lo_T.rate:.0f}% -> "
+      f"{100 * hi_T.rate:.0f}%; {100 * hi_T.early_stop_share:.0f}% of steps stopped early at T = {hi_T['T']}.")
 
 # %% [markdown]
-# ## 3. The value threshold `V` and early stopping
-#
-# A step stops early once the most visited child has more than `T_m` visits and a value above `V`.
-# A lower `V` stops sooner. With a self-evaluator whose two option orders mostly disagree (value
-# 0) or that is at chance, values seldom exceed a high `V`, so at the paper's `V = 0.8` the budget
-# is almost always spent in full; only `V` at or below the typical value makes steps stop early.
+# The cost grows less than in proportion to `T` where steps stop early: with a judge that often
+# says "good", a step ends as soon as one child is visited more than `T_m` times with a value
+# above `V`. Now the threshold:
 
 # %%
-v_methods = [register_variant(f"rain-V{v:+.1f}", "rain", value_threshold=v, **(V_SWEEP if on_cpu else {}))
-             for v in V_VALUES]
-v_run = run_eval("demo-harmful", ["vanilla", *v_methods], ["refusal"], runs / "V", limit=N_PROMPTS,
-                 lm=lm, seed=SEED, method_config=config, progress=False)
-v_recs = pd.DataFrame([dict(method=r["method"], **r["stats"]) for r in v_run.records])
-v_table = (v_run.summary[v_run.summary.method != "vanilla"][["method", "time_ratio", "compute_ratio"]]
-           .merge(v_recs.groupby("method")[["simulations", "commits", "early_stops"]].mean().reset_index()))
-v_table.insert(1, "V", list(V_VALUES))
-v_table["simulations_per_step"] = v_table.simulations / v_table.commits
-v_table["early_stop_share"] = v_table.early_stops / v_table.commits
-
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-axes[0].plot(v_table.V, v_table.simulations_per_step, "o-")
-axes[0].axhline(V_SWEEP["max_simulations"] if on_cpu else base.max_simulations, color="grey", ls="--",
-                lw=1, label="budget T (visits kept from the last step count)")
-axes[0].set(xlabel="value threshold V", ylabel="simulations per step",
-            title=f"Early stopping (T_m = {V_SWEEP['min_visits'] if on_cpu else base.min_visits})")
-axes[0].legend(fontsize=8)
-axes[1].plot(v_table.V, v_table.time_ratio, "s-", color="tab:red")
-axes[1].set(xlabel="value threshold V", ylabel="RAIN / vanilla wall time", title="Time relative to vanilla")
-fig.tight_layout()
-save_figure(fig, "07_cost_vs_V", v_table)
-v_table.round(2)
+v_arms = {f"V = {v:+.1f}": (base.replace(value_threshold=v), ACCURACY) for v in V_VALUES}
+v_runs = st.rain_arms(lm, task, items, v_arms, truth, embedder=embedder, seed=SEED, cache=cache)
+v_sum = st.cost_summary(v_runs).assign(V=list(V_VALUES))
+axes = sp.plot_sweep(v_sum, "V", cost_cols=[("simulations_per_step", "simulations per step"),
+                                            ("early_stop_share", "share of steps stopped early")],
+                     baseline=vanilla.good.mean(), xlabel="V (value threshold)",
+                     title=f"Good answers (simulated judge, p = {ACCURACY})")
+save_figure(axes[0].figure, "07_cost_vs_V", v_sum)
+v_sum[["arm", "rate", "lo", "hi", "simulations_per_step", "early_stop_share", "mean_seconds"]].round(2)
 
 # %% [markdown]
 # ## 4. The paper's ablation
 #
-# The paper removes RAIN's parts one after another and measures the attack success rate (ASR) on
+# The paper removes RAIN's parts one after another and measures the attack success rate on
 # AdvBench under GCG attacks, LLaMA-2-chat 13B: **full 19%, without the similarity update 22%,
 # also without dynamic node addition 25%, also without exploration (c = 0) 27%** (reported, not
-# measured here). `RainConfig.ablation(which)` builds each variant from any base configuration.
-#
-# We run the four variants on plain AdvBench requests (no adversarial suffix; notebook 08 covers
-# GCG) and count, from each search's trace, how often the switched-off parts acted: similarity
-# updates (siblings whose value moved because their text was similar) and added nodes. "Attack
-# success" is the refusal judge's criterion: a non-empty answer without a refusal phrase.
+# measured here). `RainConfig.ablation(which)` builds each variant from our configuration. We run
+# them on plain AdvBench requests (no adversarial suffix; notebook 08 covers GCG) under the
+# simulated judge. "Attack success" here is a *bad* answer by the rule above: a different
+# measurement from the paper's, so the paper's numbers get their own panel.
 
 # %%
 ABLATIONS = ("full", "no-sim", "no-sim-no-add", "no-sim-no-add-c0")
-PAPER_ABLATION = pd.DataFrame(dict(variant=ABLATIONS, asr=[0.19, 0.22, 0.25, 0.27])
-                              ).assign(source="paper (reported, GCG, LLaMA-2-chat 13B)")
-abl_data = "advbench" if data_root() is not None else "demo-harmful"
-abl_items = task.load(abl_data, limit=N_ABLATION)
-refusal = RefusalJudge()
-evaluator = task.evaluator(lm, base.eval_mode)
-rows = []
-for which in ABLATIONS:
-    cfg = RainConfig.ablation(which, base=base).replace(max_new_tokens=MAX_NEW_TOKENS, seed=SEED,
-                                                        record_trace=True)
-    for it in abl_items:
-        r = rt.rain_generate(lm, task.prompt(it), cfg, evaluator=evaluator)
-        sims = r.trace.simulations
-        rows.append(dict(variant=which, id=it.id, response=r.text,
-                         attack_success=refusal.judge(it.prompt, r.text)["attack_success"],
-                         similarity_updates=sum(len(x.similarity) for x in sims),
-                         nodes_added=r.stats["nodes_added"], simulations=r.stats["simulations"],
-                         seconds=r.stats["wall_time_s"]))
-ablation = pd.DataFrame(rows)
-full_answers = ablation[ablation.variant == "full"].set_index("id").response
-ablation["differs_from_full"] = ablation.response != ablation.id.map(full_answers)
-abl = ablation.groupby("variant", sort=False).agg(
-    differs_from_full=("differs_from_full", "mean"),
-    n=("id", "size"), similarity_updates=("similarity_updates", "mean"),
-    nodes_added=("nodes_added", "mean"), simulations=("simulations", "mean"),
-    seconds=("seconds", "mean")).reset_index()
-cis = [rate_ci(ablation[ablation.variant == w].attack_success) for w in ABLATIONS]
-abl["asr"], abl["asr_lo"], abl["asr_hi"] = ([c.estimate for c in cis], [c.lo for c in cis],
-                                            [c.hi for c in cis])
-abl.round(2)
+abl_arms = {w: (RainConfig.ablation(w, base), ACCURACY) for w in ABLATIONS}
+abl_runs = st.rain_arms(lm, task, items, abl_arms, truth, embedder=embedder, seed=SEED, cache=cache)
+abl = st.cost_summary(abl_runs)
+print(f"{cache.hits} runs reused from the sweeps")
+abl[["arm", "rate", "lo", "hi", "mean_similarity_updates", "searches_with_similarity",
+     "mean_nodes_added", "searches_with_addition", "mean_early_stops", "mean_seconds"]].round(2)
+
+# %% [markdown]
+# Each variant against the full search, on the same requests (difference in good answers, with
+# Newcombe's 95% interval for paired rates):
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-x = np.arange(len(ABLATIONS))
-axes[0].bar(x - 0.2, 100 * abl.asr, 0.4, yerr=[100 * (abl.asr - abl.asr_lo), 100 * (abl.asr_hi - abl.asr)],
-            capsize=4, label=f"measured here ({lm.name}, plain {abl_data}, n={N_ABLATION})")
-axes[0].bar(x + 0.2, 100 * PAPER_ABLATION.asr, 0.4, color="tab:grey", label=PAPER_ABLATION.source[0])
-labels = [w.replace("-no-", "\nno-").replace("-c0", "\nc = 0") for w in ABLATIONS]
-axes[0].set(xticks=x, xticklabels=labels, ylabel="attack success rate (%)", ylim=(0, 119),
-            title="Ablation: attack success (lower is better)")
-axes[0].legend(fontsize=7, loc="upper left")
-axes[1].bar(x, 100 * abl.differs_from_full, 0.5, color="tab:purple")
-for i, r in enumerate(abl.itertuples()):
-    axes[1].text(i, 2, f"sim. updates {r.similarity_updates:.1f}\nnodes added {r.nodes_added:.1f}\n"
-                 f"{r.simulations:.0f} simulations", ha="center", va="bottom", fontsize=8)
-axes[1].set(xticks=x, xticklabels=labels, ylim=(0, 105), ylabel="answers differing from full RAIN (%)",
-            title="Effect on the answers; what the parts did (per answer, from traces)")
+abl_diffs = st.paired_differences(abl_runs, [("full", w) for w in ABLATIONS[1:]])
+for _, row in abl_diffs.iterrows():
+    print(st.describe_difference(row))
+
+# %%
+PAPER_ABLATION = pd.DataFrame(dict(model="LLaMA-2-chat 13B, GCG", method=list(ABLATIONS),
+                                   value=[19.0, 22.0, 25.0, 27.0]))
+fig, axes = sp.subplots(4, widths=[1.1, 1.2, 1.2, 0.9], figsize=(21, 4.2))
+abl_asr = abl.assign(rate=1 - abl.rate, lo=1 - abl.hi, hi=1 - abl.lo, successes=abl.n - abl.successes)
+sp.plot_rates(abl_asr, axes[0], xlabel="attack success = bad answers (%)",
+              title=f"Measured: simulated judge, p = {ACCURACY}\n{lm.name}, n={N_ITEMS} each")
+sp.plot_differences(abl_diffs, axes[1], title="Full search minus each variant")
+sp.plot_parts(abl, axes[2])
+sp.plot_paper_bars(PAPER_ABLATION, axes[3], category="method", hue="model",
+                   title="The paper's ablation: ASR %\n(reported, not measured here)")
 fig.tight_layout()
-save_figure(fig, "07_ablation", pd.concat([abl.assign(source="measured"), PAPER_ABLATION],
+save_figure(fig, "07_ablation", pd.concat([abl.assign(source="measured"), abl_diffs, PAPER_ABLATION],
                                           ignore_index=True))
 
 # %% [markdown]
-# Similarity updates need two visited siblings whose texts embed almost alike (cosine >= 0.95),
-# and node addition needs every child of a node valued below 0 with little spread among them; with
-# a few simulations per step and values that are mostly 0, a search on this CPU may see neither,
-# so switching them off changes nothing. Exploration (`c`) steers which children are tried at all,
-# so `c = 0` is the switch most likely to change an answer here.
+# Reading the traces: how often each part acted, and what switching it off changed.
+
+# %%
+full, nosim, noadd = (abl.set_index("arm").loc[w] for w in ABLATIONS[:3])
+print(f"Similarity updates happened in {100 * full.searches_with_similarity:.0f}% of the full searches "
+      f"({full.mean_similarity_updates:.1f} per answer); it needs two siblings whose texts embed with "
+      f"cosine >= {base.sim_threshold}. Node addition happened in {100 * nosim.searches_with_addition:.0f}% of the "
+      f"searches without similarity update: it needs every child of a node tried and valued below 0.")
+print(f"Early stops: {100 * full.early_stop_share:.0f}% of the full search's steps, "
+      f"{100 * abl.set_index('arm').loc['no-sim-no-add-c0'].early_stop_share:.0f}% with c = 0.")
 
 # %% [markdown]
 # ## What to take away
 #
 # * RAIN's price is search: simulations per committed token times the work of each (clause
-#   completion, self-evaluation, expansion, embeddings). It scales with `T` and falls only when
-#   steps stop early, which needs a self-evaluator confident enough to clear `V`.
-# * Against a vanilla decoder with a KV cache the ratio is much larger than the paper's ~4x,
-#   which was measured against a decoder without one; against such a decoder (last row of the
-#   first table) the comparison is closer to the paper's setting.
-# * **Honest note.** With the embedded 135M model the ablation's attack-success rates are noise:
-#   the model neither refuses reliably nor judges harm better than chance, and a handful of
-#   prompts gives wide intervals. What *is* measured here is the mechanics: how often each part
-#   acted, whether switching it off changes the answers, and what it costs. The paper's ordering
-#   (full < no-sim < no-add < c = 0) needs a large model: set `RAINTOOLS_MODEL` and
-#   `RAINTOOLS_DEVICE=cuda`.
+#   completion, self-evaluation, expansion, embeddings). It grows with `T` and falls when steps
+#   stop early, which needs a judge confident enough to clear `V` (the printed numbers above say
+#   by how much, here).
+# * Exploration: with `c = 0` the selection score is the normalised value alone, and an unvisited
+#   child and a child judged bad both score 0, so ties go to the first candidate (the model's
+#   most likely proposal) and the search commits what greedy decoding would have written, whatever
+#   its judge says. The differences printed in section 4 measure what that costs here.
+# * Similarity update and node addition act only in the situations they are made for
+#   (near-duplicate siblings; a node whose every child was tried and judged bad); the counts in
+#   section 4 say how often that happened at this budget.
+# * **Honest note.** Under the model's own evaluator (section 1 used it for timing) none of this
+#   shows: its values carry no information about the rule. The paper's ordering
+#   (full < no-sim < no-add < c = 0 in attack success) was measured on a 13B model under GCG; to
+#   see that regime, set `RAINTOOLS_MODEL` and `RAINTOOLS_DEVICE=cuda` and use the model's own
+#   judge.

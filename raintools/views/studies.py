@@ -57,6 +57,10 @@ while who whom why will with without would yes yet you your yours yourself yours
 give tell show make write create develop explain provide describe design help know say said going
 step instructions tutorial guide list detailed someone something anyone anything everyone people
 person good best easy easiest better use using used tips idea ideas able sure okay ok well thanks
+else might maybe keep figure find finding look looking looks ones place places stuff kind sort
+time times day lot lots bit little new old first last next many actually probably getting trying
+try take put come goes went gone says told ask asked gave given see seem feel mean means needs
+wanted wants
 """.split())
 
 
@@ -262,6 +266,8 @@ def rain_runs(lm: "LanguageModel", task, items: Sequence, config: "RainConfig", 
 
     cfg = config.replace(seed=seed, record_trace=True)
     key0 = (_config_key(cfg), str(judge))
+    if judge == "own":   # encode the judge's fixed few-shot header now, not in the first answer
+        study_judge(lm, task, judge, mode=cfg.eval_mode)("Hello.", "Hello! How can I help?")
     rows = []
     bar = _bar(len(items), f"RAIN {arm}", progress)
     for it in items:
@@ -284,13 +290,23 @@ def rain_runs(lm: "LanguageModel", task, items: Sequence, config: "RainConfig", 
                    similarity_updates=sum(len(x.similarity) for x in r.trace.simulations),
                    nodes_added=s["nodes_added"], tokens_computed=s["tokens_computed"],
                    forward_calls=s["forward_calls"], committed_tokens=s["committed_tokens"],
-                   seconds=s["wall_time_s"])
+                   seconds=s["wall_time_s"], **{k: v for k, v in s.items() if k.startswith("time_")})
         if cache is not None:
             cache.rows[key] = row
         rows.append(row)
         bar.update()
     bar.close()
     return pd.DataFrame(rows)
+
+
+def rain_arms(lm: "LanguageModel", task, items: Sequence, arms: dict, truth: Truth | None,
+              embedder=None, seed: int = 0, progress: bool = True,
+              cache: RunCache | None = None) -> pd.DataFrame:
+    """`rain_runs` for each arm of `arms` ({name: (RainConfig, judge)}), rows concatenated in
+    the arms' order."""
+    return pd.concat([rain_runs(lm, task, items, cfg, truth, judge=judge, arm=name, seed=seed,
+                                embedder=embedder, progress=progress, cache=cache)
+                      for name, (cfg, judge) in arms.items()], ignore_index=True)
 
 
 def bon_runs(lm: "LanguageModel", task, items: Sequence, truth: Truth, judge="own", n_max: int = 8,
@@ -303,6 +319,8 @@ def bon_runs(lm: "LanguageModel", task, items: Sequence, truth: Truth, judge="ow
     judge's passes (0 for a simulated judge). One row per (item, N)."""
     from ..vanilla import generate_vanilla
 
+    if judge == "own":   # encode the judge's fixed few-shot header now, not in the first answer
+        study_judge(lm, task, judge)("Hello.", "Hello! How can I help?")
     rows = []
     bar = _bar(len(items), f"best-of-{n_max} samples", progress)
     for it in items:
@@ -322,6 +340,7 @@ def bon_runs(lm: "LanguageModel", task, items: Sequence, truth: Truth, judge="ow
         for n in range(1, n_max + 1):
             best = max(range(n), key=lambda i: (values[i], -i))
             rows.append(dict(arm=f"best-of-{n}", n=n, judge=judge_label(judge), id=it.id,
+                             family=f"best-of-N, {judge_label(judge)}", label=f"N={n}",
                              prompt=it.prompt, response=texts[best], chosen=best,
                              value=values[best], good=bool(truth(prompt, texts[best])),
                              tokens_computed=int(sum(tokens[:n])), seconds=float(sum(seconds[:n]))))
@@ -366,6 +385,34 @@ def rate_summary(df: pd.DataFrame, by: str | Sequence[str] = "arm", col: str = "
         row.update({f"mean_{m}": float(g[m].mean()) for m in means})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+COST_COLUMNS = ("tokens_computed", "committed_tokens", "simulations", "commits", "early_stops",
+                "similarity_updates", "nodes_added", "seconds")
+
+
+def cost_summary(df: pd.DataFrame, by: str | Sequence[str] = "arm") -> pd.DataFrame:
+    """`rate_summary` of RAIN runs with the mean of each cost column, and per group: tokens
+    computed per committed token, simulations per outer step, the share of steps that stopped
+    early, and the share of searches in which a similarity update / a node addition happened."""
+    out = rate_summary(df, by, means=[c for c in COST_COLUMNS if c in df])
+    keys = [by] if isinstance(by, str) else list(by)
+    g = df.groupby(keys, sort=False, dropna=False)
+    extra = pd.DataFrame({
+        "tokens_per_token": g.tokens_computed.sum() / g.committed_tokens.sum(),
+        "simulations_per_step": g.simulations.sum() / g.commits.sum(),
+        "early_stop_share": g.early_stops.sum() / g.commits.sum(),
+        "searches_with_similarity": g.similarity_updates.apply(lambda x: float((x > 0).mean())),
+        "searches_with_addition": g.nodes_added.apply(lambda x: float((x > 0).mean())),
+    }).reset_index()
+    return out.merge(extra, on=keys, how="left")
+
+
+def phase_seconds(df: pd.DataFrame) -> pd.Series:
+    """Mean seconds per answer in each phase of the search (columns time_<phase>_s), largest
+    first."""
+    cols = [c for c in df.columns if c.startswith("time_") and c.endswith("_s")]
+    return df[cols].mean().rename(lambda c: c[len("time_"):-2]).sort_values(ascending=False)
 
 
 def paired_difference(a: Sequence[bool], b: Sequence[bool], z: float = 1.96) -> dict:
@@ -424,3 +471,107 @@ def describe_difference(row, what: str = "good answers", unit: str = "points") -
                else "the 95% interval includes zero: no difference shown")
     return (f"{row['a']} vs {row['b']}: {100 * row['diff']:+.0f} {unit} of {what} "
             f"(95% CI {100 * row['lo']:+.0f} to {100 * row['hi']:+.0f}, n = {row['n']}); {verdict}.")
+
+
+def frontier(df: pd.DataFrame) -> pd.DataFrame:
+    """Points for `plot_compute_frontier`: the rate of good answers (Wilson) and mean tokens
+    computed per (family, label). Rows without a family (vanilla, RAIN arms) are their own
+    family, labelled by their arm."""
+    df = df.copy()
+    if "family" not in df:
+        df["family"] = None
+    if "label" not in df:
+        df["label"] = None
+    df["family"] = df.family.where(df.family.notna(), df.arm)
+    df["label"] = df.label.where(df.label.notna(), df.arm)
+    return rate_summary(df, ["family", "label"], means=["tokens_computed"])
+
+
+def equal_compute(bon: pd.DataFrame, tokens: float) -> int:
+    """The N whose best-of-N costs closest to `tokens` computed per answer (mean over items)."""
+    cost = bon.groupby("n").tokens_computed.mean()
+    return int((cost - tokens).abs().idxmin())
+
+
+# --------------------------------------------------------------------------------------------
+# Checks of a judge or self-evaluator on labelled pairs
+
+
+def judge_pair_check(judge, pairs: Sequence, progress: bool = True) -> pd.DataFrame:
+    """An LLM judge on HH-RLHF preference pairs: one row per pair with its verdicts on the chosen
+    (less harmful) and the rejected answer. `correct`: the chosen answer got the higher
+    probability of being harmless (or, for a judge without probabilities, was called harmless
+    while the rejected one was not)."""
+    from .analysis import pair_query
+
+    rows = []
+    bar = _bar(len(pairs), "judge check", progress)
+    for pr in pairs:
+        q = pair_query(pr)
+        a, b = judge.judge(q, pr.chosen), judge.judge(q, pr.rejected)
+        pa, pb = a.get("p_harmless"), b.get("p_harmless")
+        correct = (pa > pb) if pa is not None and pb is not None else bool(a["harmless"] and not b["harmless"])
+        rows.append(dict(id=pr.id, p_chosen=pa, p_rejected=pb, harmless_chosen=a["harmless"],
+                         harmless_rejected=b["harmless"], correct=bool(correct)))
+        bar.update()
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+def answer_pair_check(evaluator, items: Sequence, progress: bool = True) -> pd.DataFrame:
+    """A (soft) self-evaluator on TruthfulQA: each question's best (true) answer against its first
+    false answer. `correct`: the true answer scored strictly higher; `tie`: both scored alike."""
+    rows = []
+    bar = _bar(len(items), "true vs false answers", progress)
+    for it in items:
+        vt, vf = float(evaluator(it.prompt, it.meta["best"])), float(evaluator(it.prompt, it.meta["incorrect"][0]))
+        rows.append(dict(id=it.id, question=it.prompt, v_true=vt, v_false=vf, correct=vt > vf, tie=vt == vf))
+        bar.update()
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+def auc(pos: Sequence[float], neg: Sequence[float]) -> float:
+    """P(a positive example scores above a negative one); ties count one half. Chance = 0.5."""
+    p, n = np.asarray(pos, dtype=float)[:, None], np.asarray(neg, dtype=float)[None, :]
+    if p.size == 0 or n.size == 0:
+        return float("nan")
+    return float(((p > n) + 0.5 * (p == n)).mean())
+
+
+def auc_interval(pos: Sequence[float], neg: Sequence[float], n_boot: int = 2000,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """AUC with a percentile-bootstrap 95% interval (positives and negatives resampled apart)."""
+    pos, neg = np.asarray(pos, dtype=float), np.asarray(neg, dtype=float)
+    rng = np.random.default_rng(seed)
+    boots = [auc(rng.choice(pos, len(pos)), rng.choice(neg, len(neg))) for _ in range(n_boot)]
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return auc(pos, neg), float(lo), float(hi)
+
+
+def review_check(evaluator, task, reviews: Sequence, scorer=None, last_words: int = 30,
+                 progress: bool = True) -> pd.DataFrame:
+    """A (soft) sentiment self-evaluator on labelled IMDB reviews: each review's opening followed by
+    its last `last_words` words (where reviewers give their verdict), scored by the evaluator and
+    by `scorer` (text -> float, e.g. VADER) as a yardstick. One row per review."""
+    rows = []
+    bar = _bar(len(reviews), "labelled reviews", progress)
+    for it in reviews:
+        rest = "... " + " ".join(it.meta["text"].split()[8:][-last_words:])
+        rows.append(dict(id=it.id, label=it.meta["sentiment"], opening=it.prompt,
+                         self_eval=float(evaluator(task.prompt(it), rest)),
+                         scorer=None if scorer is None else float(scorer(f"{it.prompt} {rest}"))))
+        bar.update()
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+def task_study(lm: "LanguageModel", task, items: Sequence, config: "RainConfig", truth: Truth,
+               accuracy: float = 0.9, embedder=None, progress: bool = True) -> pd.DataFrame:
+    """Vanilla decoding and RAIN steered by the model's own evaluator and by a simulated judge of
+    accuracy `accuracy`, every answer scored by `truth` (notebooks 09 and 10). Arms: 'vanilla',
+    'RAIN, own evaluator', 'RAIN, simulated judge'."""
+    arms = {"RAIN, own evaluator": (config, "own"), "RAIN, simulated judge": (config, accuracy)}
+    van = vanilla_runs(lm, task, items, truth, config.max_new_tokens, progress=progress)
+    rain = rain_arms(lm, task, items, arms, truth, embedder=embedder, seed=config.seed, progress=progress)
+    return pd.concat([van, rain], ignore_index=True)
