@@ -19,40 +19,43 @@
 # The paper's headline experiment: take prompts from Anthropic's HH-RLHF *harmless* test split,
 # answer each with plain (vanilla) decoding and with RAIN, let a judge rate every answer as
 # harmless / helpful or not, and compare the rates. The paper used GPT-4 as the judge and reports,
-# for example, LLaMA 30B going from 82.2% to 97.0% harmless with helpfulness about unchanged.
+# for example, LLaMA 30B going from 82.2% to 97.0% harmless with helpfulness about unchanged. It
+# also asks whether RAIN is just an expensive way of sampling many answers and keeping the best.
 #
 # In this notebook you will:
-# 1. load a handful of HH prompts and pick a judge (and check what that judge can tell apart),
-# 2. run the evaluation with the project's runner (`raintools.experiments.runner.run_eval`, the same code as
-#    `python -m raintools eval`): vanilla, RAIN and best-of-N with RAIN's own self-evaluator,
-# 3. draw harmless vs helpful rates with bootstrap 95% intervals, beside the paper's numbers,
-# 4. read win rates (RAIN vs vanilla on the same prompts),
-# 5. compare best-of-N and RAIN at equal compute (the paper's sample-efficiency table).
+# 1. load HH prompts and check what the available judge can tell apart,
+# 2. run the paper's pipeline with the project's runner (`raintools.experiments.runner.run_eval`,
+#    the same code as `python -m raintools eval`) and draw harmless vs helpful rates,
+# 3. compare best-of-N and RAIN **at equal compute** (tokens the model computed per answer), under
+#    a clearly labelled simulated judge of known accuracy and under the model's own evaluator.
 #
 # **Content warning:** HH-RLHF prompts include offensive and harmful requests.
 
+# %% [markdown]
+# Parameters come from the environment (RAINTOOLS_FAST, RAINTOOLS_MODEL, RAINTOOLS_DEVICE,
+# RAINTOOLS_SEED), so the same notebook runs on a laptop and on a big model on a GPU. The judge of
+# section 2: "llm" asks an OpenAI-compatible endpoint when `RAINTOOLS_JUDGE_URL` is set (e.g. a
+# 70B model behind vLLM, with `RAINTOOLS_JUDGE_MODEL=<its name>`); otherwise it runs locally, on
+# the judge model if given, else on the model being evaluated. "refusal" adds the offline
+# refusal-phrase check. On a GPU the paper's HH constants replace the CPU search budget.
+
 # %% tags=["parameters"]
-# Parameters: read from the environment (RAINTOOLS_FAST, RAINTOOLS_MODEL, RAINTOOLS_DEVICE,
-# RAINTOOLS_SEED) so the same notebook runs on a laptop and on a big model on a GPU.
 import os
 
 from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
-N_PROMPTS = 2 if FAST else 6           # HH prompts answered by every method
-N_PAIRS = 2 if FAST else 10            # preference pairs for the judge check
-MAX_NEW_TOKENS = 3 if FAST else 16     # commits of 1, 2 (then 4 and 9) tokens
-# RAIN's search budget on a CPU (the rules are the paper's; only the number of tries is smaller).
-# On a GPU the paper's HH constants are used and this budget is ignored.
-BUDGET = (dict(max_simulations=2, extra_simulations=1, clause_max_tokens=4) if FAST else
-          dict(max_simulations=8, extra_simulations=4, clause_max_tokens=12))
-BON_NS = (2,) if FAST else (2, 6)      # best-of-N sample counts
+N_PROMPTS = 2 if FAST else 6           # prompts for the runner's pipeline (section 2)
+N_PAIRS = 2 if FAST else 40            # preference pairs for the judge check
+N_ITEMS = 2 if FAST else 40            # prompts for best-of-N vs RAIN (40: Wilson CI within +-0.15)
+MAX_NEW_TOKENS = 3 if FAST else 16     # answer length in section 2 (commits of 1, 2, 4, 9 tokens)
+STUDY_TOKENS = 3 if FAST else 5        # answer length in section 3
+ACCURACY = 0.9                         # the simulated judge is right with this probability
+BON_MAX = 2 if FAST else 8             # best-of-N for N = 1 .. BON_MAX
+BUDGET = (dict(max_simulations=2, extra_simulations=1, clause_max_tokens=3) if FAST else
+          dict(max_simulations=8, extra_simulations=4, clause_max_tokens=6))   # RAIN on a CPU
 DATA = "hh-harmless"                   # a data set name or a file; our demo prompts if absent
-# The judge. "llm" asks an OpenAI-compatible endpoint when JUDGE_URL is set (e.g. a 70B model
-# behind vLLM: RAINTOOLS_JUDGE_URL=http://host:8000/v1, RAINTOOLS_JUDGE_MODEL=<its name>);
-# otherwise it runs locally, on JUDGE_MODEL if given, else on the model being evaluated.
-# "refusal" adds the offline refusal-phrase check.
 JUDGES = ("llm", "refusal")
 JUDGE_URL = os.environ.get("RAINTOOLS_JUDGE_URL") or None
 JUDGE_MODEL = os.environ.get("RAINTOOLS_JUDGE_MODEL") or None
@@ -62,23 +65,23 @@ RUNS = os.environ.get("RAINTOOLS_RUNS") or None   # keep run folders here (resum
 import tempfile
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
-import raintools as rt
-from raintools.views.analysis import load_self_eval_pairs, notebook_config, pair_query
-from raintools.experiments.data import data_root
-from raintools.experiments.judges import LLMJudge
-from raintools.experiments.methods import MethodConfig, register_variant
-from raintools.views.plots import save_figure
-from raintools.experiments.runner import build_judges, run_eval
-from raintools.experiments.stats import bootstrap_ci
-from raintools.experiments.tasks import get_task
-
 sns.set_theme(style="whitegrid")
 pd.set_option("display.max_colwidth", 80)
+
+# %%
+import raintools as rt
+from raintools.embed import load_embedder
+from raintools.experiments.data import data_root
+from raintools.experiments.methods import MethodConfig
+from raintools.experiments.runner import build_judges, run_eval
+from raintools.experiments.tasks import get_task
+from raintools.views import study_plots as sp
+from raintools.views import studies as st
+from raintools.views.analysis import load_self_eval_pairs, notebook_config, wilson_interval
+from raintools.views.plots import save_figure
 
 # %% [markdown]
 # ## 1. Prompts, model and judge
@@ -89,226 +92,207 @@ pd.set_option("display.max_colwidth", 80)
 
 # %%
 task = get_task("harmless")
-if DATA in ("hh-harmless",) and data_root() is None:
+if DATA == "hh-harmless" and data_root() is None:
     DATA = "demo-harmful"
-items = task.load(DATA, limit=N_PROMPTS)
-print(f"{len(items)} prompts from {DATA}:")
-for it in items:
+items = task.load(DATA, limit=max(N_PROMPTS, N_ITEMS))
+print(f"{len(items)} prompts from {DATA}, e.g.:")
+for it in items[:4]:
     print(f"  {it.id}: {it.prompt[:100]!r}")
 
+# %%
 lm = rt.load_model(MODEL, device=DEVICE)
+embedder = load_embedder()
 print(f"\n{lm.name} on {lm.device} ({lm.dtype}), loaded in {lm.load_seconds:.1f} s")
 
 # %% [markdown]
 # **The judge.** The paper asked GPT-4. Offline, two judges are available here: the refusal-phrase
 # check (does the answer decline?) and the *LLM judge*, which asks a model for
-# `{"harmless": ..., "helpful": ...}`. Run locally, it reads the two probabilities of `true` /
-# `false` right after the opening of that JSON answer, so it always gives a verdict.
+# `{"harmless": ..., "helpful": ...}`. Run locally, it reads the probabilities of `true` / `false`
+# right after the opening of that JSON answer, so it always gives a verdict.
 #
-# A judge is only as good as the model behind it. Before trusting its rates, a direct check: on
-# HH-RLHF preference pairs (one answer chosen by people as less harmful), does the judge give the
-# chosen answer the higher probability of being harmless? 50% is chance.
+# A judge is only as good as the model behind it. A direct check: on HH-RLHF preference pairs
+# (one answer chosen by people as less harmful), how often does the judge give the chosen answer
+# the higher probability of being harmless? 50% is chance.
 
 # %%
 judges = build_judges(JUDGES, task, items, lm=lm, judge_url=JUDGE_URL, judge_model=JUDGE_MODEL)
 llm_judge = judges.get("llm")
 pairs, source = load_self_eval_pairs(limit=N_PAIRS, max_chars=700)
-rows = []
-if isinstance(llm_judge, LLMJudge):
-    for pr in pairs:
-        q = pair_query(pr)
-        a, b = llm_judge.judge(q, pr.chosen), llm_judge.judge(q, pr.rejected)
-        rows.append(dict(id=pr.id, p_chosen=a.get("p_harmless"), p_rejected=b.get("p_harmless"),
-                         harmless_chosen=a["harmless"], harmless_rejected=b["harmless"]))
-judge_check = pd.DataFrame(rows)
-if len(judge_check) and judge_check.p_chosen.notna().all():
-    judge_acc = float((judge_check.p_chosen > judge_check.p_rejected).mean())
-    print(f"judge {llm_judge.name}: chosen answer rated more harmless in {100 * judge_acc:.0f}% of "
-          f"{len(judge_check)} pairs ({source}); chance is 50%")
-elif len(judge_check):   # an endpoint judge gives verdicts, not probabilities
-    judge_acc = float((judge_check.harmless_chosen & ~judge_check.harmless_rejected).mean())
-    print(f"judge {llm_judge.name}: chosen harmless and rejected harmful in {100 * judge_acc:.0f}% "
-          f"of {len(judge_check)} pairs ({source})")
+judge_check = st.judge_pair_check(llm_judge, pairs)
+k, n = int(judge_check.correct.sum()), len(judge_check)
+check_lo, check_hi = wilson_interval(k, n, percent=True)
+print(f"judge {llm_judge.name}: chosen answer rated more harmless in {k} of {n} pairs "
+      f"({100 * k / n:.0f}%, 95% CI {check_lo:.0f}-{check_hi:.0f}%; chance is 50%); {source}")
 judge_check.head()
 
 # %% [markdown]
-# With the embedded 135M model as its own judge, expect a number near 50%: **a 135M model cannot
-# tell a harmful answer from a harmless one**, so the harmless and helpful rates below measure the
-# judge's noise as much as the answers. That is why the judge is a parameter: set
-# `RAINTOOLS_JUDGE_URL` (and `RAINTOOLS_JUDGE_MODEL`) to a strong model's endpoint and this
-# notebook scores the same answers the way the paper did.
+# If that interval contains 50%, the judge cannot be shown to tell a harmful answer from a
+# harmless one, and the harmless and helpful rates of section 2 measure its noise as much as the
+# answers. That is why the judge is a parameter: set `RAINTOOLS_JUDGE_URL` (and
+# `RAINTOOLS_JUDGE_MODEL`) to a strong model's endpoint and this notebook scores the same answers
+# the way the paper did.
 
 # %% [markdown]
-# ## 2. Run the evaluation
+# ## 2. The paper's pipeline: vanilla and RAIN, judged
 #
 # Methods come from one registry (`raintools.experiments.methods`): every method is a function
-# `(lm, prompt, task, config, seed) -> RainResult`. Besides `vanilla` (greedy) and `rain`, we add
-# best-of-N with several N as *variants* of the built-in `bon`: sample N answers and keep the one
-# the model's own self-evaluator (the same judge RAIN searches with) likes best, the paper's
-# "cherry-pick" baseline.
-#
-# `run_eval` writes `results.jsonl` (one line per prompt and method, verdicts and statistics
-# included) and `summary.csv`, and resumes if its folder already holds finished answers.
+# `(lm, prompt, task, config, seed) -> RainResult`. `run_eval` answers every prompt with every
+# method, judges each answer, and writes `results.jsonl` (one line per prompt and method) and
+# `summary.csv`; it resumes if its folder already holds finished answers. RAIN searches with the
+# model's own self-evaluator, as in the paper.
 
 # %%
-bon_methods = [register_variant(f"bon-{n}", "bon", bon_n=n) for n in BON_NS]
-methods = ["vanilla", "rain", *bon_methods]
 rain_cfg = notebook_config(lm, **(BUDGET if lm.device.type == "cpu" else {}))
-config = MethodConfig(rain=rain_cfg, max_new_tokens=MAX_NEW_TOKENS)
+config = MethodConfig(rain=rain_cfg, max_new_tokens=MAX_NEW_TOKENS, embedder=embedder)
 out = Path(RUNS or tempfile.mkdtemp(prefix="rt-06-")) / f"hh-{lm.name.replace('/', '_')}"
-run = run_eval(DATA, methods, JUDGES, out, task="harmless", limit=N_PROMPTS, lm=lm, seed=SEED,
-               method_config=config, judge_url=JUDGE_URL, judge_model=JUDGE_MODEL, progress=False)
-print(f"{run.computed} answers computed, {run.skipped} reused; files in {out}")
+run = run_eval(DATA, ["vanilla", "rain"], JUDGES, out, task="harmless", limit=N_PROMPTS, lm=lm,
+               seed=SEED, method_config=config, judge_url=JUDGE_URL, judge_model=JUDGE_MODEL,
+               progress=True)
 summary = run.summary
-summary[["method", "n", "harmless_rate", "harmless_lo", "harmless_hi", "helpful_rate",
-         "refusal_rate", "win_rate", "mean_time_s", "time_ratio", "compute_ratio"]].round(3)
+summary[["method", "n", "harmless_rate", "helpful_rate", "refusal_rate", "wins", "ties", "losses",
+         "mean_time_s", "compute_ratio"]].round(3)
 
 # %% [markdown]
 # The answers themselves:
 
 # %%
 records = pd.DataFrame(run.records)
-answers = records.pivot(index="id", columns="method", values="response")[methods]
+answers = records.pivot(index="id", columns="method", values="response")[["vanilla", "rain"]]
 answers.insert(0, "prompt", records.groupby("id").prompt.first())
 answers
 
 # %% [markdown]
-# ## 3. Harmless vs helpful
-#
-# The paper's first figure puts every method at a point (harmless rate, helpful rate): an aligned
-# method moves right without dropping. Left: what we measured here, with bootstrap 95% intervals
-# over prompts (with a handful of prompts they span most of the axis; that is the honest size of
-# the uncertainty). Right: the harmless rates the paper reports for LLaMA models (GPT-4 judge),
-# vanilla to RAIN. Those are **the paper's numbers, not measured here**; the paper gives the
-# helpfulness of the larger models as about unchanged, without numbers we could plot.
+# The paper's first figure puts each method at a point (harmless rate, helpful rate): an aligned
+# method moves right without dropping. Left: what the judge said here, with Wilson 95% intervals
+# over the answers. Right: the harmless rates the paper reports for LLaMA models (GPT-4 judge),
+# **the paper's numbers, not measured here** (other models, another judge: their own panel).
 
 # %%
 PAPER_HH = pd.DataFrame([
-    dict(model="LLaMA 7B", vanilla=64.4, rain=69.3),
-    dict(model="LLaMA-2 7B", vanilla=81.2, rain=86.6),
-    dict(model="LLaMA 30B", vanilla=82.2, rain=97.0),
-    dict(model="LLaMA 65B (approx.)", vanilla=90.0, rain=100.0),
-]).assign(source="paper (reported, GPT-4 judge)")
-
-fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw=dict(width_ratios=[1, 1.1]))
-palette = dict(zip(methods, sns.color_palette("tab10", len(methods))))
-# distinct markers, largest first, so that methods at the same point stay visible
-marker = {m: (mk, 13 - 2.5 * i) for i, (m, mk) in enumerate(zip(methods, "osD^vP"))}
-for _, r in summary.iterrows():
-    x, y = 100 * r.harmless_rate, 100 * r.helpful_rate
-    ax.errorbar(x, y, xerr=[[x - 100 * r.harmless_lo], [100 * r.harmless_hi - x]],
-                yerr=[[y - 100 * r.helpful_lo], [100 * r.helpful_hi - y]], fmt=marker[r.method][0],
-                ms=marker[r.method][1], capsize=4, color=palette[r.method], label=r.method)
-v, rn = summary.set_index("method").loc["vanilla"], summary.set_index("method").loc["rain"]
-ax.annotate("", xy=(100 * rn.harmless_rate, 100 * rn.helpful_rate),
-            xytext=(100 * v.harmless_rate, 100 * v.helpful_rate),
-            arrowprops=dict(arrowstyle="->", color="grey", lw=1.5))
-if summary[["harmless_rate", "helpful_rate"]].nunique().max() == 1:
-    ax.text(50, 50, "all methods at the same point:\nthe judge rated every answer alike",
-            ha="center", va="center", fontsize=9, color="grey")
-ax.set(xlim=(-5, 105), ylim=(-5, 105), xlabel="harmless rate (%)", ylabel="helpful rate (%)",
-       title=f"Measured here: {lm.name}, n={int(v.n)} prompts\njudge: {llm_judge.name if llm_judge else JUDGES[0]}")
-ax.legend(loc="lower left", fontsize=8)
-paper_long = PAPER_HH.melt(id_vars=["model", "source"], value_vars=["vanilla", "rain"],
-                           var_name="method", value_name="harmless")
-sns.barplot(data=paper_long, y="model", x="harmless", hue="method", ax=ax2,
-            palette=[palette["vanilla"], palette["rain"]])
-for cont in ax2.containers:
-    ax2.bar_label(cont, fmt="%.1f", fontsize=8, padding=2)
-ax2.set(xlim=(0, 112), xlabel="harmless rate (%)", ylabel="",
-        title="The paper's reported numbers (HH, GPT-4 judge)\nnot measured here")
+    dict(model="LLaMA 7B", vanilla=64.4, rain=69.3), dict(model="LLaMA-2 7B", vanilla=81.2, rain=86.6),
+    dict(model="LLaMA 30B", vanilla=82.2, rain=97.0), dict(model="LLaMA 65B (approx.)", vanilla=90.0, rain=100.0),
+]).melt(id_vars="model", var_name="method", value_name="value")
+fig, axes = sp.subplots(2, widths=[1, 1.2], figsize=(12.5, 4.8))
+sp.plot_harmless_helpful(summary, axes[0], title=f"Measured here: {lm.name}, n={int(summary.n.iloc[0])} "
+                         f"prompts\njudge: {llm_judge.name}")
+sp.plot_paper_bars(PAPER_HH, axes[1], ylabel="harmless rate (%)",
+                   title="The paper's harmless rates (HH, GPT-4 judge)\nreported, not measured here")
 fig.tight_layout()
-figdata = pd.concat([
-    summary[["method", "n", "harmless_rate", "harmless_lo", "harmless_hi", "helpful_rate",
-             "helpful_lo", "helpful_hi"]].assign(model=lm.name, source="measured"),
-    paper_long.assign(harmless_rate=paper_long.harmless / 100).drop(columns="harmless"),
-], ignore_index=True)
-save_figure(fig, "06_harmless_helpful", figdata)
-
-# %% [markdown]
-# ## 4. Win rates
-#
-# Rates compare methods across prompts; a *win rate* compares them on each prompt. For every
-# prompt, RAIN wins when the judge calls its answer harmless and vanilla's not, loses in the
-# opposite case, and ties otherwise; win rate = (wins + ties / 2) / prompts, so 0.5 means no
-# difference. The interval bootstraps over prompts.
+save_figure(fig, "06_harmless_helpful", pd.concat([summary.assign(model=lm.name, source="measured"),
+                                                   PAPER_HH.assign(source="paper")], ignore_index=True))
 
 # %%
-wins = summary[summary.method != "vanilla"][["method", "win_metric", "win_rate", "win_lo", "win_hi",
-                                             "wins", "ties", "losses"]]
-fig, ax = plt.subplots(figsize=(6.5, 0.6 + 0.6 * len(wins)))
-ax.errorbar(wins.win_rate, range(len(wins)), xerr=[wins.win_rate - wins.win_lo, wins.win_hi - wins.win_rate],
-            fmt="o", capsize=4, color="k")
-ax.axvline(0.5, color="grey", ls="--", lw=1)
-ax.set(yticks=range(len(wins)), yticklabels=wins.method, xlim=(-0.02, 1.02),
-       xlabel=f"win rate over vanilla on '{wins.win_metric.iloc[0]}' (0.5 = no difference)",
-       title="Paired comparison with vanilla decoding (bootstrap 95% CI)")
-for i, r in enumerate(wins.itertuples()):
-    ax.text(1.0, i, f"{int(r.wins)}W {int(r.ties)}T {int(r.losses)}L", ha="right", va="bottom", fontsize=8)
-fig.tight_layout()
-save_figure(fig, "06_win_rates", wins)
-wins.round(3)
+v, r = (summary.set_index("method").loc[m] for m in ("vanilla", "rain"))
+print(f"Judged by {llm_judge.name}: vanilla {100 * v.harmless_rate:.0f}% harmless / "
+      f"{100 * v.helpful_rate:.0f}% helpful, RAIN {100 * r.harmless_rate:.0f}% / {100 * r.helpful_rate:.0f}% "
+      f"(n = {int(v.n)} each). On the same prompts RAIN won {int(r.wins)}, tied {int(r.ties)} and lost "
+      f"{int(r.losses)} against vanilla on '{r.win_metric}'; it computed {r.compute_ratio:.0f}x the tokens.")
 
 # %% [markdown]
-# ## 5. Best-of-N vs RAIN at equal compute
+# ## 3. Best-of-N vs RAIN at equal compute
 #
-# Is RAIN just an expensive way of sampling many answers and keeping the best? The paper tests
-# this with best-of-N using the same self-evaluator: with N = 500, LLaMA 30B reaches 88.1%
-# harmless against RAIN's 97.0% (LLaMA 7B: 64.4% vs 69.3%). Below, each method is a point at its
-# cost (tokens the model computed per answer, counted by the model wrapper) and its harmless rate;
-# a best-of-N point at the same cost as RAIN is the fair comparison.
+# Is RAIN just an expensive way of sampling many answers and keeping the one the judge likes? The
+# paper tests this with best-of-N using the same self-evaluator: with N = 500, LLaMA 30B reaches
+# 88.1% harmless against RAIN's 97.0%. To compare at equal compute we count what each method's
+# model computes per answer (`tokens_computed`: every token position of every forward pass,
+# prompts and judge passes included) and run best-of-N for every N up to `BON_MAX` from one set of
+# samples (`studies.bon_runs`: best-of-N picks exactly what `raintools.vanilla.best_of_n` picks).
+#
+# Since the model's own judge is at chance (section 1 and notebook 01), we run the comparison
+# twice: with the model's own evaluator, and with a **simulated judge** of accuracy p that knows a
+# rule you can check (`studies.KeywordTruth`, also used in notebook 07): an answer is **bad** when
+# it uses a key word of the request (it goes along with it), **good** when it avoids them all or
+# refuses; empty is bad. Every answer of both runs is scored by that rule. This is a simulation
+# of the search with an informative judge, not a safety measurement.
 
 # %%
-cost = summary[["method", "mean_tokens_computed", "compute_ratio", "harmless_rate", "harmless_lo",
-                "harmless_hi", "mean_time_s", "time_ratio"]]
-fig, ax = plt.subplots(figsize=(7, 4.2))
-for r in cost.itertuples():
-    ax.errorbar(r.mean_tokens_computed, 100 * r.harmless_rate,
-                yerr=[[100 * (r.harmless_rate - r.harmless_lo)], [100 * (r.harmless_hi - r.harmless_rate)]],
-                fmt=marker[r.method][0], ms=marker[r.method][1], capsize=4, color=palette[r.method],
-                label=f"{r.method} ({r.compute_ratio:.0f}x)")
-ax.set(xscale="log", ylim=(-5, 105), xlabel="tokens computed per answer (log scale)",
-       ylabel="harmless rate (%)", title=f"Harmlessness against compute ({lm.name}, n={int(v.n)})")
-ax.legend(fontsize=8, title="method (compute vs vanilla)", title_fontsize=8)
-fig.tight_layout()
-save_figure(fig, "06_bon_vs_rain", cost)
+truth = st.KeywordTruth()
+study_items = items[:N_ITEMS]
+scfg = rain_cfg.replace(max_new_tokens=STUDY_TOKENS, seed=SEED)
+arms = {"RAIN, simulated judge": (scfg, ACCURACY), "RAIN, own evaluator": (scfg, "own")}
+runs = pd.concat([
+    st.vanilla_runs(lm, task, study_items, truth, STUDY_TOKENS),
+    st.rain_arms(lm, task, study_items, arms, truth, embedder=embedder, seed=SEED),
+    st.bon_runs(lm, task, study_items, truth, ACCURACY, BON_MAX, STUDY_TOKENS, seed=SEED),
+    st.bon_runs(lm, task, study_items, truth, "own", BON_MAX, STUDY_TOKENS, seed=SEED,
+                arm="best-of-{n}, own evaluator")], ignore_index=True)
 
-PAPER_BON = pd.DataFrame([dict(model="LLaMA 30B", best_of_500=88.1, rain=97.0),
-                          dict(model="LLaMA 7B", best_of_500=64.4, rain=69.3)]
-                         ).assign(source="paper (reported)")
+# %%
+cost = runs.groupby("arm", sort=False).tokens_computed.mean()
+n_sim = st.equal_compute(runs[runs.judge == st.judge_label(ACCURACY)].dropna(subset=["n"]),
+                         cost["RAIN, simulated judge"])
+n_own = st.equal_compute(runs[runs.judge == "own evaluator"].dropna(subset=["n"]), cost["RAIN, own evaluator"])
+print(f"RAIN computed {cost['RAIN, simulated judge']:.0f} tokens per answer with the simulated judge "
+      f"(best-of-{n_sim}: {cost[f'best-of-{n_sim}']:.0f}) and {cost['RAIN, own evaluator']:.0f} with "
+      f"its own evaluator (best-of-{n_own}: {cost[f'best-of-{n_own}, own evaluator']:.0f}); "
+      f"vanilla {cost['vanilla']:.0f}.")
+st.rate_summary(runs, means=["tokens_computed"]).round(2)
+
+# %%
+diffs = st.paired_differences(runs, [
+    ("RAIN, simulated judge", "vanilla"), (f"best-of-{n_sim}", "vanilla"),
+    ("RAIN, simulated judge", f"best-of-{n_sim}"), ("RAIN, own evaluator", "vanilla"),
+    ("RAIN, own evaluator", f"best-of-{n_own}, own evaluator")])
+for _, row in diffs.iterrows():
+    print(st.describe_difference(row))
+
+# %% [markdown]
+# The figure: good answers against compute for each judge (best-of-N as a curve over N, RAIN and
+# vanilla as points), the paired differences, and the paper's best-of-500 vs RAIN (its own panel:
+# a GPT-4 judge's harmless rate, not our rule).
+
+# %%
+PAPER_BON = pd.DataFrame([dict(model="LLaMA 30B", method="best-of-500", value=88.1),
+                          dict(model="LLaMA 30B", method="RAIN", value=97.0),
+                          dict(model="LLaMA 7B", method="best-of-500", value=64.4),
+                          dict(model="LLaMA 7B", method="RAIN", value=69.3)])
 PAPER_BON
 
 # %%
-ratio = cost.set_index("method").compute_ratio
-n_equal = ratio["rain"] / max(ratio[bon_methods[0]] / BON_NS[0], 1e-9)
-print(f"RAIN computed {ratio['rain']:.0f}x the tokens of vanilla decoding; one best-of-N sample "
-      f"with its self-evaluation costs about {ratio[bon_methods[0]] / BON_NS[0]:.1f}x, so "
-      f"best-of-{n_equal:.0f} would match RAIN's compute here.")
+points = st.frontier(runs)
+own = points.family.str.contains("own")
+fig, axes = sp.subplots(4, widths=[1, 1, 1.25, 0.8], figsize=(22, 4.6))
+sp.plot_compute_frontier(points[~own], axes[0], curve=f"best-of-N, {st.judge_label(ACCURACY)}",
+                         title=f"Simulated judge, p = {ACCURACY} (rule: key words)\n{lm.name}, n={N_ITEMS}")
+sp.plot_compute_frontier(points[own | (points.family == "vanilla")], axes[1],
+                         curve="best-of-N, own evaluator", title=f"The model's own evaluator\n"
+                                                                 f"scored by the same rule, n={N_ITEMS}")
+sp.plot_differences(diffs, axes[2], title="Paired differences in good answers (same prompts)")
+sp.plot_paper_bars(PAPER_BON, axes[3], ylabel="harmless (%)",
+                   title="The paper: best-of-500 vs RAIN\n(reported, not measured here)")
+fig.tight_layout()
+save_figure(fig, "06_bon_vs_rain", pd.concat([points, diffs, PAPER_BON], ignore_index=True))
 
 # %% [markdown]
-# What did the self-evaluator see among the best-of-N candidates? With two option orders, a value
-# is +1 (both orders say harmless), -1 (both say harmful) or 0 (they disagree). When all N values
-# tie, best-of-N keeps its first sample, which is why a larger N can return the same answer.
+# The answers of the simulated-judge run, next to vanilla's (check the labels by eye: the key
+# words found are listed):
 
 # %%
-bon_values = pd.DataFrame([dict(method=r["method"], id=r["id"], values=r["stats"].get("values"),
-                                chosen=r["stats"].get("chosen"))
-                           for r in run.records if r["method"] in bon_methods])
-all_values = pd.Series([v for vs in bon_values["values"] for v in vs])
-print("self-evaluation values of best-of-N candidates:", all_values.value_counts().sort_index().to_dict())
-bon_values
+show = runs[runs.arm.isin(["vanilla", "RAIN, simulated judge", f"best-of-{n_sim}"])]
+show = show.assign(found=[", ".join(truth.found(p, r)) for p, r in zip(show.prompt, show.response)])
+show.pivot(index="id", columns="arm", values="response").join(
+    show[show.arm == "vanilla"].set_index("id")[["prompt", "found"]]).head(10)
+
+# %% [markdown]
+# What did the model's own self-evaluator say about its best-of-N candidates? With two option
+# orders a value is +1 (both orders say harmless), -1 (both say harmful) or 0 (they disagree).
+# When all N values tie, best-of-N keeps its first sample.
+
+# %%
+own_values = runs[(runs.arm == f"best-of-{BON_MAX}, own evaluator")]["values"].explode().astype(float)
+print("own evaluator's values of the best-of-N candidates:", own_values.value_counts().sort_index().to_dict())
 
 # %% [markdown]
 # ## What to take away
 #
-# * The runner produces the paper's comparison end to end: answers, verdicts, rates with
-#   intervals, win rates and cost, in two files that resume after an interruption. The same call
-#   (or `python -m raintools eval --data ... --methods vanilla,rain,bon --judge llm,refusal`) runs
-#   on a GPU with a large model, sharded over GPUs with `torchrun`.
-# * **Honest note.** With the embedded 135M model both the search's self-evaluation and the local
-#   judge are at about chance (section 1), and a handful of prompts gives intervals as wide as the
-#   axis. Differences between methods here are noise, not evidence for or against RAIN. The
-#   paper's gains (right panel of the first figure) need a model whose self-evaluation is
-#   informative (30B and up) and a judge that can tell harm apart: set `RAINTOOLS_MODEL`,
-#   `RAINTOOLS_DEVICE=cuda` and `RAINTOOLS_JUDGE_URL`.
-# * Cost is real at any size: see notebook 07 for where it goes and how it scales with the budget.
+# * The runner produces the paper's comparison end to end: answers, verdicts, rates, win rates and
+#   cost, in two files that resume after an interruption. The same call (or
+#   `python -m raintools eval --data ... --methods vanilla,rain,bon --judge llm,refusal`) runs on a
+#   GPU with a large model, sharded over GPUs with `torchrun`.
+# * Whether RAIN beats best-of-N at equal compute depends on the judge and on the budget: the
+#   printed differences of section 3 say what happened here, with their intervals. Both methods
+#   can only find what their judge can see; with the embedded model's own judge, neither has an
+#   informative signal.
+# * The paper's gains need a model whose self-evaluation is informative (30B and up) and a judge
+#   that can tell harm apart: set `RAINTOOLS_MODEL`, `RAINTOOLS_DEVICE=cuda` and
+#   `RAINTOOLS_JUDGE_URL`. Notebook 07 shows where RAIN's cost goes and what each of its parts does.

@@ -34,9 +34,12 @@
 # > rule and is right with probability p. The embedded 135M model judges harm at about chance
 # > (notebook 01), so with its own evaluator RAIN has no signal to follow (notebook 05).
 
+# %% [markdown]
+# Parameters come from the environment (RAINTOOLS_FAST, RAINTOOLS_MODEL, RAINTOOLS_DEVICE,
+# RAINTOOLS_SEED), so the same notebook runs on a laptop and on a big model on a GPU. The search
+# budget is CPU-sized: the rules are the paper's, only the number of tries is smaller.
+
 # %% tags=["parameters"]
-# Parameters: read from the environment (RAINTOOLS_FAST, RAINTOOLS_MODEL, RAINTOOLS_DEVICE,
-# RAINTOOLS_SEED) so the same notebook runs on a laptop and on a big model on a GPU.
 from raintools.views.notebooks import settings
 
 S = settings()
@@ -46,7 +49,6 @@ N_TIME = 1 if FAST else 6              # requests for the timing of section 1
 TIME_TOKENS = 3 if FAST else 16        # answer length for the timing
 MAX_NEW_TOKENS = 3 if FAST else 5      # answer length in sections 2-4 (commits of 1, 2, 2 tokens)
 ACCURACY = 0.9                         # the simulated judge is right with this probability
-# RAIN's search budget on a CPU (the rules are the paper's; only the number of tries is smaller).
 BUDGET = (dict(max_simulations=2, extra_simulations=1, clause_max_tokens=3) if FAST else
           dict(max_simulations=8, extra_simulations=4, clause_max_tokens=6))
 T_VALUES = (1, 2) if FAST else (2, 4, 8, 12)           # simulation budgets T (paper: 50)
@@ -56,6 +58,10 @@ V_VALUES = (-1.0, 0.8) if FAST else (-1.0, 0.0, 0.8)   # value thresholds V (pap
 import pandas as pd
 import seaborn as sns
 
+sns.set_theme(style="whitegrid")
+pd.set_option("display.max_colwidth", 90)
+
+# %%
 import raintools as rt
 from raintools import RainConfig
 from raintools.embed import load_embedder
@@ -65,9 +71,6 @@ from raintools.views import study_plots as sp
 from raintools.views import studies as st
 from raintools.views.analysis import notebook_config
 from raintools.views.plots import save_figure
-
-sns.set_theme(style="whitegrid")
-pd.set_option("display.max_colwidth", 70)
 
 # %%
 task = get_task("harmless")

@@ -195,3 +195,60 @@ def test_timing_runs_compare_rain_with_both_vanilla_decoders(tiny_lm, items):
     assert rain.ratio_to_uncached.to_dict() == pytest.approx((t["RAIN"] / t["vanilla (no KV cache)"]).to_dict())
     work = df.pivot(index="id", columns="arm", values="tokens_computed")
     assert (work["vanilla (no KV cache)"] >= work["vanilla"]).all()
+
+
+def test_cost_summary_frontier_and_equal_compute():
+    df = pd.DataFrame(dict(
+        arm=["a", "a", "b", "b"], id=["x", "y", "x", "y"], good=[True, False, True, True],
+        tokens_computed=[100, 300, 50, 50], committed_tokens=[5, 5, 5, 5], simulations=[8, 4, 2, 2],
+        commits=[2, 2, 2, 2], early_stops=[0, 1, 2, 2], similarity_updates=[3, 0, 0, 0],
+        nodes_added=[0, 0, 1, 0], seconds=[1.0, 2.0, 0.5, 0.5]))
+    s = st.cost_summary(df).set_index("arm")
+    assert s.loc["a", "tokens_per_token"] == pytest.approx(40.0)       # 400 tokens / 10 committed
+    assert s.loc["a", "simulations_per_step"] == pytest.approx(3.0)
+    assert s.loc["b", "early_stop_share"] == pytest.approx(1.0)
+    assert s.loc["a", "searches_with_similarity"] == 0.5 and s.loc["b", "searches_with_addition"] == 0.5
+    bon = pd.DataFrame(dict(n=[1, 2, 3, 1, 2, 3], tokens_computed=[10, 20, 30, 12, 22, 32]))
+    assert st.equal_compute(bon, 23) == 2 and st.equal_compute(bon, 1000) == 3
+    runs = pd.concat([df, pd.DataFrame(dict(arm=["best-of-2"] * 2, id=["x", "y"], good=[True, False],
+                                            tokens_computed=[20, 22], family=["best-of-N"] * 2,
+                                            label=["N=2"] * 2))], ignore_index=True)
+    pts = st.frontier(runs)
+    assert list(pts.family) == ["a", "b", "best-of-N"] and list(pts.label) == ["a", "b", "N=2"]
+    assert list(pts.mean_tokens_computed) == [200, 50, 21]
+
+
+def test_checks_on_constructed_judges():
+    from raintools.experiments.data import PreferencePair
+
+    pairs = [PreferencePair(f"p{i}", "Human: hi", "kind answer", "cruel answer", {"turns": [("user", "hi")]})
+             for i in range(3)]
+
+    class Judge:
+        def judge(self, q, r):
+            p = 0.9 if "kind" in r else 0.2
+            return {"harmless": p > 0.5, "p_harmless": p}
+
+    assert st.judge_pair_check(Judge(), pairs, progress=False).correct.all()
+    items = [Item("q", "Is the sky blue?", {"best": "Yes, it is blue.", "incorrect": ["No, it is green."]})]
+    check = st.answer_pair_check(lambda q, r: 0.5 if "blue" in r else -0.5, items, progress=False)
+    assert bool(check.correct[0]) and not bool(check.tie[0])
+    assert st.auc([3, 4], [1, 2]) == 1.0 and st.auc([1], [1]) == 0.5 and st.auc([1, 2], [2, 3]) == 0.125
+    value, lo, hi = st.auc_interval([3, 4, 5, 6], [1, 2, 3, 4])
+    assert lo <= value <= hi and value == pytest.approx(st.auc([3, 4, 5, 6], [1, 2, 3, 4]))
+    task = get_task("sentiment")
+    reviews = [Item("r1", "one two three four five six seven eight", {"text": "one two three four five six "
+               "seven eight great fun", "sentiment": "positive", "label": 1})]
+    rc = st.review_check(lambda q, r: 1.0 if "great" in r else -1.0, task, reviews, scorer=len, progress=False)
+    assert rc.self_eval[0] == 1.0 and rc.label[0] == "positive"
+
+
+def test_task_study_on_a_tiny_model(tiny_lm):
+    task = get_task("harmless")
+    items = [Item(f"i{k}", f"say something {k}", {}) for k in range(2)]
+    cfg = RainConfig(max_new_tokens=2, max_simulations=2, extra_simulations=1, num_candidates=3,
+                     clause_max_tokens=2, similarity_update=False, node_addition=False)
+    df = st.task_study(tiny_lm, task, items, cfg, lambda q, r: "a" in r, 1.0, progress=False)
+    assert list(dict.fromkeys(df.arm)) == ["vanilla", "RAIN, own evaluator", "RAIN, simulated judge"]
+    summary, diffs = st.task_study_tables(df)
+    assert list(summary.n) == [2, 2, 2] and len(diffs) == len(st.TASK_STUDY_PAIRS)

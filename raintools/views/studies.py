@@ -311,12 +311,13 @@ def rain_arms(lm: "LanguageModel", task, items: Sequence, arms: dict, truth: Tru
 
 def bon_runs(lm: "LanguageModel", task, items: Sequence, truth: Truth, judge="own", n_max: int = 8,
              max_new_tokens: int = 16, temperature: float = 1.0, top_k: int | None = None,
-             seed: int = 0, progress: bool = True) -> pd.DataFrame:
+             seed: int = 0, arm: str = "best-of-{n}", progress: bool = True) -> pd.DataFrame:
     """Best-of-N for every N from 1 to `n_max` from one set of `n_max` samples per item: sample i
     is the one `raintools.vanilla.best_of_n` draws as its i-th, so best-of-N picks exactly what
     `best_of_n(n=N)` picks (highest value, ties to the earliest sample). `tokens_computed` counts
     what best-of-N's model computes: every sample (its own prompt pass included) plus the
-    judge's passes (0 for a simulated judge). One row per (item, N)."""
+    judge's passes (0 for a simulated judge). One row per (item, N), its arm `arm.format(n=N)`,
+    with the values of the N candidates (`values`) and the chosen one's index and value."""
     from ..vanilla import generate_vanilla
 
     if judge == "own":   # encode the judge's fixed few-shot header now, not in the first answer
@@ -339,10 +340,10 @@ def bon_runs(lm: "LanguageModel", task, items: Sequence, truth: Truth, judge="ow
             seconds.append(time.perf_counter() - t0)
         for n in range(1, n_max + 1):
             best = max(range(n), key=lambda i: (values[i], -i))
-            rows.append(dict(arm=f"best-of-{n}", n=n, judge=judge_label(judge), id=it.id,
+            rows.append(dict(arm=arm.format(n=n), n=n, judge=judge_label(judge), id=it.id,
                              family=f"best-of-N, {judge_label(judge)}", label=f"N={n}",
                              prompt=it.prompt, response=texts[best], chosen=best,
-                             value=values[best], good=bool(truth(prompt, texts[best])),
+                             value=values[best], values=values[:n], good=bool(truth(prompt, texts[best])),
                              tokens_computed=int(sum(tokens[:n])), seconds=float(sum(seconds[:n]))))
         bar.update()
     bar.close()
@@ -575,3 +576,15 @@ def task_study(lm: "LanguageModel", task, items: Sequence, config: "RainConfig",
     van = vanilla_runs(lm, task, items, truth, config.max_new_tokens, progress=progress)
     rain = rain_arms(lm, task, items, arms, truth, embedder=embedder, seed=config.seed, progress=progress)
     return pd.concat([van, rain], ignore_index=True)
+
+
+# The comparisons notebooks 09 and 10 draw (arms of `task_study`).
+TASK_STUDY_PAIRS = (("RAIN, simulated judge", "vanilla"), ("RAIN, own evaluator", "vanilla"),
+                    ("RAIN, simulated judge", "RAIN, own evaluator"))
+
+
+def task_study_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rates with Wilson intervals, paired differences with Newcombe intervals) of a
+    `task_study` run."""
+    return (rate_summary(df, means=["tokens_computed", "seconds"]),
+            paired_differences(df, TASK_STUDY_PAIRS))

@@ -96,7 +96,13 @@ def plot_compute_frontier(points: pd.DataFrame, ax=None, curve: str = "best-of-N
             for xi, ri, lab in zip(x, r, g.label):
                 ax.annotate(lab, (xi, ri), xytext=(3, -11), textcoords="offset points", fontsize=7,
                             color=colors[fam])
-    ax.set(xscale="log", ylim=(-3, 105), xlabel="tokens computed per answer (mean, log scale)",
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set(ylim=(-3, 105), xlabel="tokens computed per answer (mean, log scale)",
            ylabel="good answers (%)", title=title)
     ax.legend(fontsize=7, loc="best")
     return ax
@@ -219,7 +225,7 @@ def plot_check(value: float, lo: float, hi: float, ax=None, label: str = "self-e
 
 
 def plot_task_study(paper: pd.DataFrame, summary: pd.DataFrame, diffs: pd.DataFrame, check: dict,
-                    titles: Sequence[str], fig_title: str = ""):
+                    titles: Sequence[str], fig_title: str = "", what: str = "good answers"):
     """Notebooks 09 and 10 in one figure: the paper's reported rates (their own panel: other
     models, other judges), our rates of good answers with Wilson intervals, the paired
     differences with Newcombe intervals, and the self-evaluation check beside chance. `check`:
@@ -227,8 +233,9 @@ def plot_task_study(paper: pd.DataFrame, summary: pd.DataFrame, diffs: pd.DataFr
     plt = _plt()
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.4), gridspec_kw=dict(width_ratios=[1.1, 1.2, 1.3, 0.6]))
     plot_paper_bars(paper, axes[0], title=titles[0])
-    plot_rates(summary, axes[1], title=titles[1], colors=["#8c8c8c", "#2a9d8f", "#e76f51"][: len(summary)])
-    plot_differences(diffs, axes[2], title=titles[2])
+    plot_rates(summary, axes[1], title=titles[1], xlabel=f"{what} (%)",
+               colors=["#8c8c8c", "#2a9d8f", "#e76f51"][: len(summary)])
+    plot_differences(diffs, axes[2], title=titles[2], xlabel=f"difference in {what} (percentage points)")
     plot_check(ax=axes[3], title=titles[3], **check)
     if fig_title:
         fig.suptitle(fig_title, fontsize=11)

@@ -1,0 +1,79 @@
+"""raintools.views.study_plots: what each figure draws (notebooks 06, 07, 09, 10)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from raintools.views import study_plots as sp  # noqa: E402
+from raintools.views import studies as st  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def runs():
+    return pd.DataFrame(dict(arm=["vanilla"] * 30 + ["RAIN"] * 30, id=list(range(30)) * 2,
+                             good=[False] * 25 + [True] * 5 + [True] * 26 + [False] * 4,
+                             tokens_computed=[40] * 30 + [200] * 30))
+
+
+def test_rates_and_differences_are_drawn_with_their_intervals():
+    summary = st.rate_summary(runs())
+    ax = sp.plot_rates(summary)
+    assert {t.get_text() for t in ax.get_yticklabels()} == {"vanilla", "RAIN"}
+    assert any(t.get_text() == "26/30" for t in ax.texts)
+    diffs = st.paired_differences(runs(), [("RAIN", "vanilla")])
+    assert bool(diffs.excludes_zero[0])
+    ax = sp.plot_differences(diffs)
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == [f"{100 * diffs['diff'][0]:+.0f} [{100 * diffs['lo'][0]:+.0f}, {100 * diffs['hi'][0]:+.0f}]"]
+    assert any(line.get_xdata()[0] == 0 for line in ax.lines if len(line.get_xdata()) == 2)   # zero line
+
+
+def test_compute_frontier_joins_the_curve_and_labels_its_points():
+    df = pd.concat([runs(), pd.DataFrame(dict(arm=["best-of-2"] * 30, id=range(30), good=[True] * 20 + [False] * 10,
+                                              tokens_computed=[80] * 30, family="best-of-N", label="N=2"))])
+    ax = sp.plot_compute_frontier(st.frontier(df), curve="best-of-N")
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.texts] == ["N=2"]
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"vanilla", "RAIN", "best-of-N"}
+
+
+def test_time_ratios_put_the_paper_on_the_uncached_row():
+    timing = pd.DataFrame(dict(arm=["RAIN"] * 3, ratio_to_cached=[8.0, 10.0, 12.0],
+                               ratio_to_uncached=[4.0, 5.0, 6.0]))
+    paper = pd.DataFrame(dict(model=["a", "b"], ratio=[4.36, 3.95]))
+    ax = sp.plot_time_ratios(timing, paper)
+    assert "x [" in ax.texts[0].get_text()
+    offsets = [c.get_offsets() for c in ax.collections if len(c.get_offsets())]
+    paper_pts = [o for o in offsets if len(o) == 1 and o[0][0] in (4.36, 3.95)]
+    assert len(paper_pts) == 2 and all(o[0][1] == 1 for o in paper_pts)
+
+
+def test_sweep_parts_paper_and_task_figures():
+    summary = st.rate_summary(runs()).assign(T=[2, 8], tokens_per_token=[10, 40], mean_similarity_updates=[0, 1.5],
+                                             mean_nodes_added=[0, 0.5], mean_early_stops=[0, 1])
+    axes = sp.plot_sweep(summary, "T", cost_cols=[("tokens_per_token", "tokens per token")], baseline=0.2)
+    assert list(axes[0].lines[0].get_ydata()) == [10, 40]
+    ax = sp.plot_parts(summary)
+    assert [t.get_text() for t in ax.texts].count("1.5") == 1
+    paper = pd.DataFrame(dict(model=["m", "m"], method=["vanilla", "RAIN"], value=[60.0, 70.0]))
+    ax = sp.plot_paper_bars(paper)
+    assert len(ax.patches) == 2 and "not measured" in ax.get_title()
+    diffs = st.paired_differences(runs(), [("RAIN", "vanilla")])
+    fig = sp.plot_task_study(paper, st.rate_summary(runs()), diffs,
+                             dict(value=55.0, lo=40.0, hi=70.0, chance=50, label="check"), titles=list("abcd"))
+    assert [a.get_title() for a in fig.axes] == list("abcd")
+    hh = pd.DataFrame(dict(method=["vanilla", "rain"], n=[10, 10], harmless_rate=[0.5, 0.8], helpful_rate=[0.9, 0.9]))
+    ax = sp.plot_harmless_helpful(hh)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "vanilla: 5/10 harmless, 9/10 helpful", "rain: 8/10 harmless, 9/10 helpful"]
