@@ -359,3 +359,18 @@ def test_advbench_preset_temperature_at_every_level_and_attempts(tiny_lm):
         ch.n, ch.fn, ch.q, ch.embedding = 1.0, 1, -1.0, torch.ones(4)
     s.add_nodes(leaf)
     assert shapes == [(19, 10), (3, 2)]
+
+
+def test_fast_and_reference_agree_on_the_advbench_preset_with_node_addition(tiny_lm):
+    """Temperature 2 at every level and 3 sampling attempts per node addition: both engines draw
+    the same candidates (the reference stops its attempts once enough are unique)."""
+    cfg = RainConfig.advbench(max_new_tokens=12, max_simulations=8, extra_simulations=3,
+                              min_visits=2, clause_max_tokens=4, num_candidates=3)
+    const = lambda texts: torch.ones(len(texts), 4)
+    _, fast = run(tiny_lm, cfg, evaluator=lambda q, x: -1.0, embedder=const)
+    _, ref = run(tiny_lm, cfg, engine="reference", evaluator=lambda q, x: -1.0, embedder=const)
+    assert fast.stats["nodes_added"] > 0
+    assert fast.token_sets == ref.token_sets
+    assert fast.stats["nodes_added"] == ref.stats["nodes_added"]
+    for a, b in zip(fast.trace.commits, ref.trace.commits):
+        assert sorted((n.uid, tuple(n.tokens)) for n in a.tree) == sorted((n.uid, tuple(n.tokens)) for n in b.tree)
