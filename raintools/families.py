@@ -106,7 +106,8 @@ def static_route(model) -> Route:
     elif "position_ids" not in params:
         reason = f"{name} takes no position ids (its positions come from the mask or key indices)"
     elif impl not in MASK_ATTENTION:
-        reason = f"{name} runs the {impl!r} attention implementation, which ignores 4D masks"
+        reason = (f"{name} runs the {impl!r} attention implementation, not one known to apply a "
+                  f"4D token-tree mask (sdpa, eager)")
     elif "chunked_attention" in per_type:
         reason = f"{name} has chunked-attention layers"
     elif any(len(ws) > 1 for ws in per_type.values()):

@@ -89,7 +89,23 @@ def test_each_family_gets_its_route(name, caplog):
 
 @pytest.mark.parametrize("name", KV_FAMILIES)
 def test_fast_paths_equal_the_models_own_forward(name):
-    lm = model(name)
+    check_fast_paths(model(name))
+
+
+def test_an_attention_implementation_not_known_to_take_4d_masks_runs_rows():
+    """e.g. a kernel registered by a user: the engine does not guess that it takes token trees."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register("raintools_test_attention", sdpa_attention_forward)
+    AttentionMaskInterface.register("raintools_test_attention", sdpa_mask)
+    lm = build("llama", attn="raintools_test_attention")
+    assert lm.route.kind == "rows" and "raintools_test_attention" in lm.route.reason
+    check_fast_paths(lm)
+
+
+def check_fast_paths(lm):
     packed = lm.route.packed
     P = lm.encode(PROMPT)
     # a cached decode step
