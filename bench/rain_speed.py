@@ -4,12 +4,20 @@
   (b) RAIN executed the way the public code does it (`engine="reference"`: batch 1, the prefix
       recomputed for every rollout and clause completion, the judging prompt twice per evaluation),
   (c) fast RAIN (`engine="fast"`: each token computed once, batched rollouts, cached packed judge),
-  (d) with --prompts >= 2: fast RAIN on all prompts at once (`rain_generate_batch`).
+  (d) with --prompts >= 2: fast RAIN on all prompts at once (`rain_generate_batch`),
+  (e) fast RAIN with parallel simulations, K = 4 leaves per round (`parallel_simulations=4`),
+  (f) the same with K = 8.
+
+Per variant: wall time, sequential forward passes per simulation (the device-independent latency
+figure: on a GPU a pass costs about the same for 10 or 200 tokens), tokens computed per committed
+token, peak memory. `--batch-sizes 1,4,16` adds the many-prompt study: the same N prompts one by
+one and as one batch (`rain_generate_batch`), in prompts per hour.
 
     .venv/bin/python bench/rain_speed.py                 # 1 prompt, 2 commits, HH constants (T = 50)
     .venv/bin/python bench/rain_speed.py --prompts 4 --skip-reference   # + the many-prompts path (d)
     .venv/bin/python bench/rain_speed.py --frame ours    # raintools' own short judging template
     .venv/bin/python bench/rain_speed.py --device cuda --model <hf id> --prompts 64
+    .venv/bin/python bench/rain_speed.py --skip-reference --batch-sizes 1,4,16 --simulations 10
 
 The default frame is the public code's HH setting in size (bench/frames: a few-shot chat prefix,
 ~315-token prompts, a ~1,120-token judging prompt), so that (b) computes about what the public code
@@ -21,6 +29,7 @@ Every number printed comes from this run. A CSV (one row per variant) goes to
 bench/results/rain_speed.csv (or --csv). The last line is the summary:
 speedup_vs_reference=<b/c wall> computed_per_committed=<c tokens computed per committed token>
 redundancy=<c tokens computed / tokens that must be computed> rain_over_vanilla=<c/a wall>
+speedup_parallel=<b/e wall> passes_per_sim=<e forward passes per simulation>
 """
 
 from __future__ import annotations
@@ -125,6 +134,8 @@ def measure(name, lm, fn):
     row["computed_per_committed"] = used.tokens / max(committed, 1)
     row["calls_per_committed"] = used.calls / max(committed, 1)
     row["s_per_sim"] = wall / sims if sims else float("nan")
+    row["passes_per_sim"] = used.calls / sims if sims else float("nan")
+    row["rounds"] = sum(r.stats.get("rounds", 0) for r in results)
     row["computed_per_sim"] = used.tokens / sims if sims else float("nan")
     row["redundancy"] = used.tokens / needed if needed else float("nan")
     for ph in PHASES:
@@ -159,6 +170,13 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", type=int, default=None, help="searches in flight for (d)")
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--skip-batch", action="store_true")
+    ap.add_argument("--parallel", default="4,8",
+                    help="K of the parallel-simulation variants (e), (f) (default 4,8; '' for none)")
+    ap.add_argument("--batch-sizes", default="",
+                    help="e.g. 1,4,16: the many-prompt study, the same prompts one by one and batched "
+                         "(prompts per hour); K of --batch-parallel")
+    ap.add_argument("--batch-parallel", type=int, default=1,
+                    help="parallel_simulations in the many-prompt study (default 1)")
     ap.add_argument("--csv", default=str(ROOT / "bench" / "results" / "rain_speed.csv"))
     args = ap.parse_args(argv)
 
@@ -222,6 +240,15 @@ def main(argv=None) -> int:
     res["fast"], row = measure("c_fast", lm, lambda: [fast_one(p) for p in prompts])
     rows.append(row)
     print_row(row)
+    ks = [int(k) for k in args.parallel.split(",") if k.strip()]
+    for letter, k in zip("ef", ks):
+        pev = SelfEvaluator(lm, template)
+        pcfg = cfg.replace(parallel_simulations=k)
+        res[f"k{k}"], row = measure(f"{letter}_parallel_k{k}", lm, lambda: [
+            RainSearch(lm, p, pcfg, evaluator=pev, embedder=embedder).run() for p in prompts])
+        NAMES[row["variant"]] = f"({letter}) fast, K={k}"
+        rows.append(row)
+        print_row(row)
     batcher = None
     if len(prompts) > 1 and not args.skip_batch:
         batcher = ForwardBatcher(lm)
@@ -265,11 +292,24 @@ def main(argv=None) -> int:
               f"{by['reference']['simulations']} simulations, "
               f"{sum(r.stats['evaluator_calls'] for r in res['reference'])} judge calls "
               f"({sum(r.stats['memo_hits'] for r in res['reference'])} memo hits)")
+    for key in by:
+        if key.startswith("parallel_k"):
+            e, f = by[key], by["fast"]
+            same = [x.tokens == y.tokens for x, y in zip(res["fast"], res["k" + key[10:]])]
+            print(f"{NAMES[e['variant']]} vs (c): x{f['wall_s'] / e['wall_s']:.2f} wall, sequential forward "
+                  f"passes per simulation {f['passes_per_sim']:.2f} -> {e['passes_per_sim']:.2f} "
+                  f"({e['simulations']} simulations in {e['rounds']} rounds), tokens computed per "
+                  f"committed token {f['computed_per_committed']:.0f} -> {e['computed_per_committed']:.0f}; "
+                  f"same committed tokens as (c): {sum(same)}/{len(same)} prompts")
     if "batch" in by:
         f, d = by["fast"], by["batch"]
         print(f"many prompts at once (d) vs one by one (c): x{f['wall_s'] / d['wall_s']:.2f} throughput "
               f"({f['committed_tokens'] / f['wall_s']:.2f} -> {d['committed_tokens'] / d['wall_s']:.2f} "
               f"committed tokens/s), forward passes {f['forward_calls']} -> {d['forward_calls']}")
+
+    if args.batch_sizes:
+        batch_study(lm, template, cfg.replace(parallel_simulations=args.batch_parallel), embedder,
+                    [int(x) for x in args.batch_sizes.split(",")], args.concurrency)
 
     write_csv(args.csv, run_meta(lm, frame=args.frame, prompts=len(prompts),
                                  max_new_tokens=args.max_new_tokens, commits=args.commits,
@@ -278,13 +318,52 @@ def main(argv=None) -> int:
 
     c, a = by["fast"], by["vanilla"]
     speed = by["reference"]["wall_s"] / c["wall_s"] if "reference" in by else float("nan")
+    par = by.get(f"parallel_k{ks[0]}") if ks else None
+    sp = by["reference"]["wall_s"] / par["wall_s"] if par and "reference" in by else float("nan")
+    pps = par["passes_per_sim"] if par else float("nan")
     print(f"speedup_vs_reference={speed:.2f} computed_per_committed={c['computed_per_committed']:.1f} "
-          f"redundancy={c['redundancy']:.3f} rain_over_vanilla={c['wall_s'] / a['wall_s']:.1f}")
+          f"redundancy={c['redundancy']:.3f} rain_over_vanilla={c['wall_s'] / a['wall_s']:.1f} "
+          f"speedup_parallel={sp:.2f} passes_per_sim={pps:.2f}")
     return 0
 
 
+def batch_study(lm, template, cfg, embedder, sizes, concurrency=None):
+    """The many-prompt path (d) at each N of `sizes`: the first N demo prompts one by one (c)
+    and as one batch, in prompts per hour. One-by-one times come from one pass over the largest N
+    (each prompt timed alone); each batch runs once."""
+    prompts = demo_prompt_texts(max(sizes))
+    ev = SelfEvaluator(lm, template)
+    alone_s, alone_calls = [], []
+    for p in prompts:
+        s0 = lm.stats.snapshot()
+        t0 = time.perf_counter()
+        RainSearch(lm, p, cfg, evaluator=ev, embedder=embedder).run()
+        alone_s.append(time.perf_counter() - t0)
+        alone_calls.append(lm.stats.since(s0).calls)
+    print()
+    print(f"many prompts (K={cfg.parallel_simulations}, T={cfg.max_simulations}): prompts per hour, "
+          f"one by one vs one batch (rain_generate_batch)")
+    head = f"{'prompts':>7} {'one by one /h':>14} {'batched /h':>11} {'ratio':>6} {'passes 1x1':>10} {'passes batch':>12}"
+    print(head)
+    print("-" * len(head))
+    out = []
+    for n in sizes:
+        one = n / sum(alone_s[:n]) * 3600
+        b = ForwardBatcher(lm)
+        t0 = time.perf_counter()
+        rain_generate_batch(lm, prompts[:n], cfg, evaluator=SelfEvaluator(lm, template), embedder=embedder,
+                            batcher=b, concurrency=concurrency)
+        wall = time.perf_counter() - t0
+        calls = b.stats.calls if n > 1 else sum(alone_calls[:1])
+        batched = n / wall * 3600
+        out.append(dict(prompts=n, one_by_one_per_h=one, batched_per_h=batched, ratio=batched / one))
+        print(f"{n:7d} {one:14.1f} {batched:11.1f} {batched / one:6.2f} {sum(alone_calls[:n]):10d} {calls:12d}",
+              flush=True)
+    return out
+
+
 NAMES = {"a_vanilla": "(a) vanilla", "b_reference": "(b) reference", "c_fast": "(c) fast",
-         "d_fast_batch": "(d) fast, batch"}
+         "d_fast_batch": "(d) fast, batch"}    # (e), (f) are added when they run
 
 
 def print_row(r):
@@ -295,22 +374,24 @@ def print_row(r):
 
 def print_table(rows):
     head = (f"{'variant':<16} {'wall s':>8} {'CPU s':>8} {'s/tok':>7} {'computed/tok':>12} "
-            f"{'calls/tok':>9} {'redund.':>7} {'s/sim':>6} {'computed/sim':>12} {'peak mem MB':>16}")
+            f"{'calls/tok':>9} {'redund.':>7} {'s/sim':>6} {'passes/sim':>10} {'computed/sim':>12} "
+            f"{'peak mem MB':>16}")
     print(head)
     print("-" * len(head))
     for r in rows:
         sims = "" if math.isnan(r["s_per_sim"]) else f"{r['s_per_sim']:.2f}"
         csim = "" if math.isnan(r["computed_per_sim"]) else f"{r['computed_per_sim']:.0f}"
+        psim = "" if math.isnan(r["passes_per_sim"]) else f"{r['passes_per_sim']:.2f}"
         print(f"{NAMES[r['variant']]:<16} {r['wall_s']:8.1f} {r['cpu_s']:8.1f} {r['s_per_committed']:7.2f} "
               f"{r['computed_per_committed']:12.1f} {r['calls_per_committed']:9.1f} "
-              f"{r['redundancy']:7.3f} {sims:>6} {csim:>12} "
+              f"{r['redundancy']:7.3f} {sims:>6} {psim:>10} {csim:>12} "
               f"{('+%.0f (%.0f)' % (r['mem_rise_mb'], r['mem_peak_mb'])):>16}")
     print("peak mem: rise over the start of the variant (absolute peak); CPU: process RSS, "
           "CUDA: max_memory_allocated")
 
 
 def print_profile(by):
-    cols = [k for k in ("fast", "reference") if k in by]
+    cols = [k for k in ("fast", "parallel_k4", "parallel_k8", "reference") if k in by]
     if not cols:
         return
     print("where the time goes (share of wall time; phase timers in RainSearch):")

@@ -51,6 +51,8 @@ class RainConfig:
     value_threshold: float = 0.8        # V
     extra_simulations: int = 15         # at least this many new simulations per step
     commit_rule: str = "argmax"         # "argmax" (code) or "sample" (paper: from visit counts)
+    parallel_simulations: int = 1       # K leaves per round, selected with virtual loss and computed
+                                        # together (1: the paper's sequential search)
     # -- lengths
     max_length: int = 2048              # prompt + response tokens
     max_new_tokens: int | None = None   # optional cap on the response
@@ -104,6 +106,7 @@ class RainConfig:
         number("min_visits", lo=0, integer=True)
         number("value_threshold", lo=-1, hi=1)
         number("extra_simulations", lo=1, integer=True)
+        number("parallel_simulations", lo=1, integer=True)
         if self.commit_rule not in ("argmax", "sample"):
             bad(f"commit_rule must be 'argmax' or 'sample', got {self.commit_rule!r}.")
         number("max_length", lo=2, integer=True)

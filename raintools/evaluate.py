@@ -26,12 +26,12 @@ import string
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import torch
 
 from .errors import ConfigError
-from .models import KV, LanguageModel, kv_cat, kv_len, kv_slice, split_common, token_tree
+from .models import KV, LanguageModel, kv_cat, kv_gather, kv_len, kv_slice, split_common, token_tree
 
 Evaluator = Callable[[str, str], float]
 
@@ -272,10 +272,16 @@ class SelfEvaluator:
         """(KV of the longest start of `trunk` computed before, its length, the length of the
         query's part when the whole of it is in that start, else -1). Every cached KV is keyed by
         the exact ids it was computed from, so a start is reused only where the ids agree."""
+        head, rest, m, q = self._past_parts(query, trunk)
+        return (head if rest is None else kv_cat([head, rest])), m, q
+
+    def _past_parts(self, query: str, trunk: list[int]) -> tuple[KV, KV | None, int, int]:
+        """`_past` in two parts: the query entry's KV (cut where the prompt splits the query's
+        tokens) and the KV of a judged prompt's ids reused after it (None when there is none)."""
         q_ids, q_kv = self._query_entry(query, trunk)
         m = _common_start(trunk, q_ids)
         if m < len(q_ids):       # the prompt splits the query's tokens otherwise: no reuse past m
-            return [(k[:, :, :m], v[:, :, :m]) for k, v in q_kv], m, -1
+            return [(k[:, :, :m], v[:, :, :m]) for k, v in q_kv], None, m, -1
         q = len(q_ids)
         cache = self._responses.setdefault(query, OrderedDict())
         best, r = None, q
@@ -284,17 +290,19 @@ class SelfEvaluator:
             if n > r:
                 best, r = ids, n
         if best is None:
-            return q_kv, q, q
+            return q_kv, None, q, q
         cache.move_to_end(best)
-        return kv_cat([q_kv, [(k[:, :, :r - q], v[:, :, :r - q]) for k, v in cache[best]]]), r, q
+        return q_kv, [(k[:, :, :r - q], v[:, :, :r - q]) for k, v in cache[best]], r, q
 
-    def _remember_response(self, query: str, trunk: list[int], kv: KV, q: int) -> int:
-        """Keep the judge KV of this prompt's ids after the query's (LRU); return how many of
-        those ids no earlier evaluation of this query had computed."""
+    def _remember_response(self, query: str, trunk: list[int], kv: KV | None, q: int,
+                           chunk: KV | None = None) -> int:
+        """Keep the judge KV of this prompt's ids after the query's (LRU; positions [q, len) of
+        `kv`, or `chunk`); return how many of those ids no earlier evaluation of this query had
+        computed."""
         part = trunk[q:]
         if part and self._response_cache_size > 0:
             cache = self._responses.setdefault(query, OrderedDict())
-            cache[tuple(trunk)] = kv_slice(kv, q, len(trunk))
+            cache[tuple(trunk)] = chunk if chunk is not None else kv_slice(kv, q, len(trunk))
             cache.move_to_end(tuple(trunk))
             while len(cache) > self._response_cache_size:
                 cache.popitem(last=False)
@@ -380,6 +388,89 @@ class SelfEvaluator:
                 for k, v in past or ()]
         logits, out = self.lm.forward(ids, past=rows or None, logits_at=ends)
         return logits[:, 0], [(k[:1], v[:1]) for k, v in out]
+
+    def evaluate_many(self, query: str, responses: Sequence[str]) -> list[float]:
+        """`[self(query, r) for r in responses]` in one forward pass, equal up to float rounding
+        (a parallel round judges its leaves together). The prompts go into one packed sequence
+        (`raintools.parallel.Forest`) after the query's KV and the judged starts they reuse; prompts
+        that continue the same start share their common ids, and each order's ending sees only its
+        own prompt. Models off the packed route are judged one by one."""
+        responses = list(responses)
+        if not self.cached or len(responses) <= 1 or self.lm.route.kind != "packed":
+            return [self(query, r) for r in responses]
+        self.stats.calls += len(responses)
+        jobs = []
+        for r in responses:
+            trunk, tails = split_common(self.prompt_ids(query, r))
+            _, rest, m, q = self._past_parts(query, trunk)
+            if not any(tails) and m >= len(trunk):       # nothing left to feed: recompute the last id
+                m -= 1
+            jobs.append((trunk, tails, rest, m, q))
+        q_kv = self._query_entry(query, jobs[0][0])[1]
+        forest, anchors, offsets = self._judge_forest(q_kv, jobs)
+        items, trie, ends, lines = [], {}, [], []
+        for (trunk, tails, _, m, _), a in zip(jobs, anchors):
+            prev = -1 - a
+            for tok in trunk[m:]:
+                key = (prev, tok)
+                if key not in trie:
+                    trie[key] = len(items)
+                    items.append(key)
+                prev = trie[key]
+            lines.append(prev)
+            for tail in tails:
+                p = prev
+                for tok in tail:
+                    items.append((p, tok))
+                    p = len(items) - 1
+                ends.append(p)
+        logits, first = forest.feed(items, logits_at=ends)
+        return [self._judged(query, job, off, first + g if g >= 0 else g, forest, logits[i * len(job[1]):])
+                for i, (job, off, g) in enumerate(zip(jobs, offsets, lines))]
+
+    def _judge_forest(self, q_kv: KV, jobs):
+        """The packed past of `evaluate_many`: the query's KV, then each distinct reused judged
+        start once; per prompt its anchor (what it sees, where it goes on) and the offset of its
+        reused start in the past."""
+        from .parallel import Forest
+
+        lq, chunks, at, where = kv_len(q_kv), [q_kv], kv_len(q_kv), {}
+        for trunk, _, rest, m, q in jobs:
+            key = tuple(trunk[q:q + kv_len(rest)]) if rest is not None else None
+            if key is not None and key not in where:
+                where[key] = at
+                chunks.append(rest)
+                at += kv_len(rest)
+        anchors, specs, offsets = [], {}, []
+        for trunk, _, rest, m, q in jobs:
+            off = where[tuple(trunk[q:q + kv_len(rest)])] if rest is not None else None
+            offsets.append(off)
+            spec = (min(m, lq), off, m - q if off is not None else 0, m)
+            anchors.append(specs.setdefault(spec, len(specs)))
+        visible = []
+        for (head, off, size, m) in specs:
+            v = torch.zeros(at, dtype=torch.bool)
+            v[:head] = True
+            if off is not None:
+                v[off:off + size] = True
+            visible.append((v, m))
+        return Forest(self.lm, kv_cat(chunks), visible), anchors, offsets
+
+    def _judged(self, query, job, off, g, forest, logits) -> float:
+        """One prompt of `evaluate_many`: its value from its orders' logits; its judge KV kept."""
+        trunk, tails, rest, m, q = job
+        probs = self._letter_probs(logits[:len(tails)])
+        if q >= 0:
+            positions = list(range(off, off + m - q)) if off is not None else []
+            positions += forest.line_positions(g) if g >= 0 else []
+            chunk = kv_gather(forest.kv, positions) if len(trunk) > q else None
+            new = self._remember_response(query, trunk, None, q, chunk=chunk)
+        else:
+            new = len(trunk) - m
+        self.stats.tokens_needed += new + sum(len(t) for t in tails)
+        self.last_ids = [trunk + t for t in tails]
+        self.last_probs = probs.tolist()
+        return self._value(list(probs))
 
     # -- reference-style execution: whole prompt, once per order, batch 1
     def _reference(self, query: str, response: str) -> float:

@@ -10,6 +10,13 @@ completion inside the expansion's rollout batch (same result, fewer forward pass
 
     results = rain_generate_batch(lm, prompts, config)     # many prompts, forward passes batched
 
+`RainConfig.parallel_simulations = K > 1` runs the inner loop in rounds (`simulate_round`): K
+leaves selected one after another with a virtual loss on each path in flight, their node caches,
+expansion rollouts and clause completions computed together in shared packed passes
+(`raintools.parallel`), their texts judged in one batched pass and embedded in one call, then
+backed up one by one in selection order; the early-stop test runs after each round. K = 1 is the
+paper's sequential search, unchanged.
+
 Each result's stats count forward passes and tokens (`tokens_computed`, and `tokens_needed`: each
 tree node's tokens, each completion's fed tokens, each judged response's new tokens and question
 endings, the prompt and the judging header once) and the wall time of each phase (`time_*_s`).
@@ -33,8 +40,9 @@ from .models import LanguageModel
 from .propose import ENGINES, Candidate, Completion, resolve_engine, top_candidates
 from .sampling import ADD, COMMIT, COMPLETE, EXPAND, keyed_rng
 from .trace import CommitRecord, NodeRecord, SimulationRecord, Trace
-from .tree import (Bounds, Node, backup, most_visited, needs_node_addition, reroot,
-                   sample_by_visits, select_child, set_priors, similarity_update, update_embedding)
+from .tree import (Bounds, Node, add_virtual_loss, backup, block_leaf, most_visited,
+                   needs_node_addition, reroot, sample_by_visits, select_child, set_priors,
+                   similarity_update, update_embedding)
 
 
 PHASES = ("select", "add", "ensure", "complete", "judge", "expand", "embed", "commit")
@@ -129,12 +137,13 @@ class RainSearch:
         self._counted: set[int] = {0}
         self._add_counter = 0
         self.sim_index = 0
+        self.round_index = 0
         self.outer_step = 0
         self.response: list[int] = []
         self.token_sets: list[list[int]] = []
         self.finished = False
         self.stop_reason = ""
-        self.counts = dict(simulations=0, evaluations=0, evaluator_calls=0, memo_hits=0,
+        self.counts = dict(simulations=0, rounds=0, evaluations=0, evaluator_calls=0, memo_hits=0,
                            nodes_created=0, nodes_added=0, tokens_needed=0, completion_tokens=0,
                            embed_calls=0, embedded_texts=0, early_stops=0, max_live_nodes=0)
         self.sims_per_step: list[int] = []
@@ -216,9 +225,12 @@ class RainSearch:
             self._count_needed(node)
 
     # ------------------------------------------------------------------ phases
-    def select(self) -> list[Node]:
+    def select(self, blocked: set | None = None) -> list[Node]:
         """Forward: walk down from the root by the selection score, adding nodes where the
-        dynamic-node-addition test fires. Returns the path, root first."""
+        dynamic-node-addition test fires. Returns the path, root first.
+
+        `blocked`: nodes a parallel round may not enter (its leaves in flight; see
+        `tree.block_leaf`); the root must not be blocked."""
         t0 = time.perf_counter()
         t_add = self.timings["add"]
         node, path = self.root, [self.root]
@@ -226,7 +238,9 @@ class RainSearch:
             if self.cfg.node_addition and needs_node_addition(
                     node, self.cfg.max_children, self.cfg.add_variance_factor, self.level_length(node)):
                 self.add_nodes(node)
-            node = select_child(node, self.bounds, self.cfg.c)
+            node = select_child(node, self.bounds, self.cfg.c, blocked)
+            if node is None:
+                raise RuntimeError("selection found every child blocked below an open node")
             path.append(node)
         self.timings["select"] += time.perf_counter() - t0 - (self.timings["add"] - t_add)
         return path
@@ -352,20 +366,17 @@ class RainSearch:
         self.counts["completion_tokens"] += len(comp.out)
         return self._judge(response, list(comp.out))
 
-    def backward(self, path: list[Node], v: float, completion: list[int]) -> list[tuple[Node, Node, float]]:
-        """Back-up of v along the path, embedding updates and the similarity update. Returns the
-        similarity updates as (node, sibling, weight)."""
-        backup(path, v, self.bounds)
-        sims = []
-        if not self.needs_embeddings or len(path) < 2:
-            return sims
-        nodes = path[1:]
+    def _embedding_texts(self, path: list[Node], completion: list[int]) -> list[str]:
+        """The text from each non-root node of the path down to the evaluated end."""
         texts = []
         tail = list(completion)
-        for node in reversed(nodes):        # text from each node down to the evaluated end
+        for node in reversed(path[1:]):
             tail = list(node.tokens) + tail
             texts.append(self.lm.decode(tail))
         texts.reverse()
+        return texts
+
+    def _embed(self, texts: list[str]) -> torch.Tensor:
         with _Timer(self.timings, "embed"):
             if getattr(self.engine, "embed_one_by_one", False):     # as the public code does
                 emb = torch.cat([self.embedder([t]) for t in texts])
@@ -373,6 +384,19 @@ class RainSearch:
                 emb = self.embedder(texts)
         self.counts["embed_calls"] += 1
         self.counts["embedded_texts"] += len(texts)
+        return emb
+
+    def backward(self, path: list[Node], v: float, completion: list[int],
+                 embeddings: torch.Tensor | None = None) -> list[tuple[Node, Node, float]]:
+        """Back-up of v along the path, embedding updates and the similarity update. Returns the
+        similarity updates as (node, sibling, weight). `embeddings`: those of
+        `_embedding_texts(path, completion)` when already computed (parallel rounds)."""
+        backup(path, v, self.bounds)
+        sims = []
+        if not self.needs_embeddings or len(path) < 2:
+            return sims
+        nodes = path[1:]
+        emb = embeddings if embeddings is not None else self._embed(self._embedding_texts(path, completion))
         for node, e in zip(nodes, emb):
             update_embedding(node, e)
             if self.cfg.similarity_update:
@@ -390,26 +414,204 @@ class RainSearch:
         expanded = not leaf.terminal
         sims = self.backward(path, v, completion)
         self.counts["simulations"] += 1
-        if self.trace is not None:
-            touched = {n.uid: n for n in path}
-            for _, sib, _ in sims:
-                touched[sib.uid] = sib
-            for parent in self._pending_parents:      # priors renormalised among siblings
-                if parent.parent is None and parent is not self.root:
-                    continue
-                for ch in parent.children:
-                    touched[ch.uid] = ch
-            for rec in self._pending_new:
-                rec.p = touched[rec.uid].p if rec.uid in touched else rec.p
-            self.trace.simulations.append(SimulationRecord(
-                index=self.sim_index, outer_step=self.outer_step, root=self.root.uid,
-                path=[n.uid for n in path], leaf=leaf.uid,
-                completion=self.lm.decode(completion), evaluated_text=text, value=v,
-                memo_hit=memo_hit, expanded=expanded, new_nodes=list(self._pending_new),
-                updates={u: [n.n, n.fn, n.q, n.p] for u, n in touched.items()},
-                similarity=[[a.uid, b.uid, w] for a, b, w in sims], added=list(self._pending_added)))
+        self.counts["rounds"] += 1
+        self._record_simulation(path, completion, text, v, memo_hit, expanded, sims,
+                                self._pending_new, self._pending_added, self._pending_parents)
         self.sim_index += 1
+        self.round_index += 1
         return SimulationOutcome(path, leaf, completion, text, v, memo_hit, expanded)
+
+    def _record_simulation(self, path, completion, text, v, memo_hit, expanded, sims, new, added,
+                           parents) -> None:
+        if self.trace is None:
+            return
+        touched = {n.uid: n for n in path}
+        for _, sib, _ in sims:
+            touched[sib.uid] = sib
+        for parent in parents:      # priors renormalised among siblings
+            if parent.parent is None and parent is not self.root:
+                continue
+            for ch in parent.children:
+                touched[ch.uid] = ch
+        for rec in new:
+            rec.p = touched[rec.uid].p if rec.uid in touched else rec.p
+        self.trace.simulations.append(SimulationRecord(
+            index=self.sim_index, outer_step=self.outer_step, root=self.root.uid,
+            path=[n.uid for n in path], leaf=path[-1].uid,
+            completion=self.lm.decode(completion), evaluated_text=text, value=v,
+            memo_hit=memo_hit, expanded=expanded, new_nodes=list(new),
+            updates={u: [n.n, n.fn, n.q, n.p] for u, n in touched.items()},
+            similarity=[[a.uid, b.uid, w] for a, b, w in sims], added=list(added),
+            round=self.round_index))
+
+    # ------------------------------------------------------------------ parallel rounds
+    def simulate_round(self, k: int | None = None) -> list[SimulationOutcome]:
+        """One parallel round of up to `k` simulations (default `parallel_simulations`).
+
+        Selection: up to k walks from the root, one after another; each path in flight carries a
+        virtual loss (`tree.VIRTUAL_LOSS`: one more visit of value -1 until its real value is
+        backed up), and a non-terminal leaf in flight is blocked (it is expanded once); the round
+        ends early when every leaf is in flight. Evaluation and expansion: the leaves' caches,
+        rollouts and clause completions in shared packed passes, the new texts judged together
+        (a text is judged once: repeats are memo hits, as in a sequential search), the paths'
+        texts embedded in one call. Back-up: one simulation after the other, in selection order,
+        each exactly as a sequential simulation backs up. k = 1 is `simulate()`."""
+        k = self.cfg.parallel_simulations if k is None else k
+        if k <= 1:
+            return [self.simulate()]
+        carry, self._carry_parents = self._carry_parents, []
+        blocked: set = set()
+        sels: list[dict] = []
+        try:
+            while len(sels) < k and self.root not in blocked:
+                self._pending_new, self._pending_added, self._pending_parents = [], [], []
+                path = self.select(blocked)
+                add_virtual_loss(path)
+                block_leaf(path[-1], blocked)
+                sels.append(dict(path=path, new=self._pending_new, added=self._pending_added,
+                                 parents=self._pending_parents))
+            sels[0]["parents"] = carry + sels[0]["parents"]
+            self._expand_round(sels)
+        finally:
+            for sel in sels:
+                add_virtual_loss(sel["path"], -1)
+        self._judge_round(sels)
+        embeddings = self._embed_round(sels)
+        outcomes = []
+        for sel, emb in zip(sels, embeddings):
+            path, leaf = sel["path"], sel["path"][-1]
+            sims = self.backward(path, sel["value"], sel["completion"], embeddings=emb)
+            self.counts["simulations"] += 1
+            expanded = sel["expanded"]
+            self._record_simulation(path, sel["completion"], sel["text"], sel["value"], sel["memo_hit"],
+                                    expanded, sims, sel["new"], sel["added"], sel["parents"])
+            self.sim_index += 1
+            outcomes.append(SimulationOutcome(path, leaf, sel["completion"], sel["text"], sel["value"],
+                                              sel["memo_hit"], expanded))
+        self.counts["rounds"] += 1
+        self.round_index += 1
+        return outcomes
+
+    def _expand_round(self, sels: list[dict]) -> None:
+        """Clause completions and expansions of the round's leaves (each leaf once, in selection
+        order): packed together on an engine that `packs_leaves`, else one leaf after another."""
+        cfg = self.cfg
+        first: dict[Node, dict] = {}
+        for sel in sels:
+            leaf = sel["path"][-1]
+            sel["expanded"] = False
+            if leaf in first:                   # a terminal leaf selected again
+                continue
+            first[leaf] = sel
+            sel["expanded"] = not leaf.terminal
+        leaves = list(first)
+        if not getattr(self.engine, "packs_leaves", False):
+            for leaf, sel in first.items():
+                self._pending_new, self._pending_parents = sel["new"], sel["parents"]
+                completion: list[int] = []
+                budget = self._completion_budget(leaf)
+                if budget > 0:
+                    self._ensure(leaf)
+                    response = self.response + leaf.response_tokens()
+                    with _Timer(self.timings, "complete"):
+                        completion, fed = self.engine.complete(leaf, response, self._completion_rng(leaf),
+                                                               budget)
+                    self.counts["tokens_needed"] += fed
+                    self.counts["completion_tokens"] += len(completion)
+                sel["completion"] = completion
+                if not leaf.terminal:
+                    self.expand(leaf)
+            for sel in sels:
+                sel["completion"] = first[sel["path"][-1]]["completion"]
+            return
+        from .parallel import RolloutJob, ensure_many, rollouts_many
+
+        need = [leaf for leaf in leaves if not leaf.terminal or self._completion_budget(leaf) > 0]
+        with _Timer(self.timings, "ensure"):
+            ensure_many(self.engine, need)
+        for leaf in need:
+            self._count_needed(leaf)
+        jobs, lengths = [], {}
+        for leaf in need:
+            budget = self._completion_budget(leaf)
+            comp = None
+            if budget > 0:
+                comp = Completion(self.engine, self.response + leaf.response_tokens(),
+                                  self._completion_rng(leaf), budget, leaf.logits)
+                first[leaf]["comp"] = comp
+            length = 0
+            if not leaf.terminal:
+                length = cfg.token_set_length(leaf.step)
+                if length > 1:
+                    length = max(1, min(length, self.remaining(leaf)))
+                else:
+                    length = 0           # the 1-token level: the top tokens of the leaf's logits
+                lengths[leaf] = length
+            u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length)) if length else \
+                np.zeros((0, 0))
+            if length or comp is not None:
+                jobs.append(RolloutJob(leaf, length, u, cfg.num_candidates, comp))
+        with _Timer(self.timings, "expand"):
+            found = dict(zip([j.node for j in jobs], rollouts_many(self.engine, jobs))) if jobs else {}
+        for leaf, sel in first.items():
+            comp = sel.pop("comp", None)
+            sel["completion"] = list(comp.out) if comp is not None else []
+            if comp is not None:
+                self.counts["tokens_needed"] += comp.fed
+                self.counts["completion_tokens"] += len(comp.out)
+            if leaf.terminal:
+                continue
+            length = lengths[leaf]
+            cands = found[leaf] if length else top_candidates(leaf.logits, cfg.num_candidates)
+            children = [self._new_node(leaf, c, rolled_out=length > 1) for c in cands]
+            set_priors(leaf, cfg.root_prior_mix)
+            if self.trace is not None:
+                sel["new"].extend(self._record(ch) for ch in children)
+                sel["parents"].append(leaf)
+        for sel in sels:
+            sel["completion"] = first[sel["path"][-1]]["completion"]
+
+    def _judge_round(self, sels: list[dict]) -> None:
+        """The round's texts, each new one judged once (together when the evaluator has
+        `evaluate_many`), counted and memoised as a sequential search would in this order."""
+        for sel in sels:
+            response = self.response + sel["path"][-1].response_tokens()
+            sel["text"] = self.response_text(response + sel["completion"])
+        new = list(dict.fromkeys(sel["text"] for sel in sels if sel["text"] not in self.memo))
+        if new:
+            with _Timer(self.timings, "judge"):
+                many = getattr(self.evaluator, "evaluate_many", None)
+                if many is not None and len(new) > 1:
+                    values = [float(v) for v in many(self.prompt, new)]
+                else:
+                    values = [float(self.evaluator(self.prompt, t)) for t in new]
+            for t, v in zip(new, values):
+                if not -1.0 <= v <= 1.0:
+                    raise ConfigError(f"The evaluator returned {v}, outside [-1, 1].")
+        fresh = dict(zip(new, values)) if new else {}
+        for sel in sels:
+            text = sel["text"]
+            self.counts["evaluations"] += 1
+            if text in fresh:
+                v = fresh.pop(text)
+                self.counts["evaluator_calls"] += 1
+                self.memo[text] = v
+                sel["value"], sel["memo_hit"] = v, False
+            else:
+                self.counts["memo_hits"] += 1
+                sel["value"], sel["memo_hit"] = self.memo[text], True
+
+    def _embed_round(self, sels: list[dict]) -> list[torch.Tensor | None]:
+        """The embeddings of every path's texts (`_embedding_texts`), from one embedder call."""
+        if not self.needs_embeddings:
+            return [None] * len(sels)
+        per = [self._embedding_texts(sel["path"], sel["completion"]) for sel in sels]
+        unique = list(dict.fromkeys(t for texts in per for t in texts))
+        if not unique:
+            return [None] * len(sels)
+        emb = self._embed(unique)
+        row = {t: i for i, t in enumerate(unique)}
+        return [emb[[row[t] for t in texts]] if texts else None for texts in per]
 
     def should_stop_early(self) -> bool:
         best = most_visited(self.root)
@@ -425,8 +627,14 @@ class RainSearch:
         start = int(self.root.fn)
         first = self.sim_index
         early = False
-        for _ in range(start, max(cfg.max_simulations, start + cfg.extra_simulations)):
-            self.simulate()
+        budget = max(cfg.max_simulations, start + cfg.extra_simulations) - start
+        done = 0
+        while done < budget:
+            if cfg.parallel_simulations == 1:
+                self.simulate()
+                done += 1
+            else:
+                done += len(self.simulate_round(min(cfg.parallel_simulations, budget - done)))
             if self.should_stop_early():
                 early = True
                 break

@@ -30,6 +30,7 @@ class Node:
     children: list["Node"] = field(default_factory=list)
     embedding: torch.Tensor | None = None
     terminal: bool = False
+    virtual: int = 0            # simulations in flight through this node (parallel rounds)
     # model-side state, filled by an engine (KV chunk of this node's own tokens, logits after it)
     kv: Any = None
     logits: torch.Tensor | None = None
@@ -82,20 +83,56 @@ class Bounds:
         self.qmax = max(self.qmax, q)
 
 
+VIRTUAL_LOSS = -1.0
+"""The value an in-flight simulation counts with until its real value is backed up."""
+
+
 def selection_score(child: Node, parent_n: float, bounds: Bounds, c: float) -> float:
-    """qh + c * p * sqrt(parent.n) / (1 + n), with qh = 0 for an unvisited child."""
-    qh = 0.0 if child.n == 0 else (child.q - bounds.qmin) / (bounds.qmax - bounds.qmin + 1e-5)
-    return qh + c * child.p * math.sqrt(parent_n) / (1.0 + child.n)
+    """qh + c * p * sqrt(parent.n) / (1 + n), with qh = 0 for an unvisited child.
+
+    Virtual loss (parallel rounds): each simulation in flight through the child counts as one
+    more visit of value `VIRTUAL_LOSS`, until its real value is backed up."""
+    n, q = child.n, child.q
+    if child.virtual:
+        q = (q * n + VIRTUAL_LOSS * child.virtual) / (n + child.virtual)
+        n = n + child.virtual
+    qh = 0.0 if n == 0 else (q - bounds.qmin) / (bounds.qmax - bounds.qmin + 1e-5)
+    return qh + c * child.p * math.sqrt(parent_n) / (1.0 + n)
 
 
-def select_child(node: Node, bounds: Bounds, c: float) -> Node:
-    """The child maximising the selection score (the first one on ties)."""
+def select_child(node: Node, bounds: Bounds, c: float, blocked: set | None = None) -> Node | None:
+    """The child maximising the selection score (the first one on ties), skipping the children
+    in `blocked` (a parallel round's leaves in flight); None when every child is blocked."""
+    parent_n = node.n + node.virtual if node.virtual else node.n
     best, best_score = None, -math.inf
     for ch in node.children:
-        s = selection_score(ch, node.n, bounds, c)
+        if blocked and ch in blocked:
+            continue
+        s = selection_score(ch, parent_n, bounds, c)
         if s > best_score:
             best, best_score = ch, s
     return best
+
+
+def add_virtual_loss(path: list[Node], count: int = 1) -> None:
+    """Mark (count = 1) or unmark (count = -1) a simulation in flight along `path`."""
+    for node in path:
+        node.virtual += count
+        if node.virtual < 0:
+            raise ValueError("virtual loss removed more often than added")
+
+
+def block_leaf(leaf: Node, blocked: set) -> None:
+    """A non-terminal leaf in flight cannot be selected again in its round (it is expanded once);
+    an ancestor is blocked when all its children are. Terminal leaves stay selectable: they are
+    judged once per text (the memo), as in a sequential search."""
+    if leaf.terminal:
+        return
+    blocked.add(leaf)
+    node = leaf.parent
+    while node is not None and all(ch in blocked for ch in node.children):
+        blocked.add(node)
+        node = node.parent
 
 
 def set_priors(node: Node, root_mix: float) -> None:

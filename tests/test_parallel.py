@@ -1,0 +1,317 @@
+"""Parallel simulations (RainConfig.parallel_simulations = K): virtual-loss bookkeeping, packed
+multi-leaf passes equal to one-leaf ones, the same search on both engines, batches, traces."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from raintools import RainConfig, RainSearch, SelfEvaluator, rain_generate_batch
+from raintools.models import tiny_model
+from raintools.parallel import RolloutJob, ensure_many, rollouts_many
+from raintools.propose import Completion
+from raintools.sampling import COMPLETE, EXPAND, keyed_rng
+from raintools.trace import Trace
+from raintools.tree import Bounds, backup, block_leaf, select_child
+
+from test_search import SMALL, check_invariants, letter_embedder, vowel_judge
+
+BIG = RainConfig(max_new_tokens=40, max_simulations=24, extra_simulations=8, min_visits=2,
+                 clause_max_tokens=6, max_commits=3)
+
+
+def search(lm, cfg, **kw):
+    kw.setdefault("evaluator", vowel_judge)
+    kw.setdefault("embedder", letter_embedder)
+    return RainSearch(lm, "hello", cfg, **kw)
+
+
+def snapshot(root):
+    return {id(n): (n, n.n, n.fn, n.q) for n in root.walk()}
+
+
+def commit_trees(result):
+    return [sorted((n.uid, tuple(n.tokens), n.fn, round(n.n, 9), round(n.q, 9)) for n in c.tree)
+            for c in result.trace.commits]
+
+
+# ------------------------------------------------------------------ selection with virtual loss
+
+def test_virtual_loss_counts_as_a_pessimistic_visit_and_is_undone():
+    from raintools.tree import Node, add_virtual_loss, selection_score
+
+    root = Node(tokens=(), n=4, fn=4)
+    a = Node(tokens=(1,), parent=root, p=0.6, n=2, fn=2, q=0.5)
+    b = Node(tokens=(2,), parent=root, p=0.4, n=2, fn=2, q=0.5)
+    root.children = [a, b]
+    before = selection_score(a, root.n, Bounds(), 2.0)
+    assert select_child(root, Bounds(), 2.0) is a
+    add_virtual_loss([root, a])
+    # one more visit of value -1: q = (0.5 * 2 - 1) / 3 = 0, n = 3, parent n = 5
+    qh = (0.0 + 1) / (2 + 1e-5)
+    assert selection_score(a, root.n + root.virtual, Bounds(), 2.0) == pytest.approx(
+        qh + 2.0 * 0.6 * 5 ** 0.5 / 4)
+    assert select_child(root, Bounds(), 2.0) is b          # the path in flight looks worse
+    assert select_child(root, Bounds(), 2.0, blocked={b}) is a
+    add_virtual_loss([root, a], -1)
+    assert (a.n, a.fn, a.q, a.virtual, root.virtual) == (2, 2, 0.5, 0, 0)
+    assert selection_score(a, root.n, Bounds(), 2.0) == before
+    with pytest.raises(ValueError):
+        add_virtual_loss([a], -1)
+
+
+def test_a_leaf_in_flight_blocks_its_ancestors_once_all_their_children_are():
+    from raintools.tree import Node
+
+    root = Node(tokens=())
+    a, b = Node(tokens=(1,), parent=root), Node(tokens=(2,), parent=root)
+    root.children = [a, b]
+    a1, a2 = Node(tokens=(1, 3), parent=a), Node(tokens=(1, 4), parent=a, terminal=True)
+    a.children = [a1, a2]
+    blocked = set()
+    block_leaf(a1, blocked)
+    assert blocked == {a1}
+    block_leaf(a2, blocked)             # terminal leaves stay selectable (judged once per text)
+    assert blocked == {a1}
+    block_leaf(b, blocked)
+    assert blocked == {a1, b}
+    a.children = [a1]
+    block_leaf(a1, blocked)
+    assert blocked == {a1, b, a, root}
+
+
+def test_round_bookkeeping_equals_the_sum_of_its_simulations(tiny_lm):
+    """After a round, every node's real visits grew by the number of the round's simulations
+    through it, and n and q equal backing up the round's values one by one (plus the similarity
+    updates the trace records); the memo holds exactly the round's texts; no virtual loss is left."""
+    for similarity in (False, True):
+        s = search(tiny_lm, BIG.replace(parallel_simulations=4, similarity_update=similarity))
+        s.simulate_round()
+        s.simulate_round()
+        before = snapshot(s.root)
+        memo_before = dict(s.memo)
+        calls_before = s.counts["evaluator_calls"]
+        outs = s.simulate_round()
+        assert len(outs) == 4 and len({id(o.leaf) for o in outs if not o.leaf.terminal}) == \
+            sum(not o.leaf.terminal for o in outs)
+        recs = s.trace.simulations[-4:]
+        assert [r.round for r in recs] == [recs[0].round] * 4
+        # replay the round's values one after another on a copy of the pre-round statistics
+        stats = {k: [n, fn, q] for k, (_, n, fn, q) in before.items()}
+        for out, rec in zip(outs, recs):
+            for node in out.path:
+                st = stats[id(node)]
+                st[0] += 1
+                st[1] += 1
+                st[2] += (out.value - st[2]) / st[0]
+            for a_uid, b_uid, w in rec.similarity:
+                sib = next(n for n, *_ in before.values() if n.uid == b_uid)
+                st = stats[id(sib)]
+                st[2] = (st[2] * st[0] + w * out.value) / (st[0] + w)
+                st[0] += w
+        for key, (node, n0, fn0, q0) in before.items():
+            through = sum(node in o.path for o in outs)
+            assert node.fn == fn0 + through
+            assert node.n == pytest.approx(stats[key][0], abs=1e-12)
+            assert node.q == pytest.approx(stats[key][2], abs=1e-12)
+            assert node.virtual == 0
+        texts = {o.text: o.value for o in outs}
+        assert set(s.memo) == set(memo_before) | set(texts)
+        assert s.counts["evaluator_calls"] - calls_before == len(set(texts) - set(memo_before))
+        assert all(s.memo[t] == v for t, v in texts.items())
+        check_invariants(s.root, similarity=similarity)
+
+
+def test_k1_is_the_sequential_search(tiny_lm):
+    a = search(tiny_lm, BIG).run()
+    b = search(tiny_lm, BIG.replace(parallel_simulations=1)).run()
+    assert a.token_sets == b.token_sets and commit_trees(a) == commit_trees(b)
+    assert a.stats["forward_calls"] == b.stats["forward_calls"]
+    assert a.stats["rounds"] == a.stats["simulations"]
+    assert [r.round for r in a.trace.simulations] == [r.index for r in a.trace.simulations]
+
+
+# ------------------------------------------------------------------ the packed multi-leaf engine
+
+def test_packed_leaves_propose_what_each_leaf_proposes_alone(tiny_lm):
+    """rollouts_many over several leaves (with their clause completions) gives each leaf the
+    candidates, caches and completion of the one-leaf packed rollout."""
+    s = search(tiny_lm, BIG)
+    s.commit_step()
+    for _ in range(6):
+        s.simulate()
+    leaves = [n for n in s.root.walk() if not n.children and not n.terminal][:5]
+    assert len(leaves) >= 3
+    ensure_many(s.engine, leaves)
+    for leaf in leaves:
+        full = tiny_lm.full_logits(s.engine.prefix_ids + leaf.response_tokens())
+        assert torch.allclose(leaf.logits, full, atol=1e-4)
+
+    def jobs():
+        out, comps = [], []
+        for i, leaf in enumerate(leaves):
+            u = keyed_rng(0, EXPAND, leaf.uid).random((5, 2 + i))
+            comps.append(Completion(s.engine, s.response + leaf.response_tokens(),
+                                    keyed_rng(0, COMPLETE, leaf.uid), 3 + 2 * i, leaf.logits))
+            out.append(RolloutJob(leaf, 2 + i, u, 4, comps[-1]))
+        return out, comps
+
+    many_jobs, many_comps = jobs()
+    many = rollouts_many(s.engine, many_jobs)
+    alone_jobs, alone_comps = jobs()
+    for job, cands in zip(alone_jobs, many):
+        alone = s.engine.rollouts(job.node, job.length, job.uniforms, job.keep, completion=job.completion)
+        assert [c.tokens for c in cands] == [c.tokens for c in alone]
+        assert [c.raw_p for c in cands] == pytest.approx([c.raw_p for c in alone], rel=1e-5)
+        for c, d in zip(cands, alone):
+            assert (c.logits is None) == (d.logits is None)
+            if c.logits is not None:
+                assert torch.allclose(c.logits, d.logits, atol=1e-4)
+                for (k1, v1), (k2, v2) in zip(c.kv, d.kv):
+                    assert torch.allclose(k1, k2, atol=1e-4) and torch.allclose(v1, v2, atol=1e-4)
+    assert any(c.kv is not None for cands in many for c in cands)
+    for a, b in zip(many_comps, alone_comps):     # the completions rode along and drew the same
+        assert a.done and b.done and a.out == b.out and a.fed == b.fed
+
+
+def test_completions_in_a_round_equal_one_by_one(tiny_lm):
+    s = search(tiny_lm, BIG)
+    s.commit_step()
+    for _ in range(5):
+        s.simulate()
+    leaves = [n for n in s.root.walk() if not n.children and not n.terminal][:4]
+    comps = [Completion(s.engine, s.response + lf.response_tokens(), keyed_rng(0, COMPLETE, lf.uid), 8,
+                        lf.logits) for lf in leaves]
+    rollouts_many(s.engine, [RolloutJob(lf, 0, np.zeros((0, 0)), 1, c) for lf, c in zip(leaves, comps)])
+    for lf, c in zip(leaves, comps):
+        out, fed = s.engine.complete(lf, s.response + lf.response_tokens(), keyed_rng(0, COMPLETE, lf.uid), 8)
+        assert c.out == out and c.fed == fed
+
+
+def test_parallel_search_is_the_same_on_both_engines(tiny_lm):
+    """The fast engine's packed rounds build exactly the tree the reference engine builds leaf by
+    leaf: same candidates, visits, values and commits."""
+    for k in (2, 4):
+        cfg = SMALL.replace(max_new_tokens=24, parallel_simulations=k)
+        fast = search(tiny_lm, cfg).run()
+        ref = search(tiny_lm, cfg, engine="reference").run()
+        assert fast.token_sets == ref.token_sets
+        assert fast.stats["simulations_per_step"] == ref.stats["simulations_per_step"]
+        assert commit_trees(fast) == commit_trees(ref)
+        assert fast.stats["rounds"] < fast.stats["simulations"]
+
+
+def test_cached_paths_of_a_parallel_search_match_a_full_forward(tiny_lm):
+    s = search(tiny_lm, BIG.replace(parallel_simulations=4))
+    s.commit_step()
+    s.commit_step()
+    s.simulate_round()
+    checked = 0
+    for node in s.root.walk():
+        if node.logits is None or any(n.kv is None for n in node.path_from_root()):
+            continue
+        ids = s.engine.prefix_ids + node.response_tokens()
+        assert torch.allclose(node.logits, tiny_lm.full_logits(ids), atol=1e-4)
+        _, full_kv = tiny_lm.forward(torch.tensor([ids]))
+        for (k, v), (fk, fv) in zip(s.engine.path_kv(node), full_kv):
+            assert torch.allclose(k, fk, atol=1e-4) and torch.allclose(v, fv, atol=1e-4)
+        checked += 1
+    assert checked >= 8
+
+
+def test_rounds_take_fewer_sequential_passes_per_simulation(tiny_lm):
+    per_sim = {}
+    for k in (1, 4):
+        r = search(tiny_lm, BIG.replace(parallel_simulations=k)).run()
+        per_sim[k] = r.stats["forward_calls"] / r.stats["simulations"]
+        assert r.stats["rounds"] <= r.stats["simulations"]
+    assert per_sim[4] < 0.75 * per_sim[1]
+
+
+# ------------------------------------------------------------------ judge, early stop, batch, trace
+
+def test_judging_many_responses_at_once_equals_one_by_one():
+    lm = tiny_model(seed=2)
+    first = ["hello there", "hello their friend", "no way", "hello there, friend.", "", "abc"]
+    then = ["hello there, my", "hello their friend is", "zzz"]
+    for mode in ("votes", "soft"):
+        one, many = SelfEvaluator(lm, "harm", mode), SelfEvaluator(lm, "harm", mode)
+        a = [one("q?", r) for r in first + then]
+        b = many.evaluate_many("q?", first) + many.evaluate_many("q?", then)
+        assert b == pytest.approx(a, abs=1e-6)
+        assert many.stats == one.stats            # same calls, each token counted once
+        assert torch.allclose(torch.tensor(many.last_probs), torch.tensor(one.last_probs), atol=1e-6)
+
+
+def test_early_stop_is_checked_after_each_round(tiny_lm):
+    cfg = SMALL.replace(max_simulations=30, extra_simulations=5, min_visits=3, parallel_simulations=4)
+    r = search(tiny_lm, cfg, evaluator=lambda q, x: 1.0).run()
+    assert r.stats["early_stops"] == r.stats["commits"]
+    assert r.stats["simulations_per_step"][0] < 30
+    bad = search(tiny_lm, cfg, evaluator=lambda q, x: -1.0).run()
+    assert bad.stats["early_stops"] == 0
+    assert bad.stats["simulations_per_step"][0] == 30        # the whole budget, not more
+
+
+def test_parallel_search_in_a_batch_equals_one_by_one():
+    lm = tiny_model(seed=1)
+    prompts = ["hello", "how are you today?", "x"]
+    cfg = SMALL.replace(parallel_simulations=4)
+    ev = SelfEvaluator(lm, "harm")
+    alone = [RainSearch(lm, p, cfg, evaluator=ev.fork(), embedder=letter_embedder).run() for p in prompts]
+    batch = rain_generate_batch(lm, prompts, cfg, evaluator=SelfEvaluator(lm, "harm"),
+                                embedder=letter_embedder)
+    for a, b in zip(alone, batch):
+        assert a.token_sets == b.token_sets
+        assert commit_trees(a) == commit_trees(b)
+        assert a.stats["forward_calls"] == b.stats["forward_calls"]
+
+
+def test_parallel_trace_replays_and_explores(tiny_lm):
+    r = search(tiny_lm, BIG.replace(parallel_simulations=4)).run()
+    t = Trace.from_json(r.trace.to_json())
+    assert t.to_dict() == r.trace.to_dict()
+    rounds = [s.round for s in t.simulations]
+    assert rounds == sorted(rounds) and len(set(rounds)) == r.stats["rounds"] < len(rounds)
+    for c in t.commits:
+        last = c.first_simulation + c.simulations - 1
+        replay = t.tree_at(last)
+        recorded = {n.uid: n for n in c.tree}
+        assert set(replay) == set(recorded)
+        for uid, node in recorded.items():
+            assert replay[uid].fn == node.fn
+            assert replay[uid].n == pytest.approx(node.n)
+            assert replay[uid].q == pytest.approx(node.q)
+            assert replay[uid].p == pytest.approx(node.p)
+    pytest.importorskip("ipywidgets")
+    from raintools.views.widgets import TreeExplorer
+
+    ex = TreeExplorer(t)
+    ex.show(len(t.simulations) - 1)
+    assert ex.drawn_nodes > 1
+
+
+# ------------------------------------------------------------------ the GPU check, on CPU
+
+def test_gpu_check_runs_on_cpu_with_a_tiny_shape(capsys):
+    """bench/gpu_check.py (sized for one H100/H200) keeps working: on CPU it builds the tiny
+    shape, its cached logits equal a full forward pass, and K = 4 takes fewer sequential passes
+    per simulation than K = 1."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rc = mod.main(["--device", "cpu", "--simulations", "8", "--commits", "1", "--ks", "1,4",
+                   "--batch-sizes", "1,3", "--batch-simulations", "3", "--equivalence-steps", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "tiny shape" in out
+    summary = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split()[1:])
+    assert summary["equivalence"] == "OK"
+    assert float(summary["passes_per_sim_k4"]) < float(summary["passes_per_sim_k1"])
+    assert float(summary["batch_ratio_max"]) > 0
