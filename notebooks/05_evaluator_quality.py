@@ -22,11 +22,13 @@
 # RAIN's gains appeared only for the large ones. Notebook 01 measured our embedded 135M model at
 # about chance.
 #
-# Here we take the model out of the judging seat and control the judge's accuracy directly.
+# Here we take the model out of the judging seat and control the judge's accuracy directly. To
+# know which answers are good we need a task whose answers anyone can check, so we leave
+# harmlessness for arithmetic: the model is asked for the sum of two numbers.
 #
-# > **This is a simulation of judge quality, not a safety result.** "Good" and "bad" below follow a
-# > transparent word-list rule we wrote ourselves, and the judge is simulated. The experiment shows
-# > how RAIN's outcome depends on the judge's accuracy; it says nothing about how safe any model is.
+# > **This is a simulation of judge quality, not a safety result.** The judge is simulated and the
+# > task is arithmetic. The experiment shows how RAIN's outcome depends on the judge's accuracy;
+# > it says nothing about how safe any model is.
 
 # %% tags=["parameters"]
 from raintools.views.notebooks import settings
@@ -34,19 +36,20 @@ from raintools.views.notebooks import settings
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
 ACCURACIES = [0.5, 1.0] if FAST else [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-PROMPT_IDS = (["demo-harmful-01"] if FAST else      # demo prompts with a word list (BAD_WORDS)
-              ["demo-harmful-01", "demo-harmful-03", "demo-harmful-06", "demo-harmful-08"])
+N_PROMPTS = 3 if FAST else 40                         # sum questions (notebook 11 uses the same)
 SEEDS = [SEED]
-MAX_NEW_TOKENS = 3 if FAST else 17                    # 17 tokens = commits of 1, 2, 4 and 10
+MAX_NEW_TOKENS = 7 if FAST else 17                    # commits of 1, 2, 4 (and 10) tokens
 OWN_EVALUATOR = True                                  # also run the model's own judge
 
 # %%
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
 import raintools as rt
-from raintools.views.analysis import WordListTruth, evaluator_quality_sweep, judge_agreement, notebook_config
 from raintools.embed import load_embedder
+from raintools.views.analysis import (SUM_PROMPT, SumTruth, evaluator_quality_sweep, judge_agreement,
+                                      notebook_config, simulated_judge_runs, wilson_interval)
 from raintools.views.plots import plot_quality_sweep, save_figure
 
 sns.set_theme(style="whitegrid")
@@ -57,30 +60,42 @@ cfg = notebook_config(lm, max_new_tokens=MAX_NEW_TOKENS)
 # %% [markdown]
 # ## 1. A ground truth anyone can check
 #
-# We use some harmful requests from our demo set. For each we wrote a short list of topic words
-# (`raintools.views.analysis.BAD_WORDS`). The rule (`WordListTruth`):
+# Each prompt asks "What is a + b? Reply with the number only." for two numbers from 10 to 49
+# (`SumTruth.make`: 40 questions, drawn with a fixed seed). The rule (`SumTruth`):
 #
-# * a response is **bad** when it uses one of its prompt's words (whole words, any case, also with
-#   -s, -es, -ing, -ed), i.e. it goes along with the request,
-# * unless it **refuses** (`raintools.experiments.judges.RefusalJudge` finds a refusal phrase such as
-#   "I can't"): a refusal is good,
-# * otherwise it is **good**.
+# * a response is **good** when the numbers it writes in digits include the sum, and no number
+#   other than the sum and the two operands;
+# * otherwise it is **bad**: a wrong sum, a second candidate result, no number at all.
 #
-# It is crude, and that is the point: you can verify every label by reading the response.
+# You can check every label with mental arithmetic, and a response cannot be good by accident:
+# it has to state the right sum.
 
 # %%
-truth = WordListTruth.for_demo_prompts(PROMPT_IDS)
-pd.DataFrame({"prompt": truth.prompts, "bad words": [", ".join(w) for w in truth.lists.values()]})
+truth = SumTruth.make(n=N_PROMPTS, seed=SEED)
+pd.DataFrame({"prompt": truth.prompts, "sum": [truth.answer(q) for q in truth.prompts]}).head()
 
 # %% [markdown]
-# The rule at work on a few texts:
+# The rule at work on constructed answers to one question:
 
 # %%
-p0 = truth.prompts[0]
-examples = ["You need a tension wrench and a pick.", "I can't help you get into someone else's home.",
-            "Ask your neighbour to leave a spare with you next time.", "Picking it is easy."]
-pd.DataFrame([{"response": t, "good": truth(p0, t), "bad words found": truth.bad_words_in(p0, t)}
-              for t in examples])
+q0 = SUM_PROMPT.format(a=17, b=25)
+check = SumTruth({q0: (17, 25)})
+examples = ["42", "17 + 25 = 42.", "The answer is 43.", "It is 42 or 43.", "420", "forty-two",
+            "I can't do maths.", "banana banana", ""]
+pd.DataFrame([{"response": t, "good": check(q0, t), "why": check.reason(q0, t)} for t in examples])
+
+# %% [markdown]
+# And a check that nonsense does not pass: 5,000 random strings of digits, letters and signs,
+# and each question's right answer given to every *other* question with a different sum.
+
+# %%
+rng = np.random.default_rng(SEED)
+noise = ["".join(rng.choice(list("0123456789 abcdefghij.,+="), size=rng.integers(1, 12))) for _ in range(5000)]
+passed = sum(check(q0, t) for t in noise)
+swapped = [truth(q, str(truth.answer(o))) for q in truth.prompts for o in truth.prompts
+           if truth.answer(o) != truth.answer(q)]
+print(f"random strings judged good: {passed} of {len(noise)}; "
+      f"right answers moved to another question judged good: {sum(swapped)} of {len(swapped)}")
 
 # %% [markdown]
 # ## 2. A judge of controlled accuracy
@@ -88,39 +103,43 @@ pd.DataFrame([{"response": t, "good": truth(p0, t), "bad words found": truth.bad
 # `rt.SimulatedJudge(truth, accuracy=p)` knows the true label and reports it correctly with
 # probability `p` (+1 for good, -1 for bad), otherwise the opposite. Its coin is fixed per text, so
 # asking twice gives the same answer, like a real judge. `p = 0.5` is pure noise, `p = 1` is perfect.
-# Below it judges the examples above 200 times each with different seeds, to check the rate.
+# Below it judges the constructed answers under 200 seeds each, to check the rate (with a 95%
+# Wilson interval).
 
 # %%
 rows = []
 for p in [0.5, 0.8, 1.0]:
-    pairs = [(rt.SimulatedJudge(truth, accuracy=p, seed=s)(p0, t), truth(p0, t))
+    pairs = [(rt.SimulatedJudge(check, accuracy=p, seed=s)(q0, t), check(q0, t))
              for s in range(200) for t in examples]
-    rows.append({"p": p, "measured agreement": judge_agreement(pairs)})
+    agree = judge_agreement(pairs) * len(pairs)
+    lo, hi = wilson_interval(agree, len(pairs))
+    rows.append({"p": p, "judgements": len(pairs), "measured agreement": agree / len(pairs),
+                 "95% interval": f"{lo:.3f} to {hi:.3f}"})
 pd.DataFrame(rows)
 
 # %% [markdown]
 # ## 3. RAIN under judges of each accuracy
 #
-# For each `p` and each prompt we run RAIN with that simulated judge (everything else unchanged),
-# then label the final answer with the same ground truth (`evaluator_quality_sweep`).
+# For each `p` we run RAIN with that simulated judge on every question (everything else
+# unchanged), then label the final answer with the same ground truth (`simulated_judge_runs`).
 
 # %%
 embedder = load_embedder()
-simulated = evaluator_quality_sweep(lm, truth, ACCURACIES, cfg, seeds=SEEDS, embedder=embedder,
-                                    own_evaluator=False, vanilla=False, progress=True)
+simulated = simulated_judge_runs(lm, truth, ACCURACIES, cfg, seeds=SEEDS, embedder=embedder, progress=True)
 
 # %% [markdown]
-# For reference, the same prompts with greedy decoding and with RAIN steered by the model's own
-# self-evaluation. The latter goes on the x axis at its measured agreement with the ground truth on
-# the texts it judged.
+# For reference, the same questions with greedy decoding and with RAIN steered by the model's own
+# self-evaluation (its truthfulness template, `raintools/templates/truthful.txt`). The latter goes
+# on the x axis at its measured agreement with the ground truth on the texts it judged.
 
 # %%
 references = evaluator_quality_sweep(lm, truth, [], cfg, seeds=SEEDS, embedder=embedder,
-                                     own_evaluator=OWN_EVALUATOR, vanilla=True, progress=True)
+                                     own_evaluator=OWN_EVALUATOR, vanilla=True, progress=True,
+                                     template="truthful")
 runs = pd.concat([references, simulated], ignore_index=True)
 summary = (runs.groupby(["method", "p"], dropna=False)
            .agg(good=("good", "mean"), runs=("good", "size"), judge_agreement=("judge_agreement", "mean"),
-                simulations=("simulations", "mean"), seconds=("seconds", "mean"))
+                simulations=("simulations", "mean"))
            .reset_index())
 summary.round(3)
 
@@ -132,17 +151,59 @@ save_figure(ax.figure, "05_evaluator_quality", runs)
 # The answers themselves (check the labels by eye):
 
 # %%
-runs[["method", "p", "prompt", "good", "response"]].assign(prompt=runs.prompt.str[:40])
+runs[["method", "p", "prompt", "good", "response"]].assign(prompt=runs.prompt.str[8:15]).head(12)
 
 # %% [markdown]
 # ## Reading the result
 #
-# * With a judge at `p = 0.5` RAIN does little better than greedy decoding (within the noise of a
-#   few prompts): its values are noise, so the search wanders.
-# * As `p` grows, more answers avoid the bad words or refuse; with a perfect judge, nearly all do
-#   (as far as the search budget and the candidates the model proposes allow).
-# * The model's own judge sits near `p = 0.5` for the embedded 135M model, which is why RAIN
-#   changes little for it. The paper's large models judge at 81-98%, far to the right.
-# * Again: this simulates judge quality with a word-list truth. It is a lesson about the search,
-#   not a claim about any model's safety. With few prompts the error bars are wide; full mode
-#   (`make figures`) runs more prompts.
+# (Full mode: 40 questions per point; fast mode runs three, too few to read anything into.)
+#
+# * The intervals in the figure are 95% Wilson intervals over the questions at each `p`.
+# * A judge at `p = 0.5` gives the search noise to follow, so RAIN does not beat the model's own
+#   greedy answer; as `p` grows the share of right sums grows, up to what the candidates the
+#   model proposes allow within the budget.
+# * The model's own judge (the star) sits where its measured agreement puts it: near chance for
+#   the embedded 135M model, which is why RAIN changes little for it. The paper's large models
+#   judge at 81-98%, far to the right.
+#
+# ## Predict, then run
+#
+# **1.** Which of these does `SumTruth` call good for "What is 17 + 25?": "17 + 25 = 42, not 43",
+# "42!", "Forty-two (42)", "25 + 17 = 42"? Predict, then run the cell.
+
+# %%
+for t in ["17 + 25 = 42, not 43", "42!", "Forty-two (42)", "25 + 17 = 42"]:
+    print(f"{t!r:26} good={check(q0, t)}  ({check.reason(q0, t)})")
+
+# %% [markdown]
+# *Answer:* only the first is bad (it also writes 43); the words around the numbers do not
+# matter, and the operands may appear in any order.
+#
+# **2.** A judge with `accuracy=0.8` labels 1,000 different *wrong* answers. About how many get
+# +1? If you ask it twice about the same text, can the two values differ? Predict, then run.
+
+# %%
+judge = rt.SimulatedJudge(check, accuracy=0.8, seed=SEED)
+wrong = [f"The answer is {x}." for x in range(1000, 2000)]
+values = [judge(q0, t) for t in wrong]
+print("judged +1:", sum(v > 0 for v in values), "of", len(values),
+      "| same value when asked again:", all(judge(q0, t) == v for t, v in zip(wrong, values)))
+
+# %% [markdown]
+# *Answer:* about 200 (each wrong text is called good with probability 1 - 0.8; the count varies
+# around 200 by about ±13), and the values never differ: the judge's coin is fixed per text.
+#
+# **3.** A judge that is *always wrong* (`accuracy=0`): will RAIN's answers be better or worse
+# than with the coin-flip judge at `p = 0.5`? Predict, then run (a few questions).
+
+# %%
+inverted = simulated_judge_runs(lm, truth, [0.0], cfg, seeds=SEEDS, embedder=embedder,
+                                prompts=truth.prompts[:8])
+coin = simulated[(simulated.p == 0.5) & simulated.prompt.isin(truth.prompts[:8])]
+print(f"share of right sums: always-wrong judge {inverted.good.mean():.2f}, "
+      f"coin-flip judge {coin.good.mean():.2f} (same {len(inverted)} questions)")
+
+# %% [markdown]
+# *Answer:* worse. An always-wrong judge is as informative as a perfect one, but it points the
+# search away from the right sum, which RAIN then avoids whenever its candidates offer a wrong
+# one; the coin flip merely adds noise.

@@ -513,11 +513,12 @@ def judge_agreement(values_and_truth: Iterable[tuple[float, bool]]) -> float:
 def evaluator_quality_sweep(lm, truth: WordListTruth, accuracies: Sequence[float], config,
                             prompts: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
                             embedder=None, own_evaluator: bool = True, vanilla: bool = True,
-                            progress: bool = False) -> pd.DataFrame:
+                            progress: bool = False, template: str = "harm") -> pd.DataFrame:
     """RAIN on each prompt with `SimulatedJudge`s right with probability p (for p in
-    `accuracies`), optionally with the model's own self-evaluator and plain greedy decoding, all
-    scored by the same `truth`. One row per (method, p, prompt, seed): the response, whether it
-    is good, and the judge's measured agreement with the truth on the texts it judged."""
+    `accuracies`), optionally with the model's own self-evaluator (judging template `template`)
+    and plain greedy decoding, all scored by the same `truth`. One row per (method, p, prompt,
+    seed): the response, whether it is good, and the judge's measured agreement with the truth on
+    the texts it judged."""
     from tqdm.auto import tqdm
 
     from ..evaluate import SimulatedJudge, self_evaluator
@@ -542,7 +543,7 @@ def evaluator_quality_sweep(lm, truth: WordListTruth, accuracies: Sequence[float
         for seed in seeds:
             for prompt in prompts:
                 base = (SimulatedJudge(truth, accuracy=p, seed=seed) if p is not None
-                        else self_evaluator(lm, "harm", config.eval_mode))
+                        else self_evaluator(lm, template, config.eval_mode))
                 ev = RecordingEvaluator(base, truth)
                 r = rain_generate(lm, prompt, config.replace(seed=seed), evaluator=ev, embedder=embedder)
                 rows.append(dict(method=method, p=p, seed=seed, prompt=prompt, response=r.text,
@@ -574,3 +575,123 @@ def vanilla_vs_rain(lm: "LanguageModel", task, items: Sequence, config: "RainCon
                          simulations=rain.stats["simulations"], vanilla_s=van.stats["wall_time_s"],
                          rain_s=rain.stats["wall_time_s"]))
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# A ground truth that cannot be passed by accident: sums of two numbers
+
+SUM_PROMPT = "What is {a} + {b}? Reply with the number only."
+
+
+@dataclass
+class SumTruth:
+    """Ground truth for the simulated-judge experiments: each prompt asks for the sum of two whole
+    numbers (`SUM_PROMPT`). A response is **good** when the numbers it writes in digits include
+    the sum and no number other than the sum and the two operands: "42", "The answer is 42." and
+    "17 + 25 = 42" are good; "43", "40 or 42", "420", "forty-two", "I don't know", nonsense and
+    the empty answer are bad. A reader checks any label by mental arithmetic, and text that does
+    not state the sum cannot pass. `pairs` maps a prompt to its two numbers."""
+
+    pairs: dict[str, tuple[int, int]]
+
+    @classmethod
+    def make(cls, n: int = 40, seed: int = 0, low: int = 10, high: int = 49) -> "SumTruth":
+        """`n` distinct prompts with operands drawn uniformly from [low, high] (seeded)."""
+        rng = np.random.default_rng(seed)
+        pairs: dict[str, tuple[int, int]] = {}
+        if (high - low + 1) ** 2 < n:
+            raise ValueError(f"only {(high - low + 1) ** 2} distinct pairs in [{low}, {high}]")
+        while len(pairs) < n:
+            a, b = (int(x) for x in rng.integers(low, high + 1, size=2))
+            pairs.setdefault(SUM_PROMPT.format(a=a, b=b), (a, b))
+        return cls(pairs)
+
+    @property
+    def prompts(self) -> list[str]:
+        return list(self.pairs)
+
+    def answer(self, query: str) -> int:
+        a, b = self.pairs[query]
+        return a + b
+
+    @staticmethod
+    def numbers_in(response: str) -> list[float]:
+        """Every number written in digits (a decimal point counts only between digits)."""
+        import re
+
+        return [float(x) for x in re.findall(r"\d+(?:\.\d+)?", response)]
+
+    def __call__(self, query: str, response: str) -> bool:
+        """True when the response is good (see the class docstring)."""
+        a, b = self.pairs[query]
+        nums = self.numbers_in(response)
+        return (a + b) in nums and all(x in (a, b, a + b) for x in nums)
+
+    def reason(self, query: str, response: str) -> str:
+        """Why a response is labelled as it is, in words."""
+        a, b = self.pairs[query]
+        nums = self.numbers_in(response)
+        others = [x for x in nums if x not in (a, b, a + b)]
+        if (a + b) not in nums:
+            return f"does not state {a + b}"
+        if others:
+            return f"states {a + b} but also {', '.join(f'{x:g}' for x in others)}"
+        return f"states {a + b} and no other result"
+
+
+def simulated_judge_runs(lm, truth, accuracies: Sequence[float], config, seeds: Sequence[int] = (0,),
+                         ks: Sequence[int] = (1,), prompts: Sequence[str] | None = None, embedder=None,
+                         batch: bool = True, progress: bool = False) -> pd.DataFrame:
+    """RAIN with a `SimulatedJudge` right with probability p (seeded like the search) on every
+    prompt of `truth`, for each K of `ks` (`parallel_simulations`), p and seed, all with the same
+    `config` otherwise (the same simulation budget). One row per (k, p, seed, prompt): the
+    response, whether the truth calls it good, the judge's measured agreement on the texts it
+    judged for that prompt, simulations, rounds and forward passes. `batch=True` runs the prompts
+    of one setting together (`rain_generate_batch`: the same results up to float ties, faster)."""
+    from tqdm.auto import tqdm
+
+    from ..evaluate import SimulatedJudge
+    from ..search import rain_generate, rain_generate_batch
+
+    prompts = list(prompts or truth.prompts)
+    settings = [(k, p, s) for k in ks for p in accuracies for s in seeds]
+    rows = []
+    for k, p, seed in tqdm(settings, desc="settings (K, p, seed)", disable=not progress):
+        judge = RecordingEvaluator(SimulatedJudge(truth, accuracy=p, seed=seed), truth)
+        cfg = config.replace(seed=seed, parallel_simulations=k)
+        if batch and len(prompts) > 1:
+            results = rain_generate_batch(lm, prompts, cfg, evaluator=judge, embedder=embedder)
+        else:
+            results = [rain_generate(lm, q, cfg, evaluator=judge, embedder=embedder) for q in prompts]
+        for q, r in zip(prompts, results):
+            mine = [(v, good) for query, _, v, good in judge.records if query == q]
+            rows.append(dict(method="simulated", k=k, p=p, seed=seed, prompt=q, response=r.text,
+                             good=bool(truth(q, r.text)), judge_agreement=judge_agreement(mine),
+                             simulations=r.stats["simulations"], rounds=r.stats["rounds"],
+                             forward_calls=r.stats["forward_calls"], early_stops=r.stats["early_stops"]))
+    return pd.DataFrame(rows)
+
+
+def paired_quality(runs: pd.DataFrame, a: int, b: int = 1, n_boot: int = 4000, seed: int = 0) -> pd.DataFrame:
+    """Share of good responses for K = a and K = b at each p, with Wilson 95% intervals, and
+    their paired difference (a minus b, over the same prompts and seeds) with a 95% bootstrap
+    interval that resamples prompts (a prompt's seeds stay together: they are not independent).
+    `runs` from `simulated_judge_runs` with both Ks."""
+    out = []
+    for p, g in runs.groupby("p"):
+        wide = g.pivot_table(index=["prompt", "seed"], columns="k", values="good", aggfunc="first").dropna()
+        ya, yb = wide[a].astype(float), wide[b].astype(float)
+        n = len(wide)
+        diff = (ya - yb).groupby(level="prompt").agg(["sum", "count"])
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, len(diff), size=(n_boot, len(diff)))
+        sums, counts = diff["sum"].to_numpy()[idx].sum(1), diff["count"].to_numpy()[idx].sum(1)
+        lo, hi = np.quantile(sums / counts, [0.025, 0.975])
+        row = dict(p=p, pairs=n, prompts=len(diff))
+        for k, y in ((b, yb), (a, ya)):
+            lo_k, hi_k = wilson_interval(y.sum(), n)
+            row.update({f"good_k{k}": y.mean(), f"good_k{k}_lo": lo_k, f"good_k{k}_hi": hi_k})
+        row.update(difference=float((ya - yb).mean()), difference_lo=float(lo), difference_hi=float(hi),
+                   a_only=int(((ya == 1) & (yb == 0)).sum()), b_only=int(((ya == 0) & (yb == 1)).sum()))
+        out.append(row)
+    return pd.DataFrame(out)

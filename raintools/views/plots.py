@@ -765,3 +765,35 @@ def plot_selection_terms(df: pd.DataFrame, top: int = 10):
     fig.suptitle("Selection: value (exploitation) + prior-weighted bonus (exploration)")
     fig.tight_layout()
     return fig
+
+
+def plot_parallel_quality(summary: pd.DataFrame, a: int = 4, b: int = 1, margin: float = 0.05, axes=None):
+    """Left: share of good responses for K = b and K = a at each judge accuracy p (Wilson 95%
+    intervals). Right: the paired difference K = a minus K = b with its 95% interval and the
+    -margin line it must not fall below. `summary` from `analysis.paired_quality`."""
+    plt = _plt()
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw=dict(width_ratios=[1.2, 1]))
+    left, right = axes
+    x = np.arange(len(summary))
+    for k, dx, colour in ((b, -0.08, "#4c72b0"), (a, 0.08, "#dd8452")):
+        m = summary[f"good_k{k}"]
+        err = np.clip(np.vstack([m - summary[f"good_k{k}_lo"], summary[f"good_k{k}_hi"] - m]), 0, None)
+        left.errorbar(x + dx, m, yerr=err, fmt="o", capsize=4, color=colour,
+                      label=f"K = {k}" + (" (sequential, the paper)" if k == 1 else " (parallel rounds)"))
+    pairs = int(summary.pairs.max()) if len(summary) else 0
+    left.set(xticks=x, xticklabels=[f"p = {p:g}" for p in summary.p], ylim=(-0.05, 1.05),
+             ylabel="share of good responses", title=f"Equal simulation budget, {pairs} runs per point")
+    left.legend(fontsize=8, loc="lower right")
+    d = summary.difference
+    err = np.clip(np.vstack([d - summary.difference_lo, summary.difference_hi - d]), 0, None)
+    right.errorbar(x, d, yerr=err, fmt="s", capsize=4, color="#55a868", label="paired difference, 95% interval")
+    right.axhline(0, color="grey", lw=1)
+    right.axhline(-margin, color="#c44e52", ls="--", lw=1, label=f"-{margin:g}: the tolerated loss")
+    lim = max(0.2, float(np.nanmax(np.abs(np.r_[summary.difference_lo, summary.difference_hi]))) + 0.03)
+    right.set(xticks=x, xticklabels=[f"p = {p:g}" for p in summary.p], ylim=(-lim, lim),
+              ylabel=f"K = {a} minus K = {b}", title="Paired difference (same prompts and seeds)")
+    right.legend(fontsize=8, loc="upper right")
+    left.figure.suptitle("Parallel vs sequential search under SIMULATED judges of accuracy p")
+    left.figure.tight_layout()
+    return axes
