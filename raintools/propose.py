@@ -175,7 +175,6 @@ class CachedEngine(Engine):
     """Each token computed once: per-node KV chunks, batched rollouts (see module docstring)."""
 
     fuses_completion = True     # `rollouts(..., completion=)` runs a clause completion in the batch
-    packs_leaves = True         # raintools.parallel runs several leaves' work in shared passes
 
     def __init__(self, lm: LanguageModel, top_k: int = 15, temperature: float = 1.0):
         super().__init__(lm, top_k, temperature)

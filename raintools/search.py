@@ -494,7 +494,8 @@ class RainSearch:
 
     def _expand_round(self, sels: list[dict]) -> None:
         """Clause completions and expansions of the round's leaves (each leaf once, in selection
-        order): packed together on an engine that `packs_leaves`, else one leaf after another."""
+        order): packed together on an engine whose model takes packed token trees (`engine.packed`),
+        else one leaf after another."""
         cfg = self.cfg
         first: dict[Node, dict] = {}
         for sel in sels:
@@ -505,7 +506,7 @@ class RainSearch:
             first[leaf] = sel
             sel["expanded"] = not leaf.terminal
         leaves = list(first)
-        if not getattr(self.engine, "packs_leaves", False):
+        if not getattr(self.engine, "packed", False):
             for leaf, sel in first.items():
                 self._pending_new, self._pending_parents = sel["new"], sel["parents"]
                 completion: list[int] = []
@@ -541,11 +542,8 @@ class RainSearch:
                 first[leaf]["comp"] = comp
             length = 0
             if not leaf.terminal:
-                length = cfg.token_set_length(leaf.step)
-                if length > 1:
-                    length = max(1, min(length, self.remaining(leaf)))
-                else:
-                    length = 0           # the 1-token level: the top tokens of the leaf's logits
+                # the 1-token level (0 here): the top tokens of the leaf's logits, no rollout
+                length = self.level_length(leaf) if cfg.token_set_length(leaf.step) > 1 else 0
                 lengths[leaf] = length
             u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length)) if length else \
                 np.zeros((0, 0))
@@ -562,7 +560,8 @@ class RainSearch:
             if leaf.terminal:
                 continue
             length = lengths[leaf]
-            cands = found[leaf] if length else top_candidates(leaf.logits, cfg.num_candidates)
+            cands = found[leaf] if length else top_candidates(leaf.logits, cfg.num_candidates,
+                                                              cfg.token_temperature)
             children = [self._new_node(leaf, c, rolled_out=length > 1) for c in cands]
             set_priors(leaf, cfg.root_prior_mix)
             if self.trace is not None:

@@ -93,9 +93,10 @@ def selection_score(child: Node, parent_n: float, bounds: Bounds, c: float) -> f
     Virtual loss (parallel rounds): each simulation in flight through the child counts as one
     more visit of value `VIRTUAL_LOSS`, until its real value is backed up."""
     n, q = child.n, child.q
-    if child.virtual:
-        q = (q * n + VIRTUAL_LOSS * child.virtual) / (n + child.virtual)
-        n = n + child.virtual
+    virtual = getattr(child, "virtual", 0)        # records of a trace (no flight) have none
+    if virtual:
+        q = (q * n + VIRTUAL_LOSS * virtual) / (n + virtual)
+        n = n + virtual
     qh = 0.0 if n == 0 else (q - bounds.qmin) / (bounds.qmax - bounds.qmin + 1e-5)
     return qh + c * child.p * math.sqrt(parent_n) / (1.0 + n)
 
