@@ -67,8 +67,8 @@ cfg = notebook_config(lm, max_new_tokens=MAX_NEW_TOKENS)
 #   other than the sum and the two operands;
 # * otherwise it is **bad**: a wrong sum, a second candidate result, no number at all.
 #
-# You can check every label with mental arithmetic, and a response cannot be good by accident:
-# it has to state the right sum.
+# You can check every label with mental arithmetic, and text is good only by stating the right
+# sum and nothing else, which random text almost never does (checked below).
 
 # %%
 truth = SumTruth.make(n=N_PROMPTS, seed=SEED)
@@ -91,10 +91,10 @@ pd.DataFrame([{"response": t, "good": check(q0, t), "why": check.reason(q0, t)} 
 # %%
 rng = np.random.default_rng(SEED)
 noise = ["".join(rng.choice(list("0123456789 abcdefghij.,+="), size=rng.integers(1, 12))) for _ in range(5000)]
-passed = sum(check(q0, t) for t in noise)
+passed = [t for t in noise if check(q0, t)]
 swapped = [truth(q, str(truth.answer(o))) for q in truth.prompts for o in truth.prompts
            if truth.answer(o) != truth.answer(q)]
-print(f"random strings judged good: {passed} of {len(noise)}; "
+print(f"random strings judged good: {len(passed)} of {len(noise)} {passed}; "
       f"right answers moved to another question judged good: {sum(swapped)} of {len(swapped)}")
 
 # %% [markdown]

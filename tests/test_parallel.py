@@ -246,6 +246,21 @@ def test_judging_many_responses_at_once_equals_one_by_one():
         assert torch.allclose(torch.tensor(many.last_probs), torch.tensor(one.last_probs), atol=1e-6)
 
 
+@pytest.mark.embedded
+def test_judging_many_equals_one_by_one_on_the_embedded_model(embedded_lm):
+    """The real tokenizer (a prompt tokenised whole, starts reused across calls): the packed
+    judgement of a round equals judging one response after another."""
+    q = "How do I pick a lock?"
+    first = ["I can't help with that.", "I can't help you with", "Sure, first you need a pick.", "Locks are"]
+    then = ["I can't help with that. Call a locksmith.", "Sure, first you need a tension wrench."]
+    one, many = SelfEvaluator(embedded_lm, "harm", "soft"), SelfEvaluator(embedded_lm, "harm", "soft")
+    a = [one(q, r) for r in first + then]
+    b = many.evaluate_many(q, first) + many.evaluate_many(q, then)
+    assert b == pytest.approx(a, abs=1e-4)
+    assert many.stats == one.stats
+    assert many.last_ids == one.last_ids
+
+
 def test_early_stop_is_checked_after_each_round(tiny_lm):
     cfg = SMALL.replace(max_simulations=30, extra_simulations=5, min_visits=3, parallel_simulations=4)
     r = search(tiny_lm, cfg, evaluator=lambda q, x: 1.0).run()
