@@ -17,8 +17,8 @@ nothing but the mask and the positions. Each model gets one of three routes:
   (plain decoding steps, the model's own masks), slower but exact.
 * ``reference`` - layers without a per-token KV (state-space, linear-attention, recurrent, hybrid
   models): a token tree cannot share their state, so RAIN runs through the reference-style engine
-  (the model's own cache object, copied before it is extended; full recomputation for a model
-  that returns no cache).
+  (the model's own cache object, copied before it is extended token by token; full
+  recomputation for a model that returns no cache), and the judge reads each whole prompt.
 
 ``static_route`` reads the model's config (transformers' own per-layer types and windows, the
 attention implementation, the forward signature); `LanguageModel.route` then confirms a packed
