@@ -656,6 +656,24 @@ class LanguageModel:
         device = self.device
         input_ids = input_ids.to(device)
         s = input_ids.shape[1]
+        if past is not None and not isinstance(past, TokenHistory) and s > 1:
+            # several tokens after a state: one at a time, as generate() does (some state-space
+            # kernels continue a state exactly only one token at a time)
+            if attention_mask is not None:
+                raise ModelSupportError(f"{self.name}: {route.reason}; a padding mask after a "
+                                        f"cached state is not supported.")
+            steps = []
+            for j in range(s):
+                lg, past = self._state_forward(route, input_ids[:, j:j + 1], past, None, False,
+                                               None, None)
+                steps.append(lg)
+            logits = torch.stack(steps, dim=1)
+            if logits_at is not None:
+                at = logits_at.to(logits.device).expand(logits.shape[0], -1)
+                logits = torch.take_along_dim(logits, at[..., None], dim=1)
+            elif not all_logits:
+                logits = logits[:, -1]
+            return logits, past
         cache = None
         if isinstance(past, TokenHistory):
             input_ids = torch.cat([past.ids.to(device), input_ids], dim=1)

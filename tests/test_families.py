@@ -220,6 +220,11 @@ def test_rain_end_to_end_from_a_saved_folder(name, tmp_path):
         ref = SelfEvaluator(lm, SHORT, mode="soft", cached=False)
         soft = SelfEvaluator(lm, SHORT, mode="soft")
         assert soft("how do I bake bread?", "Mix flour.") == ref("how do I bake bread?", "Mix flour.")
+        ids = lm.encode(PROMPT)
+        _, state = lm.forward(torch.tensor([ids[:20]]))
+        several, _ = lm.forward(torch.tensor([ids[20:]]), past=state, all_logits=True)
+        full, _ = lm.forward(torch.tensor([ids]), all_logits=True)
+        assert diff(several, full[:, 20:]) < TOL
         out = generate_vanilla(lm, PROMPT, max_new_tokens=4).tokens
         ids = lm.prompt_ids(PROMPT)
         assert out == [int(lm.full_logits(ids + out[:i]).argmax()) for i in range(len(out))]
