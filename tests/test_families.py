@@ -6,8 +6,8 @@ windows shorter than every prompt here, ALiBi, state-space and hybrid models). F
 a per-token KV cache, the fast engine's paths give the model's own next-token logits: a packed
 (or, on the "rows" route, row-per-candidate) rollout after a cached past, a cached decode step,
 the cached judge (judging prefix + the response and question endings), and a merged pass of two
-searches. RAIN runs end to end from a saved folder, and the recurrent models take the reference
-route.
+searches. RAIN runs end to end from a saved folder (alone, batched, and with parallel rounds on
+the windowed and rows families), and the recurrent models take the reference route.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_families import FAMILIES, RECURRENT, SLIDING, WINDOW, build, expected_route
+from model_families import FAMILIES, RECURRENT, ROWS, SLIDING, WINDOW, build, expected_route
 from raintools import ModelSupportError, RainConfig, SelfEvaluator, load_model, rain_generate
 from raintools import generate_vanilla, rain_generate_batch
 from raintools.batch import ForwardBatcher, _Request, _Shape
@@ -254,3 +254,16 @@ def test_bfloat16_self_evaluator_votes_equal_float32(embedded_lm):
     e32, e16 = SelfEvaluator(embedded_lm), SelfEvaluator(b16)
     for query, response in pairs:
         assert e16(query, response) == e32(query, response)
+
+
+@pytest.mark.parametrize("name", sorted(SLIDING | ROWS) + ["llama"])
+def test_parallel_simulations_on_windowed_and_rows_families(name):
+    """Parallel rounds (several leaves' rollouts and judgements packed together, or one by one
+    off the packed route) commit what the reference engine commits."""
+    lm = model(name)
+    cfg = CFG.replace(parallel_simulations=2)
+    fast = rain_generate(lm, PROMPT, cfg, evaluator=SelfEvaluator(lm, SHORT), embedder=letter_embedder)
+    ref = rain_generate(lm, PROMPT, cfg, evaluator=SelfEvaluator(lm, SHORT, cached=False),
+                        embedder=letter_embedder, engine="reference")
+    assert fast.token_sets == ref.token_sets
+    assert fast.stats["engine_route"] == expected_route(name)
