@@ -22,6 +22,7 @@
 # search tree, and only then commits a piece. Every other branch is thrown away (the "rewind").
 #
 # In this notebook you will:
+# 0. see the algorithm in one picture and where it comes from,
 # 1. load the small model that ships with raintools,
 # 2. answer one prompt with plain (vanilla) decoding and with RAIN,
 # 3. read the statistics RAIN reports, and see what the search costs.
@@ -47,10 +48,42 @@ import seaborn as sns
 import raintools as rt
 from raintools.views.analysis import notebook_config
 from raintools.experiments.data import demo_prompts
-from raintools.views.plots import commits_frame, plot_commit_timeline, plot_method_stats, save_figure
+from raintools.views.plots import (commits_frame, plot_commit_timeline, plot_method_stats, plot_rain_diagram,
+                                   save_figure)
 
 sns.set_theme(style="whitegrid")
 pd.set_option("display.max_colwidth", 120)
+
+# %% [markdown]
+# ## 0. The algorithm in one picture
+#
+# RAIN writes an answer a piece at a time. Before each piece it runs a small **search**: many
+# *simulations*, each of which walks down a tree of candidate continuations (select), grows it
+# (expand), asks the model to judge the text it reached (evaluate) and passes the judgement back
+# up the tree (back up). When one candidate has been visited often enough and looks good enough,
+# or the budget is spent, the search **commits** it and starts over from there.
+
+# %%
+ax = plot_rain_diagram()
+save_figure(ax.figure, "00_algorithm")
+
+# %% [markdown]
+# **Its family.** This is **Monte Carlo tree search** (MCTS) with the **PUCT** selection rule of
+# AlphaGo Zero and AlphaZero (Silver et al., 2017-2018): the score `qh + c p sqrt(N) / (1 + n)`
+# adds to a child's mean value a bonus weighted by a *prior* `p` (there from a policy network,
+# here from the language model's own next-token probabilities) that shrinks as the child is
+# visited. Values are rescaled with running bounds, as MuZero does, and committing the most
+# visited child while keeping its subtree is what AlphaZero does between moves. Where RAIN differs:
+#
+# * **Values come from the model's own judgement.** No trained value network and no game outcome:
+#   the same frozen model reads the text so far and says whether it is harmful (notebook 01).
+# * **Moves are token sets of growing length**: 1 token at the first level, then 2, 4 and 10, so
+#   the search spends its effort on the first words of an answer (notebook 02).
+# * **Similar siblings share values.** When two candidates' sentence embeddings are nearly the
+#   same, a value found for one counts a little for the other (notebook 03); and when every
+#   candidate looks bad and alike, new ones are added (dynamic node addition).
+# * **Rewind.** Plain decoding never takes a token back. RAIN writes ahead inside the search, judges
+#   what it wrote, and discards everything but the committed piece (notebook 04).
 
 # %% [markdown]
 # ## 1. Load the model

@@ -27,6 +27,11 @@
 # * $N$: visits of the parent, $n$: visits of the child,
 # * $c$: the exploration constant (2 in the paper).
 #
+# This is the **PUCT** rule of AlphaZero-style Monte Carlo tree search (notebook 00 places RAIN in
+# that family). The paper writes $N$ as the sum of the visits of the siblings,
+# $\sum_b n(b)$; the public code, and raintools, use the parent's own visit count `parent.n`.
+# The rule as the package runs it is shown below, after the set-up.
+#
 # The first term says "go where it looked good", the second "try likely things you have not tried
 # much". This notebook looks at each part, then at what the children (the candidate token sets)
 # are at different depths.
@@ -45,17 +50,27 @@ BANDIT_SIMULATIONS = 200 if FAST else 1000
 JUDGE = "simulated" if MODEL == "smollm2-135m" else "own"
 
 # %%
-import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
 import raintools as rt
-from raintools.views.analysis import (candidate_sets, demo_judge, notebook_config, selection_sweep,
-                                selection_terms)
 from raintools.embed import load_embedder
-from raintools.views.plots import plot_candidate_sets, plot_selection_sweep, plot_selection_terms, save_figure
+from raintools.tree import Bounds, Node, select_child, selection_score
+from raintools.views.analysis import (candidate_sets, demo_judge, notebook_config, selection_sweep,
+                                      selection_terms)
+from raintools.views.plots import (plot_candidate_sets, plot_root_priors, plot_selection_sweep,
+                                   plot_selection_terms, save_figure)
+from raintools.views.widgets import show_source
 
 sns.set_theme(style="whitegrid")
+
+# %% [markdown]
+# The selection rule as the package runs it (`raintools.tree`): `parent_n` is the code's $N$.
+
+# %%
+show_source(selection_score, select_child)
+
+# %%
 lm = rt.load_model(MODEL, device=DEVICE)
 cfg = notebook_config(lm, max_new_tokens=24, seed=SEED)
 prompt, judge, about = demo_judge(lm, "demo-harmful-03", JUDGE, seed=SEED, mode=cfg.eval_mode)
@@ -78,6 +93,17 @@ tree = trace.tree_at(last)
 root = trace.simulations[last].root
 children = sorted((nd for nd in tree.values() if nd.parent == root), key=lambda nd: -nd.p)
 print(f"after {SIMULATIONS} simulations the root has {len(children)} children and {tree[root].n:g} visits")
+
+# %% [markdown]
+# The paper's $N$ and the code's: the parent's visits count the simulation that expanded it (its
+# children did not exist yet) and similarity updates it received itself; the children's sum
+# counts their fractional similarity visits. The two differ by about one visit, which changes the
+# bonus by a factor $\sqrt{N / (N - 1)}$, close to 1 after a few simulations:
+
+# %%
+sibling_sum = sum(nd.n for nd in children)
+print(f"code: N = parent.n = {tree[root].n:g};  paper: N = sum of the children's n = {sibling_sum:g};  "
+      f"bonus ratio sqrt(code / paper) = {(tree[root].n / max(sibling_sum, 1e-9)) ** 0.5:.3f}")
 
 # %% [markdown]
 # The two terms of the score for each child, for several values of `c`. The star marks the child
@@ -104,17 +130,8 @@ terms[terms.c == cfg.c][["text", "q", "n", "p", "exploit", "explore", "score"]].
 # %%
 sets = candidate_sets(search, steps=4)
 root_sets = sets[sets.depth == sets.depth.min()].copy()
-root_sets["model probability (renormalised)"] = root_sets.raw_p / root_sets.raw_p.sum()
-root_sets["prior after the root mix"] = root_sets.prior
-long = root_sets.melt(id_vars="text", value_vars=["model probability (renormalised)",
-                                                  "prior after the root mix"],
-                      var_name="kind", value_name="probability")
-fig, ax = plt.subplots(figsize=(8, 3.6))
-sns.barplot(data=long, x="text", y="probability", hue="kind", ax=ax)
-ax.set(title="Priors of the root's children: the model's probabilities, flattened a little",
-       xlabel="candidate first token", ylabel="probability")
-ax.tick_params(axis="x", rotation=45)
-save_figure(fig, "02_root_priors", root_sets)
+ax = plot_root_priors(root_sets)
+save_figure(ax.figure, "02_root_priors", root_sets)
 
 # %% [markdown]
 # ## 3. How `c` trades exploration for exploitation
@@ -128,7 +145,7 @@ save_figure(fig, "02_root_priors", root_sets)
 # *The values here are made up for the illustration; the rule is the real one.*
 
 # %%
-priors = list(root_sets.raw_p / root_sets.raw_p.sum())
+priors = list(root_sets.raw_p / root_sets.raw_p.sum())   # the real root's, renormalised
 true_values = [-0.4] * len(priors)
 true_values[0] = 0.0                                    # the likeliest child is so-so
 true_values[min(4, len(priors) - 1)] = 0.7              # an unlikely child is the best
@@ -136,11 +153,15 @@ sweep = selection_sweep(true_values, priors, cs=CS + [32.0], simulations=BANDIT_
 fig = plot_selection_sweep(sweep)
 save_figure(fig, "02_exploration_tradeoff", sweep)
 
+# %%
+sweep[sweep.best | (sweep.child == 0)].pivot(index="c", columns="child", values="share").round(3)
+
 # %% [markdown]
-# Reading the figure: with `c = 0` the visits pile onto whatever was tried first and looked fine;
-# the best child may never be tried. With a moderate `c` the search tries the others, finds the
-# good one and then spends most visits there. With a very large `c` it keeps spreading visits by
-# prior, wasting simulations on children it already knows are bad.
+# Reading the figure (and the table: the share of visits of the likeliest child 0 and of the best
+# child): with `c = 0` the visits pile onto whatever was tried first and looked fine; the best
+# child may never be tried. With a moderate `c` the search tries the others, finds the good one
+# and then spends most visits there. With a very large `c` it keeps spreading visits by prior,
+# wasting simulations on children it already knows are bad.
 
 # %% [markdown]
 # ## 4. What the candidates look like at each depth
@@ -169,3 +190,44 @@ sets.groupby("depth").apply(lambda d: pd.Series({"length": d.length.max(), "cand
 #   starts from what the model would say anyway and only moves away when the values say so.
 # * `c` sets the balance: too small and the search never looks around, too large and it never
 #   settles. Notebook 03 shows how the values that drive it are backed up.
+
+# %% [markdown]
+# ## Predict, then run
+#
+# **1.** A fresh root with three children, priors 0.2, 0.5 and 0.3 (in that order), none visited,
+# and `c = 0`. Which child does the next simulation walk into?
+
+# %%
+fresh = Node(tokens=(), n=1)
+fresh.children = [Node(tokens=(i,), parent=fresh, p=p) for i, p in enumerate([0.2, 0.5, 0.3])]
+print("picked: child with prior", select_child(fresh, Bounds(), c=0.0).p)
+
+# %% [markdown]
+# *Answer:* the first one (prior 0.2). Every score is 0 (an unvisited child's value counts as 0
+# and the bonus is multiplied by `c = 0`), and ties go to the first child. With `c = 2` the
+# bonus `2 p sqrt(1) / 1` picks the likeliest (0.5).
+#
+# **2.** Same root, `c = 0`, but child 0 has been visited once and came back `q = -0.9`. Which child
+# is picked next: the one that looked bad, or an untried one?
+
+# %%
+fresh.children[0].n, fresh.children[0].q, fresh.n = 1, -0.9, 2
+print("picked: child with prior", select_child(fresh, Bounds(), c=0.0).p)
+
+# %% [markdown]
+# *Answer:* the bad one again. Its normalised value `(q - qmin) / (qmax - qmin) = 0.1 / 2 = 0.05`
+# is above the 0 of an untried child ("pessimistic first play"), so without the exploration term
+# the search never tries the others: the `c = 0` bar of the sweep above.
+#
+# **3.** A child with prior 0.5 under a parent with `N = 16` visits, `c = 2`: what is its bonus
+# unvisited, and after 3 visits?
+
+# %%
+for n in (0, 3):
+    child = Node(tokens=(0,), p=0.5, n=n, q=-1.0)   # q = qmin: the value term is 0, the score is the bonus
+    print(f"n = {n}: bonus {selection_score(child, 16, Bounds(), 2.0):.3f}")
+
+# %% [markdown]
+# *Answer:* `2 x 0.5 x sqrt(16) / (1 + 0) = 4`, then `4 / (1 + 3) = 1`: the bonus falls as
+# `1 / (1 + n)`, so a likely child is tried early, and kept only if its value holds up.
+

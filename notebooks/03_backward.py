@@ -20,7 +20,7 @@
 # value `v` in [-1, 1], and then goes **backward**:
 #
 # 1. **Back-up.** Every node on the path from the root to the leaf counts one more visit and moves
-#    its mean value towards `v`: `n += 1`, `q += (v - q) / n`.
+#    its mean value towards `v`: `n += 1`, `q += (v - q) / n` (no discount).
 # 2. **Similarity update.** Texts that mean nearly the same thing should get nearly the same value.
 #    For each node on the path, siblings whose sentence embedding has cosine similarity
 #    `s >= 0.95` with it get a *fractional* visit of weight `w = 0.2 s` carrying the value `v`:
@@ -34,7 +34,7 @@ from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
-SIMULATIONS = 6 if FAST else 40
+SIMULATIONS = 6 if FAST else 60
 MAX_NEW_TOKENS = 7 if FAST else 24      # how deep the tree may grow (token sets of 1, 2, 4, 10, ...)
 BUDGET = dict(clause_max_tokens=8) if FAST else {}
 # The embedded 135M model judges at chance (notebook 01): its values are nearly always 0, which
@@ -48,18 +48,20 @@ import seaborn as sns
 import torch
 
 import raintools as rt
-from raintools.views.analysis import (backup_table, demo_judge, node_addition_table, notebook_config,
-                                similarity_updates)
 from raintools.embed import load_embedder
-from raintools.views.plots import (cosine_similarity_matrix, plot_backup, plot_node_addition,
-                             plot_similarity_heatmap, save_figure)
+from raintools.tree import Bounds, Node, backup, needs_node_addition, similarity_update
+from raintools.views import analysis as A
+from raintools.views.plots import plot_backup, plot_node_addition_timeline, plot_sibling_similarity, save_figure
+from raintools.views.widgets import show_source
 
 sns.set_theme(style="whitegrid")
 pd.set_option("display.max_colwidth", 80)
+
+# %%
 lm = rt.load_model(MODEL, device=DEVICE)
 embedder = load_embedder()
-cfg = notebook_config(lm, max_new_tokens=MAX_NEW_TOKENS, seed=SEED, **BUDGET)
-prompt, judge, about = demo_judge(lm, "demo-harmful-01", JUDGE, seed=SEED, mode=cfg.eval_mode)
+cfg = A.notebook_config(lm, max_new_tokens=MAX_NEW_TOKENS, seed=SEED, **BUDGET)
+prompt, judge, about = A.demo_judge(lm, "demo-harmful-01", JUDGE, seed=SEED, mode=cfg.eval_mode)
 print(prompt)
 print("judge:", about)
 
@@ -79,21 +81,27 @@ pd.DataFrame([{"simulation": s.index, "path length": len(s.path), "value": s.val
 # %% [markdown]
 # ## 1. Back-up along the path
 #
-# Pick a simulation whose value moved the path's values the most (among paths at least three
+# The paper's rule, for every node $s$ on the path just walked, with the value $v$ of the leaf:
+#
+# $$n(s) \leftarrow n(s) + 1, \qquad q(s) \leftarrow q(s) + \frac{v - q(s)}{n(s)}$$
+#
+# a running mean without discount. Here it is as the package runs it (`raintools.tree.backup`);
+# `fn` counts real visits only (`n` also gets the fractional ones of the similarity update), and
+# the root keeps the bounds that `select_child` normalises values with:
+
+# %%
+show_source(backup)
+
+# %% [markdown]
+# Pick the simulation whose value moved the path's values the most (among paths at least three
 # nodes long) and compare each node's statistics just before and just after it. Every node on the
 # path gets `n + 1`, and its `q` moves a step `(v - q) / n` towards `v`: big steps for nodes with
 # few visits, small steps for the root, which has seen everything.
 
 # %%
-def movement(i):
-    t = backup_table(trace, i)
-    return (t.q_after - t.q_before).abs().sum()
-
-
-long_paths = [s.index for s in trace.simulations if len(s.path) >= 3] or [len(trace.simulations) - 1]
-chosen = max(long_paths, key=movement)
+chosen = A.most_moving_simulation(trace)
 print(f"simulation {chosen}: value v = {trace.simulations[chosen].value:+.2f}")
-table = backup_table(trace, chosen)
+table = A.backup_table(trace, chosen)
 table[["role", "depth", "text", "v", "n_before", "q_before", "n_after", "q_after", "weight"]].round(3)
 
 # %%
@@ -103,92 +111,147 @@ save_figure(ax.figure, "03_backup", table)
 # %% [markdown]
 # ## 2. The similarity update
 #
-# Each node keeps a running mean of the embeddings (all-MiniLM-L6-v2) of the texts evaluated
-# through it. Below: the cosine similarity of the root's children that have an embedding so far.
-# Boxed cells pass the 0.95 threshold: a value found for one of them is shared with the other at
-# weight `0.2 x similarity`.
+# Texts that mean nearly the same thing should get nearly the same value. After the back-up, for
+# each node $s$ on the path, every sibling $s'$ whose embedding $e$ (all-MiniLM-L6-v2, a running
+# mean over the texts evaluated through the node) is close enough, $\cos(e_s, e_{s'}) \ge 0.95$,
+# receives a fractional visit of weight $w = \gamma \cos(e_s, e_{s'})$ with $\gamma = 0.2$:
+#
+# $$q(s') \leftarrow \frac{q(s')\, n(s') + w\, v}{n(s') + w}, \qquad n(s') \leftarrow n(s') + w$$
 
 # %%
-kids = [ch for ch in search.root.children if ch.embedding is not None]
-labels = [lm.decode(ch.tokens) for ch in kids]
-emb = torch.stack([ch.embedding for ch in kids])
-ax = plot_similarity_heatmap(emb, labels, threshold=cfg.sim_threshold, gamma=cfg.sim_gamma)
-sim = pd.DataFrame(cosine_similarity_matrix(emb), index=labels, columns=labels)
-save_figure(ax.figure, "03_similarity_heatmap", sim.reset_index(names="sibling"))
+show_source(similarity_update)
+
+# %% [markdown]
+# How alike are siblings in practice? Left: the cosine similarity of every pair of siblings that
+# both have an embedding, anywhere in the tree, by depth. Right: the sibling group with the most
+# pairs at or above the threshold (or, when none reaches it, the group with the most similar
+# pair), the diagonal (a sibling with itself) masked.
+
+# %%
+pairs = A.sibling_similarities(search)
+group = A.most_similar_group(pairs, cfg.sim_threshold)
+fig = plot_sibling_similarity(pairs, group, threshold=cfg.sim_threshold, gamma=cfg.sim_gamma)
+save_figure(fig, "03_similarity_heatmap", pairs)
+pairs.groupby("depth").cosine.agg(["count", "mean", "max"]).round(3)
 
 # %% [markdown]
 # Who was updated, and by how much, over the whole run (`similarity_updates` reads the trace):
 
 # %%
-updates = similarity_updates(trace)
-print(f"{len(updates)} similarity updates in {len(trace.simulations)} simulations")
+updates = A.similarity_updates(trace)
+print(f"{len(updates)} similarity updates in {len(trace.simulations)} simulations; "
+      f"{(pairs.cosine >= cfg.sim_threshold).sum()} of {len(pairs)} sibling pairs at or above {cfg.sim_threshold}")
 updates.head(10)
 
 # %% [markdown]
-# Single-token siblings often start different sentences, so few pairs reach 0.95; deeper in the
-# tree, siblings share more text and the update fires more often. Its effect is small by design
-# (a fifth of a visit), a nudge rather than a verdict.
+# The threshold is strict: siblings are different continuations of the same text, and their
+# embeddings rarely come within 0.95 of each other, so in a short search the update may not fire at
+# all (the counts above say whether it did here). Its effect is small by design (a fifth of a visit
+# at most): a nudge for near-duplicates, not a verdict.
 
 # %% [markdown]
 # ## 3. When dynamic node addition fires
 #
 # The test runs at each node the forward walk passes. It needs, all at once:
-# * every child has an embedding (so every child has been tried at least once),
-# * the norm of the per-dimension variance of the children's embeddings is below
-#   `0.03 x token-set length` (the candidates say nearly the same thing),
-# * every child has `q < 0` (they all look bad),
-# * fewer than 20 children.
-#
+# * fewer than 20 children, every one with an embedding (every child tried at least once),
+# * the norm of the per-dimension variance of the children's embeddings below
+#   `0.03 x token-set length` of the node's level (the candidates say nearly the same thing),
+# * every child with `q < 0` (they all look bad).
+
+# %%
+show_source(needs_node_addition)
+
+# %% [markdown]
 # In the search above (a `variance_norm` of NaN means not every child has been tried yet):
 
 # %%
-node_addition_table(search).round(4)
+A.node_addition_table(search).round(4).head(12)
 
 # %% [markdown]
 # Now give a search a judge that finds **everything** bad (a deliberately broken, simulated judge),
 # and only 3 candidates per expansion so that all children get tried within a few simulations.
-# Every `q` becomes negative, so only the similarity condition decides. The figure puts each
-# node's variance norm against its threshold: below the dashed line the candidates count as
-# "too alike".
+# Every `q` becomes negative, so only the similarity condition decides. We follow the root: before
+# each simulation, what does the test see there, and did the simulation add a child?
 
 # %%
 everything_bad = rt.SimulatedJudge(lambda q, r: False, accuracy=1.0)
 gloomy = rt.RainSearch(lm, prompt, cfg.replace(num_candidates=3), evaluator=everything_bad,
                        embedder=embedder)
-for _ in range(SIMULATIONS):
-    gloomy.simulate()
-adds = node_addition_table(gloomy)
-ax = plot_node_addition(adds)
-save_figure(ax.figure, "03_node_addition", adds)
-print("nodes added:", gloomy.counts["nodes_added"])
-adds.round(4)
-
-# %% [markdown]
-# Real sentence embeddings of different openings usually vary more than the threshold allows, so
-# addition is rare. To watch it act, we also break the embedder on purpose: it gives every text
-# the same vector, so siblings always look identical. Now each node whose children have all been
-# tried (and judged bad) gets new candidates, listed in the trace's `added` field.
+timeline = A.node_addition_timeline(gloomy, SIMULATIONS, progress=True)
+fig = plot_node_addition_timeline(timeline)
+save_figure(fig, "03_node_addition", timeline)
 
 # %%
-same_vector = lambda texts: torch.ones(len(texts), 8)     # a deliberately broken embedder  # noqa: E731
-forced = rt.RainSearch(lm, prompt, cfg.replace(num_candidates=3), evaluator=everything_bad,
-                       embedder=same_vector)
-for _ in range(2 * SIMULATIONS):
-    forced.simulate()
-    if forced.counts["nodes_added"] >= 3:
-        break
-added = pd.DataFrame([{"simulation": s.index, "added": len(s.added),
-                       "new candidates": " | ".join(n.text for n in s.new_nodes if n.uid in s.added)}
-                      for s in forced.trace.simulations if s.added],
-                     columns=["simulation", "added", "new candidates"])
-print(f"node addition fired in {len(added)} of {len(forced.trace.simulations)} simulations")
-added
+added = int(timeline.added.sum())
+print(f"the root went from {gloomy.cfg.num_candidates} to {len(gloomy.root.children)} children: "
+      f"{added} added at the root in {len(timeline)} simulations, "
+      f"{gloomy.counts['nodes_added']} in the whole tree")
+timeline[timeline.added > 0].round(4).head(10)
+
+# %% [markdown]
+# Reading the figure: while a new child has not been tried, the test cannot run (grey). Once every
+# child has been judged, the variance norm of the root's children sits close to the threshold
+# (0.03 at the root, whose candidates are single tokens): each embedding is a running mean over the
+# texts evaluated through that child, so repeated visits pull the children's embeddings together and
+# the norm drifts down; when it drops below the line while everything looks bad, a child is added,
+# its first text pushes the norm up again, and the cycle repeats. With a judge that finds every
+# answer bad, addition is frequent (the counts above): it is the search's way out when all
+# options look bad and alike. With a judge that likes some child (section 3's first table), the
+# `q < 0` condition fails and nothing is added.
 
 # %% [markdown]
 # ## What to take away
 #
 # * Back-up is a running mean: values flow from the leaf to the root along the path just walked.
 # * The similarity update lets one evaluation count, a little, for near-duplicate siblings, so the
-#   search spends fewer simulations re-judging the same idea in other words.
+#   search spends fewer simulations re-judging the same idea in other words; at the 0.95
+#   threshold it is rare.
 # * Node addition is a safety valve for when every option so far looks bad and they all say the
 #   same thing. Notebook 04 puts forward, evaluation and backward together with the rewind.
+
+# %% [markdown]
+# ## Predict, then run
+#
+# **1.** A node has `n = 3` visits and `q = 0.5`. A simulation through it brings back `v = -1`.
+# What are its new `n` and `q`?
+
+# %%
+root = Node(tokens=(), n=3, fn=3, q=0.5)
+node = Node(tokens=(1,), parent=root, n=3, fn=3, q=0.5)
+backup([root, node], -1.0, Bounds())
+print(f"n = {node.n:g}, q = {node.q:+.3f}")
+
+# %% [markdown]
+# *Answer:* `n = 4`, `q = 0.5 + (-1 - 0.5) / 4 = +0.125`. One bad value moves a node with three
+# visits a quarter of the way to -1.
+#
+# **2.** Its sibling has `n = 2`, `q = -1` and an embedding with cosine similarity 0.97 to the
+# node's. After the node is backed up with `v = +1`, what do the sibling's `n` and `q` become?
+
+# %%
+a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.97, (1 - 0.97**2) ** 0.5])
+parent = Node(tokens=())
+node, sib = Node(tokens=(1,), parent=parent, embedding=a), Node(tokens=(2,), parent=parent, n=2, q=-1.0, embedding=b)
+parent.children = [node, sib]
+similarity_update(node, 1.0, gamma=0.2, threshold=0.95)
+print(f"sibling: n = {sib.n:.3f}, q = {sib.q:+.3f}")
+
+# %% [markdown]
+# *Answer:* `w = 0.2 x 0.97 = 0.194`, so `n = 2.194` and `q = (-1 x 2 + 0.194 x 1) / 2.194 = -0.823`:
+# a fifth of a visit's worth of evidence.
+#
+# **3.** The threshold grows with the token-set length (0.03 per token), the variance norm of
+# sentence embeddings does not. Had the root's candidates been 10-token sets (threshold 0.3), in
+# how many of the simulations above where the test could run would the similarity condition have
+# held?
+
+# %%
+ran = timeline.dropna(subset=["variance_norm"])
+for factor in (1, 10):
+    print(f"threshold {factor * timeline.threshold.iloc[0]:g}: the norm was below it in "
+          f"{(ran.variance_norm < factor * ran.threshold).sum()} of {len(ran)} simulations")
+
+# %% [markdown]
+# *Answer:* in all of them: the norms above are an order of magnitude below 0.3. At the longer
+# levels the similarity condition is nearly always met, and what decides is whether every child
+# looks bad.

@@ -40,19 +40,21 @@ MAX_NEW_TOKENS = 7 if FAST else 17     # commits of 1, 2, 4 (and then 10) tokens
 JUDGE = "simulated" if MODEL == "smollm2-135m" else "own"
 
 # %%
-import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
 import raintools as rt
-from raintools.views.analysis import demo_judge, notebook_config
 from raintools.embed import load_embedder
-from raintools.views.plots import (child_values_frame, commits_frame, committed_path, draw_tree, nodes_frame,
-                             plot_child_values, plot_commit_timeline, save_figure, whole_search)
+from raintools.views.analysis import demo_judge, notebook_config
+from raintools.views.plots import (child_values_frame, commit_against_value, commit_choice_frame, commits_frame,
+                                   committed_path, draw_tree, nodes_frame, plot_child_values, plot_commit_choice,
+                                   plot_commit_timeline, plot_trees_at_commits, save_figure, whole_search)
 from raintools.views.widgets import TreeExplorer
 
 sns.set_theme(style="whitegrid")
 pd.set_option("display.max_colwidth", 80)
+
+# %%
 lm = rt.load_model(MODEL, device=DEVICE)
 cfg = notebook_config(lm, max_new_tokens=MAX_NEW_TOKENS, seed=SEED)
 prompt, judge, about = demo_judge(lm, "demo-harmful-01", JUDGE, seed=SEED, mode=cfg.eval_mode)
@@ -91,20 +93,13 @@ save_figure(ax.figure, "04_commit_timeline", commits)
 # %% [markdown]
 # ## 3. The tree at each commit
 #
-# Colour is the value `q` (red bad, green good), size the number of visits, grey dots are
-# candidates that were proposed but never tried. The thick blue edge is the commit: everything
-# except the blue child's subtree is discarded right after this picture.
+# Colour is the value `q` (red bad, green good), size the number of visits. Only the nodes the
+# search visited are drawn (each expansion also proposed candidates that were never tried; the
+# titles count them). The thick blue edge is the commit: everything except the blue child's
+# subtree is discarded right after this picture.
 
 # %%
-k = len(trace.commits)
-fig, axes = plt.subplots(k, 1, figsize=(14, 3.6 * k), squeeze=False)
-for ax, c in zip(axes[:, 0], trace.commits):
-    draw_tree(c, ax=ax, max_labels=12, legend=c.outer_step == 0,
-              title=f"Commit {c.outer_step}: after {c.simulations} simulations, commits {c.text!r}")
-fig.tight_layout()
-tree_rows = pd.concat([nodes_frame(c.tree).assign(commit=c.outer_step, chosen=c.chosen)
-                       for c in trace.commits], ignore_index=True)
-tree_rows["chosen"] = tree_rows.uid == tree_rows.chosen
+fig, tree_rows = plot_trees_at_commits(trace)
 save_figure(fig, "04_trees_at_commits", tree_rows)
 
 # %% [markdown]
@@ -122,15 +117,38 @@ save_figure(ax.figure, "04_whole_search", nodes_frame(everything))
 #
 # Each line is one child of the root at that time. The coloured line is the child that ended up
 # committed; the grey ones are its siblings. After a dashed line (a commit) the root has moved on,
-# and a new set of children competes. A step stops early once its leader has more than `T_m`
-# visits and a value above `V`.
+# and a new set of children competes. A step stops early once its most visited child has more
+# than `T_m` real visits and a value above `V` (the dotted green lines).
 
 # %%
 fig = plot_child_values(trace)
 save_figure(fig, "04_child_values", child_values_frame(trace))
 
 # %% [markdown]
-# ## 5. Explore it yourself
+# ## 5. Why commit a child with a worse value?
+#
+# The commit takes the **most visited** child, not the best valued one. Below, one commit's
+# visited children (the first commit where a child with a better value lost, if there is one):
+# prior, visits and value side by side.
+
+# %%
+step = commit_against_value(trace)
+choice = commit_choice_frame(trace, step)
+fig = plot_commit_choice(choice, title=f"Commit {step}: the commit follows the visits, the visits follow the priors")
+save_figure(fig, "04_commit_choice", choice)
+choice[choice.n > 0][["text", "p", "rank_p", "n", "fn", "rank_n", "q", "rank_q", "committed"]].round(3)
+
+# %% [markdown]
+# Why the visits follow the priors: each simulation adds one visit to one child, chosen by
+# `qh + c p sqrt(N) / (1 + n)`. With `c = 2` and few visits, the bonus (up to `2 p sqrt(N)`) is as
+# large as the whole value range of `qh` (0 to 1), so the likely children are visited first and
+# most; a child whose value is found late in a step, with one or two visits, cannot overtake them
+# before the budget of `T` simulations runs out. Visits are the search's considered verdict, a
+# single high value may be luck (the simulated judge here is wrong 10% of the time); with the
+# paper's budget (T = 50 on a GPU) the values have time to redirect the visits.
+
+# %% [markdown]
+# ## 6. Explore it yourself
 #
 # Move the slider (or press play) to step through the simulations: the tree is redrawn as it was
 # right after that simulation, the selected path is blue, and the text box shows the text at the
@@ -157,9 +175,45 @@ save_figure(explorer.fig, "04_explorer_snapshot", nodes_frame(trace.tree_at(midd
 #
 # * The inner loop builds evidence about a handful of continuations; the outer loop commits the one
 #   with the most visits and forgets the rest.
-# * The commit goes to the **most visited** child, not to the best valued one: visits are the
-#   search's considered verdict, a single high value may be luck. With a small budget a good child
-#   found late in a step may not have gathered enough visits to win.
+# * The commit goes to the **most visited** child, not to the best valued one (section 5): visits are
+#   the search's considered verdict, a single high value may be luck. With a small budget the
+#   visits follow the priors, and a good child found late in a step may not have gathered enough
+#   visits to win.
 # * Visits below the committed child are reused, so later steps can stop sooner.
 # * The answer is written in token sets of growing length (1, 2, 4, then 10 tokens), so most of the
 #   search effort goes into the first few words, where the direction of an answer is decided.
+
+# %% [markdown]
+# ## Predict, then run
+#
+# **1.** A step starts from a root that already carries `fn` real visits (the "visits kept" column
+# of section 2). It runs simulations until the early stop, but at most up to
+# `max(T, fn + extra)` visits in all (`T` = `cfg.max_simulations`, `extra` = `cfg.extra_simulations`).
+# For each step that did not stop early, predict how many simulations it ran.
+
+# %%
+kept = [0] + list(commits["visits kept"][:-1])
+commits.assign(predicted=[max(cfg.max_simulations, k + cfg.extra_simulations) - k for k in kept])[
+    ["outer_step", "early_stop", "simulations", "predicted"]]
+
+# %% [markdown]
+# *Answer:* `max(T, fn + extra) - fn`: steps that did not stop early match the prediction; the
+# kept visits shorten the next step (until `extra` takes over), which is why visits are not
+# thrown away at a commit. Steps that stopped early ran fewer.
+#
+# **2.** The paper describes the commit as a draw with probability proportional to the visits
+# (`RainConfig(commit_rule="sample")` offers it; the code and raintools default to the most visited).
+# At the commit of section 5, what is the chance that the draw would have picked the committed
+# child, and the best-valued one?
+
+# %%
+visited = choice[choice.n > 0]
+share = visited.n / visited.n.sum()
+print(f"committed child: {share[visited.committed].iloc[0]:.0%}; "
+      f"best-valued child: {share[visited.q == visited.q.max()].iloc[0]:.0%}")
+
+# %% [markdown]
+# *Answer:* its share of the visits, `n / sum of n` (the printout). Sampling gives the better
+# valued child a chance in proportion to its visits, so it changes little when one child has most
+# of them.
+

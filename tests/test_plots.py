@@ -463,3 +463,130 @@ def test_wilson_interval():
     assert hi == 1.0 and 0.5 < lo < 0.6
     lo, hi = A.wilson_interval(50, 100)
     assert lo == pytest.approx(0.404, abs=1e-3) and hi == pytest.approx(0.596, abs=1e-3)
+
+
+# ------------------------------------------------------------------- notebooks 00-04 (#18)
+
+
+def test_node_addition_timeline_marks_what_the_test_saw(lm):
+    """Before each simulation: the root's children, their variance norm and the threshold; a
+    child is added exactly when the root's test passes (all q < 0, norm below threshold)."""
+    from raintools.tree import needs_node_addition
+
+    alike = lambda texts: torch.ones(len(texts), 4) + 1e-3 * torch.randn(len(texts), 4)  # noqa: E731
+    s = RainSearch(lm, "hello", CFG.replace(num_candidates=3), evaluator=lambda q, r: -1.0, embedder=alike)
+    t = A.node_addition_timeline(s, 10)
+    assert list(t.simulation) == list(range(10)) and (t.threshold == s.cfg.add_variance_factor * 1).all()
+    after = list(t.children[1:]) + [len(s.root.children)]
+    grew = pd.Series(after) - t.children
+    expanded = t.children > 0                               # (simulation 0 expands the root)
+    assert (grew[expanded] == t.added[expanded]).all()      # the count grows by what was added
+    assert t.added.sum() > 0 and t.added.sum() == len(s.root.children) - s.cfg.num_candidates
+    fired = t[t.added > 0]
+    assert (fired.variance_norm < fired.threshold).all() and fired.all_negative.all()
+    quiet = t[(t.added == 0) & t.variance_norm.notna() & (t.children < s.cfg.max_children)]
+    assert not ((quiet.variance_norm < quiet.threshold) & quiet.all_negative).any()
+    assert t.added_anywhere.sum() == s.counts["nodes_added"] >= t.added.sum()
+    assert not needs_node_addition(s.root, 0, 1.0, 1)      # (the rule itself: no room, no addition)
+    fig = P.plot_node_addition_timeline(t)
+    stars = [ln for ln in fig.axes[0].lines if ln.get_marker() == "*"]
+    assert len(stars) == 1 and len(stars[0].get_xdata()) == (t.added > 0).sum()
+
+
+def test_sibling_similarities_and_the_most_similar_group(trace, lm):
+    s = RainSearch(lm, "hello", CFG, evaluator=vowel_judge, embedder=letter_embedder)
+    for _ in range(8):
+        s.simulate()
+    pairs = A.sibling_similarities(s)
+    assert len(pairs) > 0
+    nodes = {n.uid: n for n in s.root.walk()}
+    for r in pairs.itertuples():
+        a, b = nodes[r.a], nodes[r.b]
+        assert a.parent is b.parent and a.parent.uid == r.parent and r.depth == a.step
+        assert r.cosine == pytest.approx(float(torch.nn.functional.cosine_similarity(a.embedding, b.embedding, dim=0)),
+                                         abs=1e-5)
+        assert r.text_a == lm.decode(a.tokens)
+    thr = float(pairs.cosine.median())
+    g = A.most_similar_group(pairs, thr)
+    counts = pairs.assign(above=pairs.cosine >= thr).groupby("parent").above.sum()
+    assert counts[g] == counts.max()
+    assert A.most_similar_group(pairs.iloc[:0]) is None
+    fig = P.plot_sibling_similarity(pairs, g, threshold=thr)
+    mask = np.ma.getmaskarray(fig.axes[1].collections[0].get_array())
+    k = int(round(mask.size ** 0.5))
+    assert mask.reshape(k, k).diagonal().all() and not mask.reshape(k, k)[0, 1:].any()   # diagonal masked
+    boxed = [p for p in fig.axes[1].patches if p.get_edgecolor()[:3] == (1.0, 0.0, 0.0)]
+    assert len(boxed) == 2 * counts[g]
+    P.plot_sibling_similarity(pairs.iloc[:0], None)                       # nothing to show: no error
+
+
+def test_most_moving_simulation(trace):
+    i = A.most_moving_simulation(trace)
+    moved = lambda j: (A.backup_table(trace, j).q_after - A.backup_table(trace, j).q_before).abs().sum()  # noqa: E731
+    eligible = [s.index for s in trace.simulations if len(s.path) >= 3] or range(len(trace.simulations))
+    assert i in eligible and all(moved(i) >= moved(j) for j in eligible)
+
+
+def test_trees_at_commits_draw_only_visited_nodes(trace):
+    c = trace.commits[0]
+    ax = P.draw_tree(c, visited_only=True)
+    assert P.drawn_node_count(ax) == sum(1 for n in c.tree if n.n > 0 or n.uid == c.root) < len(c.tree)
+    fig, rows = P.plot_trees_at_commits(trace)
+    assert len(fig.axes) >= len(trace.commits) and rows.chosen.sum() == len(trace.commits)
+    assert [P.drawn_node_count(a) for a in fig.axes[: len(trace.commits)] if P.drawn_node_count(a)] == \
+        [sum(1 for n in cc.tree if n.n > 0 or n.uid == cc.root) for cc in trace.commits]
+
+
+def test_child_values_show_the_early_stop_thresholds(trace):
+    fig = P.plot_child_values(trace)
+    hlines = lambda ax: {round(ln.get_ydata()[0], 6) for ln in ax.lines  # noqa: E731
+                         if len(set(ln.get_ydata())) == 1 and ln.get_linestyle() == ":"}
+    assert trace.config["value_threshold"] in hlines(fig.axes[0])
+    assert trace.config["min_visits"] in hlines(fig.axes[1])
+
+
+def test_commit_choice_reads_the_root_children(trace):
+    for c in trace.commits:
+        df = P.commit_choice_frame(trace, c.outer_step)
+        kids = [n for n in c.tree if n.parent == c.root]
+        assert set(df.uid) == {n.uid for n in kids} and df.committed.sum() == 1
+        assert df[df.committed].uid.iloc[0] == c.chosen
+        assert df[df.committed].n.iloc[0] == max(n.n for n in kids)       # argmax commit rule
+    step = P.commit_against_value(trace)
+    df = P.commit_choice_frame(trace, step)
+    visited = df[df.n > 0]
+    later = [c.outer_step for c in trace.commits if c.outer_step < step]
+    assert all(P.commit_choice_frame(trace, s).pipe(lambda d: d[d.n > 0]).pipe(
+        lambda d: d[d.committed].q.iloc[0] >= d.q.max()) for s in later)
+    fig = P.plot_commit_choice(df)
+    assert len(fig.axes) == 3 and len(fig.axes[1].patches) == len(visited)
+
+
+def test_forward_figures_and_labels():
+    assert P.short("a chemistry exam without getting caught", 12, keep="end") == "…t·getting·caught"[-12:] \
+        or P.short("a chemistry exam without getting caught", 12, keep="end").startswith("…")
+    assert P.short("a chemistry exam without getting caught", 12, keep="end").endswith("caught")
+    assert len(P.short("a chemistry exam without getting caught", 12, keep="end")) == 12
+    df = pd.DataFrame([dict(depth=d, length=L, rank=r, text=f"shared start {d} ending {r}", prior=0.1, raw_p=0.1)
+                       for d, L in zip((1, 2, 3, 4), (1, 2, 4, 10)) for r in range(3)])
+    fig = P.plot_candidate_sets(df)
+    assert len(fig.axes) == 4 and fig.axes[0].get_position().y0 > fig.axes[2].get_position().y0   # 2 x 2
+    labels = [t.get_text() for t in fig.axes[3].get_yticklabels()]
+    assert labels == ["shared·start·4·ending·0", "shared·start·4·ending·1", "shared·start·4·ending·2"]
+    sweep = A.selection_sweep([0.0, 0.5, -0.5], [0.5, 0.2, 0.3], cs=[0.0, 0.5, 2.0, 8.0], simulations=30)
+    fig = P.plot_selection_sweep(sweep)
+    assert fig.axes[1].get_xscale() == "symlog"
+    ax = P.plot_root_priors(df[df.depth == 1].assign(prior=[0.5, 0.3, 0.2], raw_p=[0.6, 0.3, 0.1]))
+    assert len(ax.patches) >= 6
+
+
+def test_algorithm_diagram_and_source():
+    from raintools.tree import backup
+    from raintools.views.widgets import show_source
+
+    ax = P.plot_rain_diagram()
+    texts = " ".join(t.get_text() for t in ax.texts)
+    for step in ("select", "expand", "evaluate", "back up", "commit", "rewind"):
+        assert step in texts
+    code = show_source(backup)
+    assert code.data.startswith("def backup(") and "node.q += (v - node.q) / node.n" in code.data

@@ -407,6 +407,79 @@ def node_addition_table(tree, max_children: int | None = None,
     return pd.DataFrame(rows)
 
 
+def most_moving_simulation(trace, min_path: int = 3) -> int:
+    """The simulation whose back-up moved the values on its path the most (sum of |q change|),
+    among those whose path has at least `min_path` nodes (else among all)."""
+    def movement(i):
+        t = backup_table(trace, i)
+        return float((t.q_after - t.q_before).abs().sum())
+
+    cands = [s.index for s in trace.simulations if len(s.path) >= min_path] or \
+        [s.index for s in trace.simulations]
+    return max(cands, key=movement)
+
+
+def node_addition_timeline(search, simulations: int, node=None, progress: bool = False) -> pd.DataFrame:
+    """Run `simulations` more simulations of `search` one at a time and record, for `node`
+    (default: the root), what the node-addition test sees at the start of each: the number of
+    children, the variance norm of their embeddings (NaN while a child has none), the threshold
+    (factor x the level's length), whether every child's q < 0, and how many children were added
+    to that node during the simulation (`added`; `added_anywhere` counts the whole tree)."""
+    from tqdm.auto import tqdm
+
+    from ..tree import embedding_variance_norm
+
+    node = search.root if node is None else node
+    factor = search.cfg.add_variance_factor
+    rows = []
+    for _ in tqdm(range(simulations), desc="simulations", disable=not progress):
+        norm = embedding_variance_norm(node) if node.children else None
+        before = dict(children=len(node.children), variance_norm=float("nan") if norm is None else norm,
+                      threshold=factor * search.level_length(node),
+                      all_negative=bool(node.children) and max(ch.q for ch in node.children) < 0)
+        search.simulate()
+        sim = search.trace.simulations[-1]
+        parents = {nd.uid: nd.parent for nd in sim.new_nodes}
+        rows.append(dict(simulation=sim.index, **before,
+                         added=sum(1 for u in sim.added if parents.get(u) == node.uid),
+                         added_anywhere=len(sim.added)))
+    return pd.DataFrame(rows, columns=["simulation", "children", "variance_norm", "threshold",
+                                       "all_negative", "added", "added_anywhere"])
+
+
+def sibling_similarities(search, decode=None) -> pd.DataFrame:
+    """Cosine similarity of every pair of siblings (children of one node) that both have an
+    embedding, over the whole live tree: parent uid, depth of the siblings, their uids and texts,
+    cosine. These are the numbers the similarity update compares with its threshold."""
+    import torch
+
+    root = getattr(search, "root", search)
+    decode = decode or getattr(getattr(search, "lm", None), "decode", None) or (lambda t: str(t))
+    rows = []
+    for node in root.walk():
+        kids = [ch for ch in node.children if ch.embedding is not None]
+        if len(kids) < 2:
+            continue
+        e = torch.stack([ch.embedding.float() for ch in kids])
+        e = e / e.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        sim = (e @ e.T).tolist()
+        for i in range(len(kids)):
+            for j in range(i + 1, len(kids)):
+                rows.append(dict(parent=node.uid, depth=kids[i].step, a=kids[i].uid, b=kids[j].uid,
+                                 text_a=decode(kids[i].tokens), text_b=decode(kids[j].tokens),
+                                 cosine=sim[i][j]))
+    return pd.DataFrame(rows, columns=["parent", "depth", "a", "b", "text_a", "text_b", "cosine"])
+
+
+def most_similar_group(pairs: pd.DataFrame, threshold: float = 0.95):
+    """The parent uid of the sibling group with the most pairs at or above `threshold` (ties, or
+    no pair above: the group with the most similar pair), or None without pairs."""
+    if pairs.empty:
+        return None
+    g = pairs.groupby("parent").cosine.agg(above=lambda c: int((c >= threshold).sum()), top="max")
+    return int(g.sort_values(["above", "top"], ascending=False).index[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluator quality: a checkable ground truth and judges of controlled accuracy
 

@@ -49,14 +49,65 @@ def _new_ax(ax, figsize=(7, 4)):
     return ax
 
 
-def short(text: str, width: int = 14) -> str:
+def short(text: str, width: int = 14, keep: str = "start") -> str:
     """A one-line label for token text: newlines shown as ⏎, spaces as ·, other unprintable
-    characters as ¿, '$' escaped for matplotlib, cut to `width` characters."""
+    characters as ¿, '$' escaped for matplotlib, cut to `width` characters; `keep="end"` keeps
+    the end instead of the start (siblings that share their start differ at the end)."""
     t = "".join("⏎" if ch == "\n" else "·" if ch == " " else ch if ch.isprintable() else "¿"
                 for ch in text)
     if len(t) > width:
-        t = t[: width - 1] + "…"
+        t = "…" + t[len(t) - width + 1:] if keep == "end" else t[: width - 1] + "…"
     return t.replace("$", r"\$")
+
+
+# ---------------------------------------------------------------------------------------------
+# The algorithm at a glance
+
+
+RAIN_STEPS = (
+    ("1  select", "from the root, walk down\nto a leaf: at each node the\nchild with the largest\nqh + c p sqrt(N) / (1 + n)"),
+    ("2  expand", "the leaf gets candidate\ntoken sets (1, 2, 4, then\n10 tokens by depth) with\nthe model's priors p"),
+    ("3  evaluate", "finish the clause; the\nmodel judges its own text:\nvalue v in [-1, 1]"),
+    ("4  back up", "on the path: n += 1 and\nq moves towards v; similar\nsiblings get a fraction of v"),
+    ("5  commit", "the most visited child of\nthe root is committed and\nbecomes the root; every\nother branch is dropped\n(the rewind)"),
+)
+
+
+def plot_rain_diagram(ax=None):
+    """RAIN in one picture: the inner loop (select, expand, evaluate, back up), repeated until a
+    child of the root is visited and valued enough or the budget is spent, then the outer loop's
+    commit with the rewind. Returns the axes."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    ax = _new_ax(ax, (13, 4.4))
+    ax.set_xlim(0, 15)
+    ax.set_ylim(0, 5.2)
+    ax.set_axis_off()
+    w, h, y = 2.55, 2.1, 2.6
+    xs = [1.5, 4.4, 7.3, 10.2, 13.5]
+    colours = ["#dbe7f5", "#e2f0d9", "#fdebd3", "#ead8f0", "#f5d5d5"]
+    for (title, body), x, colour in zip(RAIN_STEPS, xs, colours):
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.08",
+                                    fc=colour, ec="#555555", lw=1.2))
+        ax.text(x, y + h / 2 - 0.22, title, ha="center", va="top", fontsize=11, weight="bold")
+        ax.text(x, y - 0.2, body, ha="center", va="center", fontsize=8.3)
+
+    def arrow(a, b, text="", rad=0.0, colour="#333333", at=None):
+        ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=16, color=colour, lw=1.6,
+                                     connectionstyle=f"arc3,rad={rad}"))
+        if text:
+            ax.text(*at, text, ha="center", va="center", fontsize=9, color=colour, style="italic")
+
+    for a, b in zip(xs[:3], xs[1:4]):
+        arrow((a + w / 2 + 0.1, y), (b - w / 2 - 0.1, y))
+    arrow((xs[3], y - h / 2 - 0.12), (xs[0], y - h / 2 - 0.12), rad=-0.22, colour="#1f4e9c",
+          text="inner loop: next simulation, until a child of the root has > T_m visits with q > V, "
+               "or T simulations", at=(5.85, 0.12))
+    arrow((xs[3] + w / 2 + 0.1, y), (xs[4] - w / 2 - 0.1, y), text="step\ndone", at=(11.85, y + 0.45))
+    arrow((xs[4], y + h / 2 + 0.12), (xs[0], y + h / 2 + 0.12), rad=0.12, colour="#a33",
+          text="outer loop: the next step starts from the new root (its subtree and visits kept)",
+          at=(7.5, 5.0))
+    return ax
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,18 +217,23 @@ def whole_search(trace: Trace) -> dict[int, NodeRecord]:
 
 def draw_tree(trace_or_nodes, sim_index: int | None = None, highlight_path: Sequence[int] | None = None,
               ax=None, selected: int | None = None, max_labels: int = 20, label_width: int = 12,
-              title: str | None = None, colorbar: bool = True, legend: bool = True):
+              title: str | None = None, colorbar: bool = True, legend: bool = True,
+              visited_only: bool = False):
     """Draw a search tree. Node colour = value q (red -1 ... green +1), size = visits n, grey =
     not visited yet; `highlight_path` (uids, root first) is drawn thick; by default it is the
     simulation's selected path for a Trace and [root, chosen] for a CommitRecord (pass [] for
     none). `selected` rings one node. The `max_labels` most visited nodes are labelled with their
-    token text. Returns the axes; the node markers are the collection with gid 'tree-nodes'."""
+    token text. `visited_only` leaves out the candidates never visited (n = 0), so that only the
+    part of the tree the search explored is drawn. Returns the axes; the node markers are the
+    collection with gid 'tree-nodes'."""
     import matplotlib as mpl
     import networkx as nx
     from matplotlib.lines import Line2D
 
     nodes, root, default_path, default_title = _tree_source(trace_or_nodes, sim_index)
     path = list(default_path if highlight_path is None else highlight_path)
+    if visited_only:
+        nodes = {u: nd for u, nd in nodes.items() if nd.n > 0 or u == root}
     g = trace_to_graph(nodes)
     g.graph["root"] = root
     if root is not None:
@@ -237,6 +293,8 @@ def draw_tree(trace_or_nodes, sim_index: int | None = None, highlight_path: Sequ
             Line2D([], [], marker="o", ls="", color="#999999", markersize=4, label="few visits"),
             Line2D([], [], marker="o", ls="", color="#999999", markersize=11, label=f"{max_n:g} visits"),
         ]
+        if visited_only:
+            handles = [h for h in handles if h.get_label() != "not visited yet"]
         if not path_edges:
             handles = handles[1:]
         ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.85)
@@ -310,7 +368,9 @@ def child_values_frame(trace: Trace) -> pd.DataFrame:
 def plot_child_values(trace: Trace, axes=None, frame: pd.DataFrame | None = None):
     """Value q (top) and visits n (bottom) of the root's children over simulations. The child
     each step commits is drawn in colour and named; its siblings are thin grey lines; dashed
-    lines mark the commits. Returns the figure."""
+    lines mark the commits. The early-stop thresholds from the trace's config are drawn as
+    horizontal lines: V on the values, T_m on the visits (a step stops once its most visited
+    child has more than T_m real visits and a value above V). Returns the figure."""
     plt = _plt()
     df = child_values_frame(trace) if frame is None else frame
     if axes is None:
@@ -333,11 +393,93 @@ def plot_child_values(trace: Trace, axes=None, frame: pd.DataFrame | None = None
         end = c.first_simulation + c.simulations - 0.5
         for ax in axes:
             ax.axvline(end, color="black", ls="--", lw=0.8, alpha=0.6)
+    v_thr, t_m = trace.config.get("value_threshold"), trace.config.get("min_visits")
+    if v_thr is not None:
+        axes[0].axhline(v_thr, color="#2ca02c", ls=":", lw=1.5, label=f"V = {v_thr:g} (early stop: q above)")
+    if t_m is not None:
+        axes[1].axhline(t_m, color="#2ca02c", ls=":", lw=1.5)
+        axes[1].annotate(f"T_m = {t_m:g} (early stop: visits above)", (0, t_m), xytext=(2, 3),
+                         textcoords="offset points", fontsize=7, color="#2ca02c")
     axes[0].set(ylabel="value q", ylim=(-1.08, 1.08),
                 title="Root children over simulations (dashed: commit, then the root moves on)")
     axes[1].set(ylabel="visits n", xlabel="simulation")
     axes[0].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="committed child")
     fig.tight_layout()
+    return fig
+
+
+def plot_trees_at_commits(trace: Trace, visited_only: bool = True, max_labels: int = 12):
+    """One tree drawing per commit (the live tree just before it, the committed child's edge
+    highlighted); by default only the nodes the search visited. Returns (figure, table of the
+    drawn trees' nodes)."""
+    plt = _plt()
+    k = max(len(trace.commits), 1)
+    fig, axes = plt.subplots(k, 1, figsize=(14, 3.4 * k), squeeze=False)
+    for ax, c in zip(axes[:, 0], trace.commits):
+        hidden = sum(1 for nd in c.tree if nd.n == 0) if visited_only else 0
+        draw_tree(c, ax=ax, max_labels=max_labels, legend=c.outer_step == 0, visited_only=visited_only,
+                  title=f"Commit {c.outer_step}: after {c.simulations} simulations, commits {c.text!r}"
+                        + (f"  ({hidden} candidates never visited not drawn)" if hidden else ""))
+    fig.tight_layout()
+    rows = pd.concat([nodes_frame(c.tree).assign(commit=c.outer_step, chosen=c.chosen) for c in trace.commits],
+                     ignore_index=True) if trace.commits else nodes_frame([])
+    rows["chosen"] = rows.uid == rows.get("chosen")
+    return fig, rows
+
+
+def commit_choice_frame(trace: Trace, outer_step: int) -> pd.DataFrame:
+    """The root's children at one commit: text, prior p, visits n (and real fn), value q, the
+    rank of each by prior / visits / value, and which was committed."""
+    c = next(c for c in trace.commits if c.outer_step == outer_step)
+    kids = [nd for nd in c.tree if nd.parent == c.root]
+    df = pd.DataFrame([dict(uid=nd.uid, text=nd.text, p=nd.p, n=nd.n, fn=nd.fn, q=nd.q,
+                            committed=nd.uid == c.chosen) for nd in kids])
+    for col in ("p", "n", "q"):
+        df[f"rank_{col}"] = df[col].rank(ascending=False, method="min").astype(int)
+    return df.sort_values("p", ascending=False).reset_index(drop=True)
+
+
+def commit_against_value(trace: Trace) -> int:
+    """The first commit whose committed child is not the visited child with the best value (0
+    when every commit took the best-valued child)."""
+    for c in trace.commits:
+        kids = [nd for nd in c.tree if nd.parent == c.root and nd.n > 0]
+        if kids and max(kids, key=lambda nd: nd.q).uid != c.chosen and \
+                max(nd.q for nd in kids) > next(nd.q for nd in kids if nd.uid == c.chosen):
+            return c.outer_step
+    return 0
+
+
+def plot_commit_choice(df: pd.DataFrame, title: str = ""):
+    """Three panels over the same children of the root (one row each, likeliest first): prior p,
+    visits n and value q of the children that were visited; the committed child in colour, the
+    one with the best value outlined. Shows that the commit follows the visits, and the visits
+    the priors, more than the values. `df`: `commit_choice_frame`."""
+    plt = _plt()
+    d = df[df.n > 0].reset_index(drop=True)
+    fig, axes = plt.subplots(1, 3, figsize=(12, max(2.8, 1.4 + 0.42 * len(d))), sharey=True)
+    best = d.q.idxmax() if len(d) else None
+    colours = ["#1f4e9c" if c else "#b5b5b5" for c in d.committed]
+    edges = ["black" if i == best else "none" for i in range(len(d))]
+    ys = np.arange(len(d))
+    for ax, col, label in zip(axes, ("p", "n", "q"), ("prior p", "visits n", "value q")):
+        ax.barh(ys, d[col], color=colours, edgecolor=edges, linewidth=2)
+        ax.set(xlabel=label, title=label)
+        for y, v in zip(ys, d[col]):
+            ax.annotate(f"{v:.2g}", (v, y), xytext=(3 if v >= 0 else -3, 0), textcoords="offset points",
+                        va="center", ha="left" if v >= 0 else "right", fontsize=7)
+    axes[2].axvline(0, color="grey", lw=0.8)
+    axes[2].set_xlim(-1.3, 1.3)
+    axes[0].set_yticks(ys, [short(t, 14) for t in d.text], fontsize=8)
+    axes[0].invert_yaxis()
+    axes[0].set_ylabel("visited children,\nlikeliest first")
+    from matplotlib.patches import Patch
+
+    axes[2].legend(handles=[Patch(color="#1f4e9c", label="committed (most visits)"),
+                            Patch(facecolor="white", edgecolor="black", linewidth=2, label="best value q")],
+                   fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(title or "What the commit follows: visits (which follow the priors), not the value")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
 
 
@@ -397,9 +539,10 @@ def plot_similarity_heatmap(sim_or_embeddings, labels: Sequence[str], threshold:
         m = cosine_similarity_matrix(m)      # rows are embeddings
     names = [short(t, 14) for t in labels]
     ax = _new_ax(ax, (1.6 + 0.6 * len(names), 1.2 + 0.5 * len(names)))
+    # the diagonal (a sibling with itself, always 1) is masked: it carries no information
     sns.heatmap(pd.DataFrame(m, index=names, columns=names), ax=ax, vmin=min(0.0, float(m.min())), vmax=1.0,
                 cmap="viridis", annot=len(names) <= 12, fmt=".2f", annot_kws={"fontsize": 7},
-                cbar_kws={"label": "cosine similarity"})
+                cbar_kws={"label": "cosine similarity"}, mask=np.eye(len(names), dtype=bool))
     hits = 0
     for i in range(len(names)):
         for j in range(len(names)):
@@ -410,6 +553,80 @@ def plot_similarity_heatmap(sim_or_embeddings, labels: Sequence[str], threshold:
            title=title or f"Sibling similarity: boxed cells (>= {threshold}) share values, "
                           f"w = {gamma} x similarity ({hits // 2} pairs)")
     return ax
+
+
+def plot_sibling_similarity(pairs: pd.DataFrame, group: int | None, threshold: float = 0.95,
+                            gamma: float = 0.2):
+    """Left: every sibling pair's cosine similarity (`analysis.sibling_similarities`), stacked by
+    depth, against the similarity update's threshold. Right: the similarity matrix of one sibling
+    group (`group`: a parent uid, e.g. `analysis.most_similar_group`), diagonal masked, pairs at
+    or above the threshold boxed. Returns the figure."""
+    plt = _plt()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw=dict(width_ratios=[1, 1.15]))
+    depths = sorted(pairs.depth.unique())
+    bins = np.linspace(min(-0.2, float(pairs.cosine.min()) if len(pairs) else 0.0), 1.0, 31)
+    if depths:
+        ax.hist([pairs[pairs.depth == d].cosine for d in depths], bins=bins, stacked=True,
+                label=[f"depth {d} ({int((pairs.depth == d).sum())} pairs)" for d in depths],
+                color=[plt.get_cmap("viridis")(i / max(len(depths) - 1, 1)) for i in range(len(depths))])
+    else:
+        ax.text(0.5, 0.5, "no two siblings have\nbeen evaluated yet", ha="center", va="center",
+                transform=ax.transAxes, color="grey")
+    above = int((pairs.cosine >= threshold).sum())
+    ax.axvline(threshold, color="#d62728", ls="--", lw=1.5,
+               label=f"threshold {threshold}: {above} of {len(pairs)} pairs at or above")
+    ax.set(xlabel="cosine similarity of the two siblings' embeddings", ylabel="sibling pairs",
+           title="Every pair of siblings in the tree")
+    ax.legend(fontsize=8, loc="upper left")
+    if group is None:
+        ax2.set_axis_off()
+    else:
+        g = pairs[pairs.parent == group]
+        uids = list(dict.fromkeys(list(g.a) + list(g.b)))
+        text = {**dict(zip(g.a, g.text_a)), **dict(zip(g.b, g.text_b))}
+        m = np.eye(len(uids))
+        for r in g.itertuples():
+            i, j = uids.index(r.a), uids.index(r.b)
+            m[i, j] = m[j, i] = r.cosine
+        n_above = int((g.cosine >= threshold).sum())
+        plot_similarity_heatmap(m, [text[u] for u in uids], threshold=threshold, gamma=gamma, ax=ax2,
+                                title=f"The group with the most similar siblings (depth {int(g.depth.iloc[0])}):\n"
+                                      f"{n_above} pair(s) >= {threshold} share values (w = {gamma} x cosine)")
+        ax2.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_node_addition_timeline(df: pd.DataFrame, axes=None):
+    """What the node-addition test sees at a node over simulations (`analysis.
+    node_addition_timeline`): top, the variance norm of its children's embeddings against the
+    threshold, each simulation that added a child marked; bottom, its number of children.
+    Returns the figure."""
+    plt = _plt()
+    if axes is None:
+        _, axes = plt.subplots(2, 1, figsize=(9, 5.4), sharex=True, gridspec_kw=dict(height_ratios=[1.6, 1]))
+    ax, ax2 = axes
+    ax.plot(df.simulation, df.variance_norm, marker="o", ms=3, color="#4c72b0",
+            label="variance norm of the children's embeddings")
+    ax.step(df.simulation, df.threshold, where="mid", color="#d62728", ls="--", lw=1.2,
+            label=f"threshold = factor x level length ({df.threshold.iloc[0]:g} here)" if len(df) else None)
+    fired = df[df.added > 0]
+    ax.plot(fired.simulation, fired.variance_norm, ls="", marker="*", ms=13, color="#ff7f0e",
+            markeredgecolor="black", label=f"a child added ({int(df.added.sum())} in all)")
+    waiting = df[df.variance_norm.isna() & (df.children > 0)]
+    for i, s in enumerate(waiting.simulation):
+        ax.axvspan(s - 0.5, s + 0.5, color="#dddddd", lw=0, label="a child not tried yet (no test)" if i == 0 else None)
+    ax.set(ylabel="variance norm", title="Dynamic node addition: below the threshold with every child q < 0, "
+                                         "the node gets a new child")
+    ax.legend(fontsize=8, loc="upper right")
+    ax2.step(df.simulation, df.children, where="post", color="black", label="children of the node")
+    ax2.set(xlabel="simulation", ylabel="children")
+    if (df.added_anywhere > df.added).any():
+        ax2.plot(df.simulation, df.added_anywhere.cumsum(), color="grey", ls=":",
+                 label="children added anywhere in the tree (cumulative)")
+    ax2.legend(fontsize=8, loc="upper left")
+    ax.figure.tight_layout()
+    return ax.figure
 
 
 # ---------------------------------------------------------------------------------------------
@@ -607,7 +824,9 @@ def plot_selection_sweep(df: pd.DataFrame, axes=None):
     best = df[df.best].set_index("c").loc[cs]
     tried = df[df.visits > 0].groupby("c").size().reindex(cs, fill_value=0)
     axes[1].plot(cs, best.share, marker="o", label="share of visits to the best child")
-    axes[1].set(xlabel="exploration constant c", ylabel="share of visits", ylim=(0, 1.05),
+    axes[1].set_xscale("symlog", linthresh=min([c for c in cs if c > 0], default=1.0))   # c = 0 stays on the axis
+    axes[1].set_xticks(cs, [f"{c:g}" for c in cs])
+    axes[1].set(xlabel="exploration constant c (log scale, 0 at the left)", ylabel="share of visits", ylim=(0, 1.05),
                 title="Exploitation vs exploration")
     ax2 = axes[1].twinx()
     ax2.plot(cs, tried, marker="s", color="#ff7f0e", label="children tried at least once")
@@ -621,22 +840,52 @@ def plot_selection_sweep(df: pd.DataFrame, axes=None):
 
 
 def plot_candidate_sets(df: pd.DataFrame, top: int = 10):
-    """One panel per depth: the candidate token sets that expansion proposed and their priors.
-    `df` from `analysis.candidate_sets`."""
+    """A 2 x 2 grid (one panel per depth): the candidate token sets that expansion proposed and
+    their priors. Labels keep the end of each candidate, where siblings that share their start
+    differ. `df` from `analysis.candidate_sets`."""
     plt = _plt()
     depths = sorted(df.depth.unique())
-    fig, axes = plt.subplots(1, len(depths), figsize=(4.4 * len(depths), 3.8), squeeze=False)
-    for ax, d in zip(axes[0], depths):
+    cols = 2 if len(depths) > 1 else 1
+    rows = math.ceil(len(depths) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 3.6 * rows), squeeze=False)
+    for ax, d in zip(axes.flat, depths):
         sub = df[df.depth == d].sort_values("rank").head(top)
         ax.barh(range(len(sub)), sub.prior, color="#4c72b0")
-        width = 16 if sub.length.max() <= 2 else 34
-        ax.set_yticks(range(len(sub)), [short(t, width) for t in sub.text], fontsize=7)
+        ax.set_yticks(range(len(sub)), [short(t, 44, keep="end") for t in sub.text], fontsize=8,
+                      fontfamily="monospace")
         ax.invert_yaxis()
         ax.set(xlabel="prior p", title=f"depth {d}: {int(sub.length.max())}-token sets")
-    axes[0][0].set_ylabel("candidate (rank order)")
-    fig.suptitle("Candidate token sets proposed at each depth (following the likeliest candidate)")
+    for ax in list(axes.flat)[len(depths):]:
+        ax.set_axis_off()
+    for ax in axes[:, 0]:
+        ax.set_ylabel("candidate (rank order)")
+    fig.suptitle("Candidate token sets proposed at each depth (following the likeliest candidate; "
+                 "labels show the end of each set)")
     fig.tight_layout()
     return fig
+
+
+def plot_root_priors(root_sets: pd.DataFrame, ax=None):
+    """The root's children: the model's probability of each first token (renormalised over the
+    candidates) beside its prior after the root mix 0.75 p + 0.25 / k. `root_sets`: rows of
+    `analysis.candidate_sets` at the root's depth."""
+    import seaborn as sns
+
+    d = root_sets.assign(**{"model probability (renormalised)": root_sets.raw_p / root_sets.raw_p.sum(),
+                            "prior after the root mix": root_sets.prior})
+    long = d.melt(id_vars="text", value_vars=["model probability (renormalised)", "prior after the root mix"],
+                  var_name="kind", value_name="probability")
+    labels = [short(t, 12) for t in d.text]
+    long["text"] = long.text.map(dict(zip(d.text, range(len(d)))))     # one bar pair per candidate
+    ax = _new_ax(ax, (8, 3.6))
+    sns.barplot(data=long, x="text", y="probability", hue="kind", ax=ax)
+    ax.set_xticks(range(len(d)), labels)
+    ax.axhline(1 / len(d), color="grey", ls=":", lw=1, label=f"uniform 1/k = {1 / len(d):.2f}")
+    ax.set(title="Priors of the root's children: the model's probabilities, flattened a little",
+           xlabel="candidate first token", ylabel="probability")
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend(fontsize=8)
+    return ax
 
 
 def plot_quality_sweep(df: pd.DataFrame, ax=None):

@@ -116,3 +116,13 @@ class TreeExplorer:
     def _repr_mimebundle_(self, **kwargs):
         """Display as the widget (JupyterLab shows the explorer when it is a cell's value)."""
         return self.widget._repr_mimebundle_(**kwargs)
+
+
+def show_source(*objects):
+    """The source code of functions or classes (e.g. `raintools.tree.backup`), as one highlighted
+    code block for a notebook: the rule the notebook explains, as the package runs it."""
+    import inspect
+
+    from IPython.display import Code
+
+    return Code("\n\n".join(inspect.getsource(o).rstrip() for o in objects), language="python")
