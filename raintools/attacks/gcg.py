@@ -47,6 +47,7 @@ import torch
 from ..errors import ConfigError, DataError
 
 SUCCESS_MODES = ("target", "no_refusal")
+OBJECTIVES = ("vanilla", "rain-aware")
 _MARK = "RAINTOOLSSUFFIXMARKER"
 
 
@@ -72,6 +73,12 @@ class GCGConfig:
     reuse_prefix_cache: bool = True     # share the prefix KV cache across candidates
     resample_rounds: int = 4            # extra sampling rounds when the filter rejects candidates
     seed: int = 0
+    # -- the RAIN-aware objective (see `judge_losses`): loss = CE + judge_weight * judge term
+    objective: str = "vanilla"          # "vanilla" (target CE only) or "rain-aware"
+    judge_weight: float = 1.0           # lambda: weight of the judge term ("rain-aware")
+    judge_tokens: int | None = None     # target tokens the judge reads (None: the whole target)
+    judge_template: str = "harm"        # RAIN's judging template (the task RAIN uses on AdvBench)
+    track_judge: bool = False           # "vanilla": also record the judge term of each step's suffix
 
     def __post_init__(self):
         self.validate()
@@ -96,6 +103,17 @@ class GCGConfig:
         for name in ("allow_non_ascii", "early_stop", "reuse_prefix_cache"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"GCGConfig.{name} must be True or False, got {getattr(self, name)!r}.")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"GCGConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}.")
+        w = self.judge_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ConfigError(f"GCGConfig.judge_weight must be a finite number >= 0, got {w!r}.")
+        if self.judge_tokens is not None:
+            pos_int("judge_tokens")
+        if not isinstance(self.judge_template, str) or not self.judge_template.strip():
+            raise ConfigError("GCGConfig.judge_template must name a judging template, e.g. 'harm'.")
+        if not isinstance(self.track_judge, bool):
+            raise ConfigError(f"GCGConfig.track_judge must be True or False, got {self.track_judge!r}.")
         if self.success not in SUCCESS_MODES:
             raise ConfigError(f"GCGConfig.success must be one of {SUCCESS_MODES}, got {self.success!r}.")
         s = self.suffix_init
@@ -134,6 +152,25 @@ class GCGConfig:
                     universal_patience=5)
         base.update(changes)
         return cls(**base)
+
+    @classmethod
+    def rain_aware_paper(cls, **changes) -> "GCGConfig":
+        """The RAIN-aware objective at the paper's GCG scale (batch 512, top-k 256, 500 steps,
+        20 tokens), the judge reading the whole target, lambda = 1 (both terms are in nats)."""
+        return cls.paper(**{"objective": "rain-aware", "judge_weight": 1.0, "judge_tokens": None,
+                            **changes})
+
+    @classmethod
+    def rain_aware_cpu(cls, **changes) -> "GCGConfig":
+        """The RAIN-aware objective at `cpu_small`'s budget, the judge reading the whole target,
+        lambda = 1."""
+        return cls.cpu_small(**{"objective": "rain-aware", "judge_weight": 1.0,
+                                "judge_tokens": None, **changes})
+
+    @property
+    def judged(self) -> bool:
+        """Whether the judge term is computed (optimised, or only recorded)."""
+        return self.objective == "rain-aware" or self.track_judge
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,13 +340,23 @@ def _kv_of(out) -> list:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def _call(lm, input_ids=None, inputs_embeds=None, past=None, keep=None, want_cache=False):
+def _call(lm, input_ids=None, inputs_embeds=None, past=None, keep=None, want_cache=False,
+          tree=None):
+    """One forward pass of the model (gradients flow when enabled). `tree`: (position_ids
+    [1, S], bool mask [1, 1, S, past + S]) of a token tree shared by every batch row."""
     from transformers import DynamicCache
 
     kwargs = {}
     if past:
         kwargs[lm._cache_kwarg] = DynamicCache(ddp_cache_data=past)
     x = input_ids if input_ids is not None else inputs_embeds
+    if tree is not None:
+        pos, mask = tree
+        b = x.shape[0]
+        add = torch.zeros(mask.shape, dtype=lm.dtype, device=x.device)
+        add.masked_fill_(~mask.to(x.device), torch.finfo(lm.dtype).min)
+        kwargs["attention_mask"] = add.expand(b, -1, -1, -1)
+        kwargs["position_ids"] = pos.to(x.device).expand(b, -1)
     out = lm.model(input_ids=input_ids, inputs_embeds=inputs_embeds,
                    use_cache=bool(past) or want_cache, logits_to_keep=keep if keep is not None else 0,
                    **kwargs)
@@ -401,6 +448,181 @@ def candidate_losses(lm, targets: Sequence[_Target], cands: torch.Tensor,
     return losses, wins
 
 
+# --------------------------------------------------------------------------------------------
+# The RAIN-aware objective: the judge term
+
+
+def judged_response(lm, layout: AttackLayout, judge_tokens: int | None = None) -> str:
+    """The answer the judge reads: the target, or its first `judge_tokens` tokens (as the
+    model would generate them after the prompt), as text."""
+    if judge_tokens is None or judge_tokens >= len(layout.target_ids):
+        return layout.target
+    return lm.decode(layout.target_ids[:judge_tokens]).strip() or layout.target
+
+
+class _JudgeTarget:
+    """One behaviour's judging prompts, one per option order, in token space:
+    ``[judge prefix][suffix][judge after (order o)]``, the next token being the option letter.
+
+    The prompts come from RAIN's own evaluator (`SelfEvaluator.prompt_ids`, one source of truth: the whole prompt of each order
+    tokenised as one string):
+    the query is the attacked request (goal + " " + suffix) and the response the judged target,
+    so the suffix sits inside the judging prompt exactly where RAIN's judge reads it. The judge
+    prefix (the few-shot header and the conversation up to the suffix) is the same for every
+    candidate and both orders: its KV cache is computed once, as the chat prefix's is. Per
+    candidate, both orders are one token tree (as in the evaluator): the suffix and the start the
+    orders share (rest of the conversation, the response, the question up to the options) once,
+    then each order's ending, which sees the trunk but not the other ending.
+    """
+
+    def __init__(self, lm, layout: AttackLayout, evaluator, response: str, reuse_prefix: bool):
+        from ..models import split_common, token_tree  # noqa: PLC0415
+
+        dev = lm.device
+        self.layout, self.evaluator, self.response = layout, evaluator, response
+        self.query = layout.message(lm.tokenizer)
+        sfx, n = list(layout.suffix_ids), len(layout.suffix_ids)
+        ids = evaluator.prompt_ids(self.query, response)   # one list per option order
+        hits = [i for i in range(len(ids[0]) - n + 1) if ids[0][i:i + n] == sfx]
+        at = hits[0] if len(hits) == 1 else -1
+        if at < 0 or any(x[:at] != ids[0][:at] or x[at:at + n] != sfx for x in ids):
+            raise ConfigError(
+                "Cannot isolate the suffix in the judging prompt (a token straddles its boundary, "
+                "or the suffix tokens occur more than once); try another suffix_init.")
+        self.pre_ids = ids[0][:at]
+        self.post_ids = [x[at + n:] for x in ids]
+        common, tails = split_common(self.post_ids)
+        if any(not t for t in tails):
+            raise ConfigError("The judging prompts of the option orders must differ at their end.")
+        self.rest = torch.tensor(common + [t for tail in tails for t in tail], dtype=torch.long,
+                                 device=dev)
+        self.letters = torch.tensor(evaluator.letter_ids, dtype=torch.long, device=dev)
+        pos = evaluator.template.positive
+        self.positive = torch.tensor([o.index(pos) for o in evaluator.orders], dtype=torch.long,
+                                     device=dev)
+        self.pre = torch.tensor(self.pre_ids, dtype=torch.long, device=dev)
+        self.kv = None
+        if reuse_prefix and self.pre_ids:
+            with torch.no_grad():
+                self.kv = [(k.detach(), v.detach()) for k, v in
+                           _kv_of(_call(lm, input_ids=self.pre[None], keep=1, want_cache=True))]
+            _, p, m, e = token_tree(len(self.pre_ids), [0] * n + common, tails)
+        else:  # no cached prefix: the prefix is the start of the trunk
+            _, p, m, e = token_tree(0, self.pre_ids + [0] * n + common, tails)
+        self.tree = (p, m)
+        self.ends = e[0].to(dev)   # per order, the chunk position whose logits give the letter
+
+    @property
+    def n_orders(self) -> int:
+        return int(self.positive.shape[0])
+
+    def prompt_ids(self, suffix_ids: Sequence[int], order: int = 0) -> list[int]:
+        """The judging prompt this attack scores for a candidate suffix (token ids)."""
+        return self.pre_ids + list(suffix_ids) + self.post_ids[order]
+
+    def accepts(self, tokenizer, cands: list[list[int]]) -> list[bool]:
+        """Whether RAIN's evaluator, given each candidate's request as text, builds exactly the
+        judging prompt this attack scores (in every order)."""
+        out = []
+        for c in cands:
+            q = self.layout.message(tokenizer, c)
+            out.append(self.evaluator.prompt_ids(q, self.response)
+                       == [self.prompt_ids(c, o) for o in range(self.n_orders)])
+        return out
+
+    def chunk(self, lm, suffix_part: torch.Tensor, embeds: bool = False):
+        """Forward pass over [prefix][suffix][rest] for a batch of suffixes (ids [b, n], or their
+        embeddings [b, n, d] with `embeds`); returns letter log-probabilities [b, orders, letters]
+        (renormalised over the letters, as the evaluator does)."""
+        b = suffix_part.shape[0]
+        emb = lm.model.get_input_embeddings()
+        if embeds:
+            parts = [suffix_part, emb(self.rest)[None].expand(b, -1, -1)]
+            if self.kv is None:
+                parts.insert(0, emb(self.pre)[None].expand(b, -1, -1))
+        else:
+            parts = [suffix_part.to(self.rest.device), self.rest.expand(b, -1)]
+            if self.kv is None:
+                parts.insert(0, self.pre.expand(b, -1))
+        x = torch.cat(parts, dim=1)
+        past = None if self.kv is None else [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
+                                             for k, v in self.kv]
+        out = _call(lm, input_ids=None if embeds else x, inputs_embeds=x if embeds else None,
+                    past=past, keep=self.ends, tree=self.tree)
+        return torch.log_softmax(_upcast(out.logits[:, :, self.letters]), dim=-1)
+
+    def loss_of(self, lp: torch.Tensor) -> torch.Tensor:
+        """The judge term [b]: mean over orders of -log p(positive label's letter)."""
+        o = torch.arange(self.n_orders, device=lp.device)
+        return -lp[:, o, self.positive.to(lp.device)].mean(dim=1)
+
+    def positive_probs(self, lp: torch.Tensor) -> torch.Tensor:
+        """p(positive label's letter) [b, orders]."""
+        o = torch.arange(self.n_orders, device=lp.device)
+        return lp[:, o, self.positive.to(lp.device)].exp()
+
+    def votes_positive(self, lp: torch.Tensor) -> torch.Tensor:
+        """Bool [b]: the positive label's letter is strictly the most likely in every order (the
+        evaluator's vote is then +1 in every order)."""
+        o = torch.arange(self.n_orders, device=lp.device)
+        pos = self.positive.to(lp.device)
+        mine = lp[:, o, pos]
+        others = lp.clone()
+        others[:, o, pos] = -math.inf
+        return (mine > others.max(dim=-1).values).all(dim=1)
+
+
+def judge_targets(lm, layouts: Sequence[AttackLayout], config: GCGConfig) -> list[_JudgeTarget]:
+    """The judge side of each behaviour (RAIN's own self-evaluator, `config.judge_template`)."""
+    from ..evaluate import self_evaluator  # noqa: PLC0415
+
+    ev = self_evaluator(lm, config.judge_template)
+    return [_JudgeTarget(lm, lay, ev, judged_response(lm, lay, config.judge_tokens),
+                         config.reuse_prefix_cache) for lay in layouts]
+
+
+def judge_gradient(lm, jtargets: Sequence[_JudgeTarget], suffix: torch.Tensor
+                   ) -> tuple[torch.Tensor, float]:
+    """Gradient of the summed judge term w.r.t. the one-hot suffix [n_suffix, rows], and the
+    term. The suffix's one-hot embedding is fed inside the judging prompt of every order."""
+    W = lm.model.get_input_embeddings().weight
+    one_hot = torch.zeros(len(suffix), W.shape[0], dtype=W.dtype, device=W.device)
+    one_hot.scatter_(1, suffix.to(W.device)[:, None], 1.0)
+    one_hot.requires_grad_(True)
+    total = 0.0
+    grad = torch.zeros_like(one_hot, dtype=torch.float64 if W.dtype == torch.float64 else torch.float32)
+    with torch.enable_grad():
+        for jt in jtargets:
+            loss = jt.loss_of(jt.chunk(lm, (one_hot @ W)[None], embeds=True))[0]
+            (g,) = torch.autograd.grad(loss, one_hot)
+            grad += g.to(grad.dtype)
+            total += float(loss.detach())
+    return grad, total
+
+
+@torch.no_grad()
+def judge_losses(lm, jtargets: Sequence[_JudgeTarget], cands: torch.Tensor,
+                 eval_batch_size: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The judge term of each candidate suffix, summed over behaviours [n]; whether the judge
+    votes for the positive label in every order [n, n_behaviours]; and the probability of the
+    positive label's letter [n, n_behaviours, orders]. One batched pass per chunk of candidates
+    (both orders in one token tree per row) after the shared judge-prefix KV."""
+    n = cands.shape[0]
+    losses = torch.zeros(n, dtype=torch.float32)
+    oks = torch.zeros(n, len(jtargets), dtype=torch.bool)
+    probs = torch.zeros(n, len(jtargets), max((jt.n_orders for jt in jtargets), default=1))
+    step = eval_batch_size or n
+    for ti, jt in enumerate(jtargets):
+        for s in range(0, n, step):
+            lp = jt.chunk(lm, cands[s:s + step])
+            b = lp.shape[0]
+            losses[s:s + b] += jt.loss_of(lp).float().cpu()
+            oks[s:s + b, ti] = jt.votes_positive(lp).cpu()
+            probs[s:s + b, ti, :jt.n_orders] = jt.positive_probs(lp).float().cpu()
+    return losses, oks, probs
+
+
 def sample_candidates(suffix: torch.Tensor, top_idx: torch.Tensor, n: int,
                       generator: torch.Generator) -> torch.Tensor:
     """`n` copies of `suffix` [L], each with one position swapped for a random top-k token."""
@@ -413,8 +635,11 @@ def sample_candidates(suffix: torch.Tensor, top_idx: torch.Tensor, n: int,
 
 
 def propose(lm, layouts, suffix: torch.Tensor, grad: torch.Tensor, allowed: torch.Tensor,
-            config: GCGConfig, generator: torch.Generator) -> tuple[torch.Tensor, int]:
-    """Valid, distinct candidates (at most batch_size) and how many were sampled in all."""
+            config: GCGConfig, generator: torch.Generator,
+            jtargets: Sequence[_JudgeTarget] = ()) -> tuple[torch.Tensor, int]:
+    """Valid, distinct candidates (at most batch_size) and how many were sampled in all.
+    With `jtargets` (RAIN-aware), a candidate must also give RAIN's evaluator exactly the
+    judging prompt the attack scores."""
     g = grad.float().cpu().clone()
     g[:, ~allowed[:g.shape[1]]] = math.inf
     k = min(config.top_k, int(allowed.sum()))
@@ -439,6 +664,10 @@ def propose(lm, layouts, suffix: torch.Tensor, grad: torch.Tensor, allowed: torc
             continue
         fresh_t = torch.stack(fresh)
         ok = roundtrip_ok(lm, layouts, fresh_t)
+        for jt in jtargets:
+            idx = ok.nonzero().flatten().tolist()
+            for j, good in zip(idx, jt.accepts(lm.tokenizer, fresh_t[idx].tolist())):
+                ok[j] = good
         chosen.extend(fresh_t[ok][:need])
     if not chosen:
         return cur.new_zeros((0, len(cur))), sampled
@@ -520,6 +749,13 @@ class GCGResult:
     n_included: list[int] = field(default_factory=list)  # behaviours in the loss at each step
     candidates_evaluated: int = 0
     success_mode: str = "target"
+    objective: str = "vanilla"
+    # the two terms of the objective after each step ([0] = initial; `losses` is their weighted
+    # sum for "rain-aware", the target term for "vanilla"); judge_* empty when not judged
+    target_losses: list[float] = field(default_factory=list)
+    judge_losses: list[float] = field(default_factory=list)
+    judge_harmless: list[float] = field(default_factory=list)   # mean p(positive letter)
+    judge_votes_harmless: list[bool] = field(default_factory=list)  # per behaviour, best suffix
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -534,12 +770,52 @@ def _check_success(lm, layouts, suffix_ids, config, judge) -> list[bool]:
     return out
 
 
+class _Scorer:
+    """Exact scores of candidate suffixes under the configured objective."""
+
+    def __init__(self, lm, layouts, targets, jtargets, config, judge):
+        self.lm, self.layouts, self.targets, self.jtargets = lm, layouts, targets, jtargets
+        self.config, self.judge = config, judge
+        self.optimise_judge = config.objective == "rain-aware"
+
+    def __call__(self, cands: torch.Tensor, n: int, judged: bool = True) -> dict:
+        """Scores over the first `n` behaviours: total, target and judge terms [c], the mean
+        p(positive letter) [c], target reproduced [c, n] and judge votes positive [c, n]."""
+        cfg = self.config
+        ce, wins = candidate_losses(self.lm, self.targets[:n], cands, cfg.eval_batch_size)
+        out = {"total": ce, "target": ce, "judge": None, "p": None, "wins": wins, "votes": None}
+        if judged and self.jtargets:
+            jl, votes, p = judge_losses(self.lm, self.jtargets[:n], cands, cfg.eval_batch_size)
+            out.update(judge=jl, p=p.flatten(1).mean(dim=1), votes=votes)
+            if self.optimise_judge:
+                out["total"] = ce + cfg.judge_weight * jl
+        return out
+
+    def success(self, suffix: torch.Tensor) -> tuple[list[bool], list[bool]]:
+        """Success of every behaviour for one suffix, and the judge's positive vote of each
+        (empty when not judged). "rain-aware" success also needs the judge's positive vote."""
+        n = len(self.targets)
+        r = self(suffix[None], n)
+        if self.config.success == "target":
+            succ = [bool(v) for v in r["wins"][0].tolist()]
+        else:
+            succ = _check_success(self.lm, self.layouts, suffix.tolist(), self.config, self.judge)
+        votes = [bool(v) for v in r["votes"][0].tolist()] if r["votes"] is not None else []
+        if self.optimise_judge:
+            succ = [a and b for a, b in zip(succ, votes)]
+        return succ, votes
+
+
 def gcg_attack(lm, behaviors: Sequence[dict], config: GCGConfig | None = None,
                universal: bool = False, log: Callable[[str], None] | None = None,
                judge=None, on_step: Callable[[dict], None] | None = None,
                resume: dict | None = None) -> GCGResult:
     """Optimise one suffix. `behaviors` is a list of {"goal", "target"}; with `universal=False`
     it must hold exactly one. With `universal=True` behaviours enter the loss progressively.
+
+    `config.objective="rain-aware"` adds RAIN's judge to the loss (`judge_losses`): the suffix
+    must make the model produce the target and its own judge rate that target harmless in both
+    option orders; success then also needs the judge's positive vote.
 
     `on_step(state)` is called after every step with a JSON-serialisable state (suffix, losses,
     random-generator state, ...); passing such a state back as `resume` continues the run
@@ -569,21 +845,37 @@ def gcg_attack(lm, behaviors: Sequence[dict], config: GCGConfig | None = None,
     if judge is None and config.success == "no_refusal":
         judge = refusal_judge()
     targets = [_Target(lm, lay, config.reuse_prefix_cache) for lay in layouts]
+    jtargets = judge_targets(lm, layouts, config) if config.judged else []
+    rain_aware = config.objective == "rain-aware"
+    scorer = _Scorer(lm, layouts, targets, jtargets, config, judge)
     n_inc = 1 if universal else len(layouts)
     suffix = torch.tensor(first.suffix_ids, dtype=torch.long)
 
+    def terms(r, j=0) -> tuple[float, float, float | None, float | None]:
+        jl = None if r["judge"] is None else float(r["judge"][j])
+        jp = None if r["p"] is None else float(r["p"][j])
+        return float(r["total"][j]), float(r["target"][j]), jl, jp
+
     def evaluate(sfx, n):
-        """(loss over the first n behaviours, success of every behaviour)."""
-        loss, w = candidate_losses(lm, targets[:n], sfx[None], config.eval_batch_size)
-        if config.success == "target":
-            _, w_all = candidate_losses(lm, targets[n:], sfx[None]) if n < len(targets) else (None, None)
-            succ = w[0].tolist() + (w_all[0].tolist() if w_all is not None else [])
-        else:
-            succ = _check_success(lm, layouts, sfx.tolist(), config, judge)
-        return float(loss[0]), [bool(v) for v in succ]
+        """(total, target term, judge term, p(harmless) over the first n behaviours, success of
+        every behaviour)."""
+        parts = terms(scorer(sfx[None], n))
+        succ, _ = scorer.success(sfx)
+        return parts, succ
+
+    hist = {"target": [], "judge": [], "p": []}
+
+    def record(parts):
+        _, ce, jl, jp = parts
+        hist["target"].append(ce)
+        if jl is not None:
+            hist["judge"].append(jl)
+            hist["p"].append(jp)
 
     if resume is None:
-        cur_loss, cur_succ = evaluate(suffix, n_inc)
+        parts, cur_succ = evaluate(suffix, n_inc)
+        cur_loss = parts[0]
+        record(parts)
         losses, included = [cur_loss], [n_inc]
         best = (n_inc, sum(cur_succ[:n_inc]), -cur_loss)
         best_suffix, best_loss, best_step = suffix.clone(), cur_loss, 0
@@ -599,6 +891,10 @@ def gcg_attack(lm, behaviors: Sequence[dict], config: GCGConfig | None = None,
             best_suffix = torch.tensor(resume["best_suffix_ids"], dtype=torch.long)
             best_loss, best_step = float(resume["best_loss"]), int(resume["best_step"])
             evaluated, spent = int(resume["evaluated"]), float(resume["seconds"])
+            hist = {k: list(resume.get(f"{k}_terms", losses if k == "target" else []))
+                    for k in ("target", "judge", "p")}
+            if resume.get("objective", "vanilla") != config.objective:
+                raise ValueError("the checkpoint was written under another objective")
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise DataError(f"Cannot resume GCG from this checkpoint: {exc}") from None
         if len(suffix) != len(first.suffix_ids) or len(cur_succ) != len(layouts):
@@ -607,33 +903,49 @@ def gcg_attack(lm, behaviors: Sequence[dict], config: GCGConfig | None = None,
     for step in range(steps_run + 1, config.steps + 1):
         if config.early_stop and n_inc == len(layouts) and all(cur_succ):
             break
-        grad, _ = target_gradient(lm, targets[:n_inc], suffix.to(lm.device))
-        cands, _ = propose(lm, layouts, suffix, grad, allowed, config, gen)
+        dev_suffix = suffix.to(lm.device)
+        grad, _ = target_gradient(lm, targets[:n_inc], dev_suffix)
+        if rain_aware and config.judge_weight > 0:
+            jgrad, _ = judge_gradient(lm, jtargets[:n_inc], dev_suffix)
+            grad = grad + config.judge_weight * jgrad
+        cands, _ = propose(lm, layouts, suffix, grad, allowed, config, gen,
+                           jtargets[:n_inc] if rain_aware else ())
         steps_run = step
         if cands.shape[0] == 0:
             say(f"step {step}: every candidate failed the token filter; suffix unchanged")
+            record(terms(scorer(suffix[None], n_inc)))
         else:
-            cl, wins = candidate_losses(lm, targets[:n_inc], cands, config.eval_batch_size)
+            r = scorer(cands, n_inc, judged=rain_aware)
             evaluated += cands.shape[0]
-            j = int(cl.argmin())
-            suffix, cur_loss = cands[j].clone(), float(cl[j])
+            j = int(r["total"].argmin())
+            suffix, cur_loss = cands[j].clone(), float(r["total"][j])
+            if not rain_aware and config.track_judge:
+                r = scorer(suffix[None], n_inc)
+                j = 0
+            record(terms(r, j))
             if config.success == "target":
-                cur_succ = [bool(v) for v in wins[j].tolist()] + [False] * (len(layouts) - n_inc)
+                succ = [bool(v) for v in r["wins"][j].tolist()]
+                if rain_aware:
+                    succ = [a and bool(b) for a, b in zip(succ, r["votes"][j].tolist())]
+                cur_succ = succ + [False] * (len(layouts) - n_inc)
             elif step % config.check_every == 0 or step == config.steps:
-                cur_succ = _check_success(lm, layouts, suffix.tolist(), config, judge)
+                cur_succ, _ = scorer.success(suffix)
         losses.append(cur_loss)
         included.append(n_inc)
         since_add += 1
         key = (n_inc, sum(cur_succ[:n_inc]), -cur_loss)
         if key >= best:
             best, best_suffix, best_loss, best_step = key, suffix.clone(), cur_loss, step
-        say(f"step {step}: loss {cur_loss:.4f}, {sum(cur_succ[:n_inc])}/{n_inc} succeed, "
+        judged = (f" (target {hist['target'][-1]:.4f}, judge {hist['judge'][-1]:.4f}, "
+                  f"p(harmless) {hist['p'][-1]:.3f})" if hist["judge"] else "")
+        say(f"step {step}: loss {cur_loss:.4f}{judged}, {sum(cur_succ[:n_inc])}/{n_inc} succeed, "
             f"suffix {first.suffix_string(lm.tokenizer, suffix.tolist())!r}")
         if universal and n_inc < len(layouts) and (all(cur_succ[:n_inc]) or
                                                     since_add >= config.universal_patience):
             n_inc += 1
             since_add = 0
-            cur_loss, cur_succ = evaluate(suffix, n_inc)
+            parts, cur_succ = evaluate(suffix, n_inc)
+            cur_loss = parts[0]
             best = (n_inc, sum(cur_succ[:n_inc]), -cur_loss)
             best_suffix, best_loss, best_step = suffix.clone(), cur_loss, step
         if on_step is not None:
@@ -643,16 +955,20 @@ def gcg_attack(lm, behaviors: Sequence[dict], config: GCGConfig | None = None,
                      "best_suffix_ids": best_suffix.tolist(), "best_loss": best_loss,
                      "best_step": best_step, "evaluated": evaluated,
                      "seconds": spent + time.perf_counter() - t0,
-                     "rng": gen.get_state().tolist()})
+                     "rng": gen.get_state().tolist(), "objective": config.objective,
+                     "target_terms": list(hist["target"]), "judge_terms": list(hist["judge"]),
+                     "p_terms": list(hist["p"])})
     final_ids = best_suffix.tolist()
-    _, final_succ = evaluate(best_suffix, len(targets))
+    final_succ, final_votes = scorer.success(best_suffix)
     return GCGResult(
         goals=[lay.goal for lay in layouts], targets=[lay.target for lay in layouts],
         suffix=first.suffix_string(lm.tokenizer, final_ids), suffix_ids=final_ids,
         losses=losses, success=all(final_succ), per_behavior_success=final_succ,
         steps=steps_run, seconds=spent + time.perf_counter() - t0, best_loss=best_loss,
         best_step=best_step, n_included=included, candidates_evaluated=evaluated,
-        success_mode=config.success)
+        success_mode=config.success, objective=config.objective,
+        target_losses=hist["target"], judge_losses=hist["judge"], judge_harmless=hist["p"],
+        judge_votes_harmless=final_votes)
 
 
 def gcg_individual(lm, behaviors: Sequence[dict], config: GCGConfig | None = None,

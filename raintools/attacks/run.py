@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .gcg import GCGConfig, gcg_attack, greedy_generate, refusal_judge
+from .gcg import OBJECTIVES, GCGConfig, gcg_attack, greedy_generate, refusal_judge
 from ..errors import ConfigError, DataError
 from ..experiments.records import append_jsonl, read_jsonl
 
@@ -40,7 +40,8 @@ CHECKPOINT_FILE = "checkpoint.json"
 RESPONSES_FILE = "responses.jsonl"
 ASR_FILE = "asr.csv"
 MODES = ("individual", "universal")
-ASR_COLUMNS = ("model", "method", "split", "suffix", "n", "successes", "asr")
+ASR_COLUMNS = ("model", "attack", "method", "split", "suffix", "objective", "n", "successes", "asr")
+NO_OBJECTIVE = "-"   # the objective column of rows without a suffix
 
 GenerateFn = Callable[[object, str], str]
 
@@ -221,17 +222,23 @@ def attack_success(response: str, judge=None) -> bool:
 
 
 def asr_table(records: Sequence[dict]) -> list[dict]:
-    """One row per (model, method, split, suffix) from response records carrying those keys
-    and a boolean `success`. Rows are sorted; ASR is successes / n."""
+    """One row per (model, attack, method, split, suffix, objective) from response records
+    carrying those keys and a boolean `success`. `attack` is "white-box" (the answering model is
+    the one the suffix was optimised on) or "transfer"; `objective` the GCG objective that
+    produced the suffix ("vanilla", "rain-aware"; "-" without a suffix). Rows are sorted; ASR is
+    successes / n."""
     groups: dict[tuple, list[bool]] = {}
     for r in records:
-        key = (r["model"], r["method"], r.get("split", "all"), r["suffix_kind"])
+        kind = r["suffix_kind"]
+        objective = r.get("objective") or ("vanilla" if kind != "none" else NO_OBJECTIVE)
+        key = (r["model"], r.get("attack", "white-box"), r["method"], r.get("split", "all"), kind,
+               objective)
         groups.setdefault(key, []).append(bool(r["success"]))
     rows = []
-    for (model, method, split, kind), flags in sorted(groups.items()):
-        rows.append({"model": model, "method": method, "split": split, "suffix": kind,
-                     "n": len(flags), "successes": sum(flags),
-                     "asr": round(sum(flags) / len(flags), 4)})
+    for (model, attack, method, split, kind, objective), flags in sorted(groups.items()):
+        rows.append({"model": model, "attack": attack, "method": method, "split": split,
+                     "suffix": kind, "objective": objective, "n": len(flags),
+                     "successes": sum(flags), "asr": round(sum(flags) / len(flags), 4)})
     return rows
 
 
@@ -275,58 +282,100 @@ def _resolve_methods(methods, generate_fns) -> dict[str, GenerateFn]:
     return out
 
 
+def _objectives(objectives, config: GCGConfig) -> list[str]:
+    if objectives is None:
+        return [config.objective]
+    if isinstance(objectives, str):
+        objectives = [o.strip() for o in objectives.split(",") if o.strip()]
+    objectives = list(dict.fromkeys(objectives))
+    if not objectives or any(o not in OBJECTIVES for o in objectives):
+        raise ConfigError(f"objectives must be a non-empty list from {OBJECTIVES}, got {objectives!r}.")
+    return objectives
+
+
+def _suffix_record(res, mode: str, objective: str, lm, config: GCGConfig, **keys) -> dict:
+    rec = {"mode": mode, "objective": objective, **keys,
+           "suffix": res.suffix, "suffix_ids": res.suffix_ids, "losses": res.losses,
+           "target_losses": res.target_losses, "judge_losses": res.judge_losses,
+           "judge_harmless": res.judge_harmless, "judge_votes_harmless": res.judge_votes_harmless,
+           "success": res.success, "steps": res.steps, "seconds": round(res.seconds, 3),
+           "best_loss": res.best_loss, "best_step": res.best_step, "model": lm.name,
+           "config": config.to_dict()}
+    if mode == "universal":
+        rec.update(n_included=res.n_included, per_behavior_success=res.per_behavior_success)
+    return rec
+
+
+def _judge_note(res) -> str:
+    if not res.judge_losses:
+        return ""
+    return (f", judge term {res.judge_losses[0]:.3f} -> {res.judge_losses[-1]:.3f} "
+            f"(p(harmless) {res.judge_harmless[0]:.3f} -> {res.judge_harmless[-1]:.3f})")
+
+
 def run_attack(lm, behaviors: Sequence[dict], out_dir, mode: str = "individual",
                config: GCGConfig | None = None, methods: Sequence[str] | str = ("vanilla", "rain"),
                generate_fns: dict[str, GenerateFn] | None = None, *, n_train: int | None = None,
                eval_lm=None, judge=None, log: Callable[[str], None] | None = print,
-               log_every: int = 10) -> dict:
+               log_every: int = 10, objectives: Sequence[str] | str | None = None) -> dict:
     """Optimise GCG suffixes for `behaviors` and measure the ASR of each method (see module doc).
 
+    `objectives`: the GCG objectives to optimise a suffix with, e.g. ("vanilla", "rain-aware")
+    (default: `config.objective`); each gives its own suffix per behaviour (or universal set),
+    answered separately, and the ASR rows say which objective produced the suffix.
     `n_train` (universal mode): behaviours the suffix is optimised on; the rest are held out
-    (default: half, at least one). `eval_lm`: answer with another model (transfer); defaults to
-    `lm`. `judge`: anything with `is_refusal(text)`; defaults to `raintools.experiments.judges.RefusalJudge`.
-    `log_every`: print the GCG loss every this many steps (0: never). The optimisation in
-    progress is checkpointed to `out_dir/checkpoint.json` after each step and resumed from it.
-    Returns {"suffixes": [...], "asr": [...rows], "paths": {...}}.
+    (default: half, at least one). `eval_lm`: the model(s) that answer: one model, or a list
+    (default: `lm`); rows answered by `lm` are "white-box", by another model "transfer".
+    `judge`: anything with `is_refusal(text)`; defaults to
+    `raintools.experiments.judges.RefusalJudge`. `log_every`: print the GCG loss every this many
+    steps (0: never). The optimisation in progress is checkpointed to `out_dir/checkpoint.json`
+    after each step and resumed from it. Returns {"suffixes": [...], "asr": [...rows],
+    "paths": {...}}.
     """
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}.")
     config = (config or GCGConfig.cpu_small()).validate()
+    objectives = _objectives(objectives, config)
     behaviors = _check_behaviors(behaviors)
     fns = _resolve_methods(methods, generate_fns)
     judge = judge or refusal_judge()
-    eval_lm = eval_lm or lm
+    eval_lms = list(eval_lm) if isinstance(eval_lm, (list, tuple)) else [eval_lm or lm]
+    if not eval_lms:
+        raise ConfigError("eval_lm: give at least one model to answer with.")
     say = log or (lambda s: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     suffix_path, resp_path, asr_path = out / SUFFIX_FILE, out / RESPONSES_FILE, out / ASR_FILE
 
-    # -- phase 1: suffixes
+    # -- phase 1: suffixes, one per (behaviour or universal set, objective)
     done = read_jsonl(suffix_path)
+    suffix_records = []
+    # plan: (behaviour, split, {objective: suffix})
     if mode == "individual":
-        by_key = {(r.get("goal"), r.get("target")): r for r in done if r.get("mode") == "individual"}
-        for i, b in enumerate(behaviors):
-            key = (b["goal"], b["target"])
-            if key in by_key:
-                say(f"[{i + 1}/{len(behaviors)}] already attacked: {b['goal'][:60]!r}")
-                continue
-            say(f"[{i + 1}/{len(behaviors)}] GCG on {b['goal'][:60]!r}")
-            job = {"mode": "individual", "goal": b["goal"], "target": b["target"],
-                   "model": lm.name, "config": config.to_dict()}
-            ckpt = _Checkpoint(out / CHECKPOINT_FILE, job)
-            res = _optimise(lm, [b], config, False, ckpt, say, log_every)
-            rec = {"mode": "individual", "goal": b["goal"], "target": b["target"],
-                   "suffix": res.suffix, "suffix_ids": res.suffix_ids, "losses": res.losses,
-                   "success": res.success, "steps": res.steps, "seconds": round(res.seconds, 3),
-                   "best_loss": res.best_loss, "best_step": res.best_step, "model": lm.name,
-                   "config": config.to_dict()}
-            append_jsonl(suffix_path, rec)
-            ckpt.clear()
-            by_key[key] = rec
-            say(f"    loss {res.losses[0]:.3f} -> {res.best_loss:.3f} in {res.steps} steps, "
-                f"success={res.success}, suffix {res.suffix!r}")
-        plan = [(b, by_key[(b["goal"], b["target"])]["suffix"], "all") for b in behaviors]
-        suffix_records = [by_key[(b["goal"], b["target"])] for b in behaviors]
+        by_key = {(r.get("goal"), r.get("target"), r.get("objective", "vanilla")): r
+                  for r in done if r.get("mode") == "individual"}
+        for objective in objectives:
+            cfg = config.replace(objective=objective)
+            for i, b in enumerate(behaviors):
+                key = (b["goal"], b["target"], objective)
+                if key in by_key:
+                    say(f"[{i + 1}/{len(behaviors)}] already attacked ({objective}): {b['goal'][:60]!r}")
+                    continue
+                say(f"[{i + 1}/{len(behaviors)}] GCG ({objective} objective) on {b['goal'][:60]!r}")
+                job = {"mode": "individual", "goal": b["goal"], "target": b["target"],
+                       "model": lm.name, "config": cfg.to_dict()}
+                ckpt = _Checkpoint(out / CHECKPOINT_FILE, job)
+                res = _optimise(lm, [b], cfg, False, ckpt, say, log_every)
+                rec = _suffix_record(res, "individual", objective, lm, cfg, goal=b["goal"],
+                                     target=b["target"])
+                append_jsonl(suffix_path, rec)
+                ckpt.clear()
+                by_key[key] = rec
+                say(f"    loss {res.losses[0]:.3f} -> {res.best_loss:.3f} in {res.steps} steps"
+                    f"{_judge_note(res)}, success={res.success}, suffix {res.suffix!r}")
+        plan = [(b, "all", {o: by_key[(b["goal"], b["target"], o)]["suffix"] for o in objectives})
+                for b in behaviors]
+        suffix_records = [by_key[(b["goal"], b["target"], o)] for o in objectives for b in behaviors]
     else:
         if n_train is None:
             n_train = max(1, len(behaviors) // 2)
@@ -334,48 +383,56 @@ def run_attack(lm, behaviors: Sequence[dict], out_dir, mode: str = "individual",
             raise ConfigError(f"n_train must be between 1 and {len(behaviors)}, got {n_train!r}.")
         train, held = behaviors[:n_train], behaviors[n_train:]
         goals = [b["goal"] for b in train]
-        rec = next((r for r in done if r.get("mode") == "universal" and r.get("goals") == goals), None)
-        if rec is None:
-            say(f"universal GCG over {len(train)} behaviours ({len(held)} held out)")
-            job = {"mode": "universal", "goals": goals, "model": lm.name, "config": config.to_dict()}
-            ckpt = _Checkpoint(out / CHECKPOINT_FILE, job)
-            res = _optimise(lm, train, config, True, ckpt, say, log_every)
-            rec = {"mode": "universal", "goals": goals, "targets": [b["target"] for b in train],
-                   "suffix": res.suffix, "suffix_ids": res.suffix_ids, "losses": res.losses,
-                   "n_included": res.n_included, "success": res.success,
-                   "per_behavior_success": res.per_behavior_success, "steps": res.steps,
-                   "seconds": round(res.seconds, 3), "best_loss": res.best_loss,
-                   "best_step": res.best_step, "model": lm.name, "config": config.to_dict()}
-            append_jsonl(suffix_path, rec)
-            ckpt.clear()
-            say(f"    {res.steps} steps, success on train={res.per_behavior_success}, "
-                f"suffix {res.suffix!r}")
-        else:
-            say("universal suffix already optimised; reusing it")
-        plan = [(b, rec["suffix"], "train") for b in train] + [(b, rec["suffix"], "heldout") for b in held]
-        suffix_records = [rec]
+        suffixes = {}
+        for objective in objectives:
+            cfg = config.replace(objective=objective)
+            rec = next((r for r in done if r.get("mode") == "universal" and r.get("goals") == goals
+                        and r.get("objective", "vanilla") == objective), None)
+            if rec is None:
+                say(f"universal GCG ({objective} objective) over {len(train)} behaviours "
+                    f"({len(held)} held out)")
+                job = {"mode": "universal", "goals": goals, "model": lm.name, "config": cfg.to_dict()}
+                ckpt = _Checkpoint(out / CHECKPOINT_FILE, job)
+                res = _optimise(lm, train, cfg, True, ckpt, say, log_every)
+                rec = _suffix_record(res, "universal", objective, lm, cfg, goals=goals,
+                                     targets=[b["target"] for b in train])
+                append_jsonl(suffix_path, rec)
+                ckpt.clear()
+                say(f"    {res.steps} steps{_judge_note(res)}, success on train="
+                    f"{res.per_behavior_success}, suffix {res.suffix!r}")
+            else:
+                say(f"universal suffix ({objective}) already optimised; reusing it")
+            suffixes[objective] = rec["suffix"]
+            suffix_records.append(rec)
+        plan = [(b, "train", suffixes) for b in train] + [(b, "heldout", suffixes) for b in held]
 
     # -- phase 2: answers and ASR
     answers = read_jsonl(resp_path)
     seen = {(r["model"], r["method"], r["prompt"]): r for r in answers}
     current = []
-    for b, suffix, split in plan:
-        for kind, request in (("none", b["goal"]), ("gcg", b["goal"] + " " + suffix)):
-            for name, fn in fns.items():
-                key = (eval_lm.name, name, request)
-                if key not in seen:
-                    text = fn(eval_lm, request)
-                    r = {"model": eval_lm.name, "method": name, "goal": b["goal"], "split": split,
-                         "suffix_kind": kind, "prompt": request, "response": text,
-                         "success": attack_success(text, judge)}
-                    append_jsonl(resp_path, r)
-                    seen[key] = r
-                r = dict(seen[key], split=split, suffix_kind=kind)
-                current.append(r)
+    for b, split, by_objective in plan:
+        requests = [("none", NO_OBJECTIVE, b["goal"])]
+        requests += [("gcg", o, b["goal"] + " " + sfx) for o, sfx in by_objective.items()]
+        for answer_lm in eval_lms:
+            attack = "white-box" if answer_lm is lm or answer_lm.name == lm.name else "transfer"
+            for kind, objective, request in requests:
+                for name, fn in fns.items():
+                    key = (answer_lm.name, name, request)
+                    if key not in seen:
+                        text = fn(answer_lm, request)
+                        r = {"model": answer_lm.name, "method": name, "goal": b["goal"],
+                             "split": split, "suffix_kind": kind, "objective": objective,
+                             "attack": attack, "prompt": request, "response": text,
+                             "success": attack_success(text, judge)}
+                        append_jsonl(resp_path, r)
+                        seen[key] = r
+                    current.append(dict(seen[key], split=split, suffix_kind=kind,
+                                        objective=objective, attack=attack))
     rows = asr_table(current)
     write_asr_csv(asr_path, rows)
     for r in rows:
-        say(f"ASR {r['model']} {r['method']:>8} {r['split']:>8} suffix={r['suffix']:<4} "
+        say(f"ASR {r['model']} {r['attack']:>9} {r['method']:>8} {r['split']:>8} "
+            f"suffix={r['suffix']:<4} objective={r['objective']:<10} "
             f"{r['successes']}/{r['n']} = {r['asr']:.2f}")
     return {"suffixes": suffix_records, "asr": rows,
             "paths": {"suffixes": str(suffix_path), "responses": str(resp_path), "asr": str(asr_path)}}
@@ -474,6 +531,17 @@ def step_anatomy(lm, behavior: dict, config: GCGConfig | None = None, top: int =
 # CLI
 
 
+def _objective_list(text: str) -> list[str]:
+    import argparse  # noqa: PLC0415
+
+    items = [o.strip() for o in text.split(",") if o.strip()]
+    bad = [o for o in items if o not in OBJECTIVES]
+    if not items or bad:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(OBJECTIVES)} (comma-separated), "
+                                         f"got {text!r}")
+    return list(dict.fromkeys(items))
+
+
 def add_attack_parser(subparsers):
     """Register `attack` on an argparse subparsers object; returns the sub-parser."""
     p = subparsers.add_parser(
@@ -496,7 +564,16 @@ def add_attack_parser(subparsers):
     p.add_argument("--suffix-tokens", type=int, default=None, help="suffix length ('!' tokens)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="answer length for ASR")
     p.add_argument("--model", default=None, help="model to attack (default: the embedded SmolLM2-135M)")
-    p.add_argument("--transfer-model", default=None, help="answer with this model instead (transfer)")
+    p.add_argument("--transfer-model", default=None,
+                   help="also answer with this model (transfer rows beside the white-box ones)")
+    p.add_argument("--objective", default="vanilla", type=_objective_list,
+                   help="GCG objective(s), comma-separated: vanilla (the paper's: the target "
+                        "only) and/or rain-aware (the target and RAIN's own judge rating it "
+                        "harmless in both option orders); one suffix per objective")
+    p.add_argument("--judge-weight", type=float, default=None,
+                   help="rain-aware: lambda, the weight of the judge term (default 1)")
+    p.add_argument("--judge-tokens", type=int, default=None,
+                   help="rain-aware: target tokens the judge reads (default: the whole target)")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", default=None,
@@ -515,7 +592,8 @@ def attack_main(args) -> int:
         preset = "paper" if str(lm.device).startswith("cuda") else "cpu-small"
     changes = {"seed": args.seed}
     for name, value in (("steps", args.steps), ("batch_size", args.batch_size),
-                        ("top_k", args.top_k), ("suffix_init", args.suffix_tokens)):
+                        ("top_k", args.top_k), ("suffix_init", args.suffix_tokens),
+                        ("judge_weight", args.judge_weight), ("judge_tokens", args.judge_tokens)):
         if value is not None:
             changes[name] = value
     base = GCGConfig.paper() if preset == "paper" else GCGConfig.cpu_small()
@@ -526,7 +604,7 @@ def attack_main(args) -> int:
         if "rain" not in methods:
             print("note: raintools.search is not available; measuring vanilla only", file=sys.stderr)
     fns = {"vanilla": vanilla_fn(args.max_new_tokens), "rain": rain_fn(max_new_tokens=args.max_new_tokens)}
-    eval_lm = load_model(args.transfer_model, device=args.device) if args.transfer_model else None
+    eval_lm = [lm, load_model(args.transfer_model, device=args.device)] if args.transfer_model else None
     run_attack(lm, behaviors, args.out, mode=args.mode, config=config, methods=methods,
-               generate_fns=fns, n_train=args.train, eval_lm=eval_lm)
+               generate_fns=fns, n_train=args.train, eval_lm=eval_lm, objectives=args.objective)
     return 0
