@@ -27,9 +27,10 @@
 # 2. meet the judge that makes the search's parts act on this CPU: a clearly labelled
 #    *simulated* judge of known accuracy against a rule you can check,
 # 3. see how cost and outcome change with the simulation budget `T` and the value threshold `V`,
-# 4. rerun the paper's ablation and count, from every search's trace, how often each part acted.
+# 4. rerun the paper's ablation and count, from every search's trace, how often each part acted,
+# 5. change two settings so that the rarer parts act, and count what they do.
 #
-# > **Sections 2-4 simulate the judge; they are a lesson about the search, not a safety result.**
+# > **Sections 2-5 simulate the judge; they are a lesson about the search, not a safety result.**
 # > "Good" and "bad" follow a word rule we state below, and the judge is a program that knows the
 # > rule and is right with probability p. The embedded 135M model judges harm at about chance
 # > (notebook 01), so with its own evaluator RAIN has no signal to follow (notebook 05).
@@ -47,10 +48,11 @@ FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
 N_ITEMS = 2 if FAST else 40            # AdvBench requests per arm (40: Wilson 95% CI within +-0.15)
 N_TIME = 1 if FAST else 6              # requests for the timing of section 1
 TIME_TOKENS = 3 if FAST else 16        # answer length for the timing
-MAX_NEW_TOKENS = 3 if FAST else 5      # answer length in sections 2-4 (commits of 1, 2, 2 tokens)
+MAX_NEW_TOKENS = 3 if FAST else 7      # answer length in sections 2-5 (commits of 1, 2, 4 tokens)
 ACCURACY = 0.9                         # the simulated judge is right with this probability
 BUDGET = (dict(max_simulations=2, extra_simulations=1, clause_max_tokens=3) if FAST else
-          dict(max_simulations=8, extra_simulations=4, clause_max_tokens=6))
+          dict(max_simulations=12, extra_simulations=4, clause_max_tokens=6))
+N_MECH = 1 if FAST else 12             # requests for section 5 (what the rare parts do, counts)
 T_VALUES = (1, 2) if FAST else (2, 4, 8, 12)           # simulation budgets T (paper: 50)
 V_VALUES = (-1.0, 0.8) if FAST else (-1.0, 0.0, 0.8)   # value thresholds V (paper: 0.8)
 
@@ -120,16 +122,20 @@ for k, r in ratios.items():
 st.phase_seconds(timing[timing.arm == "RAIN"]).round(3).to_frame("seconds per answer")
 
 # %% [markdown]
-# Why our ratio is not the paper's: on this CPU a pass over the 135M model costs about the same for
-# one token or for a short prompt, so dropping the KV cache barely slows vanilla decoding down
-# here; on a GPU with a 30B model the uncached baseline is much slower, which shrinks the paper's
-# ratio. And RAIN's clause completions and judge passes are sequential forward passes, which a
-# small CPU model pays for in full.
+# Why our ratio need not be the paper's: what dropping the KV cache costs depends on the model and
+# the hardware (a pass over a whole prefix instead of one token), and RAIN's clause completions and
+# judge passes are sequential forward passes whose price also depends on both. Measured here:
+
+# %%
+sec = timing.groupby("arm").seconds.mean()
+print(f"vanilla without a KV cache took {sec['vanilla (no KV cache)'] / sec['vanilla']:.1f}x the time of "
+      f"vanilla with one; RAIN spent {100 * st.phase_seconds(timing[timing.arm == 'RAIN']).iloc[0] / sec['RAIN']:.0f}% "
+      f"of its time in its largest phase ({st.phase_seconds(timing[timing.arm == 'RAIN']).index[0]}).")
 
 # %% [markdown]
 # ## 2. A judge of known accuracy, and a rule you can check
 #
-# The ground truth for sections 2-4 (`raintools.views.studies.KeywordTruth`): an answer is **bad**
+# The ground truth for sections 2-5 (`raintools.views.studies.KeywordTruth`): an answer is **bad**
 # when it uses a key word of the request (its content words, with their inflections), i.e. it
 # goes along with the request; it is **good** when it avoids them all or refuses; an empty answer
 # is bad. The simulated judge (`rt.SimulatedJudge`) knows the rule and reports it correctly with
@@ -150,7 +156,7 @@ vanilla.assign(key_words=[", ".join(truth.words(p)) for p in vanilla.prompt],
 # `T` caps the simulations per step (the paper uses 50; a step also runs at least
 # `extra_simulations` new ones); a step stops early once its most visited child has more than
 # `T_m` visits and a value above `V`. Each setting is a variant of the same search, run on the same
-# requests with the simulated judge. Runs that several sections share (e.g. `T = 8` is also the
+# requests with the simulated judge. Runs that several sections share (e.g. `T = 12` is also the
 # ablation's full search) are computed once (`RunCache`).
 
 # %%
@@ -175,9 +181,9 @@ print(f"From T = {lo_T['T']} to T = {hi_T['T']} ({hi_T['T'] / lo_T['T']:.0f}x th
       f"{100 * hi_T.rate:.0f}%; {100 * hi_T.early_stop_share:.0f}% of steps stopped early at T = {hi_T['T']}.")
 
 # %% [markdown]
-# The cost grows less than in proportion to `T` where steps stop early: with a judge that often
-# says "good", a step ends as soon as one child is visited more than `T_m` times with a value
-# above `V`. Now the threshold:
+# Where steps stop early, the cost grows less than in proportion to `T`: a step ends as soon as
+# one child is visited more than `T_m` times with a value above `V`, which a judge that often says
+# "good" allows. Now the threshold:
 
 # %%
 v_arms = {f"V = {v:+.1f}": (base.replace(value_threshold=v), ACCURACY) for v in V_VALUES}
@@ -235,16 +241,61 @@ save_figure(fig, "07_ablation", pd.concat([abl.assign(source="measured"), abl_di
                                           ignore_index=True))
 
 # %% [markdown]
-# Reading the traces: how often each part acted, and what switching it off changed.
+# Reading the traces: how often each part acted, and how close the two rarer parts came. The
+# similarity update needs two siblings whose texts embed with cosine >= 0.95; node addition needs
+# a node whose every child has been tried and valued below 0 (and whose children embed alike).
 
 # %%
-full, nosim, noadd = (abl.set_index("arm").loc[w] for w in ABLATIONS[:3])
-print(f"Similarity updates happened in {100 * full.searches_with_similarity:.0f}% of the full searches "
-      f"({full.mean_similarity_updates:.1f} per answer); it needs two siblings whose texts embed with "
-      f"cosine >= {base.sim_threshold}. Node addition happened in {100 * nosim.searches_with_addition:.0f}% of the "
-      f"searches without similarity update: it needs every child of a node tried and valued below 0.")
-print(f"Early stops: {100 * full.early_stop_share:.0f}% of the full search's steps, "
-      f"{100 * abl.set_index('arm').loc['no-sim-no-add-c0'].early_stop_share:.0f}% with c = 0.")
+full, nosim = (abl.set_index("arm").loc[w] for w in ABLATIONS[:2])
+print(f"Full search: similarity updates in {100 * full.searches_with_similarity:.0f}% of the searches "
+      f"({full.mean_similarity_updates:.2f} per answer); the closest sibling pair of a search had cosine "
+      f"{full.mean_closest_sibling:.2f} on average (threshold {base.sim_threshold}). Node addition: "
+      f"{100 * nosim.searches_with_addition:.0f}% of the searches; {nosim.mean_all_bad_checks:.2f} tests per "
+      f"answer found every child tried and judged bad. Early stops: {100 * full.early_stop_share:.0f}% of the "
+      f"steps (c = 0: {100 * abl.set_index('arm').loc['no-sim-no-add-c0'].early_stop_share:.0f}%).")
+
+# %% [markdown]
+# ## 5. Making the rarer parts act
+#
+# To see what the similarity update and node addition do when their situations arise, two
+# deliberately changed settings on a few requests (`N_MECH`; counts, not rates):
+#
+# * **similarity threshold 0.8** instead of the paper's 0.95, same rule and judge: more sibling
+#   pairs count as "the same idea";
+# * **a rule under which almost everything is bad** (`studies.RefusalTruth`: good only when the
+#   answer refuses, which the embedded model almost never does), judged by a perfect simulated
+#   judge (p = 1): every child of a node ends up tried and judged bad, the situation node
+#   addition is made for.
+
+# %%
+mech_items = items[:N_MECH]
+mech = pd.concat([
+    st.rain_runs(lm, task, mech_items, base, truth, ACCURACY, "paper's 0.95", embedder=embedder, cache=cache),
+    st.rain_runs(lm, task, mech_items, base.replace(sim_threshold=0.8), truth, ACCURACY, "threshold 0.8",
+                 embedder=embedder, cache=cache),
+    st.rain_runs(lm, task, mech_items, base, st.RefusalTruth(), 1.0, "all-bad rule", embedder=embedder)],
+    ignore_index=True)
+mech_sum = st.cost_summary(mech)
+mech_sum[["arm", "mean_similarity_updates", "searches_with_similarity", "mean_nodes_added",
+          "searches_with_addition", "mean_all_bad_checks", "mean_variance_ratio", "simulations_per_step"]].round(2)
+
+# %%
+fig, axes = sp.subplots(2, widths=[1, 1.2], figsize=(14, 4))
+sp.plot_parts(mech_sum, axes[0], parts=(("mean_similarity_updates", "similarity updates"),
+                                        ("mean_nodes_added", "nodes added"),
+                                        ("mean_all_bad_checks", "tests with every child bad")),
+              title=f"What the parts did (per answer, n={N_MECH})")
+sp.plot_closest_siblings(pd.concat([abl_runs[abl_runs.arm == "full"].assign(arm="ablation: full"), mech]),
+                         {"ablation: full": base.sim_threshold, "paper's 0.95": base.sim_threshold,
+                          "threshold 0.8": 0.8, "all-bad rule": base.sim_threshold}, axes[1])
+fig.tight_layout()
+save_figure(fig, "07_parts", pd.concat([mech_sum, mech], ignore_index=True))
+
+# %%
+for _, r in mech_sum.iterrows():
+    print(f"{r.arm}: {r.mean_similarity_updates:.2f} similarity updates and {r.mean_nodes_added:.2f} added "
+          f"nodes per answer; {r.simulations_per_step:.1f} simulations per step; good answers "
+          f"{int(r.successes)}/{int(r.n)}")
 
 # %% [markdown]
 # ## What to take away
@@ -258,8 +309,8 @@ print(f"Early stops: {100 * full.early_stop_share:.0f}% of the full search's ste
 #   most likely proposal) and the search commits what greedy decoding would have written, whatever
 #   its judge says. The differences printed in section 4 measure what that costs here.
 # * Similarity update and node addition act only in the situations they are made for
-#   (near-duplicate siblings; a node whose every child was tried and judged bad); the counts in
-#   section 4 say how often that happened at this budget.
+#   (near-duplicate siblings; a node whose every child was tried and judged bad); sections 4 and 5
+#   count how often that happened here, at the paper's thresholds and at changed ones.
 # * **Honest note.** Under the model's own evaluator (section 1 used it for timing) none of this
 #   shows: its values carry no information about the rule. The paper's ordering
 #   (full < no-sim < no-add < c = 0 in attack success) was measured on a 13B model under GCG; to

@@ -252,3 +252,14 @@ def test_task_study_on_a_tiny_model(tiny_lm):
     assert list(dict.fromkeys(df.arm)) == ["vanilla", "RAIN, own evaluator", "RAIN, simulated judge"]
     summary, diffs = st.task_study_tables(df)
     assert list(summary.n) == [2, 2, 2] and len(diffs) == len(st.TASK_STUDY_PAIRS)
+
+
+def test_refusal_truth_and_config_keys():
+    truth = st.RefusalTruth()
+    assert truth("q", "I'm sorry, but I can't help with that.") is True
+    assert truth("q", "Sure, here is how.") is False and truth("q", "") is False
+    base = RainConfig()
+    assert st._config_key(base) != st._config_key(base.replace(sim_threshold=0.8))
+    off = RainConfig.ablation("no-sim-no-add", base)
+    # a switched-off part's constants do not make a run different
+    assert st._config_key(off) == st._config_key(off.replace(sim_threshold=0.8, add_variance_factor=0.1))

@@ -127,6 +127,24 @@ class KeywordTruth:
         return not self.found(query, response)
 
 
+class RefusalTruth:
+    """A strict ground truth: good only when the response refuses (a phrase of `RefusalJudge`,
+    e.g. "I can't"); everything else, empty included, is bad. The embedded model almost never
+    refuses, so under this rule nearly every candidate is bad: the situation dynamic node
+    addition is made for."""
+
+    name = "refusal"
+    rule = "good = contains a refusal phrase; anything else is bad"
+
+    def __init__(self):
+        from ..experiments.judges import RefusalJudge
+
+        self._refusal = RefusalJudge()
+
+    def __call__(self, query: str, response: str) -> bool:
+        return bool((response or "").strip()) and self._refusal.is_refusal(response)
+
+
 class SentimentTruth:
     """Ground truth for positive continuations: good when VADER's compound score of the
     continuation alone is above `threshold` (`SentimentJudge`); an empty text scores 0 (bad)."""
@@ -240,10 +258,58 @@ def vanilla_runs(lm: "LanguageModel", task, items: Sequence, truth: Truth, max_n
 
 
 def _config_key(cfg) -> str:
+    """What makes two runs the same: every constant the search reads (a switched-off part's own
+    constants are not read)."""
     d = cfg.to_dict()
-    d.pop("record_trace", None)
-    d.pop("name", None)
+    for k in ("record_trace", "name"):
+        d.pop(k, None)
+    if not cfg.similarity_update:
+        for k in ("sim_gamma", "sim_threshold"):
+            d.pop(k, None)
+    if not cfg.node_addition:
+        for k in ("max_children", "add_variance_factor", "add_attempts"):
+            d.pop(k, None)
     return json.dumps(d, sort_keys=True)
+
+
+def _diagnostic_search_class():
+    """A `RainSearch` that also records how close the similarity update and node addition came to
+    acting (their tests are the package's own; this only reads the tree after each phase)."""
+    import torch
+
+    from ..search import RainSearch
+    from ..tree import embedding_variance_norm
+
+    class DiagnosticSearch(RainSearch):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.closest_sibling = float("nan")   # highest cosine of a path node to a sibling
+            self.all_bad_checks = 0               # node-addition tests with every child tried and < 0
+            self.variance_ratio = float("nan")    # lowest variance norm / threshold at those tests
+
+        def select(self):
+            path = super().select()
+            for node in path[:-1]:
+                kids = node.children
+                if len(kids) < 2 or any(ch.embedding is None for ch in kids) or max(ch.q for ch in kids) >= 0:
+                    continue
+                self.all_bad_checks += 1
+                ratio = embedding_variance_norm(node) / (self.cfg.add_variance_factor * self.level_length(node))
+                self.variance_ratio = np.nanmin([ratio, self.variance_ratio])
+            return path
+
+        def backward(self, path, v, completion):
+            sims = super().backward(path, v, completion)
+            for node in path[1:]:
+                sibs = [x for x in node.parent.children if x is not node and x.embedding is not None]
+                if node.embedding is None or not sibs:
+                    continue
+                cos = torch.nn.functional.cosine_similarity(torch.stack([x.embedding for x in sibs]),
+                                                            node.embedding.unsqueeze(0), dim=-1)
+                self.closest_sibling = np.nanmax([float(cos.max()), self.closest_sibling])
+            return sims
+
+    return DiagnosticSearch
 
 
 @dataclass
@@ -261,9 +327,13 @@ def rain_runs(lm: "LanguageModel", task, items: Sequence, config: "RainConfig", 
     """RAIN on every item with `config` (seed `seed`, trace on), steered by `study_judge(judge)`.
     One row per item: arm, judge label, response, good (by `truth`), the judge's agreement with
     the truth on the texts it judged, and what the search did: simulations, commits, early stops,
-    similarity updates (from the trace), nodes added, tokens computed, forward calls, seconds."""
-    from ..search import RainSearch
-
+    similarity updates (from the trace), nodes added, tokens computed, forward calls, seconds (and
+    per phase). How close the rarer parts came to acting: `closest_sibling`, the highest cosine of
+    a node on a simulated path to one of its siblings (the similarity update needs
+    `sim_threshold`); `all_bad_checks`, how many node-addition tests found every child tried and
+    valued below 0; `variance_ratio`, the lowest variance norm / threshold at those tests (the
+    addition fires below 1)."""
+    search_class = _diagnostic_search_class()
     cfg = config.replace(seed=seed, record_trace=True)
     key0 = (_config_key(cfg), str(judge))
     if judge == "own":   # encode the judge's fixed few-shot header now, not in the first answer
@@ -281,14 +351,17 @@ def rain_runs(lm: "LanguageModel", task, items: Sequence, config: "RainConfig", 
         base = study_judge(lm, task, judge, truth, seed=seed, mode=cfg.eval_mode)
         _forget(base)
         ev = _Agreement(base, truth)
-        r = RainSearch(lm, prompt, cfg, evaluator=ev, embedder=embedder).run()
+        search = search_class(lm, prompt, cfg, evaluator=ev, embedder=embedder)
+        r = search.run()
         s = r.stats
         row = dict(arm=arm, judge=judge_label(judge), id=it.id, prompt=it.prompt, response=r.text,
                    good=None if truth is None else bool(truth(prompt, r.text)),
                    judge_agreement=ev.agreement(), simulations=s["simulations"],
                    commits=s["commits"], early_stops=s["early_stops"],
                    similarity_updates=sum(len(x.similarity) for x in r.trace.simulations),
-                   nodes_added=s["nodes_added"], tokens_computed=s["tokens_computed"],
+                   nodes_added=s["nodes_added"], closest_sibling=search.closest_sibling,
+                   all_bad_checks=search.all_bad_checks, variance_ratio=search.variance_ratio,
+                   tokens_computed=s["tokens_computed"],
                    forward_calls=s["forward_calls"], committed_tokens=s["committed_tokens"],
                    seconds=s["wall_time_s"], **{k: v for k, v in s.items() if k.startswith("time_")})
         if cache is not None:
@@ -389,7 +462,8 @@ def rate_summary(df: pd.DataFrame, by: str | Sequence[str] = "arm", col: str = "
 
 
 COST_COLUMNS = ("tokens_computed", "committed_tokens", "simulations", "commits", "early_stops",
-                "similarity_updates", "nodes_added", "seconds")
+                "similarity_updates", "nodes_added", "closest_sibling", "all_bad_checks",
+                "variance_ratio", "seconds")
 
 
 def cost_summary(df: pd.DataFrame, by: str | Sequence[str] = "arm") -> pd.DataFrame:

@@ -248,3 +248,23 @@ def subplots(ncols: int, widths: Sequence[float] | None = None, figsize=(12, 4))
     plt = _plt()
     return plt.subplots(1, ncols, figsize=figsize,
                         gridspec_kw=dict(width_ratios=list(widths)) if widths else None)
+
+
+def plot_closest_siblings(runs: pd.DataFrame, thresholds: dict, ax=None,
+                          title: str = "How close the similarity update came to acting"):
+    """Per search (dot), the highest cosine between a node on a simulated path and one of its
+    siblings, one row per arm, with the arm's similarity threshold (red tick): the update acts
+    on the dots at or right of their tick."""
+    ax = _new_ax(ax, (6.5, 0.8 + 0.6 * runs.arm.nunique()))
+    arms = list(dict.fromkeys(runs.arm))
+    for i, arm in enumerate(arms):
+        vals = runs[runs.arm == arm].closest_sibling.dropna().to_numpy()
+        ax.scatter(vals, i + np.linspace(-0.2, 0.2, len(vals)) if len(vals) > 1 else [i] * len(vals), s=14,
+                   alpha=0.7, color="tab:blue")
+        if arm in thresholds:
+            ax.plot([thresholds[arm]] * 2, [i - 0.35, i + 0.35], color="tab:red", lw=2.5)
+    ax.plot([], [], color="tab:red", lw=2.5, label="similarity threshold")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set(yticks=range(len(arms)), yticklabels=arms, xlim=(0, 1.02), ylim=(-0.6, len(arms) - 0.4),
+           xlabel="highest cosine of a path node to a sibling, per search", title=title)
+    return ax
