@@ -298,8 +298,8 @@ def _diagnostic_search_class():
                 self.variance_ratio = np.nanmin([ratio, self.variance_ratio])
             return path
 
-        def backward(self, path, v, completion):
-            sims = super().backward(path, v, completion)
+        def backward(self, path, v, completion, **kw):
+            sims = super().backward(path, v, completion, **kw)
             for node in path[1:]:
                 sibs = [x for x in node.parent.children if x is not node and x.embedding is not None]
                 if node.embedding is None or not sibs:
