@@ -34,7 +34,7 @@ from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
-SIMULATIONS = 6 if FAST else 60
+SIMULATIONS = 6 if FAST else 40
 MAX_NEW_TOKENS = 7 if FAST else 24      # how deep the tree may grow (token sets of 1, 2, 4, 10, ...)
 BUDGET = dict(clause_max_tokens=8) if FAST else {}
 # The embedded 135M model judges at chance (notebook 01): its values are nearly always 0, which
@@ -46,6 +46,7 @@ JUDGE = "simulated" if MODEL == "smollm2-135m" else "own"
 import pandas as pd
 import seaborn as sns
 import torch
+from tqdm.auto import tqdm
 
 import raintools as rt
 from raintools.embed import load_embedder
@@ -71,7 +72,7 @@ print("judge:", about)
 
 # %%
 search = rt.RainSearch(lm, prompt, cfg, evaluator=judge, embedder=embedder)
-for _ in range(SIMULATIONS):
+for _ in tqdm(range(SIMULATIONS), desc="simulations"):
     search.simulate()
 trace = search.trace
 pd.DataFrame([{"simulation": s.index, "path length": len(s.path), "value": s.value,

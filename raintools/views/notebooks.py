@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    "a temporary folder in fast mode); runs of other "
                                                    "models than the embedded one on a CPU write "
                                                    "into a subfolder named after the model")
+    r.add_argument("--timeout", type=int, default=None,
+                   help="seconds one cell may run (default: 1200 in fast mode, 10800 in full mode)")
     r.add_argument("--no-render", action="store_true",
                    help="do not write the rendered copies (<figures>/notebooks/NN_name.html)")
     args = ap.parse_args(argv)
@@ -173,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     for p in paths:
         t0 = time.perf_counter()
         print(f"running {p.name} ({'full' if args.full else 'fast'} mode) ...", flush=True)
-        run_notebook(p, fast=not args.full, figures=figures, render=render)
+        run_notebook(p, fast=not args.full, figures=figures, render=render,
+                     timeout=args.timeout or (10800 if args.full else 1200))
         print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"figures in {out}" + ("" if render is None else f", rendered notebooks in {render}"))
     return 0
