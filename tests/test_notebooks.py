@@ -48,9 +48,17 @@ def test_render_html_embeds_outputs_and_stays_small(tmp_path):
     nb.cells = [nbformat.v4.new_markdown_cell("# 97 · Title\n\nSome *prose* and $q + c p$."),
                 nbformat.v4.new_code_cell("x = 1", outputs=[
                     nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"}),
-                    nbformat.v4.new_output("stream", name="stdout", text="hello out\n")])]
+                    nbformat.v4.new_output("stream", name="stdout", text="hello out\n"),
+                    nbformat.v4.new_output("display_data", data={
+                        "application/vnd.jupyter.widget-view+json": {"model_id": "abc123", "version_major": 2,
+                                                                     "version_minor": 0},
+                        "text/plain": "HBox(children=(FloatProgress(value=0.0),))"})])]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"abc123": {"x": "y" * 5000}}}}
     page = render_html(nb, tmp_path / "sub" / "97_title.html").read_text()
     assert f"data:image/png;base64,{png}" in page and "hello out" in page
+    # widgets (tqdm bars, the explorer) cannot run in a static page: a note instead, no state
+    assert "abc123" not in page and "y" * 5000 not in page and "interactive widget" in page
+    assert "widgets" in nb.metadata                            # the notebook itself is left as it was
     assert "<em>prose</em>" in page and "<title>97 · Title</title>" in page
     assert len(page) < 30_000
 

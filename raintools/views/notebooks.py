@@ -93,6 +93,28 @@ code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; }
 """
 
 
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = ("<p><em>(an interactive widget: progress bar or explorer; it works when the notebook "
+               "runs in Jupyter)</em></p>")
+
+
+def _without_widgets(nb):
+    """A copy of `nb` whose widget outputs (tqdm bars, the tree explorer) are a one-line note and
+    without the saved widget state: a static page cannot run them (they need the widget
+    JavaScript and a kernel), and their state is most of a page's weight besides the figures."""
+    import copy
+
+    nb = copy.deepcopy(nb)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if WIDGET_MIME in data:
+                out["data"] = {"text/html": WIDGET_NOTE}
+                out.get("metadata", {}).pop(WIDGET_MIME, None)
+    return nb
+
+
 def render_html(nb, out: str | Path) -> Path:
     """Write an executed notebook, outputs included, as one self-contained HTML page: the figures
     are embedded, the page carries a small stylesheet of its own (nbconvert's 'basic' template:
@@ -102,7 +124,7 @@ def render_html(nb, out: str | Path) -> Path:
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    body, _ = HTMLExporter(template_name="basic").from_notebook_node(nb)
+    body, _ = HTMLExporter(template_name="basic").from_notebook_node(_without_widgets(nb))
     title = next((c.source.lstrip("# ").splitlines()[0] for c in nb.cells
                   if c.cell_type == "markdown" and c.source.startswith("#")), out.stem)
     code_css = HtmlFormatter(style="default").get_style_defs(".highlight")
