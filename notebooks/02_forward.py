@@ -169,7 +169,9 @@ sweep[sweep.best | (sweep.child == 0)].pivot(index="c", columns="child", values=
 # RAIN's nodes are **token sets**, not single tokens. Their length grows with the absolute depth
 # from the start of the answer: 1 token at depth 1, then 2, 4, and 10 tokens from depth 4 on.
 # At the one-token level the candidates are the top-10 tokens; at longer levels they are one
-# greedy rollout plus sampled rollouts (top-15 sampling) until 9 distinct ones are found.
+# greedy rollout plus up to 9 sampled rollouts (top-15 sampling), duplicates dropped: up to 10
+# distinct candidates, fewer where the model is sure how to go on and the samples repeat (the
+# `candidates` column below counts them).
 # Below: expand the root, follow the likeliest candidate, expand it, and so on (`candidate_sets`
 # uses the search's own `expand`).
 

@@ -858,9 +858,9 @@ def plot_candidate_sets(df: pd.DataFrame, top: int = 10):
     for ax in list(axes.flat)[len(depths):]:
         ax.set_axis_off()
     for ax in axes[:, 0]:
-        ax.set_ylabel("candidate (rank order)")
-    fig.suptitle("Candidate token sets proposed at each depth (following the likeliest candidate; "
-                 "labels show the end of each set)")
+        ax.set_ylabel("candidate (order proposed)")
+    fig.suptitle("Candidate token sets proposed at each depth (following the likeliest candidate; from "
+                 "depth 2 on the first is the greedy rollout; labels show the end of each set)")
     fig.tight_layout()
     return fig
 
