@@ -305,8 +305,9 @@ def test_parallel_trace_replays_and_explores(tiny_lm):
     from raintools.views.widgets import TreeExplorer
 
     ex = TreeExplorer(t)
-    ex.show(len(t.simulations) - 1)
+    ax = ex.show(len(t.simulations) - 1)
     assert ex.drawn_nodes > 1
+    assert f"round {t.simulations[-1].round} with" in ax.get_title()
 
 
 # ------------------------------------------------------------------ the GPU check, on CPU

@@ -80,13 +80,20 @@ class TreeExplorer:
         self.fig.clear()
         self.ax = self.fig.add_subplot(111)
         draw_tree(self.trace, sim_index=sim_index, ax=self.ax, selected=node, max_labels=self.max_labels,
-                  title=f"Simulation {sim_index} (commit step {sim.outer_step}): selected path in blue, "
-                        f"value {sim.value:+.2f}")
+                  title=f"Simulation {sim_index} (commit step {sim.outer_step}"
+                        f"{self._round_note(sim)}): selected path in blue, value {sim.value:+.2f}")
         buf = io.BytesIO()
         self.fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
         self.image.value = buf.getvalue()
         self.text.value = self._text_html(sim_index, node)
         return self.ax
+
+    def _round_note(self, sim) -> str:
+        """', round r of K' for a parallel search's simulation (its round held K of them)."""
+        if sim.round < 0 or self.trace.config.get("parallel_simulations", 1) == 1:
+            return ""
+        size = sum(s.round == sim.round for s in self.trace.simulations)
+        return f", round {sim.round} with {size} simulation{'s' if size > 1 else ''}"
 
     @property
     def drawn_nodes(self) -> int:
