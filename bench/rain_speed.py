@@ -349,12 +349,15 @@ def batch_study(lm, template, cfg, embedder, sizes, concurrency=None):
     out = []
     for n in sizes:
         one = n / sum(alone_s[:n]) * 3600
-        b = ForwardBatcher(lm)
-        t0 = time.perf_counter()
-        rain_generate_batch(lm, prompts[:n], cfg, evaluator=SelfEvaluator(lm, template), embedder=embedder,
-                            batcher=b, concurrency=concurrency)
-        wall = time.perf_counter() - t0
-        calls = b.stats.calls if n > 1 else sum(alone_calls[:1])
+        if n == 1:        # rain_generate_batch runs a single prompt as rain_generate does
+            wall, calls = alone_s[0], alone_calls[0]
+        else:
+            b = ForwardBatcher(lm)
+            t0 = time.perf_counter()
+            rain_generate_batch(lm, prompts[:n], cfg, evaluator=SelfEvaluator(lm, template),
+                                embedder=embedder, batcher=b, concurrency=concurrency)
+            wall = time.perf_counter() - t0
+            calls = b.stats.calls
         batched = n / wall * 3600
         out.append(dict(prompts=n, one_by_one_per_h=one, batched_per_h=batched, ratio=batched / one))
         print(f"{n:7d} {one:14.1f} {batched:11.1f} {batched / one:6.2f} {sum(alone_calls[:n]):10d} {calls:12d}",
