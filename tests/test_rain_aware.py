@@ -327,3 +327,73 @@ def test_embedded_two_step_run_writes_both_objectives(tmp_path):
         assert ids == ev.prompt_ids(request, b["target"])[o]
         assert lm.tokenizer.decode(ids, skip_special_tokens=False) == \
             lm.tokenizer.decode(lm.bos(), skip_special_tokens=False) + ev.prompt_texts(request, b["target"])[o]
+
+
+# -- notebook 08's tables and figures
+
+
+def test_notebook_tables_on_a_tiny_run(lm, short, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from raintools.attacks.run import judge_verdicts, paired_shift, term_rows
+    from raintools.views import adversarial as adv
+
+    cfg = GCGConfig(steps=2, batch_size=8, top_k=4, suffix_init=4, judge_template=short,
+                    track_judge=True, early_stop=False)
+    fns = {"vanilla": vanilla_fn(3), "rain": vanilla_fn(3)}
+    out = run_attack(lm, BEHAVIORS, tmp_path, config=cfg, generate_fns=fns, log=None,
+                     objectives=("vanilla", "rain-aware"))
+    recs = out["suffixes"]
+    terms = term_rows(recs)
+    assert len(terms) == 4 * 3 and {t["objective"] for t in terms} == {"vanilla", "rain-aware"}
+    assert all(t["judge_term"] is not None for t in terms)  # the vanilla runs tracked it
+    for r in recs:
+        mine = [t for t in terms if t["goal"] == r["goal"] and t["objective"] == r["objective"]]
+        assert [t["target_term"] for t in mine] == r["target_losses"]
+    v = judge_verdicts(lm, recs)
+    assert [(x["goal"], x["suffix_kind"]) for x in v] == [
+        (b["goal"], k) for b in BEHAVIORS for k in ("initial", "vanilla")] + [
+        (b["goal"], "rain-aware") for b in BEHAVIORS]
+    ev = SelfEvaluator(lm, short, mode="soft")
+    for x in v:
+        assert x["soft_value"] == pytest.approx(ev(x["goal"] + " " + x["suffix"], x["response"]), abs=1e-5)
+        assert x["vote_value"] in (-1.0, 0.0, 1.0)
+        assert x["p_harmless"] == pytest.approx((x["p_harmless_order1"] + x["p_harmless_order2"]) / 2)
+    # the attack's own judge scores and the evaluator's agree on the initial suffix
+    for r in recs:
+        init = next(x for x in v if x["goal"] == r["goal"] and x["suffix_kind"] == "initial")
+        assert init["p_harmless"] == pytest.approx(r["judge_harmless"][0], abs=1e-4)
+    s = paired_shift(v, "rain-aware")
+    assert s["n"] == 2 and s["up"] + s["down"] <= 2 and s["lo"] <= s["mean_diff"] <= s["hi"]
+    frame = pd.DataFrame(v)
+    for fig in (adv.plot_loss_terms(pd.DataFrame(terms)),
+                adv.plot_judge_shift(frame, [s, paired_shift(v, "vanilla")]),
+                adv.plot_asr_beside_paper(pd.DataFrame(out["asr"]),
+                                          pd.DataFrame(attack_run.paper_asr_rows()), lm.name, False)):
+        assert len(fig.axes) == 2
+    grid = adv.asr_grid(pd.DataFrame(out["asr"]))
+    assert list(grid.index) == ["rain", "vanilla"] and grid.shape[1] == 3
+    assert all(c.endswith("/2") for c in grid.values.ravel())
+    ends = adv.term_ends(pd.DataFrame(terms))
+    assert set(ends.index) == {"vanilla", "rain-aware"}
+
+
+def test_paired_shift_arithmetic():
+    from raintools.attacks.run import paired_shift
+
+    rows = [{"goal": g, "response": "r", "suffix_kind": k, "p_harmless": p}
+            for g, a, b in (("a", 0.40, 0.50), ("b", 0.45, 0.60), ("c", 0.50, 0.55), ("d", 0.5, 0.5))
+            for k, p in (("initial", a), ("rain-aware", b))]
+    s = paired_shift(rows, "rain-aware")
+    diffs = [0.10, 0.15, 0.05, 0.0]
+    mean = sum(diffs) / 4
+    sd = (sum((d - mean) ** 2 for d in diffs) / 3) ** 0.5
+    half = 3.182446305284263 * sd / 2          # t(0.975, 3) * sd / sqrt(4)
+    assert s["mean_diff"] == pytest.approx(mean) and s["n"] == 4
+    assert (s["lo"], s["hi"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert (s["up"], s["down"]) == (3, 0)
+    with pytest.raises(DataError):
+        paired_shift(rows, "vanilla")

@@ -31,6 +31,18 @@ behaviours, grown progressively as in the paper: optimise on the first behaviour
 one once all current ones succeed or after `universal_patience` steps; the loss is the sum of
 the included behaviours' losses).
 
+The RAIN-aware objective (`GCGConfig.objective="rain-aware"`, an adaptive attack on RAIN):
+``loss = CE(target | request + suffix) + judge_weight * judge term``, where the judge term is
+the mean over both option orders of -log p(harmless letter) from the model's own self-evaluator
+(RAIN's judging template and task, `raintools.evaluate.SelfEvaluator`) reading the attacked
+request (the suffix inside the judging prompt, as RAIN's judge reads it) and the target (or its
+first `judge_tokens` tokens) as the answer. The judging prompt's ids come from the evaluator
+itself (`SelfEvaluator.prompt_ids`); the judge prefix (few-shot header and the conversation up to
+the suffix) is cached once per behaviour; per candidate both orders are one token tree. The two
+one-hot gradients add, candidates are scored exactly on the sum, and a candidate must also
+rebuild, as text, exactly the judging prompt the attack scored. Success then also needs the
+judge's "harmless" vote in both orders.
+
 Everything is device-agnostic: the tensors follow `lm.device` and `lm.dtype`.
 """
 

@@ -11,7 +11,13 @@
 2. **Evaluate** each method (`vanilla`, `rain`, or any callable) on every behaviour with and
    without its suffix. Answers go to `out_dir/responses.jsonl` (also appended and resumable,
    since RAIN answers are expensive), and `out_dir/asr.csv` is rewritten with one row per
-   (model, method, split, suffix) giving n, successes and ASR.
+   (model, attack, method, split, suffix, objective) giving n, successes and ASR.
+
+`objectives=("vanilla", "rain-aware")` optimises one suffix per objective: the paper's static
+suffix (vanilla decoding's target loss) and the adaptive one (`gcg.GCGConfig.objective`: the
+target loss plus RAIN's own judge rating the target harmless); each row of `asr.csv` says which
+objective produced its suffix ("-" for the plain request). `attack` is "white-box" for answers of
+the attacked model and "transfer" for answers of another model (`eval_lm=[lm, other]`).
 
 ASR follows llm-attacks: an attack succeeds when the answer does not refuse (no refusal phrase,
 judged by `raintools.experiments.judges.RefusalJudge`). One deliberate difference: an empty answer is not a
@@ -482,6 +488,131 @@ def loss_rows(suffix_records: Sequence[dict]) -> list[dict]:
                          "best_loss": best, "n_included": int(included[step])
                          if step < len(included) else int(included[-1])})
     return rows
+
+
+def _record_behaviors(rec: dict) -> list[tuple[str, str]]:
+    if rec.get("mode") == "universal":
+        return list(zip(rec.get("goals") or [], rec.get("targets") or []))
+    return [(rec["goal"], rec["target"])]
+
+
+def term_rows(suffix_records: Sequence[dict]) -> list[dict]:
+    """The two terms of the objective per step from `suffixes.jsonl` records: one row per (run,
+    step) with the objective that produced the suffix, the target term (mean cross-entropy of
+    the target), the judge term (mean over option orders of -log p(harmless letter)) and the
+    judge's p(harmless) (mean over orders); judge columns are None where the run did not
+    record them (a vanilla run without `track_judge`)."""
+    rows = []
+    for i, rec in enumerate(suffix_records):
+        target = rec.get("target_losses") or rec.get("losses") or []
+        judge, p = rec.get("judge_losses") or [], rec.get("judge_harmless") or []
+        goal = _record_behaviors(rec)[0][0]
+        for step, ce in enumerate(target):
+            rows.append({"run": i, "goal": goal, "objective": rec.get("objective", "vanilla"),
+                         "step": step, "target_term": float(ce),
+                         "judge_term": float(judge[step]) if step < len(judge) else None,
+                         "p_harmless": float(p[step]) if step < len(p) else None})
+    return rows
+
+
+def judge_verdicts(lm, suffix_records: Sequence[dict], template: str | None = None) -> list[dict]:
+    """RAIN's own self-evaluator (the `template` task, default the records' `judge_template`,
+    i.e. "harm"; both option orders) on each behaviour's
+    judged target, the request carrying the initial suffix ("initial") and each record's
+    optimised suffix (`suffix_kind` = the record's objective). One row per (behaviour, suffix
+    kind): p(harmless) in each order and their mean, the soft value p(harmless) - p(harmful)
+    and the vote value (+1 = harmless in both orders) RAIN's search would back up."""
+    from ..evaluate import SelfEvaluator  # noqa: PLC0415
+    from .gcg import build_layout, judged_response  # noqa: PLC0415
+
+    configs = [GCGConfig(**{k: v for k, v in (rec.get("config") or {}).items()
+                            if k in GCGConfig.__dataclass_fields__}) for rec in suffix_records]
+    names = {template} if template else {c.judge_template for c in configs}
+    if len(names) != 1:
+        raise ConfigError(f"The records were judged with different templates {sorted(names)}; "
+                          "pass template=...")
+    template = names.pop()
+    soft = SelfEvaluator(lm, template, mode="soft")
+    votes = SelfEvaluator(lm, template, mode="votes")
+    pos = [order.index(soft.template.positive) for order in soft.orders]
+    rows, initial_done = [], set()
+    for rec, cfg in zip(suffix_records, configs):
+        for goal, target in _record_behaviors(rec):
+            lay = build_layout(lm, goal, target, cfg.suffix_text)
+            response = judged_response(lm, lay, cfg.judge_tokens)
+            kinds = [(rec.get("objective", "vanilla"), rec["suffix"])]
+            if (goal, response) not in initial_done:
+                initial_done.add((goal, response))
+                kinds.insert(0, ("initial", cfg.suffix_text))
+            for kind, suffix in kinds:
+                request = goal + " " + suffix
+                value = soft(request, response)
+                p = [soft.last_probs[o][pos[o]] for o in range(len(pos))]
+                rows.append({"goal": goal, "response": response, "suffix_kind": kind,
+                             "suffix": suffix, "p_harmless_order1": p[0],
+                             "p_harmless_order2": p[-1], "p_harmless": sum(p) / len(p),
+                             "soft_value": value, "vote_value": votes(request, response)})
+    return rows
+
+
+def paired_shift(verdicts: Sequence[dict], after: str, before: str = "initial",
+                 value: str = "p_harmless", confidence: float = 0.95) -> dict:
+    """The judge's change between two suffix kinds over the same behaviours (paired): mean
+    difference `after - before` of `value` with a Student-t interval, the number of behaviours,
+    and how many moved up or down."""
+    import math  # noqa: PLC0415
+
+    from scipy import stats  # noqa: PLC0415 - installed with sentence-transformers
+
+    a = {(r["goal"], r["response"]): r[value] for r in verdicts if r["suffix_kind"] == after}
+    b = {(r["goal"], r["response"]): r[value] for r in verdicts if r["suffix_kind"] == before}
+    diffs = [a[k] - b[k] for k in a if k in b]
+    n = len(diffs)
+    if n == 0:
+        raise DataError(f"No behaviour has both a {before!r} and an {after!r} verdict.")
+    mean = sum(diffs) / n
+    if n > 1:
+        sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    else:
+        half = math.nan
+    return {"after": after, "before": before, "value": value, "n": n, "mean_diff": mean,
+            "lo": mean - half, "hi": mean + half, "up": sum(d > 0 for d in diffs),
+            "down": sum(d < 0 for d in diffs), "confidence": confidence}
+
+
+def judge_anatomy(lm, behavior: dict, config: GCGConfig | None = None) -> dict:
+    """The RAIN-aware attack's judging prompts for one behaviour, taken apart (changes nothing).
+
+    Returns {"layout": rows (part, tokens, text) of ``[judge prefix][suffix][shared rest]
+    [ending of order 1][ending of order 2]``; "identical": whether the ids the attack scores equal
+    the ids RAIN's evaluator builds for the same request and response, in both orders;
+    "verdict": p(harmless) per order, the judge term and the vote, for the initial suffix}."""
+    import torch  # noqa: PLC0415
+
+    from ..models import split_common  # noqa: PLC0415
+    from .gcg import build_layout, judge_losses, judge_targets  # noqa: PLC0415
+
+    config = (config or GCGConfig.rain_aware_cpu()).validate()
+    b = _check_behaviors([behavior])[0]
+    tok = lm.tokenizer
+    lay = build_layout(lm, b["goal"], b["target"], config.suffix_text)
+    jt = judge_targets(lm, [lay], config.replace(objective="rain-aware"))[0]
+    dec = lambda ids: tok.decode(list(ids), skip_special_tokens=False,  # noqa: E731
+                                 clean_up_tokenization_spaces=False)
+    common, tails = split_common(jt.post_ids)
+    parts = [("judge prefix (KV cached once)", jt.pre_ids), ("suffix", lay.suffix_ids),
+             ("shared rest (both orders)", common)]
+    parts += [(f"ending, order {o + 1}: {', '.join(order)}", t)
+              for o, (order, t) in enumerate(zip(jt.evaluator.orders, tails))]
+    layout = [{"part": p, "tokens": len(ids), "text": dec(ids)} for p, ids in parts]
+    ours = [jt.prompt_ids(lay.suffix_ids, o) for o in range(jt.n_orders)]
+    identical = ours == jt.evaluator.prompt_ids(jt.query, jt.response)
+    loss, vote, p = judge_losses(lm, [jt], torch.tensor([lay.suffix_ids]))
+    verdict = {"request": jt.query, "response": jt.response,
+               "p_harmless_per_order": [round(float(x), 4) for x in p[0, 0]],
+               "judge_term": float(loss[0]), "votes_harmless_in_both_orders": bool(vote[0, 0])}
+    return {"layout": layout, "identical": identical, "verdict": verdict}
 
 
 def step_anatomy(lm, behavior: dict, config: GCGConfig | None = None, top: int = 5) -> dict:
