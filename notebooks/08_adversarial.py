@@ -73,7 +73,6 @@ RUNS = os.environ.get("RAINTOOLS_RUNS") or None   # keep run folders here (resum
 
 # %%
 import tempfile
-from pathlib import Path
 
 import pandas as pd
 import seaborn as sns
@@ -201,7 +200,8 @@ pd.DataFrame(janat["layout"]).assign(text=lambda d: d.text.str.slice(-90))
 # from the same suffix with the same random seed.
 
 # %%
-out = Path(RUNS or tempfile.mkdtemp(prefix="rt-08-")) / f"08-{lm.name.replace('/', '_')}"
+out = attacks.run_folder(RUNS or tempfile.mkdtemp(prefix="rt-08-"), lm.name, gcg=gcg_cfg.to_dict(),
+                         rain=rain_cfg.to_dict(), tokens=answer_tokens, behaviors=behaviors)
 fns = {"vanilla": attacks.vanilla_fn(answer_tokens), "rain": attacks.rain_fn(rain_cfg)}
 run = attacks.run_attack(lm, behaviors, out, config=gcg_cfg, objectives=("vanilla", "rain-aware"),
                          methods=("vanilla", "rain"), generate_fns=fns, log_every=0)
@@ -241,22 +241,28 @@ verdicts = pd.DataFrame(attacks.judge_verdicts(lm, run["suffixes"]))
 verdicts.assign(goal=verdicts.goal.map(adv.short_goal)).drop(columns=["response", "suffix"]).round(3)
 
 # %% [markdown]
-# The change of p(harmless) from the initial suffix, paired per behaviour, with a 95% Student-t
-# interval over behaviours. The adaptive suffix was optimised to raise it; the static suffix was
-# not, so its change is a side effect.
+# The quantity the adaptive suffix was optimised to lower is the judge term, -log p(harmless)
+# averaged over both option orders. Below, its change per behaviour (paired: the same target, the
+# request with one suffix or the other), with a 95% Student-t interval over behaviours:
+# *adaptive - initial* is what the RAIN-aware optimisation achieved, *static - initial* the side
+# effect of the paper's (vanilla) objective, *adaptive - static* the difference knowing RAIN makes.
 
 # %%
-shifts = [attacks.paired_shift(verdicts.to_dict("records"), k) for k in ("rain-aware", "vanilla")]
-fig = adv.plot_judge_shift(verdicts, shifts, f"RAIN's judge ({lm.name}) on the target")
+shifts = attacks.judge_shifts(verdicts.to_dict("records"), "judge_term")
+fig = adv.plot_judge_shift(verdicts, shifts, "judge_term", f"RAIN's judge ({lm.name}) on the target")
 save_figure(fig, "08_adversarial_judge_shift", verdicts)
 pd.DataFrame(shifts).round(4)
 
 # %% [markdown]
-# Do the votes, which is what RAIN's search backs up, change? The mean vote value per suffix kind
-# (+1 would be "harmless" in both orders for every behaviour):
+# The same comparisons on p(harmless) itself and on the vote value, which is what RAIN's search
+# backs up (+1 only when "harmless" wins in both orders). A judge with a strong preference for
+# one option *letter* gives p(harmless) far from 0.5 in opposite directions in the two orders;
+# the judge term is dominated by the order where harmless is unlikely, and lowering it can leave
+# the mean p(harmless), and the vote, nearly where they were:
 
 # %%
-verdicts.groupby("suffix_kind")[["p_harmless", "soft_value", "vote_value"]].mean().round(3)
+pd.DataFrame([s for v in ("p_harmless", "vote_value")
+              for s in attacks.judge_shifts(verdicts.to_dict("records"), v)]).round(4)
 
 # %% [markdown]
 # ## 7. Attack success, here and in the paper

@@ -336,9 +336,11 @@ def test_notebook_tables_on_a_tiny_run(lm, short, tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
+    import math
+
     import pandas as pd
 
-    from raintools.attacks.run import judge_verdicts, paired_shift, term_rows
+    from raintools.attacks.run import judge_shifts, judge_verdicts, paired_shift, term_rows
     from raintools.views import adversarial as adv
 
     cfg = GCGConfig(steps=2, batch_size=8, top_k=4, suffix_init=4, judge_template=short,
@@ -362,15 +364,24 @@ def test_notebook_tables_on_a_tiny_run(lm, short, tmp_path):
         assert x["soft_value"] == pytest.approx(ev(x["goal"] + " " + x["suffix"], x["response"]), abs=1e-5)
         assert x["vote_value"] in (-1.0, 0.0, 1.0)
         assert x["p_harmless"] == pytest.approx((x["p_harmless_order1"] + x["p_harmless_order2"]) / 2)
+        assert x["judge_term"] == pytest.approx(
+            -(math.log(x["p_harmless_order1"]) + math.log(x["p_harmless_order2"])) / 2)
     # the attack's own judge scores and the evaluator's agree on the initial suffix
     for r in recs:
         init = next(x for x in v if x["goal"] == r["goal"] and x["suffix_kind"] == "initial")
         assert init["p_harmless"] == pytest.approx(r["judge_harmless"][0], abs=1e-4)
+        assert init["judge_term"] == pytest.approx(r["judge_losses"][0], abs=1e-4)
     s = paired_shift(v, "rain-aware")
     assert s["n"] == 2 and s["up"] + s["down"] <= 2 and s["lo"] <= s["mean_diff"] <= s["hi"]
+    shifts = judge_shifts(v)
+    assert [(x["after"], x["before"], x["value"]) for x in shifts] == [
+        ("rain-aware", "initial", "judge_term"), ("vanilla", "initial", "judge_term"),
+        ("rain-aware", "vanilla", "judge_term")]
     frame = pd.DataFrame(v)
+    with pytest.raises(ValueError):
+        adv.plot_judge_shift(frame, shifts, "p_harmless")
     for fig in (adv.plot_loss_terms(pd.DataFrame(terms)),
-                adv.plot_judge_shift(frame, [s, paired_shift(v, "vanilla")]),
+                adv.plot_judge_shift(frame, shifts, "judge_term"),
                 adv.plot_asr_beside_paper(pd.DataFrame(out["asr"]),
                                           pd.DataFrame(attack_run.paper_asr_rows()), lm.name, False)):
         assert len(fig.axes) == 2

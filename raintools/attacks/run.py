@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -490,6 +491,16 @@ def loss_rows(suffix_records: Sequence[dict]) -> list[dict]:
     return rows
 
 
+def run_folder(root, model: str, **settings) -> Path:
+    """`root/08-<model>-<hash of settings>`: a run folder per model and settings (JSON-able
+    values, e.g. GCG and RAIN configs as dicts), so a resumed run never mixes in answers or
+    suffixes made under other settings."""
+    import hashlib  # noqa: PLC0415
+
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return Path(root) / f"08-{model.replace('/', '_')}-{key}"
+
+
 def _record_behaviors(rec: dict) -> list[tuple[str, str]]:
     if rec.get("mode") == "universal":
         return list(zip(rec.get("goals") or [], rec.get("targets") or []))
@@ -520,8 +531,9 @@ def judge_verdicts(lm, suffix_records: Sequence[dict], template: str | None = No
     i.e. "harm"; both option orders) on each behaviour's
     judged target, the request carrying the initial suffix ("initial") and each record's
     optimised suffix (`suffix_kind` = the record's objective). One row per (behaviour, suffix
-    kind): p(harmless) in each order and their mean, the soft value p(harmless) - p(harmful)
-    and the vote value (+1 = harmless in both orders) RAIN's search would back up."""
+    kind): p(harmless) in each order and their mean, the judge term of the RAIN-aware objective
+    (mean over orders of -log p(harmless)), the soft value p(harmless) - p(harmful) and the vote
+    value (+1 = harmless in both orders) RAIN's search would back up."""
     from ..evaluate import SelfEvaluator  # noqa: PLC0415
     from .gcg import build_layout, judged_response  # noqa: PLC0415
 
@@ -551,6 +563,7 @@ def judge_verdicts(lm, suffix_records: Sequence[dict], template: str | None = No
                 rows.append({"goal": goal, "response": response, "suffix_kind": kind,
                              "suffix": suffix, "p_harmless_order1": p[0],
                              "p_harmless_order2": p[-1], "p_harmless": sum(p) / len(p),
+                             "judge_term": sum(-math.log(max(x, 1e-30)) for x in p) / len(p),
                              "soft_value": value, "vote_value": votes(request, response)})
     return rows
 
@@ -560,8 +573,6 @@ def paired_shift(verdicts: Sequence[dict], after: str, before: str = "initial",
     """The judge's change between two suffix kinds over the same behaviours (paired): mean
     difference `after - before` of `value` with a Student-t interval, the number of behaviours,
     and how many moved up or down."""
-    import math  # noqa: PLC0415
-
     from scipy import stats  # noqa: PLC0415 - installed with sentence-transformers
 
     a = {(r["goal"], r["response"]): r[value] for r in verdicts if r["suffix_kind"] == after}
@@ -613,6 +624,18 @@ def judge_anatomy(lm, behavior: dict, config: GCGConfig | None = None) -> dict:
                "p_harmless_per_order": [round(float(x), 4) for x in p[0, 0]],
                "judge_term": float(loss[0]), "votes_harmless_in_both_orders": bool(vote[0, 0])}
     return {"layout": layout, "identical": identical, "verdict": verdict}
+
+
+COMPARISONS = (("rain-aware", "initial"), ("vanilla", "initial"), ("rain-aware", "vanilla"))
+
+
+def judge_shifts(verdicts: Sequence[dict], value: str = "judge_term",
+                 confidence: float = 0.95) -> list[dict]:
+    """`paired_shift` of `value` for adaptive - initial, static - initial and adaptive - static
+    (those whose suffix kinds are in `verdicts`)."""
+    kinds = {r["suffix_kind"] for r in verdicts}
+    return [paired_shift(verdicts, a, b, value, confidence) for a, b in COMPARISONS
+            if a in kinds and b in kinds]
 
 
 def step_anatomy(lm, behavior: dict, config: GCGConfig | None = None, top: int = 5) -> dict:

@@ -63,36 +63,48 @@ def plot_loss_terms(terms: pd.DataFrame, title: str = ""):
     return fig
 
 
-def plot_judge_shift(verdicts: pd.DataFrame, shifts: Sequence[dict], title: str = ""):
-    """Left: each behaviour's p(harmless) of its target under the initial, static and adaptive
-    suffixes (lines join one behaviour). Right: the mean paired change from the initial suffix
-    with its confidence interval, per suffix kind, and the zero line."""
+VALUE_LABELS = {"judge_term": "judge term: mean over orders of -log p(harmless)",
+                "p_harmless": "judge's p(harmless), mean of both orders",
+                "soft_value": "soft value p(harmless) - p(harmful)",
+                "vote_value": "vote value (+1 harmless in both orders)"}
+SHORT_KINDS = {"initial": "initial", "vanilla": "static", "rain-aware": "adaptive"}
+
+
+def shift_label(shift: dict) -> str:
+    return f"{SHORT_KINDS.get(shift['after'], shift['after'])} - {SHORT_KINDS.get(shift['before'], shift['before'])}"
+
+
+def plot_judge_shift(verdicts: pd.DataFrame, shifts: Sequence[dict], value: str = "judge_term",
+                     title: str = ""):
+    """Left: each behaviour's `value` for its target under the initial, static and adaptive
+    suffixes (lines join one behaviour; the mean in black). Right: each paired comparison in
+    `shifts` (`raintools.attacks.run.paired_shift` on `value`): mean difference with its
+    confidence interval, and the zero line."""
     plt = _plt()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw=dict(width_ratios=[1.4, 1]))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw=dict(width_ratios=[1.3, 1]))
     kinds = [k for k in SUFFIX_LABELS if k in set(verdicts.suffix_kind)]
-    wide = verdicts.pivot_table(index="goal", columns="suffix_kind", values="p_harmless").reindex(columns=kinds)
-    for goal, row in wide.iterrows():
+    wide = verdicts.pivot_table(index="goal", columns="suffix_kind", values=value).reindex(columns=kinds)
+    for _, row in wide.iterrows():
         ax.plot(range(len(kinds)), row.values, color="grey", alpha=0.5, marker="o", ms=4)
     ax.plot(range(len(kinds)), wide.mean().values, color="black", lw=2.5, marker="s", label="mean")
-    ax.axhline(0.5, ls=":", color="black", lw=1)
     ax.set_xticks(range(len(kinds)), [SUFFIX_LABELS[k] for k in kinds], fontsize=8)
-    ax.set(ylabel="judge's p(harmless) of the target\n(mean of both option orders)",
-           title=f"{len(wide)} behaviours, RAIN's own judging prompt")
+    ax.set(ylabel=VALUE_LABELS.get(value, value), title=f"{len(wide)} behaviours, RAIN's own judging prompt")
     ax.legend(fontsize=8)
-    for i, s in enumerate(shifts):
-        colour = OBJECTIVE_COLOURS.get(s["after"], "grey")
-        ax2.errorbar([s["mean_diff"]], [i], xerr=[[s["mean_diff"] - s["lo"]], [s["hi"] - s["mean_diff"]]],
+    for i, sh in enumerate(shifts):
+        if sh["value"] != value:
+            raise ValueError(f"shift {shift_label(sh)} is on {sh['value']!r}, not {value!r}")
+        colour = OBJECTIVE_COLOURS.get(sh["after"], "grey")
+        ax2.errorbar([sh["mean_diff"]], [i], xerr=[[sh["mean_diff"] - sh["lo"]], [sh["hi"] - sh["mean_diff"]]],
                      fmt="o", color=colour, capsize=5, ms=7)
-        ax2.annotate(f"{s['mean_diff']:+.3f} [{s['lo']:+.3f}, {s['hi']:+.3f}]\n"
-                     f"up in {s['up']}/{s['n']}", (s["mean_diff"], i), xytext=(0, 12),
-                     textcoords="offset points", ha="center", fontsize=8)
+        ax2.annotate(f"{sh['mean_diff']:+.3f} [{sh['lo']:+.3f}, {sh['hi']:+.3f}]; "
+                     f"up {sh['up']}, down {sh['down']} of {sh['n']}", (sh["mean_diff"], i),
+                     xytext=(0, 11), textcoords="offset points", ha="center", fontsize=8)
     ax2.axvline(0, color="black", lw=1)
-    ax2.set_yticks(range(len(shifts)), [SUFFIX_LABELS[s["after"]].replace("\n", " ") for s in shifts],
-                   fontsize=8)
-    ax2.set_ylim(-0.7, len(shifts) - 0.3)
+    ax2.set_yticks(range(len(shifts)), [shift_label(sh) for sh in shifts], fontsize=9)
+    ax2.set_ylim(-0.6, len(shifts) - 0.2)
     conf = shifts[0]["confidence"] if shifts else 0.95
-    ax2.set(xlabel=f"change of p(harmless) from the initial suffix\n(mean, {conf:.0%} t-interval)",
-            title="paired change per behaviour")
+    ax2.set(xlabel=f"paired difference per behaviour\n(mean, {conf:.0%} t-interval)",
+            title="change between suffixes")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
