@@ -42,6 +42,7 @@
 # %% tags=["parameters"]
 import os
 
+from raintools.views import studies as st
 from raintools.views.notebooks import settings
 
 S = settings()
@@ -53,8 +54,7 @@ MAX_NEW_TOKENS = 3 if FAST else 16     # answer length in section 2 (commits of 
 STUDY_TOKENS = 3 if FAST else 5        # answer length in section 3
 ACCURACY = 0.9                         # the simulated judge is right with this probability
 BON_MAX = 2 if FAST else 8             # best-of-N for N = 1 .. BON_MAX
-BUDGET = (dict(max_simulations=2, extra_simulations=1, clause_max_tokens=3) if FAST else
-          dict(max_simulations=8, extra_simulations=4, clause_max_tokens=6))   # RAIN on a CPU
+BUDGET = st.cpu_budget(FAST)   # RAIN on a CPU
 DATA = "hh-harmless"                   # a data set name or a file; our demo prompts if absent
 JUDGES = ("llm", "refusal")
 JUDGE_URL = os.environ.get("RAINTOOLS_JUDGE_URL") or None
@@ -79,7 +79,6 @@ from raintools.experiments.methods import MethodConfig
 from raintools.experiments.runner import build_judges, run_eval
 from raintools.experiments.tasks import get_task
 from raintools.views import study_plots as sp
-from raintools.views import studies as st
 from raintools.views.analysis import load_self_eval_pairs, notebook_config, wilson_interval
 from raintools.views.plots import save_figure
 

@@ -41,6 +41,7 @@
 # budget is CPU-sized: the rules are the paper's, only the number of tries is smaller.
 
 # %% tags=["parameters"]
+from raintools.views import studies as st
 from raintools.views.notebooks import settings
 
 S = settings()
@@ -50,8 +51,7 @@ N_TIME = 1 if FAST else 6              # requests for the timing of section 1
 TIME_TOKENS = 3 if FAST else 16        # answer length for the timing
 MAX_NEW_TOKENS = 3 if FAST else 7      # answer length in sections 2-5 (commits of 1, 2, 4 tokens)
 ACCURACY = 0.9                         # the simulated judge is right with this probability
-BUDGET = (dict(max_simulations=2, extra_simulations=1, clause_max_tokens=3) if FAST else
-          dict(max_simulations=12, extra_simulations=4, clause_max_tokens=6))
+BUDGET = st.cpu_budget(FAST, simulations=12)
 N_MECH = 1 if FAST else 12             # requests for section 5 (what the rare parts do, counts)
 T_VALUES = (1, 2) if FAST else (2, 4, 8, 12)           # simulation budgets T (paper: 50)
 V_VALUES = (-1.0, 0.8) if FAST else (-1.0, 0.0, 0.8)   # value thresholds V (paper: 0.8)
@@ -70,7 +70,6 @@ from raintools.embed import load_embedder
 from raintools.experiments.data import data_root
 from raintools.experiments.tasks import get_task
 from raintools.views import study_plots as sp
-from raintools.views import studies as st
 from raintools.views.analysis import notebook_config
 from raintools.views.plots import save_figure
 

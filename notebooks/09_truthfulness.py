@@ -38,6 +38,7 @@
 # budget is CPU-sized: the rules are the paper's, only the number of tries is smaller.
 
 # %% tags=["parameters"]
+from raintools.views import studies as st
 from raintools.views.notebooks import settings
 
 S = settings()
@@ -46,8 +47,7 @@ N_ITEMS = 2 if FAST else 40         # questions per arm (40: Wilson 95% CI withi
 N_CHECK = 2 if FAST else 40         # questions for the self-evaluation check
 MAX_NEW_TOKENS = 3 if FAST else 7   # 7 tokens = three commits of 1, 2 and 4 tokens
 ACCURACY = 0.9                      # the simulated judge is right with this probability
-BUDGET = (dict(max_simulations=2, extra_simulations=1, clause_max_tokens=3) if FAST else
-          dict(max_simulations=8, extra_simulations=4, clause_max_tokens=6))
+BUDGET = st.cpu_budget(FAST)
 
 # %%
 import pandas as pd
@@ -62,7 +62,6 @@ from raintools.embed import load_embedder
 from raintools.evaluate import load_template
 from raintools.experiments.tasks import PAPER_TRUTHFULQA, get_task
 from raintools.views import study_plots as sp
-from raintools.views import studies as st
 from raintools.views.analysis import wilson_interval
 from raintools.views.plots import save_figure
 

@@ -39,6 +39,7 @@
 # budget is CPU-sized: the rules are the paper's, only the number of tries is smaller.
 
 # %% tags=["parameters"]
+from raintools.views import studies as st
 from raintools.views.notebooks import settings
 
 S = settings()
@@ -47,8 +48,7 @@ N_ITEMS = 2 if FAST else 40         # openings per arm, half from negative revie
 N_CHECK = 4 if FAST else 40         # labelled reviews for the self-evaluation check (half positive)
 MAX_NEW_TOKENS = 3 if FAST else 7   # 7 tokens = three commits of 1, 2 and 4 tokens
 ACCURACY = 0.9                      # the simulated judge is right with this probability
-BUDGET = (dict(max_simulations=2, extra_simulations=1, clause_max_tokens=3) if FAST else
-          dict(max_simulations=8, extra_simulations=4, clause_max_tokens=6))
+BUDGET = st.cpu_budget(FAST)
 
 # %%
 import pandas as pd
@@ -64,7 +64,6 @@ from raintools.evaluate import load_template
 from raintools.experiments.judges import SentimentJudge
 from raintools.experiments.tasks import PAPER_IMDB, get_task
 from raintools.views import study_plots as sp
-from raintools.views import studies as st
 from raintools.views.plots import save_figure
 
 # %% [markdown]

@@ -263,3 +263,10 @@ def test_refusal_truth_and_config_keys():
     off = RainConfig.ablation("no-sim-no-add", base)
     # a switched-off part's constants do not make a run different
     assert st._config_key(off) == st._config_key(off.replace(sim_threshold=0.8, add_variance_factor=0.1))
+
+
+def test_cpu_budget_is_a_valid_small_budget():
+    for fast in (True, False):
+        cfg = RainConfig.cpu_demo(**st.cpu_budget(fast))
+        assert cfg.max_simulations <= 8 and cfg.clause_max_tokens <= 6
+    assert st.cpu_budget(False, simulations=12)["max_simulations"] == 12

@@ -662,3 +662,12 @@ def task_study_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     `task_study` run."""
     return (rate_summary(df, means=["tokens_computed", "seconds"]),
             paired_differences(df, TASK_STUDY_PAIRS))
+
+
+def cpu_budget(fast: bool, simulations: int = 8) -> dict:
+    """RAIN's search budget in notebooks 06, 07, 09 and 10 on a CPU (the rules are the paper's;
+    only the number of tries is smaller): fast mode (the tests) or full mode (the figures) with at
+    most `simulations` simulations per step."""
+    if fast:
+        return dict(max_simulations=2, extra_simulations=1, clause_max_tokens=3)
+    return dict(max_simulations=simulations, extra_simulations=4, clause_max_tokens=6)
