@@ -19,9 +19,10 @@ from ..vanilla import generate_vanilla
 from .naming import run_dir
 
 HONEST_NOTE = (
-    "Note: a 135M model judges harm at about chance (41% pairwise accuracy measured on HH-RLHF; the\n"
-    "paper reports 52% even at 7B), so with the embedded model RAIN shows its mechanics and costs,\n"
-    "not a safety gain. Use --model with a large model on a GPU to study the effect itself."
+    "Note: a 135M model judges harm at about chance (notebook 01, 60 HH-RLHF pairs: its votes tie on\n"
+    "every pair, its soft score is right on 38%; the paper reports 52% even at 7B), so with the\n"
+    "embedded model RAIN shows its mechanics and costs, not a safety gain. Use --model with a large\n"
+    "model on a GPU to study the effect itself."
 )
 
 
