@@ -19,28 +19,13 @@ import raintools as rt
 from raintools import hf
 from raintools.errors import ConfigError, ModelLoadError, PromptError
 from raintools.models import LanguageModel, tiny_model, wrapped
+from test_search import letter_embedder, vowel_judge  # the toy judge and embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = str(ROOT / "hub" / "rain")
 FORMS = [hf.rain_decoding, FOLDER]
 SMALL = rt.RainConfig(max_simulations=6, extra_simulations=3, min_visits=2, clause_max_tokens=4,
                       similarity_update=False, node_addition=False)
-
-
-def vowel_judge(query, response):
-    """A toy evaluator: more vowels is 'better'. Values in {-1, 0, 1}."""
-    vowels = sum(ch in "aeiou" for ch in response)
-    return 1.0 if vowels >= 3 else (0.0 if vowels else -1.0)
-
-
-def letter_embedder(texts):
-    rows = []
-    for t in texts:
-        v = torch.zeros(27)
-        for ch in t.lower():
-            v[ord(ch) - 97 if "a" <= ch <= "z" else 26] += 1
-        rows.append(v + 1e-3)
-    return torch.stack(rows)
 
 
 def chat_inputs(tok, *messages, **kw):

@@ -17,7 +17,7 @@ from raintools.sampling import COMPLETE, EXPAND, keyed_rng
 from raintools.trace import Trace
 from raintools.tree import Bounds, backup, block_leaf, select_child
 
-from test_search import SMALL, check_invariants, letter_embedder, vowel_judge
+from test_search import SMALL, assert_replay_matches_commits, check_invariants, letter_embedder, vowel_judge
 
 BIG = RainConfig(max_new_tokens=40, max_simulations=24, extra_simulations=8, min_visits=2,
                  clause_max_tokens=6, max_commits=3)
@@ -291,16 +291,7 @@ def test_parallel_trace_replays_and_explores(tiny_lm):
     assert t.to_dict() == r.trace.to_dict()
     rounds = [s.round for s in t.simulations]
     assert rounds == sorted(rounds) and len(set(rounds)) == r.stats["rounds"] < len(rounds)
-    for c in t.commits:
-        last = c.first_simulation + c.simulations - 1
-        replay = t.tree_at(last)
-        recorded = {n.uid: n for n in c.tree}
-        assert set(replay) == set(recorded)
-        for uid, node in recorded.items():
-            assert replay[uid].fn == node.fn
-            assert replay[uid].n == pytest.approx(node.n)
-            assert replay[uid].q == pytest.approx(node.q)
-            assert replay[uid].p == pytest.approx(node.p)
+    assert_replay_matches_commits(t)
     pytest.importorskip("ipywidgets")
     from raintools.views.widgets import TreeExplorer
 

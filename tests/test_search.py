@@ -223,10 +223,14 @@ def test_trace_round_trip_and_replay(tiny_lm):
     _, r = run(tiny_lm)
     t2 = Trace.from_json(r.trace.to_json())
     assert t2.to_dict() == r.trace.to_dict()
-    # replaying the simulations reproduces the tree recorded at each commit
-    for c in t2.commits:
+    assert_replay_matches_commits(t2)
+
+
+def assert_replay_matches_commits(trace):
+    """Replaying the simulations reproduces the tree recorded at each commit."""
+    for c in trace.commits:
         last = c.first_simulation + c.simulations - 1
-        replay = t2.tree_at(last)
+        replay = trace.tree_at(last)
         recorded = {n.uid: n for n in c.tree}
         assert set(replay) == set(recorded)
         for uid, node in recorded.items():
