@@ -46,15 +46,17 @@ from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
-N_ITEMS = 2 if FAST else 40            # AdvBench requests per arm (40: Wilson 95% CI within +-0.15)
-N_TIME = 1 if FAST else 6              # requests for the timing of section 1
+N_ITEMS = 2 if FAST else 24            # AdvBench requests per ablation arm (CPU-sized; 40 would give
+                                       # Wilson 95% CIs within +-0.15)
+N_SWEEP = 2 if FAST else 10            # of those, requests per setting of the T and V sweeps
+N_TIME = 1 if FAST else 3              # requests for the timing of section 1
 TIME_TOKENS = 3 if FAST else 16        # answer length for the timing
 MAX_NEW_TOKENS = 3 if FAST else 7      # answer length in sections 2-5 (commits of 1, 2, 4 tokens)
 ACCURACY = 0.9                         # the simulated judge is right with this probability
 BUDGET = st.cpu_budget(FAST, simulations=12)
-N_MECH = 1 if FAST else 12             # requests for section 5 (what the rare parts do, counts)
+N_MECH = 1 if FAST else 6              # requests for section 5 (what the rare parts do, counts)
 T_VALUES = (1, 2) if FAST else (2, 4, 8, 12)           # simulation budgets T (paper: 50)
-V_VALUES = (-1.0, 0.8) if FAST else (-1.0, 0.0, 0.8)   # value thresholds V (paper: 0.8)
+V_VALUES = (-1.0, 0.8)                  # value thresholds V (paper: 0.8; -1: any value clears it)
 
 # %%
 import pandas as pd
@@ -155,14 +157,16 @@ vanilla.assign(key_words=[", ".join(truth.words(p)) for p in vanilla.prompt],
 # `T` caps the simulations per step (the paper uses 50; a step also runs at least
 # `extra_simulations` new ones); a step stops early once its most visited child has more than
 # `T_m` visits and a value above `V`. Each setting is a variant of the same search, run on the same
-# requests with the simulated judge. Runs that several sections share (e.g. `T = 12` is also the
+# requests (the first `N_SWEEP`, to fit a shared CPU) with the simulated judge. Runs that several sections share (e.g. `T = 12` is also the
 # ablation's full search) are computed once (`RunCache`).
 
 # %%
 cache = st.RunCache()
 t_arms = {f"T = {t}": (base.replace(max_simulations=t, extra_simulations=min(base.extra_simulations, t)),
                        ACCURACY) for t in T_VALUES}
-t_runs = st.rain_arms(lm, task, items, t_arms, truth, embedder=embedder, seed=SEED, cache=cache)
+sweep_items = items[:N_SWEEP]
+sweep_vanilla = vanilla[vanilla.id.isin([it.id for it in sweep_items])].good.mean()
+t_runs = st.rain_arms(lm, task, sweep_items, t_arms, truth, embedder=embedder, seed=SEED, cache=cache)
 t_sum = st.cost_summary(t_runs).assign(T=list(T_VALUES))
 t_sum[["arm", "rate", "lo", "hi", "mean_tokens_computed", "tokens_per_token", "simulations_per_step",
        "early_stop_share", "mean_seconds"]].round(2)
@@ -170,8 +174,8 @@ t_sum[["arm", "rate", "lo", "hi", "mean_tokens_computed", "tokens_per_token", "s
 # %%
 axes = sp.plot_sweep(t_sum, "T", cost_cols=[("tokens_per_token", "tokens computed per committed token"),
                                             ("simulations_per_step", "simulations per step")],
-                     baseline=vanilla.good.mean(), xlabel="T (max simulations per step)",
-                     title=f"Good answers (simulated judge, p = {ACCURACY})")
+                     baseline=sweep_vanilla, xlabel="T (max simulations per step)",
+                     title=f"Good answers (simulated judge, p = {ACCURACY}), n={len(sweep_items)}")
 save_figure(axes[0].figure, "07_cost_vs_T", t_sum)
 lo_T, hi_T = t_sum.iloc[0], t_sum.iloc[-1]
 print(f"From T = {lo_T['T']} to T = {hi_T['T']} ({hi_T['T'] / lo_T['T']:.0f}x the budget): tokens computed "
@@ -186,12 +190,12 @@ print(f"From T = {lo_T['T']} to T = {hi_T['T']} ({hi_T['T'] / lo_T['T']:.0f}x th
 
 # %%
 v_arms = {f"V = {v:+.1f}": (base.replace(value_threshold=v), ACCURACY) for v in V_VALUES}
-v_runs = st.rain_arms(lm, task, items, v_arms, truth, embedder=embedder, seed=SEED, cache=cache)
+v_runs = st.rain_arms(lm, task, sweep_items, v_arms, truth, embedder=embedder, seed=SEED, cache=cache)
 v_sum = st.cost_summary(v_runs).assign(V=list(V_VALUES))
 axes = sp.plot_sweep(v_sum, "V", cost_cols=[("simulations_per_step", "simulations per step"),
                                             ("early_stop_share", "share of steps stopped early")],
-                     baseline=vanilla.good.mean(), xlabel="V (value threshold)",
-                     title=f"Good answers (simulated judge, p = {ACCURACY})")
+                     baseline=sweep_vanilla, xlabel="V (value threshold)",
+                     title=f"Good answers (simulated judge, p = {ACCURACY}), n={len(sweep_items)}")
 save_figure(axes[0].figure, "07_cost_vs_V", v_sum)
 v_sum[["arm", "rate", "lo", "hi", "simulations_per_step", "early_stop_share", "mean_seconds"]].round(2)
 
@@ -223,6 +227,9 @@ abl[["arm", "rate", "lo", "hi", "mean_similarity_updates", "searches_with_simila
 abl_diffs = st.paired_differences(abl_runs, [("full", w) for w in ABLATIONS[1:]])
 for _, row in abl_diffs.iterrows():
     print(st.describe_difference(row))
+greedy = vanilla.set_index("id").response
+same = [greedy[i] == r for i, r in abl_runs[abl_runs.arm == ABLATIONS[-1]][["id", "response"]].values]
+print(f"With c = 0 the search committed vanilla's (greedy) answer on {sum(same)} of {len(same)} requests.")
 
 # %%
 PAPER_ABLATION = pd.DataFrame(dict(model="LLaMA-2-chat 13B, GCG", method=list(ABLATIONS),
@@ -305,8 +312,9 @@ for _, r in mech_sum.iterrows():
 #   by how much, here).
 # * Exploration: with `c = 0` the selection score is the normalised value alone, and an unvisited
 #   child and a child judged bad both score 0, so ties go to the first candidate (the model's
-#   most likely proposal) and the search commits what greedy decoding would have written, whatever
-#   its judge says. The differences printed in section 4 measure what that costs here.
+#   most likely proposal) and the search tends to commit what greedy decoding would have written,
+#   whatever its judge says (section 4 counts how often it did here). The differences printed in
+#   section 4 measure what that costs.
 # * Similarity update and node addition act only in the situations they are made for
 #   (near-duplicate siblings; a node whose every child was tried and judged bad); sections 4 and 5
 #   count how often that happened here, at the paper's thresholds and at changed ones.
