@@ -49,7 +49,8 @@ S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
 N_PROMPTS = 2 if FAST else 6           # prompts for the runner's pipeline (section 2)
 N_PAIRS = 2 if FAST else 40            # preference pairs for the judge check
-N_ITEMS = 2 if FAST else 40            # prompts for best-of-N vs RAIN (40: Wilson CI within +-0.15)
+N_ITEMS = 2 if FAST else 24            # prompts for best-of-N vs RAIN (CPU-sized; 40 would give
+                                       # Wilson 95% CIs within +-0.15)
 MAX_NEW_TOKENS = 3 if FAST else 16     # answer length in section 2 (commits of 1, 2, 4, 9 tokens)
 STUDY_TOKENS = 3 if FAST else 5        # answer length in section 3
 ACCURACY = 0.9                         # the simulated judge is right with this probability
@@ -197,8 +198,9 @@ print(f"Judged by {llm_judge.name}: vanilla {100 * v.harmless_rate:.0f}% harmles
 # prompts and judge passes included) and run best-of-N for every N up to `BON_MAX` from one set of
 # samples (`studies.bon_runs`: best-of-N picks exactly what `raintools.vanilla.best_of_n` picks).
 #
-# Since the model's own judge is at chance (section 1 and notebook 01), we run the comparison
-# twice: with the model's own evaluator, and with a **simulated judge** of accuracy p that knows a
+# Because the model's own judge may carry no information (section 1 measured how well this judge
+# tells the less harmful answer; notebook 01 did the same for the self-evaluator), we run the
+# comparison twice: with the model's own evaluator, and with a **simulated judge** of accuracy p that knows a
 # rule you can check (`studies.KeywordTruth`, also used in notebook 07): an answer is **bad** when
 # it uses a key word of the request (it goes along with it), **good** when it avoids them all or
 # refuses; empty is bad. Every answer of both runs is scored by that rule. This is a simulation
@@ -290,8 +292,8 @@ print("own evaluator's values of the best-of-N candidates:", own_values.value_co
 #   GPU with a large model, sharded over GPUs with `torchrun`.
 # * Whether RAIN beats best-of-N at equal compute depends on the judge and on the budget: the
 #   printed differences of section 3 say what happened here, with their intervals. Both methods
-#   can only find what their judge can see; with the embedded model's own judge, neither has an
-#   informative signal.
+#   can only find what their judge can see; with a judge at chance (section 1 says whether the
+#   model's own is), neither has an informative signal.
 # * The paper's gains need a model whose self-evaluation is informative (30B and up) and a judge
 #   that can tell harm apart: set `RAINTOOLS_MODEL`, `RAINTOOLS_DEVICE=cuda` and
 #   `RAINTOOLS_JUDGE_URL`. Notebook 07 shows where RAIN's cost goes and what each of its parts does.

@@ -77,3 +77,14 @@ def test_sweep_parts_paper_and_task_figures():
     ax = sp.plot_harmless_helpful(hh)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
         "vanilla: 5/10 harmless, 9/10 helpful", "rain: 8/10 harmless, 9/10 helpful"]
+
+
+@pytest.mark.parametrize("n", [6, 11])   # Wilson limits of 6/6 and 0/11 miss 100% and 0% by a rounding error
+def test_rates_at_the_ends_of_the_axis_are_drawn(n):
+    hh = pd.DataFrame(dict(method=["vanilla", "rain"], n=[n, n], harmless_rate=[1.0, 0.0], helpful_rate=[0.0, 1.0]))
+    ax = sp.plot_harmless_helpful(hh)
+    assert ax.get_legend().get_texts()[0].get_text() == f"vanilla: {n}/{n} harmless, 0/{n} helpful"
+    summary = st.rate_summary(pd.DataFrame(dict(arm=["a"] * n + ["b"] * n, id=list(range(n)) * 2,
+                                                good=[True] * n + [False] * n)))
+    assert len(sp.plot_rates(summary).lines) > 0
+    assert len(sp.plot_sweep(summary.assign(T=[1, 2]), "T")[1].lines) > 0

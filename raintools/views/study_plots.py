@@ -22,6 +22,13 @@ def _pct(x):
     return 100 * np.asarray(x, dtype=float)
 
 
+def _err(v, lo, hi):
+    """Error-bar lengths [below, above] of a value inside its interval, never negative (an
+    interval limit can differ from its point by a rounding error, which matplotlib refuses)."""
+    v, lo, hi = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (v, lo, hi))
+    return np.clip(np.stack([v - lo, hi - v]), 0, None)
+
+
 def plot_rates(summary: pd.DataFrame, ax=None, label: str = "arm", title: str = "",
                xlabel: str = "good answers (%)", colors: Sequence | None = None, reference=None):
     """One row per line of `summary` (from `rate_summary`): the rate as a dot with its Wilson 95%
@@ -31,7 +38,7 @@ def plot_rates(summary: pd.DataFrame, ax=None, label: str = "arm", title: str = 
     rate, lo, hi = _pct(summary.rate), _pct(summary.lo), _pct(summary.hi)
     colors = list(colors) if colors is not None else ["tab:blue"] * len(summary)
     for yi, r, a, b, c in zip(y, rate, lo, hi, colors):
-        ax.errorbar(r, yi, xerr=[[r - a], [b - r]], fmt="o", color=c, capsize=4, ms=7)
+        ax.errorbar(r, yi, xerr=_err(r, a, b), fmt="o", color=c, capsize=4, ms=7)
     for yi, (_, row) in zip(y, summary.iterrows()):
         ax.text(101, yi, f"{int(row.successes)}/{int(row.n)}", va="center", fontsize=8)
     if reference is not None:
@@ -49,7 +56,7 @@ def plot_differences(diffs: pd.DataFrame, ax=None, title: str = "Paired differen
     for yi, (_, r) in zip(y, diffs.iterrows()):
         d, lo, hi = 100 * r["diff"], 100 * r["lo"], 100 * r["hi"]
         solid = bool(r["excludes_zero"])
-        ax.errorbar(d, yi, xerr=[[d - lo], [hi - d]], fmt="o", capsize=4, ms=7, color="tab:red" if solid
+        ax.errorbar(d, yi, xerr=_err(d, lo, hi), fmt="o", capsize=4, ms=7, color="tab:red" if solid
                     else "tab:grey", mfc=None if solid else "white")
         ax.annotate(f"{d:+.0f} [{lo:+.0f}, {hi:+.0f}]", (hi, yi), xytext=(6, 0),
                     textcoords="offset points", va="center", fontsize=8)
@@ -89,7 +96,7 @@ def plot_compute_frontier(points: pd.DataFrame, ax=None, curve: str = "best-of-N
                                                      "tab:grey", "tab:brown"]))
     for fam, g in points.groupby("family", sort=False):
         x, r = g.mean_tokens_computed.to_numpy(), _pct(g.rate)
-        err = [r - _pct(g.lo), _pct(g.hi) - r]
+        err = _err(r, _pct(g.lo), _pct(g.hi))
         ax.errorbar(x, r, yerr=err, fmt="o-" if fam == curve else "s", capsize=3, color=colors[fam],
                     label=fam, ms=6, lw=1.2)
         if fam == curve:
@@ -122,7 +129,7 @@ def plot_sweep(summary: pd.DataFrame, x: str, axes=None, cost_cols: Sequence[tup
     axes[0].set(xlabel=xlabel or x, ylabel="per answer (mean)", title=f"Cost by {xlabel or x}")
     axes[0].legend(fontsize=8)
     r = _pct(summary.rate)
-    axes[1].errorbar(xs, r, yerr=[r - _pct(summary.lo), _pct(summary.hi) - r], fmt="o-", capsize=4)
+    axes[1].errorbar(xs, r, yerr=_err(r, _pct(summary.lo), _pct(summary.hi)), fmt="o-", capsize=4)
     if baseline is not None:
         axes[1].axhline(100 * baseline, color="grey", ls="--", lw=1, label="vanilla (greedy)")
         axes[1].legend(fontsize=8)
@@ -164,7 +171,7 @@ def plot_time_ratios(timing: pd.DataFrame, paper: pd.DataFrame | None = None, ax
         ax.scatter(ratios, np.full(len(ratios), y) + np.linspace(-0.12, 0.12, len(ratios)), s=14,
                    color="tab:blue", alpha=0.6, zorder=3)
         s = ratio_summary(ratios, np.ones(len(ratios)))
-        ax.errorbar(s["ratio"], y, xerr=[[s["ratio"] - s["lo"]], [s["hi"] - s["ratio"]]], fmt="|",
+        ax.errorbar(s["ratio"], y, xerr=_err(s["ratio"], s["lo"], s["hi"]), fmt="|",
                     ms=22, mew=2.5, capsize=6, color="black", zorder=4)
         ax.annotate(f"{s['ratio']:.1f}x [{s['lo']:.1f}, {s['hi']:.1f}]", (s["hi"], y), xytext=(8, 6),
                     textcoords="offset points", fontsize=8)
@@ -197,7 +204,7 @@ def plot_harmless_helpful(summary: pd.DataFrame, ax=None, title: str = ""):
         h, u = round(r.harmless_rate * n), round(r.helpful_rate * n)
         (hl, hh), (ul, uh) = wilson_interval(h, n, percent=True), wilson_interval(u, n, percent=True)
         x, y = 100 * h / n, 100 * u / n
-        ax.errorbar(x, y, xerr=[[x - hl], [hh - x]], yerr=[[y - ul], [uh - y]], fmt="os^D"[i % 4],
+        ax.errorbar(x, y, xerr=_err(x, hl, hh), yerr=_err(y, ul, uh), fmt="os^D"[i % 4],
                     ms=11 - 2 * i, capsize=4, color=colors[i % len(colors)],
                     label=f"{r.method}: {h}/{n} harmless, {u}/{n} helpful")
         pts[r.method] = (x, y)
@@ -214,7 +221,7 @@ def plot_check(value: float, lo: float, hi: float, ax=None, label: str = "self-e
     beside the chance level."""
     ax = _new_ax(ax, (3, 4))
     ax.bar([label], [value], color="#e76f51", width=0.5)
-    ax.errorbar([0], [value], yerr=[[value - lo], [hi - value]], fmt="none", ecolor="black", capsize=5)
+    ax.errorbar([0], [value], yerr=_err(value, lo, hi), fmt="none", ecolor="black", capsize=5)
     ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
     ax.annotate(f"{value:.2f}" if chance < 1 else f"{value:.0f}", (0, hi), xytext=(0, 4),
                 textcoords="offset points", ha="center", fontsize=9)
