@@ -49,8 +49,7 @@ S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
 N_PROMPTS = 2 if FAST else 6           # prompts for the runner's pipeline (section 2)
 N_PAIRS = 2 if FAST else 40            # preference pairs for the judge check
-N_ITEMS = 2 if FAST else 24            # prompts for best-of-N vs RAIN (CPU-sized; 40 would give
-                                       # Wilson 95% CIs within +-0.15)
+N_ITEMS = 2 if FAST else 24            # prompts for best-of-N vs RAIN (CPU-sized; 40: CIs +-0.15)
 MAX_NEW_TOKENS = 3 if FAST else 16     # answer length in section 2 (commits of 1, 2, 4, 9 tokens)
 STUDY_TOKENS = 3 if FAST else 5        # answer length in section 3
 ACCURACY = 0.9                         # the simulated judge is right with this probability
