@@ -39,7 +39,7 @@
 #    beside the paper's (static) numbers.
 #
 # > **Honest note, read this first.** The embedded SmolLM2-135M-Instruct **does not refuse AdvBench
-# > requests even without a suffix** (section 6 prints this run's rate). When the model complies
+# > requests even without a suffix** (section 7 prints this run's rate). When the model complies
 # > anyway a jailbreak has nothing to break, and RAIN, whose 135M judge is at chance (notebook
 # > 01), has nothing reliable to steer by: **the ASR numbers here cannot separate GCG, RAIN or the
 # > two objectives**. What this notebook shows on a CPU is the *mechanics*, and that the judge term
@@ -214,8 +214,8 @@ suffixes[["objective", "goal", "suffix", "steps", "best_loss", "seconds"]]
 # Left, the target term; right, the judge term, for every behaviour (blue: the vanilla objective,
 # which only *records* the judge term; red: the RAIN-aware objective, which optimises the sum).
 # Each step keeps the candidate with the lowest objective, so the term an objective does not
-# optimise can go up, and with λ = 1 the RAIN-aware objective trades some target loss for judge
-# loss.
+# optimise can go up, and with λ = 1 the RAIN-aware objective may give up some target loss for
+# judge loss (the table and the line after the figure say whether it did in this run).
 
 # %%
 terms = pd.DataFrame(attacks.term_rows(run["suffixes"]))
@@ -226,7 +226,12 @@ save_figure(fig, "08_adversarial_loss_terms", terms)
 # The first and last step of each run, averaged over behaviours:
 
 # %%
-adv.term_ends(terms).round(3)
+ends = adv.term_ends(terms)
+last = ends.xs("after", axis=1, level=1)
+print(f"at the last step, adaptive vs static suffix: target term {last.target_term['rain-aware']:.3f} "
+      f"vs {last.target_term['vanilla']:.3f}, judge term {last.judge_term['rain-aware']:.3f} "
+      f"vs {last.judge_term['vanilla']:.3f} (means over behaviours)")
+ends.round(3)
 
 # %% [markdown]
 # ## 6. The judge's verdict on the target, before and after
@@ -261,6 +266,9 @@ pd.DataFrame(shifts).round(4)
 # the mean p(harmless), and the vote, nearly where they were:
 
 # %%
+votes = verdicts.pivot_table(index="goal", columns="suffix_kind", values="vote_value")
+moved = int((votes["rain-aware"] != votes["initial"]).sum())
+print(f"the vote RAIN backs up changed for {moved} of {len(votes)} behaviours under the adaptive suffix")
 pd.DataFrame([s for v in ("p_harmless", "vote_value")
               for s in attacks.judge_shifts(verdicts.to_dict("records"), v)]).round(4)
 
