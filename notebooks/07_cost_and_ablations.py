@@ -46,7 +46,7 @@ from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
-N_ITEMS = 2 if FAST else 24            # AdvBench requests per ablation arm (CPU-sized; 40: CIs +-0.15)
+N_ITEMS = 2 if FAST else 40            # AdvBench requests per ablation arm (40: Wilson CIs within +-0.15)
 N_SWEEP = 2 if FAST else 10            # of those, requests per setting of the T and V sweeps
 N_TIME = 1 if FAST else 3              # requests for the timing of section 1
 TIME_TOKENS = 3 if FAST else 16        # answer length for the timing
