@@ -404,29 +404,39 @@ class _Target:
         return torch.arange(start, start + len(self.target), device=self.target.device)
 
 
-def target_gradient(lm, targets: Sequence[_Target], suffix: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Gradient of the summed target loss w.r.t. the one-hot suffix [n_suffix, rows], and the loss."""
-    emb = lm.model.get_input_embeddings()
-    W = emb.weight
+def _one_hot_gradient(lm, suffix: torch.Tensor, losses) -> tuple[torch.Tensor, float]:
+    """Gradient w.r.t. the one-hot suffix [n_suffix, rows] of the sum of the losses that
+    `losses(embed)` yields (one per behaviour; `embed()` gives the embedded suffix [n_suffix,
+    hidden], fresh for each loss), and that sum. One backward pass per loss, so only one
+    behaviour's graph is alive at a time."""
+    W = lm.model.get_input_embeddings().weight
     one_hot = torch.zeros(len(suffix), W.shape[0], dtype=W.dtype, device=W.device)
     one_hot.scatter_(1, suffix.to(W.device)[:, None], 1.0)
     one_hot.requires_grad_(True)
     total = 0.0
     grad = torch.zeros_like(one_hot, dtype=torch.float64 if W.dtype == torch.float64 else torch.float32)
     with torch.enable_grad():
-        for t in targets:
-            parts = [(one_hot @ W)[None]]
-            parts.append(emb(t.after)[None])
-            parts.append(emb(t.target)[None])
-            if t.kv is None:
-                parts.insert(0, emb(t.pre)[None])
-            x = torch.cat(parts, dim=1)
-            out = _call(lm, inputs_embeds=x, past=t.kv, keep=t.keep_index(len(suffix)))
-            loss = torch.nn.functional.cross_entropy(_upcast(out.logits[0]), t.target)
+        for loss in losses(lambda: one_hot @ W):
             (g,) = torch.autograd.grad(loss, one_hot)
             grad += g.to(grad.dtype)
             total += float(loss.detach())
     return grad, total
+
+
+def target_gradient(lm, targets: Sequence[_Target], suffix: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Gradient of the summed target loss w.r.t. the one-hot suffix [n_suffix, rows], and the loss."""
+    emb = lm.model.get_input_embeddings()
+
+    def losses(embed):
+        for t in targets:
+            parts = [embed()[None], emb(t.after)[None], emb(t.target)[None]]
+            if t.kv is None:
+                parts.insert(0, emb(t.pre)[None])
+            out = _call(lm, inputs_embeds=torch.cat(parts, dim=1), past=t.kv,
+                        keep=t.keep_index(len(suffix)))
+            yield torch.nn.functional.cross_entropy(_upcast(out.logits[0]), t.target)
+
+    return _one_hot_gradient(lm, suffix, losses)
 
 
 @torch.no_grad()
@@ -597,19 +607,11 @@ def judge_gradient(lm, jtargets: Sequence[_JudgeTarget], suffix: torch.Tensor
                    ) -> tuple[torch.Tensor, float]:
     """Gradient of the summed judge term w.r.t. the one-hot suffix [n_suffix, rows], and the
     term. The suffix's one-hot embedding is fed inside the judging prompt of every order."""
-    W = lm.model.get_input_embeddings().weight
-    one_hot = torch.zeros(len(suffix), W.shape[0], dtype=W.dtype, device=W.device)
-    one_hot.scatter_(1, suffix.to(W.device)[:, None], 1.0)
-    one_hot.requires_grad_(True)
-    total = 0.0
-    grad = torch.zeros_like(one_hot, dtype=torch.float64 if W.dtype == torch.float64 else torch.float32)
-    with torch.enable_grad():
+    def losses(embed):
         for jt in jtargets:
-            loss = jt.loss_of(jt.chunk(lm, (one_hot @ W)[None], embeds=True))[0]
-            (g,) = torch.autograd.grad(loss, one_hot)
-            grad += g.to(grad.dtype)
-            total += float(loss.detach())
-    return grad, total
+            yield jt.loss_of(jt.chunk(lm, embed()[None], embeds=True))[0]
+
+    return _one_hot_gradient(lm, suffix, losses)
 
 
 @torch.no_grad()
