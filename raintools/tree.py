@@ -101,14 +101,11 @@ def selection_score(child: Node, parent_n: float, bounds: Bounds, c: float) -> f
     return qh + c * child.p * math.sqrt(parent_n) / (1.0 + n)
 
 
-def select_child(node: Node, bounds: Bounds, c: float, blocked: set | None = None) -> Node | None:
-    """The child maximising the selection score (the first one on ties), skipping the children
-    in `blocked` (a parallel round's leaves in flight); None when every child is blocked."""
+def select_child(node: Node, bounds: Bounds, c: float) -> Node | None:
+    """The child maximising the selection score (the first one on ties); None without children."""
     parent_n = node.n + node.virtual if node.virtual else node.n
     best, best_score = None, -math.inf
     for ch in node.children:
-        if blocked and ch in blocked:
-            continue
         s = selection_score(ch, parent_n, bounds, c)
         if s > best_score:
             best, best_score = ch, s
@@ -121,19 +118,6 @@ def add_virtual_loss(path: list[Node], count: int = 1) -> None:
         node.virtual += count
         if node.virtual < 0:
             raise ValueError("virtual loss removed more often than added")
-
-
-def block_leaf(leaf: Node, blocked: set) -> None:
-    """A non-terminal leaf in flight cannot be selected again in its round (it is expanded once);
-    an ancestor is blocked when all its children are. Terminal leaves stay selectable: they are
-    judged once per text (the memo), as in a sequential search."""
-    if leaf.terminal:
-        return
-    blocked.add(leaf)
-    node = leaf.parent
-    while node is not None and all(ch in blocked for ch in node.children):
-        blocked.add(node)
-        node = node.parent
 
 
 def set_priors(node: Node, root_mix: float) -> None:
