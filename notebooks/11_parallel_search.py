@@ -27,8 +27,9 @@
 # 1. **select** up to K leaves one after another; each path in flight carries a **virtual loss**
 #    (it counts as one more visit of value -1 until its real value is backed up). So each walk
 #    picks the leaf the sequential search would pick next *if every simulation in flight came
-#    back bad*. The round **ends at the first walk that reaches a leaf already in flight**: there
-#    the sequential search would go on from that leaf's result, which the round cannot give it;
+#    back bad*. A walk that reaches a leaf **already in flight** is dropped (there the
+#    sequential search would go on from that leaf's result, which the round cannot give it), and
+#    the round **ends at the second such walk** (`raintools.search.ROUND_COLLISIONS`);
 # 2. **compute** the round's rollouts, clause completions, judgements and embeddings
 #    *together*, in shared packed forward passes;
 # 3. **back up** the values one after another, exactly as sequential simulations would, and
@@ -100,8 +101,8 @@ table.assign(answer=[r.text for r in results.values()]).round(2)
 # ## 2. Inside a round
 #
 # The trace records each simulation's round. Below, the simulations of one round of the K = 4
-# search: the leaves it selected (different ones: a walk into a leaf already in flight ends the
-# round), the text each judged and the value backed up, in order.
+# search: the leaves it selected (different ones: a walk into a leaf already in flight is
+# dropped), the text each judged and the value backed up, in order.
 
 # %%
 trace = results[K].trace
@@ -114,7 +115,7 @@ sims[sims["round"] == example]
 
 # %% [markdown]
 # How many simulations each round held: the first round of a fresh root holds one (the root is
-# the only leaf), later rounds up to K, fewer where a walk ran into a leaf in flight or where
+# the only leaf), later rounds up to K, fewer where walks ran into leaves in flight or where
 # half of the step's budget left is less than K; a step that spends its whole budget ends with a
 # round of one.
 
@@ -177,7 +178,7 @@ cost.round(2)
 #   the rounds' passes serve several leaves at once.
 # * The virtual loss spreads a round over several branches, so a parallel search explores a
 #   little more widely than the sequential one; the two rules above (a round ends where the
-#   search needs a result still in flight; a step's last simulations run in small rounds) keep
+#   search needs results still in flight; a step's last simulations run in small rounds) keep
 #   it close to the sequential order where that order matters most.
 # * Those rules cost passes: the saving per simulation is well below 1/K, and at this notebook's
 #   small CPU budget (8 simulations per step) it is modest. With the paper's budget (50 per step)

@@ -12,7 +12,7 @@ completion inside the expansion's rollout batch (same result, fewer forward pass
 
 `RainConfig.parallel_simulations = K > 1` runs the inner loop in rounds (`simulate_round`): up
 to K leaves selected one after another with a virtual loss on each path in flight (a round ends
-early when a walk would enter a leaf still in flight: the search wants that result first), their
+early when walks run into leaves still in flight: the search wants those results first), their
 node caches, expansion rollouts and clause completions computed together in shared packed passes
 (`raintools.parallel`), their texts judged in one batched pass and embedded in one call, then
 backed up one by one in selection order; the early-stop test runs after each round, and no round
@@ -46,6 +46,14 @@ from .tree import (Bounds, Node, add_virtual_loss, backup, most_visited,
                    needs_node_addition, reroot, sample_by_visits, select_child, set_priors,
                    similarity_update, update_embedding)
 
+
+ROUND_COLLISIONS = 2
+"""A parallel round ends at this many walks into a non-terminal leaf already in flight (each
+such walk is dropped; its virtual loss stays on for the round, so the next walk goes elsewhere).
+1 ends a round at the first: the closest to the sequential order, more rounds. Measured in
+notebook 11 (simulated judges, 40 sum questions): 1 and 2 gave the same share of good answers
+within noise, 2 about 7% fewer sequential passes; without this rule (leaves in flight skipped,
+rounds always full) the share fell by 0.06-0.16."""
 
 PHASES = ("select", "add", "ensure", "complete", "judge", "expand", "embed", "commit")
 
@@ -449,11 +457,12 @@ class RainSearch:
         Selection: up to k walks from the root, one after another; each path in flight carries a
         virtual loss (`tree.VIRTUAL_LOSS`: one more visit of value -1 until its real value is
         backed up). So each walk picks the leaf the sequential search would pick next if every
-        simulation in flight came back with the worst value. The round ends at the first walk
-        that reaches a non-terminal leaf already in flight: the sequential search would go on
-        from that leaf's result (its value, its new children), which the round cannot give it.
-        That walk is dropped (the nodes it added stay, recorded with the round's last
-        simulation). Evaluation and expansion: the leaves' caches,
+        simulation in flight came back with the worst value. A walk that reaches a non-terminal
+        leaf already in flight is dropped: the sequential search would go on from that leaf's
+        result (its value, its new children), which the round cannot give it. Its virtual loss
+        stays on, so the next walk goes elsewhere, and the round ends at the
+        `ROUND_COLLISIONS`-th such walk (the nodes a dropped walk added stay, recorded with the
+        round's last simulation). Evaluation and expansion: the leaves' caches,
         rollouts and clause completions in shared packed passes, the new texts judged together
         (a text is judged once: repeats are memo hits, as in a sequential search), the paths'
         texts embedded in one call. Back-up: one simulation after the other, in selection order,
@@ -465,6 +474,7 @@ class RainSearch:
         sels: list[dict] = []
         paths: list[list[Node]] = []       # every walk's path, the dropped one too
         in_flight: set[Node] = set()
+        collisions = 0
         try:
             while len(sels) < k:
                 self._pending_new, self._pending_added, self._pending_parents = [], [], []
@@ -477,7 +487,10 @@ class RainSearch:
                     last["new"] += self._pending_new
                     last["added"] += self._pending_added
                     last["parents"] += self._pending_parents
-                    break
+                    collisions += 1
+                    if collisions >= ROUND_COLLISIONS:
+                        break
+                    continue                        # dropped; its virtual loss stays on
                 in_flight.add(leaf)
                 sels.append(dict(path=path, new=self._pending_new, added=self._pending_added,
                                  parents=self._pending_parents))

@@ -15,7 +15,7 @@ from raintools.parallel import RolloutJob, ensure_many, rollouts_many
 from raintools.propose import Completion
 from raintools.sampling import COMPLETE, EXPAND, keyed_rng
 from raintools.trace import Trace
-from raintools.search import round_size
+from raintools.search import ROUND_COLLISIONS, round_size
 from raintools.tree import Bounds, backup, select_child
 
 from test_search import SMALL, assert_replay_matches_commits, check_invariants, letter_embedder, vowel_judge
@@ -63,10 +63,11 @@ def test_virtual_loss_counts_as_a_pessimistic_visit_and_is_undone():
         add_virtual_loss([a], -1)
 
 
-def test_a_round_ends_at_the_first_walk_into_a_leaf_in_flight(tiny_lm):
-    """Each walk of a round carries the virtual losses of the walks before it; the round stops
-    at the first walk that reaches an open (non-terminal) leaf already in the round, and drops
-    that walk. A fresh root is the only leaf: its first round holds one simulation."""
+def test_a_round_ends_at_walks_into_leaves_in_flight(tiny_lm):
+    """Each walk of a round carries the virtual losses of the walks before it (dropped ones too);
+    a walk that reaches an open (non-terminal) leaf already in the round is dropped, and the
+    round stops at the ROUND_COLLISIONS-th such walk. A fresh root is the only leaf: its first
+    round holds one simulation."""
     s = search(tiny_lm, BIG.replace(parallel_simulations=4, node_addition=False))
     walks, select = [], s.select
 
@@ -82,14 +83,16 @@ def test_a_round_ends_at_the_first_walk_into_a_leaf_in_flight(tiny_lm):
         outs = s.simulate_round()
         sizes.append(len(outs))
         leaves = [o.leaf for o in outs]
-        assert walks[:len(outs)] == leaves
         open_leaves = [x for x in leaves if not x.terminal]
         assert len(set(open_leaves)) == len(open_leaves)            # each open leaf once
-        if len(outs) < 4:                                           # ended by a walk into the round
-            assert len(walks) == len(outs) + 1
-            assert walks[-1] in open_leaves
+        dropped = [w for i, w in enumerate(walks) if w in walks[:i] and not w.terminal]
+        assert [w for i, w in enumerate(walks) if not (w in walks[:i] and not w.terminal)] == leaves
+        assert all(w in open_leaves for w in dropped)
+        if len(outs) < 4:                           # ended by walks into the round's leaves
+            assert len(dropped) == ROUND_COLLISIONS and not walks[-1].terminal
+            assert walks[-1] in walks[:-1]
         else:
-            assert len(walks) == 4
+            assert len(dropped) < ROUND_COLLISIONS
         assert all(n.virtual == 0 for n in s.root.walk())
     assert sizes[0] == 1 and max(sizes) > 1
 
