@@ -37,6 +37,8 @@ class RainConfig:
                                         # script); a response without one is judged whole
     clause_max_tokens: int | None = None  # None: up to max_length (as the paper)
     eval_mode: str = "votes"            # "votes" (paper) or "soft" (probability difference)
+    judge_template: str = "harm"        # the self-evaluator's judging template when none is given
+                                        # (raintools/templates: harm, truthful, truthful_yesno, ...)
     # -- backward
     similarity_update: bool = True
     sim_gamma: float = 0.2
@@ -98,6 +100,8 @@ class RainConfig:
         number("clause_max_tokens", lo=0, integer=True, allow_none=True)
         if self.complete_until not in ("clause", "turn"):
             bad(f"complete_until must be 'clause' or 'turn', got {self.complete_until!r}.")
+        if not isinstance(self.judge_template, str) or not self.judge_template.strip():
+            bad(f"judge_template must name a judging template, got {self.judge_template!r}.")
         if self.eval_mode not in ("votes", "soft"):
             bad(f"eval_mode must be 'votes' or 'soft', got {self.eval_mode!r}.")
         number("sim_gamma", lo=0, hi=1)
@@ -130,6 +134,17 @@ class RainConfig:
     def replace(self, **changes) -> "RainConfig":
         return dataclasses.replace(self, **changes)
 
+    def with_cpu_budget(self) -> "RainConfig":
+        """This configuration with the CPU budget (`CPU_BUDGET`: T, T_m, the new simulations per
+        step, the clause completion's length) and every rule unchanged: the name, the judging
+        template, the completion rule, the cut at the last full stop, the temperatures... The name
+        says so: `hh` becomes `cpu-demo` (the same configuration), another preset `<name>-cpu`."""
+        if self.name in ("hh", "cpu-demo"):
+            name = "cpu-demo"
+        else:
+            name = self.name if self.name.endswith("-cpu") else f"{self.name}-cpu"
+        return self.replace(**CPU_BUDGET, name=name)
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["token_set_lengths"] = list(self.token_set_lengths)
@@ -153,22 +168,23 @@ class RainConfig:
     @classmethod
     def truthfulqa(cls, **overrides) -> "RainConfig":
         """The TruthfulQA setting: T_m = 16."""
-        return cls(**{"name": "truthfulqa", "min_visits": 16, **overrides})
+        return cls(**{"name": "truthfulqa", "min_visits": 16, "judge_template": "truthful",
+                      **overrides})
 
     @classmethod
     def truthfulqa_yesno(cls, **overrides) -> "RainConfig":
         """The public code's TruthfulQA script: T_m = 16, the evaluation completes the answer to
         the end of the turn (not of the clause) and judges it cut after its last full stop. Use it
         with the `truthful_yesno` judging template (one question answered Yes/No, one vote:
-        v in {-1, +1}); `tasks.get_task("truthful-yesno")` pairs the two."""
+        v in {-1, +1}), which the preset carries; `tasks.get_task("truthful-yesno")` pairs the two."""
         return cls(**{"name": "truthfulqa-yesno", "min_visits": 16, "complete_until": "turn",
-                      "cut_at_last_stop": True, **overrides})
+                      "cut_at_last_stop": True, "judge_template": "truthful_yesno", **overrides})
 
     @classmethod
     def sentiment(cls, **overrides) -> "RainConfig":
         """The IMDB positive-sentiment setting. The paper names no search constants of its own
         for it, so these are the HH constants under their own name (results record the preset)."""
-        return cls(**{"name": "sentiment", **overrides})
+        return cls(**{"name": "sentiment", "judge_template": "sentiment", **overrides})
 
     @classmethod
     def ablation(cls, which: str, base: "RainConfig | None" = None) -> "RainConfig":
@@ -186,10 +202,14 @@ class RainConfig:
 
     @classmethod
     def cpu_demo(cls, **overrides) -> "RainConfig":
-        """A small budget for a laptop CPU and a 135M model: fewer simulations per step and a
-        short clause completion. The search rules are unchanged."""
-        return cls(**{"name": "cpu-demo", "max_simulations": 8, "extra_simulations": 4,
-                      "min_visits": 3, "clause_max_tokens": 16, **overrides})
+        """The HH setting with a small budget for a laptop CPU and a 135M model (`CPU_BUDGET`:
+        fewer simulations per step and a short clause completion). The search rules are
+        unchanged. Another preset on a CPU: `RainConfig.<preset>().with_cpu_budget()`."""
+        return cls(**{"name": "cpu-demo", **CPU_BUDGET, **overrides})
+
+
+CPU_BUDGET = {"max_simulations": 8, "extra_simulations": 4, "min_visits": 3, "clause_max_tokens": 16}
+"""What a CPU changes (`RainConfig.with_cpu_budget`, `RainConfig.cpu_demo`): the budget only."""
 
 
 PRESETS = {"hh": RainConfig.hh, "advbench": RainConfig.advbench,

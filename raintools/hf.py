@@ -21,7 +21,8 @@ Arguments:
 
 * `rain_config=RainConfig(...)`: the search (default `RainConfig()`, the paper's HH setting);
   `evaluator=` (a callable `(query, response) -> [-1, 1]`, or a judging template name such as
-  "harm" or "truthful"; default the model's own "harm" self-evaluation), `embedder=`,
+  "harm" or "truthful"; default the model's own self-evaluation with
+  `rain_config.judge_template`, "harm" unless the preset names another), `embedder=`,
   `engine=`, `seed=`, `query=` (what the judge sees, see below), `progress=`, `concurrency=`.
 * Generation-config fields with the same meaning are honoured when the call sets them (as keyword
   arguments or in a `generation_config` you pass): `max_new_tokens` / `max_length` (the response

@@ -19,7 +19,7 @@ def add_rain_args(p: argparse.ArgumentParser) -> None:
     from .config import PRESETS
 
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="RAIN constants (default: hh on GPU, cpu-demo on CPU)")
+                   help="RAIN constants and judging template (default: hh, or the task's preset for eval; on a CPU with the CPU budget: fewer simulations, same rules)")
     p.add_argument("--simulations", type=int, default=None, help="T, max simulations per step")
     p.add_argument("--min-visits", type=int, default=None, help="T_m")
     p.add_argument("--value-threshold", type=float, default=None, help="V")
@@ -31,10 +31,15 @@ def add_rain_args(p: argparse.ArgumentParser) -> None:
                         "recurrent / state-space ones")
 
 
-def rain_config_from_args(args, device: str):
+def rain_config_from_args(args, device: str, default: str = "hh"):
+    """The RAIN config the flags ask for: `--preset`, else `default` (a preset name); without
+    `--preset` on a CPU, the preset with the CPU budget (`RainConfig.with_cpu_budget`: T, T_m,
+    the clause length; its rules stay). The flags (--simulations, ...) then override."""
     from .config import PRESETS
 
-    preset = args.preset or ("cpu-demo" if str(device) == "cpu" else "hh")
+    cfg = PRESETS[args.preset or default]()
+    if args.preset is None and str(device).startswith("cpu"):
+        cfg = cfg.with_cpu_budget()
     over = {"seed": args.seed}
     if getattr(args, "max_new_tokens", None):
         over["max_new_tokens"] = args.max_new_tokens
@@ -46,4 +51,4 @@ def rain_config_from_args(args, device: str):
         over["similarity_update"] = False
     if getattr(args, "no_node_addition", False):
         over["node_addition"] = False
-    return PRESETS[preset](**over)
+    return cfg.replace(**over)

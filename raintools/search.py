@@ -132,10 +132,11 @@ class RainSearch:
         self.engine = ENGINES[engine](lm, top_k=self.cfg.top_k, temperature=self.cfg.temperature)
         self.engine.complete_until = self.cfg.complete_until
         if evaluator is None:
-            evaluator = self_evaluator(lm, "harm", self.cfg.eval_mode)
+            evaluator = self_evaluator(lm, self.cfg.judge_template, self.cfg.eval_mode)
             if engine == "reference":
                 from .evaluate import SelfEvaluator
-                evaluator = SelfEvaluator(lm, "harm", self.cfg.eval_mode, cached=False)
+                evaluator = SelfEvaluator(lm, self.cfg.judge_template, self.cfg.eval_mode,
+                                          cached=False)
         self.evaluator = evaluator
         self.needs_embeddings = self.cfg.similarity_update or self.cfg.node_addition
         if embedder is None and self.needs_embeddings:
@@ -823,7 +824,8 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
                 for p, ids in tqdm(list(zip(prompts, ids_of)), desc="RAIN prompts",
                                    disable=not progress)]
     batcher = batcher or ForwardBatcher(lm)
-    base_eval = evaluator if evaluator is not None else self_evaluator(lm, "harm", cfg.eval_mode)
+    base_eval = (evaluator if evaluator is not None
+                 else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
     if (cfg.similarity_update or cfg.node_addition) and embedder is None:
         from .embed import load_embedder
         embedder = load_embedder()

@@ -199,7 +199,7 @@ def rain_available() -> bool:
 
 def rain_fn(config=None, max_new_tokens: int = 64, **kwargs) -> GenerateFn:
     """RAIN via `raintools.search.rain_generate` (imported when first called). Without a config:
-    `RainConfig.advbench()` on a GPU, `RainConfig.cpu_demo()` on a CPU, capped at
+    `RainConfig.advbench()`, on a CPU with the CPU budget (`with_cpu_budget`), capped at
     `max_new_tokens`."""
     def fn(lm, request: str) -> str:
         from ..config import RainConfig  # noqa: PLC0415
@@ -208,7 +208,7 @@ def rain_fn(config=None, max_new_tokens: int = 64, **kwargs) -> GenerateFn:
         cfg = config
         if cfg is None:
             gpu = str(lm.device).startswith("cuda")
-            cfg = RainConfig.advbench() if gpu else RainConfig.cpu_demo()
+            cfg = RainConfig.advbench() if gpu else RainConfig.advbench().with_cpu_budget()
             cfg = cfg.replace(max_new_tokens=max_new_tokens)
         return rain_generate(lm, request, config=cfg, **kwargs).text
     fn.__name__ = "rain"

@@ -354,8 +354,8 @@ def run_eval(data, methods: Sequence[str] | str = ("vanilla", "rain"),
     the task's loader; `column` picks the prompt column of a table. `methods`: names registered
     in `raintools.experiments.methods`. `judges`: judge names (default: the task's). `lm`: an already loaded
     model (then `model` only names it in run.json). `method_config`: the decoding settings
-    (default: `MethodConfig` with the task's RAIN preset on a GPU and `RainConfig.cpu_demo` on a
-    CPU). Returns an `EvalRun`."""
+    (default: `MethodConfig` with the task's RAIN preset, on a CPU with the CPU budget:
+    `default_method_config`). Returns an `EvalRun`."""
     from ..models import DEFAULT_MODEL
     from .tasks import get_task
 
@@ -533,12 +533,10 @@ def answer(lm, item, method: str, task, config: MethodConfig, seed: int, judges:
 
 
 def default_method_config(task, lm, max_new_tokens: int | None = None, **changes) -> MethodConfig:
-    """The task's RAIN preset on a GPU, `RainConfig.cpu_demo` on a CPU; 128 new tokens on a GPU,
-    32 on a CPU."""
-    from ..config import RainConfig
-
+    """The task's RAIN preset; on a CPU with the CPU budget (`RainConfig.with_cpu_budget`: fewer
+    simulations, the same rules); 128 new tokens on a GPU, 32 on a CPU."""
     cpu = lm.device.type == "cpu"
-    rain = RainConfig.cpu_demo() if cpu else task.preset()
+    rain = task.preset().with_cpu_budget() if cpu else task.preset()
     return MethodConfig(rain=rain, max_new_tokens=max_new_tokens or (32 if cpu else 128), **changes)
 
 
@@ -606,9 +604,9 @@ def eval_main(args) -> int:
         raise ConfigError(f"--limit must be a positive integer, got {args.limit}.")
     device = args.device or default_device()     # ranks of a sharded run take cuda:LOCAL_RANK
     cpu = str(device).startswith("cpu")
-    if args.preset is None and not cpu and task.preset().name in PRESETS:
-        args.preset = task.preset().name       # the paper's constants for this task on a GPU
-    mc = MethodConfig(rain=rain_config_from_args(args, "cpu" if cpu else "cuda"),
+    # the task's preset (its rules and judging template); on a CPU with the CPU budget
+    default = task.preset().name if task.preset().name in PRESETS else "hh"
+    mc = MethodConfig(rain=rain_config_from_args(args, "cpu" if cpu else "cuda", default=default),
                       max_new_tokens=args.max_new_tokens or (32 if cpu else 128),
                       temperature=args.temperature, top_k=args.top_k, bon_n=args.bon_n,
                       engine=args.engine)
