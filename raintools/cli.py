@@ -22,11 +22,13 @@ def cmd_generate(args) -> int:
 
     if not args.prompt or not args.prompt.strip():
         raise RainToolsError("--prompt is empty: give the request to answer.")
+    if args.method == "rain":       # a bad constant is reported before the model loads
+        from .models import default_device
+        cfg = rain_config_from_args(args, str(args.device or default_device()))
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     if args.method == "vanilla":
         r = generate_vanilla(lm, args.prompt, max_new_tokens=args.max_new_tokens, seed=args.seed)
     else:
-        cfg = rain_config_from_args(args, lm.device.type)
         r = rain_generate(lm, args.prompt, cfg, engine=args.engine, progress=not args.json)
     if args.json:
         d = {"text": r.text, "method": r.method, "prompt": r.prompt, "stats": r.stats,

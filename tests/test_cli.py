@@ -17,7 +17,10 @@ def cli(*args, timeout=600):
 @pytest.mark.parametrize("args,msg", [
     (["generate", "--prompt", "   "], "--prompt is empty"),
     (["generate", "--prompt", "hi", "--model", "/no/such/folder"], "does not exist"),
-    (["generate", "--prompt", "hi", "--simulations", "0", "--model", "/no/such/folder"], "does not exist"),
+    # the config is checked before the model loads (a bad constant is not hidden by a bad path)
+    (["generate", "--prompt", "hi", "--simulations", "0", "--model", "/no/such/folder"], "max_simulations"),
+    (["generate", "--prompt", "hi", "--preset", "truthfulqa-yesno", "--min-visits", "-1",
+      "--model", "/no/such/folder"], "min_visits"),
 ])
 def test_bad_input_gives_one_clear_error(args, msg):
     r = cli(*args)

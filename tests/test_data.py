@@ -231,11 +231,35 @@ def test_file_level_errors(tmp_path):
         load_table(unknown, "a", limit=-1)
 
 
+# `datasets.Dataset.from_dict({"i": range(10)}).shuffle(seed=42)["i"]`: the order the public
+# code's HH script read its rows in (datasets draws numpy's default_rng(42).permutation(10)),
+# written out so that the test does not repeat the loader's own call
+SHUFFLE_42_OF_10 = [5, 6, 0, 7, 3, 2, 4, 9, 1, 8]
+
+
+def test_paper_hh_order_is_datasets_shuffle_42(tmp_path):
+    from raintools.experiments.data import load_hh_paper
+    from raintools.tinytok import char_tokenizer
+
+    folder = tmp_path / "harmless-base"
+    folder.mkdir()
+    p = folder / "test.jsonl"
+    p.write_text("".join(json.dumps({"chosen": f"\n\nHuman: question {i}?\n\nAssistant: a{i}",
+                                     "rejected": "x"}) + "\n" for i in range(10)))
+    items = load_hh_paper(p, char_tokenizer(), max_prompt_tokens=None)
+    assert [x.id for x in items] == [f"hh-harmless-{i:04d}" for i in SHUFFLE_42_OF_10]
+    assert [x.prompt for x in items] == [f"question {i}?" for i in SHUFFLE_42_OF_10]
+    assert [x.meta["shuffled_position"] for x in items] == list(range(10))
+    cut = load_hh_paper(p, char_tokenizer(), start=3, end=7, max_prompt_tokens=None)
+    assert [x.prompt for x in cut] == [f"question {i}?" for i in SHUFFLE_42_OF_10[3:7]]
+    other = load_hh_paper(p, char_tokenizer(), seed=1, max_prompt_tokens=None)
+    assert sorted(x.id for x in other) == sorted(x.id for x in items)
+    assert [x.id for x in other] != [x.id for x in items]
+
+
 def test_paper_style_hh_subset_is_deterministic():
     """The public code's HH selection: rows in the order `datasets`' shuffle(seed=42) gives
     (numpy's default_rng(42).permutation), the first human turn, prompts under N tokens."""
-    import numpy as np
-
     from raintools.tinytok import char_tokenizer
 
     path = shared("hh-rlhf/harmless-base/test.jsonl.gz")
@@ -243,10 +267,12 @@ def test_paper_style_hh_subset_is_deterministic():
     a = load_hh_rlhf(path, paper=True, tokenizer=tok, end=60, max_prompt_tokens=120)
     b = load_hh_rlhf(path, paper=True, tokenizer=tok, end=60, max_prompt_tokens=120)
     assert [x.to_dict() for x in a] == [x.to_dict() for x in b]
-    plain = load_hh_rlhf(path)
-    order = np.random.default_rng(42).permutation(len(plain))[:60]
-    kept = [plain[i] for i in order
-            if len(tok("\nHuman: " + plain[i].prompt + "\nAssistant:")["input_ids"]) < 120]
+    # the order itself is pinned by test_paper_hh_order_is_datasets_shuffle_42 (literal indices);
+    # here: the first 60 rows of that order, unfiltered, then the length filter by hand
+    order = load_hh_rlhf(path, paper=True, tokenizer=tok, end=60, max_prompt_tokens=None)
+    assert [x.meta["shuffled_position"] for x in order] == list(range(60))
+    kept = [x for x in order
+            if len(tok("\nHuman: " + x.prompt + "\nAssistant:")["input_ids"]) < 120]
     assert 0 < len(kept) < 60                      # the length filter dropped some rows
     assert [(x.id, x.prompt) for x in a] == [(x.id, x.prompt) for x in kept]
     assert all(x.meta["prompt_tokens"] < 120 and x.meta["seed"] == 42 for x in a)

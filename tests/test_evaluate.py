@@ -139,10 +139,35 @@ def test_cached_judge_reads_exactly_the_ids_of_the_whole_prompt(kind, request):
         # the whole prompt of each order, tokenised as one string by the tokenizer itself
         whole = [lm.tokenizer(t.full_text(q, r, o))["input_ids"] for o in ev.orders]
         assert ev.prompt_ids(q, r) == whole
-        s0 = lm.stats.snapshot()
-        v = ev(q, r)
-        used = lm.stats.since(s0).tokens
-        assert ev.last_ids == whole                       # cached prefix + computed suffix
+        calls = []                                        # what the model is actually fed
+        forward = lm.forward
+
+        def spy(input_ids, *a, **kw):
+            calls.append((input_ids.tolist(), kw.get("position_ids")))
+            return forward(input_ids, *a, **kw)
+
+        lm.forward = spy
+        try:
+            s0 = lm.stats.snapshot()
+            v = ev(q, r)
+            used = lm.stats.since(s0).tokens
+        finally:
+            del lm.forward                                # the class's method again
+        # the last pass is the token tree: the rest of the orders' common start after the cached
+        # prefix (its first position is the cache's length m), then each order's own ending
+        assert lm.route.kind == "packed"
+        n = 0
+        while all(n < len(w) and w[n] == whole[0][n] for w in whole):
+            n += 1
+        trunk = whole[0][:n]
+        tails = [w[len(trunk):] for w in whole]
+        ids, pos = calls[-1]
+        m = int(pos[0, 0])
+        assert 0 < m <= len(trunk)
+        assert ids[0] == trunk[m:] + [t for tail in tails for t in tail]
+        assert pos[0].tolist() == list(range(m, len(trunk))) + [
+            p for tail in tails for p in range(len(trunk), len(trunk) + len(tail))]
+        assert ev.last_ids == whole
         if kind == "sentencepiece" or i == 0:             # (a 135M pass over 1.3k tokens is slow)
             assert v == pytest.approx(ref(q, r), abs=1e-4)    # = a plain forward over `whole`
             assert ref.last_ids == whole

@@ -105,11 +105,25 @@ def test_graph_sees_the_known_edges():
     assert "raintools.experiments.runner" in g["raintools.cli"]              # CLI assembles
 
 
-@pytest.mark.parametrize("lay", sorted(FORBIDDEN))
+# the CLI is the top layer: nothing is above it, so it has no import rule of its own; what guards
+# it is that no other layer imports it (each layer's FORBIDDEN names the CLI) and
+# test_only_the_entry_point_imports_the_cli
+@pytest.mark.parametrize("lay", sorted(lay for lay, above in FORBIDDEN.items() if above))
 def test_layers(lay):
-    bad = [(m, d) for m, deps in import_graph().items() if layer(m) == lay
+    graph = import_graph()
+    assert any(layer(m) == lay for m in graph), f"no module is in the {lay} layer"
+    bad = [(m, d) for m, deps in graph.items() if layer(m) == lay
            for d in deps if d.startswith(FORBIDDEN[lay])]
     assert not bad, f"{lay} modules import from layers above them: {bad}"
+
+
+def test_only_the_entry_point_imports_the_cli():
+    graph = import_graph()
+    assert "raintools.cli" in graph["raintools.__main__"]
+    importers = sorted(m for m, deps in graph.items() if "raintools.cli" in deps)
+    assert importers == ["raintools.__main__"], importers
+    assert FORBIDDEN["cli"] == () and all("raintools.cli" in FORBIDDEN[lay]
+                                          for lay in FORBIDDEN if lay != "cli")
 
 
 def test_no_import_cycle():

@@ -46,7 +46,7 @@ def check_invariants(root: Node, similarity: bool):
     for node in root.walk():
         if node.children and not node.terminal:
             # every visit through an expanded node went to one child, except the one that expanded it
-            assert node.fn == 1 + sum(ch.fn for ch in node.children) or node.fn == sum(ch.fn for ch in node.children) + 1
+            assert node.fn == 1 + sum(ch.fn for ch in node.children)
         for ch in node.children:
             assert ch.parent is node
             assert ch.step == node.step + 1
@@ -213,10 +213,31 @@ def test_ablation_switches(tiny_lm):
     _, none = run(tiny_lm, SMALL.replace(max_new_tokens=6, node_addition=False), evaluator=lambda q, x: -1.0,
                   embedder=const)
     assert none.stats["nodes_added"] == 0
-    _, c0 = run(tiny_lm, SMALL.replace(c=0.0))
-    assert c0.text is not None
     _, sampled = run(tiny_lm, SMALL.replace(commit_rule="sample"))
     assert len(sampled.tokens) == 18
+
+
+@pytest.mark.parametrize("c", [0.0, 2.0])
+def test_c_reaches_selection_and_c0_selects_by_value_alone(tiny_lm, monkeypatch, c):
+    """With c = 0 every selection takes a child of the highest normalised value (qh = 0 for an
+    unvisited child), whatever the ties' order; with c = 2 the prior bonus overrules the value
+    at least once."""
+    import raintools.search as search_module
+
+    picks = []
+    real = search_module.select_child
+
+    def spy(node, bounds, c_arg):
+        chosen = real(node, bounds, c_arg)
+        qh = lambda ch: 0.0 if ch.n == 0 else (ch.q - bounds.qmin) / (bounds.qmax - bounds.qmin + 1e-5)
+        picks.append((c_arg, qh(chosen), max(qh(ch) for ch in node.children)))
+        return chosen
+
+    monkeypatch.setattr(search_module, "select_child", spy)
+    run(tiny_lm, SMALL.replace(c=c))
+    assert picks and {p[0] for p in picks} == {c}
+    greedy = [chosen == best for _, chosen, best in picks]
+    assert all(greedy) if c == 0 else not all(greedy)
 
 
 def test_trace_round_trip_and_replay(tiny_lm):
@@ -240,14 +261,104 @@ def assert_replay_matches_commits(trace):
             assert replay[uid].p == pytest.approx(node.p)
 
 
-def test_stop_at_eos_and_chat_turns():
+def steer(lm, next_of, boost=30.0):
+    """Forward hooks that add `boost` to the logit of `next_of(ids)` (the token after each input
+    id): the tiny model then says what the test needs. Returns the handles (remove them)."""
+    fed = {}
+
+    def pre(module, args, kwargs):
+        fed["ids"] = kwargs.get("input_ids", args[0] if args else None)
+
+    def post(module, args, kwargs, out):
+        ids = fed["ids"][:, -out.logits.shape[1]:]
+        bias = torch.zeros_like(out.logits)
+        bias.scatter_(-1, next_of(ids).unsqueeze(-1), boost)
+        out.logits = out.logits + bias
+        return out
+
+    return [lm.model.register_forward_pre_hook(pre, with_kwargs=True),
+            lm.model.register_forward_hook(post, with_kwargs=True)]
+
+
+@pytest.mark.parametrize("reason", ["eos", "user turn", "length", "max commits"])
+def test_stop_reasons(reason):
+    """Each way a search ends, forced on a tiny chat model: the end-of-turn token, a new user
+    turn ('<|im_start|>user'), the token budget, the commit cap."""
     lm = tiny_model(seed=3, chat=True)
-    eos = lm.tokenizer.eos_token_id
-    # an evaluator that loves short answers pushes the search towards the end-of-turn token
-    _, r = run(lm, SMALL.replace(max_new_tokens=40), evaluator=lambda q, x: 1.0 if len(x) < 3 else -1.0)
-    assert r.stats["stop_reason"] in ("eos", "length", "user turn")
-    if r.stats["stop_reason"] == "eos":
-        assert r.tokens[-1] == eos
+    tok = lm.tokenizer
+    eos, start = tok.eos_token_id, tok.convert_tokens_to_ids("<|im_start|>")
+    cfg = SMALL.replace(max_new_tokens=40)
+    handles = []
+    if reason == "eos":
+        handles = steer(lm, lambda ids: torch.full_like(ids, eos))
+    elif reason == "user turn":        # '<|im_start|>' then 'u', 's', 'e', 'r'
+        chain = {start: "u", **dict(zip(map(tok.convert_tokens_to_ids, "use"), "ser"))}
+
+        def next_of(ids):
+            nxt = torch.full_like(ids, start)
+            for a, b in chain.items():
+                nxt[ids == a] = tok.convert_tokens_to_ids(b)
+            return nxt
+        handles = steer(lm, next_of)
+    else:                              # never the end of the turn
+        handles = steer(lm, lambda ids: torch.full_like(ids, eos), boost=-1e4)
+        cfg = SMALL.replace(max_new_tokens=12) if reason == "length" else SMALL.replace(max_commits=2)
+    try:
+        _, r = run(lm, cfg)
+    finally:
+        for h in handles:
+            h.remove()
+    assert r.stats["stop_reason"] == reason
+    text = lm.decode_raw(r.tokens)
+    if reason == "eos":
+        assert r.tokens[-1] == eos and r.tokens.count(eos) == 1
+    elif reason == "user turn":
+        assert "<|im_start|>user" in text and eos not in r.tokens
+    elif reason == "length":
+        assert len(r.tokens) == 12 and eos not in r.tokens and lm.has_user_turn(r.tokens) is False
+    else:
+        assert r.stats["commits"] == 2 and len(r.tokens) == 1 + 2 and eos not in r.tokens
+
+
+def kids(commit) -> int:
+    """The most children any node of a commit's recorded tree has."""
+    from collections import Counter
+
+    return max(Counter(n.parent for n in commit.tree if n.parent is not None).values())
+
+
+def test_node_addition_thresholds_are_wired_into_selection(tiny_lm, monkeypatch):
+    """select() asks needs_node_addition with the configured max_children and variance factor and
+    the level's length; the factor and the cap decide whether nodes are added."""
+    import raintools.search as search_module
+
+    const = lambda texts: torch.ones(len(texts), 4)       # variance 0: alike candidates
+    bad = lambda q, x: -1.0                               # all look bad
+    base = SMALL.replace(max_new_tokens=12, num_candidates=3)
+    asked = []
+    real = search_module.needs_node_addition
+
+    def spy(node, max_children, factor, length):
+        asked.append((max_children, factor, length, node.step, s.remaining(node)))
+        return real(node, max_children, factor, length)
+
+    monkeypatch.setattr(search_module, "needs_node_addition", spy)
+    cfg = base.replace(max_children=5, add_variance_factor=0.07)
+    s = RainSearch(tiny_lm, "hello", cfg, evaluator=bad, embedder=const)
+    r = s.run()
+    assert asked and r.stats["nodes_added"] > 0
+    for max_children, factor, length, step, remaining in asked:
+        assert (max_children, factor) == (5, 0.07)
+        assert length == max(1, min((1, 2, 4, 10)[min(step, 3)], remaining))
+    assert max(kids(rec) for rec in r.trace.commits) == 5
+    monkeypatch.setattr(search_module, "needs_node_addition", real)
+    # a zero threshold never fires (0 < 0 is false); neither does a cap the expansion already fills
+    for change in (dict(add_variance_factor=0.0), dict(max_children=3)):
+        _, none = run(tiny_lm, base.replace(**change), evaluator=bad, embedder=const)
+        assert none.stats["nodes_added"] == 0, change
+    _, four = run(tiny_lm, base.replace(max_children=4), evaluator=bad, embedder=const)
+    assert four.stats["nodes_added"] > 0
+    assert max(kids(rec) for rec in four.trace.commits) == 4
 
 
 @pytest.mark.parametrize("bad", [
