@@ -343,13 +343,21 @@ def test_node_addition_thresholds_are_wired_into_selection(tiny_lm, monkeypatch)
         return real(node, max_children, factor, length)
 
     monkeypatch.setattr(search_module, "needs_node_addition", spy)
-    cfg = base.replace(max_children=5, add_variance_factor=0.07)
-    s = RainSearch(tiny_lm, "hello", cfg, evaluator=bad, embedder=const)
-    r = s.run()
-    assert asked and r.stats["nodes_added"] > 0
+    cfg = base.replace(max_children=5, add_variance_factor=0.07, max_new_tokens=9)
+    eos = tiny_lm.tokenizer.eos_token_id
+    handles = steer(tiny_lm, lambda ids: torch.full_like(ids, eos), boost=-1e4)   # to the budget
+    try:
+        s = RainSearch(tiny_lm, "hello", cfg, evaluator=bad, embedder=const)
+        r = s.run()
+    finally:
+        for h in handles:
+            h.remove()
+    assert asked and r.stats["nodes_added"] > 0 and len(r.tokens) == 9
     for max_children, factor, length, step, remaining in asked:
         assert (max_children, factor) == (5, 0.07)
         assert length == max(1, min((1, 2, 4, 10)[min(step, 3)], remaining))
+    # the last level (10 tokens by depth) is cut to the 2 tokens left: the length asked is the cut one
+    assert any(step == 3 and length == 2 for _, _, length, step, _ in asked)
     assert max(kids(rec) for rec in r.trace.commits) == 5
     monkeypatch.setattr(search_module, "needs_node_addition", real)
     # a zero threshold never fires (0 < 0 is false); neither does a cap the expansion already fills
