@@ -18,8 +18,9 @@ def main() -> int:
     for module, c in sorted(counts.items()):
         total = sum(c.values()) - c["skipped"]
         killed = c["killed"] + c["timeout"]
-        print(f"{module}: {total} mutants, {killed} killed ({100 * killed / max(total, 1):.1f}%), "
-              + ", ".join(f"{n} {s}" for s, n in sorted(c.items()) if s not in ("killed",)))
+        rest = "; ".join(f"{n} {s}" for s, n in sorted(c.items()) if s != "killed")
+        print(f"{module}: {total} mutants, {killed} killed ({100 * killed / max(total, 1):.1f}%)"
+              + (f"; {rest}" if rest else ""))
     return 0
 
 
