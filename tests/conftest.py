@@ -59,3 +59,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"evaluation data not present ({SHARED_DATA})")
     return SHARED_DATA
+
+
+NOTEBOOK_TIMEOUT_S = 1200     # pytest-timeout for notebook tests (pyproject's default is 600 s)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Notebook tests (a whole notebook, or JupyterLab in a browser) get a longer per-test timeout
+    than the suite's default, unless they set their own."""
+    for item in items:
+        if item.get_closest_marker("notebook") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(NOTEBOOK_TIMEOUT_S))
