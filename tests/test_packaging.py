@@ -116,3 +116,21 @@ def test_hub_card_follows_the_custom_generate_convention():
     assert heads == ["Description", "Base model", "Model compatibility", "Additional arguments",
                      "Output type changes", "Example usage"]
     assert "trust_remote_code=True" in body.split("## Example usage")[1]
+
+
+def test_every_slow_name_is_a_real_test():
+    """tests/conftest.py's SLOW list names files and test functions that exist (a renamed test
+    would otherwise drop back into make test-fast unnoticed)."""
+    import ast
+
+    tree = ast.parse((ROOT / "tests" / "conftest.py").read_text())
+    (node,) = [n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SLOW"]
+    names = ast.literal_eval(node.value)
+    assert names
+    for name in names:
+        file, _, func = name.partition("::")
+        path = ROOT / "tests" / file
+        assert path.is_file(), name
+        if func:
+            defs = {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)}
+            assert func in defs, f"{name}: no such test"
