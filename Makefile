@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser demo test test-fast test-slow test-floors lab figures combine bench eval clean-cache sync-notebooks
+.PHONY: setup browser demo test test-fast test-slow lab figures combine bench eval clean-cache sync-notebooks
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,15 +56,6 @@ test-fast: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m "slow"
-
-# The oldest transformers that pyproject allows, against the tests that exercise it most
-# (custom_generate, loading, the CLI, the embedder, the judges): installed into .floors/ and put in
-# front of .venv's packages with PYTHONPATH; .venv itself is left as it is.
-FLOORS ?= transformers==5.12.0 huggingface-hub==1.33.0 tokenizers==0.22.2
-test-floors: setup
-	rm -rf .floors && $(PY) -m pip install -q --no-deps --target .floors $(FLOORS)
-	PYTHONPATH=.floors $(PY) -m pytest -q tests/test_hf.py tests/test_models.py tests/test_cli.py \
-		tests/test_embed.py tests/test_judges.py
 
 # jupyter refuses to start as root (containers) unless told so
 lab: setup
