@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast mutation lab figures combine bench eval clean-cache sync-notebooks
+.PHONY: setup browser demo test test-fast test-slow mutation lab figures combine bench eval clean-cache sync-notebooks
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,11 +30,32 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m raintools demo --model $(MODEL) $(if $(DEVICE),--device $(DEVICE))
 
-test: setup
-	$(PY) -m pytest -q -rs
+# The browser test (tests/test_lab_browser.py) drives JupyterLab in Debian's chromium through
+# playwright (installed into .venv by setup; playwright's own browser download is never used).
+# As root (CI, containers) this installs chromium with apt-get, and does nothing when it is there.
+# Without root it says what to do; the test then skips locally, and fails under CI=true.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || [ -n "$$RAINTOOLS_CHROMIUM" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (apt-get) for the browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "note: no chromium and no root: run 'sudo apt-get install chromium' (or set" \
+		     "RAINTOOLS_CHROMIUM=/path/to/chrome) for tests/test_lab_browser.py" >&2; \
+	fi
 
+# Every test, the browser test included; pytest prints the 15 slowest (pyproject's addopts) and
+# stops any test that hangs (pytest-timeout: 600 s each, 1200 s for notebook tests).
+test: setup browser
+	$(PY) -m pytest -q
+
+# The tests a developer runs fifty times a day: no embedded model, notebook, browser or slow test
+# (under a minute).
 test-fast: setup
-	$(PY) -m pytest -q -rs -m "not embedded and not notebook"
+	$(PY) -m pytest -q -m "not embedded and not notebook and not browser and not slow"
+
+test-slow: setup
+	$(PY) -m pytest -q -m "slow"
 
 # mutation testing (mutmut 3) of the decoder's pure parts (raintools/tree.py, config.py, sampling.py)
 # against their model-free tests (tests/test_tree.py, test_config.py, test_sampling.py); settings in

@@ -12,23 +12,44 @@ import os
 import sys
 
 from .errors import RainToolsError
-from .options import add_model_args, add_rain_args, rain_config_from_args
+from .options import add_model_args, add_rain_args, planned_device, rain_config_from_args
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """Outside verbose mode: no weight-loading progress bars ("Loading weights", also the
+    embedder's) and no library chatter below errors, so the CLI's output is its own. Verbose:
+    the libraries' defaults (bars on, warnings shown)."""
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    if verbose:
+        hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity_warning()
+        enable_progress_bars()
+    else:
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        disable_progress_bars()
 
 
 def cmd_generate(args) -> int:
+    from .errors import ConfigError
     from .models import load_model
     from .search import rain_generate
     from .vanilla import generate_vanilla
 
     if not args.prompt or not args.prompt.strip():
         raise RainToolsError("--prompt is empty: give the request to answer.")
-    if args.method == "rain":       # a bad constant is reported before the model loads
-        from .models import default_device
-        cfg = rain_config_from_args(args, str(args.device or default_device()))
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    # the configuration is checked before the model loads (the preset depends on the device)
+    cfg = rain_config_from_args(args, planned_device(args.device)) if args.method == "rain" else None
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     if args.method == "vanilla":
         r = generate_vanilla(lm, args.prompt, max_new_tokens=args.max_new_tokens, seed=args.seed)
     else:
+        if lm.device.type != planned_device(args.device):   # e.g. device_map="auto" stayed on CPU
+            cfg = rain_config_from_args(args, lm.device.type)
         r = rain_generate(lm, args.prompt, cfg, engine=args.engine, progress=not args.json)
     if args.json:
         d = {"text": r.text, "method": r.method, "prompt": r.prompt, "stats": r.stats,
@@ -90,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        quiet_libraries(getattr(args, "verbose", False))
         return int(args.func(args) or 0)
     except RainToolsError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -6,7 +6,6 @@ loaded offline with sentence-transformers. Any callable `list[str] -> Tensor[n, 
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,18 +29,12 @@ class SentenceEmbedder:
 
         local = name_or_path in (DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2")
         path = str(minilm_path()) if local else name_or_path
-        old = os.environ.get("HF_HUB_OFFLINE")
-        if local:
-            os.environ["HF_HUB_OFFLINE"] = "1"   # a local folder: never ask the hub
         try:
-            self.model = SentenceTransformer(path, device=device)
+            # the embedded wheel is a local folder: never ask the hub for it (no process-wide
+            # HF_HUB_OFFLINE switch: other loads in this process are left as they are)
+            self.model = SentenceTransformer(path, device=device, local_files_only=local)
         except Exception as exc:  # noqa: BLE001 - any loading failure becomes one clear error
             raise ModelLoadError(f"Could not load the sentence embedder {name_or_path!r}: {exc}") from None
-        finally:                                  # restore, so later hub loads still work
-            if old is None:
-                os.environ.pop("HF_HUB_OFFLINE", None)
-            else:
-                os.environ["HF_HUB_OFFLINE"] = old
         self.name = name_or_path
         self.calls = 0
         self.sentences = 0

@@ -13,6 +13,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, or auto (spread a large model over all GPUs); default: cuda if available")
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: by device)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the libraries' progress bars (weight loading) and messages")
+
+
+def planned_device(device: str | None) -> str:
+    """The device type a model will load on ('cpu', 'cuda', 'mps'), known before it loads, so that
+    a configuration can be checked first."""
+    from .models import default_device
+
+    d = default_device() if device in (None, "", "auto") else str(device)
+    return d.split(":")[0]
 
 
 def add_rain_args(p: argparse.ArgumentParser) -> None:

@@ -198,6 +198,27 @@ def test_http_judge_unreachable_is_quick_and_clear():
     assert time.perf_counter() - t0 < 5
 
 
+def test_http_judge_check_sends_one_request_and_fails_clearly():
+    """`check()` is what the runner calls before generating: one judging request up front."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sleeps = []
+    j = fast(url=f"http://127.0.0.1:{port}/v1", retries=1, sleep=sleeps.append)
+    with pytest.raises(JudgeError, match=r"could not be reached after 2 attempt\(s\)"):
+        j.check()
+    assert j.requests == 2 and len(sleeps) == 1
+
+
+def test_http_judge_check_passes_on_a_good_server(server):
+    srv, base = server
+    j = fast(url=base + "/good")
+    j.check()
+    assert j.requests == 1 and len(srv.seen) == 1
+    with pytest.raises(JudgeError, match="HTTP 401"):
+        fast(url=base + "/unauthorized").check()
+
+
 def test_http_judge_timeout(server):
     srv, base = server
     j = fast(url=base + "/slow", retries=1, timeout=0.2)

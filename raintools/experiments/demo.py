@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import RainConfig
+from ..errors import ConfigError
+from ..options import planned_device
 from ..models import load_model
 from ..search import rain_generate
 from ..vanilla import generate_vanilla
@@ -38,17 +40,30 @@ def demo_prompt_texts(n: int) -> list[str]:
     return [it.prompt for it in order[:n]]
 
 
+def demo_config(device_type: str, max_new_tokens: int, simulations: int | None, seed: int,
+                prompts: int) -> RainConfig:
+    """The demo's RAIN settings, checked (a ConfigError) before any model loads."""
+    if isinstance(prompts, bool) or not isinstance(prompts, int) or prompts < 1:
+        raise ConfigError(f"--prompts must be a positive integer, got {prompts!r}.")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be a positive integer, got {max_new_tokens!r}.")
+    cfg = RainConfig.cpu_demo(max_new_tokens=max_new_tokens, seed=seed) if device_type == "cpu" \
+        else RainConfig.hh(max_new_tokens=max_new_tokens, seed=seed)
+    if simulations is not None:
+        cfg = cfg.replace(max_simulations=simulations)
+    return cfg.validate()
+
+
 def run_demo(model: str = "smollm2-135m", device: str | None = None, prompts: int = 3,
              max_new_tokens: int = 32, simulations: int | None = None, out_dir: str = "figures",
              seed: int = 0) -> pd.DataFrame:
     t0 = time.perf_counter()
+    cfg = demo_config(planned_device(device), max_new_tokens, simulations, seed, prompts)
     print(f"Loading {model} ...", flush=True)
     lm = load_model(model, device=device)
     print(f"  loaded in {lm.load_seconds:.1f} s on {lm.device} ({lm.dtype})")
-    cfg = RainConfig.cpu_demo(max_new_tokens=max_new_tokens, seed=seed) if str(lm.device) == "cpu" \
-        else RainConfig.hh(max_new_tokens=max_new_tokens, seed=seed)
-    if simulations:
-        cfg = cfg.replace(max_simulations=simulations)
+    if lm.device.type != planned_device(device):
+        cfg = demo_config(lm.device.type, max_new_tokens, simulations, seed, prompts)
     print(f"RAIN config: {cfg.name} (T={cfg.max_simulations}, T_m={cfg.min_visits}, V={cfg.value_threshold}, "
           f"c={cfg.c}, max_new_tokens={max_new_tokens})\n")
     rows = []
@@ -73,14 +88,20 @@ def run_demo(model: str = "smollm2-135m", device: str | None = None, prompts: in
     df.to_csv(out / "demo.csv", index=False)
     _plot(df, out / "demo.png")
     print()
-    with pd.option_context("display.max_colwidth", 60, "display.width", 160):
-        print(df[["method", "tokens", "seconds", "forward_calls", "forward_per_token",
-                  "computed_per_token", "simulations"]].groupby("method").mean().round(2))
+    print(summary_table(df))
     ratio = df[df.method == "rain"].seconds.sum() / max(df[df.method == "vanilla"].seconds.sum(), 1e-9)
     print(f"\nRAIN / vanilla wall time: {ratio:.1f}x   (figure: {out / 'demo.png'}, table: {out / 'demo.csv'})")
     print(HONEST_NOTE)
     print(f"Demo finished in {time.perf_counter() - t0:.0f} s.")
     return df
+
+
+def summary_table(df: pd.DataFrame) -> str:
+    """Mean cost per method, as text printed whole (no "..." and no "[2 rows x 6 columns]",
+    whatever pandas' display options)."""
+    table = df[["method", "tokens", "seconds", "forward_calls", "forward_per_token",
+                "computed_per_token", "simulations"]].groupby("method").mean().round(2)
+    return table.to_string()
 
 
 def _plot(df: pd.DataFrame, path: Path) -> None:

@@ -12,7 +12,7 @@ Judges here:
 
 - `RefusalJudge`: phrase matching, for attack-success rates (success = non-empty and no refusal).
 - `LLMJudge`: harmlessness / helpfulness from a local `LanguageModel` or any OpenAI-compatible
-  `/v1/chat/completions` endpoint, with retries, backoff and a verdict cache.
+  `/v1/chat/completions` endpoint (httpx, retries with backoff by tenacity) and a verdict cache.
 - `SentimentJudge`: offline VADER sentiment for IMDB continuations.
 - `TruthfulnessJudge`: TruthfulQA-style reference similarity with sentence embeddings.
 - `cohen_kappa`: agreement between any two judges (or a judge and human labels).
@@ -28,11 +28,8 @@ import json
 import math
 import os
 import re
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from functools import lru_cache
 from importlib import resources
@@ -256,6 +253,14 @@ def _chat_url(url: str) -> str:
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
+class _Retryable(Exception):
+    """A failed endpoint attempt worth another try; `unreachable`: no answer came back at all."""
+
+    def __init__(self, what: str, unreachable: bool = False):
+        super().__init__(what)
+        self.unreachable = unreachable
+
+
 class LLMJudge(Judge):
     """Harmlessness and helpfulness verdicts from a language model.
 
@@ -271,8 +276,10 @@ class LLMJudge(Judge):
 
     The prompt is ours (`raintools/templates/llm_judge.txt`, or `template=` text with `{{prompt}}`
     and `{{response}}`). Endpoint calls retry `retries` times on connection errors, timeouts,
-    HTTP 408/429/5xx and unparseable answers, sleeping `backoff * 2**k` seconds (at most
-    `backoff_max`) between tries; then a `JudgeError` says what went wrong. Verdicts are cached
+    HTTP 408/429/5xx and unparseable answers (httpx for the requests, tenacity for the retries), sleeping
+    `backoff * 2**k` seconds (at most `backoff_max`) between tries; then a `JudgeError` says what
+    went wrong. `check()` sends one request up front (the evaluation runner calls it before
+    generating anything). Verdicts are cached
     in memory and, with `cache_path`, in a JSONL file keyed by a hash of prompt, response and
     judge configuration, so re-running an evaluation does not pay twice. `workers > 1` lets
     `judge_many` send that many endpoint requests in parallel.
@@ -321,6 +328,7 @@ class LLMJudge(Judge):
         self.requests = 0     # HTTP requests sent, retries included
         self._cache: dict[str, dict] = {}
         self._lock = threading.Lock()
+        self._http = None     # httpx.Client, made on the first request
         self.cache_path = Path(cache_path) if cache_path else None
         if self.cache_path and self.cache_path.is_file():
             self._read_cache()
@@ -393,65 +401,77 @@ class LLMJudge(Judge):
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             return list(pool.map(lambda pr: self.judge(*pr), pairs))
 
-    # -- endpoint backend
+    # -- endpoint backend: httpx for HTTP, tenacity for the retries
+    def check(self) -> None:
+        """Make sure the judge answers before an evaluation spends time generating: an endpoint
+        judge gets one request (a fixed pair, with the usual retries) and must give a verdict;
+        a `JudgeError` says what went wrong. A local judge has nothing to check."""
+        if self.backend == "endpoint":
+            self._judge_endpoint("Hello.", "Hello! How can I help?")
+
+    def _client(self):
+        import httpx
+
+        with self._lock:
+            if self._http is None:
+                headers = {"Accept": "application/json"}
+                if self.api_key:
+                    headers["Authorization"] = f"Bearer {self.api_key}"
+                self._http = httpx.Client(timeout=self.timeout, headers=headers)
+            return self._http
+
     def _post(self, body: dict) -> str:
-        data = json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+        """One request; a retryable failure raises `_Retryable` (with what went wrong)."""
+        import httpx
+
         with self._lock:
             self.requests += 1
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-            return resp.read().decode("utf-8", errors="replace")
+        try:
+            resp = self._client().post(self.url, json=body)
+        except httpx.TimeoutException:
+            raise _Retryable(f"timed out after {self.timeout:g} s", unreachable=True) from None
+        except httpx.TransportError as exc:
+            text = str(exc) or type(exc).__name__
+            raise _Retryable("connection refused" if "refused" in text.lower()
+                             else f"connection error ({text})", unreachable=True) from None
+        if resp.status_code >= 400:
+            detail = resp.text[:200]
+            last = f"HTTP {resp.status_code} {resp.reason_phrase}" + (f": {detail}" if detail else "")
+            if resp.status_code in _RETRY_STATUS:
+                raise _Retryable(last)
+            raise JudgeError(f"The judge endpoint {self.url} refused the request ({last}). "
+                             f"Check RAINTOOLS_JUDGE_URL / _KEY / _MODEL.")
+        return resp.text
+
+    def _attempt(self, body: dict) -> dict:
+        raw = self._post(body)
+        content = _chat_content(raw)
+        if content is None:
+            raise _Retryable(f"a reply that is not a chat completion: {raw[:200]!r}")
+        verdict = parse_verdict(content)
+        if verdict is None:
+            raise _Retryable(f"an answer with no verdict: {content[:200]!r}")
+        verdict["raw"] = content
+        return verdict
 
     def _judge_endpoint(self, prompt: str, response: str) -> dict:
+        import tenacity
+
         messages = ([{"role": "system", "content": self.system}] if self.system else [])
         messages.append({"role": "user", "content": self.user_message(prompt, response)})
         body = {"model": self.model, "messages": messages, "temperature": self.temperature,
                 "max_tokens": self.max_tokens}
-        last, unreachable = "no attempt made", False
         attempts = self.retries + 1
-        for attempt in range(attempts):
-            if attempt:
-                self._sleep(min(self.backoff_max, self.backoff * 2 ** (attempt - 1)))
-            try:
-                raw = self._post(body)
-            except urllib.error.HTTPError as exc:
-                detail = exc.read().decode("utf-8", errors="replace")[:200] if exc.fp else ""
-                last = f"HTTP {exc.code} {exc.reason}" + (f": {detail}" if detail else "")
-                unreachable = False
-                if exc.code in _RETRY_STATUS:
-                    continue
-                raise JudgeError(f"The judge endpoint {self.url} refused the request ({last}). "
-                                 f"Check RAINTOOLS_JUDGE_URL / _KEY / _MODEL.") from None
-            except urllib.error.URLError as exc:
-                reason = exc.reason
-                last = ("connection refused" if isinstance(reason, ConnectionRefusedError)
-                        else "timed out" if isinstance(reason, (socket.timeout, TimeoutError))
-                        else str(reason))
-                unreachable = True
-                continue
-            except (socket.timeout, TimeoutError):
-                last, unreachable = f"timed out after {self.timeout:g} s", True
-                continue
-            except (ConnectionError, OSError) as exc:
-                last, unreachable = f"connection error ({exc})", True
-                continue
-            unreachable = False
-            content = _chat_content(raw)
-            if content is None:
-                last = f"a reply that is not a chat completion: {raw[:200]!r}"
-                continue
-            verdict = parse_verdict(content)
-            if verdict is None:
-                last = f"an answer with no verdict: {content[:200]!r}"
-                continue
-            verdict["raw"] = content
-            return verdict
-        what = "could not be reached" if unreachable else "gave no usable verdict"
-        raise JudgeError(f"The judge endpoint {self.url} {what} after {attempts} attempt(s); last "
-                         f"problem: {last}.")
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(attempts),
+            wait=tenacity.wait_exponential(multiplier=self.backoff, exp_base=2, max=self.backoff_max),
+            retry=tenacity.retry_if_exception_type(_Retryable), sleep=self._sleep, reraise=True)
+        try:
+            return retrying(self._attempt, body)
+        except _Retryable as exc:
+            what = "could not be reached" if exc.unreachable else "gave no usable verdict"
+            raise JudgeError(f"The judge endpoint {self.url} {what} after {attempts} attempt(s); "
+                             f"last problem: {exc}.") from None
 
     # -- local backend
     def _local_prefix(self, prompt: str, response: str) -> list[int]:

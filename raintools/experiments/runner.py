@@ -12,6 +12,9 @@ Files in the output folder:
   boolean and score keys merged: the first judge on the command line that gives a key wins),
   `stats` (tokens, forward calls, tokens computed, simulations, wall time ...), `time_s`
   (generation) and `judge_time_s`. Appended and flushed (fsync) line by line.
+- `generated/rank<r>-of-<N>.jsonl`: each response as soon as it is generated, before any judge
+  sees it, so that a judge failure loses nothing: the next run judges these again instead of
+  generating them again. Removed when every response in it has its line in `results.jsonl`.
 - `summary.csv`: one row per method (`raintools.experiments.stats.summarize`): the rate of each boolean
   metric with a bootstrap 95% interval, the win rate over vanilla on the primary metric, mean
   time / forward calls / tokens computed and their ratios to vanilla.
@@ -20,7 +23,10 @@ Files in the output folder:
 
 **Resume.** Running the same command again skips every (id, method) already in the results, so
 nothing is duplicated; an interruption (Ctrl-C, kill, a crash) loses at most the answer in
-flight, and a last line cut off mid-write is dropped and repaired. A run whose configuration
+flight, and a last line cut off mid-write is dropped and repaired. A remote LLM judge
+(`--judge-url`) is asked once before anything is generated (`LLMJudge.check`), so an unreachable or
+refusing judge fails the run at once; one that fails later leaves every response generated so far in
+`generated/`, and the resumed run only judges them. A run whose configuration
 differs from `run.json` (or whose data changed under the same ids) is refused with a message;
 `--limit` may grow (a longer run extends a shorter one).
 
@@ -50,6 +56,7 @@ from ..errors import ConfigError, DataError, PromptError, RainToolsError
 from .methods import METHODS, VARIANTS, MethodConfig, get_method, parse_methods, split_names
 
 RESULTS = "results.jsonl"
+GENERATED = "generated"    # folder: responses generated and not yet judged (one file per rank)
 SUMMARY = "summary.csv"
 RUN_JSON = "run.json"
 PARTS = "parts"
@@ -84,7 +91,7 @@ def load_lm(model: str, device: str | None = None, dtype=None):
 
 
 def build_judges(names: Sequence[str], task, items, lm=None, judge_url: str | None = None,
-                 judge_model: str | None = None) -> dict:
+                 judge_model: str | None = None, prebuilt: dict | None = None) -> dict:
     """{name: Judge}. `llm` is an OpenAI-compatible endpoint when `judge_url` (or
     RAINTOOLS_JUDGE_URL) is set, with `judge_model` its model name; otherwise the local
     constrained judge on `judge_model` (a model to load) or on `lm`, the model being evaluated.
@@ -92,7 +99,7 @@ def build_judges(names: Sequence[str], task, items, lm=None, judge_url: str | No
     or `raintools.experiments.judges.get_judge`."""
     from .judges import LLMJudge, get_judge
 
-    judges = {}
+    judges = dict(prebuilt or {})
     rest = [n for n in names if n != "llm"]
     if rest:
         make = getattr(task, "make_judges", None)
@@ -100,7 +107,7 @@ def build_judges(names: Sequence[str], task, items, lm=None, judge_url: str | No
             judges.update(make(items, names=rest))
         else:
             judges.update({n: get_judge(n) for n in rest})
-    if "llm" in names:
+    if "llm" in names and "llm" not in judges:
         url = judge_url or os.environ.get("RAINTOOLS_JUDGE_URL")
         if url:
             judges["llm"] = LLMJudge(url=url, model=judge_model)
@@ -108,6 +115,20 @@ def build_judges(names: Sequence[str], task, items, lm=None, judge_url: str | No
             local = load_lm(judge_model) if judge_model else lm
             judges["llm"] = LLMJudge(local)
     return {n: judges[n] for n in names}
+
+
+def remote_judge(names: Sequence[str], judge_url: str | None, judge_model: str | None):
+    """The endpoint `LLMJudge` when `llm` is among the judges and a judge URL is set (argument or
+    RAINTOOLS_JUDGE_URL), after one request that shows it answers (`LLMJudge.check`); else None.
+    Called before any model loads or any response is generated."""
+    url = judge_url or os.environ.get("RAINTOOLS_JUDGE_URL")
+    if "llm" not in names or not url:
+        return None
+    from .judges import LLMJudge
+
+    judge = LLMJudge(url=url, model=judge_model)
+    judge.check()
+    return judge
 
 
 def judge_backend(names: Sequence[str], judge_url: str | None, judge_model: str | None) -> dict | None:
@@ -397,6 +418,7 @@ def _check_judge_names(names: Sequence[str]) -> None:
 def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_name, device,
          dtype, seed, method_config, lm, judge_url, judge_model, progress, n_boot, argv, t_start):
     device = _rank_device(device, ctx)
+    remote = remote_judge(judges, judge_url, judge_model)   # fails here, before any model loads
     if method_config is None:   # the defaults depend on the device: load the model first
         lm = lm or load_lm(model_name, device=device, dtype=dtype)
         method_config = default_method_config(task_obj, lm)
@@ -438,7 +460,10 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
     skipped = len(mine) * len(methods) - len(todo)
 
     judge_objs = build_judges(judges, task_obj, items, lm=lm, judge_url=judge_url,
-                              judge_model=judge_model) if todo else {}
+                              judge_model=judge_model,
+                              prebuilt={"llm": remote} if remote else None) if todo else {}
+    gen_file = out / GENERATED / f"rank{ctx.rank}-of-{ctx.world}.jsonl"
+    generated = _generated(out, gen_file)
     kwargs_for = getattr(task_obj, "judge_kwargs", None)
     if any(m not in ("vanilla", "sampled") for _, m in todo):
         warm_up(lm, task_obj, method_config)
@@ -449,12 +474,20 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
                dynamic_ncols=True, file=sys.stderr)
     if skipped and progress:
         bar.write(f"resuming: {skipped} answer(s) already in {out} are skipped")
+    rejudge = sum(1 for it, m in todo if _usable(generated.get((it.id, m)), task_obj, it))
+    if rejudge and progress:
+        bar.write(f"resuming: {rejudge} response(s) generated before are judged, not generated again")
     computed = 0
     try:
         for it, m in todo:
             bar.set_postfix_str(f"{m} {it.id}", refresh=False)
-            rec = answer(lm, it, m, task_obj, method_config, seed, judge_objs, kwargs_for,
-                         index[it.id])
+            rec = generated.get((it.id, m))
+            if not _usable(rec, task_obj, it):
+                rec = generate_answer(lm, it, m, task_obj, method_config, seed, index[it.id])
+                if "error" not in rec:           # kept before any judge sees it
+                    gen_file.parent.mkdir(parents=True, exist_ok=True)
+                    append_jsonl(gen_file, rec)
+            rec = judge_answer(rec, it, judge_objs, kwargs_for)
             append_jsonl(own, rec)
             done[(it.id, m)] = rec
             computed += 1
@@ -477,6 +510,7 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
                 (out / PARTS).rmdir()
             except OSError:
                 pass
+        _drop_judged_generations(out, everything)
         current = [r for r in merged if r["id"] in index and r["method"] in methods]
         summary = write_summary(out, current, methods, n_boot=n_boot, seed=seed)
         recs = current
@@ -510,26 +544,80 @@ def _forget_queries(lm) -> None:
 def answer(lm, item, method: str, task, config: MethodConfig, seed: int, judges: dict,
            kwargs_for=None, index: int = 0) -> dict:
     """One result line: generate with `method`, judge with every judge."""
+    rec = generate_answer(lm, item, method, task, config, seed, index)
+    return judge_answer(rec, item, judges, kwargs_for)
+
+
+def generate_answer(lm, item, method: str, task, config: MethodConfig, seed: int,
+                    index: int = 0) -> dict:
+    """A response generated with `method`, not judged yet: `id`, `index`, `method`, `prompt`,
+    `response`, `stats`, `time_s`, `seed`, `meta` (or `error` for a prompt the method refused,
+    e.g. one longer than the context: recorded, not fatal to the run)."""
     prompt = task.prompt(item)
     fn = get_method(method)
     rec = {"id": item.id, "index": index, "method": method, "prompt": prompt}
     _forget_queries(lm)
     try:
         res = fn(lm, prompt, task, config, seed)
-    except PromptError as exc:  # e.g. longer than the context: recorded, not fatal to the run
-        rec.update(response="", error=str(exc), verdicts={}, metrics={}, stats={}, time_s=0.0,
-                   judge_time_s=0.0, seed=seed, meta=_small_meta(item.meta))
+    except PromptError as exc:
+        rec.update(response="", error=str(exc), stats={}, time_s=0.0, seed=seed,
+                   meta=_small_meta(item.meta))
+        return rec
+    rec.update(response=res.text, stats=res.stats,
+               time_s=round(float(res.stats.get("wall_time_s", 0.0)), 4), seed=seed,
+               meta=_small_meta(item.meta))
+    return rec
+
+
+def judge_answer(gen: dict, item, judges: dict, kwargs_for=None) -> dict:
+    """The result line of a generated response (`generate_answer`): the verdict of every judge."""
+    rec = {k: gen[k] for k in ("id", "index", "method", "prompt")}
+    if "error" in gen:
+        rec.update(response="", error=gen["error"], verdicts={}, metrics={}, stats={}, time_s=0.0,
+                   judge_time_s=0.0, seed=gen["seed"], meta=gen["meta"])
         return rec
     t0 = time.perf_counter()
     verdicts = {}
     for name, judge in judges.items():
         kw = kwargs_for(item, name) if kwargs_for is not None else {}
-        verdicts[name] = judge.judge(prompt, res.text, **kw)
-    rec.update(response=res.text, verdicts=verdicts, metrics=merge_verdicts(verdicts),
-               stats=res.stats, time_s=round(float(res.stats.get("wall_time_s", 0.0)), 4),
-               judge_time_s=round(time.perf_counter() - t0, 4), seed=seed,
-               meta=_small_meta(item.meta))
+        verdicts[name] = judge.judge(gen["prompt"], gen["response"], **kw)
+    rec.update(response=gen["response"], verdicts=verdicts, metrics=merge_verdicts(verdicts),
+               stats=gen["stats"], time_s=gen["time_s"],
+               judge_time_s=round(time.perf_counter() - t0, 4), seed=gen["seed"], meta=gen["meta"])
     return rec
+
+
+def _generated(out: Path, own: Path) -> dict[tuple, dict]:
+    """Responses generated by earlier runs (any rank, any world size) and not judged yet."""
+    folder = out / GENERATED
+    if not folder.is_dir():
+        return {}
+    recs = []
+    for f in sorted(folder.glob("*.jsonl")):
+        recs.extend(read_records(f, repair=(f == own)))
+    return _dedupe(recs)
+
+
+def _usable(gen: dict | None, task, item) -> bool:
+    """A generated response can be judged in this run: same prompt, and complete."""
+    return (gen is not None and gen.get("prompt") == task.prompt(item)
+            and all(k in gen for k in ("response", "stats", "time_s", "seed", "meta")))
+
+
+def _drop_judged_generations(out: Path, judged: dict) -> None:
+    """Remove generated/ once every response in it has its line in the results."""
+    folder = out / GENERATED
+    if not folder.is_dir():
+        return
+    pending = _generated(out, own=None)
+    if any(key not in judged for key in pending):
+        return
+    for f in folder.glob("*.jsonl"):
+        f.unlink()
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def default_method_config(task, lm, max_new_tokens: int | None = None, **changes) -> MethodConfig:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..experiments.data import PreferencePair, parse_transcript
+from ..experiments.stats import cluster_ratio_ci, wilson_interval  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from ..config import RainConfig
@@ -86,19 +87,6 @@ OWN_PAIRS: tuple[tuple[str, str, str], ...] = (
      "It sounds like you're frustrated with him. Maybe try a game you both like instead.",
      "Tell him nobody in the family loves him and that his friends laugh at him."),
 )
-
-
-def wilson_interval(successes: float, n: int, z: float = 1.96,
-                    percent: bool = False) -> tuple[float, float]:
-    """Wilson score interval of a proportion (stays inside [0, 1], sensible for small n);
-    `percent=True` gives it in %."""
-    if n <= 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    scale = 100.0 if percent else 1.0
-    return scale * max(0.0, centre - half), scale * min(1.0, centre + half)
 
 
 def own_pairs() -> list[PreferencePair]:
@@ -756,10 +744,8 @@ def paired_quality(runs: pd.DataFrame, a: int, b: int = 1, n_boot: int = 4000, s
         ya, yb = wide[a].astype(float), wide[b].astype(float)
         n = len(wide)
         diff = (ya - yb).groupby(level="prompt").agg(["sum", "count"])
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, len(diff), size=(n_boot, len(diff)))
-        sums, counts = diff["sum"].to_numpy()[idx].sum(1), diff["count"].to_numpy()[idx].sum(1)
-        lo, hi = np.quantile(sums / counts, [0.025, 0.975])
+        lo, hi = cluster_ratio_ci(diff["sum"].to_numpy(), diff["count"].to_numpy(), n_boot=n_boot,
+                                  seed=seed)
         row = dict(p=p, pairs=n, prompts=len(diff))
         for k, y in ((b, yb), (a, ya)):
             lo_k, hi_k = wilson_interval(y.sum(), n)

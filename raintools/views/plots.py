@@ -892,7 +892,7 @@ def plot_quality_sweep(df: pd.DataFrame, ax=None):
     """RAIN outcome (share of good responses by the ground truth) against simulated judge
     accuracy p, with greedy decoding and the model's own evaluator for reference. `df` from
     `analysis.evaluator_quality_sweep`."""
-    from .analysis import wilson_interval
+    from ..experiments.stats import wilson_interval
 
     ax = _new_ax(ax, (7.5, 4.2))
     sim = df[df.method == "simulated"]

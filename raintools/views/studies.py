@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .analysis import wilson_interval
+from ..experiments.stats import (auc, auc_interval, paired_difference,  # noqa: F401 - re-exported
+                                 ratio_summary, wilson_interval)
 
 if TYPE_CHECKING:
     from ..config import RainConfig
@@ -490,32 +491,6 @@ def phase_seconds(df: pd.DataFrame) -> pd.Series:
     return df[cols].mean().rename(lambda c: c[len("time_"):-2]).sort_values(ascending=False)
 
 
-def paired_difference(a: Sequence[bool], b: Sequence[bool], z: float = 1.96) -> dict:
-    """Difference of two rates measured on the same items, rate(a) - rate(b), with Newcombe's
-    (1998) interval for paired proportions (Wilson score limits of each rate combined with the
-    phi correlation of the pairs, continuity-corrected). Returns n, diff, lo, hi, and the
-    discordant counts a_only (a good, b bad) and b_only."""
-    from ..errors import ConfigError
-
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
-        raise ConfigError("paired_difference needs two equally long, non-empty lists of outcomes.")
-    n = len(a)
-    both, a_only = int((a & b).sum()), int((a & ~b).sum())
-    b_only, neither = int((~a & b).sum()), int((~a & ~b).sum())
-    p1, p2 = (both + a_only) / n, (both + b_only) / n
-    l1, u1 = wilson_interval(both + a_only, n, z)
-    l2, u2 = wilson_interval(both + b_only, n, z)
-    denom = (both + a_only) * (b_only + neither) * (both + b_only) * (a_only + neither)
-    cross = both * neither - a_only * b_only
-    corrected = max(cross - n / 2, 0) if cross > 0 else cross
-    phi = corrected / math.sqrt(denom) if denom > 0 else 0.0
-    d = p1 - p2
-    lo = d - math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
-    hi = d + math.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
-    return dict(n=n, diff=d, lo=max(lo, -1.0), hi=min(hi, 1.0), a_only=a_only, b_only=b_only)
-
-
 def paired_differences(df: pd.DataFrame, pairs: Iterable[tuple[str, str]], by: str = "arm",
                        key: str = "id", col: str = "good") -> pd.DataFrame:
     """`paired_difference` for each (a, b) pair of arms, matched on `key`; one row per pair with
@@ -527,17 +502,6 @@ def paired_differences(df: pd.DataFrame, pairs: Iterable[tuple[str, str]], by: s
         d = paired_difference(both[a].astype(bool), both[b].astype(bool))
         rows.append(dict(comparison=f"{a} - {b}", a=a, b=b, **d, excludes_zero=d["lo"] > 0 or d["hi"] < 0))
     return pd.DataFrame(rows)
-
-
-def ratio_summary(num: Sequence[float], den: Sequence[float], n_boot: int = 2000,
-                  seed: int = 0) -> dict:
-    """Geometric mean of the per-item ratios num/den with a bootstrap 95% interval over items."""
-    from ..experiments.stats import bootstrap_ci
-
-    logs = np.log(np.asarray(num, dtype=float) / np.asarray(den, dtype=float))
-    ci = bootstrap_ci(logs, n_boot=n_boot, seed=seed)
-    return dict(n=len(logs), ratio=float(np.exp(ci.estimate)), lo=float(np.exp(ci.lo)),
-                hi=float(np.exp(ci.hi)))
 
 
 def describe_difference(row, what: str = "good answers", unit: str = "points") -> str:
@@ -604,24 +568,6 @@ def answer_pair_check(evaluator, items: Sequence, progress: bool = True) -> pd.D
         bar.update()
     bar.close()
     return pd.DataFrame(rows)
-
-
-def auc(pos: Sequence[float], neg: Sequence[float]) -> float:
-    """P(a positive example scores above a negative one); ties count one half. Chance = 0.5."""
-    p, n = np.asarray(pos, dtype=float)[:, None], np.asarray(neg, dtype=float)[None, :]
-    if p.size == 0 or n.size == 0:
-        return float("nan")
-    return float(((p > n) + 0.5 * (p == n)).mean())
-
-
-def auc_interval(pos: Sequence[float], neg: Sequence[float], n_boot: int = 2000,
-                 seed: int = 0) -> tuple[float, float, float]:
-    """AUC with a percentile-bootstrap 95% interval (positives and negatives resampled apart)."""
-    pos, neg = np.asarray(pos, dtype=float), np.asarray(neg, dtype=float)
-    rng = np.random.default_rng(seed)
-    boots = [auc(rng.choice(pos, len(pos)), rng.choice(neg, len(neg))) for _ in range(n_boot)]
-    lo, hi = np.quantile(boots, [0.025, 0.975])
-    return auc(pos, neg), float(lo), float(hi)
 
 
 def review_check(evaluator, task, reviews: Sequence, scorer=None, last_words: int = 30,

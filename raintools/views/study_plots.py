@@ -161,7 +161,7 @@ def plot_time_ratios(timing: pd.DataFrame, paper: pd.DataFrame | None = None, ax
     """Each prompt's RAIN / vanilla wall-time ratio against vanilla with and without a KV cache
     (dots), their geometric mean with a bootstrap 95% interval (bar), and the paper's ratios
     (measured against a decoder without a KV cache, the same quantity) as markers on that row."""
-    from .studies import ratio_summary
+    from ..experiments.stats import ratio_summary
 
     ax = _new_ax(ax, (7, 3.2))
     rain = timing[timing.arm == "RAIN"]
@@ -194,7 +194,7 @@ def plot_harmless_helpful(summary: pd.DataFrame, ax=None, title: str = ""):
     """Each method of a `run_eval` summary at (harmless rate, helpful rate) with Wilson 95%
     intervals in both directions (n answers each), labelled with its counts; an arrow from vanilla
     to RAIN when both are present."""
-    from .analysis import wilson_interval
+    from ..experiments.stats import wilson_interval
 
     ax = _new_ax(ax, (6, 5))
     colors = ["#8c8c8c", "#2a9d8f", "#e76f51", "#264653", "#e9c46a"]
