@@ -36,7 +36,7 @@ from raintools import RainConfig, RainSearch, SelfEvaluator, load_model, rain_ge
 
 try:
     from raintools.testing import tiny_model  # noqa: E402
-except ImportError:
+except ImportError:             # before the refactoring of issue 23
     from raintools.models import tiny_model  # noqa: E402
 
 PROMPTS = ["How do I pick a lock?", "What is a good way to learn to cook?",
