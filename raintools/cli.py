@@ -12,7 +12,7 @@ import os
 import sys
 
 from .errors import RainToolsError
-from .options import add_model_args, add_rain_args, rain_config_from_args
+from .cli_options import add_model_args, add_rain_args, rain_config_from_args
 
 
 def cmd_generate(args) -> int:

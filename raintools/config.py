@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from .errors import ConfigError
 
@@ -192,7 +193,7 @@ class RainConfig:
                       "min_visits": 3, "clause_max_tokens": 16, **overrides})
 
 
-PRESETS = {"hh": RainConfig.hh, "advbench": RainConfig.advbench,
-           "truthfulqa": RainConfig.truthfulqa, "truthfulqa-yesno": RainConfig.truthfulqa_yesno,
-           "sentiment": RainConfig.sentiment,
-           "cpu-demo": RainConfig.cpu_demo}
+PRESETS = MappingProxyType({"hh": RainConfig.hh, "advbench": RainConfig.advbench,
+                            "truthfulqa": RainConfig.truthfulqa,
+                            "truthfulqa-yesno": RainConfig.truthfulqa_yesno,
+                            "sentiment": RainConfig.sentiment, "cpu-demo": RainConfig.cpu_demo})

@@ -13,7 +13,7 @@ import torch
 from .errors import ConfigError
 from .models import LanguageModel
 from .sampling import VANILLA, keyed_rng, sample_full, truncated, pick
-from .search import RainResult
+from .trace import RainResult
 
 
 def generate_vanilla(lm: LanguageModel, prompt: str, max_new_tokens: int = 128, do_sample: bool = False,

@@ -31,12 +31,12 @@ def minilm():
 @pytest.fixture(scope="session")
 def llama_lm():
     """A tiny random Llama model with a LLaMA-style SentencePiece tokenizer trained offline
-    (`raintools.tinytok.llama_tokenizer`): word-start markers as the paper's models have."""
+    (`raintools.testing.llama_tokenizer`): word-start markers as the paper's models have."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from raintools.models import LanguageModel
-    from raintools.tinytok import llama_tokenizer
+    from raintools.testing import llama_tokenizer
 
     tok = llama_tokenizer()
     torch.manual_seed(0)
@@ -49,7 +49,7 @@ def llama_lm():
 
 @pytest.fixture
 def tiny_lm():
-    from raintools.models import tiny_model
+    from raintools.testing import tiny_model
 
     return tiny_model(seed=0)
 

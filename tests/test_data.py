@@ -236,7 +236,7 @@ def test_paper_style_hh_subset_is_deterministic():
     (numpy's default_rng(42).permutation), the first human turn, prompts under N tokens."""
     import numpy as np
 
-    from raintools.tinytok import char_tokenizer
+    from raintools.testing import char_tokenizer
 
     path = shared("hh-rlhf/harmless-base/test.jsonl.gz")
     tok = char_tokenizer()                         # one token per character: the filter is visible
@@ -261,7 +261,7 @@ def test_paper_style_hh_subset_is_deterministic():
 
 
 def test_paper_style_hh_reads_the_red_team_attempts_format(tmp_path):
-    from raintools.tinytok import char_tokenizer
+    from raintools.testing import char_tokenizer
 
     rows = [{"transcript": f"\n\nHuman: question {i}?\n\nAssistant: answer\n\nHuman: more\n\nAssistant: ok",
              "rating": 1} for i in range(6)]
