@@ -77,7 +77,8 @@ class Stats(Observer):
         stats = dict(self.counts)
         stats.update(
             engine=search.engine_name,
-            engine_route="reference" if search.engine_name == "reference" else search.lm.route.kind,
+            engine_route=("reference" if search.engine_name == "reference" else
+                          "server" if search.engine_name.startswith("vllm") else search.lm.route.kind),
             committed_tokens=len(search.response), commits=len(search.token_sets),
             simulations_per_step=list(self.sims_per_step), forward_calls=now.calls,
             tokens_computed=now.tokens, tokens_needed=self.counts["tokens_needed"] + judged,

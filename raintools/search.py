@@ -20,6 +20,8 @@ observers of its events (`raintools.observe`).
 
 from __future__ import annotations
 
+import os
+
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -31,7 +33,9 @@ from .batch import BatchedCall, ForwardBatcher
 from .config import RainConfig
 from .embed import load_embedder
 from .engine import CompletionRequest, Expansion, Forward
-from .engines import ENGINES, resolve_engine, top_candidates
+from .engines import ENGINES, top_candidates
+from .engines import resolve_engine as resolve_transformers_engine
+from .vllm_engine import ENGINE_MODES as VLLM_ENGINES, vllm_engine_factory
 from .errors import PromptError
 from .evaluate import Evaluator, SelfEvaluator, judge_texts, self_evaluator
 from .models import LanguageModel
@@ -87,12 +91,14 @@ class RainSearch:
         self.lm, self.prompt = lm, prompt
         prompt_ids = search_prompt_ids(lm, prompt, prompt_ids, cfg)
         self.engine_name = resolve_engine(lm, engine)
-        self.engine = ENGINES[self.engine_name](lm, top_k=cfg.top_k, temperature=cfg.temperature,
-                                                forward=forward)
+        make = ENGINES.get(self.engine_name) or vllm_engine_factory(self.engine_name)
+        self.engine = make(lm, top_k=cfg.top_k, temperature=cfg.temperature, forward=forward)
         self.engine.complete_until = cfg.complete_until
         if evaluator is None:
             evaluator = (SelfEvaluator(lm, "harm", cfg.eval_mode, cached=False)
                          if self.engine_name == "reference" else self_evaluator(lm, "harm", cfg.eval_mode))
+        if hasattr(self.engine, "judge"):     # an engine on a server judges there (vLLM)
+            evaluator = self.engine.judge(evaluator)
         self.evaluator = evaluator
         self.needs_embeddings = cfg.similarity_update or cfg.node_addition
         self.embedder = load_embedder() if embedder is None and self.needs_embeddings else embedder
@@ -447,6 +453,18 @@ def checked_prompt_ids(lm: LanguageModel, query: str, ids, max_new_tokens: int) 
     return ids
 
 
+def resolve_engine(lm: LanguageModel, engine: str) -> str:
+    """The engine that runs: "auto" is RAINTOOLS_ENGINE when set, else the transformers engine
+    for the model (`raintools.engines.resolve_engine`); "vllm" (vLLM samples) and "vllm-keyed"
+    (raintools' keyed draws on the server's log-probabilities) run on the vLLM server at
+    RAINTOOLS_SERVER (default http://127.0.0.1:8000; `raintools.vllm_engine`)."""
+    if engine == "auto":
+        engine = os.environ.get("RAINTOOLS_ENGINE") or "auto"
+    if engine in VLLM_ENGINES:
+        return engine
+    return resolve_transformers_engine(lm, engine)
+
+
 def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = None,
                   evaluator: Evaluator | None = None, embedder: Callable | None = None,
                   engine: str = "auto", progress: bool = False, prompt_ids: list[int] | None = None,
@@ -494,6 +512,8 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     if prompt_ids is not None and len(prompt_ids) != len(prompts):
         raise PromptError(f"prompt_ids has {len(prompt_ids)} rows for {len(prompts)} prompts.")
     ids_of = list(prompt_ids) if prompt_ids is not None else [None] * len(prompts)
+    if engine in VLLM_ENGINES and len(prompts) > 1:
+        return _vllm_batch(lm, prompts, ids_of, cfg, evaluator, embedder, engine, progress, concurrency)
     if engine == "reference" or len(prompts) <= 1:
         return [rain_generate(lm, p, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
                               prompt_ids=ids)
@@ -522,3 +542,39 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
                            workers=concurrency or min(len(prompts), 64), on_done=lambda i: bar.update(1))
     finally:
         bar.close()
+
+
+def _vllm_batch(lm, prompts, ids_of, cfg, evaluator, embedder, engine, progress, concurrency):
+    """The searches of many prompts side by side on a vLLM server: one thread per search in
+    flight, their requests batched by the server (no batcher of our own on this path)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if (cfg.similarity_update or cfg.node_addition) and embedder is None:
+        embedder = load_embedder()
+    if embedder is not None:
+        embedder = _Locked(embedder)
+    bar = tqdm(total=len(prompts), desc="RAIN prompts", disable=not progress)
+
+    def one(args):
+        prompt, ids = args
+        r = rain_generate(lm, prompt, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
+                          prompt_ids=ids)
+        bar.update(1)
+        return r
+    try:
+        with ThreadPoolExecutor(concurrency or min(len(prompts), 64), thread_name_prefix="raintools-rain") as pool:
+            return list(pool.map(one, list(zip(prompts, ids_of))))
+    finally:
+        bar.close()
+
+
+class _Locked:
+    """One call at a time into a shared in-process model (the sentence embedder)."""
+
+    def __init__(self, fn):
+        import threading
+        self.fn, self.lock = fn, threading.Lock()
+
+    def __call__(self, *args, **kwargs):
+        with self.lock:
+            return self.fn(*args, **kwargs)

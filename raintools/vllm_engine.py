@@ -325,3 +325,291 @@ class VllmClient:
                 "hits": m.get("vllm:prefix_cache_hits_total", 0.0),
                 "prompt_tokens": m.get("vllm:prompt_tokens_total", 0.0),
                 "generation_tokens": m.get("vllm:generation_tokens_total", 0.0)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The search's engine (raintools.engine.Engine) on a vLLM server
+
+ENGINE_MODES = {"vllm": "server", "vllm-server": "server", "vllm-keyed": "keyed"}
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+def server_url(url: str | None = None) -> str:
+    """The server to use: `url`, else RAINTOOLS_SERVER, else http://127.0.0.1:8000."""
+    import os
+    return url or os.environ.get("RAINTOOLS_SERVER") or DEFAULT_SERVER
+
+
+def shared_client(lm, url: str | None = None) -> VllmClient:
+    """One client (one check, one connection pool, one thread pool) per model and server, shared
+    by every search on that model: the searches of a batch send their requests through it at once."""
+    url = server_url(url)
+    clients = lm.__dict__.setdefault("_raintools_vllm_clients", {})
+    lock = lm.__dict__.setdefault("_raintools_vllm_lock", threading.Lock())
+    with lock:
+        if url not in clients:
+            clients[url] = VllmClient(url, lm)
+        return clients[url]
+
+
+def clause_end_ids(lm) -> list[int]:
+    """Ids of the tokens whose text ends a clause (RAIN's clause-end characters): the server stops
+    a clause completion at them (remembered on the model)."""
+    ids = lm.__dict__.get("_raintools_clause_end_ids")
+    if ids is None:
+        from .engines import ends_clause
+        tok = lm.tokenizer
+        ids = [i for i in range(len(tok)) if ends_clause(tok.decode([i]))]
+        lm.__dict__["_raintools_clause_end_ids"] = ids
+    return ids
+
+
+class VllmJudge:
+    """A `SelfEvaluator`'s judgement with the forward passes on the server: the same judging prompt
+    ids, option letters and value rule (votes or soft); the letters' probabilities come from the
+    server (`VllmClient.judge_probs`). `evaluate_many` sends its responses at once."""
+
+    def __init__(self, client: VllmClient, evaluator):
+        self.client, self.evaluator = client, evaluator
+        self.mode = getattr(evaluator, "mode", "votes")
+
+    def __call__(self, query: str, response: str) -> float:
+        return self.client.judge_value(self.evaluator, query, response)
+
+    def evaluate_many(self, query: str, responses: Sequence[str]) -> list[float]:
+        return self.client.judge_many(self.evaluator, query, list(responses))
+
+
+class VllmEngine:
+    """`raintools.engine.Engine` on a vLLM server (see raintools.engine for the protocol).
+
+    mode "keyed" (`engine="vllm-keyed"`): the server gives log-probabilities and raintools draws
+    with its own keyed uniforms, exactly as the transformers engines do, so the search commits the
+    same tokens as they do up to float ties (vLLM's float32 log-probabilities differ from torch's
+    by ~3e-5). Node distributions and clause-completion steps need the whole vocabulary (a full
+    softmax draw; the server must allow it: `--max-logprobs -1`), rollout steps the top-k. One
+    request per token per line: an exactness check, not the fast path.
+
+    mode "server" (`engine="vllm"`): vLLM samples. One expansion is two requests (the greedy line,
+    and the sampled lines as `n` samples with `top_k`, `temperature` and a `seed` taken from the
+    request's keyed uniforms); a clause completion is one request (full-vocabulary sampling with
+    a seed from the request's rng, stopping at the tokens whose text ends with a clause-end
+    character, then cut by RAIN's own rule on the decoded tail). Proposal probabilities
+    are computed from the top-k log-probabilities the server returns with each sampled token.
+    Nodes' next-token distributions hold the top `prior_k` tokens (the 1-token level's candidates).
+
+    The requests of a call (a simulation, or the leaves of a parallel round) go out at once."""
+
+    embed_one_by_one = False
+    complete_until = "clause"
+
+    def __init__(self, lm, top_k: int = 15, temperature: float = 1.0, forward=None, *,
+                 mode: str = "server", url: str | None = None, client: VllmClient | None = None,
+                 prior_k: int = 20):
+        from .models import ForwardStats
+
+        if mode not in ("keyed", "server"):
+            raise ConfigError(f"vLLM engine mode must be 'keyed' or 'server', got {mode!r}")
+        self.lm, self.top_k, self.temperature, self.mode = lm, int(top_k), float(temperature), mode
+        self.name = "vllm-keyed" if mode == "keyed" else "vllm"
+        self.client = client or shared_client(lm, url)
+        self.prior_k = max(int(prior_k), self.top_k)
+        self.stats = ForwardStats()
+        self._stats_lock = threading.Lock()
+        self.prefix_ids: list[int] = []
+        self.vocab = int(lm.vocab_size)
+        self.stop_ids = sorted(int(t) for t in lm.chat.stop_token_ids)
+
+    # -- helpers
+    def _count(self, prompt_len: int, generated: int) -> None:
+        with self._stats_lock:
+            self.stats.calls += 1
+            self.stats.tokens += max(prompt_len - len(self.prefix_ids), 0) + generated
+
+    def _dense(self, toks: Sequence[int], lps: Sequence[float]):
+        import torch
+        row = torch.full((self.vocab,), float("-inf"))
+        row[torch.tensor(list(toks), dtype=torch.long)] = torch.tensor(list(lps), dtype=torch.float32)
+        return row
+
+    def _logits(self, ids: Sequence[int], full: bool):
+        """Next-token log-probabilities at `ids` as a vocabulary-sized row: every token (`full`,
+        keyed mode's full-softmax draws) or the top `prior_k` (-inf elsewhere: any softmax over a
+        set of them, at any temperature, equals the model's restricted to that set)."""
+        k = -1 if full else self.prior_k
+        toks, lps = self.client.next_token(ids, k if k > 0 else self.vocab)
+        self._count(len(ids), 1)
+        return self._dense(toks, lps)
+
+    def _logits_many(self, prefixes: Sequence[Sequence[int]], full: bool):
+        return self.client.map(lambda ids: self._logits(ids, full), list(prefixes))
+
+    # -- the protocol
+    def start(self, prompt_ids):
+        from .tree import Node
+        self.prefix_ids = list(prompt_ids)
+        return Node(tokens=(), step=0, uid=0, logits=self._logits(self.prefix_ids, self.mode == "keyed"))
+
+    def ensure(self, nodes):
+        todo = [n for n in nodes if n.logits is None]
+        rows = self._logits_many([self.prefix_ids + n.response_tokens() for n in todo], self.mode == "keyed")
+        for n, row in zip(todo, rows):
+            n.logits = row
+
+    def commit(self, root, child) -> None:
+        self.prefix_ids = self.prefix_ids + list(child.tokens)
+
+    def clause_done(self, response: list[int], out: list[int]) -> bool:
+        from .engines import Engine as _Transformers
+        return _Transformers.clause_done(self, response, out)
+
+    def expand(self, requests):
+        requests = list(requests)
+        if not requests:
+            return []
+        one = self._expand_keyed if self.mode == "keyed" else self._expand_server
+        if len(requests) == 1:
+            return [one(requests[0])]
+        with ThreadPoolExecutor(len(requests), thread_name_prefix="raintools-vllm-expand") as pool:
+            return list(pool.map(one, requests))
+
+    def option_probs(self, prompts, option_ids):
+        import torch
+        letters = [int(t) for t in option_ids]
+
+        def one(ids):
+            out = self.client._completions(list(ids), 1, len(ids), max_tokens=1, temperature=0.0,
+                                           logprobs=1, logprob_token_ids=letters,
+                                           return_tokens_as_token_ids=True)
+            top = {_token_id(t): float(lp) for t, lp in out["choices"][0]["logprobs"]["top_logprobs"][0].items()}
+            return torch.softmax(torch.tensor([top[t] for t in letters]), -1)
+        return torch.stack(self.client.map(one, [list(p) for p in prompts]))
+
+    def judge(self, evaluator):
+        """The evaluator the search uses with this engine: a `SelfEvaluator` judged on the server
+        (`VllmJudge`); any other evaluator (a simulated judge, a classifier) as it is."""
+        from .evaluate import SelfEvaluator
+        return VllmJudge(self.client, evaluator) if isinstance(evaluator, SelfEvaluator) else evaluator
+
+    # -- keyed mode: raintools' own draws, as the transformers engines make them
+    def _expand_keyed(self, req):
+        from .engine import Candidate
+        from .engines import Completion, clamp_greedy, kept_rows
+        from .sampling import pick, truncated
+
+        node = req.node
+        base = self.prefix_ids + node.response_tokens()
+        if req.completion is not None:
+            c = req.completion
+            head = self.prefix_ids + c.response
+            Completion(self, c, node.logits).finish(
+                None, lambda tok, state: (self._logits(head + c.out, True), None))
+        if req.length <= 0:
+            return []
+        attempts = req.uniforms.shape[0]
+        rows = [[] for _ in range(1 + attempts)]
+        probs = [1.0] * (1 + attempts)
+        going = list(range(1 + attempts))
+        dist = {(): node.logits}
+        for t in range(req.length):
+            need = sorted({tuple(rows[r]) for r in going} - set(dist))
+            for key, row in zip(need, self._logits_many([base + list(k) for k in need], False)):
+                dist[key] = row
+            still = []
+            for r in going:
+                tp, ti = truncated(dist[tuple(rows[r])], self.top_k, self.temperature)
+                j = 0 if r == 0 else pick(tp, float(req.uniforms[r - 1, t]))
+                rows[r].append(int(ti[j]))
+                probs[r] *= float(tp[j])
+                if not self.lm.is_stop_token(rows[r][-1]) and t < req.length - 1:
+                    still.append(r)
+            going = still
+        cands = [Candidate(tuple(rows[r]), probs[r]) for r in kept_rows(rows, req.keep)]
+        cands[0].raw_p = clamp_greedy(cands[0].raw_p, [c.raw_p for c in cands[1:]])
+        return cands
+
+    # -- server mode: vLLM samples
+    def _truncated_p(self, tok: int, top: dict) -> float:
+        """Probability of `tok` under the top-k truncated distribution at the engine's temperature,
+        from the top-k log-probabilities the server returned at that position."""
+        lps = sorted((float(v) for v in top.values()), reverse=True)[: self.top_k]
+        mine = top.get(tok)
+        if mine is None:
+            return 0.0
+        m = lps[0] / self.temperature
+        z = sum(math.exp(x / self.temperature - m) for x in lps)
+        return math.exp(mine / self.temperature - m) / z
+
+    def _lines(self, ids, n, length, temperature, seed):
+        params = dict(max_tokens=int(length), n=int(n), temperature=float(temperature),
+                      logprobs=self.top_k, return_tokens_as_token_ids=True, ignore_eos=True,
+                      stop_token_ids=self.stop_ids, skip_special_tokens=False)
+        if temperature > 0:
+            params["top_k"] = self.top_k
+            params["seed"] = int(seed)
+        self.client._check_len(ids, length)
+        out = self.client._completions(list(ids), n, len(ids), **params)
+        lines = []
+        for ch in sorted(out["choices"], key=lambda c: c["index"]):
+            lp = ch["logprobs"]
+            toks = [_token_id(t) for t in lp["tokens"]]
+            p = 1.0
+            for tok, top in zip(toks, lp["top_logprobs"]):
+                p *= self._truncated_p(tok, {_token_id(k): v for k, v in (top or {}).items()})
+            lines.append((toks, p))
+        self._count(len(ids), sum(len(t) for t, _ in lines))
+        return lines
+
+    def _complete_server(self, node, c) -> None:
+        c.out, c.fed = [], 0
+        if c.max_tokens <= 0 or (c.response and self.clause_done(c.response, [])):
+            return
+        ids = self.prefix_ids + c.response
+        self.client._check_len(ids, c.max_tokens)
+        params = dict(max_tokens=int(c.max_tokens), n=1, temperature=1.0, logprobs=0,
+                      return_tokens_as_token_ids=True, ignore_eos=True, stop_token_ids=self.stop_ids,
+                      skip_special_tokens=False, seed=int(c.rng.integers(1 << 62)))
+        if self.complete_until == "clause":
+            params["stop_token_ids"] = self.stop_ids + clause_end_ids(self.lm)
+        out = self.client._completions(ids, 1, len(ids), **params)
+        toks = [_token_id(t) for t in out["choices"][0]["logprobs"]["tokens"]]
+        self._count(len(ids), len(toks))
+        for i in range(len(toks)):      # RAIN's own stopping rule on the tokens the server drew
+            if self.clause_done(c.response, toks[: i + 1]):
+                toks = toks[: i + 1]
+                break
+        c.out, c.fed = toks, max(len(toks) - 1, 0)
+
+    def _expand_server(self, req):
+        from .engine import Candidate
+        from .engines import clamp_greedy, kept_rows
+
+        node = req.node
+        base = self.prefix_ids + node.response_tokens()
+        jobs = []
+        if req.completion is not None:
+            jobs.append(lambda: self._complete_server(node, req.completion))
+        if req.length > 0:
+            attempts = req.uniforms.shape[0]
+            seed = int(req.uniforms[0, 0] * (1 << 52)) if attempts else 0
+            jobs.append(lambda: self._lines(base, 1, req.length, 0.0, 0))
+            if attempts:
+                jobs.append(lambda: self._lines(base, attempts, req.length, self.temperature, seed))
+        results = self.client.map(lambda f: f(), jobs) if len(jobs) > 1 else [f() for f in jobs]
+        if req.length <= 0:
+            return []
+        lines = [x for r in results if isinstance(r, list) for x in r]
+        rows, probs = [t for t, _ in lines], [p for _, p in lines]
+        cands = [Candidate(tuple(rows[r]), probs[r]) for r in kept_rows(rows, req.keep)]
+        cands[0].raw_p = clamp_greedy(cands[0].raw_p, [c.raw_p for c in cands[1:]])
+        return cands
+
+
+def vllm_engine_factory(name: str, url: str | None = None):
+    """The engine class-like factory for an engine name of ENGINE_MODES: called as the search
+    calls its engines, `factory(lm, top_k=, temperature=, forward=)`."""
+    mode = ENGINE_MODES[name]
+
+    def make(lm, top_k: int = 15, temperature: float = 1.0, forward=None):
+        return VllmEngine(lm, top_k, temperature, forward, mode=mode, url=url)
+    return make

@@ -183,3 +183,60 @@ def test_bad_input_on_a_real_server(vllm_url, vllm_client, embedded_lm, llama_lm
     with pytest.raises(PromptError, match="maximum context length"):
         blind.sample([28] * (n + 1), n=1, max_tokens=2)
     blind.close()
+
+
+# -- the search on a vLLM server (raintools.vllm_engine.VllmEngine)
+
+def _search(lm, engine, prompt, cfg, evaluator=None):
+    from raintools import RainSearch
+    from test_search import letter_embedder, vowel_judge
+
+    s = RainSearch(lm, prompt, cfg, evaluator=evaluator or vowel_judge, embedder=letter_embedder,
+                   engine=engine)
+    return s, s.run()
+
+
+@pytest.mark.vllm
+@pytest.mark.embedded
+def test_keyed_mode_commits_the_same_tokens_as_the_transformers_engine(vllm_url, embedded_lm, monkeypatch):
+    """Keyed mode: the server's log-probabilities, raintools' keyed draws; the same commits and
+    the same tree as the transformers engine (divergence would be a float tie: none here)."""
+    from test_search import SMALL
+
+    monkeypatch.setenv("RAINTOOLS_SERVER", vllm_url)
+    cfg = SMALL.replace(max_new_tokens=8, max_simulations=4, extra_simulations=2, clause_max_tokens=3)
+    for prompt in PROMPTS:
+        _, fast = _search(embedded_lm, "fast", prompt, cfg)
+        s, keyed = _search(embedded_lm, "vllm-keyed", prompt, cfg)
+        assert keyed.token_sets == fast.token_sets, prompt
+        assert keyed.stats["simulations_per_step"] == fast.stats["simulations_per_step"]
+        for a, b in zip(fast.trace.commits, keyed.trace.commits):
+            assert sorted((n.uid, tuple(n.tokens), n.fn) for n in a.tree) == \
+                sorted((n.uid, tuple(n.tokens), n.fn) for n in b.tree)
+        assert s.engine.stats.calls > 0 and keyed.stats["engine"] == "vllm-keyed"
+
+
+@pytest.mark.vllm
+@pytest.mark.embedded
+def test_server_mode_gives_a_valid_trace(vllm_url, embedded_lm, monkeypatch):
+    """Server mode: vLLM samples; the model judges itself on the server. The trace replays."""
+    from test_search import SMALL, assert_replay_matches_commits, check_invariants
+
+    from raintools.evaluate import self_evaluator
+    from raintools.trace import Trace
+    from raintools.vllm_engine import VllmJudge
+
+    monkeypatch.setenv("RAINTOOLS_ENGINE", "vllm")
+    monkeypatch.setenv("RAINTOOLS_SERVER", vllm_url)
+    cfg = SMALL.replace(max_new_tokens=6, max_simulations=4, extra_simulations=2)
+    s, r = _search(embedded_lm, "auto", PROMPTS[0], cfg, evaluator=self_evaluator(embedded_lm))
+    assert isinstance(s.evaluator, VllmJudge) and r.stats["engine"] == "vllm"
+    assert 0 < len(r.tokens) <= 6 and r.tokens == [t for ts in r.token_sets for t in ts]
+    check_invariants(s.root, similarity=True)
+    assert_replay_matches_commits(Trace.from_json(r.trace.to_json()))
+    # the same seed gives the same search (vLLM's seeded sampling, one generator per request)
+    cfg = cfg.replace(max_new_tokens=10)
+    _, a = _search(embedded_lm, "auto", PROMPTS[1], cfg)
+    _, b = _search(embedded_lm, "auto", PROMPTS[1], cfg)
+    assert a.token_sets == b.token_sets
+    assert_replay_matches_commits(Trace.from_json(a.trace.to_json()))
