@@ -26,6 +26,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Callable, Sequence
 
 from .errors import ConfigError, PromptError, ServerError
@@ -330,7 +331,7 @@ class VllmClient:
 # ---------------------------------------------------------------------------------------------
 # The search's engine (raintools.engine.Engine) on a vLLM server
 
-ENGINE_MODES = {"vllm": "server", "vllm-server": "server", "vllm-keyed": "keyed"}
+ENGINE_MODES = MappingProxyType({"vllm": "server", "vllm-server": "server", "vllm-keyed": "keyed"})
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 

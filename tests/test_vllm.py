@@ -50,6 +50,21 @@ def test_client_without_a_server_names_the_fix(tiny_lm):
         VllmClient(f"http://127.0.0.1:{free_port()}", tiny_lm)
 
 
+@pytest.mark.embedded
+def test_cli_engine_vllm_without_a_server_is_one_clear_error(monkeypatch, capsys):
+    from raintools.cli import main
+    from raintools.vllm_server import free_port
+
+    monkeypatch.delenv("RAINTOOLS_ENGINE", raising=False)
+    monkeypatch.delenv("RAINTOOLS_SERVER", raising=False)
+    url = f"http://127.0.0.1:{free_port()}"
+    rc = main(["generate", "--prompt", "Hi", "--engine", "vllm", "--server", url, "--max-new-tokens", "2"])
+    assert rc == 2
+    assert "cannot be reached" in capsys.readouterr().err
+    import os
+    assert os.environ["RAINTOOLS_SERVER"] == url and os.environ["RAINTOOLS_ENGINE"] == "vllm"
+
+
 class FakeVllm(BaseHTTPRequestHandler):
     """A server that passes the start-up checks for `tokenizer` and fails every completion with
     HTTP 500: a server failing mid-search."""
