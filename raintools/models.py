@@ -118,6 +118,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     """Load a causal LM: an embedded alias ("smollm2-135m"), a local folder or a Hugging Face id.
 
     `device` defaults to CUDA when available; `dtype` to float32 on CPU and bfloat16 on CUDA.
+    `device="meta"` reads the tokenizer and config only (no weights, no memory): what the vLLM
+    engines (`engine="vllm"`, `raintools.vllm_engine`) need locally; it cannot run a forward pass.
     `device="auto"` (or `device_map="auto"`) spreads a model larger than one GPU over all of
     them. Extra keyword arguments go to `from_pretrained`. `trust_remote_code` stays off.
     """
@@ -145,7 +147,13 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
         if isinstance(source, str) and not _available_locally(source) and not _hub_reachable():
             raise OSError("not in the local Hugging Face cache, and the Hub cannot be reached")
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **model_kwargs)
+        if device == "meta":      # config and tokenizer only: for engines that run elsewhere (vLLM)
+            from transformers import AutoConfig
+            config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **model_kwargs)
     except (OSError, ValueError) as exc:
         known = ", ".join(EMBEDDED_MODELS)
         raise ModelLoadError(

@@ -234,24 +234,28 @@ def test_keyed_mode_commits_the_same_tokens_as_the_transformers_engine(vllm_url,
 @pytest.mark.vllm
 @pytest.mark.embedded
 def test_server_mode_gives_a_valid_trace(vllm_url, embedded_lm, monkeypatch):
-    """Server mode: vLLM samples; the model judges itself on the server. The trace replays."""
+    """Server mode: vLLM samples; the model judges itself on the server. The trace replays. The
+    local model is loaded on the meta device (tokenizer and config, no weights): no forward pass
+    runs locally."""
     from test_search import SMALL, assert_replay_matches_commits, check_invariants
 
     from raintools.evaluate import self_evaluator
+    from raintools.models import load_model
     from raintools.trace import Trace
     from raintools.vllm_engine import VllmJudge
 
     monkeypatch.setenv("RAINTOOLS_ENGINE", "vllm")
     monkeypatch.setenv("RAINTOOLS_SERVER", vllm_url)
+    meta = load_model("smollm2-135m", device="meta")
     cfg = SMALL.replace(max_new_tokens=6, max_simulations=4, extra_simulations=2)
-    s, r = _search(embedded_lm, "auto", PROMPTS[0], cfg, evaluator=self_evaluator(embedded_lm))
+    s, r = _search(meta, "auto", PROMPTS[0], cfg, evaluator=self_evaluator(meta))
     assert isinstance(s.evaluator, VllmJudge) and r.stats["engine"] == "vllm"
     assert 0 < len(r.tokens) <= 6 and r.tokens == [t for ts in r.token_sets for t in ts]
     check_invariants(s.root, similarity=True)
     assert_replay_matches_commits(Trace.from_json(r.trace.to_json()))
     # the same seed gives the same search (vLLM's seeded sampling, one generator per request)
     cfg = cfg.replace(max_new_tokens=10)
-    _, a = _search(embedded_lm, "auto", PROMPTS[1], cfg)
-    _, b = _search(embedded_lm, "auto", PROMPTS[1], cfg)
+    _, a = _search(meta, "auto", PROMPTS[1], cfg)
+    _, b = _search(meta, "auto", PROMPTS[1], cfg)
     assert a.token_sets == b.token_sets
     assert_replay_matches_commits(Trace.from_json(a.trace.to_json()))
