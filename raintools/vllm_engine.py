@@ -121,7 +121,6 @@ class VllmClient:
 
     def _post(self, path: str, body: dict, ids_len: int = 0) -> dict:
         import httpx
-        t0 = time.perf_counter()
         try:
             r = self._http.post(self.url + path, json=body)
         except httpx.TimeoutException as exc:

@@ -55,8 +55,9 @@ def test_cli_engine_vllm_without_a_server_is_one_clear_error(monkeypatch, capsys
     from raintools.cli import main
     from raintools.vllm_server import free_port
 
-    monkeypatch.delenv("RAINTOOLS_ENGINE", raising=False)
-    monkeypatch.delenv("RAINTOOLS_SERVER", raising=False)
+    # main() sets both; monkeypatch puts back what was there before (nothing) after the test
+    monkeypatch.setenv("RAINTOOLS_ENGINE", "auto")
+    monkeypatch.setenv("RAINTOOLS_SERVER", "unset")
     url = f"http://127.0.0.1:{free_port()}"
     rc = main(["generate", "--prompt", "Hi", "--engine", "vllm", "--server", url, "--max-new-tokens", "2"])
     assert rc == 2
