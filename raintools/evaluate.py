@@ -20,6 +20,7 @@ batch. Option-letter token ids come from the tokenizer in use, never hard-coded.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 import string
@@ -30,6 +31,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .engines import Forest
 from .errors import ConfigError
 from .models import KV, LanguageModel, kv_cat, kv_gather, kv_len, kv_slice, split_common, token_tree
 
@@ -430,8 +432,6 @@ class SelfEvaluator:
         """The packed past of `evaluate_many`: the query's KV, then each distinct reused judged
         start once; per prompt its anchor (what it sees, where it goes on) and the offset of its
         reused start in the past."""
-        from .engines import Forest
-
         lq, chunks, at, where = kv_len(q_kv), [q_kv], kv_len(q_kv), {}
         for trunk, _, rest, m, q in jobs:
             key = tuple(trunk[q:q + kv_len(rest)]) if rest is not None else None
@@ -534,8 +534,6 @@ class SimulatedJudge:
             raise ConfigError(f"accuracy must be in [0, 1], got {self.accuracy}")
 
     def __call__(self, query: str, response: str) -> float:
-        import hashlib
-
         self.calls += 1
         h = hashlib.sha256(f"{self.seed}\x00{query}\x00{response}".encode()).digest()
         u = int.from_bytes(h[:8], "big") / 2**64

@@ -94,19 +94,17 @@ class RainSearch:
         make = ENGINES.get(self.engine_name) or vllm_engine_factory(self.engine_name)
         self.engine = make(lm, top_k=cfg.top_k, temperature=cfg.temperature, forward=forward)
         self.engine.complete_until = cfg.complete_until
-        if evaluator is None:
-            evaluator = (SelfEvaluator(lm, "harm", cfg.eval_mode, cached=False)
-                         if self.engine_name == "reference" else self_evaluator(lm, "harm", cfg.eval_mode))
-        if hasattr(self.engine, "judge"):     # an engine on a server judges there (vLLM)
-            evaluator = self.engine.judge(evaluator)
-        self.evaluator = evaluator
+        evaluator = evaluator if evaluator is not None else (
+            SelfEvaluator(lm, "harm", cfg.eval_mode, cached=False) if self.engine_name == "reference"
+            else self_evaluator(lm, "harm", cfg.eval_mode))
+        # an engine on a server judges there (vLLM)
+        self.evaluator = self.engine.judge(evaluator) if hasattr(self.engine, "judge") else evaluator
         self.needs_embeddings = cfg.similarity_update or cfg.node_addition
         self.embedder = load_embedder() if embedder is None and self.needs_embeddings else embedder
         self.bounds, self.memo = Bounds(), {}
         self._next_uid, self._add_counter = 1, 0
         self.sim_index = self.round_index = self.outer_step = 0
-        self.response: list[int] = []
-        self.token_sets: list[list[int]] = []
+        self.response, self.token_sets = [], []      # committed tokens, and per commit
         self.finished, self.stop_reason = False, ""
         self.stats, self.timer = Stats(), PhaseTimer()
         self.counts, self.timings = self.stats.counts, self.timer.timings
@@ -117,7 +115,6 @@ class RainSearch:
         self.root = self.engine.start(prompt_ids)
         self._emit("started", prompt_ids)
 
-    # ------------------------------------------------------------------ helpers
     def _emit(self, event: str, *args) -> None:
         for obs in self.observers:
             getattr(obs, event)(self, *args)
@@ -184,10 +181,9 @@ class RainSearch:
         return path
 
     def add_nodes(self, node: Node, sim: Simulation | None = None) -> list[Node]:
-        """Dynamic node addition: the next-ranked token (1-token level) or one greedy rollout and
-        the first sampled one that differs from it, out of `add_attempts` (longer levels), each of
-        the level's length; new candidates only, never more than `max_children` children; priors
-        renormalised."""
+        """Dynamic node addition: the next-ranked token (1-token level) or the greedy rollout and the
+        first differing sample of `add_attempts` (longer levels, the level's length); new
+        candidates only, at most `max_children` children; priors renormalised."""
         cfg = self.cfg
         room = cfg.max_children - len(node.children)
         if room <= 0:
@@ -206,8 +202,7 @@ class RainSearch:
         return self._add_children(node, cands, sim, rolled_out=length > 1, added=True)
 
     def expand(self, leaf: Node) -> list[Node]:
-        """Expansion of one leaf alone (no clause completion): its children."""
-        self.evaluate_and_expand([Simulation([leaf])], complete=False)
+        self.evaluate_and_expand([Simulation([leaf])], complete=False)    # one leaf, no completion
         return leaf.children
 
     def evaluate_and_expand(self, sims: list[Simulation], complete: bool = True) -> None:
@@ -328,8 +323,7 @@ class RainSearch:
         return sims
 
     def simulate(self) -> Simulation:
-        """One simulation of the inner loop (a round of one)."""
-        return self.simulate_round(1)[0]
+        return self.simulate_round(1)[0]          # one simulation of the inner loop: a round of one
 
     def should_stop_early(self) -> bool:
         best = most_visited(self.root)
@@ -413,9 +407,8 @@ def round_size(k: int, remaining: int) -> int:
     """The most simulations the next parallel round may hold: K, but never more than half of
     what is left of the step's budget (rounded up), so that the step's last simulations see the
     results before them and the last one runs alone, as in the sequential search (a round's
-    results cannot steer its own walks). Measured with notebook 11's study (p = 1, seed 0, outside
-    the notebook): without this, rounds of 4 committed good answers less often than the sequential
-    search at the CPU budget of 8 (0.575 vs 0.65; with it 0.65-0.675)."""
+    results cannot steer its own walks). Notebook 11 measures the share of good answers of rounds
+    against the sequential search."""
     return max(1, min(k, (remaining + 1) // 2))
 
 

@@ -59,6 +59,15 @@ def known(name: str, modules: set[str]) -> str | None:
     return None
 
 
+def imported_module(pkg: str, node: ast.ImportFrom) -> str:
+    """The absolute name of the module a `from ... import` statement in package `pkg` reads."""
+    if not node.level:
+        return node.module or ""
+    base = pkg.split(".")
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def import_graph() -> dict[str, set[str]]:
     files = {module_name(p): p for p in PKG.rglob("*.py")}
     modules = set(files)
@@ -71,12 +80,7 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = pkg.split(".")
-                    base = base[: len(base) - (node.level - 1)]
-                    mod = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    mod = node.module or ""
+                mod = imported_module(pkg, node)
                 targets = [f"{mod}.{a.name}" for a in node.names] + [mod]
             for t in targets:
                 k = known(t, modules)
@@ -172,12 +176,7 @@ def shared_globals(names: dict[str, Path]) -> list[tuple[str, str]]:
         for node in ast.walk(tree):
             pairs = []
             if isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = pkg.split(".")
-                    base = base[: len(base) - (node.level - 1)]
-                    mod = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    mod = node.module or ""
+                mod = imported_module(pkg, node)
                 for a in node.names:
                     if f"{mod}.{a.name}" in names:            # a module imported from its package
                         module_alias[a.asname or a.name] = f"{mod}.{a.name}"
