@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--csv", default=str(ROOT / "bench" / "results" / "vllm_speed.csv"))
     args = ap.parse_args()
+    os.environ["RAINTOOLS_SERVER"] = args.server     # what engine="vllm" talks to
     levels = [int(x) for x in args.concurrency.split(",") if x]
     cfg = RainConfig.hh(max_commits=args.commits, max_simulations=args.simulations,
                         extra_simulations=max(args.simulations // 5, 1))
