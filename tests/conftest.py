@@ -73,8 +73,9 @@ def vllm_url(embedded_lm):
         return
     from raintools.vllm_server import VllmServer, find_vllm
 
-    if find_vllm() is None:
-        msg = "vLLM is not installed (run `make setup-vllm`)"
+    python = find_vllm()
+    if python is None or not Path(python).exists():
+        msg = f"vLLM is not installed (run `make setup-vllm`; RAINTOOLS_VLLM_PYTHON={python})"
         if os.environ.get("CI"):
             pytest.fail(msg + ": CI runs the vLLM tests")
         pytest.skip(msg)
