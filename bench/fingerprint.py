@@ -172,11 +172,12 @@ def main(argv=None) -> int:
     ap.add_argument("--simulations", type=int, default=8)
     ap.add_argument("--commits", type=int, default=2)
     ap.add_argument("--skip-embedded", action="store_true")
+    ap.add_argument("--skip-tiny", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    cases = tiny_cases()
+    cases = {} if args.skip_tiny else tiny_cases()
     print(f"tiny cases: {time.perf_counter() - t0:.0f}s", flush=True)
     if not args.skip_embedded:
         cases.update(embedded_cases(args.simulations, args.commits))
@@ -187,8 +188,8 @@ def main(argv=None) -> int:
         print(f"wrote {args.out}")
     if args.compare:
         before = json.loads(Path(args.compare).read_text())
-        if args.skip_embedded:
-            before = {k: v for k, v in before.items() if not k.startswith("smollm/")}
+        if args.skip_embedded or args.skip_tiny:
+            before = {k: v for k, v in before.items() if k.startswith("smollm/") != args.skip_embedded}
         same = compare(before, cases)
         print("FINGERPRINT", "SAME" if same else "DIFFERENT")
         return 0 if same else 1

@@ -61,14 +61,15 @@ class Candidate:
 @dataclass
 class CompletionRequest:
     """A clause completion of a leaf: sample from the full-vocabulary softmax until the clause
-    ends (or the turn, `RainConfig.complete_until`), EOS, a user turn or `max_tokens`, with one
-    uniform per step from `rng`. `response` is the response so far (committed + the leaf's
-    tokens). Answered in place: `out` (the tokens drawn) and `fed` (tokens the model had to
-    compute: every drawn token but the last)."""
+    ends (a last character in ",.?:;\n"; with `until="turn"` only the turn ends it), EOS, a user
+    turn or `max_tokens`, with one uniform per step from `rng`. `response` is the response so far
+    (committed + the leaf's tokens). Answered in place: `out` (the tokens drawn) and `fed` (tokens
+    the model had to compute: every drawn token but the last)."""
 
     response: list[int]
     rng: np.random.Generator
     max_tokens: int
+    until: str = "clause"
     out: list[int] | None = None
     fed: int = 0
 

@@ -78,13 +78,13 @@ class Completion:
     def __init__(self, engine: "Engine", req: CompletionRequest, logits: torch.Tensor):
         self.engine, self.req, self.logits = engine, req, logits
         req.out, req.fed = [], 0
-        self.done = req.max_tokens <= 0 or bool(req.response) and engine.clause_done(req.response, [])
+        self.done = req.max_tokens <= 0 or bool(req.response) and engine.clause_done(req.response, [], req.until)
 
     def step(self) -> int | None:
         req = self.req
         tok = sample_full(self.logits, float(req.rng.random()))
         req.out.append(tok)
-        if self.engine.clause_done(req.response, req.out) or len(req.out) >= req.max_tokens:
+        if self.engine.clause_done(req.response, req.out, req.until) or len(req.out) >= req.max_tokens:
             self.done = True
             return None
         req.fed += 1
@@ -105,7 +105,6 @@ class Engine:
 
     name = "engine"
     embed_one_by_one = False
-    complete_until = "clause"     # or "turn": completions stop only at EOS / a user turn
 
     def __init__(self, lm: LanguageModel, top_k: int = 15, temperature: float = 1.0,
                  forward: Forward | None = None):
@@ -119,8 +118,8 @@ class Engine:
     def commit(self, root: Node, child: Node) -> None:
         self.prefix_ids = self.prefix_ids + list(child.tokens)
 
-    def clause_done(self, response: list[int], out: list[int]) -> bool:
-        """The completion stops at EOS, at a clause end (unless `complete_until == "turn"`), or
+    def clause_done(self, response: list[int], out: list[int], until: str = "clause") -> bool:
+        """The completion stops at EOS, at a clause end (unless `until == "turn"`), or
         when a user turn starts. Only the tail is decoded: the text before it was checked when it
         was generated (the leaf is not terminal, so it holds no user turn), and a clause end is
         the last character."""
@@ -128,7 +127,7 @@ class Engine:
         if out and lm.is_stop_token(out[-1]):
             return True
         tail = (response + out)[-TAIL_TOKENS:]
-        if self.complete_until == "clause" and ends_clause(lm.decode(tail)):
+        if until == "clause" and ends_clause(lm.decode(tail)):
             return True
         return lm.has_user_turn(tail)
 
@@ -137,10 +136,10 @@ class Engine:
         """One request: `expand([Expansion(node, length, uniforms, keep, completion)])[0]`."""
         return self.expand([Expansion(node, length, uniforms, keep, completion)])[0]
 
-    def complete(self, leaf: Node, response: list[int], rng: np.random.Generator,
-                 max_tokens: int) -> tuple[list[int], int]:
+    def complete(self, leaf: Node, response: list[int], rng: np.random.Generator, max_tokens: int,
+                 until: str = "clause") -> tuple[list[int], int]:
         """One clause completion alone: (tokens drawn, tokens fed)."""
-        req = CompletionRequest(response, rng, max_tokens)
+        req = CompletionRequest(response, rng, max_tokens, until)
         self.ensure([leaf])
         self.expand([Expansion(leaf, completion=req)])
         return req.out, req.fed

@@ -93,7 +93,6 @@ class RainSearch:
         self.engine_name = resolve_engine(lm, engine)
         make = ENGINES.get(self.engine_name) or vllm_engine_factory(self.engine_name)
         self.engine = make(lm, top_k=cfg.top_k, temperature=cfg.temperature, forward=forward)
-        self.engine.complete_until = cfg.complete_until
         evaluator = evaluator if evaluator is not None else (
             SelfEvaluator(lm, "harm", cfg.eval_mode, cached=False) if self.engine_name == "reference"
             else self_evaluator(lm, "harm", cfg.eval_mode))
@@ -221,8 +220,8 @@ class RainSearch:
         requests = {}
         for leaf in need:
             comp = (CompletionRequest(self.response + leaf.response_tokens(),
-                                      keyed_rng(cfg.seed, COMPLETE, leaf.uid, leaf.fn), budget[leaf])
-                    if budget[leaf] > 0 else None)
+                                      keyed_rng(cfg.seed, COMPLETE, leaf.uid, leaf.fn), budget[leaf],
+                                      cfg.complete_until) if budget[leaf] > 0 else None)
             length = self.level_length(leaf) if not leaf.terminal and cfg.token_set_length(leaf.step) > 1 else 0
             if length or comp is not None:
                 u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length)) if length else None

@@ -401,7 +401,6 @@ class VllmEngine:
     The requests of a call (a simulation, or the leaves of a parallel round) go out at once."""
 
     embed_one_by_one = False
-    complete_until = "clause"
 
     def __init__(self, lm, top_k: int = 15, temperature: float = 1.0, forward=None, *,
                  mode: str = "server", url: str | None = None, client: VllmClient | None = None,
@@ -459,9 +458,10 @@ class VllmEngine:
     def commit(self, root, child) -> None:
         self.prefix_ids = self.prefix_ids + list(child.tokens)
 
-    def clause_done(self, response: list[int], out: list[int]) -> bool:
+    def clause_done(self, response: list[int], out: list[int], until: str = "clause") -> bool:
+        """RAIN's stopping rule of a completion (`raintools.engines.Engine.clause_done`)."""
         from .engines import Engine as _Transformers
-        return _Transformers.clause_done(self, response, out)
+        return _Transformers.clause_done(self, response, out, until)
 
     def expand(self, requests):
         requests = list(requests)
@@ -562,20 +562,20 @@ class VllmEngine:
 
     def _complete_server(self, node, c) -> None:
         c.out, c.fed = [], 0
-        if c.max_tokens <= 0 or (c.response and self.clause_done(c.response, [])):
+        if c.max_tokens <= 0 or (c.response and self.clause_done(c.response, [], c.until)):
             return
         ids = self.prefix_ids + c.response
         self.client._check_len(ids, c.max_tokens)
         params = dict(max_tokens=int(c.max_tokens), n=1, temperature=1.0, logprobs=0,
                       return_tokens_as_token_ids=True, ignore_eos=True, stop_token_ids=self.stop_ids,
                       skip_special_tokens=False, seed=int(c.rng.integers(1 << 62)))
-        if self.complete_until == "clause":
+        if c.until == "clause":
             params["stop_token_ids"] = self.stop_ids + clause_end_ids(self.lm)
         out = self.client._completions(ids, 1, len(ids), **params)
         toks = [_token_id(t) for t in out["choices"][0]["logprobs"]["tokens"]]
         self._count(len(ids), len(toks))
         for i in range(len(toks)):      # RAIN's own stopping rule on the tokens the server drew
-            if self.clause_done(c.response, toks[: i + 1]):
+            if self.clause_done(c.response, toks[: i + 1], c.until):
                 toks = toks[: i + 1]
                 break
         c.out, c.fed = toks, max(len(toks) - 1, 0)
