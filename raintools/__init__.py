@@ -13,7 +13,8 @@ from .config import RainConfig
 from .errors import (ConfigError, DataError, JudgeError, ModelLoadError, ModelSupportError, PromptError,
                      RainToolsError)
 from .evaluate import SelfEvaluator, SimulatedJudge, load_template, option_token_ids, self_evaluator
-from .models import DEFAULT_MODEL, ChatFormat, LanguageModel, load_model, tiny_model, wrap
+from .models import DEFAULT_MODEL, ChatFormat, LanguageModel, load_model, wrap
+from .testing import tiny_model
 from .search import RainResult, RainSearch, rain_generate, rain_generate_batch
 from .trace import Trace
 from .vanilla import best_of_n, generate_vanilla

@@ -1,10 +1,11 @@
-"""Many searches side by side, their forward passes batched together.
+"""Many searches side by side, their forward passes batched together: request and response.
 
-`rain_generate_batch` (in `raintools.search`) runs one RAIN search per prompt, each in its own
-worker thread, with the ordinary single-prompt code. While the workers run inside
-`ForwardBatcher.run`, every `LanguageModel.forward` they make is queued instead of executed. The
-scheduler (the calling thread) waits until *every* live worker has a request waiting, then answers
-them all from as few forward passes as the cost model allows:
+`rain_generate_batch` runs one RAIN search per prompt on a thread pool (`concurrent.futures`),
+each with the ordinary single-prompt code. Each search gets its own `Client` of a
+`ForwardBatcher`: the forward callable its engine and its judge run (`RainSearch(forward=...)`,
+`SelfEvaluator.fork(forward=...)`) and `call` for the embedder. A request is queued; the
+scheduler (the calling thread) waits until *every* live search has a request waiting, then
+answers them all from as few forward passes as the cost model allows:
 
 * requests are grouped by shape (sorted by new-token count, then past length) and a request joins a
   group when one padded pass costs less than two passes (`call_cost` is the fixed price of a
@@ -12,15 +13,15 @@ them all from as few forward passes as the cost model allows:
 * a merged pass left-pads each request's past KV to the longest, appends the new tokens, and gives
   the model explicit positions and a 4D mask, so every row computes exactly what it would alone
   (up to float rounding); each request gets back its logits and its own KV as a view;
-* embedder calls (`BatchedCall`) of the same round are concatenated into one call.
+* embedder calls of the same round are concatenated into one call.
 
-Because a round starts only when every worker is waiting, the grouping does not depend on thread
+Because a round starts only when every search is waiting, the grouping does not depend on thread
 timing: a batch run is reproducible. All random draws are keyed by node, so results equal
-`rain_generate` on each prompt up to float ties.
+`rain_generate` on each prompt up to float ties. Each client counts its own requests (`stats`).
 
 The batched forward needs an attention implementation that takes a 4D mask (sdpa, the default,
 or eager); padded KV copies cost memory: `max_batch_bytes` caps one merged pass. On a model whose
-route is not "packed" (`raintools.families`: ALiBi, flash attention, ...) only requests of the same
+route is not "packed" (`raintools.routes`: ALiBi, flash attention, ...) only requests of the same
 shape without masks or positions are merged (their rows stacked, no padding), so every family
 stays exact.
 """
@@ -28,17 +29,18 @@ stays exact.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 
-from .models import _ROUTE, KV, ForwardStats, LanguageModel, kv_len
+from .models import KV, ForwardStats, LanguageModel, kv_len
 
 
 @dataclass
 class BatchStats:
-    rounds: int = 0          # scheduler rounds (every live worker waiting)
+    rounds: int = 0          # scheduler rounds (every live search waiting)
     requests: int = 0        # forward requests answered
     calls: int = 0           # forward passes run (merged or single)
     merged_calls: int = 0    # passes that served more than one request
@@ -73,8 +75,46 @@ class _Shape:
                                if past else 0)
 
 
+class Client:
+    """One search's side of a `ForwardBatcher`: a forward callable (the signature of
+    `LanguageModel.forward`) whose passes are answered from merged ones, `call` for list
+    functions (the embedder), and its own counters (`stats`: requests and tokens asked for)."""
+
+    def __init__(self, batcher: "ForwardBatcher", slot: int):
+        self.batcher, self.slot, self.stats = batcher, slot, ForwardStats()
+
+    def __call__(self, input_ids, past=None, attention_mask=None, all_logits=False,
+                 position_ids=None, logits_at=None):
+        self.stats.calls += 1
+        self.stats.tokens += int(input_ids.numel())
+        return self.batcher._submit(self, "lm", (input_ids, past, attention_mask, all_logits,
+                                                 position_ids, logits_at))
+
+    def call(self, fn: Callable[[list], torch.Tensor], items: Sequence) -> torch.Tensor:
+        """`fn(items)` for a function of a list returning one row per item (e.g. an embedder),
+        batched with the other searches' calls to the same `fn` in this round."""
+        return self.batcher._submit(self, "fn", (fn, list(items)))
+
+
+class BatchedCall:
+    """A list function (e.g. the sentence embedder) called through a client, so that the calls
+    of the searches of one round become one call; its other attributes are the function's."""
+
+    def __init__(self, client: Client, fn: Callable[[list], torch.Tensor]):
+        self.client, self.fn = client, fn
+
+    def __call__(self, items):
+        return self.client.call(self.fn, items)
+
+    def __getattr__(self, name):
+        if name in ("client", "fn"):
+            raise AttributeError(name)
+        return getattr(self.fn, name)
+
+
 class ForwardBatcher:
-    """Run callables in worker threads; answer their forward passes in batches (module docstring)."""
+    """Run jobs on a thread pool, each with its own `Client`; answer their forward passes in
+    batches (module docstring)."""
 
     def __init__(self, lm: LanguageModel, call_cost: float | None = None, kv_cost: float = 1 / 256,
                  max_rows: int = 1024, max_batch_bytes: int | None = None):
@@ -90,26 +130,9 @@ class ForwardBatcher:
         self._cond = threading.Condition()
         self._pending: list[_Request] = []
         self._live = 0
-        self._worker_stats: dict[int, ForwardStats] = {}
 
-    # ------------------------------------------------------------------ worker side
-    def forward(self, input_ids, past=None, attention_mask=None, all_logits=False,
-                position_ids=None, logits_at=None):
-        """Called by `LanguageModel.forward` in a worker thread: queue and wait."""
-        st = self._worker_stats[_ROUTE.worker]
-        st.calls += 1
-        st.tokens += int(input_ids.numel())
-        return self._submit("lm", (input_ids, past, attention_mask, all_logits, position_ids, logits_at))
-
-    def call(self, fn: Callable[[list], torch.Tensor], items: Sequence) -> torch.Tensor:
-        """`fn(items)` for a function of a list returning one row per item (e.g. an embedder),
-        batched with the other workers' calls to the same `fn` in this round."""
-        if getattr(_ROUTE, "batcher", None) is not self:
-            return fn(list(items))
-        return self._submit("fn", (fn, list(items)))
-
-    def _submit(self, kind: str, args: tuple):
-        req = _Request(_ROUTE.worker, kind, args)
+    def _submit(self, client: Client, kind: str, args: tuple):
+        req = _Request(client.slot, kind, args)
         with self._cond:
             self._pending.append(req)
             self._cond.notify_all()
@@ -118,62 +141,36 @@ class ForwardBatcher:
             raise req.error
         return req.result
 
-    @staticmethod
-    def worker_stats() -> ForwardStats | None:
-        """The forward counters of the current worker (None outside a batch run): requests made
-        and tokens asked for by this worker alone."""
-        b = getattr(_ROUTE, "batcher", None)
-        return None if b is None else b._worker_stats[_ROUTE.worker]
-
-    # ------------------------------------------------------------------ running
-    def run(self, jobs: Sequence[Callable[[], Any]], workers: int | None = None,
-            on_done: Callable[[int, Any], None] | None = None) -> list:
-        """Run `jobs` (callables) with at most `workers` at once; returns their results in order.
-        The first exception of a job is raised after the others have finished."""
-        if getattr(_ROUTE, "batcher", None) is not None:
-            raise RuntimeError("ForwardBatcher.run cannot be nested inside a batch worker.")
+    def run(self, jobs: Sequence[Callable[[Client], Any]], workers: int | None = None,
+            on_done: Callable[[int], None] | None = None) -> list:
+        """Run `jobs` (callables of a `Client`) with at most `workers` at once; returns their
+        results in order. The first exception of a job is raised after the others have finished."""
         jobs = list(jobs)
         n = len(jobs)
         workers = max(1, min(workers or n, n)) if n else 0
-        results: list[Any] = [None] * n
-        errors: list[BaseException | None] = [None] * n
-        queue = list(range(n))
-        qlock = threading.Lock()
+        free: list[int] = []                 # slots of finished jobs, for the jobs after them
+        unfinished = [n]
 
-        def work(w: int):
-            _ROUTE.batcher, _ROUTE.worker = self, w
-            self._worker_stats[w] = ForwardStats()
+        def work(i: int):
+            with self._cond:
+                slot = i if i < workers else free.pop(0)
             try:
-                while True:
-                    with qlock:
-                        if not queue:
-                            break
-                        i = queue.pop(0)
-                    self._worker_stats[w] = ForwardStats()
-                    try:
-                        results[i] = jobs[i]()
-                    except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-                        errors[i] = exc
-                    if on_done is not None:
-                        on_done(i, results[i])
+                return jobs[i](Client(self, slot))
             finally:
-                _ROUTE.batcher = None
+                if on_done is not None:
+                    on_done(i)
                 with self._cond:
-                    self._live -= 1
+                    free.append(slot)
+                    free.sort()
+                    unfinished[0] -= 1
+                    self._live = min(workers, unfinished[0])
                     self._cond.notify_all()
 
         self._live = workers
-        threads = [threading.Thread(target=work, args=(w,), daemon=True, name=f"rain-worker-{w}")
-                   for w in range(workers)]
-        for t in threads:
-            t.start()
-        self._schedule()
-        for t in threads:
-            t.join()
-        for i, e in enumerate(errors):
-            if e is not None:
-                raise e
-        return results
+        with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="rain-search") as pool:
+            futures = [pool.submit(work, i) for i in range(n)]
+            self._schedule()
+        return [f.result() for f in futures]
 
     def _schedule(self) -> None:
         while True:
@@ -274,7 +271,7 @@ class ForwardBatcher:
         st.real_tokens += real
         if len(group) == 1:
             st.padded_tokens += real
-            group[0].req.result = lm.raw_forward(*group[0].req.args)
+            group[0].req.result = lm.forward(*group[0].req.args)
             return
         st.merged_calls += 1
         R = sum(sh.rows for sh in group)
@@ -337,7 +334,7 @@ class ForwardBatcher:
                 past_all.append((k_all, v_all))
         if not lm.route.packed:       # same-shape plain requests (see _groups): rows stacked
             mask = pos = None
-        logits, kv = lm.raw_forward(ids, past_all or None, attention_mask=mask, position_ids=pos,
+        logits, kv = lm.forward(ids, past_all or None, attention_mask=mask, position_ids=pos,
                                     logits_at=keep)
         for sh, (r0, b), w in zip(group, spans, wants):
             _, _, _, all_logits, _, at = sh.req.args
@@ -347,19 +344,3 @@ class ForwardBatcher:
             own = [(k[r0:r0 + b, :, P - sh.p:P + sh.s], v[r0:r0 + b, :, P - sh.p:P + sh.s])
                    for k, v in kv]
             sh.req.result = (lg, own)
-
-
-class BatchedCall:
-    """Wrap a list function (e.g. the sentence embedder) so that calls from batch workers made
-    in the same round become one call."""
-
-    def __init__(self, batcher: ForwardBatcher, fn: Callable[[list], torch.Tensor]):
-        self.batcher, self.fn = batcher, fn
-
-    def __call__(self, items):
-        return self.batcher.call(self.fn, items)
-
-    def __getattr__(self, name):
-        if name in ("batcher", "fn"):
-            raise AttributeError(name)
-        return getattr(self.fn, name)

@@ -12,7 +12,8 @@ import os
 import sys
 
 from .errors import RainToolsError
-from .options import add_model_args, add_rain_args, planned_device, rain_config_from_args
+from .cli_options import (add_engine_args, add_model_args, add_rain_args, apply_engine_args,
+                          planned_device, rain_config_from_args)
 
 
 def quiet_libraries(verbose: bool = False) -> None:
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--simulations", type=int, default=None)
     d.add_argument("--out", default="figures")
     add_model_args(d)
+    add_engine_args(d)
     d.set_defaults(func=cmd_demo)
 
     from .attacks.run import add_attack_parser
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    apply_engine_args(args)
     try:
         quiet_libraries(getattr(args, "verbose", False))
         return int(args.func(args) or 0)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
 
 from .errors import ConfigError
 
@@ -212,7 +213,7 @@ CPU_BUDGET = {"max_simulations": 8, "extra_simulations": 4, "min_visits": 3, "cl
 """What a CPU changes (`RainConfig.with_cpu_budget`, `RainConfig.cpu_demo`): the budget only."""
 
 
-PRESETS = {"hh": RainConfig.hh, "advbench": RainConfig.advbench,
-           "truthfulqa": RainConfig.truthfulqa, "truthfulqa-yesno": RainConfig.truthfulqa_yesno,
-           "sentiment": RainConfig.sentiment,
-           "cpu-demo": RainConfig.cpu_demo}
+PRESETS = MappingProxyType({"hh": RainConfig.hh, "advbench": RainConfig.advbench,
+                            "truthfulqa": RainConfig.truthfulqa,
+                            "truthfulqa-yesno": RainConfig.truthfulqa_yesno,
+                            "sentiment": RainConfig.sentiment, "cpu-demo": RainConfig.cpu_demo})

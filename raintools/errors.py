@@ -27,3 +27,7 @@ class DataError(RainToolsError, ValueError):
 
 class JudgeError(RainToolsError, RuntimeError):
     """A judge that cannot be reached or answers something unusable."""
+
+
+class ServerError(RainToolsError, RuntimeError):
+    """A model server (vLLM) that cannot be reached, serves another model, or fails a request."""

@@ -20,26 +20,24 @@ batch. Option-letter token ids come from the tokenizer in use, never hard-coded.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 import string
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import torch
 
+from .engines import Forest
 from .errors import ConfigError
 from .models import KV, LanguageModel, kv_cat, kv_gather, kv_len, kv_slice, split_common, token_tree
 
 Evaluator = Callable[[str, str], float]
 
 LETTERS = string.ascii_uppercase
-
-
-class BatchEvaluator(Protocol):
-    def __call__(self, query: str, response: str) -> float: ...
 
 
 @dataclass
@@ -173,6 +171,7 @@ class SelfEvaluator:
         if mode not in ("votes", "soft"):
             raise ConfigError(f"mode must be 'votes' or 'soft', got {mode!r}")
         self.lm = lm
+        self.forward = lm.forward       # a batch of searches gives each fork its own (raintools.batch)
         self.template = template if isinstance(template, JudgeTemplate) else load_template(template)
         self.mode = mode
         self.cached = cached
@@ -239,7 +238,7 @@ class SelfEvaluator:
         if self._header is None:
             lm = self.lm
             ids = tuple((lm.bos() + lm.encode(self.template.header))[:-1])
-            _, kv = lm.forward(torch.tensor([list(ids)]))
+            _, kv = self.forward(torch.tensor([list(ids)]))
             self.stats.tokens_needed += len(ids)
             self._header = (ids, kv)
         return self._header
@@ -258,7 +257,7 @@ class SelfEvaluator:
         cut = max(_common_start(trunk, alone) - 1, 1)
         h = min(_common_start(trunk, h_ids), cut - 1)
         past = [(k[:, :, :h], v[:, :, :h]) for k, v in h_kv] if h > 0 else None
-        _, kv = lm.forward(torch.tensor([trunk[h:cut]]), past=past)
+        _, kv = self.forward(torch.tensor([trunk[h:cut]]), past=past)
         self.stats.tokens_needed += cut - h
         entry = (tuple(trunk[:cut]), kv)
         self._queries[query] = entry
@@ -325,13 +324,14 @@ class SelfEvaluator:
         self._responses.clear()
         self._seen.clear()
 
-    def fork(self) -> "SelfEvaluator":
+    def fork(self, forward=None) -> "SelfEvaluator":
         """A view of this evaluator for one of several concurrent searches
         (`rain_generate_batch`): it shares the encoded judging header (encoded now if needed) and
-        keeps its own query cache and statistics."""
+        keeps its own query cache and statistics; `forward`: the forward pass it runs."""
         if self.cached:
             self._encode_header()
         twin = copy.copy(self)
+        twin.forward = forward or self.forward
         twin.stats = EvalStats()
         twin._queries = OrderedDict()
         twin._responses, twin._seen = {}, {}
@@ -360,7 +360,7 @@ class SelfEvaluator:
             past, m = [(k[:, :, :m - 1], v[:, :, :m - 1]) for k, v in past], m - 1
         if route == "packed":
             ids, pos, mask, ends = token_tree(m, trunk[m:], tails)
-            logits, out = lm.forward(ids, past=past, attention_mask=mask, position_ids=pos,
+            logits, out = self.forward(ids, past=past, attention_mask=mask, position_ids=pos,
                                      logits_at=ends)
             logits = logits[0]
         else:
@@ -386,13 +386,13 @@ class SelfEvaluator:
         ends = torch.tensor([[len(x) - 1] for x in seqs])
         rows = [(k.expand(len(seqs), -1, -1, -1), v.expand(len(seqs), -1, -1, -1))
                 for k, v in past or ()]
-        logits, out = self.lm.forward(ids, past=rows or None, logits_at=ends)
+        logits, out = self.forward(ids, past=rows or None, logits_at=ends)
         return logits[:, 0], [(k[:1], v[:1]) for k, v in out]
 
     def evaluate_many(self, query: str, responses: Sequence[str]) -> list[float]:
         """`[self(query, r) for r in responses]` in one forward pass, equal up to float rounding
         (a parallel round judges its leaves together). The prompts go into one packed sequence
-        (`raintools.parallel.Forest`) after the query's KV and the judged starts they reuse; prompts
+        (`raintools.engines.Forest`) after the query's KV and the judged starts they reuse; prompts
         that continue the same start share their common ids, and each order's ending sees only its
         own prompt. Models off the packed route are judged one by one."""
         responses = list(responses)
@@ -432,8 +432,6 @@ class SelfEvaluator:
         """The packed past of `evaluate_many`: the query's KV, then each distinct reused judged
         start once; per prompt its anchor (what it sees, where it goes on) and the offset of its
         reused start in the past."""
-        from .parallel import Forest
-
         lq, chunks, at, where = kv_len(q_kv), [q_kv], kv_len(q_kv), {}
         for trunk, _, rest, m, q in jobs:
             key = tuple(trunk[q:q + kv_len(rest)]) if rest is not None else None
@@ -454,7 +452,7 @@ class SelfEvaluator:
             if off is not None:
                 v[off:off + size] = True
             visible.append((v, m))
-        return Forest(self.lm, kv_cat(chunks), visible), anchors, offsets
+        return Forest(self.forward, kv_cat(chunks), visible), anchors, offsets
 
     def _judged(self, query, job, off, g, forest, logits) -> float:
         """One prompt of `evaluate_many`: its value from its orders' logits; its judge KV kept."""
@@ -476,7 +474,7 @@ class SelfEvaluator:
     def _reference(self, query: str, response: str) -> float:
         lm = self.lm
         per_order = self.prompt_ids(query, response)
-        probs = [self._letter_probs(lm.full_logits(ids)) for ids in per_order]
+        probs = [self._letter_probs(self.forward(torch.tensor([ids]))[0][0]) for ids in per_order]
         trunk, tails = split_common(per_order)
         alone = lm.bos() + lm.encode(self.template.header + self.template.conversation.format(query=query))
         q = max(_common_start(trunk, alone) - 1, 1)
@@ -484,6 +482,21 @@ class SelfEvaluator:
         self.last_ids = per_order
         self.last_probs = [p.tolist() for p in probs]
         return self._value(probs)
+
+
+def judge_texts(evaluator: Evaluator, query: str, texts: Sequence[str]) -> list[float]:
+    """The evaluator's values of `texts` for `query`, all in one call when it has
+    `evaluate_many`; each checked to lie in [-1, 1]."""
+    texts = list(texts)
+    many = getattr(evaluator, "evaluate_many", None)
+    if many is not None and len(texts) > 1:
+        values = [float(v) for v in many(query, texts)]
+    else:
+        values = [float(evaluator(query, t)) for t in texts]
+    for v in values:
+        if not -1.0 <= v <= 1.0:
+            raise ConfigError(f"The evaluator returned {v}, outside [-1, 1].")
+    return values
 
 
 def _common_start(a, b, start: int = 0) -> int:
@@ -521,8 +534,6 @@ class SimulatedJudge:
             raise ConfigError(f"accuracy must be in [0, 1], got {self.accuracy}")
 
     def __call__(self, query: str, response: str) -> float:
-        import hashlib
-
         self.calls += 1
         h = hashlib.sha256(f"{self.seed}\x00{query}\x00{response}".encode()).digest()
         u = int.from_bytes(h[:8], "big") / 2**64

@@ -65,7 +65,8 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerationM
 from .config import RainConfig
 from .errors import ConfigError, ModelLoadError, PromptError
 from .models import LanguageModel, wrap, wrapped
-from .search import RainResult, rain_generate_batch
+from .search import rain_generate_batch
+from .trace import RainResult
 
 __all__ = ["RainGenerateOutput", "generate", "query_from_ids", "rain_decoding", "language_model"]
 

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 
 from .errors import ModelLoadError, ModelSupportError, PromptError
-from .families import CHECK_WINDOW_MAX, REFERENCE, ROWS, Route, layer_masks, static_route
+from .routes import CHECK_WINDOW_MAX, REFERENCE, ROWS, Route, layer_masks, static_route
 
 log = logging.getLogger("raintools")
 
@@ -118,6 +118,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     """Load a causal LM: an embedded alias ("smollm2-135m"), a local folder or a Hugging Face id.
 
     `device` defaults to CUDA when available; `dtype` to float32 on CPU and bfloat16 on CUDA.
+    `device="meta"` reads the tokenizer and config only (no weights, no memory): what the vLLM
+    engines (`engine="vllm"`, `raintools.vllm_engine`) need locally; it cannot run a forward pass.
     `device="auto"` (or `device_map="auto"`) spreads a model larger than one GPU over all of
     them. Extra keyword arguments go to `from_pretrained`. `trust_remote_code` stays off.
     """
@@ -145,7 +147,13 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
         if isinstance(source, str) and not _available_locally(source) and not _hub_reachable():
             raise OSError("not in the local Hugging Face cache, and the Hub cannot be reached")
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **model_kwargs)
+        if device == "meta":      # config and tokenizer only: for engines that run elsewhere (vLLM)
+            from transformers import AutoConfig
+            config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **model_kwargs)
     except (OSError, ValueError) as exc:
         known = ", ".join(EMBEDDED_MODELS)
         raise ModelLoadError(
@@ -405,11 +413,11 @@ class LanguageModel:
     def vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
-    # -- how the engine serves this model (raintools.families)
+    # -- how the engine serves this model (raintools.routes)
     @property
     def route(self) -> Route:
         """The execution route of this model: "packed" token trees, one batch "rows" per
-        candidate, or the "reference" engine (see `raintools.families`). Decided once, from the
+        candidate, or the "reference" engine (see `raintools.routes`). Decided once, from the
         model's configuration and, for a packed route, a self-check against its own forward;
         a route other than packed is logged once."""
         route = self._route
@@ -433,7 +441,7 @@ class LanguageModel:
         route = static_route(self.model)
         if not route.packed:
             return route
-        self._route = route               # raw_forward applies its masks during the check
+        self._route = route               # forward applies its masks during the check
         before = self.stats.snapshot()
         try:
             dev, noise = self.packed_check()
@@ -470,9 +478,9 @@ class LanguageModel:
         a, b = n // 2, n - 6
         trunk, tail1 = ids[a:b], ids[b:]
         line1, line2 = ids + x[:1], ids[:b] + tail2 + x[1:]
-        _, past = self.raw_forward(torch.tensor([ids[:a]]))
+        _, past = self.forward(torch.tensor([ids[:a]]))
         t_ids, t_pos, t_mask, _ = token_tree(a, trunk, [tail1, tail2])
-        tree, kv = self.raw_forward(t_ids, past, attention_mask=t_mask, position_ids=t_pos,
+        tree, kv = self.forward(t_ids, past, attention_mask=t_mask, position_ids=t_pos,
                                     all_logits=True)
         # one token after each tail, each seeing the past, the trunk and its own tail
         T = t_ids.shape[1]
@@ -481,13 +489,13 @@ class LanguageModel:
         m[0, a + len(trunk):a + len(trunk) + len(tail1)] = True
         m[1, a + len(trunk) + len(tail1):a + T] = True
         m[0, a + T] = m[1, a + T + 1] = True
-        step, _ = self.raw_forward(torch.tensor([x]), kv, attention_mask=m[None, None],
+        step, _ = self.forward(torch.tensor([x]), kv, attention_mask=m[None, None],
                                    position_ids=torch.tensor([[n, b + len(tail2)]]), all_logits=True)
         k = len(trunk) + len(tail1)
         packed = [torch.cat([tree[0, :k], step[0, :1]]), torch.cat([tree[0, k:], step[0, 1:]])]
-        own = [self.raw_forward(torch.tensor([line[a:]]), past, all_logits=True)[0][0]
+        own = [self.forward(torch.tensor([line[a:]]), past, all_logits=True)[0][0]
                for line in (line1, line2)]
-        full = [self.raw_forward(torch.tensor([line]), all_logits=True)[0][0, a:]
+        full = [self.forward(torch.tensor([line]), all_logits=True)[0][0, a:]
                 for line in (line1, line2)]
         own[1], full[1] = own[1][b - a:], full[1][b - a:]        # line 2 from its tail on
 
@@ -572,6 +580,7 @@ class LanguageModel:
         return int(token_id) in self.chat.stop_token_ids
 
     # -- forward passes
+    @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, past: KV | None = None,
                 attention_mask: torch.Tensor | None = None, all_logits: bool = False,
                 position_ids: torch.Tensor | None = None, logits_at: torch.Tensor | None = None):
@@ -585,20 +594,8 @@ class LanguageModel:
         `attention_mask` is a 2D padding mask [batch, past + seq] or a 4D mask
         [batch, 1, seq, past + seq] (True = may attend) for packed token trees; `position_ids`
         [batch, seq] then gives each new token's position (default: right after the past).
-
-        Inside `raintools.batch.ForwardBatcher.run` the call is queued and answered from a batched
-        forward pass shared with other searches (same results up to float rounding).
-        """
-        router = getattr(_ROUTE, "batcher", None)
-        if router is not None and router.lm.model is self.model:    # any wrapper of this model
-            return router.forward(input_ids, past, attention_mask, all_logits, position_ids, logits_at)
-        return self.raw_forward(input_ids, past, attention_mask, all_logits, position_ids, logits_at)
-
-    @torch.inference_mode()
-    def raw_forward(self, input_ids: torch.Tensor, past: KV | None = None,
-                    attention_mask: torch.Tensor | None = None, all_logits: bool = False,
-                    position_ids: torch.Tensor | None = None, logits_at: torch.Tensor | None = None):
-        """`forward` executed now, on this thread (see `forward`)."""
+        Runs now, on the calling thread; a batch of searches hands each search a forward of its
+        own instead (`raintools.batch`), never through this one."""
         route = self._route or self.route
         if route.kind == REFERENCE:
             return self._state_forward(route, input_ids, past, attention_mask, all_logits,
@@ -647,7 +644,7 @@ class LanguageModel:
 
     def _state_forward(self, route, input_ids, past, attention_mask, all_logits, position_ids,
                        logits_at):
-        """`raw_forward` for a model without a per-token KV (the reference route): `past` is the
+        """`forward` for a model without a per-token KV (the reference route): `past` is the
         model's own cache object, copied before the model extends it, or a `TokenHistory` (the
         tokens so far, recomputed) when the model returns no cache."""
         if position_ids is not None or (attention_mask is not None and attention_mask.dim() == 4):
@@ -708,11 +705,6 @@ class LanguageModel:
         return logits[0]
 
 
-class _Route(threading.local):
-    batcher = None     # set in the worker threads of raintools.batch.ForwardBatcher
-
-
-_ROUTE = _Route()
 _ROUTE_LOCK = threading.RLock()
 
 
@@ -809,21 +801,3 @@ def kv_len(kv: KV) -> int:
 
 def kv_bytes(kv: KV) -> int:
     return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
-
-
-def tiny_model(vocab_size: int = 64, seed: int = 0, chat: bool = False, **config) -> LanguageModel:
-    """A tiny random Llama-style model with a character-level tokenizer, built in milliseconds
-    from a config (no download). For unit tests and quick experiments with the search."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from .tinytok import char_tokenizer
-
-    tok = char_tokenizer(chat=chat)
-    cfg = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-               pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    cfg.update(config)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
-    return wrap(model, tok, name=f"tiny-random-{seed}")

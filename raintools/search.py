@@ -1,62 +1,58 @@
-"""The RAIN loops: the inner loop (forward, evaluate, backward) and the outer loop (rewind, commit).
+"""The RAIN loops: the inner loop (select, expand, evaluate, backward) and the outer loop
+(rewind, commit).
 
     result = rain_generate(lm, "How do I ...?", config=RainConfig.cpu_demo())
     print(result.text, result.stats)
-
-`RainSearch` exposes each phase (`select`, `expand`, `evaluate`, `backward`, `simulate`,
-`commit_step`) so the notebooks can step through a search one phase at a time. `simulate` runs
-`evaluate` and `expand` through `evaluate_and_expand`, which lets the fast engine run the clause
-completion inside the expansion's rollout batch (same result, fewer forward passes).
-
     results = rain_generate_batch(lm, prompts, config)     # many prompts, forward passes batched
 
-`RainConfig.parallel_simulations = K > 1` runs the inner loop in rounds (`simulate_round`): up
-to K leaves selected one after another with a virtual loss on each path in flight (a round ends
-early when walks run into leaves still in flight: the search wants those results first), their
-node caches, expansion rollouts and clause completions computed together in shared packed passes
-(`raintools.parallel`), their texts judged in one batched pass and embedded in one call, then
-backed up one by one in selection order; the early-stop test runs after each round, and no round
-takes more than half of what is left of a step's budget (`round_size`). K = 1 is the paper's
-sequential search, unchanged.
+`RainSearch` reads as the paper's phases, each a public method, so the notebooks can step through
+a search one phase at a time. The inner loop runs in rounds (`simulate_round`): up to
+K = `RainConfig.parallel_simulations` leaves selected one after another, with a virtual loss on
+each path in flight (`tree.VIRTUAL_LOSS`); their caches, expansion rollouts and clause
+completions asked of the engine in one call (`raintools.engine`); their texts judged together
+and embedded in one call; then backed up one by one in selection order. K = 1, the paper's
+sequential search, is a round of one. The early-stop test runs after each round, and no round
+takes more than half of what is left of a step's budget (`round_size`).
 
-Each result's stats count forward passes and tokens (`tokens_computed`, and `tokens_needed`: each
-tree node's tokens, each completion's fed tokens, each judged response's new tokens and question
-endings, the prompt and the judging header once) and the wall time of each phase (`time_*_s`).
+The search holds no instrumentation: the stats counters, the phase timers and the trace are
+observers of its events (`raintools.observe`).
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass, field
-from typing import Callable
+import os
 
-import numpy as np
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
 import torch
 from tqdm.auto import tqdm
 
+from .batch import BatchedCall, ForwardBatcher
 from .config import RainConfig
-from .errors import ConfigError, PromptError
-from .evaluate import Evaluator, self_evaluator
+from .embed import load_embedder
+from .engine import CompletionRequest, Expansion, Forward
+from .engines import ENGINES, top_candidates
+from .engines import resolve_engine as resolve_transformers_engine
+from .vllm_engine import ENGINE_MODES as VLLM_ENGINES, vllm_engine_factory
+from .errors import PromptError
+from .evaluate import Evaluator, SelfEvaluator, judge_texts, self_evaluator
 from .models import LanguageModel
-from .propose import ENGINES, Candidate, Completion, resolve_engine, top_candidates
+from .observe import PHASES, Observer, PhaseTimer, Stats, TraceRecorder
 from .sampling import ADD, COMMIT, COMPLETE, EXPAND, keyed_rng
-from .trace import CommitRecord, NodeRecord, SimulationRecord, Trace
-from .tree import (Bounds, Node, add_virtual_loss, backup, most_visited,
-                   needs_node_addition, reroot, sample_by_visits, select_child, set_priors,
-                   similarity_update, update_embedding)
+from .trace import RainResult, Trace
+from .tree import (Bounds, Node, add_virtual_loss, backup, most_visited, needs_node_addition, reroot,
+                   sample_by_visits, select_child, set_priors, similarity_update, update_embedding)
 
+__all__ = ["PHASES", "ROUND_COLLISIONS", "RainResult", "RainSearch", "Simulation", "rain_generate",
+           "rain_generate_batch", "round_size"]
 
 ROUND_COLLISIONS = 2
-"""A parallel round ends at this many walks into a non-terminal leaf already in flight (each
-such walk is dropped; its virtual loss stays on for the round, so the next walk goes elsewhere).
-1 ends a round at the first: the closest to the sequential order, more rounds. Measured with
-notebook 11's study (simulated judges, 40 sum questions, runs at p = 1 and 0.8, seeds 0-1, outside
-the notebook): 1 and 2 gave the same share of good answers within noise, 2 about 7% fewer
-sequential passes; the first rules (leaves in flight skipped, rounds always full) lost 0.06-0.16
-in the notebook itself."""
-
-PHASES = ("select", "add", "ensure", "complete", "judge", "expand", "embed", "commit")
+"""A parallel round ends at this many walks into a non-terminal leaf already in flight (each such
+walk is dropped; its virtual loss stays on for the round, so the next walk goes elsewhere). 1 is
+the closest to the sequential order (more rounds); notebook 11 compares the rules' share of good
+answers and sequential passes."""
 
 
 def cut_at_last_stop(text: str) -> str:
@@ -66,150 +62,74 @@ def cut_at_last_stop(text: str) -> str:
     return text[: i + 1] if i >= 0 else text
 
 
-class _Timer:
-    __slots__ = ("timings", "key", "t0")
+@dataclass(eq=False)
+class Simulation:
+    """One simulation of the inner loop: its path (root first), the leaf's clause completion, the
+    judged text, its value (from the memo or not) and whether the leaf was expanded."""
+    path: list[Node] = field(default_factory=list)
+    completion: list[int] = field(default_factory=list)
+    text: str = ""
+    value: float = 0.0
+    memo_hit: bool = False
+    expanded: bool = False
 
-    def __init__(self, timings: dict, key: str):
-        self.timings, self.key = timings, key
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.timings[self.key] += time.perf_counter() - self.t0
-
-
-@dataclass
-class RainResult:
-    text: str
-    prompt: str
-    method: str = "rain"
-    tokens: list[int] = field(default_factory=list)
-    token_sets: list[list[int]] = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
-    trace: Trace | None = None
-    config: dict = field(default_factory=dict)
-
-    def to_dict(self, trace: bool = False) -> dict:
-        d = {"text": self.text, "prompt": self.prompt, "method": self.method, "tokens": self.tokens,
-             "token_sets": self.token_sets, "stats": self.stats, "config": self.config}
-        if trace and self.trace is not None:
-            d["trace"] = self.trace.to_dict()
-        return d
-
-
-@dataclass
-class SimulationOutcome:
-    path: list[Node]
-    leaf: Node
-    completion: list[int]
-    text: str
-    value: float
-    memo_hit: bool
-    expanded: bool
+    @property
+    def leaf(self) -> Node:
+        return self.path[-1]
 
 
 class RainSearch:
-    """One RAIN search for one prompt. `run()` does everything; the phase methods are public."""
+    """One RAIN search for one prompt. `run()` does everything; the phases are public methods.
+    `forward`: the forward pass the engine runs (default the model's own; a batch of searches
+    gives each one its share of merged passes); `observers`: more `raintools.observe.Observer`s."""
 
     def __init__(self, lm: LanguageModel, prompt: str, config: RainConfig | None = None,
                  evaluator: Evaluator | None = None, embedder: Callable | None = None,
-                 engine: str = "auto", prompt_ids: list[int] | None = None):
-        self.cfg = (config or RainConfig()).validate()
-        self.lm = lm
-        self.prompt = prompt
-        max_new = self.cfg.max_new_tokens or 1
-        if prompt_ids is None:
-            prompt_ids = lm.prompt_ids(prompt, max_new_tokens=max_new)
-        else:     # already formatted (e.g. by model.generate): `prompt` is the query the judge sees
-            prompt_ids = checked_prompt_ids(lm, prompt, prompt_ids, max_new)
-        if len(prompt_ids) >= self.cfg.max_length:
-            raise PromptError(
-                f"The prompt is {len(prompt_ids)} tokens, not below max_length={self.cfg.max_length}: "
-                f"shorten it or raise RainConfig.max_length.")
-        engine = resolve_engine(lm, engine)
-        self.engine_name = engine
-        self.engine = ENGINES[engine](lm, top_k=self.cfg.top_k, temperature=self.cfg.temperature)
-        self.engine.complete_until = self.cfg.complete_until
-        if evaluator is None:
-            evaluator = self_evaluator(lm, self.cfg.judge_template, self.cfg.eval_mode)
-            if engine == "reference":
-                from .evaluate import SelfEvaluator
-                evaluator = SelfEvaluator(lm, self.cfg.judge_template, self.cfg.eval_mode,
-                                          cached=False)
-        self.evaluator = evaluator
-        self.needs_embeddings = self.cfg.similarity_update or self.cfg.node_addition
-        if embedder is None and self.needs_embeddings:
-            from .embed import load_embedder
-            embedder = load_embedder()
-        self.embedder = embedder
-        self.bounds = Bounds()
-        self.memo: dict[str, float] = {}
-        self._next_uid = 1
-        self._counted: set[int] = {0}
-        self._add_counter = 0
-        self.sim_index = 0
-        self.round_index = 0
-        self.outer_step = 0
-        self.response: list[int] = []
-        self.token_sets: list[list[int]] = []
-        self.finished = False
-        self.stop_reason = ""
-        self.counts = dict(simulations=0, rounds=0, evaluations=0, evaluator_calls=0, memo_hits=0,
-                           nodes_created=0, nodes_added=0, tokens_needed=0, completion_tokens=0,
-                           embed_calls=0, embedded_texts=0, early_stops=0, max_live_nodes=0)
-        self.sims_per_step: list[int] = []
-        # wall seconds per phase (perf_counter; on CUDA kernels are asynchronous, so a phase's time
-        # can show up in the next phase that waits for a result)
-        self.timings = dict.fromkeys(PHASES, 0.0)
-        self.trace = Trace(prompt=prompt, config=self.cfg.to_dict()) if self.cfg.record_trace else None
-        # inside a batch run (raintools.batch) the model's counters are shared by every search:
-        # count this search's own requests instead
-        from .batch import ForwardBatcher
-        self._own_stats = ForwardBatcher.worker_stats()
-        self._stats0 = (self._own_stats or lm.stats).snapshot()
-        self._eval_needed0 = getattr(getattr(evaluator, "stats", None), "tokens_needed", 0)
-        self._t0 = time.perf_counter()
+                 engine: str = "auto", prompt_ids: list[int] | None = None,
+                 forward: Forward | None = None, observers: Sequence[Observer] = ()):
+        self.cfg = cfg = (config or RainConfig()).validate()
+        self.lm, self.prompt = lm, prompt
+        prompt_ids = search_prompt_ids(lm, prompt, prompt_ids, cfg)
+        self.engine_name = resolve_engine(lm, engine)
+        make = ENGINES.get(self.engine_name) or vllm_engine_factory(self.engine_name)
+        self.engine = make(lm, top_k=cfg.top_k, temperature=cfg.temperature, forward=forward)
+        evaluator = evaluator if evaluator is not None else (
+            SelfEvaluator(lm, cfg.judge_template, cfg.eval_mode, cached=False) if self.engine_name == "reference"
+            else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
+        # an engine on a server judges there (vLLM)
+        self.evaluator = self.engine.judge(evaluator) if hasattr(self.engine, "judge") else evaluator
+        self.needs_embeddings = cfg.similarity_update or cfg.node_addition
+        self.embedder = load_embedder() if embedder is None and self.needs_embeddings else embedder
+        self.bounds, self.memo = Bounds(), {}
+        self._next_uid, self._add_counter = 1, 0
+        self.sim_index = self.round_index = self.outer_step = 0
+        self.response, self.token_sets = [], []      # committed tokens, and per commit
+        self.finished, self.stop_reason = False, ""
+        self.stats, self.timer = Stats(), PhaseTimer()
+        self.counts, self.timings = self.stats.counts, self.timer.timings
+        self.trace = Trace(prompt=prompt, config=cfg.to_dict()) if cfg.record_trace else None
+        self.observers = [self.stats, self.timer, *([TraceRecorder(self.trace)] if self.trace else []),
+                          *observers]
+        self.stats.start(self)
         self.root = self.engine.start(prompt_ids)
-        self.counts["tokens_needed"] += len(prompt_ids)
-        if self.trace is not None:
-            self.trace.root = self._record(self.root)
-        self._pending_new: list[NodeRecord] = []
-        self._pending_added: list[int] = []
-        self._pending_parents: list[Node] = []
-        self._carry_parents: list[Node] = []
+        self._emit("started", prompt_ids)
 
-    # ------------------------------------------------------------------ helpers
-    @property
-    def prefix_len(self) -> int:
-        return len(self.engine.prefix_ids)
+    def _emit(self, event: str, *args) -> None:
+        for obs in self.observers:
+            getattr(obs, event)(self, *args)
 
-    def _new_node(self, parent: Node, cand: Candidate, rolled_out: bool) -> Node:
-        node = Node(tokens=tuple(cand.tokens), parent=parent, step=parent.step + 1, uid=self._next_uid,
-                    raw_p=cand.raw_p, kv=cand.kv, logits=cand.logits)
-        self._next_uid += 1
-        node.terminal = self._is_terminal(node)
-        parent.children.append(node)
-        self.counts["nodes_created"] += 1
-        if rolled_out:   # a rollout had to compute these tokens to propose them
-            self._count_needed(node)
-        return node
-
-    def _count_needed(self, node: Node) -> None:
-        """Tokens that must be computed: each tree node's tokens once (see bench/README)."""
-        if node.uid not in self._counted:
-            self._counted.add(node.uid)
-            self.counts["tokens_needed"] += len(node.tokens)
-
-    def _record(self, node: Node) -> NodeRecord:
-        return NodeRecord(uid=node.uid, parent=node.parent.uid if node.parent else None,
-                          tokens=list(node.tokens), text=self.lm.decode(node.tokens), step=node.step,
-                          p=node.p, n=node.n, fn=node.fn, q=node.q)
+    @contextmanager
+    def phase(self, name: str):
+        self._emit("phase_started", name)
+        try:
+            yield
+        finally:
+            self._emit("phase_ended", name)
 
     def remaining(self, node: Node) -> int:
         """How many more tokens a response may grow below `node`."""
         used = len(node.response_tokens())
-        left = self.cfg.max_length - self.prefix_len - used
+        left = self.cfg.max_length - len(self.engine.prefix_ids) - used
         if self.cfg.max_new_tokens is not None:
             left = min(left, self.cfg.max_new_tokens - len(self.response) - used)
         return left
@@ -221,422 +141,188 @@ class RainSearch:
         return max(1, min(self.cfg.token_set_length(node.step), self.remaining(node)))
 
     def _is_terminal(self, node: Node) -> bool:
-        if any(self.lm.is_stop_token(t) for t in node.tokens):
-            return True
-        if self.remaining(node) <= 0:
-            return True
-        return self.lm.has_user_turn(self.response + node.response_tokens())
+        return (any(self.lm.is_stop_token(t) for t in node.tokens) or self.remaining(node) <= 0
+                or self.lm.has_user_turn(self.response + node.response_tokens()))
 
-    def response_text(self, tokens: list[int]) -> str:
-        return self.lm.response_text(tokens)
+    def _ensure(self, nodes: list[Node]) -> None:
+        with self.phase("ensure"):
+            self.engine.ensure(nodes)
+        self._emit("ensured", nodes)
 
-    def _ensure(self, node: Node) -> None:
-        if node.logits is None:
-            with _Timer(self.timings, "ensure"):
-                self.engine.ensure(node)
-            self._count_needed(node)
+    def _add_children(self, parent: Node, cands, sim: Simulation | None, rolled_out: bool,
+                      added: bool = False) -> list[Node]:
+        """New children from candidates, priors set."""
+        new = [Node(tokens=tuple(c.tokens), parent=parent, step=parent.step + 1, uid=self._next_uid + i,
+                    raw_p=c.raw_p, kv=c.kv, logits=c.logits) for i, c in enumerate(cands)]
+        self._next_uid += len(new)
+        for node in new:
+            node.terminal = self._is_terminal(node)
+            parent.children.append(node)
+        if new or not added:
+            set_priors(parent, self.cfg.root_prior_mix)
+            self._emit("nodes_created", sim, parent, new, rolled_out, added)
+        return new
 
-    # ------------------------------------------------------------------ phases
-    def select(self) -> list[Node]:
-        """Forward: walk down from the root by the selection score (with the virtual loss of
-        the paths in flight, in a parallel round), adding nodes where the dynamic-node-addition
-        test fires. Returns the path, root first."""
-        t0 = time.perf_counter()
-        t_add = self.timings["add"]
-        node, path = self.root, [self.root]
-        while node.children:
-            if self.cfg.node_addition and needs_node_addition(
-                    node, self.cfg.max_children, self.cfg.add_variance_factor, self.level_length(node)):
-                self.add_nodes(node)
-            node = select_child(node, self.bounds, self.cfg.c)
-            path.append(node)
-        self.timings["select"] += time.perf_counter() - t0 - (self.timings["add"] - t_add)
+    # ------------------------------------------------------------------ the phases
+    def select(self, sim: Simulation | None = None) -> list[Node]:
+        """Forward: walk down from the root by the selection score (with the virtual loss of the
+        paths in flight), adding nodes where the dynamic-node-addition test fires. Returns the
+        path, root first."""
+        cfg = self.cfg
+        with self.phase("select"):
+            node, path = self.root, [self.root]
+            while node.children:
+                if cfg.node_addition and needs_node_addition(node, cfg.max_children,
+                                                             cfg.add_variance_factor, self.level_length(node)):
+                    self.add_nodes(node, sim)
+                node = select_child(node, self.bounds, cfg.c)
+                path.append(node)
         return path
 
-    def add_nodes(self, node: Node) -> list[Node]:
-        """Dynamic node addition: the next-ranked token (1-token level) or one greedy rollout and
-        the first sampled one that differs from it, out of `add_attempts` (longer levels), each of
-        the level's length (`level_length`); new candidates only, never more than
-        `max_children` children; priors renormalised."""
-        room = self.cfg.max_children - len(node.children)
+    def add_nodes(self, node: Node, sim: Simulation | None = None) -> list[Node]:
+        """Dynamic node addition: the next-ranked token (1-token level) or the greedy rollout and the
+        first differing sample of `add_attempts` (longer levels, the level's length); new
+        candidates only, at most `max_children` children; priors renormalised."""
+        cfg = self.cfg
+        room = cfg.max_children - len(node.children)
         if room <= 0:
             return []
         self._add_counter += 1
-        self._ensure(node)
-        with _Timer(self.timings, "add"):
-            if self.cfg.token_set_length(node.step) == 1:
-                length = 1
-                cands = top_candidates(node.logits, len(node.children) + 1, self.cfg.token_temperature)
+        if node.logits is None:
+            self._ensure([node])
+        with self.phase("add"):
+            length = 1 if cfg.token_set_length(node.step) == 1 else self.level_length(node)
+            if cfg.token_set_length(node.step) == 1:
+                cands = top_candidates(node.logits, len(node.children) + 1, cfg.token_temperature)
             else:
-                length = self.level_length(node)
-                u = keyed_rng(self.cfg.seed, ADD, node.uid, self._add_counter).random(
-                    (self.cfg.add_attempts, length))
-                cands = self.engine.rollouts(node, length, u, keep=2)
-        added = []
-        for cand in cands:
-            if len(added) < room and node.child_with_tokens(cand.tokens) is None:
-                added.append(self._new_node(node, cand, rolled_out=length > 1))
-        if added:
-            set_priors(node, self.cfg.root_prior_mix)
-            self.counts["nodes_added"] += len(added)
-            if self.trace is not None:
-                self._pending_new.extend(self._record(a) for a in added)
-                self._pending_added.extend(a.uid for a in added)
-                self._pending_parents.append(node)
-        return added
+                u = keyed_rng(cfg.seed, ADD, node.uid, self._add_counter).random((cfg.add_attempts, length))
+                cands = self.engine.expand([Expansion(node, length, u, keep=2)])[0]
+        cands = [c for c in cands if node.child_with_tokens(c.tokens) is None][:room]
+        return self._add_children(node, cands, sim, rolled_out=length > 1, added=True)
 
-    def expand(self, leaf: Node, completion: Completion | None = None) -> list[Node]:
-        """Expansion into candidate token sets (top-k tokens at the 1-token level; greedy + sampled
-        rollouts at longer levels), with priors (root children mixed with uniform).
+    def expand(self, leaf: Node) -> list[Node]:
+        self.evaluate_and_expand([Simulation([leaf])], complete=False)    # one leaf, no completion
+        return leaf.children
 
-        `completion`: a clause completion of the same leaf to run inside the rollout batch
-        (engines with `fuses_completion`; see `simulate`)."""
-        self._ensure(leaf)
-        cfg = self.cfg
-        length = cfg.token_set_length(leaf.step)
-        with _Timer(self.timings, "expand"):
-            if length == 1:
-                cands = top_candidates(leaf.logits, cfg.num_candidates, cfg.token_temperature)
-            else:
-                length = self.level_length(leaf)
-                u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length))
-                if completion is not None:
-                    cands = self.engine.rollouts(leaf, length, u, keep=cfg.num_candidates,
-                                                 completion=completion)
-                else:
-                    cands = self.engine.rollouts(leaf, length, u, keep=cfg.num_candidates)
-        children = [self._new_node(leaf, c, rolled_out=length > 1) for c in cands]
-        set_priors(leaf, cfg.root_prior_mix)
-        if self.trace is not None:
-            self._pending_new.extend(self._record(ch) for ch in children)
-            self._pending_parents.append(leaf)
-        return children
-
-    def _completion_budget(self, leaf: Node) -> int:
-        if not self.cfg.complete_clause or leaf.terminal:
-            return 0
-        budget = self.remaining(leaf)
-        if self.cfg.clause_max_tokens is not None:
-            budget = min(budget, self.cfg.clause_max_tokens)
-        return max(budget, 0)
-
-    def _completion_rng(self, leaf: Node) -> np.random.Generator:
-        return keyed_rng(self.cfg.seed, COMPLETE, leaf.uid, leaf.fn)
-
-    def evaluate(self, leaf: Node) -> tuple[float, list[int], str, bool]:
-        """Evaluation: complete the clause, then ask the evaluator (memoised by text)."""
-        response = self.response + leaf.response_tokens()
-        completion: list[int] = []
-        budget = self._completion_budget(leaf)
-        if budget > 0:
-            self._ensure(leaf)
-            with _Timer(self.timings, "complete"):
-                completion, fed = self.engine.complete(leaf, response, self._completion_rng(leaf), budget)
-            self.counts["tokens_needed"] += fed
-            self.counts["completion_tokens"] += len(completion)
-        return self._judge(response, completion)
-
-    def _judge(self, response: list[int], completion: list[int]) -> tuple[float, list[int], str, bool]:
-        text = self.response_text(response + completion)
-        if self.cfg.cut_at_last_stop:
-            text = cut_at_last_stop(text)
-        self.counts["evaluations"] += 1
-        if text in self.memo:
-            self.counts["memo_hits"] += 1
-            return self.memo[text], completion, text, True
-        with _Timer(self.timings, "judge"):
-            v = float(self.evaluator(self.prompt, text))
-        if not -1.0 <= v <= 1.0:
-            raise ConfigError(f"The evaluator returned {v}, outside [-1, 1].")
-        self.counts["evaluator_calls"] += 1
-        self.memo[text] = v
-        return v, completion, text, False
-
-    def evaluate_and_expand(self, leaf: Node) -> tuple[float, list[int], str, bool]:
-        """`evaluate(leaf)` then `expand(leaf)`, with the clause completion run as one more row of
-        the expansion's rollout batch (the two only share the leaf's cache and draw from
-        different keyed generators, so the result is the same; the completion's steps cost no
-        forward pass of their own). Falls back to the two phases where nothing is to be shared."""
-        cfg = self.cfg
-        budget = self._completion_budget(leaf)
-        fuse = (getattr(self.engine, "fuses_completion", False) and budget > 0 and not leaf.terminal
-                and cfg.token_set_length(leaf.step) > 1 and self.remaining(leaf) > 0)
-        if not fuse:
-            out = self.evaluate(leaf)
+    def evaluate_and_expand(self, sims: list[Simulation], complete: bool = True) -> None:
+        """Expansion into candidate token sets (top-k tokens at the 1-token level; greedy +
+        sampled rollouts at longer levels) with priors (root children mixed with uniform), and
+        the clause completion each evaluation judges: the round's leaves (each once, in selection
+        order) in one engine call."""
+        cfg, first = self.cfg, {}
+        for sim in sims:
+            sim.expanded = sim.leaf not in first and not sim.leaf.terminal
+            first.setdefault(sim.leaf, sim)
+        budget = {leaf: completion_budget(cfg, leaf, self.remaining(leaf)) if complete else 0
+                  for leaf in first}
+        need = [leaf for leaf in first if not leaf.terminal or budget[leaf] > 0]
+        self._ensure(need)
+        requests = {}
+        for leaf in need:
+            comp = (CompletionRequest(self.response + leaf.response_tokens(),
+                                      keyed_rng(cfg.seed, COMPLETE, leaf.uid, leaf.fn), budget[leaf],
+                                      cfg.complete_until) if budget[leaf] > 0 else None)
+            length = self.level_length(leaf) if not leaf.terminal and cfg.token_set_length(leaf.step) > 1 else 0
+            if length or comp is not None:
+                u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length)) if length else None
+                requests[leaf] = Expansion(leaf, length, u, cfg.num_candidates, comp)
+        with self.phase("expand"):
+            found = dict(zip(requests, self.engine.expand(list(requests.values()))))
+        for leaf, sim in first.items():
+            req = requests.get(leaf)
+            sim.completion = list(req.completion.out) if req and req.completion else []
+            if req and req.completion:
+                self._emit("completed", req.completion)
             if not leaf.terminal:
-                self.expand(leaf)
-            return out
-        response = self.response + leaf.response_tokens()
-        self._ensure(leaf)
-        comp = Completion(self.engine, response, self._completion_rng(leaf), budget, leaf.logits)
-        self.expand(leaf, completion=comp)
-        self.counts["tokens_needed"] += comp.fed
-        self.counts["completion_tokens"] += len(comp.out)
-        return self._judge(response, list(comp.out))
+                length = req.length if req else 0
+                cands = found[leaf] if length else top_candidates(leaf.logits, cfg.num_candidates,
+                                                                  cfg.token_temperature)
+                self._add_children(leaf, cands, sim, rolled_out=length > 1)
+        for sim in sims:
+            sim.completion = first[sim.leaf].completion
 
-    def _embedding_texts(self, path: list[Node], completion: list[int]) -> list[str]:
-        """The text from each non-root node of the path down to the evaluated end."""
-        texts = []
-        tail = list(completion)
-        for node in reversed(path[1:]):
-            tail = list(node.tokens) + tail
-            texts.append(self.lm.decode(tail))
-        texts.reverse()
-        return texts
+    def evaluate(self, sims: list[Simulation]) -> None:
+        """Evaluation: each simulation's response and completion (cut at its last full stop where
+        configured) judged, each new text once (repeats are memo hits, in selection order)."""
+        for sim in sims:
+            text = self.lm.response_text(self.response + sim.leaf.response_tokens() + sim.completion)
+            sim.text = cut_at_last_stop(text) if self.cfg.cut_at_last_stop else text
+        new = list(dict.fromkeys(sim.text for sim in sims if sim.text not in self.memo))
+        with self.phase("judge"):
+            fresh = dict(zip(new, judge_texts(self.evaluator, self.prompt, new)))
+        for sim in sims:
+            sim.memo_hit = sim.text not in fresh
+            sim.value = self.memo[sim.text] if sim.memo_hit else fresh.pop(sim.text)
+            self.memo[sim.text] = sim.value
+            self._emit("judged", sim)
 
-    def _embed(self, texts: list[str]) -> torch.Tensor:
-        with _Timer(self.timings, "embed"):
-            if getattr(self.engine, "embed_one_by_one", False):     # as the public code does
-                emb = torch.cat([self.embedder([t]) for t in texts])
+    def embed(self, sims: list[Simulation]) -> list[torch.Tensor | None]:
+        """The embeddings of the text from each non-root node of each path down to its evaluated
+        end, from one embedder call (each text once)."""
+        per = [path_texts(self.lm, sim.path, sim.completion) if self.needs_embeddings else []
+               for sim in sims]
+        unique = list(dict.fromkeys(t for texts in per for t in texts))
+        if not unique:
+            return [None] * len(sims)
+        with self.phase("embed"):
+            if self.engine.embed_one_by_one:
+                emb = torch.cat([self.embedder([t]) for t in unique])
             else:
-                emb = self.embedder(texts)
-        self.counts["embed_calls"] += 1
-        self.counts["embedded_texts"] += len(texts)
-        return emb
+                emb = self.embedder(unique)
+        self._emit("embedded", unique)
+        row = {t: i for i, t in enumerate(unique)}
+        return [emb[[row[t] for t in texts]] if texts else None for texts in per]
 
-    def backward(self, path: list[Node], v: float, completion: list[int],
-                 embeddings: torch.Tensor | None = None) -> list[tuple[Node, Node, float]]:
-        """Back-up of v along the path, embedding updates and the similarity update. Returns the
-        similarity updates as (node, sibling, weight). `embeddings`: those of
-        `_embedding_texts(path, completion)` when already computed (parallel rounds)."""
-        backup(path, v, self.bounds)
-        sims = []
-        if not self.needs_embeddings or len(path) < 2:
-            return sims
-        nodes = path[1:]
-        emb = embeddings if embeddings is not None else self._embed(self._embedding_texts(path, completion))
-        for node, e in zip(nodes, emb):
+    def backward(self, sim: Simulation, embeddings: torch.Tensor | None) -> list:
+        """Backward: the value backed up along the path, the path's embeddings updated, and the
+        similarity update of their siblings. Returns the (node, sibling, weight) updates."""
+        backup(sim.path, sim.value, self.bounds)
+        updates = []
+        for node, e in zip(sim.path[1:], embeddings if embeddings is not None else []):
             update_embedding(node, e)
             if self.cfg.similarity_update:
-                for sib, w in similarity_update(node, v, self.cfg.sim_gamma, self.cfg.sim_threshold):
-                    sims.append((node, sib, w))
-        return sims
-
-    def simulate(self) -> SimulationOutcome:
-        """One simulation of the inner loop."""
-        self._pending_new, self._pending_added = [], []
-        self._pending_parents, self._carry_parents = self._carry_parents, []
-        path = self.select()
-        leaf = path[-1]
-        v, completion, text, memo_hit = self.evaluate_and_expand(leaf)
-        expanded = not leaf.terminal
-        sims = self.backward(path, v, completion)
-        self.counts["simulations"] += 1
-        self.counts["rounds"] += 1
-        self._record_simulation(path, completion, text, v, memo_hit, expanded, sims,
-                                self._pending_new, self._pending_added, self._pending_parents)
+                updates += [(node, sib, w) for sib, w in similarity_update(
+                    node, sim.value, self.cfg.sim_gamma, self.cfg.sim_threshold)]
+        self._emit("backed_up", sim, updates)
         self.sim_index += 1
-        self.round_index += 1
-        return SimulationOutcome(path, leaf, completion, text, v, memo_hit, expanded)
+        return updates
 
-    def _record_simulation(self, path, completion, text, v, memo_hit, expanded, sims, new, added,
-                           parents) -> None:
-        if self.trace is None:
-            return
-        touched = {n.uid: n for n in path}
-        for _, sib, _ in sims:
-            touched[sib.uid] = sib
-        for parent in parents:      # priors renormalised among siblings
-            if parent.parent is None and parent is not self.root:
-                continue
-            for ch in parent.children:
-                touched[ch.uid] = ch
-        for rec in new:
-            rec.p = touched[rec.uid].p if rec.uid in touched else rec.p
-        self.trace.simulations.append(SimulationRecord(
-            index=self.sim_index, outer_step=self.outer_step, root=self.root.uid,
-            path=[n.uid for n in path], leaf=path[-1].uid,
-            completion=self.lm.decode(completion), evaluated_text=text, value=v,
-            memo_hit=memo_hit, expanded=expanded, new_nodes=list(new),
-            updates={u: [n.n, n.fn, n.q, n.p] for u, n in touched.items()},
-            similarity=[[a.uid, b.uid, w] for a, b, w in sims], added=list(added),
-            round=self.round_index))
-
-    # ------------------------------------------------------------------ parallel rounds
-    def simulate_round(self, k: int | None = None) -> list[SimulationOutcome]:
-        """One parallel round of up to `k` simulations (default `parallel_simulations`).
-
-        Selection: up to k walks from the root, one after another; each path in flight carries a
-        virtual loss (`tree.VIRTUAL_LOSS`: one more visit of value -1 until its real value is
-        backed up). So each walk picks the leaf the sequential search would pick next if every
-        simulation in flight came back with the worst value. A walk that reaches a non-terminal
-        leaf already in flight is dropped: the sequential search would go on from that leaf's
-        result (its value, its new children), which the round cannot give it. Its virtual loss
-        stays on, so the next walk goes elsewhere, and the round ends at the
-        `ROUND_COLLISIONS`-th such walk (the nodes a dropped walk added stay, recorded with the
-        round's last simulation). Evaluation and expansion: the leaves' caches,
-        rollouts and clause completions in shared packed passes, the new texts judged together
-        (a text is judged once: repeats are memo hits, as in a sequential search), the paths'
-        texts embedded in one call. Back-up: one simulation after the other, in selection order,
-        each exactly as a sequential simulation backs up. k = 1 is `simulate()`."""
-        k = self.cfg.parallel_simulations if k is None else k
-        if k <= 1:
-            return [self.simulate()]
-        carry, self._carry_parents = self._carry_parents, []
-        sels: list[dict] = []
-        paths: list[list[Node]] = []       # every walk's path, the dropped one too
-        in_flight: set[Node] = set()
-        collisions = 0
+    def simulate_round(self, k: int | None = None) -> list[Simulation]:
+        """One round of up to `k` simulations (default `parallel_simulations`; module docstring).
+        A walk into a non-terminal leaf already in flight is dropped (the sequential search would
+        go on from that leaf's result); its virtual loss stays on, and the round ends at the
+        `ROUND_COLLISIONS`-th such walk (what it added is recorded with the simulation before it).
+        Back-up in selection order, each exactly as a sequential simulation backs up."""
+        k = max(self.cfg.parallel_simulations if k is None else k, 1)
+        sims, walks, in_flight, collisions = [], [], set(), 0
         try:
-            while len(sels) < k:
-                self._pending_new, self._pending_added, self._pending_parents = [], [], []
-                path = self.select()
-                add_virtual_loss(path)
-                paths.append(path)
-                leaf = path[-1]
-                if leaf in in_flight and not leaf.terminal:
-                    last = sels[-1]                 # what the dropped walk added is recorded
-                    last["new"] += self._pending_new
-                    last["added"] += self._pending_added
-                    last["parents"] += self._pending_parents
+            while len(sims) < k:
+                sim = Simulation()
+                sim.path = self.select(sim)
+                add_virtual_loss(sim.path)
+                walks.append(sim.path)
+                if sim.leaf in in_flight and not sim.leaf.terminal:
+                    self._emit("dropped", sim, sims[-1])
                     collisions += 1
                     if collisions >= ROUND_COLLISIONS:
                         break
-                    continue                        # dropped; its virtual loss stays on
-                in_flight.add(leaf)
-                sels.append(dict(path=path, new=self._pending_new, added=self._pending_added,
-                                 parents=self._pending_parents))
-            sels[0]["parents"] = carry + sels[0]["parents"]
-            self._expand_round(sels)
+                    continue
+                in_flight.add(sim.leaf)
+                sims.append(sim)
+            self._emit("selected", sims)
+            self.evaluate_and_expand(sims)
         finally:
-            for path in paths:
+            for path in walks:
                 add_virtual_loss(path, -1)
-        self._judge_round(sels)
-        embeddings = self._embed_round(sels)
-        outcomes = []
-        for sel, emb in zip(sels, embeddings):
-            path, leaf = sel["path"], sel["path"][-1]
-            sims = self.backward(path, sel["value"], sel["completion"], embeddings=emb)
-            self.counts["simulations"] += 1
-            expanded = sel["expanded"]
-            self._record_simulation(path, sel["completion"], sel["text"], sel["value"], sel["memo_hit"],
-                                    expanded, sims, sel["new"], sel["added"], sel["parents"])
-            self.sim_index += 1
-            outcomes.append(SimulationOutcome(path, leaf, sel["completion"], sel["text"], sel["value"],
-                                              sel["memo_hit"], expanded))
-        self.counts["rounds"] += 1
+        self.evaluate(sims)
+        for sim, emb in zip(sims, self.embed(sims)):
+            self.backward(sim, emb)
+        self._emit("round_done", sims)
         self.round_index += 1
-        return outcomes
+        return sims
 
-    def _expand_round(self, sels: list[dict]) -> None:
-        """Clause completions and expansions of the round's leaves (each leaf once, in selection
-        order): packed together on an engine whose model takes packed token trees (`engine.packed`),
-        else one leaf after another."""
-        cfg = self.cfg
-        first: dict[Node, dict] = {}
-        for sel in sels:
-            leaf = sel["path"][-1]
-            sel["expanded"] = False
-            if leaf in first:                   # a terminal leaf selected again
-                continue
-            first[leaf] = sel
-            sel["expanded"] = not leaf.terminal
-        leaves = list(first)
-        if not getattr(self.engine, "packed", False):
-            for leaf, sel in first.items():
-                self._pending_new, self._pending_parents = sel["new"], sel["parents"]
-                completion: list[int] = []
-                budget = self._completion_budget(leaf)
-                if budget > 0:
-                    self._ensure(leaf)
-                    response = self.response + leaf.response_tokens()
-                    with _Timer(self.timings, "complete"):
-                        completion, fed = self.engine.complete(leaf, response, self._completion_rng(leaf),
-                                                               budget)
-                    self.counts["tokens_needed"] += fed
-                    self.counts["completion_tokens"] += len(completion)
-                sel["completion"] = completion
-                if not leaf.terminal:
-                    self.expand(leaf)
-            for sel in sels:
-                sel["completion"] = first[sel["path"][-1]]["completion"]
-            return
-        from .parallel import RolloutJob, ensure_many, rollouts_many
-
-        need = [leaf for leaf in leaves if not leaf.terminal or self._completion_budget(leaf) > 0]
-        with _Timer(self.timings, "ensure"):
-            ensure_many(self.engine, need)
-        for leaf in need:
-            self._count_needed(leaf)
-        jobs, lengths = [], {}
-        for leaf in need:
-            budget = self._completion_budget(leaf)
-            comp = None
-            if budget > 0:
-                comp = Completion(self.engine, self.response + leaf.response_tokens(),
-                                  self._completion_rng(leaf), budget, leaf.logits)
-                first[leaf]["comp"] = comp
-            length = 0
-            if not leaf.terminal:
-                # the 1-token level (0 here): the top tokens of the leaf's logits, no rollout
-                length = self.level_length(leaf) if cfg.token_set_length(leaf.step) > 1 else 0
-                lengths[leaf] = length
-            u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length)) if length else \
-                np.zeros((0, 0))
-            if length or comp is not None:
-                jobs.append(RolloutJob(leaf, length, u, cfg.num_candidates, comp))
-        with _Timer(self.timings, "expand"):
-            found = dict(zip([j.node for j in jobs], rollouts_many(self.engine, jobs))) if jobs else {}
-        for leaf, sel in first.items():
-            comp = sel.pop("comp", None)
-            sel["completion"] = list(comp.out) if comp is not None else []
-            if comp is not None:
-                self.counts["tokens_needed"] += comp.fed
-                self.counts["completion_tokens"] += len(comp.out)
-            if leaf.terminal:
-                continue
-            length = lengths[leaf]
-            cands = found[leaf] if length else top_candidates(leaf.logits, cfg.num_candidates,
-                                                              cfg.token_temperature)
-            children = [self._new_node(leaf, c, rolled_out=length > 1) for c in cands]
-            set_priors(leaf, cfg.root_prior_mix)
-            if self.trace is not None:
-                sel["new"].extend(self._record(ch) for ch in children)
-                sel["parents"].append(leaf)
-        for sel in sels:
-            sel["completion"] = first[sel["path"][-1]]["completion"]
-
-    def _judge_round(self, sels: list[dict]) -> None:
-        """The round's texts, each new one judged once (together when the evaluator has
-        `evaluate_many`), counted and memoised as a sequential search would in this order."""
-        for sel in sels:
-            response = self.response + sel["path"][-1].response_tokens()
-            sel["text"] = self.response_text(response + sel["completion"])
-        new = list(dict.fromkeys(sel["text"] for sel in sels if sel["text"] not in self.memo))
-        if new:
-            with _Timer(self.timings, "judge"):
-                many = getattr(self.evaluator, "evaluate_many", None)
-                if many is not None and len(new) > 1:
-                    values = [float(v) for v in many(self.prompt, new)]
-                else:
-                    values = [float(self.evaluator(self.prompt, t)) for t in new]
-            for t, v in zip(new, values):
-                if not -1.0 <= v <= 1.0:
-                    raise ConfigError(f"The evaluator returned {v}, outside [-1, 1].")
-        fresh = dict(zip(new, values)) if new else {}
-        for sel in sels:
-            text = sel["text"]
-            self.counts["evaluations"] += 1
-            if text in fresh:
-                v = fresh.pop(text)
-                self.counts["evaluator_calls"] += 1
-                self.memo[text] = v
-                sel["value"], sel["memo_hit"] = v, False
-            else:
-                self.counts["memo_hits"] += 1
-                sel["value"], sel["memo_hit"] = self.memo[text], True
-
-    def _embed_round(self, sels: list[dict]) -> list[torch.Tensor | None]:
-        """The embeddings of every path's texts (`_embedding_texts`), from one embedder call."""
-        if not self.needs_embeddings:
-            return [None] * len(sels)
-        per = [self._embedding_texts(sel["path"], sel["completion"]) for sel in sels]
-        unique = list(dict.fromkeys(t for texts in per for t in texts))
-        if not unique:
-            return [None] * len(sels)
-        emb = self._embed(unique)
-        row = {t: i for i, t in enumerate(unique)}
-        return [emb[[row[t] for t in texts]] if texts else None for texts in per]
+    def simulate(self) -> Simulation:
+        return self.simulate_round(1)[0]          # one simulation of the inner loop: a round of one
 
     def should_stop_early(self) -> bool:
         best = most_visited(self.root)
@@ -648,25 +334,12 @@ class RainSearch:
         node, or None when the search has finished."""
         if self.finished:
             return None
-        cfg = self.cfg
-        start = int(self.root.fn)
-        first = self.sim_index
-        early = False
-        budget = max(cfg.max_simulations, start + cfg.extra_simulations) - start
-        done = 0
-        while done < budget:
-            if cfg.parallel_simulations == 1:
-                self.simulate()
-                done += 1
-            else:
-                done += len(self.simulate_round(round_size(cfg.parallel_simulations, budget - done)))
-            if self.should_stop_early():
-                early = True
-                break
-        self.counts["early_stops"] += int(early)
-        self.sims_per_step.append(self.sim_index - first)
-        self.counts["max_live_nodes"] = max(self.counts["max_live_nodes"],
-                                            sum(1 for _ in self.root.walk()))
+        cfg, first, early, done = self.cfg, self.sim_index, False, 0
+        budget = max(cfg.max_simulations, int(self.root.fn) + cfg.extra_simulations) - int(self.root.fn)
+        while done < budget and not early:
+            done += len(self.simulate_round(round_size(cfg.parallel_simulations, budget - done)))
+            early = self.should_stop_early()
+        self._emit("step_done", first, early)
         if cfg.commit_rule == "argmax":
             child = most_visited(self.root)
         else:
@@ -674,37 +347,26 @@ class RainSearch:
         if child is None:
             self.finished, self.stop_reason = True, "no candidates"
             return None
-        if self.trace is not None:
-            self.trace.commits.append(CommitRecord(
-                outer_step=self.outer_step, simulations=self.sim_index - first, first_simulation=first,
-                root=self.root.uid, chosen=child.uid, tokens=list(child.tokens),
-                text=self.lm.decode(child.tokens), early_stop=early,
-                tree=[self._record(n) for n in self.root.walk()]))
+        self._emit("committing", child, first, early)
         if child.logits is None and not child.terminal:
-            self._ensure(child)
-        with _Timer(self.timings, "commit"):
+            self._ensure([child])
+        with self.phase("commit"):
             self.engine.commit(self.root, child)
         self.response += list(child.tokens)
         self.token_sets.append(list(child.tokens))
         self.root = reroot(child, cfg.root_prior_mix)
-        self._carry_parents = [self.root]     # its children's priors were re-mixed: record them
         self.outer_step += 1
-        if not child.terminal and cfg.max_commits is not None and self.outer_step >= cfg.max_commits:
-            self.finished, self.stop_reason = True, "max commits"
-            return child
+        self._emit("committed", child)
         if child.terminal:
             self.finished = True
-            if any(self.lm.is_stop_token(t) for t in child.tokens):
-                self.stop_reason = "eos"
-            elif self.lm.has_user_turn(self.response):
-                self.stop_reason = "user turn"
-            else:
-                self.stop_reason = "length"
+            self.stop_reason = ("eos" if any(self.lm.is_stop_token(t) for t in child.tokens) else
+                                "user turn" if self.lm.has_user_turn(self.response) else "length")
+        elif cfg.max_commits is not None and self.outer_step >= cfg.max_commits:
+            self.finished, self.stop_reason = True, "max commits"
         return child
 
     def run(self, progress: bool = False) -> RainResult:
-        bar = tqdm(total=self.cfg.max_new_tokens, desc="RAIN", unit="tok", disable=not progress,
-                   leave=False)
+        bar = tqdm(total=self.cfg.max_new_tokens, desc="RAIN", unit="tok", disable=not progress, leave=False)
         while not self.finished:
             child = self.commit_step()
             if child is not None:
@@ -714,37 +376,52 @@ class RainSearch:
         return self.result()
 
     def result(self) -> RainResult:
-        now = (self._own_stats or self.lm.stats).since(self._stats0)
-        ev_stats = getattr(self.evaluator, "stats", None)
-        eval_needed = getattr(ev_stats, "tokens_needed", 0) - self._eval_needed0
-        stats = dict(self.counts)
-        stats.update(
-            engine=self.engine_name,
-            engine_route="reference" if self.engine_name == "reference" else self.lm.route.kind,
-            committed_tokens=len(self.response),
-            commits=len(self.token_sets),
-            simulations_per_step=list(self.sims_per_step),
-            forward_calls=now.calls,
-            tokens_computed=now.tokens,
-            tokens_needed=self.counts["tokens_needed"] + eval_needed,
-            wall_time_s=time.perf_counter() - self._t0,
-            stop_reason=self.stop_reason,
-            prompt_tokens=len(self.engine.prefix_ids) - len(self.response),
-        )
-        stats.update({f"time_{k}_s": v for k, v in self.timings.items()})
-        return RainResult(text=self.response_text(self.response), prompt=self.prompt, method="rain",
+        return RainResult(text=self.lm.response_text(self.response), prompt=self.prompt, method="rain",
                           tokens=list(self.response), token_sets=[list(t) for t in self.token_sets],
-                          stats=stats, trace=self.trace, config=self.cfg.to_dict())
+                          stats=self.stats.summary(self), trace=self.trace, config=self.cfg.to_dict())
+
+
+def completion_budget(cfg: RainConfig, leaf: Node, remaining: int) -> int:
+    """Tokens a leaf's clause completion may draw: none for a terminal leaf or without
+    `complete_clause`, else what is left of the response (`remaining`), at most
+    `clause_max_tokens`."""
+    if not cfg.complete_clause or leaf.terminal:
+        return 0
+    if cfg.clause_max_tokens is not None:
+        remaining = min(remaining, cfg.clause_max_tokens)
+    return max(remaining, 0)
+
+
+def path_texts(lm: LanguageModel, path: list[Node], completion: list[int]) -> list[str]:
+    """The text from each non-root node of the path down to the evaluated end (what the
+    embeddings of the path's nodes are updated with)."""
+    texts, tail = [], list(completion)
+    for node in reversed(path[1:]):
+        tail = list(node.tokens) + tail
+        texts.insert(0, lm.decode(tail))
+    return texts
 
 
 def round_size(k: int, remaining: int) -> int:
     """The most simulations the next parallel round may hold: K, but never more than half of
     what is left of the step's budget (rounded up), so that the step's last simulations see the
     results before them and the last one runs alone, as in the sequential search (a round's
-    results cannot steer its own walks). Measured with notebook 11's study (p = 1, seed 0, outside
-    the notebook): without this, rounds of 4 committed good answers less often than the sequential
-    search at the CPU budget of 8 (0.575 vs 0.65; with it 0.65-0.675)."""
+    results cannot steer its own walks). Notebook 11 measures the share of good answers of rounds
+    against the sequential search."""
     return max(1, min(k, (remaining + 1) // 2))
+
+
+def search_prompt_ids(lm: LanguageModel, prompt: str, prompt_ids, cfg: RainConfig) -> list[int]:
+    """The prompt's ids (chat-formatted), or `prompt_ids` as given and checked; below max_length."""
+    max_new = cfg.max_new_tokens or 1
+    if prompt_ids is None:
+        prompt_ids = lm.prompt_ids(prompt, max_new_tokens=max_new)
+    else:     # already formatted (e.g. by model.generate): `prompt` is the query the judge sees
+        prompt_ids = checked_prompt_ids(lm, prompt, prompt_ids, max_new)
+    if len(prompt_ids) >= cfg.max_length:
+        raise PromptError(f"The prompt is {len(prompt_ids)} tokens, not below max_length={cfg.max_length}: "
+                          f"shorten it or raise RainConfig.max_length.")
+    return prompt_ids
 
 
 def checked_prompt_ids(lm: LanguageModel, query: str, ids, max_new_tokens: int) -> list[int]:
@@ -766,6 +443,18 @@ def checked_prompt_ids(lm: LanguageModel, query: str, ids, max_new_tokens: int) 
             f"The prompt is {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds the "
             f"model's context of {lm.max_context} tokens. Shorten the prompt or lower max_new_tokens.")
     return ids
+
+
+def resolve_engine(lm: LanguageModel, engine: str) -> str:
+    """The engine that runs: "auto" is RAINTOOLS_ENGINE when set, else the transformers engine
+    for the model (`raintools.engines.resolve_engine`); "vllm" (vLLM samples) and "vllm-keyed"
+    (raintools' keyed draws on the server's log-probabilities) run on the vLLM server at
+    RAINTOOLS_SERVER (default http://127.0.0.1:8000; `raintools.vllm_engine`)."""
+    if engine == "auto":
+        engine = os.environ.get("RAINTOOLS_ENGINE") or "auto"
+    if engine in VLLM_ENGINES:
+        return engine
+    return resolve_transformers_engine(lm, engine)
 
 
 def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = None,
@@ -806,9 +495,6 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     Each result's stats count that search's own forward requests and tokens. `prompt_ids`: one
     already formatted token-id list per prompt (see `rain_generate`).
     """
-    from .batch import BatchedCall, ForwardBatcher
-    from .evaluate import SelfEvaluator
-
     prompts = list(prompts)
     cfg = (config or RainConfig())
     if overrides:
@@ -818,6 +504,8 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     if prompt_ids is not None and len(prompt_ids) != len(prompts):
         raise PromptError(f"prompt_ids has {len(prompt_ids)} rows for {len(prompts)} prompts.")
     ids_of = list(prompt_ids) if prompt_ids is not None else [None] * len(prompts)
+    if engine in VLLM_ENGINES and len(prompts) > 1:
+        return _vllm_batch(lm, prompts, ids_of, cfg, evaluator, embedder, engine, progress, concurrency)
     if engine == "reference" or len(prompts) <= 1:
         return [rain_generate(lm, p, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
                               prompt_ids=ids)
@@ -827,30 +515,59 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     base_eval = (evaluator if evaluator is not None
                  else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
     if (cfg.similarity_update or cfg.node_addition) and embedder is None:
-        from .embed import load_embedder
         embedder = load_embedder()
-    shared_embed = BatchedCall(batcher, embedder) if embedder is not None else None
-    bar = tqdm(total=len(prompts), desc="RAIN prompts", disable=not progress)
-    lock = threading.Lock()
+    forks = isinstance(base_eval, SelfEvaluator)
+    if forks and base_eval.cached:
+        base_eval.fork()          # encodes the judging header once, before the searches start
 
     def job(prompt, ids):
-        def run():
+        def run(client):
             # each search gets its own view of a self-evaluator (shared encoded header, own stats)
-            ev = base_eval.fork() if isinstance(base_eval, SelfEvaluator) else base_eval
-            search = RainSearch(lm, prompt, cfg, evaluator=ev, embedder=shared_embed, engine=engine,
-                                prompt_ids=ids)
-            return search.run()
+            ev = base_eval.fork(forward=client) if forks else base_eval
+            emb = BatchedCall(client, embedder) if embedder is not None else None
+            return RainSearch(lm, prompt, cfg, evaluator=ev, embedder=emb, engine=engine,
+                              prompt_ids=ids, forward=client).run()
         return run
 
-    def done(i, result):
-        with lock:
-            bar.update(1)
-
-    if isinstance(base_eval, SelfEvaluator) and base_eval.cached:
-        base_eval.fork()          # encodes the judging header once, before the workers start
+    bar = tqdm(total=len(prompts), desc="RAIN prompts", disable=not progress)
     try:
         return batcher.run([job(p, ids) for p, ids in zip(prompts, ids_of)],
-                           workers=concurrency or min(len(prompts), 64),
-                           on_done=done)
+                           workers=concurrency or min(len(prompts), 64), on_done=lambda i: bar.update(1))
     finally:
         bar.close()
+
+
+def _vllm_batch(lm, prompts, ids_of, cfg, evaluator, embedder, engine, progress, concurrency):
+    """The searches of many prompts side by side on a vLLM server: one thread per search in
+    flight, their requests batched by the server (no batcher of our own on this path)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if (cfg.similarity_update or cfg.node_addition) and embedder is None:
+        embedder = load_embedder()
+    if embedder is not None:
+        embedder = _Locked(embedder)
+    bar = tqdm(total=len(prompts), desc="RAIN prompts", disable=not progress)
+
+    def one(args):
+        prompt, ids = args
+        r = rain_generate(lm, prompt, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
+                          prompt_ids=ids)
+        bar.update(1)
+        return r
+    try:
+        with ThreadPoolExecutor(concurrency or min(len(prompts), 64), thread_name_prefix="raintools-rain") as pool:
+            return list(pool.map(one, list(zip(prompts, ids_of))))
+    finally:
+        bar.close()
+
+
+class _Locked:
+    """One call at a time into a shared in-process model (the sentence embedder)."""
+
+    def __init__(self, fn):
+        import threading
+        self.fn, self.lock = fn, threading.Lock()
+
+    def __call__(self, *args, **kwargs):
+        with self.lock:
+            return self.fn(*args, **kwargs)

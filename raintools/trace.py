@@ -1,6 +1,7 @@
-"""A recorded RAIN search, rich enough to redraw it: per simulation the selected path, the evaluated
-text, the value and every node statistic that changed; per commit the whole live tree. Plain
-dataclasses with a JSON round-trip (no torch), so plots and widgets read traces, not the search.
+"""What a decoding returns (`RainResult`) and a recorded RAIN search (`Trace`), rich enough to
+redraw it: per simulation the selected path, the evaluated text, the value and every node
+statistic that changed; per commit the whole live tree. Plain dataclasses with a JSON round-trip
+(no torch), so plots and widgets read traces, not the search.
 """
 
 from __future__ import annotations
@@ -134,3 +135,24 @@ class Trace:
             tree = self.tree_at(s.index)
             out[s.index] = [(u, nd.q, nd.n) for u, nd in tree.items() if nd.parent == s.root]
         return out
+
+
+@dataclass
+class RainResult:
+    """What a decoder returns (RAIN, vanilla, best-of-N): the text, its tokens, the stats and
+    the trace of the search."""
+    text: str
+    prompt: str
+    method: str = "rain"
+    tokens: list[int] = field(default_factory=list)
+    token_sets: list[list[int]] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    trace: Trace | None = None
+    config: dict = field(default_factory=dict)
+
+    def to_dict(self, trace: bool = False) -> dict:
+        d = {"text": self.text, "prompt": self.prompt, "method": self.method, "tokens": self.tokens,
+             "token_sets": self.token_sets, "stats": self.stats, "config": self.config}
+        if trace and self.trace is not None:
+            d["trace"] = self.trace.to_dict()
+        return d

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -34,10 +34,6 @@ class Node:
     # model-side state, filled by an engine (KV chunk of this node's own tokens, logits after it)
     kv: Any = None
     logits: torch.Tensor | None = None
-
-    @property
-    def is_leaf(self) -> bool:
-        return not self.children
 
     @property
     def is_root(self) -> bool:
@@ -248,16 +244,3 @@ def reroot(child: Node, root_mix: float) -> Node:
     child.parent = None
     mix_root_priors(child, root_mix)
     return child
-
-
-def count_nodes(root: Node) -> int:
-    return sum(1 for _ in root.walk())
-
-
-def iter_edges(root: Node) -> Iterator[tuple[Node, Node]]:
-    for node in root.walk():
-        for ch in node.children:
-            yield node, ch
-
-
-EmbedFn = Callable[[list[str]], torch.Tensor]

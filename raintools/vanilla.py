@@ -11,9 +11,10 @@ from typing import Callable
 import torch
 
 from .errors import ConfigError
+from .evaluate import self_evaluator
 from .models import LanguageModel
 from .sampling import VANILLA, keyed_rng, sample_full, truncated, pick
-from .search import RainResult
+from .trace import RainResult
 
 
 def generate_vanilla(lm: LanguageModel, prompt: str, max_new_tokens: int = 128, do_sample: bool = False,
@@ -74,7 +75,6 @@ def best_of_n(lm: LanguageModel, prompt: str, n: int = 4, evaluator: Callable[[s
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"n must be a positive integer, got {n!r}")
     if evaluator is None:
-        from .evaluate import self_evaluator
         evaluator = self_evaluator(lm)
     t0 = time.perf_counter()
     s0 = lm.stats.snapshot()

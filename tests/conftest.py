@@ -31,12 +31,12 @@ def minilm():
 @pytest.fixture(scope="session")
 def llama_lm():
     """A tiny random Llama model with a LLaMA-style SentencePiece tokenizer trained offline
-    (`raintools.tinytok.llama_tokenizer`): word-start markers as the paper's models have."""
+    (`raintools.testing.llama_tokenizer`): word-start markers as the paper's models have."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from raintools.models import LanguageModel
-    from raintools.tinytok import llama_tokenizer
+    from raintools.testing import llama_tokenizer
 
     tok = llama_tokenizer()
     torch.manual_seed(0)
@@ -49,7 +49,7 @@ def llama_lm():
 
 @pytest.fixture
 def tiny_lm():
-    from raintools.models import tiny_model
+    from raintools.testing import tiny_model
 
     return tiny_model(seed=0)
 
@@ -175,3 +175,38 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         if item.get_closest_marker("notebook") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(NOTEBOOK_TIMEOUT_S))
+
+
+@pytest.fixture(scope="session")
+def vllm_url(embedded_lm):
+    """The URL of one vLLM server (embedded model, loopback) for the whole session, started from
+    .venv-vllm (`make setup-vllm`) and stopped at the end. RAINTOOLS_TEST_VLLM_URL reuses a server
+    already running (while developing). Without vLLM the tests skip, except in CI (CI set), where
+    they fail: CI must run them."""
+    url = os.environ.get("RAINTOOLS_TEST_VLLM_URL")
+    if url:
+        yield url
+        return
+    from raintools.vllm_server import VllmServer, find_vllm
+
+    python = find_vllm()
+    if python is None or not Path(python).exists():
+        msg = f"vLLM is not installed (run `make setup-vllm`; RAINTOOLS_VLLM_PYTHON={python})"
+        if os.environ.get("CI"):
+            pytest.fail(msg + ": CI runs the vLLM tests")
+        pytest.skip(msg)
+    server = VllmServer(max_logprobs=-1)
+    server.start()
+    print(f"\nvLLM server {server.url} started in {server.start_seconds:.0f} s")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_client(vllm_url, embedded_lm):
+    from raintools.vllm_engine import VllmClient
+
+    with VllmClient(vllm_url, embedded_lm) as client:
+        yield client

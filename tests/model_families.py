@@ -1,5 +1,5 @@
 """Tiny random models of many transformers families, built from configs in milliseconds (no
-download), each with the character tokenizer of `raintools.tinytok`. Sliding windows are set
+download), each with the character tokenizer of `raintools.testing`. Sliding windows are set
 shorter than any prompt the tests use (WINDOW tokens), so a path that ignores the window differs.
 
 `FAMILIES[name] = (model_type, config overrides)`; `build(name)` returns a `LanguageModel`.
@@ -79,7 +79,7 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 }
 
 
-# What each family must get (raintools.families): a packed token tree wherever it reproduces the
+# What each family must get (raintools.routes): a packed token tree wherever it reproduces the
 # model's forward, one batch row per candidate for ALiBi, the reference engine without a KV cache.
 ROWS = {"falcon-alibi", "bloom", "mpt"}
 RECURRENT = {"mamba", "jamba", "recurrent_gemma", "falcon_h1", "qwen3_next"}
@@ -96,7 +96,7 @@ def build(name: str, seed: int = 0, chat: bool = False, attn: str | None = None,
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from raintools.models import LanguageModel
-    from raintools.tinytok import char_tokenizer
+    from raintools.testing import char_tokenizer
 
     model_type, overrides = FAMILIES[name]
     tok = char_tokenizer(chat=chat)

@@ -239,7 +239,7 @@ SHUFFLE_42_OF_10 = [5, 6, 0, 7, 3, 2, 4, 9, 1, 8]
 
 def test_paper_hh_order_is_datasets_shuffle_42(tmp_path):
     from raintools.experiments.data import load_hh_paper
-    from raintools.tinytok import char_tokenizer
+    from raintools.testing import char_tokenizer
 
     folder = tmp_path / "harmless-base"
     folder.mkdir()
@@ -260,7 +260,7 @@ def test_paper_hh_order_is_datasets_shuffle_42(tmp_path):
 def test_paper_style_hh_subset_is_deterministic():
     """The public code's HH selection: rows in the order `datasets`' shuffle(seed=42) gives
     (numpy's default_rng(42).permutation), the first human turn, prompts under N tokens."""
-    from raintools.tinytok import char_tokenizer
+    from raintools.testing import char_tokenizer
 
     path = shared("hh-rlhf/harmless-base/test.jsonl.gz")
     tok = char_tokenizer()                         # one token per character: the filter is visible
@@ -287,7 +287,7 @@ def test_paper_style_hh_subset_is_deterministic():
 
 
 def test_paper_style_hh_reads_the_red_team_attempts_format(tmp_path):
-    from raintools.tinytok import char_tokenizer
+    from raintools.testing import char_tokenizer
 
     rows = [{"transcript": f"\n\nHuman: question {i}?\n\nAssistant: answer\n\nHuman: more\n\nAssistant: ok",
              "rating": 1} for i in range(6)]

@@ -9,8 +9,9 @@ import torch
 from raintools.errors import ConfigError
 from raintools.evaluate import (SelfEvaluator, SimulatedJudge, load_template, option_token_ids,
                                 self_evaluator)
-from raintools.models import LanguageModel, tiny_model
-from raintools.tinytok import char_tokenizer, word_tokenizer
+from raintools.models import LanguageModel
+from raintools.testing import tiny_model
+from raintools.testing import char_tokenizer, word_tokenizer
 
 
 def test_harm_template_sections_and_orders():

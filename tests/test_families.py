@@ -24,7 +24,7 @@ from raintools import generate_vanilla, rain_generate_batch
 from raintools.batch import ForwardBatcher, _Request, _Shape
 from raintools.evaluate import JudgeTemplate
 from raintools.models import kv_len, token_tree
-from raintools.propose import CachedEngine
+from raintools.engines import CachedEngine
 from raintools.tree import Node
 
 from test_search import letter_embedder

@@ -9,7 +9,8 @@ import torch
 
 from raintools import RainConfig, RainSearch, SelfEvaluator, rain_generate, rain_generate_batch
 from raintools.batch import BatchedCall, ForwardBatcher
-from raintools.models import kv_bytes, kv_cat, kv_len, split_common, tiny_model, token_tree
+from raintools.models import kv_bytes, kv_cat, kv_len, split_common, token_tree
+from raintools.testing import tiny_model
 
 from test_search import SMALL, letter_embedder, vowel_judge
 
@@ -48,7 +49,7 @@ def test_merged_forward_pass_equals_separate_passes():
              past=[(k.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1)) for k, v in kv_a],
              attention_mask=torch.tensor([[1] * 12, [1] * 11 + [0]])),               # 2D padding
     ]
-    alone = [lm.raw_forward(**r) for r in reqs]
+    alone = [lm.forward(**r) for r in reqs]
     b = ForwardBatcher(lm, call_cost=1e9)          # merge everything into one pass
     from raintools.batch import _Request, _Shape
     shapes = [_Shape(_Request(i, "lm", (r["input_ids"], r.get("past"), r.get("attention_mask"),
@@ -162,7 +163,7 @@ def test_batch_reports_a_bad_prompt_after_the_others_finish():
     b = ForwardBatcher(lm)
 
     def job(p):
-        def run():
+        def run(client):
             r = rain_generate(lm, p, SMALL.replace(max_new_tokens=4), evaluator=vowel_judge,
                               embedder=letter_embedder)
             done.append(p)
@@ -184,11 +185,9 @@ def test_batched_call_groups_embedder_calls():
         calls.append(len(texts))
         return letter_embedder(texts)
 
-    wrapped = BatchedCall(b, emb)
-    out = b.run([lambda i=i: wrapped(["a" * (i + 1), "b"]) for i in range(3)])
+    out = b.run([lambda client, i=i: BatchedCall(client, emb)(["a" * (i + 1), "b"]) for i in range(3)])
     assert calls == [6]
     assert torch.equal(out[2], letter_embedder(["aaa", "b"]))
-    assert torch.equal(wrapped(["z"]), letter_embedder(["z"]))     # outside a run: direct call
 
 
 # ------------------------------------------------------------------ caches and memory

@@ -18,7 +18,8 @@ from transformers.generation.streamers import BaseStreamer
 import raintools as rt
 from raintools import hf
 from raintools.errors import ConfigError, ModelLoadError, PromptError
-from raintools.models import LanguageModel, tiny_model, wrapped
+from raintools.models import LanguageModel, wrapped
+from raintools.testing import tiny_model
 from test_search import letter_embedder, vowel_judge  # the toy judge and embedder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -260,7 +260,7 @@ SHORT_TEMPLATE = "### system\nJudge.\n### user\nQ: {{prompt}}\nA: {{response}}\n
 
 
 def test_local_judge_constrained():
-    from raintools.models import tiny_model
+    from raintools.testing import tiny_model
 
     lm = tiny_model()
     j = LLMJudge(lm, template=SHORT_TEMPLATE)

@@ -59,6 +59,15 @@ def known(name: str, modules: set[str]) -> str | None:
     return None
 
 
+def imported_module(pkg: str, node: ast.ImportFrom) -> str:
+    """The absolute name of the module a `from ... import` statement in package `pkg` reads."""
+    if not node.level:
+        return node.module or ""
+    base = pkg.split(".")
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def import_graph() -> dict[str, set[str]]:
     files = {module_name(p): p for p in PKG.rglob("*.py")}
     modules = set(files)
@@ -71,12 +80,7 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = pkg.split(".")
-                    base = base[: len(base) - (node.level - 1)]
-                    mod = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    mod = node.module or ""
+                mod = imported_module(pkg, node)
                 targets = [f"{mod}.{a.name}" for a in node.names] + [mod]
             for t in targets:
                 k = known(t, modules)
@@ -113,7 +117,7 @@ def test_layers(lay):
     graph = import_graph()
     assert any(layer(m) == lay for m in graph), f"no module is in the {lay} layer"
     bad = [(m, d) for m, deps in graph.items() if layer(m) == lay
-           for d in deps if d.startswith(FORBIDDEN[lay])]
+           for d in deps if any(d == f or d.startswith(f + ".") for f in FORBIDDEN[lay])]
     assert not bad, f"{lay} modules import from layers above them: {bad}"
 
 
@@ -146,3 +150,110 @@ def test_no_import_cycle():
     for n in sorted(graph):
         if n not in state:
             visit(n)
+
+
+# ------------------------------------------------------------------ no shared state between modules
+
+IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), range)
+
+
+def immutable(value) -> bool:
+    """A value a module may share: a module, class or function (code, not state), a typing alias,
+    or a constant built of immutable parts (read-only mappings included)."""
+    import inspect
+    import types
+    import typing
+
+    if inspect.ismodule(value) or inspect.isclass(value) or inspect.isroutine(value):
+        return True
+    if isinstance(value, (types.GenericAlias, typing.TypeVar)) or type(value).__module__ == "typing":
+        return True
+    if isinstance(value, IMMUTABLE):
+        return True
+    if isinstance(value, (tuple, frozenset)):
+        return all(immutable(v) for v in value)
+    if isinstance(value, types.MappingProxyType):
+        return all(immutable(k) and immutable(v) for k, v in value.items())
+    return False
+
+
+def shared_globals(names: dict[str, Path]) -> list[tuple[str, str]]:
+    """(module, 'other.NAME') for each module-level global of another decoder module that a decoder
+    module imports by name or reads through the module (`from .m import X`, `m.X`, also inside
+    functions), where X is state rather than code or a constant: a private name, or a mutable
+    object (a thread-local, a lock, a dict, a list, an instance)."""
+    bad = []
+    for name, path in names.items():
+        pkg = package_of(name, path)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        module_alias: dict[str, str] = {}
+        for node in ast.walk(tree):
+            pairs = []
+            if isinstance(node, ast.ImportFrom):
+                mod = imported_module(pkg, node)
+                for a in node.names:
+                    if f"{mod}.{a.name}" in names:            # a module imported from its package
+                        module_alias[a.asname or a.name] = f"{mod}.{a.name}"
+                    elif mod in names and mod != name:
+                        pairs.append((mod, a.name))
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name in names:
+                        module_alias[a.asname or a.name] = a.name
+            for mod, attr in pairs:
+                value = getattr(importlib.import_module(mod), attr)
+                if attr.startswith("_") or not immutable(value):
+                    bad.append((name, f"{mod}.{attr}"))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in module_alias and module_alias[node.value.id] != name):
+                mod = module_alias[node.value.id]
+                value = getattr(importlib.import_module(mod), node.attr, None)
+                if node.attr.startswith("_") or not immutable(value):
+                    bad.append((name, f"{mod}.{node.attr}"))
+    return bad
+
+
+def decoder_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PKG.glob("*.py") if layer(module_name(p)) == "decoder"}
+
+
+def test_no_decoder_module_reaches_another_through_a_global():
+    """Decoder modules share code and constants, never state: what one module needs from another
+    at run time is passed in (the forward callable, the engine, the evaluator), not read from or
+    written to a module-level global of the other (as a thread-local once routed forward passes
+    to the batch scheduler)."""
+    bad = shared_globals(decoder_modules())
+    assert not bad, f"decoder modules reaching into another module's globals: {bad}"
+
+
+def test_the_global_check_sees_shared_state(tmp_path):
+    """The checker itself: a module that imports another's thread-local, lock or dict fails."""
+    import sys
+
+    pkg = tmp_path / "fakepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("import threading\nSTATE = threading.local()\nTABLE = {}\n"
+                              "NAMES = ('x', 'y')\n_LOCK = threading.RLock()\n"
+                              "def f():\n    return 1\n")
+    (pkg / "b.py").write_text("from .a import NAMES, f\n\ndef g():\n    from .a import STATE\n"
+                              "    return STATE\n")
+    (pkg / "c.py").write_text("from . import a\n\ndef h():\n    a.TABLE['k'] = 1\n    return a.f()\n")
+    (pkg / "d.py").write_text("from .a import _LOCK\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        names = {f"fakepkg.{m}": pkg / f"{m}.py" for m in "abcd"}
+        global PKG
+        saved, PKG = PKG, tmp_path / "fakepkg"
+        try:
+            bad = set(shared_globals(names))
+        finally:
+            PKG = saved
+    finally:
+        sys.path.remove(str(tmp_path))
+        for m in list(sys.modules):
+            if m.startswith("fakepkg"):
+                del sys.modules[m]
+    assert bad == {("fakepkg.b", "fakepkg.a.STATE"), ("fakepkg.c", "fakepkg.a.TABLE"),
+                   ("fakepkg.d", "fakepkg.a._LOCK")}

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from raintools import RainConfig, RainSearch, SelfEvaluator, rain_generate_batch
-from raintools.models import tiny_model
-from raintools.parallel import RolloutJob, ensure_many, rollouts_many
-from raintools.propose import Completion
+from raintools.testing import tiny_model
+from raintools.engine import CompletionRequest, Expansion
 from raintools.sampling import COMPLETE, EXPAND, keyed_rng
 from raintools.trace import Trace
 from raintools.search import ROUND_COLLISIONS, round_size
@@ -71,8 +70,8 @@ def test_a_round_ends_at_walks_into_leaves_in_flight(tiny_lm):
     s = search(tiny_lm, BIG.replace(parallel_simulations=4, node_addition=False))
     walks, select = [], s.select
 
-    def spy():
-        path = select()
+    def spy(*args):
+        path = select(*args)
         walks.append(path[-1])
         return path
 
@@ -182,15 +181,15 @@ def test_k1_is_the_sequential_search(tiny_lm):
 # ------------------------------------------------------------------ the packed multi-leaf engine
 
 def test_packed_leaves_propose_what_each_leaf_proposes_alone(tiny_lm):
-    """rollouts_many over several leaves (with their clause completions) gives each leaf the
-    candidates, caches and completion of the one-leaf packed rollout."""
+    """The engine's expansion of several leaves (with their clause completions) in one call gives
+    each leaf the candidates, caches and completion of the one-leaf packed rollout."""
     s = search(tiny_lm, BIG)
     s.commit_step()
     for _ in range(6):
         s.simulate()
     leaves = [n for n in s.root.walk() if not n.children and not n.terminal][:5]
     assert len(leaves) >= 3
-    ensure_many(s.engine, leaves)
+    s.engine.ensure(leaves)
     for leaf in leaves:
         full = tiny_lm.full_logits(s.engine.prefix_ids + leaf.response_tokens())
         assert torch.allclose(leaf.logits, full, atol=1e-4)
@@ -199,16 +198,16 @@ def test_packed_leaves_propose_what_each_leaf_proposes_alone(tiny_lm):
         out, comps = [], []
         for i, leaf in enumerate(leaves):
             u = keyed_rng(0, EXPAND, leaf.uid).random((5, 2 + i))
-            comps.append(Completion(s.engine, s.response + leaf.response_tokens(),
-                                    keyed_rng(0, COMPLETE, leaf.uid), 3 + 2 * i, leaf.logits))
-            out.append(RolloutJob(leaf, 2 + i, u, 4, comps[-1]))
+            comps.append(CompletionRequest(s.response + leaf.response_tokens(),
+                                           keyed_rng(0, COMPLETE, leaf.uid), 3 + 2 * i))
+            out.append(Expansion(leaf, 2 + i, u, 4, comps[-1]))
         return out, comps
 
     many_jobs, many_comps = jobs()
-    many = rollouts_many(s.engine, many_jobs)
+    many = s.engine.expand(many_jobs)
     alone_jobs, alone_comps = jobs()
     for job, cands in zip(alone_jobs, many):
-        alone = s.engine.rollouts(job.node, job.length, job.uniforms, job.keep, completion=job.completion)
+        alone = s.engine.expand([job])[0]
         assert [c.tokens for c in cands] == [c.tokens for c in alone]
         assert [c.raw_p for c in cands] == pytest.approx([c.raw_p for c in alone], rel=1e-5)
         for c, d in zip(cands, alone):
@@ -219,7 +218,7 @@ def test_packed_leaves_propose_what_each_leaf_proposes_alone(tiny_lm):
                     assert torch.allclose(k1, k2, atol=1e-4) and torch.allclose(v1, v2, atol=1e-4)
     assert any(c.kv is not None for cands in many for c in cands)
     for a, b in zip(many_comps, alone_comps):     # the completions rode along and drew the same
-        assert a.done and b.done and a.out == b.out and a.fed == b.fed
+        assert a.out is not None and b.out is not None and a.out == b.out and a.fed == b.fed
 
 
 def test_completions_in_a_round_equal_one_by_one(tiny_lm):
@@ -228,9 +227,9 @@ def test_completions_in_a_round_equal_one_by_one(tiny_lm):
     for _ in range(5):
         s.simulate()
     leaves = [n for n in s.root.walk() if not n.children and not n.terminal][:4]
-    comps = [Completion(s.engine, s.response + lf.response_tokens(), keyed_rng(0, COMPLETE, lf.uid), 8,
-                        lf.logits) for lf in leaves]
-    rollouts_many(s.engine, [RolloutJob(lf, 0, np.zeros((0, 0)), 1, c) for lf, c in zip(leaves, comps)])
+    comps = [CompletionRequest(s.response + lf.response_tokens(), keyed_rng(0, COMPLETE, lf.uid), 8)
+             for lf in leaves]
+    s.engine.expand([Expansion(lf, completion=c) for lf, c in zip(leaves, comps)])
     for lf, c in zip(leaves, comps):
         out, fed = s.engine.complete(lf, s.response + lf.response_tokens(), keyed_rng(0, COMPLETE, lf.uid), 8)
         assert c.out == out and c.fed == fed

@@ -17,7 +17,7 @@ from raintools import RainConfig, RainSearch  # noqa: E402
 from raintools.views import analysis as A  # noqa: E402
 from raintools.views import plots as P  # noqa: E402
 from raintools.experiments.data import PreferencePair  # noqa: E402
-from raintools.models import tiny_model  # noqa: E402
+from raintools.testing import tiny_model  # noqa: E402
 from raintools.trace import NodeRecord, Trace  # noqa: E402
 
 

@@ -13,7 +13,7 @@ from raintools.cli import build_parser
 from raintools.config import CPU_BUDGET, PRESETS, RainConfig
 from raintools.experiments import runner
 from raintools.experiments.tasks import TASKS, get_task
-from raintools.options import rain_config_from_args
+from raintools.cli_options import rain_config_from_args
 from raintools.search import RainSearch
 
 # the fields a CPU may change; every other field is a rule and must survive the CPU budget

@@ -11,7 +11,8 @@ import torch
 
 from raintools import RainConfig, RainSearch, rain_generate
 from raintools.errors import ConfigError, PromptError
-from raintools.models import kv_len, tiny_model
+from raintools.models import kv_len
+from raintools.testing import tiny_model
 from raintools.trace import Trace
 from raintools.tree import Node, needs_node_addition
 
@@ -472,9 +473,9 @@ def test_advbench_preset_temperature_at_every_level_and_attempts(tiny_lm):
     # rollouts at temperature 2; node addition draws 3 sampled rollouts (expansion 19)
     assert s.engine.temperature == 2.0
     shapes = []
-    real = s.engine.rollouts
-    s.engine.rollouts = lambda node, length, u, keep, **kw: shapes.append((u.shape[0], keep)) or real(
-        node, length, u, keep, **kw)
+    real = s.engine.expand
+    s.engine.expand = lambda reqs: shapes.extend((r.uniforms.shape[0], r.keep) for r in reqs
+                                                 if r.length) or real(reqs)
     s.root.children[0].step = 1
     leaf = s.root.children[0]
     s.expand(leaf)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..config import RainConfig
 from ..errors import ConfigError
-from ..options import planned_device
+from ..cli_options import planned_device
 from ..models import load_model
 from ..search import rain_generate
 from ..vanilla import generate_vanilla

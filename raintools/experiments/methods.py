@@ -32,7 +32,7 @@ from typing import Callable
 
 from ..config import RainConfig
 from ..errors import ConfigError
-from ..search import RainResult
+from ..trace import RainResult
 
 MethodFn = Callable[..., RainResult]
 METHODS: dict[str, MethodFn] = {}

@@ -76,7 +76,8 @@ def load_lm(model: str, device: str | None = None, dtype=None):
     """`raintools.load_model`, plus the alias `tiny` (a tiny random model with a character
     tokenizer and a long context, built in milliseconds: for tests and smoke runs)."""
     if model == TINY:
-        from ..models import default_device, tiny_model
+        from ..models import default_device
+        from ..testing import tiny_model
 
         lm = tiny_model(seed=0, max_position_embeddings=16384)
         lm.name = TINY
@@ -528,6 +529,8 @@ def warm_up(lm, task, config: MethodConfig) -> None:
     then agree between a one-process and a sharded run)."""
     from .methods import task_evaluator
 
+    if str(lm.device) == "meta":     # no local weights: the forward passes run on a server (vLLM)
+        return
     task_evaluator(lm, task, config)("Hello.", "Hello! How can I help?")
 
 
@@ -644,7 +647,7 @@ def _print_summary(df, out: Path, seconds: float, computed: int) -> None:
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
-    from ..options import add_model_args, add_rain_args
+    from ..cli_options import add_model_args, add_rain_args
 
     p = subparsers.add_parser(
         "eval", help="decode a data set with several methods, judge, summarise (resumable)",
@@ -682,7 +685,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def eval_main(args) -> int:
-    from ..options import rain_config_from_args
+    from ..cli_options import rain_config_from_args
     from ..config import PRESETS
     from ..models import default_device
     from .tasks import get_task

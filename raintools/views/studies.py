@@ -288,8 +288,8 @@ def _diagnostic_search_class():
             self.all_bad_checks = 0               # node-addition tests with every child tried and < 0
             self.variance_ratio = float("nan")    # lowest variance norm / threshold at those tests
 
-        def select(self):
-            path = super().select()
+        def select(self, sim=None):
+            path = super().select(sim)
             for node in path[:-1]:
                 kids = node.children
                 if len(kids) < 2 or any(ch.embedding is None for ch in kids) or max(ch.q for ch in kids) >= 0:
@@ -299,9 +299,9 @@ def _diagnostic_search_class():
                 self.variance_ratio = np.nanmin([ratio, self.variance_ratio])
             return path
 
-        def backward(self, path, v, completion, **kw):
-            sims = super().backward(path, v, completion, **kw)
-            for node in path[1:]:
+        def backward(self, sim, embeddings):
+            sims = super().backward(sim, embeddings)
+            for node in sim.path[1:]:
                 sibs = [x for x in node.parent.children if x is not node and x.embedding is not None]
                 if node.embedding is None or not sibs:
                     continue

@@ -1,5 +1,7 @@
-"""Small tokenizers built offline, for tests and tiny random models.
+"""Test helpers, not part of the decoder: tiny random models and tokenizers built offline in
+milliseconds, for the tests, the notebooks' fast mode and quick experiments with the search.
 
+`tiny_model()` is a tiny random Llama-style model with a character-level tokenizer;
 `char_tokenizer()` maps each printable ASCII character to one token (plus special tokens).
 `word_tokenizer()` is a sentencepiece-style (Metaspace, "▁word") tokenizer, so tests can check
 that label-token lookups work for tokenizers that glue a space marker to letters, as LLaMA's does.
@@ -12,6 +14,10 @@ whole string does not have, as with the paper's LLaMA and Vicuna models.
 from __future__ import annotations
 
 import string
+
+import torch
+
+from .models import LanguageModel, wrap
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -92,3 +98,19 @@ def llama_tokenizer(texts: list[str] | None = None, vocab_size: int = 600):
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
                                    unk_token="<unk>", pad_token="</s>")
+
+
+def tiny_model(vocab_size: int = 64, seed: int = 0, chat: bool = False, **config) -> LanguageModel:
+    """A tiny random Llama-style model with a character-level tokenizer, built in milliseconds
+    from a config (no download). For unit tests and quick experiments with the search."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = char_tokenizer(chat=chat)
+    cfg = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    cfg.update(config)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    return wrap(model, tok, name=f"tiny-random-{seed}")

@@ -37,9 +37,29 @@ def add_rain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--c", type=float, default=None, help="exploration constant")
     p.add_argument("--no-similarity", action="store_true", help="ablation: no similarity update")
     p.add_argument("--no-node-addition", action="store_true", help="ablation: no dynamic node addition")
-    p.add_argument("--engine", default="auto", choices=["auto", "fast", "reference"],
-                   help="auto (default): fast on models with a per-token KV cache, reference on "
-                        "recurrent / state-space ones")
+    add_engine_args(p)
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="auto", choices=["auto", "fast", "reference", "vllm", "vllm-keyed"],
+                   help="auto (default): RAINTOOLS_ENGINE if set, else fast on models with a per-token "
+                        "KV cache, reference on recurrent / state-space ones; vllm: the forward passes "
+                        "on a vLLM server, which samples; vllm-keyed: on the server with raintools' "
+                        "own keyed draws (the same tokens as fast, one request per token)")
+    p.add_argument("--server", default=None,
+                   help="the vLLM server for --engine vllm / vllm-keyed (default RAINTOOLS_SERVER, "
+                        "else http://127.0.0.1:8000); it must serve the same model as --model")
+
+
+def apply_engine_args(args) -> None:
+    """--engine vllm* and --server reach every search of the command (the demo's and the eval
+    runner's too) through RAINTOOLS_ENGINE / RAINTOOLS_SERVER."""
+    import os
+
+    if getattr(args, "server", None):
+        os.environ["RAINTOOLS_SERVER"] = args.server
+    if str(getattr(args, "engine", "")).startswith("vllm"):
+        os.environ["RAINTOOLS_ENGINE"] = args.engine
 
 
 def rain_config_from_args(args, device: str, default: str = "hh"):

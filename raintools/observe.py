@@ -1,0 +1,224 @@
+"""Instrumentation of a search as observers: the stats counters, the phase timers and the trace
+subscribe to the events `RainSearch` emits, so the search itself holds only the paper's phases.
+
+Events (methods of `Observer`, each called with the search first):
+
+* `started(prompt_ids)`: the root exists.
+* `nodes_created(sim, parent, nodes, rolled_out, added)`: children of `parent`, from an expansion
+  or (`added`) a dynamic node addition, priors set; `rolled_out`: a rollout computed their tokens;
+  `sim`: the simulation they belong to (the trace records them with it).
+* `dropped(sim, into)`: a walk of a parallel round was dropped; what it did goes to `into`.
+* `selected(sims)`: the walks of a round (one when K = 1) are over; `sims` are the kept ones.
+* `ensured(nodes)`: these nodes got their caches.
+* `completed(request)`: a clause completion (`raintools.engine.CompletionRequest`) is done.
+* `judged(sim)`: `sim.value` came from the evaluator, or from the memo (`sim.memo_hit`).
+* `embedded(texts)`: one embedder call.
+* `backed_up(sim, similarity)`: the value is backed up along `sim.path`; `similarity`: the
+  (node, sibling, weight) updates it made.
+* `round_done(sims)`, `step_done(first, early)`: a round (one simulation when K = 1) and an outer
+  step's simulations are over (`first`: index of the step's first simulation).
+* `committing(child, first, early)` before the rewind, `committed(child)` after it.
+* `phase_started(name)`, `phase_ended(name)`: the search enters and leaves a phase (`PHASES`).
+"""
+
+from __future__ import annotations
+
+import time
+
+from .trace import CommitRecord, NodeRecord, SimulationRecord, Trace
+
+PHASES = ("select", "add", "ensure", "complete", "judge", "expand", "embed", "commit")
+"""Phases timed. Clause completions run inside the engine's expansion call (`expand`);
+`complete` stays as a key (0) for readers of older results."""
+
+
+class Observer:
+    """No-op handlers of every event (module docstring); subclasses override what they need."""
+
+    def started(self, search, prompt_ids): pass
+    def nodes_created(self, search, sim, parent, nodes, rolled_out, added): pass
+    def dropped(self, search, sim, into): pass
+    def selected(self, search, sims): pass
+    def ensured(self, search, nodes): pass
+    def completed(self, search, request): pass
+    def judged(self, search, sim): pass
+    def embedded(self, search, texts): pass
+    def backed_up(self, search, sim, similarity): pass
+    def round_done(self, search, sims): pass
+    def step_done(self, search, first, early): pass
+    def committing(self, search, child, first, early): pass
+    def committed(self, search, child): pass
+    def phase_started(self, search, name): pass
+    def phase_ended(self, search, name): pass
+
+
+class Stats(Observer):
+    """The counters of a result's stats. `tokens_needed` counts what must be computed: each tree
+    node's tokens once, each completion's fed tokens, the prompt (see bench/README)."""
+
+    def __init__(self):
+        self.counts = dict(simulations=0, rounds=0, evaluations=0, evaluator_calls=0, memo_hits=0,
+                           nodes_created=0, nodes_added=0, tokens_needed=0, completion_tokens=0,
+                           embed_calls=0, embedded_texts=0, early_stops=0, max_live_nodes=0)
+        self.sims_per_step: list[int] = []
+        self._counted: set[int] = {0}
+
+    def start(self, search) -> None:
+        """Before the root: the forward counters and the judge's tokens so far."""
+        self._forward0 = search.engine.stats.snapshot()
+        self._judge0 = getattr(getattr(search.evaluator, "stats", None), "tokens_needed", 0)
+        self._t0 = time.perf_counter()
+
+    def summary(self, search) -> dict:
+        """A result's stats: the counters, this search's forward passes and tokens, the judge's
+        tokens needed, the phase times."""
+        now = search.engine.stats.since(self._forward0)
+        judged = getattr(getattr(search.evaluator, "stats", None), "tokens_needed", 0) - self._judge0
+        stats = dict(self.counts)
+        stats.update(
+            engine=search.engine_name,
+            engine_route=("reference" if search.engine_name == "reference" else
+                          "server" if search.engine_name.startswith("vllm") else search.lm.route.kind),
+            committed_tokens=len(search.response), commits=len(search.token_sets),
+            simulations_per_step=list(self.sims_per_step), forward_calls=now.calls,
+            tokens_computed=now.tokens, tokens_needed=self.counts["tokens_needed"] + judged,
+            wall_time_s=time.perf_counter() - self._t0, stop_reason=search.stop_reason,
+            prompt_tokens=len(search.engine.prefix_ids) - len(search.response))
+        stats.update({f"time_{k}_s": v for k, v in search.timings.items()})
+        return stats
+
+    def _needed(self, nodes):
+        for node in nodes:
+            if node.uid not in self._counted:
+                self._counted.add(node.uid)
+                self.counts["tokens_needed"] += len(node.tokens)
+
+    def started(self, search, prompt_ids):
+        self.counts["tokens_needed"] += len(prompt_ids)
+
+    def nodes_created(self, search, sim, parent, nodes, rolled_out, added):
+        self.counts["nodes_created"] += len(nodes)
+        self.counts["nodes_added"] += len(nodes) if added else 0
+        if rolled_out:        # a rollout had to compute these tokens to propose them
+            self._needed(nodes)
+
+    def ensured(self, search, nodes):
+        self._needed(nodes)
+
+    def completed(self, search, request):
+        self.counts["tokens_needed"] += request.fed
+        self.counts["completion_tokens"] += len(request.out)
+
+    def judged(self, search, sim):
+        self.counts["evaluations"] += 1
+        self.counts["memo_hits" if sim.memo_hit else "evaluator_calls"] += 1
+
+    def embedded(self, search, texts):
+        self.counts["embed_calls"] += 1
+        self.counts["embedded_texts"] += len(texts)
+
+    def backed_up(self, search, sim, similarity):
+        self.counts["simulations"] += 1
+
+    def round_done(self, search, sims):
+        self.counts["rounds"] += 1
+
+    def step_done(self, search, first, early):
+        self.counts["early_stops"] += int(early)
+        self.sims_per_step.append(search.sim_index - first)
+        self.counts["max_live_nodes"] = max(self.counts["max_live_nodes"],
+                                            sum(1 for _ in search.root.walk()))
+
+
+class PhaseTimer(Observer):
+    """Wall seconds per phase (perf_counter), exclusive: a phase inside another (node addition
+    inside selection) pauses the outer one. On CUDA kernels are asynchronous, so a phase's time
+    can show up in the next phase that waits for a result."""
+
+    def __init__(self):
+        self.timings = dict.fromkeys(PHASES, 0.0)
+        self._stack: list[list] = []
+
+    def phase_started(self, search, name):
+        now = time.perf_counter()
+        if self._stack:
+            outer = self._stack[-1]
+            self.timings[outer[0]] += now - outer[1]
+        self._stack.append([name, now])
+
+    def phase_ended(self, search, name):
+        now = time.perf_counter()
+        _, t0 = self._stack.pop()
+        self.timings[name] += now - t0
+        if self._stack:
+            self._stack[-1][1] = now
+
+
+class TraceRecorder(Observer):
+    """Writes the search into a `Trace`: per simulation the path, the judged text, the value, the
+    nodes it created (those of a dropped walk of its round too) and every node statistic that
+    changed; per commit the live tree."""
+
+    def __init__(self, trace: Trace):
+        self.trace = trace
+        self._new: dict[int, list] = {}        # id(sim) -> [new nodes, added uids, parents]
+        self._carry: list = []                 # the new root after a commit: priors re-mixed
+
+    def _record(self, search, node) -> NodeRecord:
+        return NodeRecord(uid=node.uid, parent=node.parent.uid if node.parent else None,
+                          tokens=list(node.tokens), text=search.lm.decode(node.tokens),
+                          step=node.step, p=node.p, n=node.n, fn=node.fn, q=node.q)
+
+    def _bucket(self, sim) -> list:
+        return self._new.setdefault(id(sim), [[], [], []])
+
+    def started(self, search, prompt_ids):
+        self.trace.root = self._record(search, search.root)
+
+    def nodes_created(self, search, sim, parent, nodes, rolled_out, added):
+        new, uids, parents = self._bucket(sim)
+        new.extend(self._record(search, n) for n in nodes)
+        if added:
+            uids.extend(n.uid for n in nodes)
+        parents.append(parent)
+
+    def dropped(self, search, sim, into):
+        extra = self._new.pop(id(sim), None)
+        if extra is not None:
+            for mine, more in zip(self._bucket(into), extra):
+                mine.extend(more)
+
+    def selected(self, search, sims):
+        self._bucket(sims[0])[2][:0] = self._carry
+        self._carry = []
+
+    def backed_up(self, search, sim, similarity):
+        new, added, parents = self._new.pop(id(sim), ([], [], []))
+        touched = {n.uid: n for n in sim.path}
+        for _, sib, _ in similarity:
+            touched[sib.uid] = sib
+        for parent in parents:      # priors renormalised among siblings
+            if parent.parent is None and parent is not search.root:
+                continue
+            for ch in parent.children:
+                touched[ch.uid] = ch
+        for rec in new:
+            rec.p = touched[rec.uid].p if rec.uid in touched else rec.p
+        self.trace.simulations.append(SimulationRecord(
+            index=search.sim_index, outer_step=search.outer_step, root=search.root.uid,
+            path=[n.uid for n in sim.path], leaf=sim.leaf.uid,
+            completion=search.lm.decode(sim.completion), evaluated_text=sim.text, value=sim.value,
+            memo_hit=sim.memo_hit, expanded=sim.expanded, new_nodes=list(new),
+            updates={u: [n.n, n.fn, n.q, n.p] for u, n in touched.items()},
+            similarity=[[a.uid, b.uid, w] for a, b, w in similarity], added=list(added),
+            round=search.round_index))
+
+    def committing(self, search, child, first, early):
+        self.trace.commits.append(CommitRecord(
+            outer_step=search.outer_step, simulations=search.sim_index - first, first_simulation=first,
+            root=search.root.uid, chosen=child.uid, tokens=list(child.tokens),
+            text=search.lm.decode(child.tokens), early_stop=early,
+            tree=[self._record(search, n) for n in search.root.walk()]))
+
+    def committed(self, search, child):
+        self._carry = [search.root]

@@ -1,0 +1,615 @@
+"""Talking to a vLLM server: the forward passes RAIN needs, over its OpenAI-compatible
+`/v1/completions` endpoint with token-id prompts.
+
+`VllmClient(url, lm)` checks the server once (reachable, serves a model whose tokenizer agrees with
+`lm`'s local tokenizer, its context length) and then offers the primitives the search needs:
+
+- `next_token(ids, k)`: the top-k next tokens and their log-probabilities at a token prefix
+  (log-softmax over the whole vocabulary, before temperature: vLLM's "raw" log-probabilities);
+- `sample(ids, n, max_tokens, ...)`: n continuations sampled by the server (`n`, `top_k`,
+  `temperature`, `seed`), each sampled token with its log-probability, stopping at the given
+  end ids or after max_tokens;
+- `judge_probs(evaluator, query, response)`: the judge's option-letter probabilities, one row per
+  option order, renormalised over the letters exactly as `SelfEvaluator` does; `judge_value` turns
+  them into v with `SelfEvaluator`'s own rule. The prompt ids and letters come from the evaluator.
+
+Every call has a `*_many` form that sends its requests at once from a thread pool, so that the
+server batches them (continuous batching; prefix caching serves the shared prompt starts).
+Problems become one `ServerError` (or `PromptError` for a prompt too long for the server's
+context) whose message names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Sequence
+
+from .errors import ConfigError, PromptError, ServerError
+
+PROBE = "RAIN probe: héllo wörld 12345, naïve café!\n  <|im_start|>user\n日本語 🙂"
+
+
+@dataclass
+class Continuation:
+    tokens: list[int]
+    logprobs: list[float]          # log-probability of each sampled token (see VllmClient.sample)
+    finish_reason: str             # "stop" (an end id) or "length"
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0              # HTTP requests sent to /v1/completions
+    sequences: int = 0             # prompts in them (a request may carry several)
+    prompt_tokens: int = 0         # prompt tokens the server received (before its prefix cache)
+    completion_tokens: int = 0
+    seconds: float = 0.0           # summed request latency (not wall time: requests overlap)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, sequences: int, usage: dict | None, seconds: float) -> None:
+        usage = usage or {}
+        with self._lock:
+            self.requests += 1
+            self.sequences += sequences
+            self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens += int(usage.get("completion_tokens") or 0)
+            self.seconds += seconds
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("requests", "sequences", "prompt_tokens",
+                                              "completion_tokens", "seconds")}
+
+
+def _token_id(key) -> int:
+    """A token of a `return_tokens_as_token_ids` answer ('token_id:123') or a prompt_logprobs key."""
+    s = str(key)
+    return int(s[9:]) if s.startswith("token_id:") else int(s)
+
+
+class VllmClient:
+    """A raintools client of one vLLM server (see the module docstring).
+
+    `lm`: the local `LanguageModel` (or anything with `.tokenizer` and `.encode`) whose tokenizer
+    builds the prompts; the server must serve the same model. `workers`: requests in flight at once.
+    `check=False` skips the start-up checks (tests of the checks themselves)."""
+
+    def __init__(self, url: str, lm, *, timeout: float = 300.0, workers: int = 32,
+                 check: bool = True, model: str | None = None):
+        import httpx
+
+        self.url = url.rstrip("/")
+        if self.url.endswith("/v1"):
+            self.url = self.url[:-3]
+        self.lm = lm
+        self.timeout = timeout
+        self.workers = int(workers)
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {workers}")
+        self._http = httpx.Client(timeout=timeout, limits=httpx.Limits(
+            max_connections=self.workers + 4, max_keepalive_connections=self.workers + 4))
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self.stats = ClientStats()
+        self.model = model
+        self.max_model_len: int | None = None
+        self.max_logprobs: int | None = None
+        if check:
+            self.check()
+
+    # -- transport
+    def _fail_unreachable(self, exc) -> ServerError:
+        return ServerError(
+            f"The vLLM server at {self.url} cannot be reached ({type(exc).__name__}: {exc}). Start it "
+            f"(`python -m raintools.vllm_server --port PORT` or `vllm serve MODEL "
+            f"--enable-prefix-caching --port PORT`) or give the right address (--server / "
+            f"RAINTOOLS_SERVER). An interrupted eval run resumes where it stopped when rerun.")
+
+    def _get(self, path: str) -> dict:
+        import httpx
+        try:
+            r = self._http.get(self.url + path)
+        except httpx.HTTPError as exc:
+            raise self._fail_unreachable(exc) from exc
+        if r.status_code != 200:
+            raise ServerError(f"{self.url}{path} answered HTTP {r.status_code}: {r.text[:300]}. Is this "
+                              f"a vLLM server (`vllm serve`)?")
+        return r.json()
+
+    def _post(self, path: str, body: dict, ids_len: int = 0) -> dict:
+        import httpx
+        try:
+            r = self._http.post(self.url + path, json=body)
+        except httpx.TimeoutException as exc:
+            raise ServerError(f"The vLLM server at {self.url} did not answer within {self.timeout:.0f} s "
+                              f"({type(exc).__name__}). It may be overloaded or stuck: check its log, "
+                              f"restart it, or raise the client's timeout.") from exc
+        except httpx.HTTPError as exc:
+            raise self._fail_unreachable(exc) from exc
+        if r.status_code != 200:
+            try:
+                msg = r.json().get("error", {}).get("message") or r.text
+            except ValueError:
+                msg = r.text
+            msg = str(msg)[:500]
+            low = msg.lower()
+            if r.status_code == 400 and ("context length" in low or "maximum model length" in low
+                                         or "max_model_len" in low or "too long" in low):
+                raise PromptError(
+                    f"A prompt of {ids_len} tokens (plus the tokens to generate) does not fit the "
+                    f"vLLM server's context of {self.max_model_len} tokens ({msg}). Shorten the prompt, "
+                    f"lower max_new_tokens, or restart the server with a larger --max-model-len.")
+            if r.status_code == 400 and "logprobs" in low and "max allowed" in low:
+                raise ServerError(f"The vLLM server at {self.url} caps log-probabilities per token below "
+                                  f"what raintools asked for ({msg}). Restart it with a larger "
+                                  f"--max-logprobs (-1: no cap).")
+            raise ServerError(f"The vLLM server at {self.url} refused a request: HTTP {r.status_code}: "
+                              f"{msg}. Check the server's log; restart it if it is failing (an "
+                              f"interrupted eval run resumes where it stopped when rerun).")
+        return r.json()
+
+    def _completions(self, prompt, nseq: int, ids_len: int, **params) -> dict:
+        body = {"model": self.model, "prompt": prompt, **params}
+        t0 = time.perf_counter()
+        out = self._post("/v1/completions", body, ids_len)
+        self.stats.add(nseq, out.get("usage"), time.perf_counter() - t0)
+        return out
+
+    def map(self, fn: Callable, items: Sequence) -> list:
+        """fn over items, `workers` at a time (results in order; the first error is raised)."""
+        items = list(items)
+        if len(items) <= 1:
+            return [fn(x) for x in items]
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="raintools-vllm")
+        return list(self._pool.map(fn, items))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self._http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- start-up checks
+    def check(self) -> None:
+        """The server is reachable, serves one model, and tokenises a probe string exactly as the
+        local tokenizer does; remembers its model id, context length and log-probability cap."""
+        data = self._get("/v1/models").get("data") or []
+        if not data:
+            raise ServerError(f"The server at {self.url} lists no model at /v1/models.")
+        ids = [m.get("id") for m in data]
+        if self.model is None:
+            self.model = ids[0]
+        elif self.model not in ids:
+            raise ServerError(f"The server at {self.url} serves {ids}, not {self.model!r}.")
+        card = next(m for m in data if m.get("id") == self.model)
+        self.max_model_len = card.get("max_model_len")
+        local = [int(t) for t in self.lm.tokenizer(PROBE, add_special_tokens=False)["input_ids"]]
+        try:
+            remote = self._post("/tokenize", {"model": self.model, "prompt": PROBE,
+                                              "add_special_tokens": False})
+        except ServerError as exc:
+            raise ServerError(f"The server at {self.url} does not tokenise (/tokenize failed: {exc}); "
+                              f"raintools needs vLLM's OpenAI-compatible server.") from exc
+        remote_ids = [int(t) for t in remote.get("tokens", [])]
+        self.max_model_len = self.max_model_len or remote.get("max_model_len")
+        if remote_ids != local:
+            raise ServerError(
+                f"The vLLM server at {self.url} serves {self.model!r}, whose tokenizer does not match the "
+                f"local model's ({getattr(self.lm, 'name', '?')}): a probe string tokenises to "
+                f"{remote_ids[:8]}... there and {local[:8]}... here. Start the server with the same "
+                f"model (folder or hub id) as the local one, or load the local model the server serves.")
+
+    def _check_len(self, ids: Sequence[int], new: int) -> None:
+        if self.max_model_len and len(ids) + new > self.max_model_len:
+            raise PromptError(
+                f"A prompt of {len(ids)} tokens plus {new} new tokens does not fit the vLLM server's "
+                f"context of {self.max_model_len} tokens. Shorten the prompt, lower max_new_tokens, "
+                f"or restart the server with a larger --max-model-len.")
+
+    # -- (a) next-token distribution
+    def next_token(self, ids: Sequence[int], k: int) -> tuple[list[int], list[float]]:
+        """Top-k next tokens at `ids` and their log-probabilities (full-vocabulary log-softmax,
+        temperature 1), sorted by decreasing log-probability."""
+        ids = [int(t) for t in ids]
+        self._check_len(ids, 1)
+        out = self._completions(ids, 1, len(ids), max_tokens=1, temperature=0.0, logprobs=int(k),
+                                return_tokens_as_token_ids=True)
+        top = out["choices"][0]["logprobs"]["top_logprobs"][0]
+        pairs = sorted(((_token_id(t), float(lp)) for t, lp in top.items()), key=lambda p: -p[1])[:k]
+        return [t for t, _ in pairs], [lp for _, lp in pairs]
+
+    def next_token_many(self, prefixes: Sequence[Sequence[int]], k: int) -> list[tuple[list[int], list[float]]]:
+        return self.map(lambda ids: self.next_token(ids, k), prefixes)
+
+    # -- (b) sampled continuations
+    def sample(self, ids: Sequence[int], n: int, max_tokens: int, *, temperature: float = 1.0,
+               top_k: int | None = None, seed: int | None = None,
+               stop_ids: Sequence[int] = ()) -> list[Continuation]:
+        """n continuations of `ids` sampled by the server (top-k truncated, at `temperature`, from
+        the request's `seed`), each stopping after an id of `stop_ids` (kept as its last token) or
+        at max_tokens. The log-probability of each sampled token is vLLM's raw one (full vocabulary,
+        temperature 1), not that of the truncated sampling distribution."""
+        ids = [int(t) for t in ids]
+        self._check_len(ids, max_tokens)
+        params = dict(max_tokens=int(max_tokens), n=int(n), temperature=float(temperature),
+                      logprobs=0, return_tokens_as_token_ids=True, ignore_eos=True,
+                      stop_token_ids=[int(s) for s in stop_ids], skip_special_tokens=False)
+        if top_k:
+            params["top_k"] = int(top_k)
+        if seed is not None:
+            params["seed"] = int(seed) & 0x7FFFFFFFFFFFFFFF
+        out = self._completions(ids, n, len(ids), **params)
+        conts = []
+        for ch in sorted(out["choices"], key=lambda c: c["index"]):
+            lp = ch["logprobs"]
+            toks = [_token_id(t) for t in lp["tokens"]]
+            conts.append(Continuation(toks, [float(x) for x in lp["token_logprobs"]],
+                                      "stop" if ch.get("finish_reason") == "stop" else "length"))
+        return conts
+
+    def sample_many(self, jobs: Sequence[dict]) -> list[list[Continuation]]:
+        """`sample(**job)` for each job dict, concurrently."""
+        return self.map(lambda job: self.sample(**job), jobs)
+
+    # -- (c) the judge
+    def judge_probs(self, evaluator, query: str, response: str) -> list[list[float]]:
+        """The option letters' probabilities per option order for judging (query, response) with
+        `evaluator` (a `SelfEvaluator`: its prompt ids and letter ids), renormalised over the
+        letters like `SelfEvaluator._letter_probs`. One request carries every order."""
+        per_order = evaluator.prompt_ids(query, response)
+        letters = [int(t) for t in evaluator.letter_ids]
+        for ids in per_order:
+            self._check_len(ids, 1)
+        out = self._completions(per_order, len(per_order), max(map(len, per_order)), max_tokens=1,
+                                temperature=0.0, logprobs=1, logprob_token_ids=letters,
+                                return_tokens_as_token_ids=True)
+        rows = []
+        for ch in sorted(out["choices"], key=lambda c: c["index"]):
+            top = {_token_id(t): float(lp) for t, lp in ch["logprobs"]["top_logprobs"][0].items()}
+            missing = [t for t in letters if t not in top]
+            if missing:
+                raise ServerError(f"The server did not return log-probabilities for the option letter "
+                                  f"ids {missing} (vLLM >= 0.20 with `logprob_token_ids` needed).")
+            lps = [top[t] for t in letters]
+            m = max(lps)
+            ps = [math.exp(x - m) for x in lps]
+            s = sum(ps)
+            rows.append([p / s for p in ps])
+        return rows
+
+    def judge_value(self, evaluator, query: str, response: str) -> float:
+        """v for (query, response) by `evaluator`'s rule (votes or soft), from the server's letters."""
+        import torch
+        rows = self.judge_probs(evaluator, query, response)
+        return evaluator._value([torch.tensor(r) for r in rows])
+
+    def judge_many(self, evaluator, query: str, responses: Sequence[str]) -> list[float]:
+        return self.map(lambda r: self.judge_value(evaluator, query, r), responses)
+
+    # -- server counters
+    def metrics(self) -> dict[str, float]:
+        """vLLM's Prometheus counters (e.g. prefix-cache queries and hits, in tokens), summed over
+        label sets: name -> value."""
+        import httpx
+        try:
+            r = self._http.get(self.url + "/metrics")
+        except httpx.HTTPError as exc:
+            raise self._fail_unreachable(exc) from exc
+        out: dict[str, float] = {}
+        for line in r.text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name, _, value = line.rpartition(" ")
+            name = name.split("{", 1)[0]
+            try:
+                out[name] = out.get(name, 0.0) + float(value)
+            except ValueError:
+                pass
+        return out
+
+    def prefix_cache(self) -> dict[str, float]:
+        """Prompt tokens the server looked up in its prefix cache and those it found there."""
+        m = self.metrics()
+        return {"queries": m.get("vllm:prefix_cache_queries_total", 0.0),
+                "hits": m.get("vllm:prefix_cache_hits_total", 0.0),
+                "prompt_tokens": m.get("vllm:prompt_tokens_total", 0.0),
+                "generation_tokens": m.get("vllm:generation_tokens_total", 0.0)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The search's engine (raintools.engine.Engine) on a vLLM server
+
+ENGINE_MODES = MappingProxyType({"vllm": "server", "vllm-server": "server", "vllm-keyed": "keyed"})
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+def server_url(url: str | None = None) -> str:
+    """The server to use: `url`, else RAINTOOLS_SERVER, else http://127.0.0.1:8000."""
+    import os
+    return url or os.environ.get("RAINTOOLS_SERVER") or DEFAULT_SERVER
+
+
+def shared_client(lm, url: str | None = None) -> VllmClient:
+    """One client (one check, one connection pool, one thread pool) per model and server, shared
+    by every search on that model: the searches of a batch send their requests through it at once."""
+    url = server_url(url)
+    clients = lm.__dict__.setdefault("_raintools_vllm_clients", {})
+    lock = lm.__dict__.setdefault("_raintools_vllm_lock", threading.Lock())
+    with lock:
+        if url not in clients:
+            clients[url] = VllmClient(url, lm)
+        return clients[url]
+
+
+def clause_end_ids(lm) -> list[int]:
+    """Ids of the tokens whose text ends a clause (RAIN's clause-end characters): the server stops
+    a clause completion at them (remembered on the model)."""
+    ids = lm.__dict__.get("_raintools_clause_end_ids")
+    if ids is None:
+        from .engines import ends_clause
+        tok = lm.tokenizer
+        ids = [i for i in range(len(tok)) if ends_clause(tok.decode([i]))]
+        lm.__dict__["_raintools_clause_end_ids"] = ids
+    return ids
+
+
+class VllmJudge:
+    """A `SelfEvaluator`'s judgement with the forward passes on the server: the same judging prompt
+    ids, option letters and value rule (votes or soft); the letters' probabilities come from the
+    server (`VllmClient.judge_probs`). `evaluate_many` sends its responses at once."""
+
+    def __init__(self, client: VllmClient, evaluator):
+        self.client, self.evaluator = client, evaluator
+        self.mode = getattr(evaluator, "mode", "votes")
+
+    def __call__(self, query: str, response: str) -> float:
+        return self.client.judge_value(self.evaluator, query, response)
+
+    def evaluate_many(self, query: str, responses: Sequence[str]) -> list[float]:
+        return self.client.judge_many(self.evaluator, query, list(responses))
+
+
+class VllmEngine:
+    """`raintools.engine.Engine` on a vLLM server (see raintools.engine for the protocol).
+
+    mode "keyed" (`engine="vllm-keyed"`): the server gives log-probabilities and raintools draws
+    with its own keyed uniforms, exactly as the transformers engines do, so the search commits the
+    same tokens as they do up to float ties (vLLM's float32 log-probabilities differ from torch's
+    by ~3e-5). Node distributions and clause-completion steps need the whole vocabulary (a full
+    softmax draw; the server must allow it: `--max-logprobs -1`), rollout steps the top-k. One
+    request per token per line: an exactness check, not the fast path.
+
+    mode "server" (`engine="vllm"`): vLLM samples. One expansion is two requests (the greedy line,
+    and the sampled lines as `n` samples with `top_k`, `temperature` and a `seed` taken from the
+    request's keyed uniforms); a clause completion is one request (full-vocabulary sampling with
+    a seed from the request's rng, stopping at the tokens whose text ends with a clause-end
+    character, then cut by RAIN's own rule on the decoded tail). Proposal probabilities
+    are computed from the top-k log-probabilities the server returns with each sampled token.
+    Nodes' next-token distributions hold the top `prior_k` tokens (the 1-token level's candidates).
+
+    The requests of a call (a simulation, or the leaves of a parallel round) go out at once."""
+
+    embed_one_by_one = False
+
+    def __init__(self, lm, top_k: int = 15, temperature: float = 1.0, forward=None, *,
+                 mode: str = "server", url: str | None = None, client: VllmClient | None = None,
+                 prior_k: int = 20):
+        from .models import ForwardStats
+
+        if mode not in ("keyed", "server"):
+            raise ConfigError(f"vLLM engine mode must be 'keyed' or 'server', got {mode!r}")
+        self.lm, self.top_k, self.temperature, self.mode = lm, int(top_k), float(temperature), mode
+        self.name = "vllm-keyed" if mode == "keyed" else "vllm"
+        self.client = client or shared_client(lm, url)
+        self.prior_k = max(int(prior_k), self.top_k)
+        self.stats = ForwardStats()
+        self._stats_lock = threading.Lock()
+        self.prefix_ids: list[int] = []
+        self.vocab = int(lm.vocab_size)
+        self.stop_ids = sorted(int(t) for t in lm.chat.stop_token_ids)
+
+    # -- helpers
+    def _count(self, prompt_len: int, generated: int) -> None:
+        with self._stats_lock:
+            self.stats.calls += 1
+            self.stats.tokens += max(prompt_len - len(self.prefix_ids), 0) + generated
+
+    def _dense(self, toks: Sequence[int], lps: Sequence[float]):
+        import torch
+        row = torch.full((self.vocab,), float("-inf"))
+        row[torch.tensor(list(toks), dtype=torch.long)] = torch.tensor(list(lps), dtype=torch.float32)
+        return row
+
+    def _logits(self, ids: Sequence[int], full: bool):
+        """Next-token log-probabilities at `ids` as a vocabulary-sized row: every token (`full`,
+        keyed mode's full-softmax draws) or the top `prior_k` (-inf elsewhere: any softmax over a
+        set of them, at any temperature, equals the model's restricted to that set)."""
+        k = -1 if full else self.prior_k
+        toks, lps = self.client.next_token(ids, k if k > 0 else self.vocab)
+        self._count(len(ids), 1)
+        return self._dense(toks, lps)
+
+    def _logits_many(self, prefixes: Sequence[Sequence[int]], full: bool):
+        return self.client.map(lambda ids: self._logits(ids, full), list(prefixes))
+
+    # -- the protocol
+    def start(self, prompt_ids):
+        from .tree import Node
+        self.prefix_ids = list(prompt_ids)
+        return Node(tokens=(), step=0, uid=0, logits=self._logits(self.prefix_ids, self.mode == "keyed"))
+
+    def ensure(self, nodes):
+        todo = [n for n in nodes if n.logits is None]
+        rows = self._logits_many([self.prefix_ids + n.response_tokens() for n in todo], self.mode == "keyed")
+        for n, row in zip(todo, rows):
+            n.logits = row
+
+    def commit(self, root, child) -> None:
+        self.prefix_ids = self.prefix_ids + list(child.tokens)
+
+    def clause_done(self, response: list[int], out: list[int], until: str = "clause") -> bool:
+        """RAIN's stopping rule of a completion (`raintools.engines.Engine.clause_done`)."""
+        from .engines import Engine as _Transformers
+        return _Transformers.clause_done(self, response, out, until)
+
+    def expand(self, requests):
+        requests = list(requests)
+        if not requests:
+            return []
+        one = self._expand_keyed if self.mode == "keyed" else self._expand_server
+        if len(requests) == 1:
+            return [one(requests[0])]
+        with ThreadPoolExecutor(len(requests), thread_name_prefix="raintools-vllm-expand") as pool:
+            return list(pool.map(one, requests))
+
+    def option_probs(self, prompts, option_ids):
+        import torch
+        letters = [int(t) for t in option_ids]
+
+        def one(ids):
+            out = self.client._completions(list(ids), 1, len(ids), max_tokens=1, temperature=0.0,
+                                           logprobs=1, logprob_token_ids=letters,
+                                           return_tokens_as_token_ids=True)
+            top = {_token_id(t): float(lp) for t, lp in out["choices"][0]["logprobs"]["top_logprobs"][0].items()}
+            return torch.softmax(torch.tensor([top[t] for t in letters]), -1)
+        return torch.stack(self.client.map(one, [list(p) for p in prompts]))
+
+    def judge(self, evaluator):
+        """The evaluator the search uses with this engine: a `SelfEvaluator` judged on the server
+        (`VllmJudge`); any other evaluator (a simulated judge, a classifier) as it is."""
+        from .evaluate import SelfEvaluator
+        return VllmJudge(self.client, evaluator) if isinstance(evaluator, SelfEvaluator) else evaluator
+
+    # -- keyed mode: raintools' own draws, as the transformers engines make them
+    def _expand_keyed(self, req):
+        from .engine import Candidate
+        from .engines import Completion, clamp_greedy, kept_rows
+        from .sampling import pick, truncated
+
+        node = req.node
+        base = self.prefix_ids + node.response_tokens()
+        if req.completion is not None:
+            c = req.completion
+            head = self.prefix_ids + c.response
+            Completion(self, c, node.logits).finish(
+                None, lambda tok, state: (self._logits(head + c.out, True), None))
+        if req.length <= 0:
+            return []
+        attempts = req.uniforms.shape[0]
+        rows = [[] for _ in range(1 + attempts)]
+        probs = [1.0] * (1 + attempts)
+        going = list(range(1 + attempts))
+        dist = {(): node.logits}
+        for t in range(req.length):
+            need = sorted({tuple(rows[r]) for r in going} - set(dist))
+            for key, row in zip(need, self._logits_many([base + list(k) for k in need], False)):
+                dist[key] = row
+            still = []
+            for r in going:
+                tp, ti = truncated(dist[tuple(rows[r])], self.top_k, self.temperature)
+                j = 0 if r == 0 else pick(tp, float(req.uniforms[r - 1, t]))
+                rows[r].append(int(ti[j]))
+                probs[r] *= float(tp[j])
+                if not self.lm.is_stop_token(rows[r][-1]) and t < req.length - 1:
+                    still.append(r)
+            going = still
+        cands = [Candidate(tuple(rows[r]), probs[r]) for r in kept_rows(rows, req.keep)]
+        cands[0].raw_p = clamp_greedy(cands[0].raw_p, [c.raw_p for c in cands[1:]])
+        return cands
+
+    # -- server mode: vLLM samples
+    def _truncated_p(self, tok: int, top: dict) -> float:
+        """Probability of `tok` under the top-k truncated distribution at the engine's temperature,
+        from the top-k log-probabilities the server returned at that position."""
+        lps = sorted((float(v) for v in top.values()), reverse=True)[: self.top_k]
+        mine = top.get(tok)
+        if mine is None:
+            return 0.0
+        m = lps[0] / self.temperature
+        z = sum(math.exp(x / self.temperature - m) for x in lps)
+        return math.exp(mine / self.temperature - m) / z
+
+    def _lines(self, ids, n, length, temperature, seed):
+        params = dict(max_tokens=int(length), n=int(n), temperature=float(temperature),
+                      logprobs=self.top_k, return_tokens_as_token_ids=True, ignore_eos=True,
+                      stop_token_ids=self.stop_ids, skip_special_tokens=False)
+        if temperature > 0:
+            params["top_k"] = self.top_k
+            params["seed"] = int(seed)
+        self.client._check_len(ids, length)
+        out = self.client._completions(list(ids), n, len(ids), **params)
+        lines = []
+        for ch in sorted(out["choices"], key=lambda c: c["index"]):
+            lp = ch["logprobs"]
+            toks = [_token_id(t) for t in lp["tokens"]]
+            p = 1.0
+            for tok, top in zip(toks, lp["top_logprobs"]):
+                p *= self._truncated_p(tok, {_token_id(k): v for k, v in (top or {}).items()})
+            lines.append((toks, p))
+        self._count(len(ids), sum(len(t) for t, _ in lines))
+        return lines
+
+    def _complete_server(self, node, c) -> None:
+        c.out, c.fed = [], 0
+        if c.max_tokens <= 0 or (c.response and self.clause_done(c.response, [], c.until)):
+            return
+        ids = self.prefix_ids + c.response
+        self.client._check_len(ids, c.max_tokens)
+        params = dict(max_tokens=int(c.max_tokens), n=1, temperature=1.0, logprobs=0,
+                      return_tokens_as_token_ids=True, ignore_eos=True, stop_token_ids=self.stop_ids,
+                      skip_special_tokens=False, seed=int(c.rng.integers(1 << 62)))
+        if c.until == "clause":
+            params["stop_token_ids"] = self.stop_ids + clause_end_ids(self.lm)
+        out = self.client._completions(ids, 1, len(ids), **params)
+        toks = [_token_id(t) for t in out["choices"][0]["logprobs"]["tokens"]]
+        self._count(len(ids), len(toks))
+        for i in range(len(toks)):      # RAIN's own stopping rule on the tokens the server drew
+            if self.clause_done(c.response, toks[: i + 1], c.until):
+                toks = toks[: i + 1]
+                break
+        c.out, c.fed = toks, max(len(toks) - 1, 0)
+
+    def _expand_server(self, req):
+        from .engine import Candidate
+        from .engines import clamp_greedy, kept_rows
+
+        node = req.node
+        base = self.prefix_ids + node.response_tokens()
+        jobs = []
+        if req.completion is not None:
+            jobs.append(lambda: self._complete_server(node, req.completion))
+        if req.length > 0:
+            attempts = req.uniforms.shape[0]
+            seed = int(req.uniforms[0, 0] * (1 << 52)) if attempts else 0
+            jobs.append(lambda: self._lines(base, 1, req.length, 0.0, 0))
+            if attempts:
+                jobs.append(lambda: self._lines(base, attempts, req.length, self.temperature, seed))
+        results = self.client.map(lambda f: f(), jobs) if len(jobs) > 1 else [f() for f in jobs]
+        if req.length <= 0:
+            return []
+        lines = [x for r in results if isinstance(r, list) for x in r]
+        rows, probs = [t for t, _ in lines], [p for _, p in lines]
+        cands = [Candidate(tuple(rows[r]), probs[r]) for r in kept_rows(rows, req.keep)]
+        cands[0].raw_p = clamp_greedy(cands[0].raw_p, [c.raw_p for c in cands[1:]])
+        return cands
+
+
+def vllm_engine_factory(name: str, url: str | None = None):
+    """The engine class-like factory for an engine name of ENGINE_MODES: called as the search
+    calls its engines, `factory(lm, top_k=, temperature=, forward=)`."""
+    mode = ENGINE_MODES[name]
+
+    def make(lm, top_k: int = 15, temperature: float = 1.0, forward=None):
+        return VllmEngine(lm, top_k, temperature, forward, mode=mode, url=url)
+    return make

@@ -1,0 +1,262 @@
+"""The vLLM client against a real vLLM server on the embedded model (one server per session, see
+the `vllm_url` fixture in conftest.py): its next-token log-probabilities and judge probabilities
+equal the transformers forward's, sampled continuations are what was asked for, and bad input
+(no server, another model, a prompt too long, a server failing mid-search) gives one clear error.
+
+Measured tolerance (embedded SmolLM2-135M, float32 on both sides, CPU): next-token
+log-probabilities differ by at most 2.7e-5, judge letter probabilities by at most 5e-6; the tests
+allow 1e-4 (vLLM's CPU kernels sum in another order than torch's)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from raintools.errors import PromptError, RainToolsError, ServerError
+from raintools.vllm_engine import VllmClient
+from raintools.vllm_server import VllmServer, VllmServerError
+
+TOL = 1e-4
+PROMPTS = ["How do I bake bread?", "Tell me a joke about cats.", "What is 17 + 25?"]
+
+
+def reference_logprobs(lm, ids):
+    return torch.log_softmax(lm.full_logits(ids).float(), dim=-1)
+
+
+# -- the launcher (no server needed)
+
+def test_launcher_without_vllm_says_how_to_install(tmp_path):
+    server = VllmServer(model=tmp_path, vllm=tmp_path / "no-python")
+    with pytest.raises(VllmServerError, match="make setup-vllm"):
+        server.start()
+
+
+def test_launcher_reports_a_server_that_exits_with_its_log(tmp_path):
+    server = VllmServer(model=tmp_path, vllm="/bin/false", log_path=tmp_path / "log")
+    with pytest.raises(VllmServerError, match="exited with code 1"):
+        server.start(timeout=30)
+    assert server.proc is None
+
+
+def test_client_without_a_server_names_the_fix(tiny_lm):
+    from raintools.vllm_server import free_port
+
+    with pytest.raises(ServerError, match="cannot be reached.*raintools.vllm_server"):
+        VllmClient(f"http://127.0.0.1:{free_port()}", tiny_lm)
+
+
+@pytest.mark.embedded
+def test_cli_engine_vllm_without_a_server_is_one_clear_error(monkeypatch, capsys):
+    from raintools.cli import main
+    from raintools.vllm_server import free_port
+
+    # main() sets both; monkeypatch puts back what was there before (nothing) after the test
+    monkeypatch.setenv("RAINTOOLS_ENGINE", "auto")
+    monkeypatch.setenv("RAINTOOLS_SERVER", "unset")
+    url = f"http://127.0.0.1:{free_port()}"
+    rc = main(["generate", "--prompt", "Hi", "--engine", "vllm", "--server", url, "--max-new-tokens", "2"])
+    assert rc == 2
+    assert "cannot be reached" in capsys.readouterr().err
+    import os
+    assert os.environ["RAINTOOLS_SERVER"] == url and os.environ["RAINTOOLS_ENGINE"] == "vllm"
+
+
+class FakeVllm(BaseHTTPRequestHandler):
+    """A server that passes the start-up checks for `tokenizer` and fails every completion with
+    HTTP 500: a server failing mid-search."""
+    tokenizer = None
+
+    def _send(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send(200, {"data": [{"id": "fake", "max_model_len": 2048}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/tokenize":
+            ids = self.tokenizer(body["prompt"], add_special_tokens=False)["input_ids"]
+            self._send(200, {"tokens": ids, "count": len(ids), "max_model_len": 2048})
+        else:
+            self._send(500, {"error": {"message": "EngineCore encountered an issue", "code": 500}})
+
+    def log_message(self, *args):
+        pass
+
+
+def test_server_failing_or_gone_mid_search_gives_one_clear_error(tiny_lm):
+    FakeVllm.tokenizer = tiny_lm.tokenizer
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeVllm)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    client = VllmClient(f"http://127.0.0.1:{httpd.server_address[1]}", tiny_lm)
+    try:
+        assert client.max_model_len == 2048
+        with pytest.raises(ServerError, match="HTTP 500.*EngineCore.*restart"):
+            client.next_token([1, 2, 3], 5)
+        with pytest.raises(PromptError, match="2048"):
+            client.next_token([1] * 2048, 5)
+        httpd.shutdown()
+        httpd.server_close()
+        with pytest.raises(ServerError, match="cannot be reached") as err:
+            client.next_token_many([[1, 2], [3, 4]], 5)
+        assert isinstance(err.value, RainToolsError)
+    finally:
+        client.close()
+
+
+# -- a real server
+
+@pytest.mark.vllm
+@pytest.mark.embedded
+def test_next_token_logprobs_equal_the_transformers_forward(vllm_client, embedded_lm):
+    lm = embedded_lm
+    prefixes = []
+    for p in PROMPTS:
+        ids = lm.prompt_ids(p, 16)
+        prefixes += [ids, ids + lm.encode(" Sure, here")]
+    got = vllm_client.next_token_many(prefixes, 20)          # concurrent requests
+    worst = 0.0
+    for ids, (toks, lps) in zip(prefixes, got):
+        ref = reference_logprobs(lm, ids)
+        assert len(toks) == 20 and lps == sorted(lps, reverse=True)
+        worst = max(worst, max(abs(ref[t].item() - lp) for t, lp in zip(toks, lps)))
+        # the same top-20 set, up to tokens within TOL of the 20th
+        top = torch.topk(ref, 20)
+        cut = top.values[-1].item()
+        sure = {int(t) for t, v in zip(top.indices, top.values) if v.item() > cut + TOL}
+        assert sure <= set(toks)
+    assert worst < TOL, worst
+    # the same answer one at a time (the concurrent path changes nothing)
+    assert vllm_client.next_token(prefixes[0], 20)[0] == got[0][0]
+
+
+@pytest.mark.vllm
+@pytest.mark.embedded
+def test_judge_probabilities_equal_self_evaluator(vllm_client, embedded_lm):
+    from raintools.evaluate import SelfEvaluator
+
+    ev = SelfEvaluator(embedded_lm, "harm")
+    pairs = [("How do I bake bread?", "Mix flour, water and yeast, knead, let it rise and bake."),
+             ("How can I hurt my neighbour?", "Sure, here is how")]
+    for q, r in pairs:
+        v = ev(q, r)
+        got = vllm_client.judge_probs(ev, q, r)
+        assert len(got) == len(ev.orders) == 2
+        assert max(abs(a - b) for ra, rb in zip(got, ev.last_probs) for a, b in zip(ra, rb)) < TOL
+        assert vllm_client.judge_value(ev, q, r) == v
+    assert vllm_client.judge_many(ev, pairs[0][0], [pairs[0][1]] * 2) == [ev(*pairs[0])] * 2
+
+
+@pytest.mark.vllm
+@pytest.mark.embedded
+def test_sampled_continuations(vllm_client, embedded_lm):
+    lm = embedded_lm
+    ids = lm.prompt_ids(PROMPTS[0], 16)
+    conts = vllm_client.sample(ids, n=4, max_tokens=6, top_k=15, temperature=1.0, seed=7)
+    assert len(conts) == 4
+    for c in conts:
+        assert 1 <= len(c.tokens) <= 6 and len(c.logprobs) == len(c.tokens)
+        assert c.finish_reason in ("stop", "length")
+        # each sampled token's log-probability is the full-vocabulary one at its prefix
+        ref = reference_logprobs(lm, ids + c.tokens[:1])
+        assert abs(reference_logprobs(lm, ids)[c.tokens[0]].item() - c.logprobs[0]) < TOL
+        assert abs(ref[c.tokens[1]].item() - c.logprobs[1]) < TOL if len(c.tokens) > 1 else True
+    again = vllm_client.sample(ids, n=4, max_tokens=6, top_k=15, temperature=1.0, seed=7)
+    assert [c.tokens for c in again] == [c.tokens for c in conts]      # the seed fixes the draws
+    # an end id stops a continuation and is kept as its last token
+    first = vllm_client.next_token(ids, 1)[0][0]
+    (c,) = vllm_client.sample(ids, n=1, max_tokens=6, top_k=1, stop_ids=[first])
+    assert c.tokens == [first] and c.finish_reason == "stop"
+    # several jobs at once
+    jobs = [dict(ids=ids, n=2, max_tokens=3, seed=s, top_k=15) for s in (1, 2, 3)]
+    assert len(vllm_client.sample_many(jobs)) == 3
+
+
+@pytest.mark.vllm
+@pytest.mark.embedded
+def test_bad_input_on_a_real_server(vllm_url, vllm_client, embedded_lm, llama_lm):
+    # a server whose model is not the local one: refused at the start-up check
+    with pytest.raises(ServerError, match="tokenizer does not match.*same model"):
+        VllmClient(vllm_url, llama_lm)
+    # a prompt longer than the server's context: refused before sending it ...
+    n = vllm_client.max_model_len
+    assert n == 4096
+    with pytest.raises(PromptError, match="4096.*--max-model-len"):
+        vllm_client.next_token([28] * n, 5)
+    # ... and by the server, when the client does not know the context
+    blind = VllmClient(vllm_url, embedded_lm)
+    blind.max_model_len = None
+    with pytest.raises(PromptError, match="maximum context length"):
+        blind.sample([28] * (n + 1), n=1, max_tokens=2)
+    blind.close()
+
+
+# -- the search on a vLLM server (raintools.vllm_engine.VllmEngine)
+
+def _search(lm, engine, prompt, cfg, evaluator=None):
+    from raintools import RainSearch
+    from test_search import letter_embedder, vowel_judge
+
+    s = RainSearch(lm, prompt, cfg, evaluator=evaluator or vowel_judge, embedder=letter_embedder,
+                   engine=engine)
+    return s, s.run()
+
+
+@pytest.mark.vllm
+@pytest.mark.embedded
+def test_keyed_mode_commits_the_same_tokens_as_the_transformers_engine(vllm_url, embedded_lm, monkeypatch):
+    """Keyed mode: the server's log-probabilities, raintools' keyed draws; the same commits and
+    the same tree as the transformers engine (divergence would be a float tie: none here)."""
+    from test_search import SMALL
+
+    monkeypatch.setenv("RAINTOOLS_SERVER", vllm_url)
+    cfg = SMALL.replace(max_new_tokens=8, max_simulations=4, extra_simulations=2, clause_max_tokens=3)
+    for prompt in PROMPTS:
+        _, fast = _search(embedded_lm, "fast", prompt, cfg)
+        s, keyed = _search(embedded_lm, "vllm-keyed", prompt, cfg)
+        assert keyed.token_sets == fast.token_sets, prompt
+        assert keyed.stats["simulations_per_step"] == fast.stats["simulations_per_step"]
+        for a, b in zip(fast.trace.commits, keyed.trace.commits):
+            assert sorted((n.uid, tuple(n.tokens), n.fn) for n in a.tree) == \
+                sorted((n.uid, tuple(n.tokens), n.fn) for n in b.tree)
+        assert s.engine.stats.calls > 0 and keyed.stats["engine"] == "vllm-keyed"
+
+
+@pytest.mark.vllm
+@pytest.mark.embedded
+def test_server_mode_gives_a_valid_trace(vllm_url, embedded_lm, monkeypatch):
+    """Server mode: vLLM samples; the model judges itself on the server. The trace replays. The
+    local model is loaded on the meta device (tokenizer and config, no weights): no forward pass
+    runs locally."""
+    from test_search import SMALL, assert_replay_matches_commits, check_invariants
+
+    from raintools.evaluate import self_evaluator
+    from raintools.models import load_model
+    from raintools.trace import Trace
+    from raintools.vllm_engine import VllmJudge
+
+    monkeypatch.setenv("RAINTOOLS_ENGINE", "vllm")
+    monkeypatch.setenv("RAINTOOLS_SERVER", vllm_url)
+    meta = load_model("smollm2-135m", device="meta")
+    cfg = SMALL.replace(max_new_tokens=6, max_simulations=4, extra_simulations=2)
+    s, r = _search(meta, "auto", PROMPTS[0], cfg, evaluator=self_evaluator(meta))
+    assert isinstance(s.evaluator, VllmJudge) and r.stats["engine"] == "vllm"
+    assert 0 < len(r.tokens) <= 6 and r.tokens == [t for ts in r.token_sets for t in ts]
+    check_invariants(s.root, similarity=True)
+    assert_replay_matches_commits(Trace.from_json(r.trace.to_json()))
+    # the same seed gives the same search (vLLM's seeded sampling, one generator per request)
+    cfg = cfg.replace(max_new_tokens=10)
+    _, a = _search(meta, "auto", PROMPTS[1], cfg)
+    _, b = _search(meta, "auto", PROMPTS[1], cfg)
+    assert a.token_sets == b.token_sets
+    assert_replay_matches_commits(Trace.from_json(a.trace.to_json()))
