@@ -147,7 +147,7 @@ SLOW = {
     "test_search.py::test_node_addition_never_exceeds_the_cap_in_a_search",
     "test_search.py::test_node_addition_with_an_end_of_turn_first_child_adds_one_candidate_of_the_level",
     "test_search.py::test_rewind_keeps_exactly_the_committed_prefix_and_frees_the_rest",
-    "test_search.py::test_stop_at_eos_and_chat_turns",
+    "test_search.py::test_stop_reasons",
     "test_search.py::test_token_sets_follow_absolute_depth",
     "test_search.py::test_trace_round_trip_and_replay",
     "test_search.py::test_tree_invariants_during_search",
