@@ -75,7 +75,7 @@ class Completion:
     next token from `logits` and returns the token to feed next, or None when the completion is
     finished (its last token is never fed). Writes `out` and `fed` into the request."""
 
-    def __init__(self, engine: "Engine", req: CompletionRequest, logits: torch.Tensor):
+    def __init__(self, engine: "TransformersEngine", req: CompletionRequest, logits: torch.Tensor):
         self.engine, self.req, self.logits = engine, req, logits
         req.out, req.fed = [], 0
         self.done = req.max_tokens <= 0 or bool(req.response) and engine.clause_done(req.response, [], req.until)
@@ -99,9 +99,9 @@ class Completion:
             self.logits, state = advance(tok, state)
 
 
-class Engine:
-    """Shared logic of the transformers engines; subclasses say how logits and caches are
-    obtained (`raintools.engine.Engine` is the interface)."""
+class TransformersEngine:
+    """Shared logic of the transformers engines (`raintools.engine.Engine`); subclasses say how
+    logits and caches are obtained."""
 
     name = "engine"
     embed_one_by_one = False
@@ -275,7 +275,7 @@ class _Job:
             self.comp = None if c.done else c
 
 
-class CachedEngine(Engine):
+class CachedEngine(TransformersEngine):
     """Each token computed once: per-node KV chunks, the requests of a call grown together
     (module docstring)."""
 
@@ -480,7 +480,7 @@ class CachedEngine(Engine):
         root.logits = None
 
 
-class ReferenceEngine(Engine):
+class ReferenceEngine(TransformersEngine):
     """Batch 1, no KV kept across nodes, each request alone (module docstring)."""
 
     name = "reference"

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .batch import BatchedCall, ForwardBatcher
 from .config import RainConfig
 from .embed import load_embedder
-from .engine import CompletionRequest, Expansion, Forward
+from .engine import CompletionRequest, Engine, Expansion, Forward
 from .engines import ENGINES, top_candidates
 from .engines import resolve_engine as resolve_transformers_engine
 from .vllm_engine import ENGINE_MODES as VLLM_ENGINES, vllm_engine_factory
@@ -80,19 +80,23 @@ class Simulation:
 
 class RainSearch:
     """One RAIN search for one prompt. `run()` does everything; the phases are public methods.
-    `forward`: the forward pass the engine runs (default the model's own; a batch of searches
-    gives each one its share of merged passes); `observers`: more `raintools.observe.Observer`s."""
+    `engine`: a name ("auto", "fast", "reference") or any `raintools.engine.Engine`; `forward`:
+    the forward pass a named engine runs (default the model's own; a batch of searches gives each
+    one its share of merged passes); `observers`: more `raintools.observe.Observer`s."""
 
     def __init__(self, lm: LanguageModel, prompt: str, config: RainConfig | None = None,
                  evaluator: Evaluator | None = None, embedder: Callable | None = None,
-                 engine: str = "auto", prompt_ids: list[int] | None = None,
+                 engine: str | Engine = "auto", prompt_ids: list[int] | None = None,
                  forward: Forward | None = None, observers: Sequence[Observer] = ()):
         self.cfg = cfg = (config or RainConfig()).validate()
         self.lm, self.prompt = lm, prompt
         prompt_ids = search_prompt_ids(lm, prompt, prompt_ids, cfg)
-        self.engine_name = resolve_engine(lm, engine)
-        make = ENGINES.get(self.engine_name) or vllm_engine_factory(self.engine_name)
-        self.engine = make(lm, top_k=cfg.top_k, temperature=cfg.temperature, forward=forward)
+        if isinstance(engine, str):
+            self.engine_name = resolve_engine(lm, engine)
+            make = ENGINES.get(self.engine_name) or vllm_engine_factory(self.engine_name)
+            self.engine = make(lm, top_k=cfg.top_k, temperature=cfg.temperature, forward=forward)
+        else:                               # an engine instance (anything with the Engine interface)
+            self.engine_name, self.engine = engine.name, engine
         evaluator = evaluator if evaluator is not None else (
             SelfEvaluator(lm, cfg.judge_template, cfg.eval_mode, cached=False) if self.engine_name == "reference"
             else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
@@ -321,8 +325,8 @@ class RainSearch:
         self.round_index += 1
         return sims
 
-    def simulate(self) -> Simulation:
-        return self.simulate_round(1)[0]          # one simulation of the inner loop: a round of one
+    def simulate(self) -> Simulation:          # one simulation of the inner loop: a round of one
+        return self.simulate_round(1)[0]
 
     def should_stop_early(self) -> bool:
         best = most_visited(self.root)

@@ -498,3 +498,35 @@ def test_fast_and_reference_agree_on_the_advbench_preset_with_node_addition(tiny
     assert fast.stats["nodes_added"] == ref.stats["nodes_added"]
     for a, b in zip(fast.trace.commits, ref.trace.commits):
         assert sorted((n.uid, tuple(n.tokens)) for n in a.tree) == sorted((n.uid, tuple(n.tokens)) for n in b.tree)
+
+
+# ------------------------------------------------------------------ the engine interface
+
+def test_the_search_talks_to_its_engine_only_through_the_interface(tiny_lm):
+    """Both engines implement `raintools.engine.Engine`, and a search given an engine behind a
+    proxy that exposes only the interface's members runs as with the engine itself (a vLLM or
+    any other backend needs nothing more)."""
+    from raintools.engine import Engine
+    from raintools.engines import CachedEngine, ReferenceEngine
+
+    members = {"name", "prefix_ids", "stats", "embed_one_by_one", "start", "ensure", "expand",
+               "commit", "option_probs"}
+
+    class OnlyTheInterface:
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, name):
+            assert name in members, f"the search reached past the engine interface: {name}"
+            return getattr(self._inner, name)
+
+    cfg = SMALL.replace(max_new_tokens=12, parallel_simulations=2)
+    for cls in (CachedEngine, ReferenceEngine):
+        assert isinstance(cls(tiny_lm), Engine)
+        plain = RainSearch(tiny_lm, "hello", cfg, evaluator=vowel_judge, embedder=letter_embedder,
+                           engine=cls.name).run()
+        eng = OnlyTheInterface(cls(tiny_lm, top_k=cfg.top_k, temperature=cfg.temperature))
+        proxied = RainSearch(tiny_lm, "hello", cfg, evaluator=vowel_judge, embedder=letter_embedder,
+                             engine=eng).run()
+        assert proxied.token_sets == plain.token_sets
+        assert proxied.stats["simulations"] == plain.stats["simulations"]
