@@ -127,3 +127,7 @@ class Engine(Protocol):
         renormalised over the options: [len(prompts), len(option_ids)]. What a self-evaluator
         needs from the model (`SelfEvaluator` computes it itself over cached judge prefixes on
         the transformers engines)."""
+
+    def judge(self, evaluator: Any) -> Any:
+        """The evaluator the search judges with on this engine: the one given, or (an engine on a
+        server) a self-evaluator rewired to ask the server for its option letters."""

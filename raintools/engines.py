@@ -118,6 +118,11 @@ class TransformersEngine:
     def commit(self, root: Node, child: Node) -> None:
         self.prefix_ids = self.prefix_ids + list(child.tokens)
 
+    def judge(self, evaluator):
+        """In-process engines judge with the evaluator as it is (a `SelfEvaluator` runs its own
+        cached passes on the same model)."""
+        return evaluator
+
     def clause_done(self, response: list[int], out: list[int], until: str = "clause") -> bool:
         """The completion stops at EOS, at a clause end (unless `until == "turn"`), or
         when a user turn starts. Only the tail is decoded: the text before it was checked when it

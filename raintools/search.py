@@ -100,8 +100,7 @@ class RainSearch:
         evaluator = evaluator if evaluator is not None else (
             SelfEvaluator(lm, cfg.judge_template, cfg.eval_mode, cached=False) if self.engine_name == "reference"
             else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
-        # an engine on a server judges there (vLLM)
-        self.evaluator = self.engine.judge(evaluator) if hasattr(self.engine, "judge") else evaluator
+        self.evaluator = self.engine.judge(evaluator)    # an engine on a server judges there
         self.needs_embeddings = cfg.similarity_update or cfg.node_addition
         self.embedder = load_embedder() if embedder is None and self.needs_embeddings else embedder
         self.bounds, self.memo = Bounds(), {}

@@ -140,20 +140,20 @@ def test_cached_judge_reads_exactly_the_ids_of_the_whole_prompt(kind, request):
         # the whole prompt of each order, tokenised as one string by the tokenizer itself
         whole = [lm.tokenizer(t.full_text(q, r, o))["input_ids"] for o in ev.orders]
         assert ev.prompt_ids(q, r) == whole
-        calls = []                                        # what the model is actually fed
-        forward = lm.forward
+        calls = []                 # what the model is actually fed (through the judge's forward)
+        forward = ev.forward
 
         def spy(input_ids, *a, **kw):
             calls.append((input_ids.tolist(), kw.get("position_ids")))
             return forward(input_ids, *a, **kw)
 
-        lm.forward = spy
+        ev.forward = spy
         try:
             s0 = lm.stats.snapshot()
             v = ev(q, r)
             used = lm.stats.since(s0).tokens
         finally:
-            del lm.forward                                # the class's method again
+            ev.forward = forward
         # the last pass is the token tree: the rest of the orders' common start after the cached
         # prefix (its first position is the cache's length m), then each order's own ending
         assert lm.route.kind == "packed"
