@@ -91,16 +91,11 @@ class RainSearch:
         self.cfg = cfg = (config or RainConfig()).validate()
         self.lm, self.prompt = lm, prompt
         prompt_ids = search_prompt_ids(lm, prompt, prompt_ids, cfg)
-        if isinstance(engine, str):
-            self.engine_name = resolve_engine(lm, engine)
-            make = ENGINES.get(self.engine_name) or vllm_engine_factory(self.engine_name)
-            self.engine = make(lm, top_k=cfg.top_k, temperature=cfg.temperature, forward=forward)
-        else:                               # an engine instance (anything with the Engine interface)
-            self.engine_name, self.engine = engine.name, engine
-        evaluator = evaluator if evaluator is not None else (
-            SelfEvaluator(lm, cfg.judge_template, cfg.eval_mode, cached=False) if self.engine_name == "reference"
-            else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
-        self.evaluator = self.engine.judge(evaluator)    # an engine on a server judges there
+        self.engine = make_engine(lm, engine, cfg, forward)
+        self.engine_name = self.engine.name
+        self.evaluator = self.engine.judge(evaluator if evaluator is not None else (   # a server
+            SelfEvaluator(lm, cfg.judge_template, cfg.eval_mode, cached=False)    # engine judges there
+            if self.engine_name == "reference" else self_evaluator(lm, cfg.judge_template, cfg.eval_mode)))
         self.needs_embeddings = cfg.similarity_update or cfg.node_addition
         self.embedder = load_embedder() if embedder is None and self.needs_embeddings else embedder
         self.bounds, self.memo = Bounds(), {}
@@ -458,6 +453,17 @@ def resolve_engine(lm: LanguageModel, engine: str) -> str:
     if engine in VLLM_ENGINES:
         return engine
     return resolve_transformers_engine(lm, engine)
+
+
+def make_engine(lm: LanguageModel, engine: str | Engine, cfg: RainConfig,
+                forward: Forward | None = None) -> Engine:
+    """The engine a search talks to: an `Engine` instance as given, or one built from its name
+    ("auto", "fast", "reference", "vllm", "vllm-keyed"; `resolve_engine`)."""
+    if not isinstance(engine, str):
+        return engine
+    name = resolve_engine(lm, engine)
+    make = ENGINES.get(name) or vllm_engine_factory(name)
+    return make(lm, top_k=cfg.top_k, temperature=cfg.temperature, forward=forward)
 
 
 def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = None,
