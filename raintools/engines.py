@@ -99,6 +99,19 @@ class Completion:
             self.logits, state = advance(tok, state)
 
 
+def clause_done(lm: LanguageModel, response: list[int], out: list[int], until: str = "clause") -> bool:
+    """RAIN's stopping rule of a completion, for every engine: it stops at EOS, at a clause end
+    (unless `until == "turn"`), or when a user turn starts. Only the tail is decoded: the text
+    before it was checked when it was generated (the leaf is not terminal, so it holds no user
+    turn), and a clause end is the last character."""
+    if out and lm.is_stop_token(out[-1]):
+        return True
+    tail = (response + out)[-TAIL_TOKENS:]
+    if until == "clause" and ends_clause(lm.decode(tail)):
+        return True
+    return lm.has_user_turn(tail)
+
+
 class TransformersEngine:
     """Shared logic of the transformers engines (`raintools.engine.Engine`); subclasses say how
     logits and caches are obtained."""
@@ -124,17 +137,7 @@ class TransformersEngine:
         return evaluator
 
     def clause_done(self, response: list[int], out: list[int], until: str = "clause") -> bool:
-        """The completion stops at EOS, at a clause end (unless `until == "turn"`), or
-        when a user turn starts. Only the tail is decoded: the text before it was checked when it
-        was generated (the leaf is not terminal, so it holds no user turn), and a clause end is
-        the last character."""
-        lm = self.lm
-        if out and lm.is_stop_token(out[-1]):
-            return True
-        tail = (response + out)[-TAIL_TOKENS:]
-        if until == "clause" and ends_clause(lm.decode(tail)):
-            return True
-        return lm.has_user_turn(tail)
+        return clause_done(self.lm, response, out, until)
 
     def rollouts(self, node: Node, length: int, uniforms: np.ndarray, keep: int,
                  completion: CompletionRequest | None = None) -> list[Candidate]:

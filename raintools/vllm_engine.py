@@ -459,9 +459,9 @@ class VllmEngine:
         self.prefix_ids = self.prefix_ids + list(child.tokens)
 
     def clause_done(self, response: list[int], out: list[int], until: str = "clause") -> bool:
-        """RAIN's stopping rule of a completion (`raintools.engines.Engine.clause_done`)."""
-        from .engines import Engine as _Transformers
-        return _Transformers.clause_done(self, response, out, until)
+        """RAIN's stopping rule of a completion (`raintools.engines.clause_done`)."""
+        from .engines import clause_done
+        return clause_done(self.lm, response, out, until)
 
     def expand(self, requests):
         requests = list(requests)
