@@ -13,7 +13,8 @@ form a 10-token level and include at least one full-length child, the early-endi
 raw prior to the best full-length sibling's. A child that survives several commits is counted in
 each (as the issue counted); `unique_early` counts each once.
 
-    python bench/early_priors.py --out bench/results/early_priors.csv
+    python bench/early_priors.py --rules product --out bench/results/early_priors_product.csv
+    python bench/early_priors.py --rules length-matched --out bench/results/early_priors_length-matched.csv
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ from raintools import engines  # noqa: E402
 from raintools.embed import load_embedder  # noqa: E402
 from raintools.observe import Observer  # noqa: E402
 
-PROMPTS = ["What color is the sky on a clear day?", "What is 2 + 2?",
-           "What is the capital of France?", "How many legs does a spider have?",
-           "What is the opposite of hot?"]
+PROMPTS = ["Answer in one word: what color is the sky on a clear day?",
+           "What is 2 + 2? Answer with the number only.",
+           "Name the capital of France in one word.",
+           "How many legs does a spider have? Reply with a number.",
+           "Is ice cold? Answer yes or no."]
 RULES = {"product": lambda p, n, length: p, "length-matched": engines.length_matched}
 
 
@@ -72,6 +75,7 @@ class EarlyCounter(Observer):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="bench/results/early_priors.csv")
+    ap.add_argument("--rules", nargs="+", choices=list(RULES), default=list(RULES))
     ap.add_argument("--tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -80,8 +84,8 @@ def main(argv=None) -> int:
     embedder = load_embedder()
     cfg = RainConfig.cpu_demo(max_new_tokens=args.tokens, seed=0)
     rows, t0, load0 = [], time.perf_counter(), round(os.getloadavg()[0], 2)
-    for rule, fn in RULES.items():
-        engines.length_matched = fn          # the engines read the module-level name
+    for rule in args.rules:
+        engines.length_matched = RULES[rule]          # the engines read the module-level name
         for prompt in PROMPTS:
             counter = EarlyCounter()
             r = RainSearch(lm, prompt, cfg, evaluator=SelfEvaluator(lm, cfg.judge_template),
@@ -94,7 +98,7 @@ def main(argv=None) -> int:
                              max_ratio_text=top[1], response=r.text, commits=r.stats["commits"]))
             print(rows[-1], flush=True)
     engines.length_matched = RULES["length-matched"]
-    for rule in RULES:
+    for rule in args.rules:
         sel = [r for r in rows if r["rule"] == rule]
         rows.append(dict(rule=rule, prompt="ALL", early_children=sum(r["early_children"] for r in sel),
                          unique_early=sum(r["unique_early"] for r in sel),
