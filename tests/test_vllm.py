@@ -260,3 +260,196 @@ def test_server_mode_gives_a_valid_trace(vllm_url, embedded_lm, monkeypatch):
     _, b = _search(meta, "auto", PROMPTS[1], cfg)
     assert a.token_sets == b.token_sets
     assert_replay_matches_commits(Trace.from_json(a.trace.to_json()))
+
+
+# -- the eval runner on a server: searches side by side, and a server killed mid-run
+# (a stand-in vLLM server computing with the tiny model: no vLLM needed, so these run everywhere)
+
+class TinyVllm(BaseHTTPRequestHandler):
+    """The parts of vLLM's OpenAI-compatible server that raintools uses (/v1/models, /tokenize,
+    /v1/completions with token-id prompts, `n`, `logprobs`, `top_k`, `temperature`, `seed`,
+    `stop_token_ids`, `logprob_token_ids`), answered by a tiny model's forward passes, with a
+    delay per request so that concurrent clients overlap. `state` counts the completions requests
+    in flight (now and at most) and, after `kill_after` of them, acts as a killed server: no
+    answer, the connection dropped, the listening socket closed."""
+    lm = None
+    state = None
+    delay = 0.02
+
+    def _send(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send(200, {"data": [{"id": "tiny", "max_model_len": 16384}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/tokenize":
+            ids = self.lm.tokenizer(body["prompt"], add_special_tokens=False)["input_ids"]
+            return self._send(200, {"tokens": ids, "count": len(ids), "max_model_len": 16384})
+        st = self.state
+        with st["lock"]:
+            st["requests"] += 1
+            if st["kill_after"] is not None and st["requests"] > st["kill_after"]:
+                if not st["dead"]:
+                    st["dead"] = True
+                    threading.Thread(target=lambda: (st["httpd"].shutdown(), st["httpd"].server_close()),
+                                     daemon=True).start()
+            dead = st["dead"]
+            st["in_flight"] += 1
+            st["max_in_flight"] = max(st["max_in_flight"], st["in_flight"])
+        try:
+            if dead:                     # killed: no answer, the connection goes
+                self.close_connection = True
+                return
+            import time
+            time.sleep(self.delay)
+            self._send(200, self.complete(body))
+        finally:
+            with st["lock"]:
+                st["in_flight"] -= 1
+
+    def complete(self, body):
+        prompts = body["prompt"] if isinstance(body["prompt"][0], list) else [body["prompt"]]
+        n, temperature = body.get("n", 1), body.get("temperature", 1.0)
+        k, top_k = body.get("logprobs") or 0, body.get("top_k") or 0
+        stop, extra = set(body.get("stop_token_ids") or []), body.get("logprob_token_ids") or []
+        gen = torch.Generator().manual_seed(body["seed"]) if body.get("seed") is not None else None
+        choices = []
+        for ids in prompts:
+            for _ in range(n):
+                toks, lps, tops, finish = [], [], [], "length"
+                for _ in range(body["max_tokens"]):
+                    with self.state["lock"]:
+                        lp = torch.log_softmax(self.lm.full_logits(list(ids) + toks).float(), -1)
+                    if temperature == 0:
+                        tok = int(lp.argmax())
+                    else:
+                        z = lp / temperature
+                        if top_k:
+                            z = torch.where(z >= torch.topk(z, top_k).values[-1], z, torch.tensor(float("-inf")))
+                        tok = int(torch.multinomial(torch.softmax(z, -1), 1, generator=gen))
+                    top = torch.topk(lp, min(k, lp.numel())).indices.tolist() if k else []
+                    toks.append(tok)
+                    lps.append(lp[tok].item())
+                    tops.append({f"token_id:{t}": lp[t].item() for t in [*top, *extra, tok]})
+                    if tok in stop:
+                        finish = "stop"
+                        break
+                choices.append({"index": len(choices), "text": "", "finish_reason": finish,
+                                "logprobs": {"tokens": [f"token_id:{t}" for t in toks],
+                                             "token_logprobs": lps, "top_logprobs": tops}})
+        return {"choices": choices, "usage": {"prompt_tokens": sum(map(len, prompts)),
+                                              "completion_tokens": sum(len(c["logprobs"]["tokens"]) for c in choices)}}
+
+    def log_message(self, *args):
+        pass
+
+
+def tiny_vllm(kill_after=None):
+    """A TinyVllm server on loopback (serving `raintools eval --model tiny`'s model); returns
+    (url, state)."""
+    from raintools.experiments.runner import load_lm
+
+    lm = load_lm("tiny", device="cpu")
+    state = {"lock": threading.Lock(), "requests": 0, "in_flight": 0, "max_in_flight": 0,
+             "kill_after": kill_after, "dead": False}
+    handler = type("TinyVllmServer", (TinyVllm,), {"lm": lm, "state": state})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    state["httpd"] = httpd
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{httpd.server_address[1]}", state
+
+
+def _stop(state):
+    if not state["dead"]:
+        state["httpd"].shutdown()
+        state["httpd"].server_close()
+
+
+EVAL_PROMPTS = [f"Question {i}: how do I fix a flat bicycle tyre on road {i}?" for i in range(6)]
+
+
+def _eval(data, out, url, monkeypatch, concurrency, methods=("vanilla", "rain")):
+    from raintools import RainConfig
+    from raintools.experiments.methods import MethodConfig
+    from raintools.experiments.runner import run_eval
+    from test_search import letter_embedder
+
+    monkeypatch.setenv("RAINTOOLS_SERVER", url)
+    cfg = RainConfig.hh().replace(max_simulations=3, extra_simulations=1, min_visits=1)
+    mc = MethodConfig(rain=cfg, max_new_tokens=4, engine="vllm", embedder=letter_embedder)
+    return run_eval(data, list(methods), ["refusal"], out, model="tiny", device="cpu",
+                    method_config=mc, progress=False, concurrency=concurrency)
+
+
+def _rows(out):
+    from raintools.experiments.runner import RESULTS, read_records, without_timing
+
+    return [without_timing(r) for r in read_records(out / RESULTS)]
+
+
+def test_eval_on_a_server_searches_several_prompts_at_once(tmp_path, monkeypatch):
+    """eval with RAIN on a server: several searches in flight at once (the server sees
+    concurrent requests), the files in data order and equal to a one-at-a-time run's."""
+    from test_runner import write_csv
+
+    data = write_csv(tmp_path / "p.csv", EVAL_PROMPTS[:4])
+    url, state = tiny_vllm()
+    try:
+        _eval(data, tmp_path / "one", url, monkeypatch, concurrency=1)
+        one_at_a_time = state["max_in_flight"]
+        state["max_in_flight"] = 0
+        run = _eval(data, tmp_path / "four", url, monkeypatch, concurrency=4)
+    finally:
+        _stop(state)
+    # one search at a time still sends an expansion's requests together (a few in flight);
+    # four searches side by side send more at once
+    assert state["max_in_flight"] > one_at_a_time >= 1, (state["max_in_flight"], one_at_a_time)
+    assert run.computed == 8 and [(r["id"], r["method"]) for r in run.records] == \
+        [(f"p-{i:04d}", m) for i in range(4) for m in ("vanilla", "rain")]
+    assert all(r["stats"]["engine"] == "vllm" for r in run.records if r["method"] == "rain")
+    assert _rows(tmp_path / "four") == _rows(tmp_path / "one")
+
+
+def test_eval_interrupted_by_a_killed_server_resumes_with_nothing_lost(tmp_path, monkeypatch):
+    """The server dies mid-run: one ServerError naming the problem and the fix; every answer
+    finished before is kept (results or generated/); the same command against a new server
+    completes the rest, and the results equal an uninterrupted run's."""
+    from raintools.experiments.runner import GENERATED, RESULTS, read_records
+    from test_runner import write_csv
+
+    data = write_csv(tmp_path / "p.csv", EVAL_PROMPTS)
+    url, state = tiny_vllm()
+    try:
+        _eval(data, tmp_path / "whole", url, monkeypatch, concurrency=3)
+        per_run = state["requests"]
+    finally:
+        _stop(state)
+    out = tmp_path / "cut"
+    url, state = tiny_vllm(kill_after=per_run // 2)
+    with pytest.raises(ServerError, match="cannot be reached.*resumes") as err:
+        _eval(data, out, url, monkeypatch, concurrency=3)
+    assert isinstance(err.value, RainToolsError) and state["dead"]
+    kept = read_records(out / RESULTS)
+    pending = [r for f in (out / GENERATED).glob("*.jsonl") for r in read_records(f)]
+    finished = {(r["id"], r["method"]) for r in kept + pending}
+    assert 0 < len(kept) < 12 and len(finished) < 12
+    before = {(r["id"], r["method"]): r["response"] for r in kept + pending}
+
+    url, state = tiny_vllm()                      # the server is back (on another port)
+    try:
+        run = _eval(data, out, url, monkeypatch, concurrency=3)
+    finally:
+        _stop(state)
+    assert run.skipped == len(kept) and run.computed == 12 - len(kept)
+    after = {(r["id"], r["method"]): r["response"] for r in read_records(out / RESULTS)}
+    assert all(after[key] == text for key, text in before.items())     # nothing redone differently
+    assert _rows(out) == _rows(tmp_path / "whole")
+    assert not (out / GENERATED).exists()
