@@ -483,13 +483,24 @@ def test_eval_interrupted_by_a_killed_server_resumes_with_nothing_lost(tmp_path,
         _stop(state)
     out = tmp_path / "cut"
     url, state = tiny_vllm(kill_after=per_run // 2)
+    from raintools.experiments import runner
+
+    answered, real = [], runner.generate_answer
+
+    def spy(*args, **kwargs):       # every answer whose generation ended (in any thread)
+        rec = real(*args, **kwargs)
+        answered.append((rec["id"], rec["method"]))
+        return rec
+    monkeypatch.setattr(runner, "generate_answer", spy)
     with pytest.raises(ServerError, match="cannot be reached.*resumes") as err:
         _eval(data, out, url, monkeypatch, concurrency=3)
+    monkeypatch.setattr(runner, "generate_answer", real)
     assert isinstance(err.value, RainToolsError) and state["dead"]
     kept = read_records(out / RESULTS)
     pending = [r for f in (out / GENERATED).glob("*.jsonl") for r in read_records(f)]
     finished = {(r["id"], r["method"]) for r in kept + pending}
     assert 0 < len(kept) < 12 and len(finished) < 12
+    assert set(answered) <= finished        # nothing generated before the failure is lost
     before = {(r["id"], r["method"]): r["response"] for r in kept + pending}
 
     url, state = tiny_vllm()                      # the server is back (on another port)
