@@ -468,9 +468,11 @@ def test_eval_on_a_server_searches_several_prompts_at_once(tmp_path, monkeypatch
 
 
 def test_eval_interrupted_by_a_killed_server_resumes_with_nothing_lost(tmp_path, monkeypatch):
-    """The server dies mid-run: one ServerError naming the problem and the fix; every answer
-    finished before is kept (results or generated/); the same command against a new server
-    completes the rest, and the results equal an uninterrupted run's."""
+    """The server dies mid-run while the first prompt's search is still going and a later one
+    has finished: one ServerError naming the problem and the fix; every answer finished before
+    is kept (results, or generated/ for those not judged yet); the same command against a new
+    server completes the rest, and the results equal an uninterrupted run's."""
+    from raintools.experiments import runner
     from raintools.experiments.runner import GENERATED, RESULTS, read_records
     from test_runner import write_csv
 
@@ -478,18 +480,21 @@ def test_eval_interrupted_by_a_killed_server_resumes_with_nothing_lost(tmp_path,
     url, state = tiny_vllm()
     try:
         _eval(data, tmp_path / "whole", url, monkeypatch, concurrency=3)
-        per_run = state["requests"]
     finally:
         _stop(state)
     out = tmp_path / "cut"
-    url, state = tiny_vllm(kill_after=per_run // 2)
-    from raintools.experiments import runner
+    url, state = tiny_vllm()
+    answered, real, later_done = [], runner.generate_answer, threading.Event()
 
-    answered, real = [], runner.generate_answer
-
-    def spy(*args, **kwargs):       # every answer whose generation ended (in any thread)
-        rec = real(*args, **kwargs)
-        answered.append((rec["id"], rec["method"]))
+    def spy(lm, item, method, *args, **kwargs):
+        if method == "rain" and item.id == "p-0000":
+            later_done.wait(120)               # the first search waits for a later one to end,
+            with state["lock"]:                # then the server is killed under it
+                state["kill_after"] = state["requests"]
+        rec = real(lm, item, method, *args, **kwargs)
+        answered.append((rec["id"], rec["method"]))     # every answer whose generation ended
+        if method == "rain":
+            later_done.set()
         return rec
     monkeypatch.setattr(runner, "generate_answer", spy)
     with pytest.raises(ServerError, match="cannot be reached.*resumes") as err:
@@ -499,7 +504,8 @@ def test_eval_interrupted_by_a_killed_server_resumes_with_nothing_lost(tmp_path,
     kept = read_records(out / RESULTS)
     pending = [r for f in (out / GENERATED).glob("*.jsonl") for r in read_records(f)]
     finished = {(r["id"], r["method"]) for r in kept + pending}
-    assert 0 < len(kept) < 12 and len(finished) < 12
+    assert [(r["id"], r["method"]) for r in kept] == [("p-0000", "vanilla")]
+    assert any(m == "rain" for _, m in answered) and len(finished) < 12
     assert set(answered) <= finished        # nothing generated before the failure is lost
     before = {(r["id"], r["method"]): r["response"] for r in kept + pending}
 
