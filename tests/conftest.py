@@ -182,7 +182,8 @@ def vllm_url(embedded_lm):
     """The URL of one vLLM server (embedded model, loopback) for the whole session, started from
     .venv-vllm (`make setup-vllm`) and stopped at the end. RAINTOOLS_TEST_VLLM_URL reuses a server
     already running (while developing). Without vLLM the tests skip, except in CI (CI set), where
-    they fail: CI must run them."""
+    they fail: CI must run them. On vLLM's CPU build the launcher adds its workaround for seeded
+    requests (`raintools.vllm_server.CPU_WORKAROUND`: no chunked prefill), as everywhere else."""
     url = os.environ.get("RAINTOOLS_TEST_VLLM_URL")
     if url:
         yield url
@@ -195,7 +196,7 @@ def vllm_url(embedded_lm):
         if os.environ.get("CI"):
             pytest.fail(msg + ": CI runs the vLLM tests")
         pytest.skip(msg)
-    server = VllmServer(max_logprobs=-1)
+    server = VllmServer(max_logprobs=-1)      # cpu_workaround: on when vLLM is the CPU build
     server.start()
     print(f"\nvLLM server {server.url} started in {server.start_seconds:.0f} s")
     try:
