@@ -164,6 +164,27 @@ def test_server_failing_or_gone_mid_search_gives_one_clear_error(tiny_lm):
         client.close()
 
 
+class SlowVllm(FakeVllm):
+    """A server that takes 2 s to answer anything: overloaded or stuck."""
+
+    def do_GET(self):
+        import time
+        time.sleep(2)
+        super().do_GET()
+
+
+def test_a_server_that_does_not_answer_in_time_is_named_as_such(tiny_lm):
+    SlowVllm.tokenizer = tiny_lm.tokenizer
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), SlowVllm)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ServerError, match="did not answer within 0 s.*overloaded or stuck"):
+            VllmClient(f"http://127.0.0.1:{httpd.server_address[1]}", tiny_lm, timeout=0.3)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 # -- a real server
 
 @pytest.mark.vllm
