@@ -509,9 +509,10 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
 
     # RAIN on a vLLM server: several searches in flight (the server batches their requests);
     # every other answer is generated in this thread, when its turn comes
-    remote = [(it, m) for it, m in todo if not _usable(generated.get((it.id, m)), task_obj, it)
-              and on_server(m, lm, method_config)]
-    workers = min(len(remote), SERVER_CONCURRENCY if concurrency is None else concurrency)
+    on_server_todo = [(it, m) for it, m in todo
+                      if not _usable(generated.get((it.id, m)), task_obj, it)
+                      and on_server(m, lm, method_config)]
+    workers = min(len(on_server_todo), SERVER_CONCURRENCY if concurrency is None else concurrency)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="raintools-eval") if workers > 1 else None
     ahead = {}
     if pool is not None:
@@ -519,8 +520,10 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
         threaded = method_config
         if method_config.rain.similarity_update or method_config.rain.node_addition:
             from ..embed import load_embedder
-            threaded = method_config.replace(embedder=OneAtATime(method_config.embedder or load_embedder()))
-        ahead = {(it.id, m): pool.submit(generate, it, m, threaded, False) for it, m in remote}
+            threaded = method_config.replace(
+                embedder=OneAtATime(method_config.embedder or load_embedder()))
+        ahead = {(it.id, m): pool.submit(generate, it, m, threaded, False)
+                 for it, m in on_server_todo}
     try:
         for it, m in todo:
             bar.set_postfix_str(f"{m} {it.id}", refresh=False)
