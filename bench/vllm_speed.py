@@ -2,10 +2,14 @@
 transformers fast engine, on the same demo prompts, constants and seed.
 
 Per variant: wall time, prompts per hour, simulations, engine requests per simulation (vLLM) or
-forward passes per simulation (transformers), and for vLLM the tokens the server computed per
-committed token (prompt tokens its prefix cache missed + generated tokens, from its Prometheus
-counters `vllm:prefix_cache_queries_total`, `vllm:prefix_cache_hits_total`,
-`vllm:generation_tokens_total`; the judge's and the search's requests together).
+forward passes per simulation (transformers), and for vLLM the HTTP requests per simulation, the
+sequential engine calls per simulation (the calls a search waits on, one after the other: node
+distributions, expansions with their completions, judgements; the requests inside one call go out
+together) and the tokens the server computed per committed token (prompt tokens its prefix cache
+missed + generated tokens, from its Prometheus counters `vllm:prefix_cache_queries_total`,
+`vllm:prefix_cache_hits_total`, `vllm:generation_tokens_total`; the judge's and the search's
+requests together: run it on a server nothing else uses). Each row records the machine, torch
+threads and the load average before and after.
 
     .venv/bin/python -m raintools.vllm_server --port 8000 --max-logprobs -1 &   # or any vLLM server
     .venv/bin/python bench/vllm_speed.py --server http://127.0.0.1:8000 --concurrency 1,8,32
@@ -45,10 +49,48 @@ def server_counters(client) -> dict:
     return {"computed": c["queries"] - c["hits"] + c["generation_tokens"], **c}
 
 
-def run(lm, prompts, cfg, engine, concurrency, client=None):
+class WaitCounter:
+    """Counts the engine calls the searches wait on (VllmEngine's start / ensure / expand /
+    option_probs and VllmJudge's judgements): summed over the searches of a batch, each of which
+    makes its calls one after the other."""
+
+    def __init__(self):
+        import threading
+        from raintools.vllm_engine import VllmEngine, VllmJudge
+
+        self.n, self.lock = 0, threading.Lock()
+        for cls, names in ((VllmEngine, ("start", "ensure", "expand", "option_probs")),
+                           (VllmJudge, ("__call__", "evaluate_many"))):
+            for name in names:
+                setattr(cls, name, self.counted(getattr(cls, name), name == "ensure"))
+
+    def counted(self, fn, ensure=False):
+        def call(engine, *args, **kwargs):
+            # ensure(nodes) waits only when a node lacks its distribution
+            if not ensure or any(n.logits is None for n in args[0]):
+                with self.lock:
+                    self.n += 1
+            return fn(engine, *args, **kwargs)
+        return call
+
+
+def machine() -> dict:
+    import platform
+    import torch
+
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return {"machine": f"{platform.node()} {cpu} x{os.cpu_count()}", "torch_threads": torch.get_num_threads()}
+
+
+def run(lm, prompts, cfg, engine, concurrency, client=None, waits=None):
     ev = self_evaluator(lm, "harm", cfg.eval_mode)
     before = server_counters(client) if client else None
     req0 = client.stats.requests if client else 0
+    wait0 = waits.n if waits else 0
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     results = rain_generate_batch(lm, prompts, cfg, evaluator=ev, engine=engine,
                                   concurrency=concurrency)
@@ -63,9 +105,12 @@ def run(lm, prompts, cfg, engine, concurrency, client=None):
         after = server_counters(client)
         row["http_requests"] = client.stats.requests - req0
         row["requests_per_sim"] = round(row["http_requests"] / max(sims, 1), 2)
+        row["sequential_calls_per_sim"] = round((waits.n - wait0) / max(sims, 1), 2)
         row["server_tokens_per_committed"] = round((after["computed"] - before["computed"]) / max(committed, 1), 1)
         q = after["queries"] - before["queries"]
         row["prefix_hit_rate"] = round((after["hits"] - before["hits"]) / q, 3) if q else None
+    row.update(load_1m_before=round(load0, 2), load_1m_after=round(os.getloadavg()[0], 2),
+               date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **machine())
     return row, results
 
 
@@ -85,6 +130,7 @@ def main() -> None:
                         extra_simulations=max(args.simulations // 5, 1))
     lm = load_model(args.model, device="cpu")
     client = shared_client(lm, args.server)
+    waits = WaitCounter()
     print(f"server {args.server} ({client.model}); RainConfig.hh with T={cfg.max_simulations}, "
           f"commits={cfg.max_commits}; concurrency {levels}", flush=True)
     rows = []
@@ -92,17 +138,22 @@ def main() -> None:
         row, _ = run(lm, prompts_for(1), cfg, "fast", 1)
         rows.append(row)
         print(row, flush=True)
+        write(args.csv, rows)
     for n in levels:
-        row, _ = run(lm, prompts_for(n), cfg, "vllm", n, client)
+        row, _ = run(lm, prompts_for(n), cfg, "vllm", n, client, waits)
         rows.append(row)
         print(row, flush=True)
-    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-    keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[-1]).index(k) if k in rows[-1] else 99)
-    with open(args.csv, "w", newline="") as f:
+        write(args.csv, rows)             # after each variant: a cut-off run keeps what it measured
+    print(f"wrote {args.csv}")
+
+
+def write(path, rows) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows[::-1] for k in r))
+    with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    print(f"wrote {args.csv}")
 
 
 if __name__ == "__main__":

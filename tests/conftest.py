@@ -159,6 +159,8 @@ SLOW = {
     "test_tasks.py::test_cached_and_reference_self_evaluation_agree_on_a_tiny_model",
     "test_tasks.py::test_truthful_yesno_search_completes_the_turn_and_judges_up_to_the_last_stop",
     "test_tree.py::test_commit_keeps_exactly_the_chosen_subtree",
+    "test_vllm.py::test_eval_interrupted_by_a_killed_server_resumes_with_nothing_lost",
+    "test_vllm.py::test_eval_on_a_server_searches_several_prompts_at_once",
 }
 
 
@@ -182,7 +184,8 @@ def vllm_url(embedded_lm):
     """The URL of one vLLM server (embedded model, loopback) for the whole session, started from
     .venv-vllm (`make setup-vllm`) and stopped at the end. RAINTOOLS_TEST_VLLM_URL reuses a server
     already running (while developing). Without vLLM the tests skip, except in CI (CI set), where
-    they fail: CI must run them."""
+    they fail: CI must run them. On vLLM's CPU build the launcher adds its workaround for seeded
+    requests (`raintools.vllm_server.CPU_WORKAROUND`: no chunked prefill), as everywhere else."""
     url = os.environ.get("RAINTOOLS_TEST_VLLM_URL")
     if url:
         yield url
@@ -195,7 +198,7 @@ def vllm_url(embedded_lm):
         if os.environ.get("CI"):
             pytest.fail(msg + ": CI runs the vLLM tests")
         pytest.skip(msg)
-    server = VllmServer(max_logprobs=-1)
+    server = VllmServer(max_logprobs=-1)      # cpu_workaround: on when vLLM is the CPU build
     server.start()
     print(f"\nvLLM server {server.url} started in {server.start_seconds:.0f} s")
     try:

