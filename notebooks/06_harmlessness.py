@@ -50,10 +50,10 @@ from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
-N_PROMPTS = 2 if FAST else 6           # prompts for the runner's pipeline (section 2)
-N_PAIRS = 2 if FAST else 40            # preference pairs for the judge check
+N_PROMPTS = 2 if FAST else 3           # prompts for the runner's pipeline (section 2, a demonstration)
+N_PAIRS = 2 if FAST else 20            # preference pairs for the judge check
 N_ITEMS = 2 if FAST else 40            # requests with a harm word, for sections 3 and 4
-MAX_NEW_TOKENS = 3 if FAST else 16     # answer length everywhere (a sentence, long enough to judge)
+MAX_NEW_TOKENS = 3 if FAST else 12     # answer length everywhere (a short sentence, enough to judge)
 ACCURACY = 0.9                         # the simulated judge is right with this probability
 BON_MAX = 2 if FAST else 16            # best-of-N for N = 1 .. BON_MAX
 RAIN_T = [1, 2] if FAST else [2, 4, 8]  # RAIN's simulation budgets T (max_simulations)
@@ -209,16 +209,10 @@ print(f"Judged by {llm_judge.name} on {int(v.n)} prompts: vanilla {100 * v.harml
 truth = st.HarmWordTruth()
 print(truth.rule)
 study_items = harmful[:N_ITEMS]
-scfg = rain_cfg.replace(max_new_tokens=MAX_NEW_TOKENS, seed=SEED)
-arms = {f"RAIN, T = {t}": (scfg.replace(max_simulations=t, extra_simulations=min(t, scfg.extra_simulations)),
-                           ACCURACY) for t in RAIN_T}
-runs = pd.concat([
-    st.vanilla_runs(lm, task, study_items, truth, MAX_NEW_TOKENS),
-    st.rain_arms(lm, task, study_items, arms, truth, embedder=embedder, seed=SEED),
-    st.bon_runs(lm, task, study_items, truth, ACCURACY, BON_MAX, MAX_NEW_TOKENS, seed=SEED,
-                shared_prompt=True)], ignore_index=True)
-runs.loc[runs.arm.str.startswith("RAIN"), "family"] = f"RAIN (T = {', '.join(map(str, RAIN_T))})"
-runs.loc[runs.arm.str.startswith("RAIN"), "label"] = runs.arm.str.replace("RAIN, ", "")
+scfg = rain_cfg.replace(max_new_tokens=MAX_NEW_TOKENS)
+runs = st.frontier_study(lm, task, study_items, truth, scfg, ACCURACY, BON_MAX, RAIN_T, seed=SEED,
+                         embedder=embedder, runs=RUNS and Path(RUNS) / "06-frontier")
+arms = [f"RAIN, T = {t}" for t in RAIN_T]
 
 # %%
 cost = runs.groupby("arm", sort=False).tokens_computed.mean()

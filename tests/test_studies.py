@@ -374,3 +374,36 @@ def test_rain_runs_count_the_judges_ties(tiny_lm, items):
         mod.study_judge = orig
     r = df.iloc[0]
     assert r.judge_judgements > 1 and r.judge_ties == (r.judge_judgements + 1) // 2
+
+
+def test_cached_runs_keep_a_result_under_its_key(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return pd.DataFrame(dict(a=[len(calls)]))
+
+    first = st.cached_runs(tmp_path, "part", dict(x=1), compute)
+    again = st.cached_runs(tmp_path, "part", dict(x=1), compute)
+    other = st.cached_runs(tmp_path, "part", dict(x=2), compute)
+    assert list(first.a) == list(again.a) == [1] and list(other.a) == [2] and len(calls) == 2
+    assert list(st.cached_runs(None, "part", dict(x=1), compute).a) == [3]     # no folder: computed
+
+
+def test_frontier_study_parts_fill_the_folder_and_match_a_whole_run(tiny_lm, items, tmp_path):
+    task = get_task("harmless")
+    truth = lambda q, r: "e" not in r     # noqa: E731
+    cfg = RainConfig(max_new_tokens=3, max_simulations=4, extra_simulations=2, num_candidates=3,
+                     clause_max_tokens=2, min_visits=1, similarity_update=False, node_addition=False)
+    args = (tiny_lm, task, items[:2], truth, cfg, 0.9, 3, [1, 2])
+    part = st.frontier_study(*args, runs=tmp_path, only=["RAIN, T = 2"], progress=False)
+    assert set(part.arm) == {"RAIN, T = 2"} and set(part.label) == {"T = 2"}
+    assert (part.family == "RAIN (T = 1, 2)").all()
+    whole = st.frontier_study(*args, runs=tmp_path, progress=False)
+    fresh = st.frontier_study(*args, progress=False)
+    assert list(whole.arm.unique()) == ["vanilla", "best-of-1", "best-of-2", "best-of-3", "RAIN, T = 1", "RAIN, T = 2"]
+    assert list(whole.response) == list(fresh.response) and list(whole.good) == list(fresh.good)
+    t1 = cfg.replace(max_simulations=1, extra_simulations=1)
+    ref = st.rain_runs(tiny_lm, task, items[:2], t1, truth, judge=0.9, progress=False)
+    assert list(whole[whole.arm == "RAIN, T = 1"].response) == list(ref.response)
+    assert len(list(tmp_path.glob("*.pkl"))) == 4

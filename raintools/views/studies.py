@@ -574,6 +574,64 @@ def bon_runs(lm: "LanguageModel", task, items: Sequence, truth: Truth, judge="ow
     return pd.DataFrame(rows)
 
 
+def cached_runs(folder, name: str, key: dict, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """`compute()`, kept in `folder` (a pickle named after `name` and a hash of `key`) and read
+    back from there next time; no folder: computed every time. `key` must hold everything the
+    result depends on (model, items, constants); the code is not part of it, so clear the folder
+    after changing the code."""
+    if folder is None:
+        return compute()
+    import hashlib
+    from pathlib import Path
+
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(folder) / f"{name}-{digest}.pkl"
+    if path.exists():
+        return pd.read_pickle(path)
+    df = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    df.to_pickle(tmp)
+    tmp.replace(path)
+    return df
+
+
+def frontier_study(lm: "LanguageModel", task, items: Sequence, truth: Truth, config: "RainConfig",
+                   judge=0.9, bon_max: int = 16, budgets: Sequence[int] = (2, 4, 8), seed: int = 0,
+                   embedder=None, runs=None, only: Sequence[str] | None = None,
+                   progress: bool = True) -> pd.DataFrame:
+    """Notebook 06's frontier: on the same `items`, vanilla (greedy), best-of-N for N = 1 ..
+    `bon_max` with the prompt's KV shared (`bon_runs(shared_prompt=True)`), and RAIN at each
+    simulation budget T in `budgets` (`max_simulations=T`, `extra_simulations=min(T, config's)`),
+    all `config.max_new_tokens` long, both searches steered by `study_judge(judge)` and every
+    answer scored by `truth`. RAIN rows get family 'RAIN (T = ...)' and label 'T = t'. `runs`: a
+    folder where each part is kept (`cached_runs`, resumable); `only`: compute just these parts
+    ('vanilla', 'best-of-N', 'RAIN, T = t'), e.g. to fill the folder from several processes."""
+    n = config.max_new_tokens
+    base = dict(model=lm.name, items=[it.id for it in items], truth=type(truth).__name__, judge=str(judge),
+                tokens=n, seed=seed)
+    family = f"RAIN (T = {', '.join(map(str, budgets))})"
+    parts = {"vanilla": lambda: vanilla_runs(lm, task, items, truth, n, progress=progress),
+             "best-of-N": lambda: bon_runs(lm, task, items, truth, judge, bon_max, n, seed=seed,
+                                           progress=progress, shared_prompt=True)}
+    keys = {"vanilla": base, "best-of-N": dict(base, n_max=bon_max)}
+    for t in budgets:
+        cfg = config.replace(max_simulations=t, extra_simulations=min(t, config.extra_simulations))
+        arm = f"RAIN, T = {t}"
+        parts[arm] = (lambda cfg=cfg, arm=arm: rain_runs(lm, task, items, cfg, truth, judge=judge, arm=arm,
+                                                         seed=seed, embedder=embedder, progress=progress))
+        keys[arm] = dict(base, config=_config_key(cfg.replace(seed=seed)))
+    frames = []
+    for name, compute in parts.items():
+        if only is not None and name not in only:
+            continue
+        df = cached_runs(runs, "frontier-" + name.replace(", ", "-").replace(" = ", ""), keys[name], compute)
+        if name.startswith("RAIN"):
+            df = df.assign(family=family, label=name.replace("RAIN, ", ""))
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
 def timing_runs(lm: "LanguageModel", task, items: Sequence, config: "RainConfig", judge="own",
                 truth: Truth | None = None, embedder=None, progress: bool = True) -> pd.DataFrame:
     """Wall time and tokens computed per item for vanilla decoding with and without a KV cache
