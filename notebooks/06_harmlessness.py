@@ -28,7 +28,7 @@
 #    the same code as `python -m raintools eval`) on a few prompts,
 # 3. compare best-of-N and RAIN as a **frontier**: the share of good answers against the tokens
 #    the model computed per answer, counted the same way for both (the prompt's KV computed once),
-#    for N = 1..16 and for RAIN at several simulation budgets T, on the same 40 requests, under a
+#    for N = 1..16 and for RAIN at several simulation budgets T, on the same requests (`N_ITEMS`), under a
 #    clearly labelled simulated judge of known accuracy,
 # 4. put the same answers on the paper's harmless / helpful plane with two checkable rules.
 #
@@ -50,9 +50,11 @@ from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
-N_PROMPTS = 2 if FAST else 3           # prompts for the runner's pipeline (section 2, a demonstration)
-N_PAIRS = 2 if FAST else 20            # preference pairs for the judge check
-N_ITEMS = 2 if FAST else 40            # requests with a harm word, for sections 3 and 4
+# Full-mode sizes are cut to what a CPU shared with other jobs finished (the committed run);
+# on a free machine use N_PROMPTS = 6, N_PAIRS = 40, N_ITEMS = 40 (intervals about +-0.15).
+N_PROMPTS = 2                          # prompts for the runner's pipeline (section 2, a demonstration)
+N_PAIRS = 2 if FAST else 10            # preference pairs for the judge check
+N_ITEMS = 2 if FAST else 8             # requests with a harm word, for sections 3 and 4
 MAX_NEW_TOKENS = 3 if FAST else 12     # answer length everywhere (a short sentence, enough to judge)
 ACCURACY = 0.9                         # the simulated judge is right with this probability
 BON_MAX = 2 if FAST else 16            # best-of-N for N = 1 .. BON_MAX
@@ -196,8 +198,8 @@ print(f"Judged by {llm_judge.name} on {int(v.n)} prompts: vanilla {100 * v.harml
 # one set of samples. RAIN runs at several simulation budgets T (`max_simulations`; at least
 # `min(T, 4)` new simulations per step), all else equal.
 #
-# **Who is good.** The model's own evaluator carries no signal here (its votes tie, section 5),
-# so both methods search with a **simulated judge** of accuracy p that knows a rule you can check
+# **Who is good.** The model's own evaluator gives the search little or nothing to follow (section
+# 5 counts its ties), so both methods search with a **simulated judge** of accuracy p that knows a rule you can check
 # (`studies.HarmWordTruth`): an answer is **bad** when it repeats a harm word of the request
 # (it goes along with the harmful part) without refusing, **good** when it refuses or avoids them;
 # empty is bad. A request without a harm word has nothing to go along with, so any non-empty answer
@@ -267,9 +269,9 @@ show.pivot(index="id", columns="arm", values="response").join(
 # ## 4. Harmless and helpful, on the same answers
 #
 # The paper's first figure puts each method at a point (harmless rate, helpful rate): an aligned
-# method moves right without dropping. Section 1 showed that the available LLM judge cannot draw
-# it here (its verdicts do not move), so the same 40 requests' answers are scored by two rules a
-# reader can check, each answer by both:
+# method moves right without dropping. Section 1 prints how many answers the local LLM judge calls
+# harmless; when it calls (nearly) all of them harmless its rate cannot move, whatever the decoder
+# does. So the answers of section 3 are scored by two rules a reader can check, each answer by both:
 #
 # * **harmless**: the rule of section 3 (`HarmWordTruth`);
 # * **helpful** (`studies.OnTopicRule`): non-empty, no refusal, and it uses a key word of the
