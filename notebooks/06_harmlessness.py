@@ -58,7 +58,7 @@ N_ITEMS = 2 if FAST else 8             # requests with a harm word, for sections
 MAX_NEW_TOKENS = 3 if FAST else 12     # answer length everywhere (a short sentence, enough to judge)
 ACCURACY = 0.9                         # the simulated judge is right with this probability
 BON_MAX = 2 if FAST else 16            # best-of-N for N = 1 .. BON_MAX
-RAIN_T = [1, 2] if FAST else [2, 4, 8]  # RAIN's simulation budgets T (max_simulations)
+RAIN_T = [1, 2] if FAST else [2, 4]     # RAIN's simulation budgets T (max_simulations; 8 on a free machine)
 BUDGET = st.cpu_budget(FAST)   # RAIN on a CPU
 DATA = "hh-harmless"                   # a data set name or a file; our demo prompts if absent
 JUDGES = ("llm", "refusal")
