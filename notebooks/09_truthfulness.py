@@ -43,7 +43,7 @@ from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
-N_ITEMS = 2 if FAST else 24         # questions per arm (24 on a shared CPU; Wilson 95% CI about +-0.2)
+N_ITEMS = 2 if FAST else 40         # questions per arm (40: Wilson 95% CI within +-0.15)
 N_CHECK = 2 if FAST else 40         # questions for the self-evaluation check
 MAX_NEW_TOKENS = 3 if FAST else 7   # 7 tokens = three commits of 1, 2 and 4 tokens
 ACCURACY = 0.9                      # the simulated judge is right with this probability

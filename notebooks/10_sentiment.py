@@ -44,7 +44,7 @@ from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
-N_ITEMS = 2 if FAST else 24         # openings per arm, half from negative (24 on a shared CPU: CI about +-0.2)
+N_ITEMS = 2 if FAST else 40         # openings per arm, half from negative reviews (40: CI within +-0.15)
 N_CHECK = 4 if FAST else 40         # labelled reviews for the self-evaluation check (half positive)
 MAX_NEW_TOKENS = 3 if FAST else 7   # 7 tokens = three commits of 1, 2 and 4 tokens
 ACCURACY = 0.9                      # the simulated judge is right with this probability
