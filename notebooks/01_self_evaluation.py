@@ -147,9 +147,12 @@ measured[["model", "judge", "params_b", "n", "wins", "ties", "losses", "strict",
 acc_votes.table.merge(acc_soft.table, on=["id", "turns"], suffixes=(" votes", " soft")).head(12)
 
 # %% [markdown]
-# Next to the paper's numbers (LLaMA family, reported in the paper, not measured here), on a log
-# scale of model size, so that the paper's trend reads as a curve. The right panel splits each of
-# our judges' pairs into right, tied and wrong.
+# Left, what we measured, on a log scale of model size (run more models and
+# `python -m raintools.views.combine` puts them on the same axis): the share of pairs judged right,
+# ties not counted. Middle: each of our judges' pairs split into right, tied and wrong. Right, the
+# paper's numbers (LLaMA family, reported, not measured here) **in a panel of their own**: the paper
+# reports a self-evaluation accuracy without stating how a tie (the two option orders disagreeing)
+# counts, so its numbers are not drawn on the axis of our strict measure.
 
 # %%
 fig = plot_self_eval_summary(measured)
@@ -167,8 +170,10 @@ print(describe_self_eval(measured))
 # * With the embedded 135M model the hard votes tie (the model prefers one letter in both orders,
 #   so the two votes cancel): the votes judge carries no information. The soft score has no ties,
 #   but it ranks the less harmful answer higher no more often than a coin would.
-# * The paper found the same pattern by size: 52% at 7B, 81% at 30B, 98% for LLaMA-2 70B, and RAIN
-#   only helped where this accuracy was high. Notebook 05 shows why, with judges of known accuracy.
+# * The paper reports accuracy rising with size: 52% at 7B, 81% at 30B, 98% for LLaMA-2 70B
+#   (its metric's treatment of ties is not stated, so these are not directly comparable with our
+#   strict share), and RAIN only helped where this accuracy was high. Notebook 05 shows why, with
+#   judges of known accuracy.
 # * To measure a larger model, run this notebook with `RAINTOOLS_MODEL` set to it (on a GPU) and
 #   more pairs (`N_PAIRS`); `python -m raintools.views.combine` then puts several runs on one
 #   size axis.

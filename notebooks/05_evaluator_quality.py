@@ -48,8 +48,9 @@ import seaborn as sns
 
 import raintools as rt
 from raintools.embed import load_embedder
+from raintools.experiments.stats import paired_difference
 from raintools.views.analysis import (SUM_PROMPT, SumTruth, evaluator_quality_sweep, judge_agreement,
-                                      notebook_config, simulated_judge_runs, wilson_interval)
+                                      judge_tally, notebook_config, simulated_judge_runs, wilson_interval)
 from raintools.views.plots import plot_quality_sweep, save_figure
 
 sns.set_theme(style="whitegrid")
@@ -139,9 +140,48 @@ references = evaluator_quality_sweep(lm, truth, [], cfg, seeds=SEEDS, embedder=e
 runs = pd.concat([references, simulated], ignore_index=True)
 summary = (runs.groupby(["method", "p"], dropna=False)
            .agg(good=("good", "mean"), runs=("good", "size"), judge_agreement=("judge_agreement", "mean"),
+                judge_ties=("judge_ties", "sum"), judge_judgements=("judge_judgements", "sum"),
                 simulations=("simulations", "mean"))
            .reset_index())
 summary.round(3)
+
+# %% [markdown]
+# `judge_agreement` above counts a tie (value 0: the two option orders disagree) as half right,
+# which makes a judge that never gives a verdict look like a coin flip. The own evaluator's
+# judgements counted apart, ties as ties:
+
+# %%
+own_runs = runs[runs.method == "own evaluator"]
+if len(own_runs):
+    ties, n_judged = int(own_runs.judge_ties.sum()), int(own_runs.judge_judgements.sum())
+    decided = n_judged - ties
+    agree = float((own_runs.judge_decided_agreement * (own_runs.judge_judgements - own_runs.judge_ties)).sum())
+    print(f"own evaluator: {n_judged} judgements, {ties} ties ({100 * ties / max(n_judged, 1):.0f}%), "
+          + (f"agreement with the truth on the {decided} with a verdict {agree / decided:.2f}"
+             if decided else "no judgement with a verdict"))
+
+# %% [markdown]
+# And each RAIN arm against greedy decoding on the same questions: wins (RAIN right, greedy
+# wrong), losses (the reverse), and the paired difference with its Newcombe 95% interval.
+
+# %%
+greedy = runs[runs.method == "vanilla (greedy)"].set_index("prompt").good
+rows = []
+for (method, p), g in runs[runs.method != "vanilla (greedy)"].groupby(["method", "p"], dropna=False):
+    pair = g.set_index("prompt").good.astype(bool).to_frame("rain").join(greedy.astype(bool).rename("greedy"))
+    d = paired_difference(pair.rain, pair.greedy)
+    rows.append(dict(method=method, p=p, rain_good=int(pair.rain.sum()), greedy_good=int(pair.greedy.sum()),
+                     n=len(pair), wins=d["a_only"], losses=d["b_only"], diff=d["diff"], lo=d["lo"], hi=d["hi"]))
+versus_greedy = pd.DataFrame(rows)
+coin = versus_greedy[(versus_greedy.method == "simulated") & (versus_greedy.p == 0.5)]
+if len(coin):
+    c = coin.iloc[0]
+    verdict = ("worse than" if c["hi"] < 0 else "better than" if c["lo"] > 0 else
+               "not shown different from") + " greedy"
+    print(f"p = 0.5: RAIN {c.rain_good}/{c.n} right, greedy {c.greedy_good}/{c.n}; RAIN won {c.wins} and "
+          f"lost {c.losses} questions: {100 * c['diff']:+.0f} points (95% CI {100 * c.lo:+.0f} to "
+          f"{100 * c.hi:+.0f}), {verdict}")
+versus_greedy.round(3)
 
 # %%
 ax = plot_quality_sweep(runs)
@@ -159,12 +199,15 @@ runs[["method", "p", "prompt", "good", "response"]].assign(prompt=runs.prompt.st
 # (Full mode: 40 questions per point; fast mode runs three, too few to read anything into.)
 #
 # * The intervals in the figure are 95% Wilson intervals over the questions at each `p`.
-# * A judge at `p = 0.5` gives the search noise to follow, so RAIN does not beat the model's own
-#   greedy answer; as `p` grows the share of right sums grows, up to what the candidates the
-#   model proposes allow within the budget.
-# * The model's own judge (the star) sits where its measured agreement puts it: near chance for
-#   the embedded 135M model, which is why RAIN changes little for it. The paper's large models
-#   judge at 81-98%, far to the right.
+# * A judge at `p = 0.5` gives the search noise to follow, and following noise costs: the line
+#   "p = 0.5: ..." above counts RAIN's wins and losses against the greedy answer on the same
+#   questions (a search that leaves the greedy path at random mostly leaves a right sum for a
+#   wrong one). As `p` grows the share of right sums grows, up to what the candidates the model
+#   proposes allow within the budget.
+# * The model's own judge (the star) is drawn at its agreement where it gave a verdict, with its
+#   ties counted apart (legend and the line above): a tie is no verdict, not half a right one. When
+#   every judgement ties, the star stands left of the accuracy axis ("all ties"): the search then
+#   has nothing to follow. The paper's large models judge at 81-98%, far to the right.
 #
 # ## Predict, then run
 #

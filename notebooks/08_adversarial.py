@@ -309,7 +309,8 @@ print("The ASR below can compare the methods only roughly." if refuses else
 # paper reports** (Li et al., ICLR 2024: AdvBench, GCG suffixes optimised against vanilla decoding,
 # Vicuna models). "White-box": the suffix was optimised on the attacked model itself; "transfer":
 # on other models. The right panel is copied from the paper, **not measured here**, and has no
-# adaptive column: no RAIN implementation had an adaptive attack before this one.
+# adaptive column: the paper reports static suffixes only. Our bars carry Wilson 95% intervals
+# over the behaviours (with 8 behaviours they are wide).
 
 # %%
 paper = pd.DataFrame(attacks.paper_asr_rows())

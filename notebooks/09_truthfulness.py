@@ -102,16 +102,21 @@ print("..." + template.full_text(questions[0].prompt, questions[0].meta["best"],
 #
 # RAIN can only steer towards what its self-evaluator can see. A direct check: for each question
 # give the evaluator TruthfulQA's best (true) answer and one of its false answers, and count how
-# often the true one gets the higher score. We use the *soft* score (the mean probability margin)
-# so that near-ties are still ordered; 50% is chance.
+# often the true one gets the higher value. The check uses the evaluator **exactly as RAIN runs
+# it** (`cfg.eval_mode`, the paper's votes: +1, 0 or -1): a tie (both answers get the same value,
+# e.g. 0 when the two option orders disagree) is no verdict and is counted as a tie, not as half
+# right. 50% is chance.
 
 # %%
-soft = task.evaluator(lm, mode="soft")
-check = st.answer_pair_check(soft, questions[1:: max(1, len(questions) // N_CHECK)][:N_CHECK])
-k, n = int(check.correct.sum()), len(check)
+cfg = task.preset(max_new_tokens=MAX_NEW_TOKENS, seed=SEED, **BUDGET)
+check = st.answer_pair_check(task.evaluator(lm, mode=cfg.eval_mode),
+                             questions[1:: max(1, len(questions) // N_CHECK)][:N_CHECK])
+k, n, n_ties = int(check.correct.sum()), len(check), int(check.tie.sum())
 check_lo, check_hi = wilson_interval(k, n, percent=True)
-print(f"the true answer scored higher for {k} of {n} questions ({100 * k / n:.0f}%, 95% CI "
-      f"{check_lo:.0f}-{check_hi:.0f}%; chance 50%); mean |margin| {check.v_true.abs().mean():.3f}")
+print(f"evaluator mode {cfg.eval_mode!r} (what RAIN uses): the true answer scored higher for {k} of {n} "
+      f"questions ({100 * k / n:.0f}%, 95% CI {check_lo:.0f}-{check_hi:.0f}%; chance 50%), lower for "
+      f"{n - k - n_ties}, tied on {n_ties}; values given: "
+      f"{pd.concat([check.v_true, check.v_false]).value_counts().sort_index().to_dict()}")
 check.head(8)
 
 # %% [markdown]
@@ -134,13 +139,50 @@ check.head(8)
 
 # %%
 items = questions[:: max(1, len(questions) // N_ITEMS)][:N_ITEMS]
-cfg = task.preset(max_new_tokens=MAX_NEW_TOKENS, seed=SEED, **BUDGET)
 truth = st.ReferenceTruth(task, items, embedder=embedder)
 runs = st.task_study(lm, task, items, cfg, truth, ACCURACY, embedder=embedder)
 summary, diffs = st.task_study_tables(runs)
 for _, row in diffs.iterrows():
     print(st.describe_difference(row, what="truthful answers"))
 summary.round(3)
+
+# %% [markdown]
+# **How far to trust the rule.** The rule is a proxy and it errs: a true answer worded unlike
+# every reference can land closer to a false one. Its error rate, measured on TruthfulQA's own
+# answers to the same questions, leave one out (`studies.reference_rule_check`: each correct
+# answer judged against the *other* correct answers and all incorrect ones, each incorrect answer
+# against all correct and the other incorrect ones):
+
+# %%
+rule_check = st.reference_rule_check(truth.judge, items)
+rule_errors = rule_check.groupby("kind").error.agg(["sum", "size"])
+for kind, r in rule_errors.iterrows():
+    lo, hi = wilson_interval(int(r["sum"]), int(r["size"]), percent=True)
+    print(f"reference rule on {kind} answers: {int(r['sum'])} of {int(r['size'])} misjudged "
+          f"({100 * r['sum'] / r['size']:.0f}%, 95% CI {lo:.0f}-{hi:.0f}%)")
+rule_check[rule_check.error].head(6)
+
+# %% [markdown]
+# A rate of truthful answers below therefore carries this error on top of its sampling interval;
+# a difference between two arms on the same questions is less affected (both are scored by the
+# same rule), but a single answer's label can be wrong: read the answers.
+#
+# **Why the own-evaluator arm can equal vanilla.** RAIN's own-evaluator arm searches with the
+# votes of section 3. Every value the search received, and how its answers compare with vanilla's:
+
+# %%
+own_arm = runs[runs.arm == "RAIN, own evaluator"]
+same = (own_arm.set_index("id").response == runs[runs.arm == "vanilla"].set_index("id").response)
+print(f"RAIN, own evaluator: {int(own_arm.judge_ties.sum())} of {int(own_arm.judge_judgements.sum())} "
+      f"values the search received were ties (0); its answer equals vanilla's on {int(same.sum())} of "
+      f"{len(same)} questions")
+
+# %% [markdown]
+# When every value is 0, every candidate's mean value stays 0: the selection score is then the
+# exploration term alone, which sends visits in the order of the candidates' priors, and the
+# commit takes the most visited candidate, the one of highest prior. That is the greedy
+# continuation (or the candidate closest to it), so the search commits what vanilla decoding
+# writes: no value, no steering. The arms differ only where some value was not 0.
 
 # %% [markdown]
 # The answers (first questions), with the reference answer the rule found closest to vanilla's:
@@ -157,21 +199,30 @@ runs.pivot(index="id", columns="arm", values="response").join(van[["prompt", "cl
 #
 # Left: what the paper reports (LLaMA-2-chat 13B, True+Info, GPT judges; a different model and
 # metric, so its own panel). Then what we measured: the share of truthful answers per arm (Wilson
-# 95% intervals), the paired differences between arms on the same questions (Newcombe 95%
-# intervals; solid when the interval excludes zero), and the self-evaluation check of section 3.
+# 95% intervals; the rule's own error rate, measured in section 4, is in the panel's title), the
+# paired differences between arms on the same questions (Newcombe 95% intervals; solid when the
+# interval excludes zero), and the self-evaluation check of section 3 (a point with its interval,
+# ties counted).
 
 # %%
 fig = sp.plot_task_study(
     pd.DataFrame(PAPER_TRUTHFULQA), summary, diffs,
-    dict(value=100 * k / n, lo=check_lo, hi=check_hi, chance=50, ylabel="%", label="true > false"),
+    dict(value=100 * k / n, lo=check_lo, hi=check_hi, chance=50, ylabel="%", label="true > false",
+         note=f"ties: {n_ties} of {n}\n(mode: {cfg.eval_mode})"),
     titles=["The paper (reported): LLaMA-2-chat 13B\nTruthfulQA, True+Info %",
-            f"Measured: {lm.name}, n={N_ITEMS} questions\ntruthful by the reference rule",
+            f"Measured: {lm.name}, n={N_ITEMS} questions\ntruthful by the reference rule (errs on "
+            f"{100 * rule_check.error.mean():.0f}% of references)",
             f"Paired differences (simulated judge: p = {ACCURACY})",
-            f"Self-evaluation check\n({n} questions)"],
+            f"Self-evaluation check, as RAIN\nruns it ({n} questions)"],
     fig_title="TruthfulQA: the paper's numbers (left) and ours; different models and judges",
     what="truthful answers")
+rule_table = rule_errors.reset_index().rename(columns={"sum": "errors", "size": "n"}).assign(
+    source="reference rule, leave one out")
+check_row = pd.DataFrame([dict(source="self-evaluation check", mode=cfg.eval_mode, n=n, successes=k,
+                               ties=n_ties, rate=k / n, lo=check_lo / 100, hi=check_hi / 100)])
 save_figure(fig, "09_truthfulness", pd.concat([pd.DataFrame(PAPER_TRUTHFULQA).assign(source="paper"),
-                                               summary.assign(source="measured"), diffs], ignore_index=True))
+                                               summary.assign(source="measured"), diffs, rule_table,
+                                               check_row], ignore_index=True))
 
 # %% [markdown]
 # ## What to take away

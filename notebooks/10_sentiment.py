@@ -112,19 +112,25 @@ print("..." + template.full_text(example.prompt, "The acting is wooden and the p
 # RAIN can only steer towards what its self-evaluator can see. A direct check on real reviews:
 # show the evaluator each review's opening followed by its last 30 words (where reviewers usually
 # give their verdict), and measure how well the score separates positive reviews from negative
-# ones (AUC: the chance that a positive review scores above a negative one; 0.5 is chance; 95%
-# bootstrap interval). We use the *soft* score (the margin p(positive) - p(negative)) so near-ties
-# are still ordered. VADER, the offline scorer used below, scores the same texts as a yardstick.
+# ones (AUC: the chance that a positive review scores above a negative one, a tie counting one
+# half; 0.5 is chance; 95% bootstrap interval). The check uses the evaluator **exactly as RAIN runs
+# it** (`cfg.eval_mode`, the paper's votes: each order votes +1, 0 or -1 and `v` is their mean), and
+# counts the reviews it gives no verdict (`v = 0`, a tie). VADER, the offline scorer used below,
+# scores the same texts as a yardstick.
 
 # %%
+cfg = task.preset(max_new_tokens=MAX_NEW_TOKENS, seed=SEED, **BUDGET)
 vader = SentimentJudge()
-check = st.review_check(task.evaluator(lm, mode="soft"), task, positive[1: 1 + N_CHECK // 2]
+check = st.review_check(task.evaluator(lm, mode=cfg.eval_mode), task, positive[1: 1 + N_CHECK // 2]
                         + negative[1: 1 + N_CHECK // 2], scorer=vader.score)
 is_pos = check.label == "positive"
+n_ties = int((check.self_eval == 0).sum())
 auc_self = st.auc_interval(check.self_eval[is_pos], check.self_eval[~is_pos])
 auc_vader = st.auc_interval(check.scorer[is_pos], check.scorer[~is_pos])
-print(f"{len(check)} reviews: AUC self-evaluation {auc_self[0]:.2f} (95% CI {auc_self[1]:.2f}-"
-      f"{auc_self[2]:.2f}), VADER {auc_vader[0]:.2f} ({auc_vader[1]:.2f}-{auc_vader[2]:.2f}); chance 0.50")
+print(f"{len(check)} reviews, evaluator mode {cfg.eval_mode!r} (what RAIN uses): AUC self-evaluation "
+      f"{auc_self[0]:.2f} (95% CI {auc_self[1]:.2f}-{auc_self[2]:.2f}), no verdict (v = 0) on {n_ties} of "
+      f"{len(check)}; values given: {check.self_eval.value_counts().sort_index().to_dict()}. VADER AUC "
+      f"{auc_vader[0]:.2f} ({auc_vader[1]:.2f}-{auc_vader[2]:.2f}); chance 0.50")
 check.groupby("label")[["self_eval", "scorer"]].mean()
 
 # %% [markdown]
@@ -147,12 +153,49 @@ check.groupby("label")[["self_eval", "scorer"]].mean()
 
 # %%
 items = negative[: (N_ITEMS + 1) // 2] + positive[: N_ITEMS // 2]
-cfg = task.preset(max_new_tokens=MAX_NEW_TOKENS, seed=SEED, **BUDGET)
 runs = st.task_study(lm, task, items, cfg, st.SentimentTruth(), ACCURACY, embedder=embedder)
 summary, diffs = st.task_study_tables(runs)
 for _, row in diffs.iterrows():
     print(st.describe_difference(row, what="positive continuations"))
 summary.round(3)
+
+# %% [markdown]
+# **How far to trust VADER.** VADER is a word list with rules; it misreads text (a positive
+# opening can score negative). Its error rate, measured on the labelled review endings of
+# section 3 (the last 30 words alone, as the rule reads a continuation alone: positive when the
+# compound score is above 0):
+
+# %%
+vader_pos = check.ending.map(vader.score) > 0
+vader_errors = int((vader_pos != is_pos).sum())
+v_lo, v_hi = st.wilson_interval(vader_errors, len(check))
+print(f"VADER's rule misjudges {vader_errors} of {len(check)} labelled review endings "
+      f"({100 * vader_errors / len(check):.0f}%, 95% CI {100 * v_lo:.0f}-{100 * v_hi:.0f}%): positive "
+      f"reviews called not positive {int((~vader_pos & is_pos).sum())}, negative called positive "
+      f"{int((vader_pos & ~is_pos).sum())}")
+
+# %% [markdown]
+# A rate of positive continuations below carries this error on top of its sampling interval; a
+# difference between two arms on the same openings is scored by the same rule, but a single
+# continuation's label can be wrong: read the continuations and their scores.
+#
+# **Why the own-evaluator arm can equal vanilla.** RAIN's own-evaluator arm searches with the
+# votes of section 3. Every value the search received, and how its continuations compare with
+# vanilla's:
+
+# %%
+own_arm = runs[runs.arm == "RAIN, own evaluator"]
+same = (own_arm.set_index("id").response == runs[runs.arm == "vanilla"].set_index("id").response)
+print(f"RAIN, own evaluator: {int(own_arm.judge_ties.sum())} of {int(own_arm.judge_judgements.sum())} "
+      f"values the search received were ties (0); its continuation equals vanilla's on {int(same.sum())} "
+      f"of {len(same)} openings")
+
+# %% [markdown]
+# When every value is 0, every candidate's mean value stays 0: the selection score is then the
+# exploration term alone, which sends visits in the order of the candidates' priors, and the
+# commit takes the most visited candidate, the one of highest prior. That is the greedy
+# continuation (or the candidate closest to it), so the search commits what vanilla decoding
+# writes: no value, no steering. The arms differ only where some value was not 0.
 
 # %% [markdown]
 # The continuations (first openings), with VADER's score:
@@ -168,21 +211,31 @@ wide.join(runs[runs.arm == "vanilla"].set_index("id")[["prompt"]]).join(
 #
 # Left: what the paper reports for three 7B models (a trained classifier; other models, so its own
 # panel). Then what we measured: the share of positive continuations per arm (Wilson 95%
-# intervals), the paired differences between arms on the same openings (Newcombe 95% intervals;
-# solid when the interval excludes zero), and the self-evaluation check of section 3.
+# intervals; VADER's error rate on labelled endings in the panel's title), the paired differences
+# between arms on the same openings (Newcombe 95% intervals; solid when the interval excludes
+# zero), and the self-evaluation check of section 3 (the AUC as a point with its interval beside
+# chance, not a bar from 0).
 
 # %%
 fig = sp.plot_task_study(
     pd.DataFrame(PAPER_IMDB), summary, diffs,
-    dict(value=auc_self[0], lo=auc_self[1], hi=auc_self[2], chance=0.5, ylabel="AUC", label="AUC"),
+    dict(value=auc_self[0], lo=auc_self[1], hi=auc_self[2], chance=0.5, ylabel="AUC", label="AUC",
+         note=f"no verdict: {n_ties} of {len(check)}\n(mode: {cfg.eval_mode})"),
     titles=["The paper (reported): IMDB, three 7B models\n% positive continuations",
-            f"Measured: {lm.name}, n={N_ITEMS} openings\npositive by VADER",
+            f"Measured: {lm.name}, n={N_ITEMS} openings\npositive by VADER (errs on "
+            f"{100 * vader_errors / len(check):.0f}% of labelled endings)",
             f"Paired differences (simulated judge: p = {ACCURACY})",
-            f"Self-evaluation check\n({len(check)} reviews)"],
+            f"Self-evaluation check, as RAIN\nruns it ({len(check)} reviews)"],
     fig_title="IMDB sentiment: the paper's numbers (left) and ours; different models and judges",
     what="positive continuations")
+check_rows = pd.DataFrame([
+    dict(source="self-evaluation check (AUC)", mode=cfg.eval_mode, n=len(check), ties=n_ties,
+         rate=auc_self[0], lo=auc_self[1], hi=auc_self[2]),
+    dict(source="VADER rule on labelled endings (error rate)", n=len(check), errors=vader_errors,
+         rate=vader_errors / len(check), lo=v_lo, hi=v_hi)])
 save_figure(fig, "10_sentiment", pd.concat([pd.DataFrame(PAPER_IMDB).assign(source="paper"),
-                                            summary.assign(source="measured"), diffs], ignore_index=True))
+                                            summary.assign(source="measured"), diffs, check_rows],
+                                           ignore_index=True))
 
 # %% [markdown]
 # ## What to take away

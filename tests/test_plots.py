@@ -590,3 +590,33 @@ def test_algorithm_diagram_and_source():
         assert step in texts
     code = show_source(backup)
     assert code.data.startswith("def backup(") and "node.q += (v - node.q) / node.n" in code.data
+
+
+def test_judge_tally_counts_ties_apart_and_the_sweep_draws_them_apart():
+    t = A.judge_tally([(1, True), (-1, True), (0, True), (0, False)])
+    assert (t["agree"], t["disagree"], t["ties"], t["judgements"]) == (1, 1, 2, 4)
+    assert t["tie_share"] == 0.5 and t["decided_agreement"] == 0.5
+    assert np.isnan(A.judge_tally([(0, True)])["decided_agreement"])
+    base = [dict(method="simulated", p=p, good=g, judge_agreement=p, judge_ties=0, judge_judgements=4,
+                 judge_decided_agreement=p) for p in (0.5, 1.0) for g in (True, False)]
+    tied = pd.DataFrame(base + [dict(method="own evaluator", p=None, good=False, judge_agreement=0.5,
+                                     judge_ties=6, judge_judgements=6, judge_decided_agreement=float("nan"))])
+    ax = P.plot_quality_sweep(tied)
+    star = [c for c in ax.collections if c.get_offsets().shape[0] == 1][-1]
+    assert star.get_offsets()[0][0] < 0.45 < ax.get_xlim()[1]           # left of the accuracy axis
+    assert any("6 of 6" in t.get_text() for t in ax.get_legend().get_texts())
+    some = tied.copy()
+    some.loc[some.method == "own evaluator", ["judge_ties", "judge_decided_agreement"]] = [2, 0.75]
+    ax = P.plot_quality_sweep(some)
+    star = [c for c in ax.collections if c.get_offsets().shape[0] == 1][-1]
+    assert star.get_offsets()[0][0] == pytest.approx(0.75)              # agreement where it decided
+
+
+def test_self_eval_summary_keeps_the_papers_numbers_off_the_measured_axis():
+    measured = pd.DataFrame([dict(model="SmolLM2", judge="votes", params_b=0.135, n=60, strict=0.0,
+                                  tie_rate=1.0, strict_lo=0.0, strict_hi=0.06)])
+    fig = P.plot_self_eval_summary(measured)
+    size_ax, _, paper_ax = fig.axes
+    assert not any("paper" in t.get_text() for t in size_ax.get_legend().get_texts())
+    assert len(paper_ax.patches) == len(A.PAPER_SELF_EVAL_ACCURACY)
+    assert "not stated" in paper_ax.get_title()

@@ -88,3 +88,49 @@ def test_rates_at_the_ends_of_the_axis_are_drawn(n):
                                                 good=[True] * n + [False] * n)))
     assert len(sp.plot_rates(summary).lines) > 0
     assert len(sp.plot_sweep(summary.assign(T=[1, 2]), "T")[1].lines) > 0
+
+
+def test_harmless_helpful_table_and_its_figure_agree():
+    df = pd.DataFrame(dict(arm=["vanilla"] * 40 + ["RAIN"] * 40, query=["How can I steal a car?"] * 80,
+                           response=["steal a car"] * 30 + ["buy a car"] * 10 + ["buy a car"] * 35 + [""] * 5))
+    table = st.harmless_helpful_table(df, st.HarmWordTruth(), st.OnTopicRule())
+    ax = sp.plot_harmless_helpful(table)
+    for (_, row), container in zip(table.iterrows(), ax.containers):
+        (x, y), = container.lines[0].get_xydata()
+        xs = container.lines[2][0].get_segments()[0][:, 0]        # the horizontal error bar
+        assert (x, y) == pytest.approx((100 * row.harmless_rate, 100 * row.helpful_rate))
+        assert sorted(xs) == pytest.approx([100 * row.harmless_lo, 100 * row.harmless_hi])
+    assert list(table.harmless) == [10, 35] and list(table.helpful) == [40, 35]
+
+
+def test_check_is_a_point_against_chance_not_a_bar():
+    ax = sp.plot_check(0.55, 0.4, 0.7, chance=0.5, ylabel="AUC", label="AUC", note="no verdict: 3 of 40")
+    assert not ax.patches                                          # no bar from 0
+    assert ax.lines and any(t.get_text() == "no verdict: 3 of 40" for t in ax.texts)
+    assert ax.get_ylim()[1] == pytest.approx(1.1)
+
+
+def test_frontier_joins_every_curve_family():
+    pts = pd.DataFrame(dict(family=["bon"] * 2 + ["rain"] * 2 + ["vanilla"], label=["N=1", "N=2", "T=2", "T=4", "v"],
+                            mean_tokens_computed=[10, 20, 30, 60, 10], rate=[.2, .3, .4, .5, .2],
+                            lo=[.1, .2, .3, .4, .1], hi=[.3, .4, .5, .6, .3]))
+    ax = sp.plot_compute_frontier(pts, curve=["bon", "rain"])
+    styles = {c.get_label(): c.lines[0].get_linestyle() for c in ax.containers}
+    assert styles == {"bon": "-", "rain": "-", "vanilla": "None"}
+    assert {t.get_text() for t in ax.texts} == {"N=1", "N=2", "T=2", "T=4"}
+
+
+def test_attack_success_bars_carry_wilson_intervals():
+    from raintools.attacks.run import paper_asr_rows
+    from raintools.experiments.stats import wilson_interval
+    from raintools.views import adversarial as adv
+
+    asr = pd.DataFrame([dict(attack="white-box", method=m, objective=o, n=8, successes=k, asr=k / 8)
+                        for m, o, k in [("vanilla", "-", 8), ("vanilla", "vanilla", 6), ("rain", "-", 7),
+                                        ("rain", "rain-aware", 3)]])
+    fig = adv.plot_asr_beside_paper(asr, pd.DataFrame(paper_asr_rows()), "m", False)
+    bars = fig.axes[0]
+    spans = sorted(tuple(sorted(seg[:, 1])) for c in bars.containers if hasattr(c, "lines") and c.lines[2]
+                   for seg in c.lines[2][0].get_segments())
+    want = sorted(tuple(100 * x for x in wilson_interval(k, 8)) for k in (8, 6, 7, 3))
+    assert len(spans) == 4 and spans == [pytest.approx(w) for w in want]

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import pandas as pd
 
+from ..experiments.stats import wilson_interval
+
 OBJECTIVE_COLOURS = {"vanilla": "tab:blue", "rain-aware": "tab:red"}
 METHOD_COLOURS = {"vanilla": "tab:blue", "rain": "tab:orange"}
 SUFFIX_LABELS = {"initial": "initial suffix", "vanilla": "static suffix\n(vanilla objective)",
@@ -137,15 +139,19 @@ def plot_asr_beside_paper(asr: pd.DataFrame, paper: pd.DataFrame, model: str, re
             if row.empty:
                 continue
             r = row.iloc[0]
+            lo, hi = wilson_interval(int(r.successes), int(r.n), percent=True)
             ax.bar(x, 100 * r.asr, color=METHOD_COLOURS[method], alpha=alpha, hatch=hatch,
                    edgecolor="white")
-            ax.text(x, 100 * r.asr + 2, f"{r.successes}/{r.n}", ha="center", fontsize=9)
+            ax.errorbar([x], [100 * r.asr], yerr=[[max(100 * r.asr - lo, 0)], [max(hi - 100 * r.asr, 0)]],
+                        fmt="none", ecolor="black", capsize=4, lw=1)
+            ax.text(x, hi + 2, f"{int(r.successes)}/{int(r.n)}", ha="center", fontsize=9)
             ticks.append((x, f"{method}\n{label}"))
             x += 1
         x += 0.5
     ax.set_xticks([t for t, _ in ticks], [lab for _, lab in ticks], fontsize=8)
     note = "" if refuses else "\n(the model does not refuse even without a suffix)"
-    ax.set(ylim=(0, 115), ylabel="attack success rate (%)", title=f"measured here: {model}{note}")
+    ax.set(ylim=(0, 115), ylabel="attack success rate (%, Wilson 95% interval)",
+           title=f"measured here: {model}{note}")
     groups = list(dict.fromkeys(zip(paper.model, paper.attack)))
     width = 0.38
     for k, method in enumerate(("vanilla", "rain")):

@@ -571,6 +571,25 @@ def judge_agreement(values_and_truth: Iterable[tuple[float, bool]]) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def judge_tally(values_and_truth: Iterable[tuple[float, bool]]) -> dict:
+    """The judgements counted apart: `agree` (value > 0 on good text or < 0 on bad text),
+    `disagree`, `ties` (value 0: no verdict), `judgements`, `tie_share` and
+    `decided_agreement`, the share that agree among the judgements with a verdict (NaN when
+    every judgement tied). Unlike `judge_agreement`, a tie is not counted as half right."""
+    agree = disagree = ties = 0
+    for v, good in values_and_truth:
+        if v == 0:
+            ties += 1
+        elif (v > 0) == bool(good):
+            agree += 1
+        else:
+            disagree += 1
+    n, decided = agree + disagree + ties, agree + disagree
+    return dict(agree=agree, disagree=disagree, ties=ties, judgements=n,
+                tie_share=ties / n if n else float("nan"),
+                decided_agreement=agree / decided if decided else float("nan"))
+
+
 def evaluator_quality_sweep(lm, truth: WordListTruth, accuracies: Sequence[float], config,
                             prompts: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
                             embedder=None, own_evaluator: bool = True, vanilla: bool = True,
@@ -607,8 +626,11 @@ def evaluator_quality_sweep(lm, truth: WordListTruth, accuracies: Sequence[float
                         else self_evaluator(lm, template, config.eval_mode))
                 ev = RecordingEvaluator(base, truth)
                 r = rain_generate(lm, prompt, config.replace(seed=seed), evaluator=ev, embedder=embedder)
+                tally = judge_tally([(v, good) for _, _, v, good in ev.records])
                 rows.append(dict(method=method, p=p, seed=seed, prompt=prompt, response=r.text,
                                  good=truth(prompt, r.text), judge_agreement=ev.accuracy(),
+                                 judge_ties=tally["ties"], judge_judgements=tally["judgements"],
+                                 judge_decided_agreement=tally["decided_agreement"],
                                  simulations=r.stats["simulations"], seconds=r.stats["wall_time_s"]))
                 bar.update()
     bar.close()
@@ -726,8 +748,11 @@ def simulated_judge_runs(lm, truth, accuracies: Sequence[float], config, seeds: 
             results = [rain_generate(lm, q, cfg, evaluator=judge, embedder=embedder) for q in prompts]
         for q, r in zip(prompts, results):
             mine = [(v, good) for query, _, v, good in judge.records if query == q]
+            tally = judge_tally(mine)
             rows.append(dict(method="simulated", k=k, p=p, seed=seed, prompt=q, response=r.text,
                              good=bool(truth(q, r.text)), judge_agreement=judge_agreement(mine),
+                             judge_ties=tally["ties"], judge_judgements=tally["judgements"],
+                             judge_decided_agreement=tally["decided_agreement"],
                              simulations=r.stats["simulations"], rounds=r.stats["rounds"],
                              forward_calls=r.stats["forward_calls"], early_stops=r.stats["early_stops"]))
     return pd.DataFrame(rows)

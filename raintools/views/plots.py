@@ -668,22 +668,27 @@ def _spread(xs: Sequence[float], factor: float = 1.12) -> list[float]:
     return out
 
 
-def plot_self_eval_by_size(measured: pd.DataFrame, paper: pd.DataFrame | None = None, ax=None):
+def plot_self_eval_by_size(measured: pd.DataFrame, paper: pd.DataFrame | None = None, ax=None,
+                           show_paper: bool = True):
     """Self-evaluation accuracy against model size (log x), the paper's reported LLaMA numbers
-    as a reference curve. `measured` rows (one per model and judge mode): model, params_b, judge,
+    as a reference curve (`show_paper=False`: without them; `plot_paper_self_eval` draws them in
+    a panel of their own). `measured` rows (one per model and judge mode): model, params_b, judge,
     strict (share of pairs where the less harmful answer scores strictly higher), strict_lo /
     strict_hi (interval), tie_rate, n. Ties are not wins: a judge that ties every pair sits at 0
     here, with its tie rate written beside it."""
     from .analysis import PAPER_SELF_EVAL_ACCURACY
 
     paper = PAPER_SELF_EVAL_ACCURACY if paper is None else paper
+    if not show_paper:
+        paper = paper.iloc[0:0]
     ax = _new_ax(ax, (8, 4.6))
     llama = paper[~paper.model.str.contains("LLaMA-2")].sort_values("params_b")
-    ax.plot(llama.params_b, llama.accuracy, marker="o", color="#4c72b0", lw=1.8,
-            label="LLaMA 7B-65B (paper, reported)")
     rest = paper[paper.model.str.contains("LLaMA-2")]
-    ax.plot(rest.params_b, rest.accuracy, marker="D", ls="", color="#4c72b0", mfc="white", ms=7,
-            label="LLaMA-2 70B (paper, reported)")
+    if len(paper):
+        ax.plot(llama.params_b, llama.accuracy, marker="o", color="#4c72b0", lw=1.8,
+                label="LLaMA 7B-65B (paper, reported)")
+        ax.plot(rest.params_b, rest.accuracy, marker="D", ls="", color="#4c72b0", mfc="white", ms=7,
+                label="LLaMA-2 70B (paper, reported)")
     for r in paper.itertuples():
         ax.annotate(f"{r.model}\n{r.accuracy:.0%}", (r.params_b, r.accuracy), xytext=(0, 6),
                     textcoords="offset points", ha="center", fontsize=7, color="#4c72b0")
@@ -746,13 +751,34 @@ def plot_pair_outcomes(measured: pd.DataFrame, ax=None):
     return ax
 
 
+def plot_paper_self_eval(paper: pd.DataFrame | None = None, ax=None):
+    """The paper's reported self-evaluation accuracies (`analysis.PAPER_SELF_EVAL_ACCURACY`) as
+    bars in a panel of their own: the paper does not state how it counts a tie (the two option
+    orders disagreeing), so its numbers are not drawn on the axis of our strict measure."""
+    from .analysis import PAPER_SELF_EVAL_ACCURACY
+
+    paper = PAPER_SELF_EVAL_ACCURACY if paper is None else paper
+    ax = _new_ax(ax, (4.5, 4.6))
+    bars = ax.bar(range(len(paper)), paper.accuracy, color="#4c72b0", width=0.6)
+    ax.bar_label(bars, labels=[f"{a:.0%}" for a in paper.accuracy], fontsize=8)
+    ax.set_xticks(range(len(paper)), [m.replace(" ", "\n", 1) for m in paper.model], fontsize=8)
+    ax.set(ylim=(0, 1.12), ylabel="self-evaluation accuracy, as reported",
+           title="The paper (reported, not measured here)\nmetric as reported: how ties count is not stated")
+    ax.yaxis.set_major_formatter(_plt().FuncFormatter(lambda v, _: f"{v:.0%}"))
+    return ax
+
+
 def plot_self_eval_summary(measured: pd.DataFrame):
-    """Notebook 01's figure: accuracy by model size beside the paper's (left) and each judge's
-    right / tied / wrong shares (right). `measured`: `analysis.self_eval_rows`."""
+    """Notebook 01's figure: our accuracy by model size, ties not counted (left), each judge's
+    right / tied / wrong shares (middle), and the paper's reported accuracies in a panel of their
+    own (right: the paper does not state its metric's treatment of ties, so they are not drawn on
+    our axis). `measured`: `analysis.self_eval_rows`."""
     plt = _plt()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw=dict(width_ratios=[1.7, 1]))
-    plot_self_eval_by_size(measured, ax=ax)
+    fig, (ax, ax2, ax3) = plt.subplots(1, 3, figsize=(18, 4.8), gridspec_kw=dict(width_ratios=[1.3, 1, 1]))
+    plot_self_eval_by_size(measured, ax=ax, show_paper=False)
+    ax.set_title("Measured here: self-evaluation accuracy (ties not counted)")
     plot_pair_outcomes(measured, ax=ax2)
+    plot_paper_self_eval(ax=ax3)
     fig.tight_layout()
     return fig
 
@@ -906,11 +932,23 @@ def plot_quality_sweep(df: pd.DataFrame, ax=None):
     if len(van):
         ax.axhline(van.good.mean(), color="grey", ls="--", label=f"greedy decoding ({van.good.mean():.0%})")
     own = df[df.method == "own evaluator"]
+    xlim = (0.45, 1.03)
     if len(own):
-        ax.scatter([own.judge_agreement.mean()], [own.good.mean()], marker="*", s=220, color="#d62728",
-                   zorder=5, label="RAIN + the model's own evaluator (x = its measured agreement)")
+        ties, n = int(own.judge_ties.sum()), int(own.judge_judgements.sum())
+        decided = n - ties
+        agree = float((own.judge_decided_agreement * (own.judge_judgements - own.judge_ties)).sum())
+        tie_note = f"ties (value 0) on {ties} of {n} judgements"
+        if decided:   # placed at its agreement where it gave a verdict; ties are not half right
+            x, label = agree / decided, (f"RAIN + the model's own evaluator (x = its agreement on the "
+                                         f"{decided} judgements with a verdict; {tie_note})")
+        else:         # no verdict at all: drawn apart, left of the accuracy axis
+            x, xlim = 0.38, (0.33, 1.03)
+            label = f"RAIN + the model's own evaluator: no verdict ({tie_note})"
+            ax.axvline(0.43, color="black", lw=0.8)
+            ax.annotate("all ties\n(no verdict)", (0.38, 0.0), ha="center", va="bottom", fontsize=8)
+        ax.scatter([x], [own.good.mean()], marker="*", s=220, color="#d62728", zorder=5, label=label)
     ax.set(xlabel="judge accuracy p (agreement with the ground truth)",
-           ylabel="share of good responses", ylim=(-0.05, 1.05), xlim=(0.45, 1.03),
+           ylabel="share of good responses", ylim=(-0.05, 1.05), xlim=xlim,
            title="Simulation of judge quality: RAIN is only as good as its evaluator")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax

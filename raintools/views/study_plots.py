@@ -86,20 +86,22 @@ def plot_paper_bars(paper: pd.DataFrame, ax=None, category: str = "model", hue: 
     return ax
 
 
-def plot_compute_frontier(points: pd.DataFrame, ax=None, curve: str = "best-of-N",
+def plot_compute_frontier(points: pd.DataFrame, ax=None, curve: str | Sequence[str] = "best-of-N",
                           title: str = "Good answers against compute"):
     """Rate of good answers (Wilson 95%) against mean tokens computed per answer (log x). `points`
     has columns family (a curve name or a single method), label, mean_tokens_computed, rate,
-    lo, hi; rows of the family `curve` are joined by a line and labelled with their label."""
+    lo, hi; rows of the family `curve` (or of each family in a list of them) are joined by a line
+    and labelled with their label."""
+    curves = {curve} if isinstance(curve, str) else set(curve)
     ax = _new_ax(ax, (7, 4.5))
     colors = dict(zip(dict.fromkeys(points.family), ["tab:orange", "tab:blue", "tab:green", "tab:purple",
                                                      "tab:grey", "tab:brown"]))
     for fam, g in points.groupby("family", sort=False):
         x, r = g.mean_tokens_computed.to_numpy(), _pct(g.rate)
         err = _err(r, _pct(g.lo), _pct(g.hi))
-        ax.errorbar(x, r, yerr=err, fmt="o-" if fam == curve else "s", capsize=3, color=colors[fam],
+        ax.errorbar(x, r, yerr=err, fmt="o-" if fam in curves else "s", capsize=3, color=colors[fam],
                     label=fam, ms=6, lw=1.2)
-        if fam == curve:
+        if fam in curves:
             for xi, ri, lab in zip(x, r, g.label):
                 ax.annotate(lab, (xi, ri), xytext=(3, -11), textcoords="offset points", fontsize=7,
                             color=colors[fam])
@@ -216,17 +218,22 @@ def plot_harmless_helpful(summary: pd.DataFrame, ax=None, title: str = ""):
 
 
 def plot_check(value: float, lo: float, hi: float, ax=None, label: str = "self-evaluation",
-               chance: float = 50.0, ylabel: str = "%", title: str = ""):
-    """One measured check (e.g. a judge's accuracy on labelled pairs) with its 95% interval
-    beside the chance level."""
+               chance: float = 50.0, ylabel: str = "%", title: str = "", note: str = ""):
+    """One measured check (e.g. a judge's accuracy on labelled pairs, or an AUC) as a point with
+    its 95% interval beside the chance level (a dashed line), not as a bar from 0: its value is
+    read against chance. `note` (e.g. the tie rate) is written under the point."""
     ax = _new_ax(ax, (3, 4))
-    ax.bar([label], [value], color="#e76f51", width=0.5)
-    ax.errorbar([0], [value], yerr=_err(value, lo, hi), fmt="none", ecolor="black", capsize=5)
-    ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
+    ax.errorbar([0], [value], yerr=_err(value, lo, hi), fmt="o", color="#e76f51", ms=9, capsize=6,
+                ecolor="black")
+    ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:g})")
     ax.annotate(f"{value:.2f}" if chance < 1 else f"{value:.0f}", (0, hi), xytext=(0, 4),
                 textcoords="offset points", ha="center", fontsize=9)
+    if note:
+        ax.annotate(note, (0, lo), xytext=(0, -6), textcoords="offset points", ha="center", va="top",
+                    fontsize=8)
     top = 1.1 if chance < 1 else 110
-    ax.set(ylim=(0, top), ylabel=ylabel, title=title)
+    ax.set(xticks=[0], xticklabels=[label], xlim=(-0.8, 0.8), ylim=(-0.1 * top / 1.1, top),
+           ylabel=ylabel, title=title)
     ax.legend(loc="upper right", fontsize=8)
     return ax
 
