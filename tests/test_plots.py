@@ -590,3 +590,62 @@ def test_algorithm_diagram_and_source():
         assert step in texts
     code = show_source(backup)
     assert code.data.startswith("def backup(") and "node.q += (v - node.q) / node.n" in code.data
+
+
+# --------------------------------------------------------------------------------- #25: craft
+
+
+def test_legend_overlaps_sees_a_legend_over_data():
+    fig, ax = plt.subplots()
+    ax.bar(range(4), [1, 1, 1, 1], label="bars")
+    ax.legend(loc="upper left")
+    assert P.legend_overlaps(fig)                                      # the legend sits on a bar
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 0], label="a line along the bottom")
+    ax.set_ylim(-0.1, 1)
+    ax.legend(loc="upper right")
+    assert P.legend_overlaps(fig) == []
+
+
+def test_sweep_tradeoff_and_sibling_legends_cover_no_data():
+    """The figures #25 found with a legend over their data (notebooks 02 and 03), drawn with
+    data that fills every corner of their axes: no legend may sit inside."""
+    priors = [0.35, 0.17, 0.11, 0.09, 0.07, 0.07, 0.05, 0.03, 0.03, 0.03]
+    true_values = [0.0] + [-0.4] * 3 + [0.7] + [-0.4] * 5
+    fig = P.plot_selection_sweep(A.selection_sweep(true_values, priors, cs=[0.0, 0.5, 2.0, 8.0, 32.0],
+                                                   simulations=300, seed=0))
+    assert P.legend_overlaps(fig) == []
+    rng = np.random.default_rng(0)
+    cos = np.concatenate([np.linspace(-0.2, 1.0, 31)] * 6 + [rng.uniform(-0.2, 1.0, 40)])
+    pairs = pd.DataFrame(dict(parent=0, depth=np.arange(len(cos)) % 4 + 1, a=1, b=2, cosine=cos,
+                              text_a="x", text_b="y"))
+    fig = P.plot_sibling_similarity(pairs, None, threshold=0.95)
+    assert P.legend_overlaps(fig) == []
+
+
+def test_commit_choice_shows_where_the_visits_came_from(trace):
+    for c in trace.commits:
+        hist = P.commit_visit_history(trace, c.outer_step)
+        df = P.commit_choice_frame(trace, c.outer_step)
+        for r in df.itertuples():
+            mine = hist[hist.uid == r.uid]
+            assert len(mine) == r.fn                                    # one row per real visit
+            assert list(mine.visit) == list(range(1, r.fn + 1))
+            assert all(r.uid in trace.simulations[i].path for i in mine.simulation)
+            assert list(mine.value) == [trace.simulations[i].value for i in mine.simulation]
+            if r.fn:
+                assert r.first_simulation == mine.simulation.min() and r.first_value == mine.value.iloc[0]
+            else:
+                assert pd.isna(r.first_simulation)
+        fig = P.plot_commit_choice(df, history=hist)
+        assert len(fig.axes) == 4
+        assert len(fig.axes[3].collections[0].get_offsets()) == df[df.n > 0].fn.sum()
+
+
+def test_commits_frame_carries_what_the_early_stop_compares(trace):
+    cf = P.commits_frame(trace)
+    for c, r in zip(trace.commits, cf.itertuples()):
+        chosen = next(n for n in c.tree if n.uid == c.chosen)
+        assert (r.chosen_fn, r.chosen_q) == (chosen.fn, chosen.q)
+        if r.early_stop:
+            assert r.chosen_fn > trace.config["min_visits"] and r.chosen_q > trace.config["value_threshold"]
