@@ -164,9 +164,9 @@ early.groupby("prompt", sort=False).agg(answer=("answer", "first"), steps=("oute
 # %%
 stops = early[early.early_stop]
 print(f"{len(stops)} of {len(early)} steps stopped early ({early.prompt.nunique()} requests, "
-      f"{EARLY_TOKENS} tokens each); the steps that did not stop early ran "
-      f"{early[~early.early_stop].simulations.mean():.1f} simulations on average, those that did "
-      f"{stops.simulations.mean():.1f} (fewest: {stops.simulations.min()})")
+      f"{EARLY_TOKENS} tokens each); simulations per step: " + ", ".join(
+          f"{'stopped early' if k else 'whole budget'} {g.simulations.mean():.1f} on average (fewest "
+          f"{g.simulations.min()})" for k, g in early.groupby("early_stop")))
 if len(stops):
     ex = stops.iloc[0]
     print(f"example: {ex.prompt}, step {ex.outer_step}: committed {ex.text!r} after {ex.simulations} "

@@ -93,8 +93,8 @@ print(f"{lm.name} on {lm.device}; {len(items)} requests from {data}; RAIN: T={ba
 # a KV cache (every step runs the model over the whole prompt and answer so far: the paper's
 # baseline), and RAIN with the model's own self-evaluator (its real cost: the judge runs the
 # model too). `timing_runs` times each answer; the ratios are per request. With `N_TIME` requests
-(three in full mode) we report their geometric mean and their range, lowest to highest: three
-ratios give no confidence interval worth the name.
+# (three in full mode) we report their geometric mean and their range, lowest to highest: three
+# ratios give no confidence interval worth the name.
 
 # %%
 time_cfg = base.replace(max_new_tokens=TIME_TOKENS)

@@ -561,7 +561,7 @@ def plot_commit_choice(df: pd.DataFrame, title: str = "", history: pd.DataFrame 
             xs = h[h.uid == u].simulation
             if len(xs):
                 axes[3].plot([xs.min(), xs.max()], [y, y], color="#cccccc", lw=1, zorder=1)
-        axes[3].set(xlabel="simulation (colour: the value it brought back)",
+        axes[3].set(xlabel="simulation (colour: its value, red -1 to green +1)",
                     title="values in the order the visits came")
         axes[3].xaxis.get_major_locator().set_params(integer=True)
     axes[0].set_yticks(ys, [short(t, 14) for t in d.text], fontsize=8)
@@ -696,6 +696,25 @@ def plot_sibling_similarity(pairs: pd.DataFrame, group: int | None, threshold: f
         ax2.tick_params(labelsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_similarity_counts(df: pd.DataFrame, threshold: float = 0.95, ax=None):
+    """How often the similarity update fired in each of several searches: one bar per search
+    (`request`, `similarity_updates`), with the highest cosine of an update written beside it
+    (`highest_cosine`, NaN where none fired)."""
+    ax = _new_ax(ax, (7, 0.8 + 0.38 * len(df)))
+    y = np.arange(len(df))
+    ax.barh(y, df.similarity_updates, color="#2a9d8f")
+    for yi, (k, c) in enumerate(zip(df.similarity_updates, df.highest_cosine)):
+        ax.annotate(f"{int(k)}" + (f" (highest cosine {c:.3f})" if k else ""), (k, yi), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(y, list(df.request), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(1.0, float(df.similarity_updates.max())) * 1.45)
+    ax.set(xlabel=f"similarity updates in the search (siblings with cosine >= {threshold})",
+           title=f"The similarity update on real text: {int((df.similarity_updates > 0).sum())} of "
+                 f"{len(df)} searches")
+    return ax
 
 
 def plot_node_addition_timeline(df: pd.DataFrame, axes=None):
