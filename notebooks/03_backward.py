@@ -178,7 +178,7 @@ fired = pd.DataFrame([dict(request=i, answer=r.text, simulations=len(r.trace.sim
                            similarity_updates=len(A.similarity_updates(r.trace)),
                            highest_cosine=A.similarity_updates(r.trace).cosine.max())
                       for i, r in short_runs.items()])
-save_figure(plot_similarity_counts(fired, threshold=short.sim_threshold), "03_similarity_fired", fired)
+save_figure(plot_similarity_counts(fired, threshold=short.sim_threshold).figure, "03_similarity_fired", fired)
 fired.round(3)
 
 # %%
