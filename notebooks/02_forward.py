@@ -205,9 +205,11 @@ fresh.children = [Node(tokens=(i,), parent=fresh, p=p) for i, p in enumerate([0.
 print("picked: child with prior", select_child(fresh, Bounds(), c=0.0).p)
 
 # %% [markdown]
-# *Answer:* the first one (prior 0.2). Every score is 0 (an unvisited child's value counts as 0
-# and the bonus is multiplied by `c = 0`), and ties go to the first child. With `c = 2` the
-# bonus `2 p sqrt(1) / 1` picks the likeliest (0.5).
+# *Answer:* here the first one (prior 0.2), but only by a tie-break. Every score is 0 (an
+# unvisited child's value counts as 0 and the bonus is multiplied by `c = 0`); `select_child`
+# called alone gives a tie to the first child, while the search passes its tie rule
+# (`RainConfig.tie_break`: by default a draw keyed by the seed and the node), so in a search any of
+# the three could be picked. With `c = 2` the bonus `2 p sqrt(1) / 1` picks the likeliest (0.5).
 #
 # **2.** Same root, `c = 0`, but child 0 has been visited once and came back `q = -0.9`. Which child
 # is picked next: the one that looked bad, or an untried one?

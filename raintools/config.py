@@ -19,7 +19,13 @@ from .errors import ConfigError
 @dataclass
 class RainConfig:
     # -- forward / selection
-    c: float = 2.0                      # exploration constant of the PUCT-style bonus
+    c: float = 2.0                      # exploration constant of the PUCT-style bonus; c = 0:
+                                        # no exploration, the child with the highest normalised
+                                        # value (unvisited children count 0), ties by tie_break
+    tie_break: str = "random"           # children with exactly equal scores: "random" (a draw
+                                        # keyed by seed and node) or "public" (the public code's
+                                        # order: lowest token id at the 1-token level, else the
+                                        # first proposed; the first wins)
     # -- expansion
     num_candidates: int = 10            # candidate token sets per expansion (top-10 / greedy+9)
     token_set_lengths: tuple[int, ...] = (1, 2, 4, 10)  # by absolute depth; the last repeats
@@ -89,6 +95,8 @@ class RainConfig:
                 bad(f"{name} must be <= {hi}, got {v!r}.")
 
         number("c", lo=0)
+        if self.tie_break not in ("random", "public"):
+            bad(f"tie_break must be 'random' or 'public', got {self.tie_break!r}.")
         number("num_candidates", lo=1, integer=True)
         if not self.token_set_lengths or any(x < 1 for x in self.token_set_lengths):
             bad(f"token_set_lengths must be a non-empty list of lengths >= 1, got {self.token_set_lengths}.")

@@ -48,6 +48,17 @@ def clamp_greedy(p_greedy: float, p_samples: list[float]) -> float:
     return max(min(p_greedy, sum(p_samples)), max(p_samples) + min(p_samples))
 
 
+def length_matched(p: float, n: int, length: int) -> float:
+    """A rollout's prior on a level of `length` tokens (README, "Choices where the spec leaves
+    room"): `p` is the product of its `n` truncated token probabilities. A rollout that stopped
+    early at an end-of-turn token (n < length) scores its missing positions by its own per-token
+    geometric mean, so its prior is p ** (length / n): it is compared with its siblings per token,
+    not rewarded for multiplying fewer factors. A full-length rollout keeps its product exactly."""
+    if n >= length or n <= 0 or p <= 0.0:
+        return p
+    return p ** (length / n)
+
+
 def top_candidates(logits: torch.Tensor, k: int, temperature: float = 1.0) -> list[Candidate]:
     """The k most likely next tokens; raw_p is the full-softmax probability (at `temperature`),
     so normalising over any set of children equals the softmax truncated to that set (top-10 at
@@ -468,7 +479,7 @@ class CachedEngine(TransformersEngine):
         length = job.req.length
         cands = []
         for r in kept_rows(job.rows, job.req.keep):
-            c = Candidate(tuple(job.rows[r]), job.probs[r])
+            c = Candidate(tuple(job.rows[r]), length_matched(job.probs[r], len(job.rows[r]), length))
             g = job.at[r]
             if (forest is not None and g is not None and g >= base and not job.done[r]
                     and len(job.rows[r]) == length and forest.depth[g] == length - 1):
@@ -535,7 +546,7 @@ class ReferenceEngine(TransformersEngine):
                     lg, kv = self.forward(torch.tensor([[toks[-1]]]), past=kv)
                 logits = lg[0]
             rows.append(toks)
-            probs.append(pr)
+            probs.append(length_matched(pr, len(toks), length))
         cands = [Candidate(tuple(rows[r]), probs[r]) for r in kept_rows(rows, keep)]
         cands[0].raw_p = clamp_greedy(cands[0].raw_p, [c.raw_p for c in cands[1:]])
         return cands

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-EXPAND, COMPLETE, COMMIT, ADD, VANILLA = 1, 2, 3, 4, 5
+EXPAND, COMPLETE, COMMIT, ADD, VANILLA, TIE = 1, 2, 3, 4, 5, 6
 
 
 def keyed_rng(seed: int, *key: int) -> np.random.Generator:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -97,15 +97,22 @@ def selection_score(child: Node, parent_n: float, bounds: Bounds, c: float) -> f
     return qh + c * child.p * math.sqrt(parent_n) / (1.0 + n)
 
 
-def select_child(node: Node, bounds: Bounds, c: float) -> Node | None:
-    """The child maximising the selection score (the first one on ties); None without children."""
+def select_child(node: Node, bounds: Bounds, c: float,
+                 tie: Callable[[list[Node]], Node] | None = None) -> Node | None:
+    """The child maximising the selection score; None without children. Children whose scores
+    are exactly equal go to `tie(tied)` (tied in the children's order; the search passes its
+    `RainConfig.tie_break`), or to the first one when `tie` is None."""
     parent_n = node.n + node.virtual if node.virtual else node.n
-    best, best_score = None, -math.inf
+    tied, best_score = [], -math.inf
     for ch in node.children:
         s = selection_score(ch, parent_n, bounds, c)
         if s > best_score:
-            best, best_score = ch, s
-    return best
+            tied, best_score = [ch], s
+        elif s == best_score:
+            tied.append(ch)
+    if not tied:
+        return None
+    return tied[0] if tie is None or len(tied) == 1 else tie(tied)
 
 
 def add_virtual_loss(path: list[Node], count: int = 1) -> None:

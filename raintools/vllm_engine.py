@@ -494,7 +494,7 @@ class VllmEngine:
     # -- keyed mode: raintools' own draws, as the transformers engines make them
     def _expand_keyed(self, req):
         from .engine import Candidate
-        from .engines import Completion, clamp_greedy, kept_rows
+        from .engines import Completion, clamp_greedy, kept_rows, length_matched
         from .sampling import pick, truncated
 
         node = req.node
@@ -524,6 +524,7 @@ class VllmEngine:
                 if not self.lm.is_stop_token(rows[r][-1]) and t < req.length - 1:
                     still.append(r)
             going = still
+        probs = [length_matched(p, len(row), req.length) for row, p in zip(rows, probs)]
         cands = [Candidate(tuple(rows[r]), probs[r]) for r in kept_rows(rows, req.keep)]
         cands[0].raw_p = clamp_greedy(cands[0].raw_p, [c.raw_p for c in cands[1:]])
         return cands
@@ -582,7 +583,7 @@ class VllmEngine:
 
     def _expand_server(self, req):
         from .engine import Candidate
-        from .engines import clamp_greedy, kept_rows
+        from .engines import clamp_greedy, kept_rows, length_matched
 
         node = req.node
         base = self.prefix_ids + node.response_tokens()
@@ -599,7 +600,7 @@ class VllmEngine:
         if req.length <= 0:
             return []
         lines = [x for r in results if isinstance(r, list) for x in r]
-        rows, probs = [t for t, _ in lines], [p for _, p in lines]
+        rows, probs = [t for t, _ in lines], [length_matched(p, len(t), req.length) for t, p in lines]
         cands = [Candidate(tuple(rows[r]), probs[r]) for r in kept_rows(rows, req.keep)]
         cands[0].raw_p = clamp_greedy(cands[0].raw_p, [c.raw_p for c in cands[1:]])
         return cands

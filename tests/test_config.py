@@ -12,7 +12,7 @@ import pytest
 from raintools.config import CPU_BUDGET, PRESETS, RainConfig
 from raintools.errors import ConfigError
 
-DEFAULTS = dict(c=2.0, num_candidates=10, token_set_lengths=(1, 2, 4, 10), top_k=15, temperature=1.0,
+DEFAULTS = dict(c=2.0, tie_break="random", num_candidates=10, token_set_lengths=(1, 2, 4, 10), top_k=15, temperature=1.0,
                 token_temperature=1.0, sample_attempts=9, add_attempts=1, root_prior_mix=0.25,
                 complete_clause=True, complete_until="clause", cut_at_last_stop=False,
                 clause_max_tokens=None, eval_mode="votes", judge_template="harm",
@@ -85,6 +85,7 @@ BOUNDS = [
                                 (15.0, "extra_simulations must be an integer, got 15.0.")]),
     ("parallel_simulations", [1, 8], [(0, "parallel_simulations must be >= 1, got 0."),
                                       (4.0, "parallel_simulations must be an integer, got 4.0.")]),
+    ("tie_break", ["random", "public"], [("first", "tie_break must be 'random' or 'public', got 'first'.")]),
     ("commit_rule", ["argmax", "sample"], [("best", "commit_rule must be 'argmax' or 'sample', got 'best'.")]),
     ("max_length", [2], [(1, "max_length must be >= 2, got 1."),
                          (2048.0, "max_length must be an integer, got 2048.0.")]),

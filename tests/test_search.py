@@ -228,8 +228,8 @@ def test_c_reaches_selection_and_c0_selects_by_value_alone(tiny_lm, monkeypatch,
     picks = []
     real = search_module.select_child
 
-    def spy(node, bounds, c_arg):
-        chosen = real(node, bounds, c_arg)
+    def spy(node, bounds, c_arg, tie=None):
+        chosen = real(node, bounds, c_arg, tie)
         qh = lambda ch: 0.0 if ch.n == 0 else (ch.q - bounds.qmin) / (bounds.qmax - bounds.qmin + 1e-5)
         picks.append((c_arg, qh(chosen), max(qh(ch) for ch in node.children)))
         return chosen
