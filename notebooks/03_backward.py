@@ -158,10 +158,11 @@ updates.head(10)
 # A node's embedding is that of the text *from the node down* to the end of what was judged, not
 # of the whole answer. With short answers (`SHORT_TOKENS` tokens: token sets of 1, 2 and 4, the
 # completion cut at the length limit), a 4-token node's text is little more than its own tokens,
-# and two samples that differ by a comma or one word embed almost alike. Below, the same search
-# (same constants, judge: notebook 07's simulated judge, right 90% of the time, with its word
-# rule for harmful requests) answers the first `N_SIM` AdvBench requests, or our own demo
-# requests where AdvBench is not installed, and we count the updates in each search's trace.
+# and two samples that differ by a comma or one word embed almost alike. Below, notebook 07's
+# search (the paper's rules with its CPU budget: up to 12 simulations per step, clause
+# completions of up to 6 tokens) and its simulated judge (right 90% of the time, with a word
+# rule for harmful requests) answer the first `N_SIM` AdvBench requests (our own demo requests
+# where AdvBench is not installed), and we count the updates in each search's trace.
 
 # %%
 from raintools.experiments.data import data_root
@@ -170,7 +171,7 @@ from raintools.views import studies as st
 
 task, truth = get_task("harmless"), st.KeywordTruth()
 requests = task.load("advbench" if data_root() is not None else "demo-harmful", limit=N_SIM)
-short = cfg.replace(max_new_tokens=SHORT_TOKENS)
+short = cfg.replace(max_new_tokens=SHORT_TOKENS, **st.cpu_budget(FAST, simulations=12))
 short_runs = {it.id: rt.rain_generate(lm, task.prompt(it), short, embedder=embedder,
                                       evaluator=rt.SimulatedJudge(truth, accuracy=0.9, seed=SEED))
               for it in tqdm(requests, desc="searches")}

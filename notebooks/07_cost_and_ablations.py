@@ -226,7 +226,9 @@ v_sum[["arm", "rate", "lo", "hi", "simulations_per_step", "early_stop_share", "m
 
 # %%
 ABLATIONS = ("full", "no-sim", "no-sim-no-add", "no-sim-no-add-c0")
+PUBLIC = "c0, public order"        # the last step with the authors' tie order (rising token id)
 abl_arms = {w: (RainConfig.ablation(w, base), ACCURACY) for w in ABLATIONS}
+abl_arms[PUBLIC] = (RainConfig.ablation(ABLATIONS[-1], base).replace(tie_break="public"), ACCURACY)
 abl_runs = st.rain_arms(lm, task, items, abl_arms, truth, embedder=embedder, seed=SEED, cache=cache)
 abl = st.cost_summary(abl_runs)
 print(f"{cache.hits} runs reused from the sweeps")
@@ -238,7 +240,7 @@ abl[["arm", "rate", "lo", "hi", "mean_similarity_updates", "searches_with_simila
 # Newcombe's 95% interval for paired rates):
 
 # %%
-abl_diffs = st.paired_differences(abl_runs, [("full", w) for w in ABLATIONS[1:]])
+abl_diffs = st.paired_differences(abl_runs, [("full", w) for w in [*ABLATIONS[1:], PUBLIC]])
 for _, row in abl_diffs.iterrows():
     print(st.describe_difference(row))
 greedy = vanilla.set_index("id").response

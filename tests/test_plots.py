@@ -648,3 +648,19 @@ def test_commits_frame_carries_what_the_early_stop_compares(trace):
         assert (r.chosen_fn, r.chosen_q) == (chosen.fn, chosen.q)
         if r.early_stop:
             assert r.chosen_fn > trace.config["min_visits"] and r.chosen_q > trace.config["value_threshold"]
+
+
+def test_selection_sweep_breaks_c0_ties_as_the_search_does():
+    """With c = 0 only the value counts and every untried child scores 0: the first child tried is
+    a tie-break. Votes always +1: that child keeps every visit."""
+    priors, values = [0.4, 0.3, 0.2, 0.1], [1.0] * 4
+
+    def winner(seed, rule):
+        df = A.selection_sweep(values, priors, cs=[0.0], simulations=20, seed=seed, tie_break=rule)
+        assert df.visits.max() == 20
+        return int(df.loc[df.visits.idxmax(), "child"])
+
+    assert {winner(s, "first") for s in range(12)} == {0}
+    assert len({winner(s, "random") for s in range(12)}) >= 2
+    with pytest.raises(ValueError, match="tie_break"):
+        A.selection_sweep(values, priors, cs=[0.0], tie_break="public")
