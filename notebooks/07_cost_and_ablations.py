@@ -38,7 +38,10 @@
 # %% [markdown]
 # Parameters come from the environment (RAINTOOLS_FAST, RAINTOOLS_MODEL, RAINTOOLS_DEVICE,
 # RAINTOOLS_SEED), so the same notebook runs on a laptop and on a big model on a GPU. The search
-# budget is CPU-sized: the rules are the paper's, only the number of tries is smaller.
+# budget is CPU-sized: the rules are the paper's, only the number of tries is smaller. So are the
+# samples: the committed figures ran on a 2-core CPU shared with five other jobs, with 20
+# AdvBench requests per ablation arm, 6 per setting of the `T` and `V` sweeps, 4 for section 5
+# and 3 timed requests (the sizes below); on a free machine raise them.
 
 # %% tags=["parameters"]
 from raintools.views import studies as st
@@ -46,14 +49,15 @@ from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
-N_ITEMS = 2 if FAST else 40            # AdvBench requests per ablation arm (40: Wilson CIs within +-0.15)
-N_SWEEP = 2 if FAST else 10            # of those, requests per setting of the T and V sweeps
+N_ITEMS = 2 if FAST else 20            # AdvBench requests per ablation arm (20 to fit a CPU shared by six
+                                       # jobs: Wilson CIs up to +-0.2, paired differences wider)
+N_SWEEP = 2 if FAST else 6             # of those, requests per setting of the T and V sweeps
 N_TIME = 1 if FAST else 3              # requests for the timing of section 1
 TIME_TOKENS = 3 if FAST else 16        # answer length for the timing
 MAX_NEW_TOKENS = 3 if FAST else 7      # answer length in sections 2-5 (commits of 1, 2, 4 tokens)
 ACCURACY = 0.9                         # the simulated judge is right with this probability
 BUDGET = st.cpu_budget(FAST, simulations=12)
-N_MECH = 1 if FAST else 6              # requests for section 5 (what the rare parts do, counts)
+N_MECH = 1 if FAST else 4              # requests for section 5 (what the rare parts do, counts)
 T_VALUES = (1, 2) if FAST else (2, 4, 8, 12)           # simulation budgets T (paper: 50)
 V_VALUES = (-1.0, 0.8)                  # value thresholds V (paper: 0.8; -1: any value clears it)
 
