@@ -664,3 +664,12 @@ def test_selection_sweep_breaks_c0_ties_as_the_search_does():
     assert len({winner(s, "random") for s in range(12)}) >= 2
     with pytest.raises(ValueError, match="tie_break"):
         A.selection_sweep(values, priors, cs=[0.0], tie_break="public")
+
+
+def test_similarity_counts_draw_one_bar_per_search():
+    fired = pd.DataFrame(dict(request=["a", "b", "c"], similarity_updates=[0, 3, 1],
+                              highest_cosine=[np.nan, 0.97, 0.951]))
+    ax = P.plot_similarity_counts(fired)
+    assert [p.get_width() for p in ax.patches] == [0, 3, 1]
+    assert [t.get_text() for t in ax.texts] == ["0", "3 (highest cosine 0.970)", "1 (highest cosine 0.951)"]
+    assert "2 of 3 searches" in ax.get_title()
