@@ -13,6 +13,10 @@ form a 10-token level and include at least one full-length child, the early-endi
 raw prior to the best full-length sibling's. A child that survives several commits is counted in
 each (as the issue counted); `unique_early` counts each once.
 
+The committed CSVs (bench/results/early_priors_*.csv) were measured with item 1's rule alone, before
+item 2's tie-break (ties then went to the first child), one process per rule, under load 23-55 on 2
+cores (wall time and load in the CSVs).
+
     python bench/early_priors.py --rules product --out bench/results/early_priors_product.csv
     python bench/early_priors.py --rules length-matched --out bench/results/early_priors_length-matched.csv
 """
