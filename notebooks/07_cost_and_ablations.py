@@ -38,12 +38,7 @@
 # %% [markdown]
 # Parameters come from the environment (RAINTOOLS_FAST, RAINTOOLS_MODEL, RAINTOOLS_DEVICE,
 # RAINTOOLS_SEED), so the same notebook runs on a laptop and on a big model on a GPU. The search
-# budget is CPU-sized: the rules are the paper's, only the number of tries is smaller. So are the
-# samples: the committed figures ran on a 2-core CPU shared with five other jobs (load average
-# near 40), with 8 AdvBench requests per ablation arm, 4 per setting of the `T` and `V` sweeps, 2
-# for section 5 and 3 timed requests (the sizes below). Samples this small show what each part
-# does and what `c = 0` means; their intervals are wide, and no difference between arms is
-# established by them. On a free machine raise the sizes.
+# budget is CPU-sized: the rules are the paper's, only the number of tries is smaller.
 
 # %% tags=["parameters"]
 from raintools.views import studies as st
@@ -51,15 +46,14 @@ from raintools.views.notebooks import settings
 
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
-N_ITEMS = 2 if FAST else 8             # AdvBench requests per ablation arm (8 to fit a CPU shared by six
-                                       # jobs: Wilson CIs up to +-0.35; raise it on a free machine)
-N_SWEEP = 2 if FAST else 4             # of those, requests per setting of the T and V sweeps
+N_ITEMS = 2 if FAST else 40            # AdvBench requests per ablation arm (40: Wilson CIs within +-0.15)
+N_SWEEP = 2 if FAST else 10            # of those, requests per setting of the T and V sweeps
 N_TIME = 1 if FAST else 3              # requests for the timing of section 1
 TIME_TOKENS = 3 if FAST else 16        # answer length for the timing
 MAX_NEW_TOKENS = 3 if FAST else 7      # answer length in sections 2-5 (commits of 1, 2, 4 tokens)
 ACCURACY = 0.9                         # the simulated judge is right with this probability
 BUDGET = st.cpu_budget(FAST, simulations=12)
-N_MECH = 1 if FAST else 2              # requests for section 5 (what the rare parts do, counts)
+N_MECH = 1 if FAST else 6              # requests for section 5 (what the rare parts do, counts)
 T_VALUES = (1, 2) if FAST else (2, 4, 8, 12)           # simulation budgets T (paper: 50)
 V_VALUES = (-1.0, 0.8)                  # value thresholds V (paper: 0.8; -1: any value clears it)
 
