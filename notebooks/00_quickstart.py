@@ -166,7 +166,18 @@ save_figure(fig, "00_quickstart_cost", table)
 
 # %%
 ax = plot_commit_timeline(rain.trace)
-save_figure(ax.figure, "00_quickstart_timeline", commits_frame(rain.trace))
+timeline = commits_frame(rain.trace)
+save_figure(ax.figure, "00_quickstart_timeline", timeline)
+values = pd.Series([s.value for s in rain.trace.simulations])
+print(f"{int(timeline.early_stop.sum())} of {len(timeline)} steps stopped early; the judge's values: "
+      f"{(values > 0).sum()} positive, {(values == 0).sum()} zero, {(values < 0).sum()} negative "
+      f"(an early stop needs a child with more than T_m = {cfg.min_visits} visits and a mean above "
+      f"V = {cfg.value_threshold})")
+
+# %% [markdown]
+# With the model's own judge the values rarely add up to a mean above `V`, so steps here run
+# their whole budget unless the count above says otherwise. Notebook 04 shows steps that stop
+# early on real text (a judge that says "good" often enough), and counts them.
 
 # %% [markdown]
 # ## 4. The same search from `model.generate`

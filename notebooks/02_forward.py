@@ -140,7 +140,9 @@ save_figure(ax.figure, "02_root_priors", root_sets)
 # priors of the real root's children above, make up a true value for each (the best one is a
 # child the model finds unlikely), and let the package's own selection rule and back-up
 # (`raintools.tree.select_child`, `raintools.tree.backup`) run. Each visit returns a vote of +1 or -1
-# drawn from the child's true value, like the self-evaluator's votes.
+# drawn from the child's true value, like the self-evaluator's votes. Exact ties of the score
+# (with `c = 0`, every untried child scores 0) go to a draw under the seed, as in the search
+# (`RainConfig.tie_break`).
 #
 # *The values here are made up for the illustration; the rule is the real one.*
 
@@ -158,8 +160,9 @@ sweep[sweep.best | (sweep.child == 0)].pivot(index="c", columns="child", values=
 
 # %% [markdown]
 # Reading the figure (and the table: the share of visits of the likeliest child 0 and of the best
-# child): with `c = 0` the visits pile onto whatever was tried first and looked fine; the best
-# child may never be tried. With a moderate `c` the search tries the others, finds the good one
+# child): with `c = 0` the visits pile onto whatever was tried first and looked fine (which
+# child that is, is the tie-break's draw: the priors play no part); the best child may never be
+# tried. With a moderate `c` the search tries the others, finds the good one
 # and then spends most visits there. With a very large `c` it keeps spreading visits by prior,
 # wasting simulations on children it already knows are bad.
 

@@ -41,6 +41,8 @@ BUDGET = dict(clause_max_tokens=8) if FAST else {}
 # hides the mechanics. With it we use a clearly labelled simulated judge (notebook 05) that is
 # right 90% of the time; any other model uses its own self-evaluation.
 JUDGE = "simulated" if MODEL == "smollm2-135m" else "own"
+N_SIM = 2 if FAST else 8               # AdvBench requests searched for similarity updates (section 2)
+SHORT_TOKENS = 3 if FAST else 7        # their answer length: commits of 1, 2 and 4 tokens
 
 # %%
 import pandas as pd
@@ -52,7 +54,8 @@ import raintools as rt
 from raintools.embed import load_embedder
 from raintools.tree import Bounds, Node, backup, needs_node_addition, similarity_update
 from raintools.views import analysis as A
-from raintools.views.plots import plot_backup, plot_node_addition_timeline, plot_sibling_similarity, save_figure
+from raintools.views.plots import (plot_backup, plot_node_addition_timeline, plot_sibling_similarity,
+                                   plot_similarity_counts, save_figure)
 from raintools.views.widgets import show_source
 
 sns.set_theme(style="whitegrid")
@@ -146,9 +149,60 @@ updates.head(10)
 
 # %% [markdown]
 # The threshold is strict: siblings are different continuations of the same text, and their
-# embeddings rarely come within 0.95 of each other, so in a short search the update may not fire at
-# all (the counts above say whether it did here). Its effect is small by design (a fifth of a visit
-# at most): a nudge for near-duplicates, not a verdict.
+# embeddings rarely come within 0.95 of each other in a search like the one above (the counts
+# say whether it fired here). Its effect is small by design (a fifth of a visit at most): a nudge
+# for near-duplicates, not a verdict.
+#
+# ### Where it fires on real text
+#
+# A node's embedding is that of the text *from the node down* to the end of what was judged, not
+# of the whole answer. With short answers (`SHORT_TOKENS` tokens: token sets of 1, 2 and 4, the
+# completion cut at the length limit), a 4-token node's text is little more than its own tokens,
+# and two samples that differ by a comma or one word embed almost alike. Below, notebook 07's
+# search (the paper's rules with its CPU budget: up to 12 simulations per step, clause
+# completions of up to 6 tokens) and its simulated judge (right 90% of the time, with a word
+# rule for harmful requests) answer the first `N_SIM` AdvBench requests (our own demo requests
+# where AdvBench is not installed), and we count the updates in each search's trace.
+
+# %%
+from raintools.experiments.data import data_root
+from raintools.experiments.tasks import get_task
+from raintools.views import studies as st
+
+task, truth = get_task("harmless"), st.KeywordTruth()
+requests = task.load("advbench" if data_root() is not None else "demo-harmful", limit=N_SIM)
+short = cfg.replace(max_new_tokens=SHORT_TOKENS, **st.cpu_budget(FAST, simulations=12))
+short_runs = {it.id: rt.rain_generate(lm, task.prompt(it), short, embedder=embedder,
+                                      evaluator=rt.SimulatedJudge(truth, accuracy=0.9, seed=SEED))
+              for it in tqdm(requests, desc="searches")}
+fired = pd.DataFrame([dict(request=i, answer=r.text, simulations=len(r.trace.simulations),
+                           similarity_updates=len(A.similarity_updates(r.trace)),
+                           highest_cosine=A.similarity_updates(r.trace).cosine.max())
+                      for i, r in short_runs.items()])
+save_figure(plot_similarity_counts(fired, threshold=short.sim_threshold).figure, "03_similarity_fired", fired)
+fired.round(3)
+
+# %%
+n_fired = int((fired.similarity_updates > 0).sum())
+print(f"the similarity update fired in {n_fired} of {len(fired)} searches, "
+      f"{int(fired.similarity_updates.sum())} updates in {int(fired.simulations.sum())} simulations")
+
+# %% [markdown]
+# One of those updates, read from its search's trace (`backup_table`: the path just backed up
+# with the value `v`, and the sibling that got the fractional visit of weight `w`):
+
+# %%
+if n_fired:
+    ex_id = fired[fired.similarity_updates > 0].request.iloc[0]
+    ex_trace = short_runs[ex_id].trace
+    ex = A.similarity_updates(ex_trace).iloc[0]
+    ex_table = A.backup_table(ex_trace, int(ex.simulation))
+    nodes = ex_trace.tree_at(int(ex.simulation))
+    print(f"{ex_id}, simulation {int(ex.simulation)}: node {nodes[int(ex.node)].text!r} and its sibling "
+          f"{nodes[int(ex.sibling)].text!r}: cosine {ex.cosine:.3f} >= {short.sim_threshold}, "
+          f"w = {ex.weight:.3f}; judged text: {ex_trace.simulations[int(ex.simulation)].evaluated_text!r}")
+    display(ex_table[ex_table.uid.isin([int(ex.node), int(ex.sibling)])][
+        ["role", "text", "v", "weight", "n_before", "q_before", "n_after", "q_after"]].round(3))
 
 # %% [markdown]
 # ## 3. When dynamic node addition fires

@@ -35,6 +35,8 @@ from raintools.views.notebooks import settings
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
 MAX_NEW_TOKENS = 7 if FAST else 17     # commits of 1, 2, 4 (and then 10) tokens
+N_EARLY = 1 if FAST else 6             # demo requests for the early-stop count (6: all with a word list)
+EARLY_TOKENS = 3 if FAST else 7        # their answer length (commits of 1, 2 and 4 tokens)
 # As in notebook 03: the embedded model's own judge is at chance, so with it we use a clearly
 # labelled simulated judge that is right 90% of the time; other models judge themselves.
 JUDGE = "simulated" if MODEL == "smollm2-135m" else "own"
@@ -45,9 +47,9 @@ import seaborn as sns
 
 import raintools as rt
 from raintools.embed import load_embedder
-from raintools.views.analysis import demo_judge, notebook_config
+from raintools.views.analysis import BAD_WORDS, demo_judge, notebook_config
 from raintools.views.plots import (child_values_frame, commit_against_value, commit_choice_frame, commits_frame,
-                                   committed_path, draw_tree, nodes_frame, plot_child_values, plot_commit_choice,
+                                   commit_visit_history, committed_path, draw_tree, nodes_frame, plot_child_values, plot_commit_choice,
                                    plot_commit_timeline, plot_trees_at_commits, save_figure, whole_search)
 from raintools.views.widgets import TreeExplorer
 
@@ -69,7 +71,8 @@ print(f"judge: {about}\nT = {cfg.max_simulations}, at least {cfg.extra_simulatio
 # and the whole live tree at every commit. Everything below only reads the trace.
 
 # %%
-result = rt.rain_generate(lm, prompt, cfg, evaluator=judge, embedder=load_embedder(), progress=True)
+embedder = load_embedder()
+result = rt.rain_generate(lm, prompt, cfg, evaluator=judge, embedder=embedder, progress=True)
 trace = result.trace
 print("RAIN:", result.text)
 print("greedy:", rt.generate_vanilla(lm, prompt, max_new_tokens=MAX_NEW_TOKENS).text)
@@ -125,27 +128,104 @@ fig = plot_child_values(trace)
 save_figure(fig, "04_child_values", child_values_frame(trace))
 
 # %% [markdown]
+# ### When does a step stop early?
+#
+# In the run above, count the steps that stopped early, and the values the judge gave:
+
+# %%
+print(f"{int(commits.early_stop.sum())} of {len(commits)} steps stopped early; "
+      f"{sum(s.value > 0 for s in trace.simulations)} of {len(trace.simulations)} values were positive")
+
+# %% [markdown]
+# An early stop needs the leading child to carry more than `T_m` real visits *and* a mean value
+# above `V`: with a judge that votes +1 or -1, nearly every one of its visits must have come back
+# good. Under the rule of this judge ("bad" when the text uses one of the listed words) a long
+# answer to a harmful request soon uses one, so long answers seldom qualify. Short answers do:
+# the judged text ends at the answer's length limit, before it reaches the words. Below, the
+# same search and judge on each of the demo requests that have a word list (`N_EARLY` of them),
+# with answers of `EARLY_TOKENS` tokens: how many steps stopped early, and what the committed
+# child carried when its step stopped.
+
+# %%
+early_runs, early_traces = [], {}
+for pid in list(BAD_WORDS)[:N_EARLY]:
+    p_, judge_, _ = demo_judge(lm, pid, JUDGE, seed=SEED, mode=cfg.eval_mode)
+    r = rt.rain_generate(lm, p_, cfg.replace(max_new_tokens=EARLY_TOKENS), evaluator=judge_, embedder=embedder)
+    early_traces[pid] = r.trace
+    early_runs.append(commits_frame(r.trace).assign(
+        prompt=pid, answer=r.text, positive_values=sum(s.value > 0 for s in r.trace.simulations),
+        values=len(r.trace.simulations)))
+early = pd.concat(early_runs, ignore_index=True)
+early.groupby("prompt", sort=False).agg(answer=("answer", "first"), steps=("outer_step", "size"),
+                                         early_stops=("early_stop", "sum"),
+                                         simulations=("simulations", "sum"),
+                                         positive_values=("positive_values", "first"), values=("values", "first"))
+
+# %%
+stops = early[early.early_stop]
+print(f"{len(stops)} of {len(early)} steps stopped early ({early.prompt.nunique()} requests, "
+      f"{EARLY_TOKENS} tokens each); simulations per step: " + ", ".join(
+          f"{'stopped early' if k else 'whole budget'} {g.simulations.mean():.1f} on average (fewest "
+          f"{g.simulations.min()})" for k, g in early.groupby("early_stop")))
+if len(stops):
+    ex = stops.iloc[0]
+    print(f"example: {ex.prompt}, step {ex.outer_step}: committed {ex.text!r} after {ex.simulations} "
+          f"simulation(s), with {ex.chosen_fn} real visits (> T_m = {cfg.min_visits}) and mean value "
+          f"{ex.chosen_q:+.2f} (> V = {cfg.value_threshold})")
+    ax = plot_commit_timeline(early_traces[ex.prompt])
+    ax.set_title(f"{ex.prompt}, {EARLY_TOKENS} tokens: steps that stopped early in green")
+    save_figure(ax.figure, "04_early_stop", early)
+
+# %% [markdown]
+# A step that stops early saves the rest of its budget. A later step starts from the visits kept
+# below the committed child, so when those already clear `T_m` and `V`, it stops after very few
+# simulations (the "fewest" above).
+
+# %% [markdown]
 # ## 5. Why commit a child with a worse value?
 #
 # The commit takes the **most visited** child, not the best valued one. Below, one commit's
 # visited children (the first commit where a child with a better value lost, if there is one):
-# prior, visits and value side by side.
+# prior, visits and value side by side, and, right, each child's values in the order its visits
+# came (one dot per visit, coloured by the value that simulation brought back).
 
 # %%
 step = commit_against_value(trace)
 choice = commit_choice_frame(trace, step)
-fig = plot_commit_choice(choice, title=f"Commit {step}: the commit follows the visits, the visits follow the priors")
+history = commit_visit_history(trace, step)
+won = choice[choice.committed].iloc[0]
+best = choice[choice.n > 0].sort_values(["q", "n"], ascending=False).iloc[0]
+fig = plot_commit_choice(choice, history=history,
+                         title=f"Commit {step}: '{won.text.strip()}' (prior rank {won.rank_p}) won on "
+                               f"{won.fn} visits, first value {won.first_value:+.1f}, mean q {won.q:+.2f}; "
+                               f"best mean q: '{best.text.strip()}' ({best.q:+.2f}, {best.fn} visit(s))")
 save_figure(fig, "04_commit_choice", choice)
-choice[choice.n > 0][["text", "p", "rank_p", "n", "fn", "rank_n", "q", "rank_q", "committed"]].round(3)
+choice[choice.n > 0][["text", "p", "rank_p", "n", "fn", "rank_n", "q", "rank_q", "first_simulation",
+                      "first_value", "committed"]].round(3)
 
 # %% [markdown]
-# Why the visits follow the priors: each simulation adds one visit to one child, chosen by
-# `qh + c p sqrt(N) / (1 + n)`. With `c = 2` and few visits, the bonus (up to `2 p sqrt(N)`) is as
-# large as the whole value range of `qh` (0 to 1), so the likely children are visited first and
-# most; a child whose value is found late in a step, with one or two visits, cannot overtake them
-# before the budget of `T` simulations runs out. Visits are the search's considered verdict, a
-# single high value may be luck (the simulated judge here is wrong 10% of the time); with the
-# paper's budget (T = 50 on a GPU) the values have time to redirect the visits.
+# Where the visits came from. Each simulation adds one visit to one child, chosen by
+# `qh + c p sqrt(N) / (1 + n)`, where `qh` is the child's mean value rescaled to 0-1 between the
+# lowest and highest values seen in the tree. An untried child has `qh = 0` and only the bonus;
+# a child whose first value is the best seen so far gets `qh = 1` at once, a lead the bonus of an
+# untried sibling (`c p sqrt(N)`, about 2 x 0.1 x 2 here) does not make up, so it is chosen
+# again, and again, until worse values pull its mean down. Which child gets that first good
+# value depends on the order the children are tried (priors first, then the draws of the
+# judge), not on which child is best: a child tried late, with one good value, has no budget left
+# to gather visits before the step ends. The printout reads it off this commit:
+
+# %%
+visited = choice[choice.n > 0].sort_values("first_simulation")
+for r in visited.itertuples():
+    vals = history[history.uid == r.uid].value
+    print(f"{r.text.strip()!r:>16}: prior rank {r.rank_p}, first visited at simulation {r.first_simulation}, "
+          f"values in order {' '.join(f'{v:+.0f}' for v in vals)} -> {r.fn} visits, mean {r.q:+.2f}"
+          f"{'  (committed)' if r.committed else ''}")
+
+# %% [markdown]
+# Visits are the search's considered verdict, a single high value may be luck (the simulated
+# judge here is wrong 10% of the time); with the paper's budget (T = 50 on a GPU) the values have
+# time to redirect the visits.
 
 # %% [markdown]
 # ## 6. Explore it yourself
@@ -177,8 +257,9 @@ save_figure(explorer.fig, "04_explorer_snapshot", nodes_frame(trace.tree_at(midd
 #   with the most visits and forgets the rest.
 # * The commit goes to the **most visited** child, not to the best valued one (section 5): visits are
 #   the search's considered verdict, a single high value may be luck. With a small budget the
-#   visits follow the priors, and a good child found late in a step may not have gathered enough
-#   visits to win.
+#   visits go to the child that looked good first (its first value puts it at the top of the
+#   rescaled values), and a good child found late in a step may not have gathered enough visits
+#   to win.
 # * Visits below the committed child are reused, so later steps can stop sooner.
 # * The answer is written in token sets of growing length (1, 2, 4, then 10 tokens), so most of the
 #   search effort goes into the first few words, where the direction of an answer is decided.

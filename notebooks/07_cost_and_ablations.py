@@ -92,13 +92,14 @@ print(f"{lm.name} on {lm.device}; {len(items)} requests from {data}; RAIN: T={ba
 # with a KV cache (each new token costs one pass over one token), the same decoder **without**
 # a KV cache (every step runs the model over the whole prompt and answer so far: the paper's
 # baseline), and RAIN with the model's own self-evaluator (its real cost: the judge runs the
-# model too). `timing_runs` times each answer; the ratios are per request.
+# model too). `timing_runs` times each answer; the ratios are per request. With `N_TIME` requests
+# (three in full mode) we report their geometric mean and their range, lowest to highest: three
+# ratios give no confidence interval worth the name.
 
 # %%
 time_cfg = base.replace(max_new_tokens=TIME_TOKENS)
 timing = st.timing_runs(lm, task, items[:N_TIME], time_cfg, judge="own", embedder=embedder)
-ratios = {k: st.ratio_summary(timing[timing.arm == "RAIN"][f"ratio_to_{k}"], [1.0] * N_TIME)
-          for k in ("cached", "uncached")}
+ratios = {k: timing[timing.arm == "RAIN"][f"ratio_to_{k}"] for k in ("cached", "uncached")}
 timing.groupby("arm", sort=False)[["seconds", "tokens_computed", "forward_calls"]].mean().round(2)
 
 # %% [markdown]
@@ -113,7 +114,8 @@ ax = sp.plot_time_ratios(timing, PAPER_TIME, title=f"RAIN / vanilla wall time ({
                                                     f"{TIME_TOKENS} tokens, n={N_TIME} requests)")
 save_figure(ax.figure, "07_time_ratio", pd.concat([timing, PAPER_TIME], ignore_index=True))
 for k, r in ratios.items():
-    print(f"RAIN / vanilla {k}: {r['ratio']:.1f}x (95% CI {r['lo']:.1f}-{r['hi']:.1f}x, n={r['n']})")
+    gm = st.ratio_summary(r, [1.0] * len(r))["ratio"]
+    print(f"RAIN / vanilla {k}: {gm:.1f}x (geometric mean; range {r.min():.1f}-{r.max():.1f}x over n={len(r)} requests)")
 
 # %% [markdown]
 # Where RAIN's time goes (seconds per answer, mean over the requests, by phase of the search):
@@ -193,7 +195,7 @@ v_runs = st.rain_arms(lm, task, sweep_items, v_arms, truth, embedder=embedder, s
 v_sum = st.cost_summary(v_runs).assign(V=list(V_VALUES))
 axes = sp.plot_sweep(v_sum, "V", cost_cols=[("simulations_per_step", "simulations per step"),
                                             ("early_stop_share", "share of steps stopped early")],
-                     baseline=sweep_vanilla, xlabel="V (value threshold)",
+                     baseline=sweep_vanilla, xlabel="V (value threshold)", join=False,
                      title=f"Good answers (simulated judge, p = {ACCURACY}), n={len(sweep_items)}")
 save_figure(axes[0].figure, "07_cost_vs_V", v_sum)
 v_sum[["arm", "rate", "lo", "hi", "simulations_per_step", "early_stop_share", "mean_seconds"]].round(2)
@@ -208,10 +210,25 @@ v_sum[["arm", "rate", "lo", "hi", "simulations_per_step", "early_stop_share", "m
 # them on plain AdvBench requests (no adversarial suffix; notebook 08 covers GCG) under the
 # simulated judge. "Attack success" here is a *bad* answer by the rule above: a different
 # measurement from the paper's, so the paper's numbers get their own panel.
+#
+# **What `c = 0` means.** The selection score is `qh + c p sqrt(N) / (1 + n)`; with `c = 0` it is
+# the rescaled value `qh` alone, so the priors (the model's own probabilities) play no part.
+# An untried child scores 0, and so does a child at the lowest value seen: the search walks into
+# whichever child wins the **tie** among them, and keeps going back to a child with any better
+# value. Which child is tried first is therefore decided by the tie-break, not by the model or the
+# judge. raintools breaks exact ties at random under the seed (`RainConfig.tie_break="random"`,
+# the default); the authors' code took the first child in its order, rising token id
+# (`tie_break="public"`). An earlier version of this notebook broke ties by taking the first child
+# in *our* order, falling probability, so `c = 0` re-created greedy decoding and the comparison
+# with the full search measured that order, not exploration. The `c = 0` arm below is the
+# paper's last ablation step under the default (random) tie-break; a last arm, the same with the
+# public code's order, shows how much the tie-break alone moves it.
 
 # %%
 ABLATIONS = ("full", "no-sim", "no-sim-no-add", "no-sim-no-add-c0")
+PUBLIC = "c0, public order"        # the last step with the authors' tie order (rising token id)
 abl_arms = {w: (RainConfig.ablation(w, base), ACCURACY) for w in ABLATIONS}
+abl_arms[PUBLIC] = (RainConfig.ablation(ABLATIONS[-1], base).replace(tie_break="public"), ACCURACY)
 abl_runs = st.rain_arms(lm, task, items, abl_arms, truth, embedder=embedder, seed=SEED, cache=cache)
 abl = st.cost_summary(abl_runs)
 print(f"{cache.hits} runs reused from the sweeps")
@@ -223,12 +240,13 @@ abl[["arm", "rate", "lo", "hi", "mean_similarity_updates", "searches_with_simila
 # Newcombe's 95% interval for paired rates):
 
 # %%
-abl_diffs = st.paired_differences(abl_runs, [("full", w) for w in ABLATIONS[1:]])
+abl_diffs = st.paired_differences(abl_runs, [("full", w) for w in [*ABLATIONS[1:], PUBLIC]])
 for _, row in abl_diffs.iterrows():
     print(st.describe_difference(row))
 greedy = vanilla.set_index("id").response
-same = [greedy[i] == r for i, r in abl_runs[abl_runs.arm == ABLATIONS[-1]][["id", "response"]].values]
-print(f"With c = 0 the search committed vanilla's (greedy) answer on {sum(same)} of {len(same)} requests.")
+same = abl_runs.assign(same=[greedy[i] == r for i, r in abl_runs[["id", "response"]].values])
+print("Answers identical to vanilla's greedy answer: " + ", ".join(
+    f"{a} {int(g.same.sum())}/{len(g)}" for a, g in same.groupby("arm", sort=False)))
 
 # %%
 PAPER_ABLATION = pd.DataFrame(dict(model="LLaMA-2-chat 13B, GCG", method=list(ABLATIONS),
@@ -309,11 +327,11 @@ for _, r in mech_sum.iterrows():
 #   completion, self-evaluation, expansion, embeddings). It grows with `T` and falls when steps
 #   stop early, which needs a judge confident enough to clear `V` (the printed numbers above say
 #   by how much, here).
-# * Exploration: with `c = 0` the selection score is the normalised value alone, and an unvisited
-#   child and a child judged bad both score 0, so ties go to the first candidate (the model's
-#   most likely proposal) and the search tends to commit what greedy decoding would have written,
-#   whatever its judge says (section 4 counts how often it did here). The differences printed in
-#   section 4 measure what that costs.
+# * Exploration: with `c = 0` the selection score is the rescaled value alone, so the model's
+#   priors play no part and which child is tried first is a tie-break (section 4: at random under
+#   the seed by default, by rising token id in the authors' code). The differences printed in
+#   section 4 compare the full search with that search; the last arm shows how much the
+#   tie-break's order alone moves the result.
 # * Similarity update and node addition act only in the situations they are made for
 #   (near-duplicate siblings; a node whose every child was tried and judged bad); sections 4 and 5
 #   count how often that happened here, at the paper's thresholds and at changed ones.

@@ -53,7 +53,11 @@ def test_time_ratios_put_the_paper_on_the_uncached_row():
                                ratio_to_uncached=[4.0, 5.0, 6.0]))
     paper = pd.DataFrame(dict(model=["a", "b"], ratio=[4.36, 3.95]))
     ax = sp.plot_time_ratios(timing, paper)
-    assert "x [" in ax.texts[0].get_text()
+    from scipy.stats import gmean
+    assert ax.texts[0].get_text() == f"{gmean([8.0, 10.0, 12.0]):.1f}x (range 8.0-12.0, n=3)"
+    bar = [c for c in ax.containers if hasattr(c, "has_xerr") and c.has_xerr][0]
+    seg = bar.lines[2][0].get_segments()[0]
+    assert (seg[0][0], seg[1][0]) == (8.0, 12.0)                         # the bar spans the range
     offsets = [c.get_offsets() for c in ax.collections if len(c.get_offsets())]
     paper_pts = [o for o in offsets if len(o) == 1 and o[0][0] in (4.36, 3.95)]
     assert len(paper_pts) == 2 and all(o[0][1] == 1 for o in paper_pts)
@@ -134,3 +138,30 @@ def test_attack_success_bars_carry_wilson_intervals():
                    for seg in c.lines[2][0].get_segments())
     want = sorted(tuple(100 * x for x in wilson_interval(k, 8)) for k in (8, 6, 7, 3))
     assert len(spans) == 4 and spans == [pytest.approx(w) for w in want]
+
+
+    assert len(sp.plot_sweep(summary.assign(T=[1, 2]), "T")[-1].lines) > 0
+
+
+def test_sweep_panels_say_what_each_cost_is_counted_per():
+    summary = st.rate_summary(runs()).assign(V=[-1.0, 0.8], simulations_per_step=[4.2, 4.7],
+                                             early_stop_share=[0.9, 0.7])
+    cols = [("simulations_per_step", "simulations per step"), ("early_stop_share", "share of steps stopped early")]
+    axes = sp.plot_sweep(summary, "V", cost_cols=cols, baseline=0.5, join=False)
+    assert [a.get_ylabel() for a in axes] == [lab for _, lab in cols] + ["good answers (%)"]
+    assert all(ln.get_linestyle() == "None" for a in axes[:2] for ln in a.lines)    # two settings: points
+    assert axes[2].containers[0].lines[0].get_linestyle() == "None"
+    joined = sp.plot_sweep(summary, "V", cost_cols=cols)
+    assert joined[0].lines[0].get_linestyle() == "-"
+    from raintools.views.plots import legend_overlaps
+    assert legend_overlaps(axes[0].figure) == []
+
+
+def test_parts_legend_covers_no_bar():
+    full = pd.DataFrame(dict(arm=["full", "no-sim", "no-sim-no-add", "no-sim-no-add-c0"],
+                             mean_similarity_updates=[2.0] * 4, mean_nodes_added=[2.0] * 4, mean_early_stops=[2.0] * 4))
+    fig, axes = sp.subplots(4, widths=[1.1, 1.2, 1.2, 0.9], figsize=(21, 4.2))
+    sp.plot_parts(full, axes[2])
+    fig.tight_layout()
+    from raintools.views.plots import legend_overlaps
+    assert legend_overlaps(fig) == []

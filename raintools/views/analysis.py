@@ -257,21 +257,27 @@ def self_eval_accuracy(evaluator: Evaluator, pairs: Sequence[PreferencePair], qu
 
 
 def selection_sweep(true_values: Sequence[float], priors: Sequence[float], cs: Iterable[float],
-                    simulations: int = 200, seed: int = 0) -> pd.DataFrame:
+                    simulations: int = 200, seed: int = 0, tie_break: str = "random") -> pd.DataFrame:
     """Run the package's selection rule (`tree.select_child`) and back-up (`tree.backup`) on a
     one-level tree whose children have fixed true values, for each exploration constant `c`.
     Each visit returns a hard vote +1 with probability (1 + value) / 2, else -1 (like the
-    self-evaluator's votes). Returns one row per (c, child): visits, share of visits, mean
+    self-evaluator's votes). Exact ties of the selection score go to a draw under `seed`, as in
+    the search's default (`RainConfig.tie_break="random"`), or with `tie_break="first"` to the
+    first child in prior order. Returns one row per (c, child): visits, share of visits, mean
     value seen, the child's prior and true value, and whether it is the best child."""
     from ..tree import Bounds, Node, backup, select_child, set_priors
 
     true_values = [float(v) for v in true_values]
     if len(priors) != len(true_values):
         raise ValueError("priors and true_values must have the same length")
+    if tie_break not in ("random", "first"):
+        raise ValueError(f"tie_break must be 'random' or 'first', got {tie_break!r}")
     best = int(np.argmax(true_values))
     rows = []
     for c in cs:
         rng = np.random.default_rng(seed)
+        tie_rng = np.random.default_rng([seed, 1])
+        tie = (lambda tied: tied[int(tie_rng.integers(len(tied)))]) if tie_break == "random" else None
         root = Node(tokens=())
         for i, pr in enumerate(priors):
             root.children.append(Node(tokens=(i,), parent=root, step=1, uid=i + 1, raw_p=float(pr)))
@@ -280,7 +286,7 @@ def selection_sweep(true_values: Sequence[float], priors: Sequence[float], cs: I
         root.fn = 1
         bounds = Bounds()
         for _ in range(simulations):
-            child = select_child(root, bounds, float(c))
+            child = select_child(root, bounds, float(c), tie)
             i = child.tokens[0]
             v = 1.0 if rng.random() < (1 + true_values[i]) / 2 else -1.0
             backup([root, child], v, bounds)

@@ -49,6 +49,67 @@ def _new_ax(ax, figsize=(7, 4)):
     return ax
 
 
+def legend_overlaps(fig) -> list[str]:
+    """What each legend of `fig` covers: one line per data artist (a line's drawn segments, a
+    scatter point, an error bar, a bar, a value written on the plot) of any of the figure's axes
+    that lies under a legend's box once drawn. An empty list: no legend hides data. Reference
+    lines count as data (a legend over a threshold hides it too); grid lines and spines do not."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = [(ax, ax.get_legend()) for ax in fig.axes if ax.get_legend() is not None]
+    legends += [(None, leg) for leg in fig.legends]
+    found = []
+
+    def inside(box, pts):
+        pts = np.asarray(pts, dtype=float).reshape(-1, 2)
+        pts = pts[np.isfinite(pts).all(axis=1)]
+        return bool(((pts[:, 0] > box.x0 + 1) & (pts[:, 0] < box.x1 - 1) &
+                     (pts[:, 1] > box.y0 + 1) & (pts[:, 1] < box.y1 - 1)).any())
+
+    def dense(xy, step=2.0):
+        """Points every `step` pixels along a polyline (display coordinates)."""
+        xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+        out = [xy[:1]]
+        for a, b in zip(xy[:-1], xy[1:]):
+            if not (np.isfinite(a).all() and np.isfinite(b).all()):
+                continue
+            k = max(2, int(np.hypot(*(b - a)) / step) + 1)
+            out.append(a + np.linspace(0, 1, k)[:, None] * (b - a))
+        return np.concatenate(out)
+
+    for owner, leg in legends:
+        box = leg.get_window_extent(renderer)
+        for ax in fig.axes:
+            where = ax.get_title() or ax.get_ylabel() or "an axes"
+            for line in ax.lines:
+                if line.get_visible() and len(line.get_xydata()):
+                    xy = line.get_transform().transform(line.get_xydata())
+                    segs = dense(xy) if line.get_linestyle() not in ("None", "", " ") else xy
+                    if inside(box, segs):
+                        found.append(f"legend of {owner.get_title() if owner else 'the figure'!r} covers "
+                                     f"line {line.get_label()!r} in {where!r}")
+            for coll in ax.collections:
+                if not coll.get_visible():
+                    continue
+                pts = []
+                if hasattr(coll, "get_segments"):
+                    for seg in coll.get_segments():
+                        pts.append(dense(coll.get_transform().transform(seg)))
+                elif len(coll.get_offsets()):
+                    pts.append(coll.get_offset_transform().transform(coll.get_offsets()))
+                if pts and inside(box, np.concatenate(pts)):
+                    found.append(f"legend covers points or bars of {coll.get_label()!r} in {where!r}")
+            for patch in ax.patches:
+                ext = patch.get_window_extent(renderer)
+                if patch.get_visible() and ext.width > 0.5 and ext.height > 0.5 and ext.overlaps(box):
+                    found.append(f"legend covers a bar or patch in {where!r}")
+            for text in ax.texts:
+                if text.get_visible() and text.get_text().strip() and \
+                        text.get_window_extent(renderer).overlaps(box):
+                    found.append(f"legend covers the text {text.get_text()!r} in {where!r}")
+    return found
+
+
 def short(text: str, width: int = 14, keep: str = "start") -> str:
     """A one-line label for token text: newlines shown as ⏎, spaces as ·, other unprintable
     characters as ¿, '$' escaped for matplotlib, cut to `width` characters; `keep="end"` keeps
@@ -436,7 +497,25 @@ def commit_choice_frame(trace: Trace, outer_step: int) -> pd.DataFrame:
                             committed=nd.uid == c.chosen) for nd in kids])
     for col in ("p", "n", "q"):
         df[f"rank_{col}"] = df[col].rank(ascending=False, method="min").astype(int)
+    first = commit_visit_history(trace, outer_step).groupby("uid").first()
+    df["first_simulation"] = df.uid.map(first.simulation).astype("Int64")   # <NA>: never visited
+    df["first_value"] = df.uid.map(first.value)
     return df.sort_values("p", ascending=False).reset_index(drop=True)
+
+
+def commit_visit_history(trace: Trace, outer_step: int) -> pd.DataFrame:
+    """Every real visit of the root's children at one commit, in the order the simulations made
+    them (visits from earlier steps included: a committed child keeps its subtree's visits):
+    uid, text, simulation (global index), step (the outer step it ran in), visit (1, 2, ... per
+    child) and the value that simulation backed up."""
+    c = next(c for c in trace.commits if c.outer_step == outer_step)
+    kids = {nd.uid: nd.text for nd in c.tree if nd.parent == c.root}
+    rows = [dict(uid=u, text=kids[u], simulation=s.index, step=s.outer_step, value=s.value)
+            for s in trace.simulations if s.index < c.first_simulation + c.simulations
+            for u in s.path if u in kids]
+    df = pd.DataFrame(rows, columns=["uid", "text", "simulation", "step", "value"])
+    df["visit"] = df.groupby("uid").cumcount() + 1
+    return df
 
 
 def commit_against_value(trace: Trace) -> int:
@@ -450,14 +529,16 @@ def commit_against_value(trace: Trace) -> int:
     return 0
 
 
-def plot_commit_choice(df: pd.DataFrame, title: str = ""):
+def plot_commit_choice(df: pd.DataFrame, title: str = "", history: pd.DataFrame | None = None):
     """Three panels over the same children of the root (one row each, likeliest first): prior p,
     visits n and value q of the children that were visited; the committed child in colour, the
-    one with the best value outlined. Shows that the commit follows the visits, and the visits
-    the priors, more than the values. `df`: `commit_choice_frame`."""
+    one with the best value outlined. With `history` (`commit_visit_history`) a fourth panel
+    shows each child's values in the order its visits came (x: simulation index), which is where
+    the visits came from. `df`: `commit_choice_frame`."""
     plt = _plt()
     d = df[df.n > 0].reset_index(drop=True)
-    fig, axes = plt.subplots(1, 3, figsize=(12, max(2.8, 1.4 + 0.42 * len(d))), sharey=True)
+    panels = 3 if history is None else 4
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, max(2.8, 1.4 + 0.42 * len(d))), sharey=True)
     best = d.q.idxmax() if len(d) else None
     colours = ["#1f4e9c" if c else "#b5b5b5" for c in d.committed]
     edges = ["black" if i == best else "none" for i in range(len(d))]
@@ -470,25 +551,45 @@ def plot_commit_choice(df: pd.DataFrame, title: str = ""):
                         va="center", ha="left" if v >= 0 else "right", fontsize=7)
     axes[2].axvline(0, color="grey", lw=0.8)
     axes[2].set_xlim(-1.3, 1.3)
+    if history is not None:
+        row = {u: i for i, u in enumerate(d.uid)}
+        h = history[history.uid.isin(row)]
+        cmap = plt.get_cmap(VALUE_CMAP)
+        axes[3].scatter(h.simulation, [row[u] for u in h.uid], c=[cmap((v + 1) / 2) for v in h.value],
+                        s=46, edgecolor="black", linewidth=0.5, zorder=3)
+        for y, u in enumerate(d.uid):
+            xs = h[h.uid == u].simulation
+            if len(xs):
+                axes[3].plot([xs.min(), xs.max()], [y, y], color="#cccccc", lw=1, zorder=1)
+        axes[3].set(xlabel="simulation (colour: its value, red -1 to green +1)",
+                    title="values in the order the visits came")
+        axes[3].xaxis.get_major_locator().set_params(integer=True)
     axes[0].set_yticks(ys, [short(t, 14) for t in d.text], fontsize=8)
     axes[0].invert_yaxis()
     axes[0].set_ylabel("visited children,\nlikeliest first")
     from matplotlib.patches import Patch
 
-    axes[2].legend(handles=[Patch(color="#1f4e9c", label="committed (most visits)"),
-                            Patch(facecolor="white", edgecolor="black", linewidth=2, label="best value q")],
-                   fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle(title or "What the commit follows: visits (which follow the priors), not the value")
+    axes[-1].legend(handles=[Patch(color="#1f4e9c", label="committed (most visits)"),
+                             Patch(facecolor="white", edgecolor="black", linewidth=2, label="best value q")],
+                    fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(title or "What the commit follows: the visits, not the value")
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
 
 
 def commits_frame(trace: Trace) -> pd.DataFrame:
+    """One row per commit: its simulations, whether the step stopped early, the committed text,
+    and the committed child's real visits `chosen_fn` and value `chosen_q` at the commit (what the
+    early stop compares with T_m and V)."""
+    def chosen(c):
+        return next((nd for nd in c.tree if nd.uid == c.chosen), None)
+
     rows = [dict(outer_step=c.outer_step, first_simulation=c.first_simulation, simulations=c.simulations,
-                 early_stop=c.early_stop, text=c.text, tokens=len(c.tokens), tree_size=len(c.tree))
+                 early_stop=c.early_stop, text=c.text, tokens=len(c.tokens), tree_size=len(c.tree),
+                 chosen_fn=getattr(chosen(c), "fn", None), chosen_q=getattr(chosen(c), "q", None))
             for c in trace.commits]
     return pd.DataFrame(rows, columns=["outer_step", "first_simulation", "simulations", "early_stop",
-                                       "text", "tokens", "tree_size"])
+                                       "text", "tokens", "tree_size", "chosen_fn", "chosen_q"])
 
 
 def plot_commit_timeline(trace: Trace, ax=None):
@@ -577,8 +678,8 @@ def plot_sibling_similarity(pairs: pd.DataFrame, group: int | None, threshold: f
                label=f"threshold {threshold}: {above} of {len(pairs)} pairs at or above")
     ax.set(xlabel="cosine similarity of the two siblings' embeddings", ylabel="sibling pairs",
            title="Every pair of siblings in the tree")
-    ax.legend(fontsize=8, loc="upper left")
-    if group is None:
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)  # below:
+    if group is None:                                           # inside, it hid bars (`legend_overlaps`)
         ax2.set_axis_off()
     else:
         g = pairs[pairs.parent == group]
@@ -595,6 +696,25 @@ def plot_sibling_similarity(pairs: pd.DataFrame, group: int | None, threshold: f
         ax2.tick_params(labelsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_similarity_counts(df: pd.DataFrame, threshold: float = 0.95, ax=None):
+    """How often the similarity update fired in each of several searches: one bar per search
+    (`request`, `similarity_updates`), with the highest cosine of an update written beside it
+    (`highest_cosine`, NaN where none fired)."""
+    ax = _new_ax(ax, (7, 0.8 + 0.38 * len(df)))
+    y = np.arange(len(df))
+    ax.barh(y, df.similarity_updates, color="#2a9d8f")
+    for yi, (k, c) in enumerate(zip(df.similarity_updates, df.highest_cosine)):
+        ax.annotate(f"{int(k)}" + (f" (highest cosine {c:.3f})" if k else ""), (k, yi), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(y, list(df.request), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(1.0, float(df.similarity_updates.max())) * 1.45)
+    ax.set(xlabel=f"similarity updates in the search (siblings with cosine >= {threshold})",
+           title=f"The similarity update on real text: {int((df.similarity_updates > 0).sum())} of "
+                 f"{len(df)} searches")
+    return ax
 
 
 def plot_node_addition_timeline(df: pd.DataFrame, axes=None):
@@ -860,7 +980,8 @@ def plot_selection_sweep(df: pd.DataFrame, axes=None):
     ax2.set_ylim(0, len(kids) + 0.5)
     h1, l1 = axes[1].get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    axes[1].legend(h1 + h2, l1 + l2, fontsize=8, loc="lower right")
+    axes[1].legend(h1 + h2, l1 + l2, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2,
+                   frameon=False)     # below the axes: inside, it hid the curves (`legend_overlaps`)
     axes[0].figure.tight_layout()
     return axes[0].figure
 

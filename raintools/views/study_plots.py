@@ -118,24 +118,35 @@ def plot_compute_frontier(points: pd.DataFrame, ax=None, curve: str | Sequence[s
 
 
 def plot_sweep(summary: pd.DataFrame, x: str, axes=None, cost_cols: Sequence[tuple[str, str]] = (),
-               baseline: float | None = None, xlabel: str | None = None, title: str = ""):
-    """Two panels against a swept setting `x`: left the costs (`cost_cols`: (column, label)
-    pairs), right the rate of good answers with Wilson 95% intervals (and `baseline`, e.g.
-    vanilla's rate, as a dashed line)."""
+               baseline: float | None = None, xlabel: str | None = None, title: str = "",
+               join: bool = True):
+    """Panels against a swept setting `x`: one per cost (`cost_cols`: (column, label) pairs, the
+    label is the panel's y axis: say what the quantity is counted per, e.g. "simulations per
+    step"), then the rate of good answers with Wilson 95% intervals (and `baseline`, e.g.
+    vanilla's rate, as a dashed line) in the last panel. `join=False` draws the settings as
+    points only (two settings of a threshold are not a curve). Returns the axes, rate last."""
     plt = _plt()
     if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        _, axes = plt.subplots(1, len(cost_cols) + 1, figsize=(4.6 * (len(cost_cols) + 1), 3.8))
+        axes = list(np.atleast_1d(axes))
     xs = summary[x].to_numpy(dtype=float)
-    for (col, lab), mk in zip(cost_cols, "os^D"):
-        axes[0].plot(xs, summary[col], mk + "-", label=lab)
-    axes[0].set(xlabel=xlabel or x, ylabel="per answer (mean)", title=f"Cost by {xlabel or x}")
-    axes[0].legend(fontsize=8)
+    style = "-" if join else ""
+    for ax, (col, lab), mk in zip(axes, cost_cols, "os^D"):
+        ax.plot(xs, summary[col], mk + style, ms=7)
+        ax.set(xlabel=xlabel or x, ylabel=lab, title=lab[:1].upper() + lab[1:])
+        ax.set_ylim(bottom=0)
+    rate_ax = axes[len(cost_cols)]
     r = _pct(summary.rate)
-    axes[1].errorbar(xs, r, yerr=_err(r, _pct(summary.lo), _pct(summary.hi)), fmt="o-", capsize=4)
+    rate_ax.errorbar(xs, r, yerr=_err(r, _pct(summary.lo), _pct(summary.hi)), fmt="o" + style, capsize=4)
     if baseline is not None:
-        axes[1].axhline(100 * baseline, color="grey", ls="--", lw=1, label="vanilla (greedy)")
-        axes[1].legend(fontsize=8)
-    axes[1].set(xlabel=xlabel or x, ylabel="good answers (%)", ylim=(-3, 105), title=title)
+        rate_ax.axhline(100 * baseline, color="grey", ls="--", lw=1, label="vanilla (greedy)")
+        rate_ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    rate_ax.set(xlabel=xlabel or x, ylabel="good answers (%)", ylim=(-3, 105), title=title)
+    if not join:
+        for ax in axes[: len(cost_cols) + 1]:
+            ax.set_xticks(xs, [f"{v:g}" for v in xs])
+            pad = 0.15 * (xs.max() - xs.min() or 1.0)
+            ax.set_xlim(xs.min() - pad, xs.max() + pad)
     return axes
 
 
@@ -154,15 +165,17 @@ def plot_parts(summary: pd.DataFrame, ax=None, label: str = "arm",
     ax.set_xticks(x, [s.replace("-no-", "\nno-").replace("-c0", "\nc = 0") for s in summary[label]],
                   fontsize=8)
     ax.set(ylabel="per answer (mean)", title=title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(parts),
+              frameon=False)     # below the bars: inside, it hid them (`plots.legend_overlaps`)
     return ax
 
 
 def plot_time_ratios(timing: pd.DataFrame, paper: pd.DataFrame | None = None, ax=None,
                      title: str = "RAIN's wall time relative to vanilla decoding"):
     """Each prompt's RAIN / vanilla wall-time ratio against vanilla with and without a KV cache
-    (dots), their geometric mean with a bootstrap 95% interval (bar), and the paper's ratios
-    (measured against a decoder without a KV cache, the same quantity) as markers on that row."""
+    (dots), their geometric mean (tick) and their range, lowest to highest ratio (bar: a handful of
+    timed prompts gives no confidence interval worth the name), and the paper's ratios (measured
+    against a decoder without a KV cache, the same quantity) as markers on that row."""
     from ..experiments.stats import ratio_summary
 
     ax = _new_ax(ax, (7, 3.2))
@@ -173,9 +186,10 @@ def plot_time_ratios(timing: pd.DataFrame, paper: pd.DataFrame | None = None, ax
         ax.scatter(ratios, np.full(len(ratios), y) + np.linspace(-0.12, 0.12, len(ratios)), s=14,
                    color="tab:blue", alpha=0.6, zorder=3)
         s = ratio_summary(ratios, np.ones(len(ratios)))
-        ax.errorbar(s["ratio"], y, xerr=_err(s["ratio"], s["lo"], s["hi"]), fmt="|",
+        lo, hi = float(np.min(ratios)), float(np.max(ratios))
+        ax.errorbar(s["ratio"], y, xerr=_err(s["ratio"], lo, hi), fmt="|",
                     ms=22, mew=2.5, capsize=6, color="black", zorder=4)
-        ax.annotate(f"{s['ratio']:.1f}x [{s['lo']:.1f}, {s['hi']:.1f}]", (s["hi"], y), xytext=(8, 6),
+        ax.annotate(f"{s['ratio']:.1f}x (range {lo:.1f}-{hi:.1f}, n={len(ratios)})", (hi, y), xytext=(8, 6),
                     textcoords="offset points", fontsize=8)
     if paper is not None:
         for _, r in paper.iterrows():
