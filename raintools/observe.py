@@ -27,9 +27,9 @@ import time
 
 from .trace import CommitRecord, NodeRecord, SimulationRecord, Trace
 
-PHASES = ("select", "add", "ensure", "complete", "judge", "expand", "embed", "commit")
-"""Phases timed. Clause completions run inside the engine's expansion call (`expand`);
-`complete` stays as a key (0) for readers of older results."""
+PHASES = ("select", "add", "ensure", "judge", "expand", "embed", "commit")
+"""Phases timed. Clause completions have no phase of their own: the engine grows them in the same
+forward passes as the round's rollouts (`expand`), so their time cannot be told apart."""
 
 
 class Observer:
