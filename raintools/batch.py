@@ -1,29 +1,18 @@
-"""Many searches side by side, their forward passes batched together: request and response.
+"""Many searches side by side (`side_by_side`, a thread pool), their forward passes batched.
 
-`rain_generate_batch` runs one RAIN search per prompt on a thread pool (`concurrent.futures`),
-each with the ordinary single-prompt code. Each search gets its own `Client` of a
+`rain_generate_batch` runs one ordinary search per prompt. Each gets its own `Client` of a
 `ForwardBatcher`: the forward callable its engine and its judge run (`RainSearch(forward=...)`,
-`SelfEvaluator.fork(forward=...)`) and `call` for the embedder. A request is queued; the
-scheduler (the calling thread) waits until *every* live search has a request waiting, then
-answers them all from as few forward passes as the cost model allows:
-
-* requests are grouped by shape (sorted by new-token count, then past length) and a request joins a
-  group when one padded pass costs less than two passes (`call_cost` is the fixed price of a
-  pass in token units: large on a GPU, small on a CPU);
-* a merged pass left-pads each request's past KV to the longest, appends the new tokens, and gives
-  the model explicit positions and a 4D mask, so every row computes exactly what it would alone
-  (up to float rounding); each request gets back its logits and its own KV as a view;
-* embedder calls of the same round are concatenated into one call.
-
-Because a round starts only when every search is waiting, the grouping does not depend on thread
-timing: a batch run is reproducible. All random draws are keyed by node, so results equal
-`rain_generate` on each prompt up to float ties. Each client counts its own requests (`stats`).
-
-The batched forward needs an attention implementation that takes a 4D mask (sdpa, the default,
-or eager); padded KV copies cost memory: `max_batch_bytes` caps one merged pass. On a model whose
-route is not "packed" (`raintools.routes`: ALiBi, flash attention, ...) only requests of the same
-shape without masks or positions are merged (their rows stacked, no padding), so every family
-stays exact.
+`SelfEvaluator.fork(forward=...)`) and `call` for the embedder. The scheduler (the calling thread)
+waits until every live search has a request waiting, then answers them all from as few passes as
+the cost model allows: requests sorted by (new tokens, past length) join a group while one padded
+pass costs less than two (`call_cost`: the fixed price of a pass in token units, large on a GPU);
+a merged pass left-pads each past KV to the longest and gives explicit positions and a 4D mask, so
+every row computes what it would alone (up to float rounding); embedder calls of a round become
+one call. A round starts only when every search waits, so the grouping does not depend on thread
+timing, and all draws are keyed by node: results equal `rain_generate` per prompt up to float
+ties. `max_batch_bytes` caps one merged pass. Off the "packed" route (`raintools.routes`) only
+same-shape requests without masks or positions are merged (rows stacked), so every family stays
+exact.
 """
 
 from __future__ import annotations
@@ -330,18 +319,12 @@ class ForwardBatcher:
             ar = torch.arange(S)
             pos[rs, :s] = pids.to("cpu") if pids is not None else (p + ar[:s]).expand(b, s)
             pos[rs, s:] = p + ar[s:]
-            if am is None:
-                mask[rs, 0, :s, P - p:P] = True
-                mask[rs, 0, :s, P:P + s] = torch.ones(s, s, dtype=torch.bool).tril_()
-            elif am.dim() == 2:
-                am = am.to("cpu").bool()
-                causal = torch.ones(s, s, dtype=torch.bool).tril_()
-                mask[rs, 0, :s, P - p:P] = am[:, None, :p]
-                mask[rs, 0, :s, P:P + s] = causal & am[:, None, p:p + s]
-            else:
-                am = am.to("cpu").bool()
-                mask[rs, :, :s, P - p:P] = am[:, :, :, :p]
-                mask[rs, :, :s, P:P + s] = am[:, :, :, p:p + s]
+            am = torch.ones(b, p + s, dtype=torch.bool) if am is None else am.to("cpu").bool()
+            if am.dim() == 2:             # a padding mask: causal over the new tokens
+                causal = torch.ones(s, p + s, dtype=torch.bool).tril_(p)
+                am = am[:, None, None, :] & causal
+            mask[rs, :, :s, P - p:P] = am[..., :p]
+            mask[rs, :, :s, P:P + s] = am[..., p:p + s]
             for j in range(s, S):                 # padding queries see only themselves
                 mask[rs, 0, j, P + j] = True
             if at is not None:

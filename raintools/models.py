@@ -329,13 +329,6 @@ class ChatFormat:
         hits = [h for h in hits if h >= 0]
         return min(hits) if hits else -1
 
-    def clean_response(self, response_text: str) -> str:
-        """`response_text` (decoded with special tokens kept) cut where a new user turn starts,
-        stripped. On token ids use `LanguageModel.response_text`, which also drops the special
-        tokens of the part kept."""
-        i = self.user_turn_index(response_text)
-        return (response_text[:i] if i >= 0 else response_text).strip()
-
 
 def _chat_user_markers(tokenizer) -> tuple[str, ...]:
     """The text a chat template puts before a user message (e.g. '<|im_start|>user'), found by
