@@ -41,28 +41,25 @@ class BatchStats:
 
 
 class _Request:
-    __slots__ = ("worker", "kind", "args", "event", "result", "error")
+    """A request waiting for the scheduler: a list-function call ("fn") or a forward pass ("lm"),
+    with what its grouping reads: rows, new tokens `s`, past length `p`, bytes per KV token, and
+    `plain` (no mask, default positions)."""
+
+    __slots__ = ("worker", "kind", "args", "event", "result", "error", "rows", "s", "p",
+                 "kv_token_bytes", "plain")
 
     def __init__(self, worker: int, kind: str, args: tuple):
         self.worker, self.kind, self.args = worker, kind, args
         self.event = threading.Event()
         self.result = None
         self.error: BaseException | None = None
-
-
-class _Shape:
-    """What one forward request looks like: rows, new tokens, past length, bytes per KV token."""
-
-    __slots__ = ("req", "rows", "s", "p", "kv_token_bytes", "plain")
-
-    def __init__(self, req: _Request):
-        ids, past = req.args[0], req.args[1]
-        self.req = req
-        self.plain = req.args[2] is None and req.args[4] is None    # no mask, default positions
-        self.rows, self.s = int(ids.shape[0]), int(ids.shape[1])
-        self.p = kv_len(past)
-        self.kv_token_bytes = (sum(k.shape[1] * k.shape[3] * k.element_size() * 2 for k, _ in past)
-                               if past else 0)
+        if kind == "lm":
+            ids, past = args[0], args[1]
+            self.plain = args[2] is None and args[4] is None
+            self.rows, self.s = int(ids.shape[0]), int(ids.shape[1])
+            self.p = kv_len(past)
+            self.kv_token_bytes = (sum(k.shape[1] * k.shape[3] * k.element_size() * 2 for k, _ in past)
+                                   if past else 0)
 
 
 class Client:
@@ -222,13 +219,13 @@ class ForwardBatcher:
             if r.kind == "fn":
                 fns.setdefault(id(r.args[0]), []).append(r)
             else:
-                shapes.append(_Shape(r))
+                shapes.append(r)
         for group in self._groups(shapes):
             try:
                 self._run_group(group)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting workers
                 for sh in group:
-                    sh.req.error = exc
+                    sh.error = exc
         for reqs in fns.values():
             try:
                 fn = reqs[0].args[0]
@@ -248,21 +245,21 @@ class ForwardBatcher:
     def _cost(self, rows: int, s: int, p: int) -> float:
         return rows * (s + self.kv_cost * (p + s)) + self.call_cost
 
-    def _groups(self, shapes: list[_Shape]) -> list[list[_Shape]]:
+    def _groups(self, shapes: list[_Request]) -> list[list[_Request]]:
         """Greedy: sorted by (new tokens, past length); a request joins the open group when the
         merged pass costs no more than running the two apart and fits the size caps."""
-        groups: list[list[_Shape]] = []
-        cur: list[_Shape] = []
+        groups: list[list[_Request]] = []
+        cur: list[_Request] = []
         rows = s = p = 0
         cost = 0.0
         kvb = 0
         route = self.lm.route
 
         def alone(sh):   # a 2D mask with holes: sliding windows count the holes, a tree does not
-            am = sh.req.args[2]
+            am = sh.args[2]
             return route.windowed and am is not None and am.dim() == 2
 
-        for sh in sorted(shapes, key=lambda x: (x.s, x.p, x.req.worker)):
+        for sh in sorted(shapes, key=lambda x: (x.s, x.p, x.worker)):
             if cur and (alone(sh) or alone(cur[0])):
                 groups.append(cur)
             elif cur and not route.packed and not (sh.plain and cur[0].plain
@@ -287,7 +284,7 @@ class ForwardBatcher:
         return groups
 
     # ------------------------------------------------------------------ one pass
-    def _run_group(self, group: list[_Shape]) -> None:
+    def _run_group(self, group: list[_Request]) -> None:
         lm = self.lm
         st = self.stats
         st.calls += 1
@@ -296,7 +293,7 @@ class ForwardBatcher:
         st.real_tokens += real
         if len(group) == 1:
             st.padded_tokens += real
-            group[0].req.result = lm.forward(*group[0].req.args)
+            group[0].result = lm.forward(*group[0].args)
             return
         st.merged_calls += 1
         R = sum(sh.rows for sh in group)
@@ -312,7 +309,7 @@ class ForwardBatcher:
         row = 0
         spans = []
         for sh in group:
-            x, past, am, all_logits, pids, at = sh.req.args
+            x, past, am, all_logits, pids, at = sh.args
             b, s, p = sh.rows, sh.s, sh.p
             rs = slice(row, row + b)
             ids[rs, :s] = x.to("cpu")
@@ -340,14 +337,14 @@ class ForwardBatcher:
         keep = torch.cat([torch.cat([w, w[:, -1:].expand(-1, K - w.shape[1])], dim=1) for w in wants])
         past_all: KV = []
         if P > 0:
-            first = next(sh.req.args[1] for sh in group if sh.p > 0)
+            first = next(sh.args[1] for sh in group if sh.p > 0)
             for li, (k0, v0) in enumerate(first):
                 shape = (R, k0.shape[1], P, k0.shape[3])
                 k_all = torch.zeros(shape, dtype=k0.dtype, device=k0.device)
                 v_all = torch.zeros(shape, dtype=v0.dtype, device=v0.device)
                 for sh, (r0, b) in zip(group, spans):
                     if sh.p:
-                        k, v = sh.req.args[1][li]
+                        k, v = sh.args[1][li]
                         k_all[r0:r0 + b, :, P - sh.p:].copy_(k)
                         v_all[r0:r0 + b, :, P - sh.p:].copy_(v)
                 past_all.append((k_all, v_all))
@@ -356,10 +353,10 @@ class ForwardBatcher:
         logits, kv = lm.forward(ids, past_all or None, attention_mask=mask, position_ids=pos,
                                     logits_at=keep)
         for sh, (r0, b), w in zip(group, spans, wants):
-            _, _, _, all_logits, _, at = sh.req.args
+            _, _, _, all_logits, _, at = sh.args
             lg = logits[r0:r0 + b, :w.shape[1]]
             if at is None and not all_logits:
                 lg = lg[:, 0]
             own = [(k[r0:r0 + b, :, P - sh.p:P + sh.s], v[r0:r0 + b, :, P - sh.p:P + sh.s])
                    for k, v in kv]
-            sh.req.result = (lg, own)
+            sh.result = (lg, own)

@@ -85,8 +85,11 @@ def resolve_dtype(dtype, device: str) -> torch.dtype:
     return dtype
 
 
-def _materialise_embedded(alias: str) -> Path:
-    """Dequantise the embedded GGUF once and cache it as safetensors; return the folder."""
+def embedded_model_folder(alias: str = DEFAULT_MODEL) -> Path:
+    """A plain Hugging Face folder (config, safetensors, tokenizer) of an embedded model: its GGUF
+    dequantised once and cached as safetensors (what `from_pretrained` reads)."""
+    if alias not in EMBEDDED_MODELS:
+        raise ModelLoadError(f"Unknown embedded model {alias!r}; choose from {sorted(EMBEDDED_MODELS)}.")
     target = cache_root() / "models" / alias
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return target
@@ -135,7 +138,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     if name in EMBEDDED_MODELS:
-        source = _materialise_embedded(name)
+        source = embedded_model_folder(name)
     else:
         source = Path(name)
         if not source.exists():
@@ -167,14 +170,6 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     lm = wrap(model, tokenizer, name=name)
     lm.load_seconds = time.perf_counter() - t0
     return lm
-
-
-def embedded_model_folder(alias: str = DEFAULT_MODEL) -> Path:
-    """A plain Hugging Face folder (config, safetensors, tokenizer) of an embedded model, made on
-    first use: what `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` read."""
-    if alias not in EMBEDDED_MODELS:
-        raise ModelLoadError(f"Unknown embedded model {alias!r}; choose from {sorted(EMBEDDED_MODELS)}.")
-    return _materialise_embedded(alias)
 
 
 def wrap(model, tokenizer, name: str | None = None, chat: "ChatFormat | None" = None) -> "LanguageModel":
