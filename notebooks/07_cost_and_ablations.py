@@ -116,7 +116,8 @@ for k, r in ratios.items():
     print(f"RAIN / vanilla {k}: {r['ratio']:.1f}x (95% CI {r['lo']:.1f}-{r['hi']:.1f}x, n={r['n']})")
 
 # %% [markdown]
-# Where RAIN's time goes (seconds per answer, mean over the requests, by phase of the search):
+# Where RAIN's time goes (seconds per answer, mean over the requests, by phase of the search;
+# clause completions share the rollouts' forward passes, so their time is in `expand`):
 
 # %%
 st.phase_seconds(timing[timing.arm == "RAIN"]).round(3).to_frame("seconds per answer")
