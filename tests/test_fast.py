@@ -51,16 +51,16 @@ def test_merged_forward_pass_equals_separate_passes():
     ]
     alone = [lm.forward(**r) for r in reqs]
     b = ForwardBatcher(lm, call_cost=1e9)          # merge everything into one pass
-    from raintools.batch import _Request, _Shape
-    shapes = [_Shape(_Request(i, "lm", (r["input_ids"], r.get("past"), r.get("attention_mask"),
-                                        r.get("all_logits", False), r.get("position_ids"),
-                                        r.get("logits_at")))) for i, r in enumerate(reqs)]
+    from raintools.batch import _Request
+    shapes = [_Request(i, "lm", (r["input_ids"], r.get("past"), r.get("attention_mask"),
+                                 r.get("all_logits", False), r.get("position_ids"),
+                                 r.get("logits_at"))) for i, r in enumerate(reqs)]
     groups = b._groups(shapes)
     assert len(groups) == 1
     b._run_group(groups[0])
     assert b.stats.merged_calls == 1
     for r, sh, (lg, kv) in zip(reqs, shapes, alone):
-        lg2, kv2 = sh.req.result
+        lg2, kv2 = sh.result
         assert lg2.shape == lg.shape
         assert torch.allclose(lg2, lg, atol=1e-4)
         assert kv_len(kv2) == kv_len(kv)
