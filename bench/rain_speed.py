@@ -400,8 +400,8 @@ def print_profile(by):
     print("where the time goes (share of wall time; phase timers in RainSearch):")
     print(f"{'phase':<30}" + "".join(f"{NAMES[by[c]['variant']]:>18}" for c in cols))
     labels = {"select": "selection", "add": "node addition", "ensure": "node caches (ensure)",
-              "complete": "clause completion", "judge": "judge (self-evaluation)",
-              "expand": "expansion rollouts", "embed": "embeddings (MiniLM)", "commit": "commit"}
+              "judge": "judge (self-evaluation)",
+              "expand": "rollouts and clause completions", "embed": "embeddings (MiniLM)", "commit": "commit"}
     for ph in PHASES:
         print(f"{labels[ph]:<30}" + "".join(
             f"{100 * by[c][f'time_{ph}_s'] / by[c]['wall_s']:17.1f}%" for c in cols))

@@ -118,7 +118,8 @@ for k, r in ratios.items():
     print(f"RAIN / vanilla {k}: {gm:.1f}x (geometric mean; range {r.min():.1f}-{r.max():.1f}x over n={len(r)} requests)")
 
 # %% [markdown]
-# Where RAIN's time goes (seconds per answer, mean over the requests, by phase of the search):
+# Where RAIN's time goes (seconds per answer, mean over the requests, by phase of the search;
+# clause completions share the rollouts' forward passes, so their time is in `expand`):
 
 # %%
 st.phase_seconds(timing[timing.arm == "RAIN"]).round(3).to_frame("seconds per answer")

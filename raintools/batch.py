@@ -1,29 +1,18 @@
-"""Many searches side by side, their forward passes batched together: request and response.
+"""Many searches side by side (`side_by_side`, a thread pool), their forward passes batched.
 
-`rain_generate_batch` runs one RAIN search per prompt on a thread pool (`concurrent.futures`),
-each with the ordinary single-prompt code. Each search gets its own `Client` of a
+`rain_generate_batch` runs one ordinary search per prompt. Each gets its own `Client` of a
 `ForwardBatcher`: the forward callable its engine and its judge run (`RainSearch(forward=...)`,
-`SelfEvaluator.fork(forward=...)`) and `call` for the embedder. A request is queued; the
-scheduler (the calling thread) waits until *every* live search has a request waiting, then
-answers them all from as few forward passes as the cost model allows:
-
-* requests are grouped by shape (sorted by new-token count, then past length) and a request joins a
-  group when one padded pass costs less than two passes (`call_cost` is the fixed price of a
-  pass in token units: large on a GPU, small on a CPU);
-* a merged pass left-pads each request's past KV to the longest, appends the new tokens, and gives
-  the model explicit positions and a 4D mask, so every row computes exactly what it would alone
-  (up to float rounding); each request gets back its logits and its own KV as a view;
-* embedder calls of the same round are concatenated into one call.
-
-Because a round starts only when every search is waiting, the grouping does not depend on thread
-timing: a batch run is reproducible. All random draws are keyed by node, so results equal
-`rain_generate` on each prompt up to float ties. Each client counts its own requests (`stats`).
-
-The batched forward needs an attention implementation that takes a 4D mask (sdpa, the default,
-or eager); padded KV copies cost memory: `max_batch_bytes` caps one merged pass. On a model whose
-route is not "packed" (`raintools.routes`: ALiBi, flash attention, ...) only requests of the same
-shape without masks or positions are merged (their rows stacked, no padding), so every family
-stays exact.
+`SelfEvaluator.fork(forward=...)`) and `call` for the embedder. The scheduler (the calling thread)
+waits until every live search has a request waiting, then answers them all from as few passes as
+the cost model allows: requests sorted by (new tokens, past length) join a group while one padded
+pass costs less than two (`call_cost`: the fixed price of a pass in token units, large on a GPU);
+a merged pass left-pads each past KV to the longest and gives explicit positions and a 4D mask, so
+every row computes what it would alone (up to float rounding); embedder calls of a round become
+one call. A round starts only when every search waits, so the grouping does not depend on thread
+timing, and all draws are keyed by node: results equal `rain_generate` per prompt up to float
+ties. `max_batch_bytes` caps one merged pass. Off the "packed" route (`raintools.routes`) only
+same-shape requests without masks or positions are merged (rows stacked), so every family stays
+exact.
 """
 
 from __future__ import annotations
@@ -34,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from .models import KV, ForwardStats, LanguageModel, kv_len
 
@@ -51,28 +41,25 @@ class BatchStats:
 
 
 class _Request:
-    __slots__ = ("worker", "kind", "args", "event", "result", "error")
+    """A request waiting for the scheduler: a list-function call ("fn") or a forward pass ("lm"),
+    with what its grouping reads: rows, new tokens `s`, past length `p`, bytes per KV token, and
+    `plain` (no mask, default positions)."""
+
+    __slots__ = ("worker", "kind", "args", "event", "result", "error", "rows", "s", "p",
+                 "kv_token_bytes", "plain")
 
     def __init__(self, worker: int, kind: str, args: tuple):
         self.worker, self.kind, self.args = worker, kind, args
         self.event = threading.Event()
         self.result = None
         self.error: BaseException | None = None
-
-
-class _Shape:
-    """What one forward request looks like: rows, new tokens, past length, bytes per KV token."""
-
-    __slots__ = ("req", "rows", "s", "p", "kv_token_bytes", "plain")
-
-    def __init__(self, req: _Request):
-        ids, past = req.args[0], req.args[1]
-        self.req = req
-        self.plain = req.args[2] is None and req.args[4] is None    # no mask, default positions
-        self.rows, self.s = int(ids.shape[0]), int(ids.shape[1])
-        self.p = kv_len(past)
-        self.kv_token_bytes = (sum(k.shape[1] * k.shape[3] * k.element_size() * 2 for k, _ in past)
-                               if past else 0)
+        if kind == "lm":
+            ids, past = args[0], args[1]
+            self.plain = args[2] is None and args[4] is None
+            self.rows, self.s = int(ids.shape[0]), int(ids.shape[1])
+            self.p = kv_len(past)
+            self.kv_token_bytes = (sum(k.shape[1] * k.shape[3] * k.element_size() * 2 for k, _ in past)
+                                   if past else 0)
 
 
 class Client:
@@ -112,6 +99,45 @@ class BatchedCall:
         return getattr(self.fn, name)
 
 
+def side_by_side(jobs: Sequence[Callable[[int], Any]], workers: int | None = None,
+                 progress: bool = False, serve: Callable[[], None] | None = None) -> list:
+    """Run `jobs` (callables of their index) on a thread pool, at most `workers` at once (default:
+    all), with a progress bar of finished jobs; returns their results in order, the first exception
+    of a job raised after the others have finished. `serve`: what the calling thread does
+    meanwhile (a `ForwardBatcher`'s scheduler). The one concurrency path of a batch of searches:
+    the transformers batcher and the vLLM engines (whose server batches requests) both run here."""
+    jobs = list(jobs)
+    bar = tqdm(total=len(jobs), desc="RAIN prompts", disable=not progress)
+
+    def work(i: int):
+        try:
+            return jobs[i](i)
+        finally:
+            bar.update(1)
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers or len(jobs), len(jobs))),
+                                thread_name_prefix="rain-search") as pool:
+            futures = [pool.submit(work, i) for i in range(len(jobs))]
+            if serve is not None:
+                serve()
+        return [f.result() for f in futures]
+    finally:
+        bar.close()
+
+
+class Locked:
+    """One call at a time into a shared in-process function (the sentence embedder of searches
+    whose forward passes run on a server)."""
+
+    def __init__(self, fn):
+        self.fn, self.lock = fn, threading.Lock()
+
+    def __call__(self, *args, **kwargs):
+        with self.lock:
+            return self.fn(*args, **kwargs)
+
+
 class ForwardBatcher:
     """Run jobs on a thread pool, each with its own `Client`; answer their forward passes in
     batches (module docstring)."""
@@ -142,9 +168,10 @@ class ForwardBatcher:
         return req.result
 
     def run(self, jobs: Sequence[Callable[[Client], Any]], workers: int | None = None,
-            on_done: Callable[[int], None] | None = None) -> list:
-        """Run `jobs` (callables of a `Client`) with at most `workers` at once; returns their
-        results in order. The first exception of a job is raised after the others have finished."""
+            progress: bool = False) -> list:
+        """Run `jobs` (callables of a `Client`) with at most `workers` at once (`side_by_side`);
+        returns their results in order. Each job's client has a slot, reused by a later job once
+        the job holding it has finished (requests are answered in slot order)."""
         jobs = list(jobs)
         n = len(jobs)
         workers = max(1, min(workers or n, n)) if n else 0
@@ -157,8 +184,6 @@ class ForwardBatcher:
             try:
                 return jobs[i](Client(self, slot))
             finally:
-                if on_done is not None:
-                    on_done(i)
                 with self._cond:
                     free.append(slot)
                     free.sort()
@@ -167,10 +192,7 @@ class ForwardBatcher:
                     self._cond.notify_all()
 
         self._live = workers
-        with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="rain-search") as pool:
-            futures = [pool.submit(work, i) for i in range(n)]
-            self._schedule()
-        return [f.result() for f in futures]
+        return side_by_side([work] * n, workers, progress, serve=self._schedule)
 
     def _schedule(self) -> None:
         while True:
@@ -197,13 +219,13 @@ class ForwardBatcher:
             if r.kind == "fn":
                 fns.setdefault(id(r.args[0]), []).append(r)
             else:
-                shapes.append(_Shape(r))
+                shapes.append(r)
         for group in self._groups(shapes):
             try:
                 self._run_group(group)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting workers
                 for sh in group:
-                    sh.req.error = exc
+                    sh.error = exc
         for reqs in fns.values():
             try:
                 fn = reqs[0].args[0]
@@ -223,21 +245,21 @@ class ForwardBatcher:
     def _cost(self, rows: int, s: int, p: int) -> float:
         return rows * (s + self.kv_cost * (p + s)) + self.call_cost
 
-    def _groups(self, shapes: list[_Shape]) -> list[list[_Shape]]:
+    def _groups(self, shapes: list[_Request]) -> list[list[_Request]]:
         """Greedy: sorted by (new tokens, past length); a request joins the open group when the
         merged pass costs no more than running the two apart and fits the size caps."""
-        groups: list[list[_Shape]] = []
-        cur: list[_Shape] = []
+        groups: list[list[_Request]] = []
+        cur: list[_Request] = []
         rows = s = p = 0
         cost = 0.0
         kvb = 0
         route = self.lm.route
 
         def alone(sh):   # a 2D mask with holes: sliding windows count the holes, a tree does not
-            am = sh.req.args[2]
+            am = sh.args[2]
             return route.windowed and am is not None and am.dim() == 2
 
-        for sh in sorted(shapes, key=lambda x: (x.s, x.p, x.req.worker)):
+        for sh in sorted(shapes, key=lambda x: (x.s, x.p, x.worker)):
             if cur and (alone(sh) or alone(cur[0])):
                 groups.append(cur)
             elif cur and not route.packed and not (sh.plain and cur[0].plain
@@ -262,7 +284,7 @@ class ForwardBatcher:
         return groups
 
     # ------------------------------------------------------------------ one pass
-    def _run_group(self, group: list[_Shape]) -> None:
+    def _run_group(self, group: list[_Request]) -> None:
         lm = self.lm
         st = self.stats
         st.calls += 1
@@ -271,7 +293,7 @@ class ForwardBatcher:
         st.real_tokens += real
         if len(group) == 1:
             st.padded_tokens += real
-            group[0].req.result = lm.forward(*group[0].req.args)
+            group[0].result = lm.forward(*group[0].args)
             return
         st.merged_calls += 1
         R = sum(sh.rows for sh in group)
@@ -287,25 +309,19 @@ class ForwardBatcher:
         row = 0
         spans = []
         for sh in group:
-            x, past, am, all_logits, pids, at = sh.req.args
+            x, past, am, all_logits, pids, at = sh.args
             b, s, p = sh.rows, sh.s, sh.p
             rs = slice(row, row + b)
             ids[rs, :s] = x.to("cpu")
             ar = torch.arange(S)
             pos[rs, :s] = pids.to("cpu") if pids is not None else (p + ar[:s]).expand(b, s)
             pos[rs, s:] = p + ar[s:]
-            if am is None:
-                mask[rs, 0, :s, P - p:P] = True
-                mask[rs, 0, :s, P:P + s] = torch.ones(s, s, dtype=torch.bool).tril_()
-            elif am.dim() == 2:
-                am = am.to("cpu").bool()
-                causal = torch.ones(s, s, dtype=torch.bool).tril_()
-                mask[rs, 0, :s, P - p:P] = am[:, None, :p]
-                mask[rs, 0, :s, P:P + s] = causal & am[:, None, p:p + s]
-            else:
-                am = am.to("cpu").bool()
-                mask[rs, :, :s, P - p:P] = am[:, :, :, :p]
-                mask[rs, :, :s, P:P + s] = am[:, :, :, p:p + s]
+            am = torch.ones(b, p + s, dtype=torch.bool) if am is None else am.to("cpu").bool()
+            if am.dim() == 2:             # a padding mask: causal over the new tokens
+                causal = torch.ones(s, p + s, dtype=torch.bool).tril_(p)
+                am = am[:, None, None, :] & causal
+            mask[rs, :, :s, P - p:P] = am[..., :p]
+            mask[rs, :, :s, P:P + s] = am[..., p:p + s]
             for j in range(s, S):                 # padding queries see only themselves
                 mask[rs, 0, j, P + j] = True
             if at is not None:
@@ -321,14 +337,14 @@ class ForwardBatcher:
         keep = torch.cat([torch.cat([w, w[:, -1:].expand(-1, K - w.shape[1])], dim=1) for w in wants])
         past_all: KV = []
         if P > 0:
-            first = next(sh.req.args[1] for sh in group if sh.p > 0)
+            first = next(sh.args[1] for sh in group if sh.p > 0)
             for li, (k0, v0) in enumerate(first):
                 shape = (R, k0.shape[1], P, k0.shape[3])
                 k_all = torch.zeros(shape, dtype=k0.dtype, device=k0.device)
                 v_all = torch.zeros(shape, dtype=v0.dtype, device=v0.device)
                 for sh, (r0, b) in zip(group, spans):
                     if sh.p:
-                        k, v = sh.req.args[1][li]
+                        k, v = sh.args[1][li]
                         k_all[r0:r0 + b, :, P - sh.p:].copy_(k)
                         v_all[r0:r0 + b, :, P - sh.p:].copy_(v)
                 past_all.append((k_all, v_all))
@@ -337,10 +353,10 @@ class ForwardBatcher:
         logits, kv = lm.forward(ids, past_all or None, attention_mask=mask, position_ids=pos,
                                     logits_at=keep)
         for sh, (r0, b), w in zip(group, spans, wants):
-            _, _, _, all_logits, _, at = sh.req.args
+            _, _, _, all_logits, _, at = sh.args
             lg = logits[r0:r0 + b, :w.shape[1]]
             if at is None and not all_logits:
                 lg = lg[:, 0]
             own = [(k[r0:r0 + b, :, P - sh.p:P + sh.s], v[r0:r0 + b, :, P - sh.p:P + sh.s])
                    for k, v in kv]
-            sh.req.result = (lg, own)
+            sh.result = (lg, own)

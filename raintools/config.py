@@ -217,7 +217,8 @@ class RainConfig:
         return cls(**{"name": "cpu-demo", **CPU_BUDGET, **overrides})
 
 
-CPU_BUDGET = {"max_simulations": 8, "extra_simulations": 4, "min_visits": 3, "clause_max_tokens": 16}
+CPU_BUDGET = MappingProxyType({"max_simulations": 8, "extra_simulations": 4, "min_visits": 3,
+                               "clause_max_tokens": 16})
 """What a CPU changes (`RainConfig.with_cpu_budget`, `RainConfig.cpu_demo`): the budget only."""
 
 

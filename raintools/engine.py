@@ -19,8 +19,7 @@ of one. An engine may serve the requests of a call together (one forward pass pe
 them) or one after another; the results must not depend on that beyond float rounding.
 
 The judge is separate (`raintools.evaluate.Evaluator`: `evaluator(query, response) -> value in
-[-1, 1]`, optionally `evaluate_many(query, responses)`); a self-evaluator needs from a model only
-the probabilities of the option tokens after each judging prompt (`option_probs` below).
+[-1, 1]`, optionally `evaluate_many(query, responses)`); `judge` below says which one a search uses.
 
 Forward passes are counted by the engine (`stats`: passes and tokens this engine asked for), so
 each search reports its own cost even when many searches share one model (`raintools.batch`).
@@ -121,12 +120,6 @@ class Engine(Protocol):
         """The search moves its root to `child` (the rewind: every other branch is dropped);
         `prefix_ids` grows by the child's tokens and the engine may merge the child's state into
         the new root's."""
-
-    def option_probs(self, prompts: Sequence[Sequence[int]], option_ids: Sequence[int]) -> "torch.Tensor":
-        """The probability of each option token after each prompt (full prompts as token ids),
-        renormalised over the options: [len(prompts), len(option_ids)]. What a self-evaluator
-        needs from the model (`SelfEvaluator` computes it itself over cached judge prefixes on
-        the transformers engines)."""
 
     def judge(self, evaluator: Any) -> Any:
         """The evaluator the search judges with on this engine: the one given, or (an engine on a

@@ -163,11 +163,6 @@ class TransformersEngine:
         self.expand([Expansion(leaf, completion=req)])
         return req.out, req.fed
 
-    def option_probs(self, prompts, option_ids) -> torch.Tensor:
-        rows = [torch.softmax(self.forward(torch.tensor([list(p)]))[0][0].float(), -1)[list(option_ids)]
-                for p in prompts]
-        probs = torch.stack(rows)
-        return probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
 
 
 class Forest:

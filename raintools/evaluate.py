@@ -33,7 +33,7 @@ import torch
 
 from .engines import Forest
 from .errors import ConfigError
-from .models import KV, LanguageModel, kv_cat, kv_gather, kv_len, kv_slice, split_common, token_tree
+from .models import KV, LanguageModel, kv_cat, kv_gather, kv_len, kv_slice, split_common
 
 Evaluator = Callable[[str, str], float]
 
@@ -267,16 +267,12 @@ class SelfEvaluator:
             self._seen.pop(old, None)
         return entry
 
-    def _past(self, query: str, trunk: list[int]) -> tuple[KV, int, int]:
-        """(KV of the longest start of `trunk` computed before, its length, the length of the
-        query's part when the whole of it is in that start, else -1). Every cached KV is keyed by
-        the exact ids it was computed from, so a start is reused only where the ids agree."""
-        head, rest, m, q = self._past_parts(query, trunk)
-        return (head if rest is None else kv_cat([head, rest])), m, q
-
     def _past_parts(self, query: str, trunk: list[int]) -> tuple[KV, KV | None, int, int]:
-        """`_past` in two parts: the query entry's KV (cut where the prompt splits the query's
-        tokens) and the KV of a judged prompt's ids reused after it (None when there is none)."""
+        """(the query entry's KV, cut where the prompt splits the query's tokens; the KV of a
+        judged prompt's ids reused after it, or None; the length of the start of `trunk` these
+        two hold; the length of the query's part when the whole of it is in that start, else -1).
+        Every cached KV is keyed by the exact ids it was computed from, so a start is reused only
+        where the ids agree."""
         q_ids, q_kv = self._query_entry(query, trunk)
         m = _common_start(trunk, q_ids)
         if m < len(q_ids):       # the prompt splits the query's tokens otherwise: no reuse past m
@@ -293,15 +289,13 @@ class SelfEvaluator:
         cache.move_to_end(best)
         return q_kv, [(k[:, :, :r - q], v[:, :, :r - q]) for k, v in cache[best]], r, q
 
-    def _remember_response(self, query: str, trunk: list[int], kv: KV | None, q: int,
-                           chunk: KV | None = None) -> int:
-        """Keep the judge KV of this prompt's ids after the query's (LRU; positions [q, len) of
-        `kv`, or `chunk`); return how many of those ids no earlier evaluation of this query had
-        computed."""
+    def _remember_response(self, query: str, trunk: list[int], q: int, chunk: KV | None) -> int:
+        """Keep `chunk`, the judge KV of this prompt's ids after the query's (LRU); return how
+        many of those ids no earlier evaluation of this query had computed."""
         part = trunk[q:]
         if part and self._response_cache_size > 0:
             cache = self._responses.setdefault(query, OrderedDict())
-            cache[tuple(trunk)] = chunk if chunk is not None else kv_slice(kv, q, len(trunk))
+            cache[tuple(trunk)] = chunk
             cache.move_to_end(tuple(trunk))
             while len(cache) > self._response_cache_size:
                 cache.popitem(last=False)
@@ -340,76 +334,28 @@ class SelfEvaluator:
         return twin
 
     def __call__(self, query: str, response: str) -> float:
-        self.stats.calls += 1
-        if not self.cached:
-            return self._reference(query, response)
-        lm = self.lm
-        per_order = self.prompt_ids(query, response)
-        trunk, tails = split_common(per_order)
-        route = lm.route.kind
-        if route == "reference":
-            # no per-token KV to share, and some state-space models continue a state exactly
-            # only one token at a time: the whole prompt per order, as the reference judge
-            return self._reference(query, response)
-        # The longest start computed before (header, query, a response judged before) is reused;
-        # then one forward pass for the rest: a token tree whose trunk is the rest of the common
-        # ids, each order's own ending a tail that sees the trunk (on the "rows" route: one batch
-        # row per order).
-        past, m, q = self._past(query, trunk)
-        if not any(tails) and m >= len(trunk):      # nothing left to feed: recompute the last id
-            past, m = [(k[:, :, :m - 1], v[:, :, :m - 1]) for k, v in past], m - 1
-        if route == "packed":
-            ids, pos, mask, ends = token_tree(m, trunk[m:], tails)
-            logits, out = self.forward(ids, past=past, attention_mask=mask, position_ids=pos,
-                                     logits_at=ends)
-            logits = logits[0]
-        else:
-            logits, out = self._rows(past, trunk[m:], tails)
-        if q >= 0:
-            new = self._remember_response(query, trunk, out, q)
-        else:
-            new = len(trunk) - m
-        self.stats.tokens_needed += new + sum(len(t) for t in tails)
-        self.last_ids = [trunk + t for t in tails]
-        probs = self._letter_probs(logits)
-        self.last_probs = probs.tolist()
-        return self._value(list(probs))
-
-    def _rows(self, past: KV, rest: list[int], tails: list[list[int]]):
-        """`rest` + each order's tail as its own batch row after `past`, right-padded (a causal
-        model never looks at the padding after a row's end), no mask. Returns the logits at each
-        row's end and the KV of the first row."""
-        seqs = [rest + t for t in tails]
-        width = max(len(x) for x in seqs)
-        pad = self.lm.tokenizer.pad_token_id or 0
-        ids = torch.tensor([x + [pad] * (width - len(x)) for x in seqs])
-        ends = torch.tensor([[len(x) - 1] for x in seqs])
-        rows = [(k.expand(len(seqs), -1, -1, -1), v.expand(len(seqs), -1, -1, -1))
-                for k, v in past or ()]
-        logits, out = self.forward(ids, past=rows or None, logits_at=ends)
-        return logits[:, 0], [(k[:1], v[:1]) for k, v in out]
+        return self.evaluate_many(query, [response])[0]
 
     def evaluate_many(self, query: str, responses: Sequence[str]) -> list[float]:
-        """`[self(query, r) for r in responses]` in one forward pass, equal up to float rounding
-        (a parallel round judges its leaves together). The prompts go into one packed sequence
-        (`raintools.engines.Forest`) after the query's KV and the judged starts they reuse; prompts
-        that continue the same start share their common ids, and each order's ending sees only its
-        own prompt. Models off the packed route are judged one by one."""
+        """The values of `responses` for `query`: the one judging path (a single evaluation is a
+        list of one). The longest start of each prompt computed before (header, query, a response
+        judged before) is reused; the rest goes into one packed sequence (`raintools.engines.Forest`)
+        after the query's KV and the reused starts: prompts that continue the same start share
+        their common ids, and each order's ending sees only its own prompt. On the "rows" route
+        each prompt is judged alone, one batch row per order; on the reference route (no
+        per-token KV to share) and with `cached=False`, each whole prompt once per order."""
         responses = list(responses)
-        if not self.cached or len(responses) <= 1 or self.lm.route.kind != "packed":
-            return [self(query, r) for r in responses]
         self.stats.calls += len(responses)
-        jobs = []
-        for r in responses:
-            trunk, tails = split_common(self.prompt_ids(query, r))
-            _, rest, m, q = self._past_parts(query, trunk)
-            if not any(tails) and m >= len(trunk):       # nothing left to feed: recompute the last id
-                m -= 1
-            jobs.append((trunk, tails, rest, m, q))
+        route = self.lm.route.kind
+        if not self.cached or route == "reference":
+            return [self._reference(query, r) for r in responses]
+        if route != "packed":
+            return [self._judge_rows(query, self._job(query, r)) for r in responses]
+        jobs = [self._job(query, r) for r in responses]
         q_kv = self._query_entry(query, jobs[0][0])[1]
         forest, anchors, offsets = self._judge_forest(q_kv, jobs)
         items, trie, ends, lines = [], {}, [], []
-        for (trunk, tails, _, m, _), a in zip(jobs, anchors):
+        for (trunk, tails, _, _, m, _), a in zip(jobs, anchors):
             prev = -1 - a
             for tok in trunk[m:]:
                 key = (prev, tok)
@@ -425,22 +371,39 @@ class SelfEvaluator:
                     p = len(items) - 1
                 ends.append(p)
         logits, first = forest.feed(items, logits_at=ends)
-        return [self._judged(query, job, off, first + g if g >= 0 else g, forest, logits[i * len(job[1]):])
-                for i, (job, off, g) in enumerate(zip(jobs, offsets, lines))]
+        values = []
+        for i, (job, off, g) in enumerate(zip(jobs, offsets, lines)):
+            trunk, tails, _, _, m, q = job
+            chunk = None
+            if q >= 0 and len(trunk) > q:       # the judge KV of the prompt's ids after the query's
+                positions = list(range(off, off + m - q)) if off is not None else []
+                chunk = kv_gather(forest.kv, positions + (forest.line_positions(first + g) if g >= 0 else []))
+            values.append(self._judged(query, job, chunk, logits[i * len(tails):]))
+        return values
+
+    def _job(self, query: str, response: str):
+        """A prompt to judge: (common ids of its orders, each order's ending, the reused start's
+        two KV parts (`_past_parts`), the length m of the start not fed again, the query's length
+        or -1). With nothing left to feed, the last id is fed again (its logits are needed)."""
+        trunk, tails = split_common(self.prompt_ids(query, response))
+        head, rest, m, q = self._past_parts(query, trunk)
+        if not any(tails) and m >= len(trunk):
+            m -= 1
+        return trunk, tails, head, rest, m, q
 
     def _judge_forest(self, q_kv: KV, jobs):
         """The packed past of `evaluate_many`: the query's KV, then each distinct reused judged
         start once; per prompt its anchor (what it sees, where it goes on) and the offset of its
         reused start in the past."""
         lq, chunks, at, where = kv_len(q_kv), [q_kv], kv_len(q_kv), {}
-        for trunk, _, rest, m, q in jobs:
+        for trunk, _, _, rest, m, q in jobs:
             key = tuple(trunk[q:q + kv_len(rest)]) if rest is not None else None
             if key is not None and key not in where:
                 where[key] = at
                 chunks.append(rest)
                 at += kv_len(rest)
         anchors, specs, offsets = [], {}, []
-        for trunk, _, rest, m, q in jobs:
+        for trunk, _, _, rest, m, q in jobs:
             off = where[tuple(trunk[q:q + kv_len(rest)])] if rest is not None else None
             offsets.append(off)
             spec = (min(m, lq), off, m - q if off is not None else 0, m)
@@ -454,17 +417,27 @@ class SelfEvaluator:
             visible.append((v, m))
         return Forest(self.forward, kv_cat(chunks), visible), anchors, offsets
 
-    def _judged(self, query, job, off, g, forest, logits) -> float:
-        """One prompt of `evaluate_many`: its value from its orders' logits; its judge KV kept."""
-        trunk, tails, rest, m, q = job
+    def _judge_rows(self, query: str, job) -> float:
+        """One prompt on the "rows" route: the rest of its common ids + each order's ending as its
+        own batch row after the reused start, right-padded (a causal model never looks at the
+        padding after a row's end), no mask."""
+        trunk, tails, head, rest, m, q = job
+        past = [(k[:, :, :m], v[:, :, :m]) for k, v in kv_cat([head, rest])]
+        seqs = [trunk[m:] + t for t in tails]
+        width = max(len(x) for x in seqs)
+        pad = self.lm.tokenizer.pad_token_id or 0
+        ids = torch.tensor([x + [pad] * (width - len(x)) for x in seqs])
+        ends = torch.tensor([[len(x) - 1] for x in seqs])
+        rows = [(k.expand(len(seqs), -1, -1, -1), v.expand(len(seqs), -1, -1, -1)) for k, v in past]
+        logits, out = self.forward(ids, past=rows or None, logits_at=ends)
+        chunk = kv_slice([(k[:1], v[:1]) for k, v in out], q, len(trunk)) if 0 <= q < len(trunk) else None
+        return self._judged(query, job, chunk, logits[:, 0])
+
+    def _judged(self, query, job, chunk: KV | None, logits) -> float:
+        """One prompt's value from its orders' logits; its judge KV (`chunk`) kept."""
+        trunk, tails, _, _, m, q = job
         probs = self._letter_probs(logits[:len(tails)])
-        if q >= 0:
-            positions = list(range(off, off + m - q)) if off is not None else []
-            positions += forest.line_positions(g) if g >= 0 else []
-            chunk = kv_gather(forest.kv, positions) if len(trunk) > q else None
-            new = self._remember_response(query, trunk, None, q, chunk=chunk)
-        else:
-            new = len(trunk) - m
+        new = self._remember_response(query, trunk, q, chunk) if q >= 0 else len(trunk) - m
         self.stats.tokens_needed += new + sum(len(t) for t in tails)
         self.last_ids = [trunk + t for t in tails]
         self.last_probs = probs.tolist()

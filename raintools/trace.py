@@ -128,14 +128,6 @@ class Trace:
         live[root].parent = None
         return live
 
-    def child_values(self) -> dict[int, list[tuple[int, float, float]]]:
-        """For each simulation, the (uid, q, n) of the root's children: value curves over time."""
-        out = {}
-        for s in self.simulations:
-            tree = self.tree_at(s.index)
-            out[s.index] = [(u, nd.q, nd.n) for u, nd in tree.items() if nd.parent == s.root]
-        return out
-
 
 @dataclass
 class RainResult:

@@ -21,7 +21,7 @@ import torch
 from model_families import FAMILIES, RECURRENT, ROWS, SLIDING, WINDOW, build, expected_route
 from raintools import ModelSupportError, RainConfig, SelfEvaluator, load_model, rain_generate
 from raintools import generate_vanilla, rain_generate_batch
-from raintools.batch import ForwardBatcher, _Request, _Shape
+from raintools.batch import ForwardBatcher, _Request
 from raintools.evaluate import JudgeTemplate
 from raintools.models import kv_len, token_tree
 from raintools.engines import CachedEngine
@@ -161,11 +161,11 @@ def check_fast_paths(lm):
                 (torch.tensor([[P[23]]]), kv_b, None, False, None, None)]
         lines = [P[:21], P[3:24]]
     batcher = ForwardBatcher(lm, call_cost=1e9)
-    shapes = [_Shape(_Request(i, "lm", r)) for i, r in enumerate(reqs)]
+    shapes = [_Request(i, "lm", r) for i, r in enumerate(reqs)]
     groups = batcher._groups(shapes)
     assert len(groups) == 1
     batcher._run_group(groups[0])
-    got = [row for sh in shapes for row in sh.req.result[0].reshape(-1, lm.vocab_size)]
+    got = [row for sh in shapes for row in sh.result[0].reshape(-1, lm.vocab_size)]
     assert len(got) == len(lines)
     for lg, line in zip(got, lines):
         assert diff(lg, lm.full_logits(line)) < TOL
@@ -182,7 +182,7 @@ def test_rows_route_refuses_token_trees_and_merges_only_same_shapes():
     reqs = [(torch.tensor([[P[10]]]), kv, None, False, None, None),
             (torch.tensor([[P[12]]]), kv2, None, False, None, None)]
     b = ForwardBatcher(lm, call_cost=1e9)
-    assert len(b._groups([_Shape(_Request(i, "lm", r)) for i, r in enumerate(reqs)])) == 2
+    assert len(b._groups([_Request(i, "lm", r) for i, r in enumerate(reqs)])) == 2
 
 
 def test_a_judging_prompt_longer_than_a_real_window():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import pytest
 
@@ -154,7 +154,7 @@ def test_no_import_cycle():
 
 # ------------------------------------------------------------------ no shared state between modules
 
-IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), range)
+IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), range, PurePath)
 
 
 def immutable(value) -> bool:
@@ -204,13 +204,44 @@ def shared_globals(names: dict[str, Path]) -> list[tuple[str, str]]:
                 value = getattr(importlib.import_module(mod), attr)
                 if attr.startswith("_") or not immutable(value):
                     bad.append((name, f"{mod}.{attr}"))
+        def other(expr) -> str | None:      # the other package module `expr` names, if any
+            if isinstance(expr, ast.Name) and module_alias.get(expr.id, name) != name:
+                return module_alias[expr.id]
+            return None
+
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                    and node.value.id in module_alias and module_alias[node.value.id] != name):
-                mod = module_alias[node.value.id]
-                value = getattr(importlib.import_module(mod), node.attr, None)
-                if node.attr.startswith("_") or not immutable(value):
-                    bad.append((name, f"{mod}.{node.attr}"))
+            mod, attr, write = None, None, False
+            if isinstance(node, ast.Attribute) and other(node.value):
+                mod, attr, write = other(node.value), node.attr, not isinstance(node.ctx, ast.Load)
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args
+                  and node.func.id in ("getattr", "setattr", "delattr") and other(node.args[0])):
+                mod, write = other(node.args[0]), node.func.id != "getattr"
+                key = node.args[1] if len(node.args) > 1 else None
+                attr = key.value if isinstance(key, ast.Constant) and isinstance(key.value, str) else "?"
+            if mod is not None:      # a write into another module is state whatever its value
+                value = getattr(importlib.import_module(mod), attr, None)
+                if write or attr == "?" or attr.startswith("_") or not immutable(value):
+                    bad.append((name, f"{mod}.{attr}"))
+    return bad
+
+
+def module_state(names: dict[str, Path]) -> list[str]:
+    """'module.NAME' for each public module-level global that a module defines (assigns at its
+    top level) and that is state: neither code nor an immutable constant (a logger aside)."""
+    import logging
+
+    bad = []
+    for name, path in names.items():
+        module = importlib.import_module(name)
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            targets = (node.targets if isinstance(node, ast.Assign) else
+                       [node.target] if isinstance(node, ast.AnnAssign) else [])
+            for t in targets:
+                for n in ast.walk(t):
+                    if (isinstance(n, ast.Name) and not n.id.startswith("_")
+                            and not immutable(v := getattr(module, n.id, None))
+                            and not isinstance(v, logging.Logger)):
+                        bad.append(f"{name}.{n.id}")
     return bad
 
 
@@ -227,6 +258,14 @@ def test_no_decoder_module_reaches_another_through_a_global():
     assert not bad, f"decoder modules reaching into another module's globals: {bad}"
 
 
+def test_decoder_modules_hold_no_public_state():
+    """What one decoder module may read of another's globals is code or constants: a public
+    module-level dict, list, set or instance would be state every search shares (read-only
+    registries are `MappingProxyType`s)."""
+    bad = module_state(decoder_modules())
+    assert not bad, f"decoder modules holding state in public globals: {bad}"
+
+
 def test_the_global_check_sees_shared_state(tmp_path):
     """The checker itself: a module that imports another's thread-local, lock or dict fails."""
     import sys
@@ -241,13 +280,18 @@ def test_the_global_check_sees_shared_state(tmp_path):
                               "    return STATE\n")
     (pkg / "c.py").write_text("from . import a\n\ndef h():\n    a.TABLE['k'] = 1\n    return a.f()\n")
     (pkg / "d.py").write_text("from .a import _LOCK\n")
+    # writes into another module, whatever the value; reads by name through getattr
+    (pkg / "e.py").write_text("from . import a\nimport logging\nlog = logging.getLogger('x')\n"
+                              "def k():\n    a.NAMES = ()\n    a.NEW = 1\n    setattr(a, 'OTHER', 2)\n"
+                              "    return getattr(a, 'TABLE'), getattr(a, 'NAMES'), a.NAMES\n")
     sys.path.insert(0, str(tmp_path))
     try:
-        names = {f"fakepkg.{m}": pkg / f"{m}.py" for m in "abcd"}
+        names = {f"fakepkg.{m}": pkg / f"{m}.py" for m in "abcde"}
         global PKG
         saved, PKG = PKG, tmp_path / "fakepkg"
         try:
             bad = set(shared_globals(names))
+            state = set(module_state(names))
         finally:
             PKG = saved
     finally:
@@ -256,4 +300,7 @@ def test_the_global_check_sees_shared_state(tmp_path):
             if m.startswith("fakepkg"):
                 del sys.modules[m]
     assert bad == {("fakepkg.b", "fakepkg.a.STATE"), ("fakepkg.c", "fakepkg.a.TABLE"),
-                   ("fakepkg.d", "fakepkg.a._LOCK")}
+                   ("fakepkg.d", "fakepkg.a._LOCK"), ("fakepkg.e", "fakepkg.a.NAMES"),
+                   ("fakepkg.e", "fakepkg.a.NEW"), ("fakepkg.e", "fakepkg.a.OTHER"),
+                   ("fakepkg.e", "fakepkg.a.TABLE")}
+    assert state == {"fakepkg.a.STATE", "fakepkg.a.TABLE"}      # not NAMES, f, _LOCK, log

@@ -48,12 +48,10 @@ def test_chat_format_and_new_user_turn_detection():
     text = chat.chat.prompt_text(chat.tokenizer, "hi")
     assert text.endswith("<|im_start|>assistant\n")
     assert chat.chat.user_turn_index("Sure.<|im_start|>user\nmore") == 5
-    assert chat.chat.clean_response("Sure. <|im_end|>\n<|im_start|>user\nand") == "Sure."
     assert chat.is_stop_token(chat.tokenizer.convert_tokens_to_ids("<|im_end|>"))
     plain = tiny_model()
     assert plain.chat.kind == "plain"
     assert plain.chat.prompt_text(plain.tokenizer, "hi").endswith("Human: hi\n\nAssistant:")
-    assert plain.chat.clean_response(" Fine.\nHuman: next question") == "Fine."
     # on token ids: the turn's first token, the text before it without special tokens
     ids = chat.encode("Sure.<|im_start|>user\nmore")
     assert chat.user_turn_start(ids) == 5 and chat.response_text(ids) == "Sure."

@@ -511,7 +511,7 @@ def test_the_search_talks_to_its_engine_only_through_the_interface(tiny_lm):
     from raintools.engines import CachedEngine, ReferenceEngine
 
     members = {"name", "prefix_ids", "stats", "embed_one_by_one", "start", "ensure", "expand",
-               "commit", "option_probs", "judge"}
+               "commit", "judge"}
 
     class OnlyTheInterface:
         def __init__(self, inner):
