@@ -47,11 +47,9 @@ import os
 
 from raintools.views import studies as st
 from raintools.views.notebooks import settings
-
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
-# Full-mode sizes are cut to what a CPU shared with other jobs finished (the committed run);
-# on a free machine use N_PROMPTS = 6, N_PAIRS = 40, N_ITEMS = 40 (intervals about +-0.15).
+# Full-mode sizes: what a shared CPU finished (the committed run); free machine: 6, 40, 40, T to 8.
 N_PROMPTS = 2                          # prompts for the runner's pipeline (section 2, a demonstration)
 N_PAIRS = 2 if FAST else 10            # preference pairs for the judge check
 N_ITEMS = 2 if FAST else 8             # requests with a harm word, for sections 3 and 4
