@@ -116,10 +116,8 @@ def test_cli_engine_vllm_without_a_server_is_one_clear_error(monkeypatch, capsys
     assert os.environ["RAINTOOLS_SERVER"] == url and os.environ["RAINTOOLS_ENGINE"] == "vllm"
 
 
-class FakeVllm(BaseHTTPRequestHandler):
-    """A server that passes the start-up checks for `tokenizer` and fails every completion with
-    HTTP 500: a server failing mid-search."""
-    tokenizer = None
+class JsonHandler(BaseHTTPRequestHandler):
+    """An HTTP handler that answers in JSON (the stand-in servers below)."""
 
     def _send(self, code, body):
         data = json.dumps(body).encode()
@@ -128,6 +126,12 @@ class FakeVllm(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+class FakeVllm(JsonHandler):
+    """A server that passes the start-up checks for `tokenizer` and fails every completion with
+    HTTP 500: a server failing mid-search."""
+    tokenizer = None
 
     def do_GET(self):
         self._send(200, {"data": [{"id": "fake", "max_model_len": 2048}]})
@@ -336,7 +340,7 @@ def test_server_mode_gives_a_valid_trace(vllm_url, embedded_lm, monkeypatch):
 # -- the eval runner on a server: searches side by side, and a server killed mid-run
 # (a stand-in vLLM server computing with the tiny model: no vLLM needed, so these run everywhere)
 
-class TinyVllm(BaseHTTPRequestHandler):
+class TinyVllm(JsonHandler):
     """The parts of vLLM's OpenAI-compatible server that raintools uses (/v1/models, /tokenize,
     /v1/completions with token-id prompts, `n`, `logprobs`, `top_k`, `temperature`, `seed`,
     `stop_token_ids`, `logprob_token_ids`), answered by a tiny model's forward passes, with a
@@ -346,14 +350,6 @@ class TinyVllm(BaseHTTPRequestHandler):
     lm = None
     state = None
     delay = 0.02
-
-    def _send(self, code, body):
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self):
         self._send(200, {"data": [{"id": "tiny", "max_model_len": 16384}]})
