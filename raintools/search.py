@@ -40,10 +40,10 @@ from .errors import PromptError
 from .evaluate import Evaluator, SelfEvaluator, judge_texts, self_evaluator
 from .models import LanguageModel
 from .observe import PHASES, Observer, PhaseTimer, Stats, TraceRecorder
-from .sampling import ADD, COMMIT, COMPLETE, EXPAND, TIE, keyed_rng
+from .sampling import ADD, COMMIT, COMPLETE, EXPAND, keyed_rng
 from .trace import RainResult, Trace
 from .tree import (Bounds, Node, add_virtual_loss, backup, most_visited, needs_node_addition, reroot,
-                   sample_by_visits, select_child, set_priors, similarity_update, update_embedding)
+                   sample_by_visits, select_child, set_priors, similarity_update, tie_rule, update_embedding)
 
 __all__ = ["PHASES", "ROUND_COLLISIONS", "RainResult", "RainSearch", "Simulation", "rain_generate",
            "rain_generate_batch", "round_size"]
@@ -173,22 +173,10 @@ class RainSearch:
                 if cfg.node_addition and needs_node_addition(node, cfg.max_children,
                                                              cfg.add_variance_factor, self.level_length(node)):
                     self.add_nodes(node, sim)
-                node = select_child(node, self.bounds, cfg.c, self.tie_break(node))
+                node = select_child(node, self.bounds, cfg.c, tie_rule(cfg.tie_break, cfg.seed, node,
+                                                                     cfg.token_set_length(node.step) == 1))
                 path.append(node)
         return path
-
-    def tie_break(self, node: Node):
-        """How `select_child` breaks exact ties among `node`'s children (`RainConfig.tie_break`):
-        "random": a draw keyed by (seed, node, its visits and paths in flight), the same in every
-        engine and batch; "public": the public code's order (its 1-token level listed the
-        children by rising token id; its longer levels greedy first, then the samples), the first
-        wins."""
-        if self.cfg.tie_break == "public":
-            if self.cfg.token_set_length(node.step) == 1:
-                return lambda tied: min(tied, key=lambda ch: ch.tokens)
-            return None
-        seed = self.cfg.seed
-        return lambda tied: tied[int(keyed_rng(seed, TIE, node.uid, node.fn, node.virtual).integers(len(tied)))]
 
     def add_nodes(self, node: Node, sim: Simulation | None = None) -> list[Node]:
         """Dynamic node addition: the next-ranked token (1-token level) or the greedy rollout and the

@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from .sampling import TIE, keyed_rng
+
 
 @dataclass(eq=False)
 class Node:
@@ -113,6 +115,16 @@ def select_child(node: Node, bounds: Bounds, c: float,
     if not tied:
         return None
     return tied[0] if tie is None or len(tied) == 1 else tie(tied)
+
+
+def tie_rule(rule: str, seed: int, node: Node, one_token_level: bool):
+    """How `select_child` breaks exact ties among `node`'s children (`RainConfig.tie_break`):
+    "random": a draw keyed by (seed, node, its visits and paths in flight), the same in every
+    engine and batch; "public": the public code's order (its 1-token level listed the children by
+    rising token id; its longer levels greedy first, then the samples), the first wins."""
+    if rule == "public":
+        return (lambda tied: min(tied, key=lambda ch: ch.tokens)) if one_token_level else None
+    return lambda tied: tied[int(keyed_rng(seed, TIE, node.uid, node.fn, node.virtual).integers(len(tied)))]
 
 
 def add_virtual_loss(path: list[Node], count: int = 1) -> None:
