@@ -50,8 +50,8 @@ def server_counters(client) -> dict:
 
 
 class WaitCounter:
-    """Counts the engine calls the searches wait on (VllmEngine's start / ensure / expand /
-    option_probs and VllmJudge's judgements): summed over the searches of a batch, each of which
+    """Counts the engine calls the searches wait on (VllmEngine's start / ensure / expand and
+    VllmJudge's judgements): summed over the searches of a batch, each of which
     makes its calls one after the other."""
 
     def __init__(self):
@@ -59,7 +59,7 @@ class WaitCounter:
         from raintools.vllm_engine import VllmEngine, VllmJudge
 
         self.n, self.lock = 0, threading.Lock()
-        for cls, names in ((VllmEngine, ("start", "ensure", "expand", "option_probs")),
+        for cls, names in ((VllmEngine, ("start", "ensure", "expand")),
                            (VllmJudge, ("__call__", "evaluate_many"))):
             for name in names:
                 setattr(cls, name, self.counted(getattr(cls, name), name == "ensure"))

@@ -22,6 +22,7 @@ context) whose message names the problem and the fix.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Sequence
 
+import httpx
+import torch
+
+from .engine import Candidate
+from .engines import Completion, clamp_greedy, clause_done, ends_clause, kept_rows, length_matched
 from .errors import ConfigError, PromptError, ServerError
+from .evaluate import SelfEvaluator
+from .models import ForwardStats
+from .sampling import pick, truncated
+from .tree import Node
 
 PROBE = "RAIN probe: héllo wörld 12345, naïve café!\n  <|im_start|>user\n日本語 🙂"
 
@@ -39,6 +49,7 @@ class Continuation:
     tokens: list[int]
     logprobs: list[float]          # log-probability of each sampled token (see VllmClient.sample)
     finish_reason: str             # "stop" (an end id) or "length"
+    top: list[dict[int, float]]    # per token: the top `logprobs` tokens' log-probabilities
 
 
 @dataclass
@@ -59,10 +70,6 @@ class ClientStats:
             self.completion_tokens += int(usage.get("completion_tokens") or 0)
             self.seconds += seconds
 
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("requests", "sequences", "prompt_tokens",
-                                              "completion_tokens", "seconds")}
-
 
 def _token_id(key) -> int:
     """A token of a `return_tokens_as_token_ids` answer ('token_id:123') or a prompt_logprobs key."""
@@ -79,8 +86,6 @@ class VllmClient:
 
     def __init__(self, url: str, lm, *, timeout: float = 300.0, workers: int = 32,
                  check: bool = True, model: str | None = None):
-        import httpx
-
         self.url = url.rstrip("/")
         if self.url.endswith("/v1"):
             self.url = self.url[:-3]
@@ -101,39 +106,31 @@ class VllmClient:
             self.check()
 
     # -- transport
-    def _fail_unreachable(self, exc) -> ServerError:
-        return ServerError(
-            f"The vLLM server at {self.url} cannot be reached ({type(exc).__name__}: {exc}). Start it "
-            f"(`python -m raintools.vllm_server --port PORT` or `vllm serve MODEL "
-            f"--enable-prefix-caching --port PORT`) or give the right address (--server / "
-            f"RAINTOOLS_SERVER). An interrupted eval run resumes where it stopped when rerun.")
-
-    def _fail_timeout(self, exc) -> ServerError:
-        return ServerError(f"The vLLM server at {self.url} did not answer within {self.timeout:.0f} s "
-                           f"({type(exc).__name__}). It may be overloaded or stuck: check its log, "
-                           f"restart it, or raise the client's timeout.")
+    def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """One HTTP request; a server that cannot be reached or does not answer in time is one
+        `ServerError` that says so and names the fix."""
+        try:
+            return self._http.request(method, self.url + path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise ServerError(f"The vLLM server at {self.url} did not answer within {self.timeout:.0f} s "
+                              f"({type(exc).__name__}). It may be overloaded or stuck: check its log, "
+                              f"restart it, or raise the client's timeout.") from exc
+        except httpx.HTTPError as exc:
+            raise ServerError(
+                f"The vLLM server at {self.url} cannot be reached ({type(exc).__name__}: {exc}). Start "
+                f"it (`python -m raintools.vllm_server --port PORT` or `vllm serve MODEL "
+                f"--enable-prefix-caching --port PORT`) or give the right address (--server / "
+                f"RAINTOOLS_SERVER). An interrupted eval run resumes where it stopped when rerun.") from exc
 
     def _get(self, path: str) -> dict:
-        import httpx
-        try:
-            r = self._http.get(self.url + path)
-        except httpx.TimeoutException as exc:
-            raise self._fail_timeout(exc) from exc
-        except httpx.HTTPError as exc:
-            raise self._fail_unreachable(exc) from exc
+        r = self._send("GET", path)
         if r.status_code != 200:
             raise ServerError(f"{self.url}{path} answered HTTP {r.status_code}: {r.text[:300]}. Is this "
                               f"a vLLM server (`vllm serve`)?")
         return r.json()
 
     def _post(self, path: str, body: dict, ids_len: int = 0) -> dict:
-        import httpx
-        try:
-            r = self._http.post(self.url + path, json=body)
-        except httpx.TimeoutException as exc:
-            raise self._fail_timeout(exc) from exc
-        except httpx.HTTPError as exc:
-            raise self._fail_unreachable(exc) from exc
+        r = self._send("POST", path, json=body)
         if r.status_code != 200:
             try:
                 msg = r.json().get("error", {}).get("message") or r.text
@@ -239,16 +236,17 @@ class VllmClient:
 
     # -- (b) sampled continuations
     def sample(self, ids: Sequence[int], n: int, max_tokens: int, *, temperature: float = 1.0,
-               top_k: int | None = None, seed: int | None = None,
-               stop_ids: Sequence[int] = ()) -> list[Continuation]:
+               top_k: int | None = None, seed: int | None = None, stop_ids: Sequence[int] = (),
+               logprobs: int = 0) -> list[Continuation]:
         """n continuations of `ids` sampled by the server (top-k truncated, at `temperature`, from
         the request's `seed`), each stopping after an id of `stop_ids` (kept as its last token) or
         at max_tokens. The log-probability of each sampled token is vLLM's raw one (full vocabulary,
-        temperature 1), not that of the truncated sampling distribution."""
+        temperature 1), not that of the truncated sampling distribution; `logprobs`: also the top
+        that many tokens' raw log-probabilities at each position (`Continuation.top`)."""
         ids = [int(t) for t in ids]
         self._check_len(ids, max_tokens)
         params = dict(max_tokens=int(max_tokens), n=int(n), temperature=float(temperature),
-                      logprobs=0, return_tokens_as_token_ids=True, ignore_eos=True,
+                      logprobs=int(logprobs), return_tokens_as_token_ids=True, ignore_eos=True,
                       stop_token_ids=[int(s) for s in stop_ids], skip_special_tokens=False)
         if top_k:
             params["top_k"] = int(top_k)
@@ -258,9 +256,11 @@ class VllmClient:
         conts = []
         for ch in sorted(out["choices"], key=lambda c: c["index"]):
             lp = ch["logprobs"]
-            toks = [_token_id(t) for t in lp["tokens"]]
-            conts.append(Continuation(toks, [float(x) for x in lp["token_logprobs"]],
-                                      "stop" if ch.get("finish_reason") == "stop" else "length"))
+            conts.append(Continuation([_token_id(t) for t in lp["tokens"]],
+                                      [float(x) for x in lp["token_logprobs"]],
+                                      "stop" if ch.get("finish_reason") == "stop" else "length",
+                                      [{_token_id(k): v for k, v in (top or {}).items()}
+                                       for top in lp.get("top_logprobs") or []]))
         return conts
 
     def sample_many(self, jobs: Sequence[dict]) -> list[list[Continuation]]:
@@ -295,7 +295,6 @@ class VllmClient:
 
     def judge_value(self, evaluator, query: str, response: str) -> float:
         """v for (query, response) by `evaluator`'s rule (votes or soft), from the server's letters."""
-        import torch
         rows = self.judge_probs(evaluator, query, response)
         return evaluator._value([torch.tensor(r) for r in rows])
 
@@ -306,11 +305,7 @@ class VllmClient:
     def metrics(self) -> dict[str, float]:
         """vLLM's Prometheus counters (e.g. prefix-cache queries and hits, in tokens), summed over
         label sets: name -> value."""
-        import httpx
-        try:
-            r = self._http.get(self.url + "/metrics")
-        except httpx.HTTPError as exc:
-            raise self._fail_unreachable(exc) from exc
+        r = self._send("GET", "/metrics")
         out: dict[str, float] = {}
         for line in r.text.splitlines():
             if not line or line.startswith("#"):
@@ -341,7 +336,6 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 def server_url(url: str | None = None) -> str:
     """The server to use: `url`, else RAINTOOLS_SERVER, else http://127.0.0.1:8000."""
-    import os
     return url or os.environ.get("RAINTOOLS_SERVER") or DEFAULT_SERVER
 
 
@@ -362,7 +356,6 @@ def clause_end_ids(lm) -> list[int]:
     a clause completion at them (remembered on the model)."""
     ids = lm.__dict__.get("_raintools_clause_end_ids")
     if ids is None:
-        from .engines import ends_clause
         tok = lm.tokenizer
         ids = [i for i in range(len(tok)) if ends_clause(tok.decode([i]))]
         lm.__dict__["_raintools_clause_end_ids"] = ids
@@ -410,8 +403,6 @@ class VllmEngine:
     def __init__(self, lm, top_k: int = 15, temperature: float = 1.0, forward=None, *,
                  mode: str = "server", url: str | None = None, client: VllmClient | None = None,
                  prior_k: int = 20):
-        from .models import ForwardStats
-
         if mode not in ("keyed", "server"):
             raise ConfigError(f"vLLM engine mode must be 'keyed' or 'server', got {mode!r}")
         self.lm, self.top_k, self.temperature, self.mode = lm, int(top_k), float(temperature), mode
@@ -431,7 +422,6 @@ class VllmEngine:
             self.stats.tokens += max(prompt_len - len(self.prefix_ids), 0) + generated
 
     def _dense(self, toks: Sequence[int], lps: Sequence[float]):
-        import torch
         row = torch.full((self.vocab,), float("-inf"))
         row[torch.tensor(list(toks), dtype=torch.long)] = torch.tensor(list(lps), dtype=torch.float32)
         return row
@@ -450,7 +440,6 @@ class VllmEngine:
 
     # -- the protocol
     def start(self, prompt_ids):
-        from .tree import Node
         self.prefix_ids = list(prompt_ids)
         return Node(tokens=(), step=0, uid=0, logits=self._logits(self.prefix_ids, self.mode == "keyed"))
 
@@ -465,7 +454,6 @@ class VllmEngine:
 
     def clause_done(self, response: list[int], out: list[int], until: str = "clause") -> bool:
         """RAIN's stopping rule of a completion (`raintools.engines.clause_done`)."""
-        from .engines import clause_done
         return clause_done(self.lm, response, out, until)
 
     def expand(self, requests):
@@ -478,30 +466,13 @@ class VllmEngine:
         with ThreadPoolExecutor(len(requests), thread_name_prefix="raintools-vllm-expand") as pool:
             return list(pool.map(one, requests))
 
-    def option_probs(self, prompts, option_ids):
-        import torch
-        letters = [int(t) for t in option_ids]
-
-        def one(ids):
-            out = self.client._completions(list(ids), 1, len(ids), max_tokens=1, temperature=0.0,
-                                           logprobs=1, logprob_token_ids=letters,
-                                           return_tokens_as_token_ids=True)
-            top = {_token_id(t): float(lp) for t, lp in out["choices"][0]["logprobs"]["top_logprobs"][0].items()}
-            return torch.softmax(torch.tensor([top[t] for t in letters]), -1)
-        return torch.stack(self.client.map(one, [list(p) for p in prompts]))
-
     def judge(self, evaluator):
         """The evaluator the search uses with this engine: a `SelfEvaluator` judged on the server
         (`VllmJudge`); any other evaluator (a simulated judge, a classifier) as it is."""
-        from .evaluate import SelfEvaluator
         return VllmJudge(self.client, evaluator) if isinstance(evaluator, SelfEvaluator) else evaluator
 
     # -- keyed mode: raintools' own draws, as the transformers engines make them
     def _expand_keyed(self, req):
-        from .engine import Candidate
-        from .engines import Completion, clamp_greedy, kept_rows, length_matched
-        from .sampling import pick, truncated
-
         node = req.node
         base = self.prefix_ids + node.response_tokens()
         if req.completion is not None:
@@ -529,10 +500,7 @@ class VllmEngine:
                 if not self.lm.is_stop_token(rows[r][-1]) and t < req.length - 1:
                     still.append(r)
             going = still
-        probs = [length_matched(p, len(row), req.length) for row, p in zip(rows, probs)]
-        cands = [Candidate(tuple(rows[r]), probs[r]) for r in kept_rows(rows, req.keep)]
-        cands[0].raw_p = clamp_greedy(cands[0].raw_p, [c.raw_p for c in cands[1:]])
-        return cands
+        return _kept(rows, probs, req)
 
     # -- server mode: vLLM samples
     def _truncated_p(self, tok: int, top: dict) -> float:
@@ -547,22 +515,16 @@ class VllmEngine:
         return math.exp(mine / self.temperature - m) / z
 
     def _lines(self, ids, n, length, temperature, seed):
-        params = dict(max_tokens=int(length), n=int(n), temperature=float(temperature),
-                      logprobs=self.top_k, return_tokens_as_token_ids=True, ignore_eos=True,
-                      stop_token_ids=self.stop_ids, skip_special_tokens=False)
-        if temperature > 0:
-            params["top_k"] = self.top_k
-            params["seed"] = int(seed)
-        self.client._check_len(ids, length)
-        out = self.client._completions(list(ids), n, len(ids), **params)
+        """n lines sampled by the server (greedy at temperature 0): (tokens, proposal probability)."""
+        conts = self.client.sample(ids, n, length, temperature=temperature, logprobs=self.top_k,
+                                   top_k=self.top_k if temperature > 0 else None,
+                                   seed=seed if temperature > 0 else None, stop_ids=self.stop_ids)
         lines = []
-        for ch in sorted(out["choices"], key=lambda c: c["index"]):
-            lp = ch["logprobs"]
-            toks = [_token_id(t) for t in lp["tokens"]]
+        for c in conts:
             p = 1.0
-            for tok, top in zip(toks, lp["top_logprobs"]):
-                p *= self._truncated_p(tok, {_token_id(k): v for k, v in (top or {}).items()})
-            lines.append((toks, p))
+            for tok, top in zip(c.tokens, c.top):
+                p *= self._truncated_p(tok, top)
+            lines.append((c.tokens, p))
         self._count(len(ids), sum(len(t) for t, _ in lines))
         return lines
 
@@ -571,14 +533,10 @@ class VllmEngine:
         if c.max_tokens <= 0 or (c.response and self.clause_done(c.response, [], c.until)):
             return
         ids = self.prefix_ids + c.response
-        self.client._check_len(ids, c.max_tokens)
-        params = dict(max_tokens=int(c.max_tokens), n=1, temperature=1.0, logprobs=0,
-                      return_tokens_as_token_ids=True, ignore_eos=True, stop_token_ids=self.stop_ids,
-                      skip_special_tokens=False, seed=int(c.rng.integers(1 << 62)))
-        if c.until == "clause":
-            params["stop_token_ids"] = self.stop_ids + clause_end_ids(self.lm)
-        out = self.client._completions(ids, 1, len(ids), **params)
-        toks = [_token_id(t) for t in out["choices"][0]["logprobs"]["tokens"]]
+        stops = self.stop_ids + clause_end_ids(self.lm) if c.until == "clause" else self.stop_ids
+        (cont,) = self.client.sample(ids, 1, c.max_tokens, temperature=1.0, stop_ids=stops,
+                                     seed=int(c.rng.integers(1 << 62)))
+        toks = cont.tokens
         self._count(len(ids), len(toks))
         for i in range(len(toks)):      # RAIN's own stopping rule on the tokens the server drew
             if self.clause_done(c.response, toks[: i + 1], c.until):
@@ -587,9 +545,6 @@ class VllmEngine:
         c.out, c.fed = toks, max(len(toks) - 1, 0)
 
     def _expand_server(self, req):
-        from .engine import Candidate
-        from .engines import clamp_greedy, kept_rows, length_matched
-
         node = req.node
         base = self.prefix_ids + node.response_tokens()
         jobs = []
@@ -601,14 +556,20 @@ class VllmEngine:
             jobs.append(lambda: self._lines(base, 1, req.length, 0.0, 0))
             if attempts:
                 jobs.append(lambda: self._lines(base, attempts, req.length, self.temperature, seed))
-        results = self.client.map(lambda f: f(), jobs) if len(jobs) > 1 else [f() for f in jobs]
+        results = self.client.map(lambda f: f(), jobs)
         if req.length <= 0:
             return []
         lines = [x for r in results if isinstance(r, list) for x in r]
-        rows, probs = [t for t, _ in lines], [length_matched(p, len(t), req.length) for t, p in lines]
-        cands = [Candidate(tuple(rows[r]), probs[r]) for r in kept_rows(rows, req.keep)]
-        cands[0].raw_p = clamp_greedy(cands[0].raw_p, [c.raw_p for c in cands[1:]])
-        return cands
+        return _kept([t for t, _ in lines], [p for _, p in lines], req)
+
+
+def _kept(rows: list[list[int]], probs: list[float], req) -> list[Candidate]:
+    """The request's kept candidates (greedy first, then unique samples) with length-matched
+    priors and the greedy clamp, as the transformers engines keep them."""
+    probs = [length_matched(p, len(row), req.length) for row, p in zip(rows, probs)]
+    cands = [Candidate(tuple(rows[r]), probs[r]) for r in kept_rows(rows, req.keep)]
+    cands[0].raw_p = clamp_greedy(cands[0].raw_p, [c.raw_p for c in cands[1:]])
+    return cands
 
 
 def vllm_engine_factory(name: str, url: str | None = None):
