@@ -181,13 +181,9 @@ class SelfEvaluator:
         self.letter_ids = option_token_ids(lm.tokenizer, q0, letters)
         self.stats = EvalStats()
         self._header: tuple[tuple[int, ...], KV] | None = None
-        self._queries: OrderedDict[str, tuple[tuple[int, ...], KV]] = OrderedDict()
         self._query_cache_size = query_cache_size
-        # per query: judge KV of recently judged responses (LRU), and a trie of every response
-        # prefix judged so far (what a new evaluation must compute is what the trie lacks)
-        self._responses: dict[str, OrderedDict[tuple, KV]] = {}
-        self._seen: dict[str, dict] = {}
         self._response_cache_size = response_cache_size
+        self.forget_queries()
         self._question_ids = [lm.encode(self.template.question_text(o)) for o in self.orders]
         self._question_tree = split_common(self._question_ids)
         self.last_probs: list[list[float]] = []
@@ -243,18 +239,22 @@ class SelfEvaluator:
             self._header = (ids, kv)
         return self._header
 
+    def _query_cut(self, query: str, trunk: list[int]) -> int:
+        """Where the query's part of the prompt `trunk` ends: a token boundary that the whole
+        prompt shares with the header + conversation text alone, less one token (the token at the
+        cut may merge with the response that follows)."""
+        t = self.template
+        alone = self.lm.bos() + self.lm.encode(t.header + t.conversation.format(query=query))
+        return max(_common_start(trunk, alone) - 1, 1)
+
     def _query_entry(self, query: str, trunk: list[int]) -> tuple[tuple[int, ...], KV]:
-        """The ids and KV (from position 0) of the prompt up to the query's end, for this query:
-        made from the first prompt that shows it, computed over the header's KV. The cut is a
-        token boundary that the whole prompt shares with the header + conversation text alone,
-        less one token (the token at the cut may merge with the response that follows)."""
+        """The ids and KV (from position 0) of the prompt up to the query's end (`_query_cut`),
+        for this query: made from the first prompt that shows it, computed over the header's KV."""
         if query in self._queries:
             self._queries.move_to_end(query)
             return self._queries[query]
-        lm = self.lm
         h_ids, h_kv = self._encode_header()
-        alone = lm.bos() + lm.encode(self.template.header + self.template.conversation.format(query=query))
-        cut = max(_common_start(trunk, alone) - 1, 1)
+        cut = self._query_cut(query, trunk)
         h = min(_common_start(trunk, h_ids), cut - 1)
         past = [(k[:, :, :h], v[:, :, :h]) for k, v in h_kv] if h > 0 else None
         _, kv = self.forward(torch.tensor([trunk[h:cut]]), past=past)
@@ -314,9 +314,11 @@ class SelfEvaluator:
         """Drop the per-query caches (encoded conversations and judged responses); the encoded
         judging header is kept. The evaluation runner calls this before each answer so that an
         answer's cost does not depend on what was judged before it."""
-        self._queries.clear()
-        self._responses.clear()
-        self._seen.clear()
+        self._queries: OrderedDict[str, tuple[tuple[int, ...], KV]] = OrderedDict()
+        # per query: judge KV of recently judged responses (LRU), and a trie of every response
+        # prefix judged so far (what a new evaluation must compute is what the trie lacks)
+        self._responses: dict[str, OrderedDict[tuple, KV]] = {}
+        self._seen: dict[str, dict] = {}
 
     def fork(self, forward=None) -> "SelfEvaluator":
         """A view of this evaluator for one of several concurrent searches
@@ -327,8 +329,7 @@ class SelfEvaluator:
         twin = copy.copy(self)
         twin.forward = forward or self.forward
         twin.stats = EvalStats()
-        twin._queries = OrderedDict()
-        twin._responses, twin._seen = {}, {}
+        twin.forget_queries()
         twin.last_probs = []
         twin.last_ids = []
         return twin
@@ -445,12 +446,10 @@ class SelfEvaluator:
 
     # -- reference-style execution: whole prompt, once per order, batch 1
     def _reference(self, query: str, response: str) -> float:
-        lm = self.lm
         per_order = self.prompt_ids(query, response)
         probs = [self._letter_probs(self.forward(torch.tensor([ids]))[0][0]) for ids in per_order]
         trunk, tails = split_common(per_order)
-        alone = lm.bos() + lm.encode(self.template.header + self.template.conversation.format(query=query))
-        q = max(_common_start(trunk, alone) - 1, 1)
+        q = self._query_cut(query, trunk)
         self.stats.tokens_needed += len(trunk) - q + sum(len(t) for t in tails)
         self.last_ids = per_order
         self.last_probs = [p.tolist() for p in probs]

