@@ -91,9 +91,8 @@ def cpu_workaround(extra: Sequence[str], max_model_len: int | None) -> list[str]
     if any(a.split("=", 1)[0] in ("--enable-chunked-prefill", "--no-enable-chunked-prefill",
                                   "--max-num-batched-tokens") for a in extra):
         return []
-    if not max_model_len:        # the model's own context: vLLM's default budget then covers it
-        return [CPU_WORKAROUND[0]]
-    return [CPU_WORKAROUND[0], CPU_WORKAROUND[1], str(max(int(CPU_WORKAROUND[2]), int(max_model_len)))]
+    no_chunks, budget, tokens = CPU_WORKAROUND
+    return [no_chunks] + ([budget, str(max(int(tokens), int(max_model_len)))] if max_model_len else [])
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -122,7 +121,7 @@ class VllmServer:
     """A `vllm serve` child process on loopback.
 
         with VllmServer() as server:          # the embedded model, a free port
-            engine = VllmEngine(server.url, lm)
+            client = VllmClient(server.url, lm)
 
     `model`: a local folder or hub id (default: the embedded model's safetensors folder).
     `dtype` float32 by default: the CPU build's default would be bfloat16, and the exactness
@@ -160,8 +159,9 @@ class VllmServer:
         return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
-        cmd = [str(self.vllm), "-m", "vllm.entrypoints.openai.api_server", "--model", self.model, "--host", self.host, "--port", str(self.port),
-               "--enable-prefix-caching", "--dtype", self.dtype]
+        cmd = [str(self.vllm), "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
+               "--host", self.host, "--port", str(self.port), "--enable-prefix-caching",
+               "--dtype", self.dtype]
         if self.max_model_len:
             cmd += ["--max-model-len", str(self.max_model_len)]
         if self.max_logprobs is not None:
