@@ -11,6 +11,7 @@ token it computes, so speed claims are measured, not guessed.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import importlib.util
 import inspect
@@ -518,14 +519,9 @@ class LanguageModel:
         i = self.chat.user_turn_index(self.decode_raw(ids))
         if i < 0:
             return -1
-        lo, hi = 0, len(ids) - 1      # the first token whose prefix text reaches past character i
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if len(self.decode_raw(ids[: mid + 1])) > i:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
+        # the first token whose prefix text reaches past character i (a binary search)
+        return bisect.bisect_left(range(len(ids) - 1), True,
+                                  key=lambda m: len(self.decode_raw(ids[: m + 1])) > i)
 
     def response_text(self, ids: Sequence[int]) -> str:
         """The response a reader sees in the tokens `ids`: cut where a new user turn starts,
