@@ -3,15 +3,10 @@
 
 `VllmClient(url, lm)` checks the server once (reachable, serves a model whose tokenizer agrees with
 `lm`'s local tokenizer, its context length) and then offers the primitives the search needs:
-
-- `next_token(ids, k)`: the top-k next tokens and their log-probabilities at a token prefix
-  (log-softmax over the whole vocabulary, before temperature: vLLM's "raw" log-probabilities);
-- `sample(ids, n, max_tokens, ...)`: n continuations sampled by the server (`n`, `top_k`,
-  `temperature`, `seed`), each sampled token with its log-probability, stopping at the given
-  end ids or after max_tokens;
-- `judge_probs(evaluator, query, response)`: the judge's option-letter probabilities, one row per
-  option order, renormalised over the letters exactly as `SelfEvaluator` does; `judge_value` turns
-  them into v with `SelfEvaluator`'s own rule. The prompt ids and letters come from the evaluator.
+`next_token` (the top-k next tokens and their raw log-probabilities at a token prefix), `sample`
+(n continuations drawn by the server) and `judge_probs` / `judge_value` (a `SelfEvaluator`'s
+option letters and value, by its own prompt ids, letters and rule). `VllmEngine` is the search's
+engine on the server, `VllmJudge` its judge.
 
 Every call has a `*_many` form that sends its requests at once from a thread pool, so that the
 server batches them (continuous batching; prefix caching serves the shared prompt starts).
@@ -101,7 +96,6 @@ class VllmClient:
         self.stats = ClientStats()
         self.model = model
         self.max_model_len: int | None = None
-        self.max_logprobs: int | None = None
         if check:
             self.check()
 
@@ -185,7 +179,7 @@ class VllmClient:
     # -- start-up checks
     def check(self) -> None:
         """The server is reachable, serves one model, and tokenises a probe string exactly as the
-        local tokenizer does; remembers its model id, context length and log-probability cap."""
+        local tokenizer does; remembers its model id and context length."""
         data = self._get("/v1/models").get("data") or []
         if not data:
             raise ServerError(f"The server at {self.url} lists no model at /v1/models.")

@@ -205,3 +205,15 @@ def test_few_shot_prefix_of_example_exchanges():
     h, a = FEW_SHOT_EXAMPLES[-1]
     assert f"<|im_start|>user\n{h}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>" in text
     assert text.endswith("<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_an_end_of_turn_token_other_than_eos_stops_a_response():
+    """A chat template's end-of-turn token (here ChatML's <|im_end|>) stops a response also when
+    the tokenizer's EOS is another token; end-of-turn tokens it lacks add nothing (no <unk>)."""
+    from raintools.testing import char_tokenizer
+
+    tok = char_tokenizer(chat=True)
+    tok.eos_token = "</s>"
+    stops = ChatFormat.for_tokenizer(tok).stop_token_ids
+    assert stops == {tok.convert_tokens_to_ids("</s>"), tok.convert_tokens_to_ids("<|im_end|>")}
+    assert tok.unk_token_id not in stops
