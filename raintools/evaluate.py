@@ -299,9 +299,6 @@ class SelfEvaluator:
             cache.move_to_end(tuple(trunk))
             while len(cache) > self._response_cache_size:
                 cache.popitem(last=False)
-        return self._count_new(query, part)
-
-    def _count_new(self, query: str, part: list[int]) -> int:
         node, new = self._seen.setdefault(query, {}), 0
         for t in part:
             if t not in node:
