@@ -75,19 +75,21 @@ def test_forget_queries_drops_per_query_caches_and_keeps_the_header():
     ev = SelfEvaluator(lm, mode="soft")
 
     def cost(q, r):
-        s0 = lm.stats.snapshot()
+        s0, n0 = lm.stats.snapshot(), ev.stats.tokens_needed
         v = ev(q, r)
-        return v, lm.stats.since(s0).tokens
+        return v, lm.stats.since(s0).tokens, ev.stats.tokens_needed - n0
 
-    v1, first = cost("hi", "hello there.")        # header + conversation + response + questions
-    v2, again = cost("hi", "hello there.")        # conversation and response reused
+    v1, first, need1 = cost("hi", "hello there.")     # header + conversation + response + questions
+    v2, again, need2 = cost("hi", "hello there.")     # conversation and response reused
     ev.forget_queries()
-    v3, after = cost("hi", "hello there.")        # header reused, the rest computed again
+    v3, after, need3 = cost("hi", "hello there.")     # header reused, the rest computed again
     assert v1 == pytest.approx(v2, abs=1e-5) and v1 == pytest.approx(v3, abs=1e-5)
     assert again < after < first
     # the header is kept less its last token (which may merge with what follows it)
     header = len(lm.bos() + lm.encode(ev.template.header)) - 1
     assert first - after == header
+    # what an evaluation must compute is counted afresh after forgetting (no response seen)
+    assert need2 < need3 and need1 - need3 == header
     # everything fed is exactly the whole prompt, tokenised as one string
     assert ev.last_ids == ev.prompt_ids("hi", "hello there.")
 
