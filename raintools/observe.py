@@ -5,6 +5,7 @@ only the paper's phases.
 
 from __future__ import annotations
 
+import threading
 import time
 
 from .trace import CommitRecord, NodeRecord, SimulationRecord, Trace
@@ -122,7 +123,11 @@ class PhaseTimer(Observer):
 
     def __init__(self):
         self.timings = dict.fromkeys(PHASES, 0.0)
-        self._stack: list[list] = []
+        self._stacks: dict[int, list[list]] = {}     # per thread (the slots of K > 1)
+
+    @property
+    def _stack(self) -> list[list]:
+        return self._stacks.setdefault(threading.get_ident(), [])
 
     def phase_started(self, search, name):
         now = time.perf_counter()
@@ -179,6 +184,11 @@ class TraceRecorder(Observer):
 
     def backed_up(self, search, sim, similarity):
         new, added, parents = self._new.pop(id(sim), ([], [], []))
+        reached = {n.uid for n in sim.path} | {b.uid for _, b, _ in similarity}
+        for other in self._new.values():    # nodes of a simulation still in flight that it reached
+            if any(r.uid in reached for r in other[0]):
+                new += other[0]
+                other[0].clear()
         touched = {n.uid: n for n in sim.path}
         for _, sib, _ in similarity:
             touched[sib.uid] = sib
@@ -196,7 +206,7 @@ class TraceRecorder(Observer):
             memo_hit=sim.memo_hit, expanded=sim.expanded, new_nodes=list(new),
             updates={u: [n.n, n.fn, n.q, n.p] for u, n in touched.items()},
             similarity=[[a.uid, b.uid, w] for a, b, w in similarity], added=list(added),
-            round=search.round_index))
+            round=sim.walk))
 
     def committing(self, search, child, first, early):
         self.trace.commits.append(CommitRecord(

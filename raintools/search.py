@@ -6,13 +6,14 @@
     results = rain_generate_batch(lm, prompts, config)     # many prompts, forward passes batched
 
 `RainSearch` reads as the paper's phases, each a public method, so the notebooks can step through
-a search one phase at a time. The inner loop runs in rounds (`simulate_round`): up to
-K = `RainConfig.parallel_simulations` leaves selected one after another, with a virtual loss on
-each path in flight (`tree.VIRTUAL_LOSS`); their caches, expansion rollouts and clause
-completions asked of the engine in one call (`raintools.engine`); their texts judged together
-and embedded in one call; then backed up one by one in selection order. K = 1, the paper's
-sequential search, is a round of one. The early-stop test runs after each round, and no round
-takes more than half of what is left of a step's budget (`round_size`).
+a search one phase at a time. With K = `RainConfig.parallel_simulations` > 1, up to K simulations
+are in flight at once, with no round barrier: each *slot* runs the sequential simulation loop, a
+virtual loss (`tree.VIRTUAL_LOSS`) on its path until its value is backed up; the forward passes of
+all slots are packed together, one pass carrying the next tokens of every simulation in flight
+(`raintools.flow`), and a slot whose simulation is backed up starts its next walk at once. A walk
+into a non-terminal leaf another slot is expanding is dropped (the slot waits for the next
+back-up); no more walks are in flight than half of what is left of the step's budget
+(`round_size`), so the step's last simulation runs alone. K = 1 is the paper's sequential search.
 
 The search holds no instrumentation: the stats counters, the phase timers and the trace are
 observers of its events (`raintools.observe`).
@@ -37,6 +38,7 @@ from .engines import ENGINES, top_candidates
 from .engines import resolve_engine as resolve_transformers_engine
 from .vllm_engine import ENGINE_MODES as VLLM_ENGINES, vllm_engine_factory
 from .errors import PromptError
+from .flow import Flow
 from .evaluate import Evaluator, SelfEvaluator, judge_texts, self_evaluator
 from .models import LanguageModel
 from .observe import PHASES, Observer, PhaseTimer, Stats, TraceRecorder
@@ -45,14 +47,8 @@ from .trace import RainResult, Trace
 from .tree import (Bounds, Node, add_virtual_loss, backup, most_visited, needs_node_addition, reroot,
                    sample_by_visits, select_child, set_priors, similarity_update, tie_rule, update_embedding)
 
-__all__ = ["PHASES", "ROUND_COLLISIONS", "RainResult", "RainSearch", "Simulation", "rain_generate",
-           "rain_generate_batch", "round_size"]
-
-ROUND_COLLISIONS = 2
-"""A parallel round ends at this many walks into a non-terminal leaf already in flight (each such
-walk is dropped; its virtual loss stays on for the round, so the next walk goes elsewhere). 1 is
-the closest to the sequential order (more rounds); notebook 11 compares the rules' share of good
-answers and sequential passes."""
+__all__ = ["PHASES", "RainResult", "RainSearch", "Simulation", "rain_generate", "rain_generate_batch",
+           "round_size"]
 
 
 def cut_at_last_stop(text: str) -> str:
@@ -65,13 +61,15 @@ def cut_at_last_stop(text: str) -> str:
 @dataclass(eq=False)
 class Simulation:
     """One simulation of the inner loop: its path (root first), the leaf's clause completion, the
-    judged text, its value (from the memo or not) and whether the leaf was expanded."""
+    judged text, its value (from the memo or not), whether the leaf was expanded, and `walk`: the
+    order in which its walk started in the search (its index is the order of back-ups)."""
     path: list[Node] = field(default_factory=list)
     completion: list[int] = field(default_factory=list)
     text: str = ""
     value: float = 0.0
     memo_hit: bool = False
     expanded: bool = False
+    walk: int = -1
 
     @property
     def leaf(self) -> Node:
@@ -91,16 +89,21 @@ class RainSearch:
         self.cfg = cfg = (config or RainConfig()).validate()
         self.lm, self.prompt = lm, prompt
         prompt_ids = search_prompt_ids(lm, prompt, prompt_ids, cfg)
-        self.engine = make_engine(lm, engine, cfg, forward)
+        self.flow = (Flow(forward or lm.forward, getattr(forward, "stats", None) or lm.stats,
+                          merge=lm.route.packed) if cfg.parallel_simulations > 1 else None)
+        self.engine = make_engine(lm, engine, cfg, self.flow or forward)
         self.engine_name = self.engine.name
-        self.evaluator = self.engine.judge(evaluator if evaluator is not None else (   # a server
-            SelfEvaluator(lm, cfg.judge_template, cfg.eval_mode, cached=False)    # engine judges there
-            if self.engine_name == "reference" else self_evaluator(lm, cfg.judge_template, cfg.eval_mode)))
+        evaluator = evaluator if evaluator is not None else (
+            SelfEvaluator(lm, cfg.judge_template, cfg.eval_mode, cached=False)
+            if self.engine_name == "reference" else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
+        if self.flow is not None and isinstance(evaluator, SelfEvaluator):
+            evaluator = evaluator.fork(forward=self.flow)     # its passes ride with the slots'
+        self.evaluator = self.engine.judge(evaluator)       # a server engine judges there
         self.needs_embeddings = cfg.similarity_update or cfg.node_addition
         self.embedder = load_embedder() if embedder is None and self.needs_embeddings else embedder
         self.bounds, self.memo = Bounds(), {}
-        self._next_uid, self._add_counter = 1, 0
-        self.sim_index = self.round_index = self.outer_step = 0
+        self._next_uid, self._add_counter, self.in_flight = 1, 0, {}   # leaf -> its expanding simulation
+        self.sim_index = self.walks = self.outer_step = 0
         self.response, self.token_sets = [], []      # committed tokens, and per commit
         self.finished, self.stop_reason = False, ""
         self.stats, self.timer = Stats(), PhaseTimer()
@@ -196,6 +199,7 @@ class RainSearch:
             else:
                 u = keyed_rng(cfg.seed, ADD, node.uid, self._add_counter).random((cfg.add_attempts, length))
                 cands = self.engine.expand([Expansion(node, length, u, keep=2)])[0]
+        room = cfg.max_children - len(node.children)        # another slot may have added meanwhile
         cands = [c for c in cands if node.child_with_tokens(c.tokens) is None][:room]
         return self._add_children(node, cands, sim, rolled_out=length > 1, added=True)
 
@@ -286,42 +290,59 @@ class RainSearch:
         self.sim_index += 1
         return updates
 
-    def simulate_round(self, k: int | None = None) -> list[Simulation]:
-        """One round of up to `k` simulations (default `parallel_simulations`; module docstring).
-        A walk into a non-terminal leaf already in flight is dropped (the sequential search would
-        go on from that leaf's result); its virtual loss stays on, and the round ends at the
-        `ROUND_COLLISIONS`-th such walk (what it added is recorded with the simulation before it).
-        Back-up in selection order, each exactly as a sequential simulation backs up."""
-        k = max(self.cfg.parallel_simulations if k is None else k, 1)
-        sims, walks, in_flight, collisions = [], [], set(), 0
+    def simulate(self, sim: Simulation | None = None) -> Simulation:
+        """One simulation of the inner loop: the walk (`select`, unless `sim` holds one), the
+        leaf's expansion and clause completion, the judgement and the back-up, under a virtual loss
+        along the path until the value is backed up."""
+        if sim is None:
+            sim = Simulation()
+            sim.path = self.select(sim)
+        sim.walk, self.walks = self.walks, self.walks + 1
+        add_virtual_loss(sim.path)
+        if not sim.leaf.terminal:
+            self.in_flight[sim.leaf] = sim
         try:
-            while len(sims) < k:
+            self._emit("selected", [sim])
+            self.evaluate_and_expand([sim])
+            self.in_flight.pop(sim.leaf, None)
+            self.evaluate([sim])
+            emb = self.embed([sim])[0]
+        finally:
+            self.in_flight.pop(sim.leaf, None)
+            add_virtual_loss(sim.path, -1)
+        self.backward(sim, emb)
+        self._emit("round_done", [sim])
+        return sim
+
+    def simulate_step(self, budget: int) -> bool:
+        """The inner loop of an outer step: `budget` simulations, or fewer when the early-stop
+        test (checked after each back-up) passes; on K slots (module docstring). Returns whether
+        it stopped early."""
+        k, flow, st = self.cfg.parallel_simulations, self.flow, dict(started=0, done=0, early=False)
+
+        def slot():
+            while not st["early"] and st["started"] < budget:
+                if st["started"] - st["done"] >= round_size(k, budget - st["done"]):
+                    flow.idle()
+                    continue
                 sim = Simulation()
                 sim.path = self.select(sim)
-                add_virtual_loss(sim.path)
-                walks.append(sim.path)
-                if sim.leaf in in_flight and not sim.leaf.terminal:
-                    self._emit("dropped", sim, sims[-1])
-                    collisions += 1
-                    if collisions >= ROUND_COLLISIONS:
-                        break
+                if sim.leaf in self.in_flight:         # another slot expands it: wait for a result
+                    self._emit("dropped", sim, self.in_flight[sim.leaf])
+                    flow.idle()
                     continue
-                in_flight.add(sim.leaf)
-                sims.append(sim)
-            self._emit("selected", sims)
-            self.evaluate_and_expand(sims)
-        finally:
-            for path in walks:
-                add_virtual_loss(path, -1)
-        self.evaluate(sims)
-        for sim, emb in zip(sims, self.embed(sims)):
-            self.backward(sim, emb)
-        self._emit("round_done", sims)
-        self.round_index += 1
-        return sims
+                st["started"] += 1
+                self.simulate(sim)
+                st["done"] += 1
+                st["early"] = self.should_stop_early()
+                if flow is not None:
+                    flow.wake()
 
-    def simulate(self) -> Simulation:          # one simulation of the inner loop: a round of one
-        return self.simulate_round(1)[0]
+        if flow is None:
+            slot()
+        else:
+            flow.run([slot] * k)
+        return st["early"]
 
     def should_stop_early(self) -> bool:
         best = most_visited(self.root)
@@ -333,11 +354,9 @@ class RainSearch:
         node, or None when the search has finished."""
         if self.finished:
             return None
-        cfg, first, early, done = self.cfg, self.sim_index, False, 0
-        budget = max(cfg.max_simulations, int(self.root.fn) + cfg.extra_simulations) - int(self.root.fn)
-        while done < budget and not early:
-            done += len(self.simulate_round(round_size(cfg.parallel_simulations, budget - done)))
-            early = self.should_stop_early()
+        cfg, first = self.cfg, self.sim_index
+        early = self.simulate_step(max(cfg.max_simulations, int(self.root.fn) + cfg.extra_simulations)
+                                   - int(self.root.fn))
         self._emit("step_done", first, early)
         if cfg.commit_rule == "argmax":
             child = most_visited(self.root)
@@ -402,11 +421,10 @@ def path_texts(lm: LanguageModel, path: list[Node], completion: list[int]) -> li
 
 
 def round_size(k: int, remaining: int) -> int:
-    """The most simulations the next parallel round may hold: K, but never more than half of
-    what is left of the step's budget (rounded up), so that the step's last simulations see the
-    results before them and the last one runs alone, as in the sequential search (a round's
-    results cannot steer its own walks). Notebook 11 measures the share of good answers of rounds
-    against the sequential search."""
+    """The most simulations in flight at once: K, but never more than half of what is left of the
+    step's budget (`remaining`: not yet backed up; rounded up), so that the step's last
+    simulations see the results before them and the last one runs alone, as in the sequential
+    search. Notebook 11 measures the share of good answers against the sequential search."""
     return max(1, min(k, (remaining + 1) // 2))
 
 
