@@ -13,10 +13,11 @@ the search reads for the 1-token level's top tokens). Every random draw is made 
 a request, so two engines given the same requests propose the same tokens (up to float ties):
 that is what the exactness tests compare.
 
-A simulation is a round of one: the search sends the requests of all the leaves of a parallel
-round (`RainConfig.parallel_simulations`) in one call, and those of a single simulation as a list
-of one. An engine may serve the requests of a call together (one forward pass per step for all of
-them) or one after another; the results must not depend on that beyond float rounding.
+The search sends the requests of one simulation per call (`expand` takes a list: an engine may
+serve several requests together, one forward pass per step for all of them; the results must not
+depend on that beyond float rounding). With K > 1 simulations in flight, the search runs each in
+its own slot and packs the slots' forward passes together (`raintools.flow`): an engine that calls
+the forward it was given needs nothing more for that.
 
 The judge is separate (`raintools.evaluate.Evaluator`: `evaluator(query, response) -> value in
 [-1, 1]`, optionally `evaluate_many(query, responses)`); `judge` below says which one a search uses.
@@ -75,7 +76,7 @@ class CompletionRequest:
 
 @dataclass
 class Expansion:
-    """What one leaf needs in a round: `length`-token rollouts (0: none; greedy first, then one
+    """What one leaf needs: `length`-token rollouts (0: none; greedy first, then one
     sampled rollout per row of `uniforms` [attempts, length], each step drawn from the top-k
     truncated distribution at the engine's temperature with `pick`), keeping the greedy one and the
     first `keep - 1` distinct samples; and/or a clause completion."""
@@ -113,7 +114,7 @@ class Engine(Protocol):
         (`node.logits`), e.g. a node added without a rollout. Nodes that have them are skipped."""
 
     def expand(self, requests: Sequence[Expansion]) -> list[list[Candidate]]:
-        """Answer a round's requests (their nodes have logits: `ensure`): per request the kept
+        """Answer requests (their nodes have logits: `ensure`): per request the kept
         rollout candidates (greedy first; [] for length 0), and its completion filled in."""
 
     def commit(self, root: "Node", child: "Node") -> None:

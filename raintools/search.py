@@ -204,45 +204,31 @@ class RainSearch:
         return self._add_children(node, cands, sim, rolled_out=length > 1, added=True)
 
     def expand(self, leaf: Node) -> list[Node]:
-        self.evaluate_and_expand([Simulation([leaf])], complete=False)    # one leaf, no completion
+        self.evaluate_and_expand(Simulation([leaf]), complete=False)    # one leaf, no completion
         return leaf.children
 
-    def evaluate_and_expand(self, sims: list[Simulation], complete: bool = True) -> None:
-        """Expansion into candidate token sets (top-k tokens at the 1-token level; greedy +
-        sampled rollouts at longer levels) with priors (root children mixed with uniform), and
-        the clause completion each evaluation judges: the round's leaves (each once, in selection
-        order) in one engine call."""
-        cfg, first = self.cfg, {}
-        for sim in sims:
-            sim.expanded = sim.leaf not in first and not sim.leaf.terminal
-            first.setdefault(sim.leaf, sim)
-        budget = {leaf: completion_budget(cfg, leaf, self.remaining(leaf)) if complete else 0
-                  for leaf in first}
-        need = [leaf for leaf in first if not leaf.terminal or budget[leaf] > 0]
-        self._ensure(need)
-        requests = {}
-        for leaf in need:
-            comp = (CompletionRequest(self.response + leaf.response_tokens(),
-                                      keyed_rng(cfg.seed, COMPLETE, leaf.uid, leaf.fn), budget[leaf],
-                                      cfg.complete_until) if budget[leaf] > 0 else None)
-            length = self.level_length(leaf) if not leaf.terminal and cfg.token_set_length(leaf.step) > 1 else 0
-            if length or comp is not None:
-                u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length)) if length else None
-                requests[leaf] = Expansion(leaf, length, u, cfg.num_candidates, comp)
+    def evaluate_and_expand(self, sim: Simulation, complete: bool = True) -> None:
+        """Expansion of the leaf into candidate token sets (top-k tokens at the 1-token level;
+        greedy + sampled rollouts at longer levels) with priors (root children mixed with
+        uniform), and the clause completion the evaluation judges, in one engine call."""
+        cfg, leaf = self.cfg, sim.leaf
+        sim.expanded = not leaf.terminal
+        budget = completion_budget(cfg, leaf, self.remaining(leaf)) if complete else 0
+        self._ensure([leaf] if not leaf.terminal or budget > 0 else [])
+        comp = (CompletionRequest(self.response + leaf.response_tokens(),
+                                  keyed_rng(cfg.seed, COMPLETE, leaf.uid, leaf.fn), budget,
+                                  cfg.complete_until) if budget > 0 else None)
+        length = self.level_length(leaf) if not leaf.terminal and cfg.token_set_length(leaf.step) > 1 else 0
+        u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length)) if length else None
+        req = Expansion(leaf, length, u, cfg.num_candidates, comp) if length or comp is not None else None
         with self.phase("expand"):
-            found = dict(zip(requests, self.engine.expand(list(requests.values()))))
-        for leaf, sim in first.items():
-            req = requests.get(leaf)
-            sim.completion = list(req.completion.out) if req and req.completion else []
-            if req and req.completion:
-                self._emit("completed", req.completion)
-            if not leaf.terminal:
-                length = req.length if req else 0
-                cands = found[leaf] if length else top_candidates(leaf.logits, cfg.num_candidates,
-                                                                  cfg.token_temperature)
-                self._add_children(leaf, cands, sim, rolled_out=length > 1)
-        for sim in sims:
-            sim.completion = first[sim.leaf].completion
+            found = self.engine.expand([req] if req else [])
+        sim.completion = list(comp.out) if comp is not None else []
+        if comp is not None:
+            self._emit("completed", comp)
+        if not leaf.terminal:
+            cands = found[0] if length else top_candidates(leaf.logits, cfg.num_candidates, cfg.token_temperature)
+            self._add_children(leaf, cands, sim, rolled_out=length > 1)
 
     def evaluate(self, sims: list[Simulation]) -> None:
         """Evaluation: each simulation's response and completion (cut at its last full stop where
@@ -259,22 +245,18 @@ class RainSearch:
             self.memo[sim.text] = sim.value
             self._emit("judged", sim)
 
-    def embed(self, sims: list[Simulation]) -> list[torch.Tensor | None]:
-        """The embeddings of the text from each non-root node of each path down to its evaluated
+    def embed(self, sim: Simulation) -> torch.Tensor | None:
+        """The embeddings of the text from each non-root node of the path down to its evaluated
         end, from one embedder call (each text once)."""
-        per = [path_texts(self.lm, sim.path, sim.completion) if self.needs_embeddings else []
-               for sim in sims]
-        unique = list(dict.fromkeys(t for texts in per for t in texts))
+        texts = path_texts(self.lm, sim.path, sim.completion) if self.needs_embeddings else []
+        unique = list(dict.fromkeys(texts))
         if not unique:
-            return [None] * len(sims)
+            return None
         with self.phase("embed"):
-            if self.engine.embed_one_by_one:
-                emb = torch.cat([self.embedder([t]) for t in unique])
-            else:
-                emb = self.embedder(unique)
+            emb = (torch.cat([self.embedder([t]) for t in unique]) if self.engine.embed_one_by_one
+                   else self.embedder(unique))
         self._emit("embedded", unique)
-        row = {t: i for i, t in enumerate(unique)}
-        return [emb[[row[t] for t in texts]] if texts else None for texts in per]
+        return emb[[unique.index(t) for t in texts]]
 
     def backward(self, sim: Simulation, embeddings: torch.Tensor | None) -> list:
         """Backward: the value backed up along the path, the path's embeddings updated, and the
@@ -303,10 +285,10 @@ class RainSearch:
             self.in_flight[sim.leaf] = sim
         try:
             self._emit("selected", [sim])
-            self.evaluate_and_expand([sim])
+            self.evaluate_and_expand(sim)
             self.in_flight.pop(sim.leaf, None)
             self.evaluate([sim])
-            emb = self.embed([sim])[0]
+            emb = self.embed(sim)
         finally:
             self.in_flight.pop(sim.leaf, None)
             add_virtual_loss(sim.path, -1)

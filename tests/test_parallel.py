@@ -173,9 +173,9 @@ def sequential_step(s, budget):
     for _ in range(budget):
         sim = Simulation()
         sim.path = s.select(sim)
-        s.evaluate_and_expand([sim])
+        s.evaluate_and_expand(sim)
         s.evaluate([sim])
-        s.backward(sim, s.embed([sim])[0])
+        s.backward(sim, s.embed(sim))
         if s.should_stop_early():
             return True
     return False
