@@ -273,7 +273,7 @@ def main(argv=None) -> int:
                                                        observers=[clock]).run())
 
     for i, (ds, p) in enumerate(prompts):
-        for k in ks:
+        for k in sorted(ks, key=lambda k: (k == ks[0], k)):      # the K > 1 variants first
             fast(f"fast_k{k}", i, k)
         n_tokens = len(results[f"fast_k{ks[0]}", i].tokens)
         run_one("vanilla", i, lambda: generate_vanilla(lm, p, max_new_tokens=max(n_tokens, 1)))
