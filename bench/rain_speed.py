@@ -222,7 +222,7 @@ def main(argv=None) -> int:
 
     def config(dataset, **kw):
         cfg = (RainConfig.advbench if dataset == "advbench" else RainConfig.hh)(
-            max_commits=args.commits, seed=args.seed, record_trace=False, **kw)
+            **{"max_commits": args.commits, "seed": args.seed, "record_trace": False, **kw})
         return cfg.replace(max_simulations=args.simulations) if args.simulations else cfg
 
     from raintools.embed import load_embedder
