@@ -16,8 +16,9 @@ that is what the exactness tests compare.
 The search sends the requests of one simulation per call (`expand` takes a list: an engine may
 serve several requests together, one forward pass per step for all of them; the results must not
 depend on that beyond float rounding). With K > 1 simulations in flight, the search runs each in
-its own slot and packs the slots' forward passes together (`raintools.flow`): an engine that calls
-the forward it was given needs nothing more for that.
+its own slot (`raintools.flow`): the slots' requests are served together, either in packed
+forward passes (an engine that calls the forward it was given, one slot's engine code at a time)
+or each from its own thread (an engine whose calls may run at once: `concurrent`).
 
 The judge is separate (`raintools.evaluate.Evaluator`: `evaluator(query, response) -> value in
 [-1, 1]`, optionally `evaluate_many(query, responses)`); `judge` below says which one a search uses.
@@ -105,6 +106,11 @@ class Engine(Protocol):
     embed_one_by_one: bool
     """True when the path texts are to be embedded one string per embedder call (the public
     code's execution, kept by the reference engine)."""
+
+    concurrent: bool
+    """True when the engine's calls may run from several threads at once (an engine on a server
+    that batches the requests it gets): the slots of K > 1 then send their requests side by side.
+    False: one call at a time, its forward passes through the forward it was given."""
 
     def start(self, prompt_ids: list[int]) -> "Node":
         """The root node after the prompt, with its next-token logits."""

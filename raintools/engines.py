@@ -129,6 +129,7 @@ class TransformersEngine:
 
     name = "engine"
     embed_one_by_one = False
+    concurrent = False          # one call at a time; K > 1 packs the slots' passes (raintools.flow)
 
     def __init__(self, lm: LanguageModel, top_k: int = 15, temperature: float = 1.0,
                  forward: Forward | None = None):

@@ -1,18 +1,29 @@
-"""Simulations in flight without a round barrier, their forward passes packed together.
+"""Simulations in flight without a round barrier, on a logical clock, their forward passes
+packed together.
 
 `RainSearch` with K = `RainConfig.parallel_simulations` > 1 runs K *slots*, each the sequential
-simulation loop (select, expand and complete, judge, back up) on its own thread. A `Flow` is the
-forward callable the search's engine and judge call: a call parks its slot; when every slot in
-flight has parked (or is idle), the parked requests run as one forward pass (`packed_pass`), and
-the slots go on one at a time in slot order until each parks again. So one pass carries the next
-tokens of every simulation in flight (rollout steps, clause completions, judge passes, node
-caches), a simulation that is backed up frees its slot for a new walk at once, and the run is
-reproducible: only one slot runs at a time, in an order that does not depend on thread timing.
+simulation loop (select, expand and complete, judge, back up) on its own thread. What a slot asks
+of the engine or the judge is a *request* (`Flow.request`) that lasts a fixed number of logical
+ticks, whatever engine serves it: an expansion 1 + the longer of its rollout length and its clause
+completion's tokens, a node addition 1 + its rollout length, a judgement 1. A slot's search code
+between requests takes no time. The slots touch the tree one at a time, in the order of the tick
+their last request is due at (slot order on ties), so the tree, the committed tokens and the
+counters (forward passes aside) do not depend on how many passes an engine takes for a request.
+
+Requests run as soon as they are made, side by side: the requests of every slot in flight are
+served together. On an engine that calls the forward it was given (the transformers engines), the
+`Flow` is that forward: a call parks its slot, and when every slot with a request has parked, the
+parked calls run as one forward pass (`packed_pass`), so one pass carries the next tokens of every
+simulation in flight (rollout steps, clause completions, judge passes, node caches); the slots'
+engine code runs one slot at a time. On an engine whose calls may run at once (`Engine.concurrent`,
+a server that batches them), each slot's requests go out from its own thread. A slot whose request
+is done waits for its tick; one whose simulation is backed up starts its next walk at once.
 """
 
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from typing import Callable, Sequence
 
 import torch
@@ -58,26 +69,61 @@ def packed_pass(forward, reqs: Sequence[tuple]) -> list[tuple]:
 
 
 class Flow:
-    """The forward callable of a search with slots (module docstring). `merge=False` runs the
-    parked requests one by one (same order, same schedule): what the packing is compared with.
-    Requests of several rows or with 2D masks (the "rows" route) always run one by one."""
+    """The slots' schedule (module docstring); also the forward callable of the slots' engine and
+    judge. `merge=False` runs the parked calls one by one (same schedule): what the packing is
+    compared with; calls of several rows or with 2D masks (the "rows" route) always do.
+    `concurrent`: the slots' requests run on their own threads (`Engine.concurrent`)."""
 
-    def __init__(self, forward: Callable, stats, merge: bool = True):
-        self.forward, self.stats, self.merge = forward, stats, merge
-        self.passes = 0                  # forward passes run for parked requests
+    def __init__(self, forward: Callable, stats, merge: bool = True, concurrent: bool = False):
+        self.forward, self.stats, self.merge, self.concurrent = forward, stats, merge, concurrent
+        self.passes = 0                  # forward passes run for parked calls
+        self.now = 0                     # the logical tick of the slot that last touched the tree
         self._cond = threading.Condition()
         self._local = threading.local()
         self._turn: int | None = None
-        self._ready: list[int] = []
+        self._clock: dict[int, int] = {}           # slot -> its tick (a request's start while in flight)
+        self._due: dict[int, int] = {}             # slot -> tick its finished request is due at
+        self._busy: dict[int, Callable[[], int]] = {}   # slots with a request in flight -> its ticks so far
+        self._runnable: list[int] = []             # slots in a request whose forward call is answered
         self._idle: set[int] = set()
         self._parked: dict[int, tuple] = {}
         self._results: dict[int, object] = {}
         self.error: BaseException | None = None
 
+    @property
+    def slot(self) -> int | None:
+        return getattr(self._local, "slot", None)
+
+    @contextmanager
+    def request(self, ticks: Callable[[], int]):
+        """A slot's request to the engine or the judge, lasting `ticks()` logical ticks (read again
+        while it runs: a lower bound of the final count, which it must never exceed)."""
+        slot = self.slot
+        if slot is None:                # outside the slots (start, commit): no schedule
+            yield
+            return
+        with self._cond:
+            self._busy[slot] = ticks
+            if self.concurrent:
+                self._release()
+        try:
+            yield
+        except BaseException:
+            with self._cond:
+                self._busy.pop(slot, None)
+            raise
+        with self._cond:
+            del self._busy[slot]
+            self._due[slot] = self._clock[slot] + max(1, int(ticks()))
+            self._cond.notify_all()
+            self._wait_turn(slot, release=not self.concurrent)      # back at its due tick
+
     def __call__(self, *args, **kwargs):
-        slot = getattr(self._local, "slot", None)
-        if slot is None:                   # outside the slots (start, commit): a plain pass
+        slot = self.slot
+        if slot is None or self.concurrent:      # outside the slots (start, commit): a plain pass
             return self.forward(*args, **kwargs)
+        if slot not in self._busy:
+            raise RuntimeError("a slot ran a forward pass outside a request (Flow.request)")
         with self._cond:
             self._parked[slot] = _request(*args, **kwargs)
             self._wait_turn(slot)
@@ -87,70 +133,107 @@ class Flow:
         return out
 
     def idle(self) -> None:
-        """Give up the turn until `wake` (a simulation was backed up)."""
+        """Give up the turn until a simulation is backed up (`wake`)."""
         with self._cond:
-            self._idle.add(self._local.slot)
-            self._wait_turn(self._local.slot)
+            self._idle.add(self.slot)
+            self._wait_turn(self.slot)
 
     def wake(self) -> None:
+        """The idle slots go on at the tick of the slot that calls this."""
         with self._cond:
-            self._ready += sorted(self._idle)
+            t = self._clock[self.slot]
+            for s in self._idle:
+                self._due[s] = t
             self._idle.clear()
+
+    def _release(self) -> None:
+        self._turn = None
+        self._cond.notify_all()
 
     def _wait_turn(self, slot: int, release: bool = True) -> None:
         if release:
-            self._turn = None
-            self._cond.notify_all()
+            self._release()
         while self._turn != slot:
             self._cond.wait()
         if self.error is not None:
             raise Aborted()
 
+    def _next(self) -> int | None:
+        """The slot to give the turn to, or None (a forward pass, or requests on their threads, to
+        wait for). First slots whose forward call was answered; then the slot whose request is
+        due first, once no request in flight can be due before it."""
+        if self._runnable:
+            return self._runnable.pop(0)
+        if self.error is not None:        # unwind: every waiting slot raises Aborted
+            for waiting in (self._due, self._parked):
+                if waiting:
+                    s = min(waiting)
+                    del waiting[s]
+                    return s
+            return self._idle.pop() if self._idle else None
+        if not self._due:
+            return None
+        key = min((t, s) for s, t in self._due.items())
+        if any((self._clock[s] + max(1, int(ticks())), s) < key for s, ticks in self._busy.items()):
+            return None
+        del self._due[key[1]]
+        self._clock[key[1]] = self.now = key[0]
+        return key[1]
+
     def run(self, slots: Sequence[Callable[[], None]]) -> None:
         """Run the slots to their ends (module docstring); the first error of a slot is raised."""
-        def body(i, fn):
+        from .batch import side_by_side
+
+        def body(i):
             self._local.slot = i
             try:
                 with self._cond:
                     self._wait_turn(i, release=False)
-                fn()
+                slots[i]()
             except BaseException as exc:  # noqa: BLE001 - raised by `run` below
                 if not isinstance(exc, Aborted) and self.error is None:
                     self.error = exc
             finally:
                 with self._cond:
                     done.add(i)
-                    self._turn = None
+                    if self._turn == i:
+                        self._turn = None
                     self._cond.notify_all()
 
         done: set[int] = set()
-        self._ready = list(range(len(slots)))
-        threads = [threading.Thread(target=body, args=(i, fn), daemon=True) for i, fn in enumerate(slots)]
-        for t in threads:
-            t.start()
+        self._clock = dict.fromkeys(range(len(slots)), self.now)
+        self._due = dict.fromkeys(range(len(slots)), self.now)
+        side_by_side([body] * len(slots), serve=lambda: self._serve(done, len(slots)))
+        if self.error is not None:
+            raise self.error
+
+    def _serve(self, done: set[int], k: int) -> None:
         while True:
             with self._cond:
-                if self._ready:
-                    self._turn = min(self._ready)
-                    self._ready.remove(self._turn)
+                nxt = self._next()
+                if nxt is not None:
+                    self._turn = nxt
                     self._cond.notify_all()
                     while self._turn is not None:
                         self._cond.wait()
                     continue
                 if not self._parked:
-                    if len(done) == len(slots):
-                        break
-                    self._ready, self._idle = sorted(self._idle), set()   # nobody left to wake them
+                    if self._busy:                 # requests on their own threads
+                        self._cond.wait()
+                        continue
+                    if len(done) == k:
+                        return
+                    for s in self._idle:           # nobody left to wake them
+                        self._due[s] = self.now
+                    if not self._idle and self.error is None:
+                        self.error = RuntimeError("the slots' schedule stalled")     # a bug
+                    self._idle.clear()
                     continue
                 batch, self._parked = sorted(self._parked.items()), {}
             results = self._pass([r for _, r in batch])
             with self._cond:
                 self._results.update(zip([s for s, _ in batch], results))
-                self._ready += [s for s, _ in batch]
-        for t in threads:
-            t.join()
-        if self.error is not None:
-            raise self.error
+                self._runnable += [s for s, _ in batch]
 
     def _pass(self, reqs: list[tuple]) -> list:
         mergeable = [r[0].shape[0] == 1 and (r[2] is None or r[2].dim() == 4) for r in reqs]

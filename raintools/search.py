@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -93,6 +93,8 @@ class RainSearch:
                           merge=lm.route.packed) if cfg.parallel_simulations > 1 else None)
         self.engine = make_engine(lm, engine, cfg, self.flow or forward)
         self.engine_name = self.engine.name
+        if self.flow is not None:
+            self.flow.concurrent = bool(self.engine.concurrent)
         evaluator = evaluator if evaluator is not None else (
             SelfEvaluator(lm, cfg.judge_template, cfg.eval_mode, cached=False)
             if self.engine_name == "reference" else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
@@ -140,6 +142,11 @@ class RainSearch:
         capped by the remaining budget (at least 1). Never read from a child: the greedy child
         stops early at an end-of-turn token."""
         return max(1, min(self.cfg.token_set_length(node.step), self.remaining(node)))
+
+    def request(self, ticks: Callable[[], int]):
+        """A request to the engine or the judge lasting `ticks()` logical ticks (`raintools.flow`;
+        nothing with one simulation in flight)."""
+        return self.flow.request(ticks) if self.flow is not None else nullcontext()
 
     def _is_terminal(self, node: Node) -> bool:
         return (any(self.lm.is_stop_token(t) for t in node.tokens) or self.remaining(node) <= 0
@@ -190,15 +197,17 @@ class RainSearch:
         if room <= 0:
             return []
         self._add_counter += 1
-        if node.logits is None:
-            self._ensure([node])
-        with self.phase("add"):
-            length = 1 if cfg.token_set_length(node.step) == 1 else self.level_length(node)
-            if cfg.token_set_length(node.step) == 1:
-                cands = top_candidates(node.logits, len(node.children) + 1, cfg.token_temperature)
-            else:
-                u = keyed_rng(cfg.seed, ADD, node.uid, self._add_counter).random((cfg.add_attempts, length))
-                cands = self.engine.expand([Expansion(node, length, u, keep=2)])[0]
+        rolls, top = cfg.token_set_length(node.step) > 1, len(node.children) + 1
+        length = self.level_length(node) if rolls else 1
+        u = keyed_rng(cfg.seed, ADD, node.uid, self._add_counter).random((cfg.add_attempts, length)) if rolls else None
+        with self.request(lambda: 1 + (length if rolls else 0)):
+            if node.logits is None:
+                self._ensure([node])
+            with self.phase("add"):
+                if not rolls:
+                    cands = top_candidates(node.logits, top, cfg.token_temperature)
+                else:
+                    cands = self.engine.expand([Expansion(node, length, u, keep=2)])[0]
         room = cfg.max_children - len(node.children)        # another slot may have added meanwhile
         cands = [c for c in cands if node.child_with_tokens(c.tokens) is None][:room]
         return self._add_children(node, cands, sim, rolled_out=length > 1, added=True)
@@ -214,15 +223,17 @@ class RainSearch:
         cfg, leaf = self.cfg, sim.leaf
         sim.expanded = not leaf.terminal
         budget = completion_budget(cfg, leaf, self.remaining(leaf)) if complete else 0
-        self._ensure([leaf] if not leaf.terminal or budget > 0 else [])
         comp = (CompletionRequest(self.response + leaf.response_tokens(),
                                   keyed_rng(cfg.seed, COMPLETE, leaf.uid, leaf.fn), budget,
                                   cfg.complete_until) if budget > 0 else None)
         length = self.level_length(leaf) if not leaf.terminal and cfg.token_set_length(leaf.step) > 1 else 0
         u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length)) if length else None
         req = Expansion(leaf, length, u, cfg.num_candidates, comp) if length or comp is not None else None
-        with self.phase("expand"):
-            found = self.engine.expand([req] if req else [])
+        need = [leaf] if not leaf.terminal or budget > 0 else []
+        with self.request(lambda: 1 + max(length, len(comp.out or ()) if comp else 0)) if need else nullcontext():
+            self._ensure(need)
+            with self.phase("expand"):
+                found = self.engine.expand([req] if req else [])
         sim.completion = list(comp.out) if comp is not None else []
         if comp is not None:
             self._emit("completed", comp)
@@ -237,7 +248,7 @@ class RainSearch:
             text = self.lm.response_text(self.response + sim.leaf.response_tokens() + sim.completion)
             sim.text = cut_at_last_stop(text) if self.cfg.cut_at_last_stop else text
         new = list(dict.fromkeys(sim.text for sim in sims if sim.text not in self.memo))
-        with self.phase("judge"):
+        with self.request(lambda: 1) if new else nullcontext(), self.phase("judge"):
             fresh = dict(zip(new, judge_texts(self.evaluator, self.prompt, new)))
         for sim in sims:
             sim.memo_hit = sim.text not in fresh
