@@ -263,6 +263,33 @@ def test_completions_in_a_round_equal_one_by_one(tiny_lm):
         assert c.out == out and c.fed == fed
 
 
+def test_a_packed_pass_answers_each_request_as_its_own_pass(tiny_lm):
+    """`packed_pass`: requests after pasts of different lengths, most without explicit positions
+    (each token then sits right after its own past), one with positions and one asking for all
+    its logits, packed into one forward pass: each gets the logits and KV of its own pass."""
+    from raintools.flow import _request, packed_pass
+    from raintools.models import kv_len
+
+    lm = tiny_lm
+    pasts = [lm.forward(torch.tensor([list(range(3, 3 + n))]))[1] for n in (2, 7, 5, 11)]
+    reqs = [_request(torch.tensor([[40, 41, 42]]), pasts[0]),
+            _request(torch.tensor([[50]]), pasts[1]),
+            _request(torch.tensor([[60, 61]]), pasts[2], all_logits=True),
+            _request(torch.tensor([[70, 71]]), pasts[3], position_ids=torch.tensor([[11, 12]]))]
+    packed = packed_pass(lm.forward, reqs)
+    for (ids, past, _, all_logits, pos, _), (logits, kv) in zip(reqs, packed):
+        alone_logits, alone_kv = lm.forward(ids, past=past, all_logits=all_logits)
+        assert logits.shape == alone_logits.shape
+        assert torch.allclose(logits, alone_logits, atol=1e-5)      # measured: within 1e-7
+        assert kv_len(kv) == kv_len(past) + ids.shape[1]
+        for (k1, v1), (k2, v2) in zip(kv, alone_kv):
+            assert torch.allclose(k1, k2, atol=1e-5) and torch.allclose(v1, v2, atol=1e-5)
+    # positions show in the keys (rotary embeddings; the tiny model's logits move by ~1e-3 only):
+    # the same tokens one place later give keys that differ by ~0.25
+    shifted = lm.forward(reqs[0][0], past=pasts[0], position_ids=torch.tensor([[3, 4, 5]]))[1]
+    assert not torch.allclose(shifted[0][0], packed[0][1][0][0], atol=1e-2)
+
+
 def test_packed_passes_of_the_slots_equal_one_by_one(tiny_lm):
     """The slots' forward requests packed into one pass build exactly the tree that the same
     schedule builds with each request its own pass: same candidates, visits, values and commits,
@@ -282,6 +309,25 @@ def test_packed_passes_of_the_slots_equal_one_by_one(tiny_lm):
         r = ref.run()
         check_invariants(ref.root, similarity=cfg.similarity_update)
         assert_replay_matches_commits(r.trace)
+
+
+def test_parallel_search_is_the_same_on_both_engines(tiny_lm):
+    """The slots run on a logical clock that no engine changes (`raintools.flow`): the fast
+    engine's packed passes and the reference engine's one-by-one passes build exactly the same
+    tree at K = 4: same walks in the same order, candidates, visits, values, commits and counters;
+    only the forward passes and tokens computed differ."""
+    cfg = BIG.replace(parallel_simulations=4, max_commits=2)
+    fast = search(tiny_lm, cfg).run()
+    ref = search(tiny_lm, cfg, engine="reference").run()
+    assert fast.token_sets == ref.token_sets
+    assert commit_trees(fast) == commit_trees(ref)
+    walks = [s.round for s in fast.trace.simulations]
+    assert walks == [s.round for s in ref.trace.simulations] and walks != sorted(walks)   # in flight together
+    assert [s.evaluated_text for s in fast.trace.simulations] == [s.evaluated_text for s in ref.trace.simulations]
+    engine_bound = {"engine", "engine_route", "forward_calls", "tokens_computed", "wall_time_s"}
+    same = {k: v for k, v in fast.stats.items() if k not in engine_bound and not k.startswith("time_")}
+    assert same == {k: ref.stats[k] for k in same}
+    assert fast.stats["simulations"] >= 30 and fast.stats["forward_calls"] < ref.stats["forward_calls"]
 
 
 def test_cached_paths_of_a_parallel_search_match_a_full_forward(tiny_lm):
@@ -344,7 +390,45 @@ def test_judging_many_equals_one_by_one_on_the_embedded_model(embedded_lm):
     assert many.last_ids == one.last_ids
 
 
+class StopLog(Observer):
+    """Per outer step, the events in order: "start" (a walk), True/False (a back-up, and whether
+    the early-stop test passes right after it)."""
+
+    def __init__(self):
+        self.steps = [[]]
+
+    def selected(self, search, sims):
+        self.steps[-1].append("start")
+
+    def backed_up(self, search, sim, similarity):
+        self.steps[-1].append(search.should_stop_early())
+
+    def step_done(self, search, first, early):
+        self.steps[-1].append(("done", early))
+        self.steps.append([])
+
+
 def test_early_stop_is_checked_after_each_back_up(tiny_lm):
+    """The early-stop test is checked after every back-up: no walk starts after a back-up at which
+    it passes (K = 1: the step ends there; K = 4: the walks in flight finish, and when their
+    back-ups make the test fail again, the step goes on); a step stopped early ends on a back-up
+    at which it passes."""
+    for k in (1, 4):
+        cfg = SMALL.replace(max_simulations=30, extra_simulations=5, min_visits=3, parallel_simulations=k)
+        log = StopLog()
+        r = search(tiny_lm, cfg, evaluator=lambda q, x: float(len(x) % 4 > 0), observers=[log]).run()
+        stopped = 0
+        for ev in log.steps[:-1]:
+            backups = [e for e in ev if isinstance(e, bool)]
+            assert ev[-1] == ("done", backups[-1]) and len(backups) == ev.count("start")
+            stopped += backups[-1]
+            for i, e in enumerate(ev[:-1]):
+                if e is True:
+                    assert ev[i + 1] != "start"
+                    if k == 1:
+                        assert ev[i + 1] == ("done", True)
+        assert stopped == r.stats["early_stops"] >= 2
+        assert len({len(ev) for ev in log.steps[:-1]}) > 1      # steps stopped after different numbers
     cfg = SMALL.replace(max_simulations=30, extra_simulations=5, min_visits=3, parallel_simulations=4)
     r = search(tiny_lm, cfg, evaluator=lambda q, x: 1.0).run()
     assert r.stats["early_stops"] == r.stats["commits"]

@@ -510,8 +510,8 @@ def test_the_search_talks_to_its_engine_only_through_the_interface(tiny_lm):
     from raintools.engine import Engine
     from raintools.engines import CachedEngine, ReferenceEngine
 
-    members = {"name", "prefix_ids", "stats", "embed_one_by_one", "start", "ensure", "expand",
-               "commit", "judge"}
+    members = {"name", "prefix_ids", "stats", "embed_one_by_one", "concurrent", "start", "ensure",
+               "expand", "commit", "judge"}
 
     class OnlyTheInterface:
         def __init__(self, inner):
@@ -525,7 +525,7 @@ def test_the_search_talks_to_its_engine_only_through_the_interface(tiny_lm):
     for cls in (CachedEngine, ReferenceEngine):
         assert isinstance(cls(tiny_lm), Engine)
         plain = RainSearch(tiny_lm, "hello", cfg, evaluator=vowel_judge, embedder=letter_embedder,
-                           engine=cls(tiny_lm, top_k=cfg.top_k, temperature=cfg.temperature)).run()
+                           engine=cls.name).run()
         eng = OnlyTheInterface(cls(tiny_lm, top_k=cfg.top_k, temperature=cfg.temperature))
         proxied = RainSearch(tiny_lm, "hello", cfg, evaluator=vowel_judge, embedder=letter_embedder,
                              engine=eng).run()
