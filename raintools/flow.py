@@ -95,11 +95,12 @@ class Flow:
         return getattr(self._local, "slot", None)
 
     @contextmanager
-    def request(self, ticks: Callable[[], int]):
-        """A slot's request to the engine or the judge, lasting `ticks()` logical ticks (read again
-        while it runs: a lower bound of the final count, which it must never exceed)."""
+    def request(self, ticks: Callable[[], int], made: bool = True):
+        """A slot's request to the engine or the judge (none when not `made`), lasting `ticks()`
+        logical ticks. `ticks()` is read again while the request runs (it may grow, e.g. with a
+        completion's tokens, but never shrink): what it gives then bounds when the slot can be due."""
         slot = self.slot
-        if slot is None:                # outside the slots (start, commit): no schedule
+        if slot is None or not made:    # outside the slots (K = 1, start, commit): no schedule
             yield
             return
         with self._cond:
@@ -140,6 +141,8 @@ class Flow:
 
     def wake(self) -> None:
         """The idle slots go on at the tick of the slot that calls this."""
+        if self.slot is None:           # one simulation in flight: nobody to wake
+            return
         with self._cond:
             t = self._clock[self.slot]
             for s in self._idle:
@@ -181,8 +184,12 @@ class Flow:
         return key[1]
 
     def run(self, slots: Sequence[Callable[[], None]]) -> None:
-        """Run the slots to their ends (module docstring); the first error of a slot is raised."""
+        """Run the slots to their ends (module docstring); the first error of a slot is raised. One
+        slot is the sequential search: it runs in the calling thread, with no schedule."""
         from .batch import side_by_side
+
+        if len(slots) == 1:
+            return slots[0]()
 
         def body(i):
             self._local.slot = i

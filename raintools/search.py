@@ -8,12 +8,14 @@
 `RainSearch` reads as the paper's phases, each a public method, so the notebooks can step through
 a search one phase at a time. With K = `RainConfig.parallel_simulations` > 1, up to K simulations
 are in flight at once, with no round barrier: each *slot* runs the sequential simulation loop, a
-virtual loss (`tree.VIRTUAL_LOSS`) on its path until its value is backed up; the forward passes of
-all slots are packed together, one pass carrying the next tokens of every simulation in flight
-(`raintools.flow`), and a slot whose simulation is backed up starts its next walk at once. A walk
-into a non-terminal leaf another slot is expanding is dropped (the slot waits for the next
-back-up); no more walks are in flight than half of what is left of the step's budget
-(`round_size`), so the step's last simulation runs alone. K = 1 is the paper's sequential search.
+virtual loss (`tree.VIRTUAL_LOSS`) on its path until its value is backed up. The slots' requests
+(expansions, completions, judgements) are served together, one forward pass carrying the next
+tokens of every simulation in flight, and the slots touch the tree in the order of a logical clock
+that no engine changes, so every engine builds the same tree (`raintools.flow`); a slot whose
+simulation is backed up starts its next walk at once. A walk into a non-terminal leaf another slot
+is expanding is dropped (the slot waits for the next back-up); no more walks are in flight than
+half of what is left of the step's budget (`round_size`), so the step's last simulation runs
+alone. K = 1 is the paper's sequential search.
 
 The search holds no instrumentation: the stats counters, the phase timers and the trace are
 observers of its events (`raintools.observe`).
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import os
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -89,16 +91,14 @@ class RainSearch:
         self.cfg = cfg = (config or RainConfig()).validate()
         self.lm, self.prompt = lm, prompt
         prompt_ids = search_prompt_ids(lm, prompt, prompt_ids, cfg)
-        self.flow = (Flow(forward or lm.forward, getattr(forward, "stats", None) or lm.stats,
-                          merge=lm.route.packed) if cfg.parallel_simulations > 1 else None)
-        self.engine = make_engine(lm, engine, cfg, self.flow or forward)
-        self.engine_name = self.engine.name
-        if self.flow is not None:
-            self.flow.concurrent = bool(self.engine.concurrent)
+        k = cfg.parallel_simulations          # the slots' schedule (does nothing when k = 1)
+        self.flow = Flow(forward or lm.forward, getattr(forward, "stats", None) or lm.stats, merge=lm.route.packed)
+        self.engine = make_engine(lm, engine, cfg, self.flow if k > 1 else forward)
+        self.engine_name, self.flow.concurrent = self.engine.name, bool(self.engine.concurrent)
         evaluator = evaluator if evaluator is not None else (
             SelfEvaluator(lm, cfg.judge_template, cfg.eval_mode, cached=False)
             if self.engine_name == "reference" else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
-        if self.flow is not None and isinstance(evaluator, SelfEvaluator):
+        if k > 1 and isinstance(evaluator, SelfEvaluator):
             evaluator = evaluator.fork(forward=self.flow)     # its passes ride with the slots'
         self.evaluator = self.engine.judge(evaluator)       # a server engine judges there
         self.needs_embeddings = cfg.similarity_update or cfg.node_addition
@@ -142,11 +142,6 @@ class RainSearch:
         capped by the remaining budget (at least 1). Never read from a child: the greedy child
         stops early at an end-of-turn token."""
         return max(1, min(self.cfg.token_set_length(node.step), self.remaining(node)))
-
-    def request(self, ticks: Callable[[], int]):
-        """A request to the engine or the judge lasting `ticks()` logical ticks (`raintools.flow`;
-        nothing with one simulation in flight)."""
-        return self.flow.request(ticks) if self.flow is not None else nullcontext()
 
     def _is_terminal(self, node: Node) -> bool:
         return (any(self.lm.is_stop_token(t) for t in node.tokens) or self.remaining(node) <= 0
@@ -193,14 +188,13 @@ class RainSearch:
         first differing sample of `add_attempts` (longer levels, the level's length); new
         candidates only, at most `max_children` children; priors renormalised."""
         cfg = self.cfg
-        room = cfg.max_children - len(node.children)
-        if room <= 0:
+        if len(node.children) >= cfg.max_children:
             return []
         self._add_counter += 1
         rolls, top = cfg.token_set_length(node.step) > 1, len(node.children) + 1
         length = self.level_length(node) if rolls else 1
         u = keyed_rng(cfg.seed, ADD, node.uid, self._add_counter).random((cfg.add_attempts, length)) if rolls else None
-        with self.request(lambda: 1 + (length if rolls else 0)):
+        with self.flow.request(lambda: 1 + (length if rolls else 0)):
             if node.logits is None:
                 self._ensure([node])
             with self.phase("add"):
@@ -229,8 +223,8 @@ class RainSearch:
         length = self.level_length(leaf) if not leaf.terminal and cfg.token_set_length(leaf.step) > 1 else 0
         u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length)) if length else None
         req = Expansion(leaf, length, u, cfg.num_candidates, comp) if length or comp is not None else None
-        need = [leaf] if not leaf.terminal or budget > 0 else []
-        with self.request(lambda: 1 + max(length, len(comp.out or ()) if comp else 0)) if need else nullcontext():
+        need = [leaf] if not leaf.terminal or budget > 0 else []        # ticks: `raintools.flow`
+        with self.flow.request(lambda: 1 + max(length, len(comp.out or ()) if comp else 0), bool(need)):
             self._ensure(need)
             with self.phase("expand"):
                 found = self.engine.expand([req] if req else [])
@@ -248,7 +242,7 @@ class RainSearch:
             text = self.lm.response_text(self.response + sim.leaf.response_tokens() + sim.completion)
             sim.text = cut_at_last_stop(text) if self.cfg.cut_at_last_stop else text
         new = list(dict.fromkeys(sim.text for sim in sims if sim.text not in self.memo))
-        with self.request(lambda: 1) if new else nullcontext(), self.phase("judge"):
+        with self.flow.request(lambda: 1, bool(new)), self.phase("judge"):
             fresh = dict(zip(new, judge_texts(self.evaluator, self.prompt, new)))
         for sim in sims:
             sim.memo_hit = sim.text not in fresh
@@ -284,9 +278,8 @@ class RainSearch:
         return updates
 
     def simulate(self, sim: Simulation | None = None) -> Simulation:
-        """One simulation of the inner loop: the walk (`select`, unless `sim` holds one), the
-        leaf's expansion and clause completion, the judgement and the back-up, under a virtual loss
-        along the path until the value is backed up."""
+        """One simulation of the inner loop: the walk (`select`, unless `sim` holds one), the leaf's
+        expansion and completion, the judgement and the back-up, under a virtual loss until then."""
         if sim is None:
             sim = Simulation()
             sim.path = self.select(sim)
@@ -308,9 +301,8 @@ class RainSearch:
         return sim
 
     def simulate_step(self, budget: int) -> bool:
-        """The inner loop of an outer step: `budget` simulations, or fewer when the early-stop
-        test (checked after each back-up) passes; on K slots (module docstring). Returns whether
-        it stopped early."""
+        """The inner loop of an outer step on K slots (module docstring): `budget` simulations, or
+        fewer when the early-stop test (after each back-up) passes. Returns whether it did."""
         k, flow, st = self.cfg.parallel_simulations, self.flow, dict(started=0, done=0, early=False)
 
         def slot():
@@ -328,13 +320,9 @@ class RainSearch:
                 self.simulate(sim)
                 st["done"] += 1
                 st["early"] = self.should_stop_early()
-                if flow is not None:
-                    flow.wake()
+                flow.wake()
 
-        if flow is None:
-            slot()
-        else:
-            flow.run([slot] * k)
+        flow.run([slot] * k)
         return st["early"]
 
     def should_stop_early(self) -> bool:
@@ -351,10 +339,8 @@ class RainSearch:
         early = self.simulate_step(max(cfg.max_simulations, int(self.root.fn) + cfg.extra_simulations)
                                    - int(self.root.fn))
         self._emit("step_done", first, early)
-        if cfg.commit_rule == "argmax":
-            child = most_visited(self.root)
-        else:
-            child = sample_by_visits(self.root, float(keyed_rng(cfg.seed, COMMIT, self.outer_step).random()))
+        child = (most_visited(self.root) if cfg.commit_rule == "argmax" else
+                 sample_by_visits(self.root, float(keyed_rng(cfg.seed, COMMIT, self.outer_step).random())))
         if child is None:
             self.finished, self.stop_reason = True, "no candidates"
             return None
