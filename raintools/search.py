@@ -24,6 +24,7 @@ observers of its events (`raintools.observe`).
 from __future__ import annotations
 
 import os
+import threading
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -91,19 +92,18 @@ class RainSearch:
         self.cfg = cfg = (config or RainConfig()).validate()
         self.lm, self.prompt = lm, prompt
         prompt_ids = search_prompt_ids(lm, prompt, prompt_ids, cfg)
-        k = cfg.parallel_simulations          # the slots' schedule (does nothing when k = 1)
         self.flow = Flow(forward or lm.forward, getattr(forward, "stats", None) or lm.stats, merge=lm.route.packed)
-        self.engine = make_engine(lm, engine, cfg, self.flow if k > 1 else forward)
+        self.engine = make_engine(lm, engine, cfg, self.flow if cfg.parallel_simulations > 1 else forward)
         self.engine_name, self.flow.concurrent = self.engine.name, bool(self.engine.concurrent)
         evaluator = evaluator if evaluator is not None else (
             SelfEvaluator(lm, cfg.judge_template, cfg.eval_mode, cached=False)
             if self.engine_name == "reference" else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
-        if k > 1 and isinstance(evaluator, SelfEvaluator):
+        if cfg.parallel_simulations > 1 and isinstance(evaluator, SelfEvaluator):
             evaluator = evaluator.fork(forward=self.flow)     # its passes ride with the slots'
         self.evaluator = self.engine.judge(evaluator)       # a server engine judges there
         self.needs_embeddings = cfg.similarity_update or cfg.node_addition
         self.embedder = load_embedder() if embedder is None and self.needs_embeddings else embedder
-        self.bounds, self.memo = Bounds(), {}
+        self.bounds, self.memo, self._emitting = Bounds(), {}, threading.RLock()
         self._next_uid, self._add_counter, self.in_flight = 1, 0, {}   # leaf -> its expanding simulation
         self.sim_index = self.walks = self.outer_step = 0
         self.response, self.token_sets = [], []      # committed tokens, and per commit
@@ -118,8 +118,9 @@ class RainSearch:
         self._emit("started", prompt_ids)
 
     def _emit(self, event: str, *args) -> None:
-        for obs in self.observers:
-            getattr(obs, event)(self, *args)
+        with self._emitting:     # a slot's request on its own thread (a server) may emit meanwhile
+            for obs in self.observers:
+                getattr(obs, event)(self, *args)
 
     @contextmanager
     def phase(self, name: str):
