@@ -438,6 +438,24 @@ def test_early_stop_is_checked_after_each_back_up(tiny_lm):
     assert bad.stats["simulations_per_step"][0] == 30        # the whole budget, not more
 
 
+def test_an_error_in_one_slot_ends_the_search_with_that_error(tiny_lm):
+    """A judge that fails in the middle of a step with 4 slots in flight: the search raises that
+    error (not a hang, not another slot's unwinding), and no slot's thread is left behind."""
+    import threading
+
+    calls = []
+
+    def judge(q, x):
+        calls.append(x)
+        if len(calls) == 7:
+            raise ValueError("the judge broke")
+        return 0.5
+    with pytest.raises(ValueError, match="the judge broke"):
+        search(tiny_lm, BIG.replace(parallel_simulations=4), evaluator=judge).run()
+    assert len(calls) == 7
+    assert not [t for t in threading.enumerate() if t.name.startswith("rain-search")]   # the slots' pool
+
+
 def test_parallel_search_in_a_batch_equals_one_by_one():
     lm = tiny_model(seed=1)
     prompts = ["hello", "how are you today?", "x"]
