@@ -314,20 +314,21 @@ def test_packed_passes_of_the_slots_equal_one_by_one(tiny_lm):
 def test_parallel_search_is_the_same_on_both_engines(tiny_lm):
     """The slots run on a logical clock that no engine changes (`raintools.flow`): the fast
     engine's packed passes and the reference engine's one-by-one passes build exactly the same
-    tree at K = 4: same walks in the same order, candidates, visits, values, commits and counters;
-    only the forward passes and tokens computed differ."""
-    cfg = BIG.replace(parallel_simulations=4, max_commits=2)
-    fast = search(tiny_lm, cfg).run()
-    ref = search(tiny_lm, cfg, engine="reference").run()
-    assert fast.token_sets == ref.token_sets
-    assert commit_trees(fast) == commit_trees(ref)
-    walks = [s.round for s in fast.trace.simulations]
-    assert walks == [s.round for s in ref.trace.simulations] and walks != sorted(walks)   # in flight together
-    assert [s.evaluated_text for s in fast.trace.simulations] == [s.evaluated_text for s in ref.trace.simulations]
-    engine_bound = {"engine", "engine_route", "forward_calls", "tokens_computed", "wall_time_s"}
-    same = {k: v for k, v in fast.stats.items() if k not in engine_bound and not k.startswith("time_")}
-    assert same == {k: ref.stats[k] for k in same}
-    assert fast.stats["simulations"] >= 30 and fast.stats["forward_calls"] < ref.stats["forward_calls"]
+    tree at K = 4 and 8: same walks in the same order, candidates, visits, values, commits and
+    counters; only the forward passes and tokens computed differ."""
+    for k in (4, 8):
+        cfg = BIG.replace(parallel_simulations=k, max_commits=2)
+        fast = search(tiny_lm, cfg).run()
+        ref = search(tiny_lm, cfg, engine="reference").run()
+        assert fast.token_sets == ref.token_sets
+        assert commit_trees(fast) == commit_trees(ref)
+        walks = [s.round for s in fast.trace.simulations]
+        assert walks == [s.round for s in ref.trace.simulations] and walks != sorted(walks)   # in flight together
+        assert [s.evaluated_text for s in fast.trace.simulations] == [s.evaluated_text for s in ref.trace.simulations]
+        engine_bound = {"engine", "engine_route", "forward_calls", "tokens_computed", "wall_time_s"}
+        same = {key: v for key, v in fast.stats.items() if key not in engine_bound and not key.startswith("time_")}
+        assert same == {key: ref.stats[key] for key in same}
+        assert fast.stats["simulations"] >= 30 and fast.stats["forward_calls"] < ref.stats["forward_calls"]
 
 
 def test_cached_paths_of_a_parallel_search_match_a_full_forward(tiny_lm):
