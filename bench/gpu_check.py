@@ -135,13 +135,16 @@ def sync(device):
 
 
 def equivalence(lm, cfg, judge, steps: int) -> dict:
-    """Cached logits vs a full forward pass, and fast vs reference commits."""
+    """Cached logits (after the steps and, K > 1, one more step's simulations in flight) vs a full
+    forward pass, and fast vs reference commits of the sequential search (with K > 1 which walk
+    starts when depends on an engine's passes)."""
     s = RainSearch(lm, "Tell me about rivers.", cfg, evaluator=judge, embedder=None)
     for _ in range(steps):
         if s.commit_step() is None:
             break
     if cfg.parallel_simulations > 1:
-        s.simulate_round()
+        s.simulate_step(cfg.max_simulations)
+    cfg = cfg.replace(parallel_simulations=1)
     diffs, agree, n = [], 0, 0
     for node in s.root.walk():
         if node.logits is None:

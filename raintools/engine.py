@@ -13,10 +13,12 @@ the search reads for the 1-token level's top tokens). Every random draw is made 
 a request, so two engines given the same requests propose the same tokens (up to float ties):
 that is what the exactness tests compare.
 
-A simulation is a round of one: the search sends the requests of all the leaves of a parallel
-round (`RainConfig.parallel_simulations`) in one call, and those of a single simulation as a list
-of one. An engine may serve the requests of a call together (one forward pass per step for all of
-them) or one after another; the results must not depend on that beyond float rounding.
+The search sends the requests of one simulation per call (`expand` takes a list: an engine may
+serve several requests together, one forward pass per step for all of them; the results must not
+depend on that beyond float rounding). With K > 1 simulations in flight, the search runs each in
+its own slot (`raintools.flow`): the slots' requests are served together, either in packed
+forward passes (an engine that calls the forward it was given, one slot's engine code at a time)
+or each from its own thread (an engine whose calls may run at once: `concurrent`).
 
 The judge is separate (`raintools.evaluate.Evaluator`: `evaluator(query, response) -> value in
 [-1, 1]`, optionally `evaluate_many(query, responses)`); `judge` below says which one a search uses.
@@ -75,7 +77,7 @@ class CompletionRequest:
 
 @dataclass
 class Expansion:
-    """What one leaf needs in a round: `length`-token rollouts (0: none; greedy first, then one
+    """What one leaf needs: `length`-token rollouts (0: none; greedy first, then one
     sampled rollout per row of `uniforms` [attempts, length], each step drawn from the top-k
     truncated distribution at the engine's temperature with `pick`), keeping the greedy one and the
     first `keep - 1` distinct samples; and/or a clause completion."""
@@ -105,6 +107,11 @@ class Engine(Protocol):
     """True when the path texts are to be embedded one string per embedder call (the public
     code's execution, kept by the reference engine)."""
 
+    concurrent: bool
+    """True when the engine's calls may run from several threads at once (an engine on a server
+    that batches the requests it gets): the slots of K > 1 then send their requests side by side.
+    False: one call at a time, its forward passes through the forward it was given."""
+
     def start(self, prompt_ids: list[int]) -> "Node":
         """The root node after the prompt, with its next-token logits."""
 
@@ -113,7 +120,7 @@ class Engine(Protocol):
         (`node.logits`), e.g. a node added without a rollout. Nodes that have them are skipped."""
 
     def expand(self, requests: Sequence[Expansion]) -> list[list[Candidate]]:
-        """Answer a round's requests (their nodes have logits: `ensure`): per request the kept
+        """Answer requests (their nodes have logits: `ensure`): per request the kept
         rollout candidates (greedy first; [] for length 0), and its completion filled in."""
 
     def commit(self, root: "Node", child: "Node") -> None:

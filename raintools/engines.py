@@ -5,7 +5,7 @@ Both engines make the same keyed random draws, so they propose the same candidat
 
 * `CachedEngine` (the default, fast): every node keeps the KV of its own tokens; a node's cache
   extends its parent's, so each token of the tree is computed once. The requests of one call
-  (one leaf, or the leaves of a parallel round) grow together in one `Forest`: one forward pass
+  (one leaf, or several leaves) grow together in one `Forest`: one forward pass
   per step serves every greedy and sampled rollout and every clause completion of every leaf
   (rollouts that drew the same tokens share them; at the last step only the kept candidates are
   fed, and their KV and logits become the new nodes'). A completion left alone continues over its
@@ -129,6 +129,7 @@ class TransformersEngine:
 
     name = "engine"
     embed_one_by_one = False
+    concurrent = False          # one call at a time; K > 1 packs the slots' passes (raintools.flow)
 
     def __init__(self, lm: LanguageModel, top_k: int = 15, temperature: float = 1.0,
                  forward: Forward | None = None):
@@ -321,7 +322,7 @@ class CachedEngine(TransformersEngine):
             for n in todo:
                 self._ensure_one(n)
             return
-        for n in todo:                       # parents first (never needed inside a round)
+        for n in todo:                       # parents first (rarely needed)
             if n.parent is not None and n.parent.logits is None:
                 self._ensure_one(n.parent)
         forest = Forest.from_nodes(self.forward, [n.parent for n in todo])

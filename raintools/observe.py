@@ -5,6 +5,7 @@ only the paper's phases.
 
 from __future__ import annotations
 
+import threading
 import time
 
 from .trace import CommitRecord, NodeRecord, SimulationRecord, Trace
@@ -22,14 +23,14 @@ class Observer:
     def nodes_created(self, search, sim, parent, nodes, rolled_out, added): pass
     # ^ children of `parent`, priors set, from an expansion or (`added`) a node addition;
     #   `rolled_out`: a rollout computed their tokens; `sim`: the simulation they belong to
-    def dropped(self, search, sim, into): pass            # a round's walk dropped; its work goes to `into`
-    def selected(self, search, sims): pass                # a round's walks are over; `sims`: those kept
+    def dropped(self, search, sim, into): pass            # a walk into a leaf in flight dropped; its work goes to `into`
+    def selected(self, search, sims): pass                # a walk is over: `sims`, its simulation
     def ensured(self, search, nodes): pass                # these nodes got their caches
     def completed(self, search, request): pass            # a clause completion (`CompletionRequest`) is done
     def judged(self, search, sim): pass                   # `sim.value` from the evaluator or the memo
     def embedded(self, search, texts): pass               # one embedder call
     def backed_up(self, search, sim, similarity): pass    # (node, sibling, weight) updates made too
-    def round_done(self, search, sims): pass              # a round (one simulation when K = 1) is over
+    def round_done(self, search, sims): pass              # a simulation is over (`sims`: it alone)
     def step_done(self, search, first, early): pass       # an outer step's simulations are over
     def committing(self, search, child, first, early): pass   # before the rewind
     def committed(self, search, child): pass              # after it
@@ -122,7 +123,11 @@ class PhaseTimer(Observer):
 
     def __init__(self):
         self.timings = dict.fromkeys(PHASES, 0.0)
-        self._stack: list[list] = []
+        self._stacks: dict[int, list[list]] = {}     # per thread (the slots of K > 1)
+
+    @property
+    def _stack(self) -> list[list]:
+        return self._stacks.setdefault(threading.get_ident(), [])
 
     def phase_started(self, search, name):
         now = time.perf_counter()
@@ -179,6 +184,11 @@ class TraceRecorder(Observer):
 
     def backed_up(self, search, sim, similarity):
         new, added, parents = self._new.pop(id(sim), ([], [], []))
+        reached = {n.uid for n in sim.path} | {b.uid for _, b, _ in similarity}
+        for other in self._new.values():    # nodes of a simulation still in flight that it reached
+            if any(r.uid in reached for r in other[0]):
+                new += other[0]
+                other[0].clear()
         touched = {n.uid: n for n in sim.path}
         for _, sib, _ in similarity:
             touched[sib.uid] = sib
@@ -196,7 +206,7 @@ class TraceRecorder(Observer):
             memo_hit=sim.memo_hit, expanded=sim.expanded, new_nodes=list(new),
             updates={u: [n.n, n.fn, n.q, n.p] for u, n in touched.items()},
             similarity=[[a.uid, b.uid, w] for a, b, w in similarity], added=list(added),
-            round=search.round_index))
+            round=sim.walk))
 
     def committing(self, search, child, first, early):
         self.trace.commits.append(CommitRecord(

@@ -6,13 +6,16 @@
     results = rain_generate_batch(lm, prompts, config)     # many prompts, forward passes batched
 
 `RainSearch` reads as the paper's phases, each a public method, so the notebooks can step through
-a search one phase at a time. The inner loop runs in rounds (`simulate_round`): up to
-K = `RainConfig.parallel_simulations` leaves selected one after another, with a virtual loss on
-each path in flight (`tree.VIRTUAL_LOSS`); their caches, expansion rollouts and clause
-completions asked of the engine in one call (`raintools.engine`); their texts judged together
-and embedded in one call; then backed up one by one in selection order. K = 1, the paper's
-sequential search, is a round of one. The early-stop test runs after each round, and no round
-takes more than half of what is left of a step's budget (`round_size`).
+a search one phase at a time. With K = `RainConfig.parallel_simulations` > 1, up to K simulations
+are in flight at once, with no round barrier: each *slot* runs the sequential simulation loop, a
+virtual loss (`tree.VIRTUAL_LOSS`) on its path until its value is backed up. The slots' requests
+(expansions, completions, judgements) are served together, one forward pass carrying the next
+tokens of every simulation in flight, and the slots touch the tree in the order of a logical clock
+that no engine changes, so every engine builds the same tree (`raintools.flow`); a slot whose
+simulation is backed up starts its next walk at once. A walk into a non-terminal leaf another slot
+is expanding is dropped (the slot waits for the next back-up); no more walks are in flight than
+half of what is left of the step's budget (`round_size`), so the step's last simulation runs
+alone. K = 1 is the paper's sequential search.
 
 The search holds no instrumentation: the stats counters, the phase timers and the trace are
 observers of its events (`raintools.observe`).
@@ -21,6 +24,7 @@ observers of its events (`raintools.observe`).
 from __future__ import annotations
 
 import os
+import threading
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +41,7 @@ from .engines import ENGINES, top_candidates
 from .engines import resolve_engine as resolve_transformers_engine
 from .vllm_engine import ENGINE_MODES as VLLM_ENGINES, vllm_engine_factory
 from .errors import PromptError
+from .flow import Flow
 from .evaluate import Evaluator, SelfEvaluator, judge_texts, self_evaluator
 from .models import LanguageModel
 from .observe import PHASES, Observer, PhaseTimer, Stats, TraceRecorder
@@ -45,14 +50,8 @@ from .trace import RainResult, Trace
 from .tree import (Bounds, Node, add_virtual_loss, backup, most_visited, needs_node_addition, reroot,
                    sample_by_visits, select_child, set_priors, similarity_update, tie_rule, update_embedding)
 
-__all__ = ["PHASES", "ROUND_COLLISIONS", "RainResult", "RainSearch", "Simulation", "rain_generate",
-           "rain_generate_batch", "round_size"]
-
-ROUND_COLLISIONS = 2
-"""A parallel round ends at this many walks into a non-terminal leaf already in flight (each such
-walk is dropped; its virtual loss stays on for the round, so the next walk goes elsewhere). 1 is
-the closest to the sequential order (more rounds); notebook 11 compares the rules' share of good
-answers and sequential passes."""
+__all__ = ["PHASES", "RainResult", "RainSearch", "Simulation", "rain_generate", "rain_generate_batch",
+           "round_size"]
 
 
 def cut_at_last_stop(text: str) -> str:
@@ -65,13 +64,15 @@ def cut_at_last_stop(text: str) -> str:
 @dataclass(eq=False)
 class Simulation:
     """One simulation of the inner loop: its path (root first), the leaf's clause completion, the
-    judged text, its value (from the memo or not) and whether the leaf was expanded."""
+    judged text, its value (from the memo or not), whether the leaf was expanded, and `walk`: the
+    order in which its walk started in the search (its index is the order of back-ups)."""
     path: list[Node] = field(default_factory=list)
     completion: list[int] = field(default_factory=list)
     text: str = ""
     value: float = 0.0
     memo_hit: bool = False
     expanded: bool = False
+    walk: int = -1
 
     @property
     def leaf(self) -> Node:
@@ -91,16 +92,20 @@ class RainSearch:
         self.cfg = cfg = (config or RainConfig()).validate()
         self.lm, self.prompt = lm, prompt
         prompt_ids = search_prompt_ids(lm, prompt, prompt_ids, cfg)
-        self.engine = make_engine(lm, engine, cfg, forward)
-        self.engine_name = self.engine.name
-        self.evaluator = self.engine.judge(evaluator if evaluator is not None else (   # a server
-            SelfEvaluator(lm, cfg.judge_template, cfg.eval_mode, cached=False)    # engine judges there
-            if self.engine_name == "reference" else self_evaluator(lm, cfg.judge_template, cfg.eval_mode)))
+        self.flow = Flow(forward or lm.forward, getattr(forward, "stats", None) or lm.stats, merge=lm.route.packed)
+        self.engine = make_engine(lm, engine, cfg, self.flow if cfg.parallel_simulations > 1 else forward)
+        self.engine_name, self.flow.concurrent = self.engine.name, bool(self.engine.concurrent)
+        evaluator = evaluator if evaluator is not None else (
+            SelfEvaluator(lm, cfg.judge_template, cfg.eval_mode, cached=False)
+            if self.engine_name == "reference" else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
+        if cfg.parallel_simulations > 1 and isinstance(evaluator, SelfEvaluator):
+            evaluator = evaluator.fork(forward=self.flow)     # its passes ride with the slots'
+        self.evaluator = self.engine.judge(evaluator)       # a server engine judges there
         self.needs_embeddings = cfg.similarity_update or cfg.node_addition
         self.embedder = load_embedder() if embedder is None and self.needs_embeddings else embedder
-        self.bounds, self.memo = Bounds(), {}
-        self._next_uid, self._add_counter = 1, 0
-        self.sim_index = self.round_index = self.outer_step = 0
+        self.bounds, self.memo, self._emitting = Bounds(), {}, threading.RLock()
+        self._next_uid, self._add_counter, self.in_flight = 1, 0, {}   # leaf -> its expanding simulation
+        self.sim_index = self.walks = self.outer_step = 0
         self.response, self.token_sets = [], []      # committed tokens, and per commit
         self.finished, self.stop_reason = False, ""
         self.stats, self.timer = Stats(), PhaseTimer()
@@ -113,8 +118,9 @@ class RainSearch:
         self._emit("started", prompt_ids)
 
     def _emit(self, event: str, *args) -> None:
-        for obs in self.observers:
-            getattr(obs, event)(self, *args)
+        with self._emitting:     # a slot's request on its own thread (a server) may emit meanwhile
+            for obs in self.observers:
+                getattr(obs, event)(self, *args)
 
     @contextmanager
     def phase(self, name: str):
@@ -183,62 +189,52 @@ class RainSearch:
         first differing sample of `add_attempts` (longer levels, the level's length); new
         candidates only, at most `max_children` children; priors renormalised."""
         cfg = self.cfg
-        room = cfg.max_children - len(node.children)
-        if room <= 0:
+        if len(node.children) >= cfg.max_children:
             return []
         self._add_counter += 1
-        if node.logits is None:
-            self._ensure([node])
-        with self.phase("add"):
-            length = 1 if cfg.token_set_length(node.step) == 1 else self.level_length(node)
-            if cfg.token_set_length(node.step) == 1:
-                cands = top_candidates(node.logits, len(node.children) + 1, cfg.token_temperature)
-            else:
-                u = keyed_rng(cfg.seed, ADD, node.uid, self._add_counter).random((cfg.add_attempts, length))
-                cands = self.engine.expand([Expansion(node, length, u, keep=2)])[0]
+        rolls, top = cfg.token_set_length(node.step) > 1, len(node.children) + 1
+        length = self.level_length(node) if rolls else 1
+        u = keyed_rng(cfg.seed, ADD, node.uid, self._add_counter).random((cfg.add_attempts, length)) if rolls else None
+        with self.flow.request(lambda: 1 + (length if rolls else 0)):
+            if node.logits is None:
+                self._ensure([node])
+            with self.phase("add"):
+                if not rolls:
+                    cands = top_candidates(node.logits, top, cfg.token_temperature)
+                else:
+                    cands = self.engine.expand([Expansion(node, length, u, keep=2)])[0]
+        room = cfg.max_children - len(node.children)        # another slot may have added meanwhile
         cands = [c for c in cands if node.child_with_tokens(c.tokens) is None][:room]
         return self._add_children(node, cands, sim, rolled_out=length > 1, added=True)
 
     def expand(self, leaf: Node) -> list[Node]:
-        self.evaluate_and_expand([Simulation([leaf])], complete=False)    # one leaf, no completion
+        self.evaluate_and_expand(Simulation([leaf]), complete=False)    # one leaf, no completion
         return leaf.children
 
-    def evaluate_and_expand(self, sims: list[Simulation], complete: bool = True) -> None:
-        """Expansion into candidate token sets (top-k tokens at the 1-token level; greedy +
-        sampled rollouts at longer levels) with priors (root children mixed with uniform), and
-        the clause completion each evaluation judges: the round's leaves (each once, in selection
-        order) in one engine call."""
-        cfg, first = self.cfg, {}
-        for sim in sims:
-            sim.expanded = sim.leaf not in first and not sim.leaf.terminal
-            first.setdefault(sim.leaf, sim)
-        budget = {leaf: completion_budget(cfg, leaf, self.remaining(leaf)) if complete else 0
-                  for leaf in first}
-        need = [leaf for leaf in first if not leaf.terminal or budget[leaf] > 0]
-        self._ensure(need)
-        requests = {}
-        for leaf in need:
-            comp = (CompletionRequest(self.response + leaf.response_tokens(),
-                                      keyed_rng(cfg.seed, COMPLETE, leaf.uid, leaf.fn), budget[leaf],
-                                      cfg.complete_until) if budget[leaf] > 0 else None)
-            length = self.level_length(leaf) if not leaf.terminal and cfg.token_set_length(leaf.step) > 1 else 0
-            if length or comp is not None:
-                u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length)) if length else None
-                requests[leaf] = Expansion(leaf, length, u, cfg.num_candidates, comp)
-        with self.phase("expand"):
-            found = dict(zip(requests, self.engine.expand(list(requests.values()))))
-        for leaf, sim in first.items():
-            req = requests.get(leaf)
-            sim.completion = list(req.completion.out) if req and req.completion else []
-            if req and req.completion:
-                self._emit("completed", req.completion)
-            if not leaf.terminal:
-                length = req.length if req else 0
-                cands = found[leaf] if length else top_candidates(leaf.logits, cfg.num_candidates,
-                                                                  cfg.token_temperature)
-                self._add_children(leaf, cands, sim, rolled_out=length > 1)
-        for sim in sims:
-            sim.completion = first[sim.leaf].completion
+    def evaluate_and_expand(self, sim: Simulation, complete: bool = True) -> None:
+        """Expansion of the leaf into candidate token sets (top-k tokens at the 1-token level;
+        greedy + sampled rollouts at longer levels) with priors (root children mixed with
+        uniform), and the clause completion the evaluation judges, in one engine call."""
+        cfg, leaf = self.cfg, sim.leaf
+        sim.expanded = not leaf.terminal
+        budget = completion_budget(cfg, leaf, self.remaining(leaf)) if complete else 0
+        comp = (CompletionRequest(self.response + leaf.response_tokens(),
+                                  keyed_rng(cfg.seed, COMPLETE, leaf.uid, leaf.fn), budget,
+                                  cfg.complete_until) if budget > 0 else None)
+        length = self.level_length(leaf) if not leaf.terminal and cfg.token_set_length(leaf.step) > 1 else 0
+        u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length)) if length else None
+        req = Expansion(leaf, length, u, cfg.num_candidates, comp) if length or comp is not None else None
+        need = [leaf] if not leaf.terminal or budget > 0 else []        # ticks: `raintools.flow`
+        with self.flow.request(lambda: 1 + max(length, len(comp.out or ()) if comp else 0), bool(need)):
+            self._ensure(need)
+            with self.phase("expand"):
+                found = self.engine.expand([req] if req else [])
+        sim.completion = list(comp.out) if comp is not None else []
+        if comp is not None:
+            self._emit("completed", comp)
+        if not leaf.terminal:
+            cands = found[0] if length else top_candidates(leaf.logits, cfg.num_candidates, cfg.token_temperature)
+            self._add_children(leaf, cands, sim, rolled_out=length > 1)
 
     def evaluate(self, sims: list[Simulation]) -> None:
         """Evaluation: each simulation's response and completion (cut at its last full stop where
@@ -247,7 +243,7 @@ class RainSearch:
             text = self.lm.response_text(self.response + sim.leaf.response_tokens() + sim.completion)
             sim.text = cut_at_last_stop(text) if self.cfg.cut_at_last_stop else text
         new = list(dict.fromkeys(sim.text for sim in sims if sim.text not in self.memo))
-        with self.phase("judge"):
+        with self.flow.request(lambda: 1, bool(new)), self.phase("judge"):
             fresh = dict(zip(new, judge_texts(self.evaluator, self.prompt, new)))
         for sim in sims:
             sim.memo_hit = sim.text not in fresh
@@ -255,22 +251,18 @@ class RainSearch:
             self.memo[sim.text] = sim.value
             self._emit("judged", sim)
 
-    def embed(self, sims: list[Simulation]) -> list[torch.Tensor | None]:
-        """The embeddings of the text from each non-root node of each path down to its evaluated
+    def embed(self, sim: Simulation) -> torch.Tensor | None:
+        """The embeddings of the text from each non-root node of the path down to its evaluated
         end, from one embedder call (each text once)."""
-        per = [path_texts(self.lm, sim.path, sim.completion) if self.needs_embeddings else []
-               for sim in sims]
-        unique = list(dict.fromkeys(t for texts in per for t in texts))
+        texts = path_texts(self.lm, sim.path, sim.completion) if self.needs_embeddings else []
+        unique = list(dict.fromkeys(texts))
         if not unique:
-            return [None] * len(sims)
+            return None
         with self.phase("embed"):
-            if self.engine.embed_one_by_one:
-                emb = torch.cat([self.embedder([t]) for t in unique])
-            else:
-                emb = self.embedder(unique)
+            emb = (torch.cat([self.embedder([t]) for t in unique]) if self.engine.embed_one_by_one
+                   else self.embedder(unique))
         self._emit("embedded", unique)
-        row = {t: i for i, t in enumerate(unique)}
-        return [emb[[row[t] for t in texts]] if texts else None for texts in per]
+        return emb[[unique.index(t) for t in texts]]
 
     def backward(self, sim: Simulation, embeddings: torch.Tensor | None) -> list:
         """Backward: the value backed up along the path, the path's embeddings updated, and the
@@ -286,42 +278,53 @@ class RainSearch:
         self.sim_index += 1
         return updates
 
-    def simulate_round(self, k: int | None = None) -> list[Simulation]:
-        """One round of up to `k` simulations (default `parallel_simulations`; module docstring).
-        A walk into a non-terminal leaf already in flight is dropped (the sequential search would
-        go on from that leaf's result); its virtual loss stays on, and the round ends at the
-        `ROUND_COLLISIONS`-th such walk (what it added is recorded with the simulation before it).
-        Back-up in selection order, each exactly as a sequential simulation backs up."""
-        k = max(self.cfg.parallel_simulations if k is None else k, 1)
-        sims, walks, in_flight, collisions = [], [], set(), 0
+    def simulate(self, sim: Simulation | None = None) -> Simulation:
+        """One simulation of the inner loop: the walk (`select`, unless `sim` holds one), the leaf's
+        expansion and completion, the judgement and the back-up, under a virtual loss until then."""
+        if sim is None:
+            sim = Simulation()
+            sim.path = self.select(sim)
+        sim.walk, self.walks = self.walks, self.walks + 1
+        add_virtual_loss(sim.path)
+        if not sim.leaf.terminal:
+            self.in_flight[sim.leaf] = sim
         try:
-            while len(sims) < k:
+            self._emit("selected", [sim])
+            self.evaluate_and_expand(sim)
+            self.in_flight.pop(sim.leaf, None)
+            self.evaluate([sim])
+            emb = self.embed(sim)
+        finally:
+            self.in_flight.pop(sim.leaf, None)
+            add_virtual_loss(sim.path, -1)
+        self.backward(sim, emb)
+        self._emit("round_done", [sim])
+        return sim
+
+    def simulate_step(self, budget: int) -> bool:
+        """The inner loop of an outer step on K slots (module docstring): `budget` simulations, or
+        fewer when the early-stop test (after each back-up) passes. Returns whether it did."""
+        k, flow, st = self.cfg.parallel_simulations, self.flow, dict(started=0, done=0, early=False)
+
+        def slot():
+            while not st["early"] and st["started"] < budget:
+                if st["started"] - st["done"] >= round_size(k, budget - st["done"]):
+                    flow.idle()
+                    continue
                 sim = Simulation()
                 sim.path = self.select(sim)
-                add_virtual_loss(sim.path)
-                walks.append(sim.path)
-                if sim.leaf in in_flight and not sim.leaf.terminal:
-                    self._emit("dropped", sim, sims[-1])
-                    collisions += 1
-                    if collisions >= ROUND_COLLISIONS:
-                        break
+                if sim.leaf in self.in_flight:         # another slot expands it: wait for a result
+                    self._emit("dropped", sim, self.in_flight[sim.leaf])
+                    flow.idle()
                     continue
-                in_flight.add(sim.leaf)
-                sims.append(sim)
-            self._emit("selected", sims)
-            self.evaluate_and_expand(sims)
-        finally:
-            for path in walks:
-                add_virtual_loss(path, -1)
-        self.evaluate(sims)
-        for sim, emb in zip(sims, self.embed(sims)):
-            self.backward(sim, emb)
-        self._emit("round_done", sims)
-        self.round_index += 1
-        return sims
+                st["started"] += 1
+                self.simulate(sim)
+                st["done"] += 1
+                st["early"] = self.should_stop_early()
+                flow.wake()
 
-    def simulate(self) -> Simulation:          # one simulation of the inner loop: a round of one
-        return self.simulate_round(1)[0]
+        flow.run([slot] * k)
+        return st["early"]
 
     def should_stop_early(self) -> bool:
         best = most_visited(self.root)
@@ -333,16 +336,12 @@ class RainSearch:
         node, or None when the search has finished."""
         if self.finished:
             return None
-        cfg, first, early, done = self.cfg, self.sim_index, False, 0
-        budget = max(cfg.max_simulations, int(self.root.fn) + cfg.extra_simulations) - int(self.root.fn)
-        while done < budget and not early:
-            done += len(self.simulate_round(round_size(cfg.parallel_simulations, budget - done)))
-            early = self.should_stop_early()
+        cfg, first = self.cfg, self.sim_index
+        early = self.simulate_step(max(cfg.max_simulations, int(self.root.fn) + cfg.extra_simulations)
+                                   - int(self.root.fn))
         self._emit("step_done", first, early)
-        if cfg.commit_rule == "argmax":
-            child = most_visited(self.root)
-        else:
-            child = sample_by_visits(self.root, float(keyed_rng(cfg.seed, COMMIT, self.outer_step).random()))
+        child = (most_visited(self.root) if cfg.commit_rule == "argmax" else
+                 sample_by_visits(self.root, float(keyed_rng(cfg.seed, COMMIT, self.outer_step).random())))
         if child is None:
             self.finished, self.stop_reason = True, "no candidates"
             return None
@@ -402,11 +401,10 @@ def path_texts(lm: LanguageModel, path: list[Node], completion: list[int]) -> li
 
 
 def round_size(k: int, remaining: int) -> int:
-    """The most simulations the next parallel round may hold: K, but never more than half of
-    what is left of the step's budget (rounded up), so that the step's last simulations see the
-    results before them and the last one runs alone, as in the sequential search (a round's
-    results cannot steer its own walks). Notebook 11 measures the share of good answers of rounds
-    against the sequential search."""
+    """The most simulations in flight at once: K, but never more than half of what is left of the
+    step's budget (`remaining`: not yet backed up; rounded up), so that the step's last
+    simulations see the results before them and the last one runs alone, as in the sequential
+    search. Notebook 11 measures the share of good answers against the sequential search."""
     return max(1, min(k, (remaining + 1) // 2))
 
 

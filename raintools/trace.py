@@ -40,8 +40,8 @@ class SimulationRecord:
     updates: dict[int, list[float]] = field(default_factory=dict)   # uid -> [n, fn, q, p]
     similarity: list[list[float]] = field(default_factory=list)     # [node uid, sibling uid, weight]
     added: list[int] = field(default_factory=list)                  # uids from node addition
-    round: int = -1             # parallel round (simulations of one round were selected together
-                                # and backed up in index order; sequential search: one per round)
+    round: int = -1             # the order in which its walk started (K = 1: its index; with K > 1
+                                # walks start while others are in flight, and back up in index order)
 
 
 @dataclass

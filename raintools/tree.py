@@ -32,7 +32,7 @@ class Node:
     children: list["Node"] = field(default_factory=list)
     embedding: torch.Tensor | None = None
     terminal: bool = False
-    virtual: int = 0            # simulations in flight through this node (parallel rounds)
+    virtual: int = 0            # simulations in flight through this node (K > 1)
     # model-side state, filled by an engine (KV chunk of this node's own tokens, logits after it)
     kv: Any = None
     logits: torch.Tensor | None = None
@@ -88,7 +88,7 @@ VIRTUAL_LOSS = -1.0
 def selection_score(child: Node, parent_n: float, bounds: Bounds, c: float) -> float:
     """qh + c * p * sqrt(parent.n) / (1 + n), with qh = 0 for an unvisited child.
 
-    Virtual loss (parallel rounds): each simulation in flight through the child counts as one
+    Virtual loss (K > 1 simulations in flight): each simulation in flight through the child counts as one
     more visit of value `VIRTUAL_LOSS`, until its real value is backed up."""
     n, q = child.n, child.q
     virtual = getattr(child, "virtual", 0)        # records of a trace (no flight) have none

@@ -390,9 +390,10 @@ class VllmEngine:
     are computed from the top-k log-probabilities the server returns with each sampled token.
     Nodes' next-token distributions hold the top `prior_k` tokens (the 1-token level's candidates).
 
-    The requests of a call (a simulation, or the leaves of a parallel round) go out at once."""
+    The requests of a call go out at once, and with K > 1 the slots' calls run side by side."""
 
     embed_one_by_one = False
+    concurrent = True           # the server batches what the slots of K > 1 send side by side
 
     def __init__(self, lm, top_k: int = 15, temperature: float = 1.0, forward=None, *,
                  mode: str = "server", url: str | None = None, client: VllmClient | None = None,

@@ -1,5 +1,5 @@
-"""Parallel simulations (RainConfig.parallel_simulations = K): virtual-loss bookkeeping, packed
-multi-leaf passes equal to one-leaf ones, the same search on both engines, batches, traces."""
+"""Parallel simulations (RainConfig.parallel_simulations = K): simulations in flight without a round
+barrier, virtual-loss bookkeeping, packed passes equal to one-by-one ones, batches, traces."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from raintools.testing import tiny_model
 from raintools.engine import CompletionRequest, Expansion
 from raintools.sampling import COMPLETE, EXPAND, keyed_rng
 from raintools.trace import Trace
-from raintools.search import ROUND_COLLISIONS, round_size
+from raintools.observe import Observer
+from raintools.search import Simulation, round_size
 from raintools.tree import Bounds, backup, select_child
 
 from test_search import SMALL, assert_replay_matches_commits, check_invariants, letter_embedder, vowel_judge
@@ -62,38 +63,43 @@ def test_virtual_loss_counts_as_a_pessimistic_visit_and_is_undone():
         add_virtual_loss([a], -1)
 
 
-def test_a_round_ends_at_walks_into_leaves_in_flight(tiny_lm):
-    """Each walk of a round carries the virtual losses of the walks before it (dropped ones too);
-    a walk that reaches an open (non-terminal) leaf already in the round is dropped, and the
-    round stops at the ROUND_COLLISIONS-th such walk. A fresh root is the only leaf: its first
-    round holds one simulation."""
-    s = search(tiny_lm, BIG.replace(parallel_simulations=4, node_addition=False))
-    walks, select = [], s.select
+class FlowLog(Observer):
+    """Per event: ("start" | "end", walk, forward passes so far, the paths in flight), and the
+    virtual loss of every node checked against the paths in flight at each event."""
 
-    def spy(*args):
-        path = select(*args)
-        walks.append(path[-1])
-        return path
+    def __init__(self):
+        self.events, self.open = [], {}
 
-    s.select = spy
-    sizes = []
-    for _ in range(8):
-        walks.clear()
-        outs = s.simulate_round()
-        sizes.append(len(outs))
-        leaves = [o.leaf for o in outs]
-        open_leaves = [x for x in leaves if not x.terminal]
-        assert len(set(open_leaves)) == len(open_leaves)            # each open leaf once
-        dropped = [w for i, w in enumerate(walks) if w in walks[:i] and not w.terminal]
-        assert [w for i, w in enumerate(walks) if not (w in walks[:i] and not w.terminal)] == leaves
-        assert all(w in open_leaves for w in dropped)
-        if len(outs) < 4:                           # ended by walks into the round's leaves
-            assert len(dropped) == ROUND_COLLISIONS and not walks[-1].terminal
-            assert walks[-1] in walks[:-1]
-        else:
-            assert len(dropped) < ROUND_COLLISIONS
-        assert all(n.virtual == 0 for n in s.root.walk())
-    assert sizes[0] == 1 and max(sizes) > 1
+    def _check(self, search):
+        for node in search.root.walk():
+            assert node.virtual == sum(node in path for path in self.open.values())
+
+    def selected(self, search, sims):
+        self.open[sims[0].walk] = sims[0].path
+        self._check(search)
+        self.events.append(("start", sims[0].walk, search.lm.stats.calls, len(self.open)))
+
+    def backed_up(self, search, sim, similarity):
+        del self.open[sim.walk]
+        self._check(search)
+        self.events.append(("end", sim.walk, search.lm.stats.calls, len(self.open)))
+
+
+def test_a_freed_slot_starts_a_new_walk_before_the_others_finish(tiny_lm):
+    """No round barrier: right after a back-up (no forward pass between), the freed slot starts a
+    new walk while walks started before it are still in flight; never more than K in flight; the
+    virtual loss on every node equals the paths in flight through it, and is zero at the end."""
+    for k in (2, 4):
+        log = FlowLog()
+        s = search(tiny_lm, BIG.replace(parallel_simulations=k), observers=[log])
+        r = s.run()
+        ev = log.events
+        assert max(e[3] for e in ev) == k
+        freed = [(a, b) for a, b in zip(ev, ev[1:]) if a[0] == "end" and b[0] == "start"
+                 and b[2] == a[2] and b[3] >= 2]
+        assert freed                               # a new walk beside others still in flight
+        assert all(n.virtual == 0 for n in s.root.walk()) and not log.open
+        assert r.stats["simulations"] == sum(e[0] == "end" for e in ev)
 
 
 def test_no_round_takes_more_than_half_of_the_budget_left():
@@ -102,79 +108,101 @@ def test_no_round_takes_more_than_half_of_the_budget_left():
 
 
 def test_a_step_ends_with_a_simulation_alone(tiny_lm):
-    """With the budget spent (no early stop), the last round of every step holds one simulation,
-    and no round holds more than half of the budget left before it (rounded up)."""
+    """With the budget spent (no early stop), no more walks are in flight than half of the
+    step's budget not yet backed up (rounded up): the last simulation of every step runs alone."""
     cfg = BIG.replace(parallel_simulations=4, max_simulations=10, extra_simulations=1)
-    r = search(tiny_lm, cfg, evaluator=lambda q, x: -1.0).run()
-    by_step: dict = {}
-    for sim in r.trace.simulations:
-        by_step.setdefault(sim.outer_step, []).append(sim.round)
-    for commit in r.trace.commits:
-        rounds = by_step[commit.outer_step]
-        sizes = [rounds.count(x) for x in dict.fromkeys(rounds)]
-        left = len(rounds)
-        for size in sizes:
-            assert size <= (left + 1) // 2
-            left -= size
-        assert sizes[-1] == 1 and not commit.early_stop
+    log = FlowLog()
+    r = search(tiny_lm, cfg, evaluator=lambda q, x: -1.0, observers=[log]).run()
+    done, started, budget = 0, 0, r.stats["simulations_per_step"]
+    step = 0
+    for kind, _, _, in_flight in log.events:
+        if kind == "start":
+            started += 1
+            assert in_flight <= max(1, (budget[step] - done + 1) // 2)
+            if started == budget[step]:
+                assert in_flight == 1                 # the step's last walk starts alone
+        else:
+            done += 1
+            if done == budget[step]:
+                assert in_flight == 0
+                step, done, started = step + 1, 0, 0
+    assert max(e[3] for e in log.events) == 4
+    assert not any(c.early_stop for c in r.trace.commits)
 
 
-def test_round_bookkeeping_equals_the_sum_of_its_simulations(tiny_lm):
-    """After a round, every node's real visits grew by the number of the round's simulations
-    through it, and n and q equal backing up the round's values one by one (plus the similarity
-    updates the trace records); the memo holds exactly the round's texts; no virtual loss is left."""
+def test_step_bookkeeping_equals_the_sum_of_its_simulations(tiny_lm):
+    """After an outer step's simulations, every node's real visits grew by the number of the
+    step's simulations through it, and n and q equal backing up their values one by one in the
+    order of back-ups (plus the similarity updates the trace records); the memo holds exactly the
+    texts judged; no virtual loss is left."""
     for similarity in (False, True):
-        s = search(tiny_lm, BIG.replace(parallel_simulations=4, similarity_update=similarity))
-        s.simulate_round()
-        s.simulate_round()
-        while True:
-            before = snapshot(s.root)
-            memo_before = dict(s.memo)
-            calls_before = s.counts["evaluator_calls"]
-            outs = s.simulate_round()
-            if len(outs) >= 3:
-                break
-        assert len({id(o.leaf) for o in outs if not o.leaf.terminal}) == \
-            sum(not o.leaf.terminal for o in outs)
-        recs = s.trace.simulations[-len(outs):]
-        assert [r.round for r in recs] == [recs[0].round] * len(outs)
-        # replay the round's values one after another on a copy of the pre-round statistics
+        s = search(tiny_lm, BIG.replace(parallel_simulations=4, similarity_update=similarity),
+                   evaluator=lambda q, x: float(len(x) % 3 - 1))      # values that differ
+        s.commit_step()
+        before = snapshot(s.root)
+        memo_before = dict(s.memo)
+        first = s.sim_index
+        s.simulate_step(12)
+        recs = s.trace.simulations[first:]
+        assert len(recs) == s.sim_index - first >= 4 and len({rec.value for rec in recs}) > 1
         stats = {k: [n, fn, q] for k, (_, n, fn, q) in before.items()}
-        for out, rec in zip(outs, recs):
-            for node in out.path:
-                st = stats[id(node)]
-                st[0] += 1
-                st[1] += 1
-                st[2] += (out.value - st[2]) / st[0]
+        by_uid = {node.uid: key for key, (node, *_) in before.items()}
+        for rec in recs:
+            for uid in rec.path:
+                if uid in by_uid:
+                    st = stats[by_uid[uid]]
+                    st[0] += 1
+                    st[1] += 1
+                    st[2] += (rec.value - st[2]) / st[0]
             for a_uid, b_uid, w in rec.similarity:
-                sib = next(n for n, *_ in before.values() if n.uid == b_uid)
-                st = stats[id(sib)]
-                st[2] = (st[2] * st[0] + w * out.value) / (st[0] + w)
-                st[0] += w
+                if b_uid in by_uid:
+                    st = stats[by_uid[b_uid]]
+                    st[2] = (st[2] * st[0] + w * rec.value) / (st[0] + w)
+                    st[0] += w
         for key, (node, n0, fn0, q0) in before.items():
-            through = sum(node in o.path for o in outs)
+            through = sum(node.uid in rec.path for rec in recs)
             assert node.fn == fn0 + through
             assert node.n == pytest.approx(stats[key][0], abs=1e-12)
             assert node.q == pytest.approx(stats[key][2], abs=1e-12)
             assert node.virtual == 0
-        texts = {o.text: o.value for o in outs}
+        texts = {rec.evaluated_text: rec.value for rec in recs}
         assert set(s.memo) == set(memo_before) | set(texts)
-        assert s.counts["evaluator_calls"] - calls_before == len(set(texts) - set(memo_before))
         assert all(s.memo[t] == v for t, v in texts.items())
+        assert s.root.fn == before[id(s.root)][2] + len(recs)
         check_invariants(s.root, similarity=similarity)
 
 
+def sequential_step(s, budget):
+    """The paper's inner loop written out phase by phase: one simulation after another."""
+    for _ in range(budget):
+        sim = Simulation()
+        sim.path = s.select(sim)
+        s.evaluate_and_expand(sim)
+        s.evaluate([sim])
+        s.backward(sim, s.embed(sim))
+        if s.should_stop_early():
+            return True
+    return False
+
+
 def test_k1_is_the_sequential_search(tiny_lm):
-    """K = 1 set explicitly equals the sequential search run through another code path (the
-    one-by-one reference engine, which has no packed multi-leaf passes), and K = 2 does not."""
+    """K = 1 set explicitly equals the sequential search written out phase by phase (same
+    commits, trees and forward passes) and run through another code path (the one-by-one
+    reference engine); K = 2 does not."""
     one = BIG.replace(parallel_simulations=1)
     a = search(tiny_lm, one).run()
+    manual = search(tiny_lm, one)
+    manual.simulate_step = lambda budget: sequential_step(manual, budget)
+    m = manual.run()
+    assert a.token_sets == m.token_sets and commit_trees(a) == commit_trees(m)
+    assert (a.stats["forward_calls"], a.stats["tokens_computed"]) == (m.stats["forward_calls"],
+                                                                      m.stats["tokens_computed"])
     ref = search(tiny_lm, one, engine="reference").run()
     assert a.token_sets == ref.token_sets and commit_trees(a) == commit_trees(ref)
     assert a.stats["rounds"] == a.stats["simulations"] == ref.stats["simulations"]
     assert [r.round for r in a.trace.simulations] == [r.index for r in a.trace.simulations]
     two = search(tiny_lm, BIG.replace(parallel_simulations=2)).run()
-    assert two.stats["rounds"] < two.stats["simulations"]
+    assert [r.round for r in two.trace.simulations] != [r.index for r in two.trace.simulations]
     assert commit_trees(two) != commit_trees(a)        # the comparison can tell K apart
 
 
@@ -235,24 +263,79 @@ def test_completions_in_a_round_equal_one_by_one(tiny_lm):
         assert c.out == out and c.fed == fed
 
 
-def test_parallel_search_is_the_same_on_both_engines(tiny_lm):
-    """The fast engine's packed rounds build exactly the tree the reference engine builds leaf by
-    leaf: same candidates, visits, values and commits."""
+def test_a_packed_pass_answers_each_request_as_its_own_pass(tiny_lm):
+    """`packed_pass`: requests after pasts of different lengths, most without explicit positions
+    (each token then sits right after its own past), one with positions and one asking for all
+    its logits, packed into one forward pass: each gets the logits and KV of its own pass."""
+    from raintools.flow import _request, packed_pass
+    from raintools.models import kv_len
+
+    lm = tiny_lm
+    pasts = [lm.forward(torch.tensor([list(range(3, 3 + n))]))[1] for n in (2, 7, 5, 11)]
+    reqs = [_request(torch.tensor([[40, 41, 42]]), pasts[0]),
+            _request(torch.tensor([[50]]), pasts[1]),
+            _request(torch.tensor([[60, 61]]), pasts[2], all_logits=True),
+            _request(torch.tensor([[70, 71]]), pasts[3], position_ids=torch.tensor([[11, 12]]))]
+    packed = packed_pass(lm.forward, reqs)
+    for (ids, past, _, all_logits, pos, _), (logits, kv) in zip(reqs, packed):
+        alone_logits, alone_kv = lm.forward(ids, past=past, all_logits=all_logits)
+        assert logits.shape == alone_logits.shape
+        assert torch.allclose(logits, alone_logits, atol=1e-5)      # measured: within 1e-7
+        assert kv_len(kv) == kv_len(past) + ids.shape[1]
+        for (k1, v1), (k2, v2) in zip(kv, alone_kv):
+            assert torch.allclose(k1, k2, atol=1e-5) and torch.allclose(v1, v2, atol=1e-5)
+    # positions show in the keys (rotary embeddings; the tiny model's logits move by ~1e-3 only):
+    # the same tokens one place later give keys that differ by ~0.25
+    shifted = lm.forward(reqs[0][0], past=pasts[0], position_ids=torch.tensor([[3, 4, 5]]))[1]
+    assert not torch.allclose(shifted[0][0], packed[0][1][0][0], atol=1e-2)
+
+
+def test_packed_passes_of_the_slots_equal_one_by_one(tiny_lm):
+    """The slots' forward requests packed into one pass build exactly the tree that the same
+    schedule builds with each request its own pass: same candidates, visits, values and commits,
+    in fewer passes. (Which walk starts when depends on the passes an engine takes, so with K > 1
+    the reference engine runs its own schedule: its search keeps the invariants and replays.)"""
     for k in (2, 4):
         cfg = SMALL.replace(max_new_tokens=24, parallel_simulations=k)
         fast = search(tiny_lm, cfg).run()
+        apart = search(tiny_lm, cfg)
+        apart.flow.merge = False
+        one_by_one = apart.run()
+        assert fast.token_sets == one_by_one.token_sets
+        assert fast.stats["simulations_per_step"] == one_by_one.stats["simulations_per_step"]
+        assert commit_trees(fast) == commit_trees(one_by_one)
+        assert fast.stats["forward_calls"] < one_by_one.stats["forward_calls"]
+        ref = search(tiny_lm, cfg, engine="reference")
+        r = ref.run()
+        check_invariants(ref.root, similarity=cfg.similarity_update)
+        assert_replay_matches_commits(r.trace)
+
+
+def test_parallel_search_is_the_same_on_both_engines(tiny_lm):
+    """The slots run on a logical clock that no engine changes (`raintools.flow`): the fast
+    engine's packed passes and the reference engine's one-by-one passes build exactly the same
+    tree at K = 4 and 8: same walks in the same order, candidates, visits, values, commits and
+    counters; only the forward passes and tokens computed differ."""
+    for k in (4, 8):
+        cfg = BIG.replace(parallel_simulations=k, max_commits=2)
+        fast = search(tiny_lm, cfg).run()
         ref = search(tiny_lm, cfg, engine="reference").run()
         assert fast.token_sets == ref.token_sets
-        assert fast.stats["simulations_per_step"] == ref.stats["simulations_per_step"]
         assert commit_trees(fast) == commit_trees(ref)
-        assert fast.stats["rounds"] < fast.stats["simulations"]
+        walks = [s.round for s in fast.trace.simulations]
+        assert walks == [s.round for s in ref.trace.simulations] and walks != sorted(walks)   # in flight together
+        assert [s.evaluated_text for s in fast.trace.simulations] == [s.evaluated_text for s in ref.trace.simulations]
+        engine_bound = {"engine", "engine_route", "forward_calls", "tokens_computed", "wall_time_s"}
+        same = {key: v for key, v in fast.stats.items() if key not in engine_bound and not key.startswith("time_")}
+        assert same == {key: ref.stats[key] for key in same}
+        assert fast.stats["simulations"] >= 30 and fast.stats["forward_calls"] < ref.stats["forward_calls"]
 
 
 def test_cached_paths_of_a_parallel_search_match_a_full_forward(tiny_lm):
     s = search(tiny_lm, BIG.replace(parallel_simulations=4))
     s.commit_step()
-    s.commit_step()
-    s.simulate_round()
+    assert not s.finished
+    s.simulate_step(12)
     checked = 0
     for node in s.root.walk():
         if node.logits is None or any(n.kv is None for n in node.path_from_root()):
@@ -266,14 +349,14 @@ def test_cached_paths_of_a_parallel_search_match_a_full_forward(tiny_lm):
     assert checked >= 8
 
 
-def test_rounds_take_fewer_sequential_passes_per_simulation(tiny_lm):
-    """Passes per simulation fall with K (rounds end early where the search needs a result in
-    flight, and never take more than half of the budget left, so the fall is below 1/K)."""
+def test_slots_take_fewer_sequential_passes_per_simulation(tiny_lm):
+    """Passes per simulation fall with K (walks into a leaf in flight wait, and no more walks are
+    in flight than half of the budget left, so the fall is below 1/K; a budget of 48 simulations
+    a step leaves room for 8 in flight)."""
     per_sim = {}
     for k in (1, 2, 4, 8):
-        r = search(tiny_lm, BIG.replace(parallel_simulations=k)).run()
+        r = search(tiny_lm, BIG.replace(parallel_simulations=k, max_simulations=48)).run()
         per_sim[k] = r.stats["forward_calls"] / r.stats["simulations"]
-        assert r.stats["rounds"] <= r.stats["simulations"]
     assert per_sim[8] < per_sim[4] < per_sim[2] < per_sim[1]
     assert per_sim[4] < 0.8 * per_sim[1]
 
@@ -308,7 +391,45 @@ def test_judging_many_equals_one_by_one_on_the_embedded_model(embedded_lm):
     assert many.last_ids == one.last_ids
 
 
-def test_early_stop_is_checked_after_each_round(tiny_lm):
+class StopLog(Observer):
+    """Per outer step, the events in order: "start" (a walk), True/False (a back-up, and whether
+    the early-stop test passes right after it)."""
+
+    def __init__(self):
+        self.steps = [[]]
+
+    def selected(self, search, sims):
+        self.steps[-1].append("start")
+
+    def backed_up(self, search, sim, similarity):
+        self.steps[-1].append(search.should_stop_early())
+
+    def step_done(self, search, first, early):
+        self.steps[-1].append(("done", early))
+        self.steps.append([])
+
+
+def test_early_stop_is_checked_after_each_back_up(tiny_lm):
+    """The early-stop test is checked after every back-up: no walk starts after a back-up at which
+    it passes (K = 1: the step ends there; K = 4: the walks in flight finish, and when their
+    back-ups make the test fail again, the step goes on); a step stopped early ends on a back-up
+    at which it passes."""
+    for k in (1, 4):
+        cfg = SMALL.replace(max_simulations=30, extra_simulations=5, min_visits=3, parallel_simulations=k)
+        log = StopLog()
+        r = search(tiny_lm, cfg, evaluator=lambda q, x: float(len(x) % 4 > 0), observers=[log]).run()
+        stopped = 0
+        for ev in log.steps[:-1]:
+            backups = [e for e in ev if isinstance(e, bool)]
+            assert ev[-1] == ("done", backups[-1]) and len(backups) == ev.count("start")
+            stopped += backups[-1]
+            for i, e in enumerate(ev[:-1]):
+                if e is True:
+                    assert ev[i + 1] != "start"
+                    if k == 1:
+                        assert ev[i + 1] == ("done", True)
+        assert stopped == r.stats["early_stops"] >= 2
+        assert len({len(ev) for ev in log.steps[:-1]}) > 1      # steps stopped after different numbers
     cfg = SMALL.replace(max_simulations=30, extra_simulations=5, min_visits=3, parallel_simulations=4)
     r = search(tiny_lm, cfg, evaluator=lambda q, x: 1.0).run()
     assert r.stats["early_stops"] == r.stats["commits"]
@@ -316,6 +437,24 @@ def test_early_stop_is_checked_after_each_round(tiny_lm):
     bad = search(tiny_lm, cfg, evaluator=lambda q, x: -1.0).run()
     assert bad.stats["early_stops"] == 0
     assert bad.stats["simulations_per_step"][0] == 30        # the whole budget, not more
+
+
+def test_an_error_in_one_slot_ends_the_search_with_that_error(tiny_lm):
+    """A judge that fails in the middle of a step with 4 slots in flight: the search raises that
+    error (not a hang, not another slot's unwinding), and no slot's thread is left behind."""
+    import threading
+
+    calls = []
+
+    def judge(q, x):
+        calls.append(x)
+        if len(calls) == 7:
+            raise ValueError("the judge broke")
+        return 0.5
+    with pytest.raises(ValueError, match="the judge broke"):
+        search(tiny_lm, BIG.replace(parallel_simulations=4), evaluator=judge).run()
+    assert len(calls) == 7
+    assert not [t for t in threading.enumerate() if t.name.startswith("rain-search")]   # the slots' pool
 
 
 def test_parallel_search_in_a_batch_equals_one_by_one():
@@ -336,8 +475,8 @@ def test_parallel_trace_replays_and_explores(tiny_lm):
     r = search(tiny_lm, BIG.replace(parallel_simulations=4)).run()
     t = Trace.from_json(r.trace.to_json())
     assert t.to_dict() == r.trace.to_dict()
-    rounds = [s.round for s in t.simulations]
-    assert rounds == sorted(rounds) and len(set(rounds)) == r.stats["rounds"] < len(rounds)
+    walks = [s.round for s in t.simulations]
+    assert sorted(walks) == list(range(len(walks))) and walks != sorted(walks)   # out of order
     assert_replay_matches_commits(t)
     pytest.importorskip("ipywidgets")
     from raintools.views.widgets import TreeExplorer

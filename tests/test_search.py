@@ -510,8 +510,8 @@ def test_the_search_talks_to_its_engine_only_through_the_interface(tiny_lm):
     from raintools.engine import Engine
     from raintools.engines import CachedEngine, ReferenceEngine
 
-    members = {"name", "prefix_ids", "stats", "embed_one_by_one", "start", "ensure", "expand",
-               "commit", "judge"}
+    members = {"name", "prefix_ids", "stats", "embed_one_by_one", "concurrent", "start", "ensure",
+               "expand", "commit", "judge"}
 
     class OnlyTheInterface:
         def __init__(self, inner):

@@ -540,3 +540,36 @@ def test_eval_interrupted_by_a_killed_server_resumes_with_nothing_lost(tmp_path,
     assert all(after[key] == text for key, text in before.items())     # nothing redone differently
     assert _rows(out) == _rows(tmp_path / "whole")
     assert not (out / GENERATED).exists()
+
+
+def test_walks_in_flight_send_their_requests_side_by_side(monkeypatch):
+    """K = 4 on a server (the vLLM engine is `concurrent`): the slots' requests go out side by side
+    from their own threads, so the server sees more requests at once than one simulation's (K = 1)
+    sends; the tree does not depend on which answer comes first (the slots' logical clock), so
+    two runs build the same one."""
+    from raintools import RainConfig, RainSearch
+    from raintools.experiments.runner import load_lm
+    from test_search import letter_embedder
+
+    url, state = tiny_vllm()
+    monkeypatch.setenv("RAINTOOLS_SERVER", url)
+    lm = load_lm("tiny", device="cpu")
+    cfg = RainConfig.hh().replace(max_simulations=8, extra_simulations=1, min_visits=8,
+                                  max_new_tokens=6, max_commits=2)
+
+    def run(k):
+        state["max_in_flight"] = 0
+        s = RainSearch(lm, EVAL_PROMPTS[0], cfg.replace(parallel_simulations=k), engine="vllm",
+                       embedder=letter_embedder)
+        return s.run(), state["max_in_flight"]
+    try:
+        (one, one_at_once), (a, many_at_once), (b, _) = run(1), run(4), run(4)
+    finally:
+        _stop(state)
+    assert one.stats["engine"] == a.stats["engine"] == "vllm" and a.stats["simulations"] >= 8
+    assert many_at_once > one_at_once >= 1, (many_at_once, one_at_once)
+    walks = [s.round for s in a.trace.simulations]
+    assert walks != sorted(walks)                  # walks were in flight together
+    assert a.token_sets == b.token_sets and walks == [s.round for s in b.trace.simulations]
+    assert [(c.tokens, [(n.uid, n.n, n.q) for n in c.tree]) for c in a.trace.commits] == \
+        [(c.tokens, [(n.uid, n.n, n.q) for n in c.tree]) for c in b.trace.commits]

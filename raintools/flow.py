@@ -1,0 +1,255 @@
+"""Simulations in flight without a round barrier, on a logical clock, their forward passes
+packed together.
+
+`RainSearch` with K = `RainConfig.parallel_simulations` > 1 runs K *slots*, each the sequential
+simulation loop (select, expand and complete, judge, back up) on its own thread. What a slot asks
+of the engine or the judge is a *request* (`Flow.request`) that lasts a fixed number of logical
+ticks, whatever engine serves it: an expansion 1 + the longer of its rollout length and its clause
+completion's tokens, a node addition 1 + its rollout length, a judgement 1. A slot's search code
+between requests takes no time. The slots touch the tree one at a time, in the order of the tick
+their last request is due at (slot order on ties), so the tree, the committed tokens and the
+counters (forward passes aside) do not depend on how many passes an engine takes for a request.
+
+Requests run as soon as they are made, side by side: the requests of every slot in flight are
+served together. On an engine that calls the forward it was given (the transformers engines), the
+`Flow` is that forward: a call parks its slot, and when every slot with a request has parked, the
+parked calls run as one forward pass (`packed_pass`), so one pass carries the next tokens of every
+simulation in flight (rollout steps, clause completions, judge passes, node caches); the slots'
+engine code runs one slot at a time. On an engine whose calls may run at once (`Engine.concurrent`,
+a server that batches them), each slot's requests go out from its own thread. A slot whose request
+is done waits for its tick; one whose simulation is backed up starts its next walk at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Callable, Sequence
+
+import torch
+
+from .models import kv_cat, kv_gather, kv_len
+
+
+class Aborted(Exception):
+    """Another slot failed: this one unwinds."""
+
+
+def _request(input_ids, past=None, attention_mask=None, all_logits=False, position_ids=None,
+             logits_at=None) -> tuple:
+    return input_ids, past, attention_mask, all_logits, position_ids, logits_at
+
+
+def packed_pass(forward, reqs: Sequence[tuple]) -> list[tuple]:
+    """Forward requests `(ids [1, s], past, 4D mask or None, all_logits, positions, logits_at)` as
+    one pass: their pasts concatenated, their tokens in one sequence, each token seeing exactly its
+    own request's past and tokens (a 4D mask) at its own positions, so each computes what it would
+    alone (up to float rounding). Returns each request's (logits, KV) as its own pass would."""
+    lens = [(kv_len(r[1]), int(r[0].shape[1])) for r in reqs]
+    tp, ts = sum(p for p, _ in lens), sum(s for _, s in lens)
+    mask = torch.zeros(ts, tp + ts, dtype=torch.bool)
+    pos, want, po, so = [], [], 0, 0
+    for (ids, past, am, all_logits, pids, at), (p, s) in zip(reqs, lens):
+        m = (torch.ones(s, p + s, dtype=torch.bool).tril_(p) if am is None else am[0, 0].bool().cpu())
+        mask[so:so + s, po:po + p], mask[so:so + s, tp + so:tp + so + s] = m[:, :p], m[:, p:p + s]
+        pos.append(pids[0].cpu() if pids is not None else torch.arange(p, p + s))
+        want.append(so + (torch.arange(s) if all_logits else at[0].cpu().long() if at is not None
+                          else torch.tensor([s - 1])))
+        po, so = po + p, so + s
+    logits, kv = forward(torch.cat([r[0] for r in reqs], dim=1), past=kv_cat([r[1] for r in reqs]) or None,
+                         attention_mask=mask[None, None], position_ids=torch.cat(pos)[None],
+                         logits_at=torch.cat(want)[None])
+    out, at, so = [], 0, 0
+    for r, (p, s), w in zip(reqs, lens, want):
+        lg = logits[:, at:at + len(w)]
+        out.append((lg[:, 0] if not r[3] and r[5] is None else lg,
+                    kv_cat([r[1], kv_gather(kv, range(tp + so, tp + so + s))])))
+        at, so = at + len(w), so + s
+    return out
+
+
+class Flow:
+    """The slots' schedule (module docstring); also the forward callable of the slots' engine and
+    judge. `merge=False` runs the parked calls one by one (same schedule): what the packing is
+    compared with; calls of several rows or with 2D masks (the "rows" route) always do.
+    `concurrent`: the slots' requests run on their own threads (`Engine.concurrent`)."""
+
+    def __init__(self, forward: Callable, stats, merge: bool = True, concurrent: bool = False):
+        self.forward, self.stats, self.merge, self.concurrent = forward, stats, merge, concurrent
+        self.passes = 0                  # forward passes run for parked calls
+        self.now = 0                     # the logical tick of the slot that last touched the tree
+        self._cond = threading.Condition()
+        self._local = threading.local()
+        self._turn: int | None = None
+        self._clock: dict[int, int] = {}           # slot -> its tick (a request's start while in flight)
+        self._due: dict[int, int] = {}             # slot -> tick its finished request is due at
+        self._busy: dict[int, Callable[[], int]] = {}   # slots with a request in flight -> its ticks so far
+        self._runnable: list[int] = []             # slots in a request whose forward call is answered
+        self._idle: set[int] = set()
+        self._parked: dict[int, tuple] = {}
+        self._results: dict[int, object] = {}
+        self.error: BaseException | None = None
+
+    @property
+    def slot(self) -> int | None:
+        return getattr(self._local, "slot", None)
+
+    @contextmanager
+    def request(self, ticks: Callable[[], int], made: bool = True):
+        """A slot's request to the engine or the judge (none when not `made`), lasting `ticks()`
+        logical ticks. `ticks()` is read again while the request runs (it may grow, e.g. with a
+        completion's tokens, but never shrink): what it gives then bounds when the slot can be due."""
+        slot = self.slot
+        if slot is None or not made:    # outside the slots (K = 1, start, commit): no schedule
+            yield
+            return
+        with self._cond:
+            self._busy[slot] = ticks
+            if self.concurrent:
+                self._release()
+        try:
+            yield
+        except BaseException:
+            with self._cond:
+                self._busy.pop(slot, None)
+            raise
+        with self._cond:
+            del self._busy[slot]
+            self._due[slot] = self._clock[slot] + max(1, int(ticks()))
+            self._cond.notify_all()
+            self._wait_turn(slot, release=not self.concurrent)      # back at its due tick
+
+    def __call__(self, *args, **kwargs):
+        slot = self.slot
+        if slot is None or self.concurrent:      # outside the slots (start, commit): a plain pass
+            return self.forward(*args, **kwargs)
+        if slot not in self._busy:
+            raise RuntimeError("a slot ran a forward pass outside a request (Flow.request)")
+        with self._cond:
+            self._parked[slot] = _request(*args, **kwargs)
+            self._wait_turn(slot)
+        out = self._results.pop(slot)
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def idle(self) -> None:
+        """Give up the turn until a simulation is backed up (`wake`)."""
+        with self._cond:
+            self._idle.add(self.slot)
+            self._wait_turn(self.slot)
+
+    def wake(self) -> None:
+        """The idle slots go on at the tick of the slot that calls this."""
+        if self.slot is None:           # one simulation in flight: nobody to wake
+            return
+        with self._cond:
+            t = self._clock[self.slot]
+            for s in self._idle:
+                self._due[s] = t
+            self._idle.clear()
+
+    def _release(self) -> None:
+        self._turn = None
+        self._cond.notify_all()
+
+    def _wait_turn(self, slot: int, release: bool = True) -> None:
+        if release:
+            self._release()
+        while self._turn != slot:
+            self._cond.wait()
+        if self.error is not None:
+            raise Aborted()
+
+    def _next(self) -> int | None:
+        """The slot to give the turn to, or None (a forward pass, or requests on their threads, to
+        wait for). First slots whose forward call was answered; then the slot whose request is
+        due first, once no request in flight can be due before it."""
+        if self._runnable:
+            return self._runnable.pop(0)
+        if self.error is not None:        # unwind: every waiting slot raises Aborted
+            for waiting in (self._due, self._parked):
+                if waiting:
+                    s = min(waiting)
+                    del waiting[s]
+                    return s
+            return self._idle.pop() if self._idle else None
+        if not self._due:
+            return None
+        key = min((t, s) for s, t in self._due.items())
+        if any((self._clock[s] + max(1, int(ticks())), s) < key for s, ticks in self._busy.items()):
+            return None
+        del self._due[key[1]]
+        self._clock[key[1]] = self.now = key[0]
+        return key[1]
+
+    def run(self, slots: Sequence[Callable[[], None]]) -> None:
+        """Run the slots to their ends (module docstring); the first error of a slot is raised. One
+        slot is the sequential search: it runs in the calling thread, with no schedule."""
+        from .batch import side_by_side
+
+        if len(slots) == 1:
+            return slots[0]()
+
+        def body(i):
+            self._local.slot = i
+            try:
+                with self._cond:
+                    self._wait_turn(i, release=False)
+                slots[i]()
+            except BaseException as exc:  # noqa: BLE001 - raised by `run` below
+                if not isinstance(exc, Aborted) and self.error is None:
+                    self.error = exc
+            finally:
+                with self._cond:
+                    done.add(i)
+                    if self._turn == i:
+                        self._turn = None
+                    self._cond.notify_all()
+
+        done: set[int] = set()
+        self._clock = dict.fromkeys(range(len(slots)), self.now)
+        self._due = dict.fromkeys(range(len(slots)), self.now)
+        side_by_side([body] * len(slots), serve=lambda: self._serve(done, len(slots)))
+        if self.error is not None:
+            raise self.error
+
+    def _serve(self, done: set[int], k: int) -> None:
+        while True:
+            with self._cond:
+                nxt = self._next()
+                if nxt is not None:
+                    self._turn = nxt
+                    self._cond.notify_all()
+                    while self._turn is not None:
+                        self._cond.wait()
+                    continue
+                if not self._parked:
+                    if self._busy:                 # requests on their own threads
+                        self._cond.wait()
+                        continue
+                    if len(done) == k:
+                        return
+                    for s in self._idle:           # nobody left to wake them
+                        self._due[s] = self.now
+                    if not self._idle and self.error is None:
+                        self.error = RuntimeError("the slots' schedule stalled")     # a bug
+                    self._idle.clear()
+                    continue
+                batch, self._parked = sorted(self._parked.items()), {}
+            results = self._pass([r for _, r in batch])
+            with self._cond:
+                self._results.update(zip([s for s, _ in batch], results))
+                self._runnable += [s for s, _ in batch]
+
+    def _pass(self, reqs: list[tuple]) -> list:
+        mergeable = [r[0].shape[0] == 1 and (r[2] is None or r[2].dim() == 4) for r in reqs]
+        try:
+            if self.merge and len(reqs) > 1 and all(mergeable):
+                self.passes += 1
+                return packed_pass(self.forward, reqs)
+            self.passes += len(reqs)
+            return [self.forward(ids, past, attention_mask=am, all_logits=al, position_ids=pos, logits_at=at)
+                    for ids, past, am, al, pos, at in reqs]
+        except BaseException as exc:  # noqa: BLE001 - handed to the parked slots
+            return [exc] * len(reqs)
