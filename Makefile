@@ -69,8 +69,8 @@ browser:
 test: setup setup-vllm browser
 	$(PY) -m pytest -q
 
-# The tests a developer runs fifty times a day: no embedded model, notebook, browser or slow test
-# (under a minute).
+# The tests a developer runs fifty times a day: no embedded model, notebook, browser, vLLM or slow
+# test (the slow ones, subprocesses and torchrun included, are listed in tests/conftest.py's SLOW).
 test-fast: setup
 	$(PY) -m pytest -q -m "not embedded and not notebook and not browser and not slow and not vllm"
 

@@ -12,7 +12,7 @@ from .trace import CommitRecord, NodeRecord, SimulationRecord, Trace
 
 PHASES = ("select", "add", "ensure", "judge", "expand", "embed", "commit")
 """Phases timed. Clause completions have no phase of their own: the engine grows them in the same
-forward passes as the round's rollouts (`expand`), so their time cannot be told apart."""
+forward passes as the rollouts of their expansion (`expand`), so their time cannot be told apart."""
 
 
 class Observer:
@@ -146,7 +146,7 @@ class PhaseTimer(Observer):
 
 class TraceRecorder(Observer):
     """Writes the search into a `Trace`: per simulation the path, the judged text, the value, the
-    nodes it created (those of a dropped walk of its round too) and every node statistic that
+    nodes it created (those of a dropped walk into its leaf too) and every node statistic that
     changed; per commit the live tree."""
 
     def __init__(self, trace: Trace):
