@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from raintools.errors import RainToolsError
 from raintools.views import analysis as A
 
 Q = A.SUM_PROMPT.format(a=17, b=25)
@@ -73,14 +74,80 @@ def test_paired_quality_counts_and_intervals():
     assert s.loc[0.6, "difference_lo"] >= 0.0          # every resample has K=4 no worse
 
 
-def test_parallel_quality_figure(tmp_path, monkeypatch):
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    from raintools.views.plots import plot_parallel_quality
+def study_rows(good1, good4, seeds=(2, 3), p=0.8):
+    """Rows as bench/parallel_quality.py writes them: question i is good at K = 1 / K = 4 when
+    good1[i] / good4[i]; passes and simulations that differ per question and K."""
+    rows = []
+    for i, (g1, g4) in enumerate(zip(good1, good4)):
+        for seed in seeds:
+            rows.append(dict(question=f"q{i}", seed=seed, k=1, p=p, good=bool(g1), simulations=10 + i,
+                             forward_calls=40 + 3 * i + seed))
+            rows.append(dict(question=f"q{i}", seed=seed, k=4, p=p, good=bool(g4), simulations=12 + i,
+                             forward_calls=20 + i))
+    return pd.DataFrame(rows)
 
-    summary = pd.DataFrame([dict(p=p, pairs=80, prompts=40, good_k1=0.5, good_k1_lo=0.4, good_k1_hi=0.6,
-                                 good_k4=0.55, good_k4_lo=0.44, good_k4_hi=0.65, difference=0.05,
-                                 difference_lo=-0.04, difference_hi=0.14) for p in (0.6, 0.8, 1.0)])
-    left, right = plot_parallel_quality(summary)
-    assert len(left.get_xticklabels()) == 3
-    assert any(abs(line.get_ydata()[0] + 0.05) < 1e-12 for line in right.get_lines()
-               if len(line.get_ydata()) == 2)
+
+def test_parallel_quality_table_pairs_questions_and_counts_the_cost():
+    runs = study_rows([1, 0, 1, 1, 0], [1, 1, 0, 1, 1])
+    unpaired = dict(question="q9", seed=2, k=1, p=0.8, good=False, simulations=10, forward_calls=99)
+    t = A.parallel_quality_table(pd.concat([runs, pd.DataFrame([unpaired])]), a=4, b=1, n_boot=500)
+    assert list(t.measure) == ["share good", "share good", "difference", "passes per simulation",
+                               "passes per simulation"]
+    assert (t.questions == 5).all() and (t.pairs == 10).all()          # q9 has no K = 4 run
+    est = t.set_index(["measure", "k"]).estimate
+    assert est["share good", "1"] == pytest.approx(3 / 5) and est["share good", "4"] == pytest.approx(4 / 5)
+    paired = A.paired_quality(runs.rename(columns={"question": "prompt"}), a=4, b=1, n_boot=500).iloc[0]
+    d = t[t.measure == "difference"].iloc[0]
+    assert (d.estimate, d.lo, d.hi) == pytest.approx((paired.difference, paired.difference_lo, paired.difference_hi))
+    for k in (1, 4):
+        g = runs[runs.k == k]
+        assert est["passes per simulation", str(k)] == pytest.approx(g.forward_calls.sum() / g.simulations.sum())
+    assert (t.lo <= t.estimate).all() and (t.estimate <= t.hi).all()
+    assert (t[t.measure == "share good"].hi > t[t.measure == "share good"].lo).all()   # not zero-width
+    with pytest.raises(RainToolsError, match="forward_calls"):
+        A.parallel_quality_table(runs.drop(columns="forward_calls"), a=4)
+    assert A.parallel_quality_table(runs[runs.k == 1], a=4).empty
+
+
+def test_share_intervals_resample_questions_not_runs():
+    """Two seeds that always agree carry one question's worth of evidence: the interval over
+    questions is as wide as with one seed, wider than treating the runs as independent."""
+    one = A.parallel_quality_table(study_rows([1, 0] * 10, [1, 0] * 10, seeds=(2,)), a=4, n_boot=2000)
+    two = A.parallel_quality_table(study_rows([1, 0] * 10, [1, 0] * 10, seeds=(2, 3)), a=4, n_boot=2000)
+    width = lambda t: float((t.hi - t.lo)[t.measure == "share good"].iloc[0])
+    assert width(two) == pytest.approx(width(one), abs=0.03)
+    lo, hi = A.wilson_interval(20, 40)
+    assert width(two) > (hi - lo) + 0.05
+
+
+@pytest.mark.parametrize("estimate, lo, questions, shown, few", [
+    (0.01, -0.03, 120, True, False), (-0.02, -0.08, 120, False, False), (-0.10, -0.20, 120, False, False),
+    (0.03, 0.00, 50, True, True), (0.00, -0.06, 119, False, True),
+])
+def test_parallel_verdict_says_what_the_interval_shows(estimate, lo, questions, shown, few):
+    table = pd.DataFrame([dict(measure="difference", k="4 - 1", p=0.8, questions=questions, pairs=2 * questions,
+                               estimate=estimate, lo=lo, hi=estimate + 0.05)])
+    (line,) = A.parallel_verdict(table, margin=0.05, planned=120)
+    assert ("non-inferiority not shown" in line) == (not shown)
+    assert ("non-inferiority shown" in line) == shown
+    assert ("Point estimate below -0.05" in line) == (estimate < -0.05)
+    assert ("lower end below -0.05" in line) == (lo < -0.05)
+    assert ("Too few questions" in line) == few and f"{questions} questions" in line
+    assert A.parallel_verdict(table.iloc[:0]) == ["no question has both K finished: no verdict"]
+
+
+def test_parallel_quality_figure_draws_its_table(monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    from raintools.views.plots import legend_overlaps, plot_parallel_quality
+
+    t = A.parallel_quality_table(study_rows([1, 0, 1, 1, 0, 1], [1, 1, 0, 1, 1, 0]), a=4, n_boot=500)
+    axes = plot_parallel_quality(t, margin=0.05)
+    for ax, measure in zip(axes, ("share good", "difference", "passes per simulation")):
+        rows = t[t.measure == measure]
+        drawn = [(c.lines[0].get_ydata()[0], *sorted(cap.get_ydata()[0] for cap in c.lines[1]))
+                 for c in ax.containers]
+        assert np.allclose(drawn, list(zip(rows.estimate, rows.lo, rows.hi)))
+    assert any(np.allclose(line.get_ydata(), -0.05) for line in axes[1].get_lines() if len(line.get_ydata()) == 2)
+    assert legend_overlaps(axes[0].figure) == []
+    with pytest.raises(ValueError):
+        plot_parallel_quality(pd.concat([t, t.assign(p=1.0)]))

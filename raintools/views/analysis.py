@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..experiments.data import PreferencePair, parse_transcript
 from ..experiments.stats import cluster_ratio_ci, wilson_interval  # noqa: F401 - re-exported
+from ..observe import Observer
 
 if TYPE_CHECKING:
     from ..config import RainConfig
@@ -785,3 +786,135 @@ def paired_quality(runs: pd.DataFrame, a: int, b: int = 1, n_boot: int = 4000, s
                    a_only=int(((ya == 1) & (yb == 0)).sum()), b_only=int(((ya == 0) & (yb == 1)).sum()))
         out.append(row)
     return pd.DataFrame(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Simulations in flight (K > 1): who ran when, on the flow's logical clock
+
+class FlightLog(Observer):
+    """An observer (`raintools.observe.Observer`, pass it in `RainSearch(observers=[...])`) that
+    notes, for every simulation, its slot, the logical tick (`raintools.flow`) and the count of
+    the slots' packed forward passes (`Flow.passes`) when its walk started and when its value was
+    backed up, its leaf's text and its value; and every walk dropped because its leaf was in flight.
+    With K = 1 there is no clock (every tick 0): the simulations run one after another."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.drops: list[dict] = []
+        self._open: dict[int, dict] = {}
+
+    def selected(self, search, sims):
+        for sim in sims:
+            self._open[id(sim)] = dict(walk=sim.walk, slot=search.flow.slot, step=search.outer_step,
+                                       start_tick=search.flow.now, start_pass=search.flow.passes,
+                                       leaf=search.lm.decode(sim.leaf.tokens))
+
+    def dropped(self, search, sim, into):
+        self.drops.append(dict(slot=search.flow.slot, tick=search.flow.now, step=search.outer_step,
+                               leaf=search.lm.decode(sim.leaf.tokens)))
+
+    def backed_up(self, search, sim, similarity):
+        row = self._open.pop(id(sim))
+        row.update(simulation=search.sim_index, end_tick=search.flow.now, end_pass=search.flow.passes,
+                   value=sim.value)
+        self.rows.append(row)
+
+    def frame(self) -> pd.DataFrame:
+        """One row per simulation, in the order its walk started."""
+        cols = ["walk", "simulation", "slot", "step", "start_tick", "end_tick", "start_pass", "end_pass",
+                "leaf", "value"]
+        return pd.DataFrame(self.rows, columns=cols).sort_values("walk", ignore_index=True)
+
+
+def in_flight(log: pd.DataFrame) -> pd.DataFrame:
+    """From `FlightLog.frame()`: at every tick where a walk starts or a value is backed up, the
+    walks in flight just after it (started at or before that tick, backed up after it), by slot.
+    Columns: tick, one per slot (the walk it runs, or "" when free), `busy` (slots in flight)."""
+    slots = sorted(log.slot.dropna().unique())
+    rows = []
+    for t in sorted(set(log.start_tick) | set(log.end_tick)):
+        live = log[(log.start_tick <= t) & (log.end_tick > t)]
+        row = {"tick": int(t), **{f"slot {int(s)}": "" for s in slots}}
+        for _, w in live.iterrows():
+            row[f"slot {int(w.slot)}"] = f"walk {int(w.walk)}"
+        rows.append(dict(row, busy=len(live)))
+    return pd.DataFrame(rows)
+
+
+def freed_slot_starts(log: pd.DataFrame) -> pd.DataFrame:
+    """From `FlightLog.frame()`: every walk that a slot started at the tick its previous walk was
+    backed up while a walk of another slot, started earlier, was still in flight (what a round
+    barrier would have made it wait for). Columns: slot, walk, tick, after (the slot's previous
+    walk), waiting_on (the other walks still in flight then)."""
+    rows = []
+    for slot, g in log.sort_values("start_tick", kind="stable").groupby("slot"):
+        for prev, nxt in zip(g.itertuples(), g.iloc[1:].itertuples()):
+            if nxt.start_tick != prev.end_tick:
+                continue
+            others = log[(log.slot != slot) & (log.start_tick < nxt.start_tick) & (log.end_tick > nxt.start_tick)]
+            if len(others):
+                rows.append(dict(slot=int(slot), walk=int(nxt.walk), tick=int(nxt.start_tick),
+                                 after=int(prev.walk), waiting_on=", ".join(f"walk {int(w)}" for w in others.walk)))
+    return pd.DataFrame(rows, columns=["slot", "walk", "tick", "after", "waiting_on"])
+
+
+# ---------------------------------------------------------------------------------------------
+# K slots against the sequential search: quality and cost from the study's rows
+
+def parallel_quality_table(runs: pd.DataFrame, a: int, b: int = 1, n_boot: int = 4000,
+                           seed: int = 0) -> pd.DataFrame:
+    """Rows of `bench/parallel_quality.py` (or `simulated_judge_runs`: `prompt` for `question`)
+    with K = a and K = b, reduced to the (question, seed, p) pairs both Ks finished. One row per
+    plotted quantity and p, each with a 95% interval that resamples questions (a question's seeds
+    together): `share good` for each K, `difference` (K = a minus K = b, paired:
+    `paired_quality`), and `passes per simulation` for each K (forward passes over simulations,
+    summed over the runs). Columns: measure, k, p, questions, pairs, estimate, lo, hi."""
+    from ..errors import RainToolsError
+
+    runs = runs.rename(columns={"question": "prompt"})
+    missing = {"prompt", "seed", "k", "p", "good", "simulations", "forward_calls"} - set(runs.columns)
+    if missing:
+        raise RainToolsError(f"the runs lack the columns {sorted(missing)}")
+    cols = ["measure", "k", "p", "questions", "pairs", "estimate", "lo", "hi"]
+    key = ["prompt", "seed", "p"]
+    both = runs[runs.k.isin([a, b])].drop_duplicates(key + ["k"])
+    done = both.groupby(key).k.nunique()
+    both = both.set_index(key).loc[done[done == 2].index].reset_index()
+    if both.empty:
+        return pd.DataFrame(columns=cols)
+    out = []
+    for p, g in both.groupby("p"):
+        base = dict(p=p, questions=g.prompt.nunique(), pairs=len(g) // 2)
+        per_q = {k: g[g.k == k].groupby("prompt").agg(good=("good", "sum"), runs=("good", "size"),
+                                                      passes=("forward_calls", "sum"), sims=("simulations", "sum"))
+                 for k in (b, a)}
+        for measure, num, den in (("share good", "good", "runs"), ("passes per simulation", "passes", "sims")):
+            for k, q in per_q.items():
+                lo, hi = cluster_ratio_ci(q[num].to_numpy(float), q[den].to_numpy(float), n_boot=n_boot, seed=seed)
+                out.append(dict(base, measure=measure, k=str(k), estimate=q[num].sum() / q[den].sum(), lo=lo, hi=hi))
+            if measure == "share good":
+                d = paired_quality(g, a=a, b=b, n_boot=n_boot, seed=seed).iloc[0]
+                out.append(dict(base, measure="difference", k=f"{a} - {b}", estimate=d.difference,
+                                lo=d.difference_lo, hi=d.difference_hi))
+    return pd.DataFrame(out, columns=cols)
+
+
+def parallel_verdict(table: pd.DataFrame, margin: float = 0.05, planned: int = 120) -> list[str]:
+    """The non-inferiority verdict, in words, for each p of `parallel_quality_table`: the paired
+    difference's point estimate and its 95% interval's lower end against -margin ("shown" only
+    when the lower end is not below it), and "too few questions" below `planned` questions."""
+    diffs = table[table.measure == "difference"]
+    if diffs.empty:
+        return ["no question has both K finished: no verdict"]
+    lines = []
+    for _, d in diffs.iterrows():
+        est = "not below" if d.estimate >= -margin else "below"
+        low = "not below" if d.lo >= -margin else "below"
+        line = (f"p = {d.p:g}: K = {d.k.replace(' - ', ' minus K = ')}: {d.estimate:+.3f} "
+                f"(95% interval {d.lo:+.3f} to {d.hi:+.3f}; {d.questions} questions, {d.pairs} pairs). "
+                f"Point estimate {est} -{margin:g}; lower end {low} -{margin:g}: "
+                + ("non-inferiority shown" if d.lo >= -margin else "non-inferiority not shown") + ".")
+        if d.questions < planned:
+            line += f" Too few questions: {d.questions} of the {planned} planned; a provisional reading."
+        lines.append(line)
+    return lines

@@ -1175,33 +1175,62 @@ def plot_selection_terms(df: pd.DataFrame, top: int = 10):
     return fig
 
 
-def plot_parallel_quality(summary: pd.DataFrame, a: int = 4, b: int = 1, margin: float = 0.05, axes=None):
-    """Left: share of good responses for K = b and K = a at each judge accuracy p (Wilson 95%
-    intervals). Right: the paired difference K = a minus K = b with its 95% interval and the
-    -margin line it must not fall below. `summary` from `analysis.paired_quality`."""
+def plot_parallel_quality(table: pd.DataFrame, margin: float = 0.05, axes=None):
+    """Three panels from `analysis.parallel_quality_table` (one p), every point with its 95%
+    interval over questions: the share of good answers for each K, the paired difference (with 0
+    and the -margin it must not fall below), and the cost, forward passes per simulation for each
+    K. Draws only what the table holds (the figure agrees with its CSV); no legend."""
     plt = _plt()
+    if table.p.nunique() != 1:
+        raise ValueError("one judge accuracy p per figure")
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw=dict(width_ratios=[1.2, 1]))
-    left, right = axes
-    x = np.arange(len(summary))
-    for k, dx, colour in ((b, -0.08, "#4c72b0"), (a, 0.08, "#dd8452")):
-        m = summary[f"good_k{k}"]
-        err = np.clip(np.vstack([m - summary[f"good_k{k}_lo"], summary[f"good_k{k}_hi"] - m]), 0, None)
-        left.errorbar(x + dx, m, yerr=err, fmt="o", capsize=4, color=colour,
-                      label=f"K = {k}" + (" (sequential, the paper)" if k == 1 else " (parallel rounds)"))
-    pairs = int(summary.pairs.max()) if len(summary) else 0
-    left.set(xticks=x, xticklabels=[f"p = {p:g}" for p in summary.p], ylim=(-0.05, 1.05),
-             ylabel="share of good responses", title=f"Equal simulation budget, {pairs} runs per point")
-    left.legend(fontsize=8, loc="lower right")
-    d = summary.difference
-    err = np.clip(np.vstack([d - summary.difference_lo, summary.difference_hi - d]), 0, None)
-    right.errorbar(x, d, yerr=err, fmt="s", capsize=4, color="#55a868", label="paired difference, 95% interval")
-    right.axhline(0, color="grey", lw=1)
-    right.axhline(-margin, color="#c44e52", ls="--", lw=1, label=f"-{margin:g}: the tolerated loss")
-    lim = max(0.2, float(np.nanmax(np.abs(np.r_[summary.difference_lo, summary.difference_hi]))) + 0.03)
-    right.set(xticks=x, xticklabels=[f"p = {p:g}" for p in summary.p], ylim=(-lim, lim),
-              ylabel=f"K = {a} minus K = {b}", title="Paired difference (same prompts and seeds)")
-    right.legend(fontsize=8, loc="upper right")
-    left.figure.suptitle("Parallel vs sequential search under SIMULATED judges of accuracy p")
-    left.figure.tight_layout()
+        fig, axes = plt.subplots(1, 3, figsize=(13, 4), gridspec_kw=dict(width_ratios=[1, 0.7, 1]))
+    colours = ["#4c72b0", "#dd8452", "#55a868"]
+    for ax, measure in zip(axes, ("share good", "difference", "passes per simulation")):
+        rows = table[table.measure == measure].reset_index(drop=True)
+        for i, r in rows.iterrows():
+            err = np.clip([[r.estimate - r.lo], [r.hi - r.estimate]], 0, None)
+            ax.errorbar([i], [r.estimate], yerr=err, fmt="o", capsize=5, ms=7,
+                        color=colours[2] if measure == "difference" else colours[i % 2])
+        ax.set_xticks(range(len(rows)), [f"K = {k}" + (" (sequential)" if k == "1" else "") for k in rows.k]
+                      if measure != "difference" else [f"K = {k.replace(' - ', ' minus K = ')}" for k in rows.k])
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+    q = table.iloc[0]
+    axes[0].set(ylim=(-0.05, 1.05), ylabel="share of good answers",
+                title=f"Quality: {q.questions} questions, {q.pairs} runs per K")
+    axes[1].axhline(0, color="grey", lw=1)
+    axes[1].axhline(-margin, color="#c44e52", ls="--", lw=1)
+    d = table[table.measure == "difference"]
+    lim = max(0.2, float(np.nanmax(np.abs(np.r_[d.lo, d.hi, -margin]))) + 0.05) if len(d) else 0.2
+    axes[1].set(ylim=(-lim, lim), ylabel="paired difference in share good",
+                title=f"Paired; dashed: -{margin:g}, the tolerated loss")
+    top = float(table[table.measure == "passes per simulation"].hi.max())
+    axes[2].set(ylim=(0, (top if np.isfinite(top) else 1) * 1.15), ylabel="forward passes per simulation",
+                title="Cost: sequential passes per simulation")
+    axes[0].figure.suptitle(f"K slots vs the sequential search, SIMULATED judge p = {q.p:g}, "
+                            "equal simulation budget (95% intervals resample questions)")
+    axes[0].figure.tight_layout()
     return axes
+
+
+def plot_flight(log: pd.DataFrame, k: int, ax=None):
+    """The simulations of a search with K slots on the flow's logical clock (`FlightLog.frame()`):
+    one row per slot, each walk a bar from the tick it started to the tick its value was backed
+    up, labelled with its walk number; a walk with no request (a memo hit on a terminal leaf)
+    is a tick mark. Outer steps apart by a dotted line."""
+    ax = _new_ax(ax, figsize=(11, 3.2))
+    colours = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
+    for r in log.itertuples():
+        width = r.end_tick - r.start_tick
+        if width > 0:
+            ax.barh(r.slot, width, left=r.start_tick, height=0.6, color=colours[r.step % len(colours)],
+                    edgecolor="black", lw=0.5)
+            ax.text(r.start_tick + width / 2, r.slot, str(r.walk), ha="center", va="center", fontsize=7)
+        else:
+            ax.plot([r.start_tick] * 2, [r.slot - 0.3, r.slot + 0.3], color="black", lw=1.5)
+    for t in log.groupby("step").start_tick.min().iloc[1:]:
+        ax.axvline(t - 0.5, color="grey", ls=":", lw=1)
+    ax.set(yticks=range(k), yticklabels=[f"slot {s}" for s in range(k)], ylim=(k - 0.5, -0.5),
+           xlabel="logical tick (raintools.flow)",
+           title=f"K = {k}: simulations in flight (bar: walk start to back-up; colour: outer step)")
+    return ax
