@@ -55,7 +55,7 @@ from raintools.views.notebooks import REPO, settings
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
 K = 4                                              # slots: simulations in flight at most
-DEMO = dict(max_new_tokens=7, max_simulations=16)  # sections 1-2: a budget with room for K in flight
+DEMO = dict(max_new_tokens=10 if FAST else 17, max_simulations=16)   # sections 1-2: room for K in flight
 STUDY_CSV = Path(os.environ.get("RAINTOOLS_PARALLEL_STUDY", REPO / "bench/results/parallel_quality_runs.csv"))
 PLANNED_QUESTIONS, MARGIN = 120, 0.05              # bench/parallel_quality.py's plan; the tolerated loss
 
@@ -88,12 +88,12 @@ embedder = load_embedder()
 truth = SumTruth.make(n=1, seed=SEED)
 prompt = truth.prompts[0]
 cfg = notebook_config(lm, seed=SEED, **DEMO)
-searches, logs = {}, {}
-for k in (1, K):
+results, logs = {}, {}
+for k in (1, K):    # one search made and run after the other: its stats count the model's passes meanwhile
     logs[k] = FlightLog()
-    searches[k] = rt.RainSearch(lm, prompt, cfg.replace(parallel_simulations=k), embedder=embedder,
-                                evaluator=rt.SimulatedJudge(truth, accuracy=0.8, seed=SEED), observers=[logs[k]])
-results = {k: s.run() for k, s in searches.items()}
+    results[k] = rt.RainSearch(lm, prompt, cfg.replace(parallel_simulations=k), embedder=embedder,
+                               evaluator=rt.SimulatedJudge(truth, accuracy=0.8, seed=SEED),
+                               observers=[logs[k]]).run()
 
 # %%
 cols = ["simulations", "forward_calls", "tokens_computed", "early_stops", "wall_time_s"]
@@ -104,32 +104,44 @@ table.assign(answer=[r.text for r in results.values()], good=[truth(prompt, r.te
 
 # %% [markdown]
 # `forward_calls` counts every sequential forward pass of the search (the start and the commits
-# included). With K slots a pass carries the next tokens of every simulation in flight, so the
-# passes per simulation can fall; the answers may differ, since the two searches visit leaves in
-# a different order.
-#
+# included). With K slots a pass carries the next tokens of every simulation in flight; but the
+# two searches visit leaves in a different order, so on one question they need not compute the
+# same tokens, nor give the same answer. On this question:
+
+# %%
+per_sim = table["passes per simulation"]
+print(f"passes per simulation: {per_sim[f'K = {K}']:.2f} at K = {K} against {per_sim['K = 1']:.2f} at K = 1 "
+      f"(K = 1 over K = {K}: {per_sim['K = 1'] / per_sim[f'K = {K}']:.2f}); tokens computed {table.tokens_computed[f'K = {K}']:.0f} "
+      f"against {table.tokens_computed['K = 1']:.0f}")
+
+# %% [markdown]
 # ## 2. Inside the flow: K slots busy, and a freed slot that does not wait
 #
-# The log of the K = 4 search: for each simulation (numbered by the order its walk started), its
-# slot, the ticks of the logical clock at which its walk started and its value was backed up, the
-# count of the slots' packed passes at those moments, its leaf and the value the judge gave.
+# The log of the K = 4 search, drawn on the logical clock: one row per slot, one bar per
+# simulation from the tick its walk started to the tick its value was backed up.
 
 # %%
 log = logs[K].frame()
 ax = plot_flight(log, K)
 save_figure(ax.figure, "11_parallel_flow", log)
-log[log.step == 0]
 
 # %% [markdown]
 # Which simulation each slot runs after every tick at which a walk starts or a value is backed
-# up (`busy`: the slots in flight), for the busiest outer step:
+# up (`busy`: the slots in flight), in the outer step where the most were in flight:
 
 # %%
 flight = in_flight(log)
-full = flight[flight.busy == flight.busy.max()]
-busiest = int(log[log.start_tick == full.tick.iloc[0]].step.iloc[0])
-span = log[log.step == busiest]
-flight[flight.tick.between(span.start_tick.min(), span.end_tick.max())]
+first_full = int(flight.tick[flight.busy.idxmax()])
+busiest = int(log[(log.start_tick <= first_full) & (log.end_tick > first_full)].step.iloc[0])
+in_flight(log[log.step == busiest])
+
+# %% [markdown]
+# The same step's simulations (numbered by the order their walks started): slot, the ticks at
+# which each walk started and was backed up, the count of the slots' packed forward passes at
+# those moments (`Flow.passes`), the leaf and the value the judge gave.
+
+# %%
+log[log.step == busiest]
 
 # %% [markdown]
 # The measured answers, computed from the log: how many slots were busy at once, and the walks
@@ -137,19 +149,23 @@ flight[flight.tick.between(span.start_tick.min(), span.end_tick.max())]
 # flight (with a round barrier each of these would have waited for those walks to end).
 
 # %%
-print(f"most simulations in flight at once: {flight.busy.max()} of K = {K} "
-      f"(first at tick {full.tick.iloc[0]}, {len(full)} tick(s) with that many)")
-starts = freed_slot_starts(log)
-for r in starts.itertuples():
+print(f"most simulations in flight at once: {flight.busy.max()} of K = {K} (first at tick {first_full}, "
+      f"{(flight.busy == flight.busy.max()).sum()} tick(s) with that many)")
+starts = freed_slot_starts(log).merge(log[["walk", "start_tick", "end_tick"]], on="walk")
+ran = starts[starts.end_tick > starts.start_tick]
+for r in ran.itertuples():
     print(f"tick {r.tick}: slot {r.slot} backed up walk {r.after} and started walk {r.walk} "
-          f"while {r.waiting_on} still ran")
-print(f"{len(starts)} such walk(s); {len(logs[K].drops)} walk(s) dropped (their leaf was in flight)")
+          f"(to tick {r.end_tick}) while {r.waiting_on} still ran")
+print(f"{len(ran)} such walk(s), and {len(starts) - len(ran)} more that took no tick (memo hits); "
+      f"{len(logs[K].drops)} walk(s) dropped (their leaf was in flight)")
 
 # %% [markdown]
-# A walk drawn as a tick mark took no request: a terminal leaf whose text the judge had already
-# scored (a memo hit), so it was backed up at the tick it started. The first walk of a fresh root
-# runs alone: the root is the only leaf, and the other slots' walks into it are dropped until its
-# expansion is backed up.
+# A gap in a slot's row: the slot was idle (its walk was dropped, or the cap on walks in flight
+# held it back) until a back-up woke it, or its next walk's selection made a node addition (a
+# request of its own, before the walk counts as started). A walk drawn as a tick mark took no
+# request: a terminal leaf whose text the judge had already scored (a memo hit), so it was
+# backed up at the tick it started. The first walk of a fresh root runs alone: the root is the
+# only leaf, and the other slots' walks into it are dropped until its expansion is backed up.
 #
 # ## 3. Quality and cost at equal simulation budget, on fresh data
 #
@@ -172,12 +188,12 @@ if study is None:
     print(f"{STUDY_CSV} is absent: run `python bench/parallel_quality.py` to make it. No verdict here.")
 else:
     old = set(SumTruth.make(n=40, seed=0).prompts)    # the questions the earlier rules were tuned on
-    print(f"{STUDY_CSV.name}: {len(study)} rows; seeds {sorted(study.seed.unique())}; "
-          f"judge p {sorted(study.p.unique())}; {study.question.nunique()} questions started, "
+    print(f"{STUDY_CSV.name}: {len(study)} rows; seeds {sorted(map(int, study.seed.unique()))}; "
+          f"judge p {sorted(map(float, study.p.unique()))}; {study.question.nunique()} questions started, "
           f"{quality.questions.max() if len(quality) else 0} of the {PLANNED_QUESTIONS} planned with "
           f"both K finished on at least one seed ({quality.pairs.max() if len(quality) else 0} pairs); "
           f"questions shared with the tuning set: {len(old & set(study.question))}")
-    print(f"wall {study.wall_s.sum() / 3600:.1f} h of searches, torch threads {sorted(study.threads.unique())}, "
+    print(f"wall {study.wall_s.sum() / 3600:.1f} h of searches, torch threads {sorted(map(int, study.threads.unique()))}, "
           f"load (1 min) {study.load1.min():g} to {study.load1.max():g}")
 
 # %%
@@ -205,7 +221,7 @@ if quality is not None:
     cost = quality[quality.measure == "passes per simulation"].set_index("k").estimate
     if len(cost) == 2:
         print(f"cost: {cost['1']:.2f} passes per simulation at K = 1, {cost[str(K)]:.2f} at K = {K} "
-              f"({cost['1'] / cost[str(K)]:.2f}x fewer sequential passes)")
+              f"(K = 1 over K = {K}: {cost['1'] / cost[str(K)]:.2f})")
 
 # %% [markdown]
 # ## Reading the result

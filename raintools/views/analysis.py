@@ -844,8 +844,8 @@ def in_flight(log: pd.DataFrame) -> pd.DataFrame:
 def freed_slot_starts(log: pd.DataFrame) -> pd.DataFrame:
     """From `FlightLog.frame()`: every walk that a slot started at the tick its previous walk was
     backed up while a walk of another slot, started earlier, was still in flight (what a round
-    barrier would have made it wait for). Columns: slot, walk, tick, after (the slot's previous
-    walk), waiting_on (the other walks still in flight then)."""
+    barrier would have made it wait for), in the order of their ticks. Columns: slot, walk, tick,
+    after (the slot's previous walk), waiting_on (the other walks still in flight then)."""
     rows = []
     for slot, g in log.sort_values("start_tick", kind="stable").groupby("slot"):
         for prev, nxt in zip(g.itertuples(), g.iloc[1:].itertuples()):
@@ -855,7 +855,8 @@ def freed_slot_starts(log: pd.DataFrame) -> pd.DataFrame:
             if len(others):
                 rows.append(dict(slot=int(slot), walk=int(nxt.walk), tick=int(nxt.start_tick),
                                  after=int(prev.walk), waiting_on=", ".join(f"walk {int(w)}" for w in others.walk)))
-    return pd.DataFrame(rows, columns=["slot", "walk", "tick", "after", "waiting_on"])
+    return (pd.DataFrame(rows, columns=["slot", "walk", "tick", "after", "waiting_on"])
+            .sort_values(["tick", "slot"], ignore_index=True))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1217,7 +1217,7 @@ def plot_flight(log: pd.DataFrame, k: int, ax=None):
     """The simulations of a search with K slots on the flow's logical clock (`FlightLog.frame()`):
     one row per slot, each walk a bar from the tick it started to the tick its value was backed
     up, labelled with its walk number; a walk with no request (a memo hit on a terminal leaf)
-    is a tick mark. Outer steps apart by a dotted line."""
+    is a tick mark. A dotted line where an outer step begins."""
     ax = _new_ax(ax, figsize=(11, 3.2))
     colours = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
     for r in log.itertuples():
@@ -1229,7 +1229,7 @@ def plot_flight(log: pd.DataFrame, k: int, ax=None):
         else:
             ax.plot([r.start_tick] * 2, [r.slot - 0.3, r.slot + 0.3], color="black", lw=1.5)
     for t in log.groupby("step").start_tick.min().iloc[1:]:
-        ax.axvline(t - 0.5, color="grey", ls=":", lw=1)
+        ax.axvline(t, color="grey", ls=":", lw=1)
     ax.set(yticks=range(k), yticklabels=[f"slot {s}" for s in range(k)], ylim=(k - 0.5, -0.5),
            xlabel="logical tick (raintools.flow)",
            title=f"K = {k}: simulations in flight (bar: walk start to back-up; colour: outer step)")
