@@ -89,7 +89,7 @@ truth = SumTruth.make(n=1, seed=SEED)
 prompt = truth.prompts[0]
 cfg = notebook_config(lm, seed=SEED, **DEMO)
 results, logs = {}, {}
-for k in (1, K):    # one search made and run after the other: its stats count the model's passes meanwhile
+for k in (1, K):    # made and run one after the other: a search's stats count every pass of the model since it was made
     logs[k] = FlightLog()
     results[k] = rt.RainSearch(lm, prompt, cfg.replace(parallel_simulations=k), embedder=embedder,
                                evaluator=rt.SimulatedJudge(truth, accuracy=0.8, seed=SEED),
@@ -109,10 +109,10 @@ table.assign(answer=[r.text for r in results.values()], good=[truth(prompt, r.te
 # same tokens, nor give the same answer. On this question:
 
 # %%
-per_sim = table["passes per simulation"]
-print(f"passes per simulation: {per_sim[f'K = {K}']:.2f} at K = {K} against {per_sim['K = 1']:.2f} at K = 1 "
-      f"(K = 1 over K = {K}: {per_sim['K = 1'] / per_sim[f'K = {K}']:.2f}); tokens computed {table.tokens_computed[f'K = {K}']:.0f} "
-      f"against {table.tokens_computed['K = 1']:.0f}")
+per_sim, tokens, one, many = table["passes per simulation"], table.tokens_computed, "K = 1", f"K = {K}"
+print(f"passes per simulation: {per_sim[many]:.2f} at {many} against {per_sim[one]:.2f} at {one} "
+      f"({one} over {many}: {per_sim[one] / per_sim[many]:.2f}); tokens computed {tokens[many]:.0f} "
+      f"against {tokens[one]:.0f}")
 
 # %% [markdown]
 # ## 2. Inside the flow: K slots busy, and a freed slot that does not wait
@@ -193,8 +193,8 @@ else:
           f"{quality.questions.max() if len(quality) else 0} of the {PLANNED_QUESTIONS} planned with "
           f"both K finished on at least one seed ({quality.pairs.max() if len(quality) else 0} pairs); "
           f"questions shared with the tuning set: {len(old & set(study.question))}")
-    print(f"wall {study.wall_s.sum() / 3600:.1f} h of searches, torch threads {sorted(map(int, study.threads.unique()))}, "
-          f"load (1 min) {study.load1.min():g} to {study.load1.max():g}")
+    print(f"wall {study.wall_s.sum() / 3600:.1f} h of searches, torch threads "
+          f"{sorted(map(int, study.threads.unique()))}, load (1 min) {study.load1.min():g} to {study.load1.max():g}")
 
 # %%
 if quality is not None and len(quality):
@@ -226,9 +226,9 @@ if quality is not None:
 # %% [markdown]
 # ## Reading the result
 #
-# * The passes saved are in section 3's right panel and the line above; the flow (section 2)
-#   is where they come from: one pass serves every simulation in flight, and a slot that is done
-#   starts its next walk without waiting. The cap at half of a step's remaining budget keeps the
+# * The cost in sequential passes is in section 3's right panel and the line above; what the
+#   flow can save comes from section 2's mechanism: one pass serves every simulation in flight,
+#   and a slot that is done starts its next walk without waiting. The cap at half of a step's remaining budget keeps the
 #   last simulations of a step close to the sequential order, at the price of fewer simulations
 #   in flight near the end of each step: compare the printed ratio with K (at this notebook's
 #   small CPU budget; `bench/rain_speed.py` measures the paper's budget).
