@@ -1,5 +1,5 @@
 """A fingerprint of what the decoder computes: per case the committed tokens, every stats counter
-(forward passes, tokens computed, simulations, rounds, evaluations, ...; no wall times) and two
+(forward passes, tokens computed, simulations, evaluations, ...; no wall times) and two
 hashes of the trace (exact floats, and floats rounded to 6 decimals), for a refactoring that must
 change none of them.
 
