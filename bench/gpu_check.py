@@ -174,7 +174,7 @@ def one_search(lm, cfg, judge, prompt):
     sync(lm.device)
     wall = time.perf_counter() - t0
     calls = lm.stats.since(s0).calls
-    return dict(wall=wall, sims=r.stats["simulations"], rounds=r.stats["rounds"], passes=calls,
+    return dict(wall=wall, sims=r.stats["simulations"], passes=calls,
                 early=r.stats["early_stops"], commits=r.stats["commits"])
 
 
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     # 2. parallel simulations
     ks = [int(k) for k in args.ks.split(",")]
     print(f"\n2. parallel simulations, one prompt, T={args.simulations}, {args.commits} commits:")
-    print(f"{'K':>3} {'wall s':>8} {'sims':>5} {'rounds':>6} {'passes':>7} {'passes/sim':>10} "
+    print(f"{'K':>3} {'wall s':>8} {'sims':>5} {'passes':>7} {'passes/sim':>10} "
           f"{'early stops':>11} {'speedup':>8} {'peak mem':>10}")
     runs = {}
     for k in ks:
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
         cfg = base.replace(max_simulations=args.simulations, parallel_simulations=k)
         runs[k] = r = one_search(lm, cfg, judge, "Tell me about rivers.")
         sp = runs[ks[0]]["wall"] / r["wall"] if ks[0] in runs else float("nan")
-        print(f"{k:3d} {r['wall']:8.2f} {r['sims']:5d} {r['rounds']:6d} {r['passes']:7d} "
+        print(f"{k:3d} {r['wall']:8.2f} {r['sims']:5d} {r['passes']:7d} "
               f"{r['passes'] / r['sims']:10.2f} {r['early']:11d} {sp:8.2f} {peak(device):>10}", flush=True)
 
     # 3. many prompts

@@ -50,7 +50,7 @@ from raintools.views.analysis import (RecordingEvaluator, SumTruth, judge_agreem
                                       notebook_config, wilson_interval)
 
 FIELDS = ["engine", "seed", "p", "k", "question", "prompt", "response", "good", "judge_agreement",
-          "simulations", "rounds", "forward_calls", "early_stops", "chunk_prompts", "chunk_wall_s"]
+          "simulations", "forward_calls", "early_stops", "chunk_prompts", "chunk_wall_s"]
 MAX_NEW_TOKENS = 17          # notebook 11 (full mode)
 NOTEBOOK_QUESTIONS = 40      # notebook 11's question set: SumTruth.make(n=40, seed=0)
 
@@ -63,9 +63,17 @@ def done_keys(path: Path) -> set[tuple[str, int, str]]:
 
 
 def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append to the runs CSV in its own columns: one written before issue 28 also has "rounds"
+    (it always equalled "simulations"), left empty in new rows."""
     new = not path.exists()
+    fields = FIELDS
+    if not new:
+        with open(path, newline="") as f:
+            fields = next(csv.reader(f), FIELDS)
+        if not set(FIELDS) <= set(fields):
+            raise SystemExit(f"{path} lacks the columns {sorted(set(FIELDS) - set(fields))}: start a new runs CSV")
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
         if new:
             w.writeheader()
         w.writerows(rows)
@@ -85,7 +93,7 @@ def run_chunk(lm, truth, prompts, cfg, engine, seed, p, embedder, concurrency):
         mine = [(v, good) for query, _, v, good in judge.records if query == q]
         rows.append(dict(engine=engine, seed=seed, p=p, k=1, question=truth.prompts.index(q), prompt=q,
                          response=r.text, good=bool(truth(q, r.text)), judge_agreement=judge_agreement(mine),
-                         simulations=r.stats["simulations"], rounds=r.stats["rounds"],
+                         simulations=r.stats["simulations"],
                          forward_calls=r.stats["forward_calls"], early_stops=r.stats["early_stops"],
                          chunk_prompts=len(prompts), chunk_wall_s=round(wall, 1)))
     return rows
@@ -183,7 +191,7 @@ def main() -> None:
 
     runs = pd.concat([pd.read_csv(path) for path in [runs_csv, *map(Path, args.merge)] if path.exists()],
                      ignore_index=True)
-    runs = runs.drop_duplicates(["engine", "seed", "prompt"])
+    runs = runs.drop_duplicates(["engine", "seed", "prompt"]).drop(columns=["rounds"], errors="ignore")
     if args.merge:              # runs made in separate processes (one per engine): one CSV
         runs.to_csv(runs_csv, index=False)
     summary = summarize(runs)

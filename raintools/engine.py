@@ -23,8 +23,10 @@ or each from its own thread (an engine whose calls may run at once: `concurrent`
 The judge is separate (`raintools.evaluate.Evaluator`: `evaluator(query, response) -> value in
 [-1, 1]`, optionally `evaluate_many(query, responses)`); `judge` below says which one a search uses.
 
-Forward passes are counted by the engine (`stats`: passes and tokens this engine asked for), so
-each search reports its own cost even when many searches share one model (`raintools.batch`).
+Forward passes are counted by the engine (`stats`: passes and tokens this engine asked for, the
+judge's of a search too where they run on the model: a transformers engine's are its search's
+`raintools.flow.Flow.stats`), so each search reports its own cost even when many searches share one
+model (`raintools.batch`, or searches made on one model and run in any order).
 """
 
 from __future__ import annotations

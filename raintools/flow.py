@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .models import kv_cat, kv_gather, kv_len
+from .models import ForwardStats, kv_cat, kv_gather, kv_len
 
 
 class Aborted(Exception):
@@ -69,13 +69,19 @@ def packed_pass(forward, reqs: Sequence[tuple]) -> list[tuple]:
 
 
 class Flow:
-    """The slots' schedule (module docstring); also the forward callable of the slots' engine and
-    judge. `merge=False` runs the parked calls one by one (same schedule): what the packing is
-    compared with; calls of several rows or with 2D masks (the "rows" route) always do.
-    `concurrent`: the slots' requests run on their own threads (`Engine.concurrent`)."""
+    """The slots' schedule (module docstring); also the forward callable of the search's engine
+    (at every K) and of its judge at K > 1. `merge=False` runs the parked calls one by one (same
+    schedule): what the packing is compared with; calls of several rows or with 2D masks (the
+    "rows" route) always do. `concurrent`: the slots' requests run on their own threads
+    (`Engine.concurrent`).
 
-    def __init__(self, forward: Callable, stats, merge: bool = True, concurrent: bool = False):
-        self.forward, self.stats, self.merge, self.concurrent = forward, stats, merge, concurrent
+    `stats`: this search's own forward passes and tokens (`ForwardStats`), what `base` (the
+    counters `forward` counts in: the model's `lm.stats`, shared by every search on the model, or
+    a batch client's) gained during this search's calls (`counting`); passes run one at a time."""
+
+    def __init__(self, forward: Callable, base: ForwardStats, merge: bool = True, concurrent: bool = False):
+        self.forward, self.base, self.merge, self.concurrent = forward, base, merge, concurrent
+        self.stats = ForwardStats()
         self.passes = 0                  # forward passes run for parked calls
         self.now = 0                     # the logical tick of the slot that last touched the tree
         self._cond = threading.Condition()
@@ -93,6 +99,21 @@ class Flow:
     @property
     def slot(self) -> int | None:
         return getattr(self._local, "slot", None)
+
+    @contextmanager
+    def counting(self):
+        """Count the passes `base` gains meanwhile as this search's (`stats`)."""
+        before = self.base.snapshot()
+        try:
+            yield
+        finally:
+            now = self.base.since(before)
+            self.stats.calls += now.calls
+            self.stats.tokens += now.tokens
+
+    def _forward(self, *args, **kwargs):
+        with self.counting():
+            return self.forward(*args, **kwargs)
 
     @contextmanager
     def request(self, ticks: Callable[[], int], made: bool = True):
@@ -121,8 +142,8 @@ class Flow:
 
     def __call__(self, *args, **kwargs):
         slot = self.slot
-        if slot is None or self.concurrent:      # outside the slots (start, commit): a plain pass
-            return self.forward(*args, **kwargs)
+        if slot is None or self.concurrent:      # outside the slots (K = 1, start, commit): a plain pass
+            return self._forward(*args, **kwargs)
         if slot not in self._busy:
             raise RuntimeError("a slot ran a forward pass outside a request (Flow.request)")
         with self._cond:
@@ -247,9 +268,9 @@ class Flow:
         try:
             if self.merge and len(reqs) > 1 and all(mergeable):
                 self.passes += 1
-                return packed_pass(self.forward, reqs)
+                return packed_pass(self._forward, reqs)
             self.passes += len(reqs)
-            return [self.forward(ids, past, attention_mask=am, all_logits=al, position_ids=pos, logits_at=at)
+            return [self._forward(ids, past, attention_mask=am, all_logits=al, position_ids=pos, logits_at=at)
                     for ids, past, am, al, pos, at in reqs]
         except BaseException as exc:  # noqa: BLE001 - handed to the parked slots
             return [exc] * len(reqs)

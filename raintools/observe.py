@@ -30,7 +30,7 @@ class Observer:
     def judged(self, search, sim): pass                   # `sim.value` from the evaluator or the memo
     def embedded(self, search, texts): pass               # one embedder call
     def backed_up(self, search, sim, similarity): pass    # (node, sibling, weight) updates made too
-    def round_done(self, search, sims): pass              # a simulation is over (`sims`: it alone)
+    def simulation_done(self, search, sims): pass         # a simulation is over (`sims`: it alone)
     def step_done(self, search, first, early): pass       # an outer step's simulations are over
     def committing(self, search, child, first, early): pass   # before the rewind
     def committed(self, search, child): pass              # after it
@@ -38,28 +38,36 @@ class Observer:
     def phase_ended(self, search, name): pass             # ... and leaves it
 
 
+def _judge_tokens(search) -> int:
+    """The tokens its judge needed so far, by the judge's own count (none for a server's)."""
+    return getattr(getattr(search.evaluator, "stats", None), "tokens_needed", 0)
+
+
 class Stats(Observer):
     """The counters of a result's stats. `tokens_needed` counts what must be computed: each tree
     node's tokens once, each completion's fed tokens, the prompt (see bench/README)."""
 
     def __init__(self):
-        self.counts = dict(simulations=0, rounds=0, evaluations=0, evaluator_calls=0, memo_hits=0,
+        self.counts = dict(simulations=0, evaluations=0, evaluator_calls=0, memo_hits=0,
                            nodes_created=0, nodes_added=0, tokens_needed=0, completion_tokens=0,
                            embed_calls=0, embedded_texts=0, early_stops=0, max_live_nodes=0)
         self.sims_per_step: list[int] = []
         self._counted: set[int] = {0}
+        self.judge_tokens = 0        # tokens needed by the judge calls of a judge others may share
 
     def start(self, search) -> None:
-        """Before the root: the forward counters and the judge's tokens so far."""
+        """Before the root: the forward counters and the judge's tokens so far. The engine's
+        `stats` count this search's passes only (`raintools.flow.Flow.stats`, a server engine's own
+        counters); a judge's tokens are its own fork's (`search.own_judge`) or `judge_tokens`."""
         self._forward0 = search.engine.stats.snapshot()
-        self._judge0 = getattr(getattr(search.evaluator, "stats", None), "tokens_needed", 0)
+        self._judge0 = _judge_tokens(search) if search.own_judge else 0
         self._t0 = time.perf_counter()
 
     def summary(self, search) -> dict:
         """A result's stats: the counters, this search's forward passes and tokens, the judge's
         tokens needed, the phase times."""
         now = search.engine.stats.since(self._forward0)
-        judged = getattr(getattr(search.evaluator, "stats", None), "tokens_needed", 0) - self._judge0
+        judged = self.judge_tokens + (_judge_tokens(search) - self._judge0 if search.own_judge else 0)
         stats = dict(self.counts)
         stats.update(
             engine=search.engine_name,
@@ -105,9 +113,6 @@ class Stats(Observer):
 
     def backed_up(self, search, sim, similarity):
         self.counts["simulations"] += 1
-
-    def round_done(self, search, sims):
-        self.counts["rounds"] += 1
 
     def step_done(self, search, first, early):
         self.counts["early_stops"] += int(early)

@@ -92,15 +92,18 @@ class RainSearch:
         self.cfg = cfg = (config or RainConfig()).validate()
         self.lm, self.prompt = lm, prompt
         prompt_ids = search_prompt_ids(lm, prompt, prompt_ids, cfg)
+        # the flow is the engine's forward at every K: its `stats` count this search's passes only
         self.flow = Flow(forward or lm.forward, getattr(forward, "stats", None) or lm.stats, merge=lm.route.packed)
-        self.engine = make_engine(lm, engine, cfg, self.flow if cfg.parallel_simulations > 1 else forward)
+        self.engine = make_engine(lm, engine, cfg, self.flow)
         self.engine_name, self.flow.concurrent = self.engine.name, bool(self.engine.concurrent)
         evaluator = evaluator if evaluator is not None else (
             SelfEvaluator(lm, cfg.judge_template, cfg.eval_mode, cached=False)
             if self.engine_name == "reference" else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
-        if cfg.parallel_simulations > 1 and isinstance(evaluator, SelfEvaluator):
+        self.own_judge = cfg.parallel_simulations > 1 and isinstance(evaluator, SelfEvaluator)
+        if self.own_judge:
             evaluator = evaluator.fork(forward=self.flow)     # its passes ride with the slots'
         self.evaluator = self.engine.judge(evaluator)       # a server engine judges there
+        self._judging_lock = threading.Lock()
         self.needs_embeddings = cfg.similarity_update or cfg.node_addition
         self.embedder = load_embedder() if embedder is None and self.needs_embeddings else embedder
         self.bounds, self.memo, self._emitting = Bounds(), {}, threading.RLock()
@@ -243,13 +246,30 @@ class RainSearch:
             text = self.lm.response_text(self.response + sim.leaf.response_tokens() + sim.completion)
             sim.text = cut_at_last_stop(text) if self.cfg.cut_at_last_stop else text
         new = list(dict.fromkeys(sim.text for sim in sims if sim.text not in self.memo))
-        with self.flow.request(lambda: 1, bool(new)), self.phase("judge"):
+        with self.flow.request(lambda: 1, bool(new)), self.phase("judge"), self._judging():
             fresh = dict(zip(new, judge_texts(self.evaluator, self.prompt, new)))
         for sim in sims:
             sim.memo_hit = sim.text not in fresh
             sim.value = self.memo[sim.text] if sim.memo_hit else fresh.pop(sim.text)
             self.memo[sim.text] = sim.value
             self._emit("judged", sim)
+
+    @contextmanager
+    def _judging(self):
+        """Count a judge call's forward passes and tokens needed as this search's. The judge's own
+        fork (`own_judge`: K > 1, its passes through the flow) counts them itself; a judge other
+        searches may share (the model's self-evaluator at K = 1, one the caller passes) is
+        measured around the call, one call at a time."""
+        if self.own_judge:
+            yield
+            return
+        stats = getattr(self.evaluator, "stats", None)
+        with self._judging_lock, self.flow.counting():
+            before = getattr(stats, "tokens_needed", 0)
+            try:
+                yield
+            finally:
+                self.stats.judge_tokens += getattr(stats, "tokens_needed", 0) - before
 
     def embed(self, sim: Simulation) -> torch.Tensor | None:
         """The embeddings of the text from each non-root node of the path down to its evaluated
@@ -298,7 +318,7 @@ class RainSearch:
             self.in_flight.pop(sim.leaf, None)
             add_virtual_loss(sim.path, -1)
         self.backward(sim, emb)
-        self._emit("round_done", [sim])
+        self._emit("simulation_done", [sim])
         return sim
 
     def simulate_step(self, budget: int) -> bool:

@@ -132,6 +132,7 @@ def test_batch_equals_one_by_one():
         assert a.stats["simulations_per_step"] == c.stats["simulations_per_step"]
         assert tree_stats(a) == tree_stats(c)
         # per-search counters: this search's own requests and tokens
+        assert a.stats["forward_calls"] == c.stats["forward_calls"]
         assert a.stats["tokens_computed"] == c.stats["tokens_computed"]
         assert a.stats["tokens_needed"] == c.stats["tokens_needed"]
     assert b.stats.merged_calls > 0

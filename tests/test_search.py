@@ -9,7 +9,7 @@ import weakref
 import pytest
 import torch
 
-from raintools import RainConfig, RainSearch, rain_generate
+from raintools import RainConfig, RainSearch, SelfEvaluator, rain_generate
 from raintools.errors import ConfigError, PromptError
 from raintools.models import kv_len
 from raintools.testing import tiny_model
@@ -531,3 +531,48 @@ def test_the_search_talks_to_its_engine_only_through_the_interface(tiny_lm):
                              engine=eng).run()
         assert proxied.token_sets == plain.token_sets
         assert proxied.stats["simulations"] == plain.stats["simulations"]
+
+
+@pytest.mark.parametrize("k,engine", [(1, "fast"), (4, "fast"), (1, "reference")])
+def test_searches_on_one_model_count_only_their_own_passes(k, engine):
+    """Two searches made on one model (whose counters `lm.stats` every search on it moves), then
+    run in the opposite order, or a commit step each in turn: each one's stats (forward passes,
+    tokens computed and needed, every counter) equal those of the same search run alone. The
+    fast engine's searches share one self-evaluator (its header encoded before, as a batch
+    does): at K = 1 its passes are the model's, at K = 4 each search's fork runs them; the
+    reference engine makes each search its own (uncached) self-evaluator."""
+    cfg = SMALL.replace(max_new_tokens=10, parallel_simulations=k)
+    prompts = ["hello", "tell me a story"]
+
+    def searches(which=prompts):
+        """A fresh model, the shared judge (its header encoded, in no search), the counters of
+        both then, and the searches."""
+        lm = tiny_model(seed=0)
+        ev = None
+        if engine == "fast":
+            ev = SelfEvaluator(lm, "harm")
+            ev.fork()
+        before = lm.stats.snapshot(), (ev.stats.tokens_needed if ev is not None else 0)
+        return lm, ev, before, [RainSearch(lm, p, cfg, evaluator=ev, embedder=letter_embedder,
+                                           engine=engine) for p in which]
+
+    def counters(result):
+        return {key: v for key, v in result.stats.items()
+                if not (key.startswith("time_") or key == "wall_time_s")}
+
+    alone = []
+    for p in prompts:       # alone, a search counts every pass of the model, its judge's too
+        lm, ev, (passes, judged), (s,) = searches([p])
+        alone.append(counters(s.run()))
+        made = lm.stats.since(passes)
+        assert (alone[-1]["forward_calls"], alone[-1]["tokens_computed"]) == (made.calls, made.tokens)
+        judge = s.evaluator.stats.tokens_needed - (judged if s.evaluator is ev else 0)
+        assert alone[-1]["tokens_needed"] == s.counts["tokens_needed"] + judge > s.counts["tokens_needed"]
+    *_, (first, second) = searches()
+    backwards = [second.run(), first.run()][::-1]
+    assert [counters(r) for r in backwards] == alone
+    *_, (first, second) = searches()
+    while not (first.finished and second.finished):
+        first.commit_step()
+        second.commit_step()
+    assert [counters(s.result()) for s in (first, second)] == alone

@@ -736,7 +736,7 @@ def simulated_judge_runs(lm, truth, accuracies: Sequence[float], config, seeds: 
     prompt of `truth`, for each K of `ks` (`parallel_simulations`), p and seed, all with the same
     `config` otherwise (the same simulation budget). One row per (k, p, seed, prompt): the
     response, whether the truth calls it good, the judge's measured agreement on the texts it
-    judged for that prompt, simulations, rounds and forward passes. `batch=True` runs the prompts
+    judged for that prompt, simulations and forward passes. `batch=True` runs the prompts
     of one setting together (`rain_generate_batch`: the same results up to float ties, faster)."""
     from tqdm.auto import tqdm
 
@@ -760,7 +760,7 @@ def simulated_judge_runs(lm, truth, accuracies: Sequence[float], config, seeds: 
                              good=bool(truth(q, r.text)), judge_agreement=judge_agreement(mine),
                              judge_ties=tally["ties"], judge_judgements=tally["judgements"],
                              judge_decided_agreement=tally["decided_agreement"],
-                             simulations=r.stats["simulations"], rounds=r.stats["rounds"],
+                             simulations=r.stats["simulations"],
                              forward_calls=r.stats["forward_calls"], early_stops=r.stats["early_stops"]))
     return pd.DataFrame(rows)
 

@@ -89,11 +89,11 @@ class TreeExplorer:
         return self.ax
 
     def _round_note(self, sim) -> str:
-        """', round r of K' for a parallel search's simulation (its round held K of them)."""
+        """', walk r in start order' for a parallel search's simulation (the trace's `round`: the
+        order its walk started in; its index is the order of back-ups)."""
         if sim.round < 0 or self.trace.config.get("parallel_simulations", 1) == 1:
             return ""
-        size = sum(s.round == sim.round for s in self.trace.simulations)
-        return f", round {sim.round} with {size} simulation{'s' if size > 1 else ''}"
+        return f", walk {sim.round} in start order"
 
     @property
     def drawn_nodes(self) -> int:
