@@ -99,7 +99,10 @@ class RainSearch:
         evaluator = evaluator if evaluator is not None else (
             SelfEvaluator(lm, cfg.judge_template, cfg.eval_mode, cached=False)
             if self.engine_name == "reference" else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
-        self.own_judge = cfg.parallel_simulations > 1 and isinstance(evaluator, SelfEvaluator)
+        # the search model's own self-evaluator rides on the flow; a judge on another model keeps
+        # its own weights (its forward is never the search model's)
+        self.own_judge = (cfg.parallel_simulations > 1 and isinstance(evaluator, SelfEvaluator)
+                          and evaluator.lm is lm)
         if self.own_judge:
             evaluator = evaluator.fork(forward=self.flow)     # its passes ride with the slots'
         self.evaluator = self.engine.judge(evaluator)       # a server engine judges there
@@ -551,11 +554,18 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     forks = isinstance(base_eval, SelfEvaluator)
     if forks and base_eval.cached:
         base_eval.fork()          # encodes the judging header once, before the searches start
+    judge_lock = threading.Lock()
+
+    def judge_forward(*args, **kwargs):   # a judge on another model: its own weights, one call at a time
+        with judge_lock:
+            return base_eval.forward(*args, **kwargs)
 
     def job(prompt, ids):
         def run(client):
-            # each search gets its own view of a self-evaluator (shared encoded header, own stats)
-            ev = base_eval.fork(forward=client) if forks else base_eval
+            # each search gets its own view of a self-evaluator (shared encoded header, own stats);
+            # the search model's own judge runs through the search's batch client
+            ev = (base_eval.fork(forward=client if base_eval.lm is lm else judge_forward) if forks
+                  else base_eval)
             emb = BatchedCall(client, embedder) if embedder is not None else None
             return RainSearch(lm, prompt, cfg, evaluator=ev, embedder=emb, engine=engine,
                               prompt_ids=ids, forward=client).run()

@@ -508,3 +508,30 @@ def test_gpu_check_runs_on_cpu_with_a_tiny_shape(capsys):
     assert summary["equivalence"] == "OK"
     assert float(summary["passes_per_sim_k4"]) < float(summary["passes_per_sim_k1"])
     assert float(summary["batch_ratio_max"]) > 0
+
+
+@pytest.mark.parametrize("how", ["k4", "batch"])
+def test_a_judge_on_another_model_judges_with_its_own_weights(how):
+    """A self-evaluator built on a judge model other than the search's must run on the judge's
+    weights: the values backed up equal that judge's own evaluation of the same texts (the search
+    model's forward is only borrowed when the evaluator is the search model's own)."""
+    policy = tiny_model(seed=0, chat=True, initializer_range=0.5)
+    judge_lm = tiny_model(seed=7, chat=True, initializer_range=0.5)
+    judge = SelfEvaluator(judge_lm, mode="soft")
+    alone = SelfEvaluator(judge_lm, mode="soft")          # a separate copy: no shared caches
+    cfg = SMALL.replace(parallel_simulations=4 if how == "k4" else 1, max_new_tokens=6)
+    if how == "k4":
+        traces = [RainSearch(policy, "Hi", cfg, evaluator=judge, embedder=letter_embedder).run().trace]
+        prompts = ["Hi"]
+    else:
+        prompts = ["Hi", "Yo"]
+        traces = [r.trace for r in rain_generate_batch(policy, prompts, cfg, evaluator=judge,
+                                                        embedder=letter_embedder)]
+    checked = 0
+    for prompt, trace in zip(prompts, traces):
+        for sim in trace.simulations:
+            if sim.memo_hit or sim.evaluated_text is None:
+                continue
+            assert sim.value == pytest.approx(alone(prompt, sim.evaluated_text), abs=1e-6)
+            checked += 1
+    assert checked >= 3
