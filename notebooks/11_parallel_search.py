@@ -89,7 +89,7 @@ truth = SumTruth.make(n=1, seed=SEED)
 prompt = truth.prompts[0]
 cfg = notebook_config(lm, seed=SEED, **DEMO)
 results, logs = {}, {}
-for k in (1, K):    # made and run one after the other: a search's stats count every pass of the model since it was made
+for k in (1, K):                       # each search counts only its own passes
     logs[k] = FlightLog()
     results[k] = rt.RainSearch(lm, prompt, cfg.replace(parallel_simulations=k), embedder=embedder,
                                evaluator=rt.SimulatedJudge(truth, accuracy=0.8, seed=SEED),
