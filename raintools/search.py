@@ -96,16 +96,7 @@ class RainSearch:
         self.flow = Flow(forward or lm.forward, getattr(forward, "stats", None) or lm.stats, merge=lm.route.packed)
         self.engine = make_engine(lm, engine, cfg, self.flow)
         self.engine_name, self.flow.concurrent = self.engine.name, bool(self.engine.concurrent)
-        evaluator = evaluator if evaluator is not None else (
-            SelfEvaluator(lm, cfg.judge_template, cfg.eval_mode, cached=False)
-            if self.engine_name == "reference" else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
-        # the search model's own self-evaluator rides on the flow; a judge on another model keeps
-        # its own weights (its forward is never the search model's)
-        self.own_judge = (cfg.parallel_simulations > 1 and isinstance(evaluator, SelfEvaluator)
-                          and evaluator.lm is lm)
-        if self.own_judge:
-            evaluator = evaluator.fork(forward=self.flow)     # its passes ride with the slots'
-        self.evaluator = self.engine.judge(evaluator)       # a server engine judges there
+        self.evaluator, self.own_judge = search_judge(lm, evaluator, cfg, self.engine, self.flow)
         self._judging_lock = threading.Lock()
         self.needs_embeddings = cfg.similarity_update or cfg.node_addition
         self.embedder = load_embedder() if embedder is None and self.needs_embeddings else embedder
@@ -249,30 +240,13 @@ class RainSearch:
             text = self.lm.response_text(self.response + sim.leaf.response_tokens() + sim.completion)
             sim.text = cut_at_last_stop(text) if self.cfg.cut_at_last_stop else text
         new = list(dict.fromkeys(sim.text for sim in sims if sim.text not in self.memo))
-        with self.flow.request(lambda: 1, bool(new)), self.phase("judge"), self._judging():
+        with self.flow.request(lambda: 1, bool(new)), self.phase("judge"), judging(self):
             fresh = dict(zip(new, judge_texts(self.evaluator, self.prompt, new)))
         for sim in sims:
             sim.memo_hit = sim.text not in fresh
             sim.value = self.memo[sim.text] if sim.memo_hit else fresh.pop(sim.text)
             self.memo[sim.text] = sim.value
             self._emit("judged", sim)
-
-    @contextmanager
-    def _judging(self):
-        """Count a judge call's forward passes and tokens needed as this search's. The judge's own
-        fork (`own_judge`: K > 1, its passes through the flow) counts them itself; a judge other
-        searches may share (the model's self-evaluator at K = 1, one the caller passes) is
-        measured around the call, one call at a time."""
-        if self.own_judge:
-            yield
-            return
-        stats = getattr(self.evaluator, "stats", None)
-        with self._judging_lock, self.flow.counting():
-            before = getattr(stats, "tokens_needed", 0)
-            try:
-                yield
-            finally:
-                self.stats.judge_tokens += getattr(stats, "tokens_needed", 0) - before
 
     def embed(self, sim: Simulation) -> torch.Tensor | None:
         """The embeddings of the text from each non-root node of the path down to its evaluated
@@ -487,6 +461,37 @@ def make_engine(lm: LanguageModel, engine: str | Engine, cfg: RainConfig,
     make = ENGINES.get(name) or vllm_engine_factory(name)
     return make(lm, top_k=cfg.top_k, temperature=cfg.temperature, forward=forward)
 
+
+
+def search_judge(lm: LanguageModel, evaluator: Evaluator | None, cfg: RainConfig, engine: Engine,
+                 flow: Flow) -> tuple[Evaluator, bool]:
+    """The judge a search uses (default: the model's self-evaluator) and whether it is the
+    search's own fork. At K > 1 the search model's own self-evaluator is forked onto the flow, so
+    its passes ride with the slots'; a judge on another model keeps its own weights; a server
+    engine judges on the server (`Engine.judge`)."""
+    evaluator = evaluator if evaluator is not None else (
+        SelfEvaluator(lm, cfg.judge_template, cfg.eval_mode, cached=False)
+        if engine.name == "reference" else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
+    own = cfg.parallel_simulations > 1 and isinstance(evaluator, SelfEvaluator) and evaluator.lm is lm
+    return engine.judge(evaluator.fork(forward=flow) if own else evaluator), own
+
+
+@contextmanager
+def judging(search: "RainSearch"):
+    """Count a judge call's forward passes and tokens needed as `search`'s. The judge's own fork
+    (`own_judge`: K > 1, its passes through the flow) counts them itself; a judge other searches
+    may share (the model's self-evaluator at K = 1, one the caller passes) is measured around the
+    call, one call at a time."""
+    if search.own_judge:
+        yield
+        return
+    stats = getattr(search.evaluator, "stats", None)
+    with search._judging_lock, search.flow.counting():
+        before = getattr(stats, "tokens_needed", 0)
+        try:
+            yield
+        finally:
+            search.stats.judge_tokens += getattr(stats, "tokens_needed", 0) - before
 
 def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = None,
                   evaluator: Evaluator | None = None, embedder: Callable | None = None,
