@@ -21,6 +21,12 @@ weights once (weight bytes / bandwidth).
     .venv/bin/python bench/rain_speed.py                        # 8 prompts (4 HH + 4 AdvBench)
     .venv/bin/python bench/rain_speed.py --prompts 2 --commits 3 --reference-prompts 0
 
+Long runs: every row carries the run's name (`--run`, default the start time); a rerun with the
+same `--run` skips the (variant, prompt) rows that run already wrote, and `--shard I/N` runs only
+prompts I, I + N, ... (the reference and bf16 checks on the shard's own prompts), so N processes
+of one torch thread each can share the prompts. `--summary-only --run NAME` writes the summary
+from the rows of that run (the summary of a run is always computed from its rows in the CSV).
+
 The default frame is the public code's HH setting in size (bench/frames: a few-shot chat prefix,
 a ~1,120-token judging prompt). The last line is the summary: speedup_vs_reference=<b/c wall>
 computed_per_committed=<c> redundancy=<c computed / needed> rain_over_vanilla=<c/a wall>
@@ -161,7 +167,7 @@ def measure(variant, lm, fn, timed: TimedForward):
                tokens_computed=used.tokens, forward_calls=used.calls, forward_s=timed.seconds - f0,
                simulations=sims, tokens_needed=r.stats.get("tokens_needed", 0),
                mem_rise_mb=mem.rise_mb, mem_peak_mb=mem.peak_mb,
-               load1_start=load0, load1_end=os.getloadavg()[0])
+               load1_start=load0, load1_end=os.getloadavg()[0], same_tokens_as_fp32="")
     row["computed_per_committed"] = used.tokens / max(committed, 1)
     row["passes_per_sim"] = used.calls / sims if sims else float("nan")
     row["s_per_pass"] = row["forward_s"] / max(used.calls, 1)
@@ -206,7 +212,23 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--simulations", type=int, default=None, help="override T; for quick checks only")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder of the CSVs")
+    ap.add_argument("--run", default=None, help="the run's name (default: its start time); a rerun "
+                    "with the same name skips the rows it already wrote")
+    ap.add_argument("--shard", default="0/1", help="I/N: run prompts I, I + N, ... only")
+    ap.add_argument("--summary-only", action="store_true", help="summarize the rows of --run, run nothing")
     args = ap.parse_args(argv)
+    per_prompt = Path(args.out) / "rain_speed_prompts.csv"
+    ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    if args.summary_only:
+        if not args.run:
+            ap.error("--summary-only needs --run")
+        return summarize(args.run, ks, args.out)
+    try:
+        shard, shards = (int(x) for x in args.shard.split("/"))
+        assert 0 <= shard < shards
+    except (ValueError, AssertionError):
+        ap.error(f"--shard takes I/N with 0 <= I < N, not {args.shard!r}")
+    args.run = args.run or time.strftime("%Y-%m-%dT%H:%M:%S")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -218,7 +240,14 @@ def main(argv=None) -> int:
         template = str(FRAMES / "harm_long.txt")
         lm.chat.system_prompt = (FRAMES / "chat_prefix.txt").read_text(encoding="utf-8")
     prompts = bench_prompts(args, args.prompts)
-    ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    mine = [i for i in range(len(prompts)) if i % shards == shard]
+    done = {}
+    if per_prompt.exists():
+        import pandas as pd
+
+        old = pd.read_csv(per_prompt)
+        if "run" in old:
+            done = {(r.variant, int(r.prompt)): r for r in old[old.run == args.run].itertuples()}
 
     def config(dataset, **kw):
         cfg = (RainConfig.advbench if dataset == "advbench" else RainConfig.hh)(
@@ -234,8 +263,8 @@ def main(argv=None) -> int:
     meta = run_meta(lm, frame=args.frame, commits=args.commits, seed=args.seed, machine=platform.processor()
                     or platform.machine(), cpus=os.cpu_count(), bandwidth_gbs=round(gbs, 2),
                     weight_mb=round(weight_bytes / 2**20, 1), floor_s=round(floor, 5),
-                    date=time.strftime("%Y-%m-%d %H:%M:%S"))
-    per_prompt = Path(args.out) / "rain_speed_prompts.csv"
+                    date=time.strftime("%Y-%m-%d %H:%M:%S"), run=args.run, shard=args.shard,
+                    code=_git_head())
     print(f"model {lm.name} ({str(lm.dtype).replace('torch.', '')}, {weight_bytes / 2**20:.0f} MB of weights), "
           f"loaded in {load_s:.1f}s; torch threads {torch.get_num_threads()}; {meta['machine']}, "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; memory bandwidth {gbs:.1f} GB/s "
@@ -243,7 +272,8 @@ def main(argv=None) -> int:
     print(f"{len(prompts)} prompts ({sum(d == 'hh' for d, _ in prompts)} HH, "
           f"{sum(d == 'advbench' for d, _ in prompts)} AdvBench) of "
           f"{[len(lm.prompt_ids(p)) for _, p in prompts]} tokens; {args.commits} commits each; "
-          f"K = {ks}; reference on {args.reference_prompts} prompt(s), {args.reference_commits} commits")
+          f"K = {ks}; reference on {args.reference_prompts} prompt(s), {args.reference_commits} commits; "
+          f"run {args.run!r}, shard {args.shard}: prompts {mine}, {len(done)} rows already written")
 
     # warm-up (allocator, kernels, tokenizer caches); nothing it computes is reused below
     generate_vanilla(lm, prompts[0][1], max_new_tokens=2)
@@ -251,14 +281,15 @@ def main(argv=None) -> int:
                evaluator=SelfEvaluator(lm, template), embedder=embedder).run()
     timed = TimedForward(lm)
     evaluators = {}          # one self-evaluator per variant (its judging header encoded once)
-    rows, clocks, results = [], {}, {}
 
-    def run_one(variant, i, fn):
+    def run_one(variant, i, fn, clock=None):
+        if (variant, i) in done:
+            return done[variant, i]
         r, row = measure(variant, lm, fn, timed)
-        row.update(prompt=i, dataset=prompts[i][0])
-        rows.append(row)
-        results[variant, i] = r
+        row.update(prompt=i, dataset=prompts[i][0], commits_made=len(getattr(r, "token_sets", [])),
+                   commit_s=";".join(f"{t:.3f}" for t in (clock.at if clock else [])))
         append_row(per_prompt, meta, row)
+        done[variant, i] = r
         print(f"  prompt {i} ({prompts[i][0]}) {variant:<10} {row['wall_s']:8.1f} s wall ({row['cpu_s']:.1f} CPU), "
               f"{row['committed_tokens']} tokens, {row['simulations']} sims, {row['passes_per_sim']:.2f} "
               f"passes/sim, {row['s_per_pass'] * 1000:.0f} ms/pass, load {row['load1_end']:.1f}", flush=True)
@@ -267,44 +298,59 @@ def main(argv=None) -> int:
     def fast(variant, i, k, **kw):
         ds, p = prompts[i]
         ev = evaluators.setdefault(variant, SelfEvaluator(lm, template))
-        clock = clocks[variant, i] = CommitClock()
+        clock = CommitClock()
         return run_one(variant, i, lambda: RainSearch(lm, p, config(ds, parallel_simulations=k, **kw),
                                                        evaluator=ev, embedder=embedder,
-                                                       observers=[clock]).run())
+                                                       observers=[clock]).run(), clock)
 
-    for i, (ds, p) in enumerate(prompts):
+    for i in mine:
+        ds, p = prompts[i]
         for k in sorted(ks, key=lambda k: (k == ks[0], k)):      # the K > 1 variants first
             fast(f"fast_k{k}", i, k)
-        n_tokens = len(results[f"fast_k{ks[0]}", i].tokens)
+        r = done[f"fast_k{ks[0]}", i]
+        n_tokens = len(r.tokens) if hasattr(r, "tokens") else int(r.committed_tokens)
         run_one("vanilla", i, lambda: generate_vanilla(lm, p, max_new_tokens=max(n_tokens, 1)))
-    for i in range(min(args.bf16_prompts, len(prompts))):
-        bf16_check(lm, args, prompts[i], config, template, embedder, results[f"fast_k{ks[0]}", i])
-    for i in range(min(args.reference_prompts, len(prompts))):
-        ds, p = prompts[i]
-        ref_cfg = config(ds, max_commits=args.reference_commits)
-        run_one("reference", i, lambda: RainSearch(lm, p, ref_cfg, evaluator=SelfEvaluator(lm, template, cached=False),
-                                                   embedder=embedder, engine="reference").run())
-    return summarize(rows, clocks, results, ks, args, meta, floor)
+    b16 = None
+    for i in mine:
+        if i < args.bf16_prompts and ("bf16_k1", i) not in done:
+            ds, p = prompts[i]
+            fp32 = done[f"fast_k{ks[0]}", i]
+            if not hasattr(fp32, "tokens"):        # written by an earlier process: its tokens again
+                fp32 = RainSearch(lm, p, config(ds), evaluator=SelfEvaluator(lm, template),
+                                  embedder=embedder).run()
+            if b16 is None:
+                b16 = load_model(args.model, dtype="bfloat16")
+                b16.chat.system_prompt = lm.chat.system_prompt
+                timed16 = TimedForward(b16)
+            r, row = measure("bf16_k1", b16, lambda: RainSearch(b16, p, config(ds), evaluator=SelfEvaluator(
+                b16, template), embedder=embedder).run(), timed16)
+            row.update(prompt=i, dataset=ds, commits_made=len(r.token_sets), commit_s="",
+                       same_tokens_as_fp32=r.tokens == fp32.tokens)
+            append_row(per_prompt, meta, row)
+            print(f"  prompt {i} ({ds}) bf16 K = 1: {row['wall_s']:.1f} s wall, same committed tokens as fp32: "
+                  f"{row['same_tokens_as_fp32']}; simulations {r.stats['simulations']} vs "
+                  f"{fp32.stats['simulations']}", flush=True)
+    for i in mine:
+        if i < args.reference_prompts:
+            ds, p = prompts[i]
+            ref_cfg = config(ds, max_commits=args.reference_commits)
+            run_one("reference", i, lambda: RainSearch(lm, p, ref_cfg, evaluator=SelfEvaluator(
+                lm, template, cached=False), embedder=embedder, engine="reference").run())
+    return summarize(args.run, ks, args.out)
 
 
-def bf16_check(lm, args, prompt, config, template, embedder, fp32):
-    """Fast K = 1 with bfloat16 weights on one prompt: same committed tokens and votes as fp32?"""
-    ds, p = prompt
-    b16 = load_model(args.model, dtype="bfloat16")
-    if args.frame == "paper":
-        b16.chat.system_prompt = lm.chat.system_prompt
-    t0 = time.perf_counter()
-    r = RainSearch(b16, p, config(ds), evaluator=SelfEvaluator(b16, template), embedder=embedder).run()
-    wall = time.perf_counter() - t0
-    print(f"  bf16 ({ds}): {wall:.1f} s wall vs {fp32.stats['wall_time_s']:.1f} s fp32; same committed tokens: "
-          f"{r.tokens == fp32.tokens}; simulations {r.stats['simulations']} vs {fp32.stats['simulations']}")
-
-
-def summarize(rows, clocks, results, ks, args, meta, floor) -> int:
+def summarize(run: str, ks: list[int], out) -> int:
+    """One row per variant of run `run` (its rows in rain_speed_prompts.csv, from every shard):
+    means and spreads over the prompts; the floor from the best bandwidth any shard measured."""
     import pandas as pd
 
-    df = pd.DataFrame(rows)
-    out = []
+    per_prompt = Path(out) / "rain_speed_prompts.csv"
+    df = pd.read_csv(per_prompt)
+    df = df[df.run == run] if "run" in df else df.iloc[:0]
+    if df.empty:
+        raise SystemExit(f"no rows of run {run!r} in {per_prompt}")
+    floor = df.weight_mb.iloc[0] * 2**20 / (df.bandwidth_gbs.max() * 1e9)
+    rows = []
     for variant, g in df.groupby("variant", sort=False):
         row = dict(variant=variant, prompts=len(g), committed_tokens=int(g.committed_tokens.sum()),
                    committed_min=int(g.committed_tokens.min()), wall_s=g.wall_s.sum(), cpu_s=g.cpu_s.sum(),
@@ -317,19 +363,30 @@ def summarize(rows, clocks, results, ks, args, meta, floor) -> int:
                    s_per_pass=g.forward_s.sum() / max(g.forward_calls.sum(), 1),
                    mem_peak_mb=g.mem_peak_mb.max(), load1_mean=g[["load1_start", "load1_end"]].mean().mean())
         row["floor_ratio"] = row["s_per_pass"] / floor
-        out.append(row)
-    summary = pd.DataFrame(out)
+        if variant == "bf16_k1":
+            row["same_tokens_as_fp32"] = int(g.same_tokens_as_fp32.astype(str).eq("True").sum())
+        rows.append(row)
+    summary = pd.DataFrame(rows)
     # the reference against each fast variant at the same commit of the same prompts
     ref = df[df.variant == "reference"]
     for k in ks:
-        v = f"fast_k{k}"
-        same = [clocks[v, i].at[len(results["reference", i].token_sets) - 1] for i in ref.prompt
-                if len(clocks[v, i].at) >= len(results["reference", i].token_sets)]
-        summary.loc[summary.variant == v, "speedup_vs_reference"] = (
+        fast = df[df.variant == f"fast_k{k}"].set_index("prompt")
+        same = []
+        for r in ref.itertuples():
+            at = str(fast.commit_s.get(r.prompt, "") or "").split(";")
+            if r.prompt in fast.index and len(at) >= r.commits_made and at[0]:
+                same.append(float(at[r.commits_made - 1]))
+        summary.loc[summary.variant == f"fast_k{k}", "speedup_vs_reference"] = (
             ref.wall_s.sum() / sum(same) if len(same) == len(ref) and len(ref) else float("nan"))
-    for key, value in meta.items():
-        summary.insert(0, key, value) if key not in summary else None
-    path = Path(args.out) / "rain_speed.csv"
+    meta = ["run", "model", "device", "dtype", "host", "threads", "frame", "commits", "seed", "machine", "cpus",
+            "weight_mb", "code"]
+    for key in reversed(meta):
+        if key in df:
+            summary.insert(0, key, ";".join(sorted(set(map(str, df[key])))))
+    summary.insert(len(meta), "bandwidth_gbs", df.bandwidth_gbs.max())
+    summary.insert(len(meta) + 1, "floor_s", floor)
+    summary.insert(len(meta) + 2, "dates", f"{df.date.min()} to {df.date.max()}")
+    path = Path(out) / "rain_speed.csv"
     summary.to_csv(path, index=False, float_format="%.5g")
     print()
     cols = ["variant", "prompts", "committed_tokens", "wall_s", "cpu_s", "passes_per_sim_mean",
@@ -347,6 +404,16 @@ def summarize(rows, clocks, results, ks, args, meta, floor) -> int:
           f"speedup_parallel={get(e, 'speedup_vs_reference'):.2f} passes_per_sim={get(e, 'passes_per_sim_mean'):.2f} "
           f"bandwidth_floor_ratio={get(e, 'floor_ratio'):.2f}")
     return 0
+
+
+def _git_head() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 if __name__ == "__main__":

@@ -49,14 +49,14 @@ from raintools.views import studies as st
 from raintools.views.notebooks import settings
 S = settings()
 FAST, MODEL, DEVICE, SEED = S.fast, S.model, S.device, S.seed
-# Full-mode sizes of the committed run; a free machine can take 6 prompts and T up to 8.
-N_PROMPTS = 2                          # prompts for the runner's pipeline (section 2, a demonstration)
+# Full-mode sizes: those of the committed run (figures/06_*.csv).
+N_PROMPTS = 2 if FAST else 6           # prompts for the runner's pipeline (section 2, a demonstration)
 N_PAIRS = 2 if FAST else 40            # preference pairs for the judge check
 N_ITEMS = 2 if FAST else 40            # requests with a harm word, for sections 3 and 4
 MAX_NEW_TOKENS = 3 if FAST else 12     # answer length everywhere (a short sentence, enough to judge)
 ACCURACY = 0.9                         # the simulated judge is right with this probability
 BON_MAX = 2 if FAST else 16            # best-of-N for N = 1 .. BON_MAX
-RAIN_T = [1, 2] if FAST else [2, 4]     # RAIN's simulation budgets T (max_simulations; 8 on a free machine)
+RAIN_T = [1, 2] if FAST else [2, 4, 8]  # RAIN's simulation budgets T (max_simulations)
 BUDGET = st.cpu_budget(FAST)   # RAIN on a CPU
 DATA = "hh-harmless"                   # a data set name or a file; our demo prompts if absent
 JUDGES = ("llm", "refusal")
