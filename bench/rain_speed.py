@@ -212,6 +212,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--simulations", type=int, default=None, help="override T; for quick checks only")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder of the CSVs")
+    ap.add_argument("--bandwidth-mb", type=int, default=1024, help="size of the copied array (MB)")
     ap.add_argument("--run", default=None, help="the run's name (default: its start time); a rerun "
                     "with the same name skips the rows it already wrote")
     ap.add_argument("--shard", default="0/1", help="I/N: run prompts I, I + N, ... only")
@@ -258,7 +259,7 @@ def main(argv=None) -> int:
 
     embedder = load_embedder()
     weight_bytes = sum(p.numel() * p.element_size() for p in lm.model.parameters())
-    gbs = bandwidth_gbs()
+    gbs = bandwidth_gbs(args.bandwidth_mb)
     floor = weight_bytes / (gbs * 1e9)
     meta = run_meta(lm, frame=args.frame, commits=args.commits, seed=args.seed, machine=platform.processor()
                     or platform.machine(), cpus=os.cpu_count(), bandwidth_gbs=round(gbs, 2),
@@ -268,12 +269,12 @@ def main(argv=None) -> int:
     print(f"model {lm.name} ({str(lm.dtype).replace('torch.', '')}, {weight_bytes / 2**20:.0f} MB of weights), "
           f"loaded in {load_s:.1f}s; torch threads {torch.get_num_threads()}; {meta['machine']}, "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; memory bandwidth {gbs:.1f} GB/s "
-          f"(1 GB copy): reading the weights once takes {1000 * floor:.1f} ms")
+          f"({args.bandwidth_mb} MB copy): reading the weights once takes {1000 * floor:.1f} ms")
     print(f"{len(prompts)} prompts ({sum(d == 'hh' for d, _ in prompts)} HH, "
           f"{sum(d == 'advbench' for d, _ in prompts)} AdvBench) of "
           f"{[len(lm.prompt_ids(p)) for _, p in prompts]} tokens; {args.commits} commits each; "
           f"K = {ks}; reference on {args.reference_prompts} prompt(s), {args.reference_commits} commits; "
-          f"run {args.run!r}, shard {args.shard}: prompts {mine}, {len(done)} rows already written")
+          f"run {args.run!r}, shard {args.shard}: prompts {mine}, {sum(i in mine for _, i in done)} of its rows already written")
 
     # warm-up (allocator, kernels, tokenizer caches); nothing it computes is reused below
     generate_vanilla(lm, prompts[0][1], max_new_tokens=2)
@@ -310,6 +311,12 @@ def main(argv=None) -> int:
         r = done[f"fast_k{ks[0]}", i]
         n_tokens = len(r.tokens) if hasattr(r, "tokens") else int(r.committed_tokens)
         run_one("vanilla", i, lambda: generate_vanilla(lm, p, max_new_tokens=max(n_tokens, 1)))
+    for i in mine:
+        if i < args.reference_prompts:
+            ds, p = prompts[i]
+            ref_cfg = config(ds, max_commits=args.reference_commits)
+            run_one("reference", i, lambda: RainSearch(lm, p, ref_cfg, evaluator=SelfEvaluator(
+                lm, template, cached=False), embedder=embedder, engine="reference").run())
     b16 = None
     for i in mine:
         if i < args.bf16_prompts and ("bf16_k1", i) not in done:
@@ -330,12 +337,6 @@ def main(argv=None) -> int:
             print(f"  prompt {i} ({ds}) bf16 K = 1: {row['wall_s']:.1f} s wall, same committed tokens as fp32: "
                   f"{row['same_tokens_as_fp32']}; simulations {r.stats['simulations']} vs "
                   f"{fp32.stats['simulations']}", flush=True)
-    for i in mine:
-        if i < args.reference_prompts:
-            ds, p = prompts[i]
-            ref_cfg = config(ds, max_commits=args.reference_commits)
-            run_one("reference", i, lambda: RainSearch(lm, p, ref_cfg, evaluator=SelfEvaluator(
-                lm, template, cached=False), embedder=embedder, engine="reference").run())
     return summarize(args.run, ks, args.out)
 
 
