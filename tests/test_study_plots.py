@@ -122,6 +122,10 @@ def test_frontier_joins_every_curve_family():
     styles = {c.get_label(): c.lines[0].get_linestyle() for c in ax.containers}
     assert styles == {"bon": "-", "rain": "-", "vanilla": "None"}
     assert {t.get_text() for t in ax.texts} == {"N=1", "N=2", "T=2", "T=4"}
+    pts = pd.DataFrame(dict(family="bon", label=[f"N={n}" for n in range(1, 6)], mean_tokens_computed=[10, 11, 12, 20, 21],
+                            rate=.5, lo=.4, hi=.6))
+    ax = sp.plot_compute_frontier(pts, curve="bon")                 # close points: labels do not overprint
+    assert [t.get_text() for t in ax.texts] == ["N=1", "N=3", "N=4"]
 
 
 def test_attack_success_bars_carry_wilson_intervals():

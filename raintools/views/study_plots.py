@@ -91,7 +91,8 @@ def plot_compute_frontier(points: pd.DataFrame, ax=None, curve: str | Sequence[s
     """Rate of good answers (Wilson 95%) against mean tokens computed per answer (log x). `points`
     has columns family (a curve name or a single method), label, mean_tokens_computed, rate,
     lo, hi; rows of the family `curve` (or of each family in a list of them) are joined by a line
-    and labelled with their label."""
+    and labelled with their label (a point within 15% in x of the last labelled one goes
+    unlabelled, so that labels do not overprint)."""
     curves = {curve} if isinstance(curve, str) else set(curve)
     ax = _new_ax(ax, (7, 4.5))
     colors = dict(zip(dict.fromkeys(points.family), ["tab:orange", "tab:blue", "tab:green", "tab:purple",
@@ -102,9 +103,12 @@ def plot_compute_frontier(points: pd.DataFrame, ax=None, curve: str | Sequence[s
         ax.errorbar(x, r, yerr=err, fmt="o-" if fam in curves else "s", capsize=3, color=colors[fam],
                     label=fam, ms=6, lw=1.2)
         if fam in curves:
+            shown = 0.0
             for xi, ri, lab in zip(x, r, g.label):
-                ax.annotate(lab, (xi, ri), xytext=(3, -11), textcoords="offset points", fontsize=7,
-                            color=colors[fam])
+                if xi >= 1.15 * shown:
+                    shown = xi
+                    ax.annotate(lab, (xi, ri), xytext=(3, -11), textcoords="offset points", fontsize=7,
+                                color=colors[fam])
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log")
