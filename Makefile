@@ -110,8 +110,9 @@ combine: setup
 sync-notebooks: setup
 	$(VENV)/bin/jupytext --sync notebooks/*.py
 
+# make bench [BENCH_ARGS="--prompts 2 --commits 3"]: bench/rain_speed.py's options (bench/README.md)
 bench: setup
-	$(PY) bench/rain_speed.py
+	$(PY) bench/rain_speed.py $(BENCH_ARGS)
 
 # make eval DATA=prompts.csv [COLUMN=prompt LIMIT=20 METHODS=vanilla,rain,bon JUDGE=refusal,llm
 #           TASK=harmless OUT=runs/eval NPROC=2 EVAL_ARGS="--max-new-tokens 64"]; rerun to resume.
