@@ -439,6 +439,26 @@ def test_early_stop_is_checked_after_each_back_up(tiny_lm):
     assert bad.stats["simulations_per_step"][0] == 30        # the whole budget, not more
 
 
+def test_a_step_goes_on_with_every_slot_when_the_early_stop_test_fails_again(tiny_lm):
+    """The early-stop test passes at a back-up while other walks are in flight (forced here at the
+    5th back-up) and fails again at the next: the step goes on with all K slots, not only with
+    those whose walks were in flight (a slot that saw the test pass waits for them instead of
+    leaving the step), and spends its whole budget; no walk starts while the test passes."""
+    k, log = 4, FlowLog()
+    s = search(tiny_lm, BIG.replace(parallel_simulations=k), observers=[log])
+    tests = []
+
+    def passes_once():
+        tests.append(s.sim_index)
+        return len(tests) == 5
+    s.should_stop_early = passes_once
+    assert s.simulate_step(40) is False and s.sim_index == 40
+    ends = [i for i, e in enumerate(log.events) if e[0] == "end"]
+    assert log.events[ends[4]][3] >= 1                   # walks in flight when the test passed
+    assert all(e[0] == "end" for e in log.events[ends[4]:ends[5]])
+    assert max(e[3] for e in log.events[ends[5]:] if e[0] == "start") == k
+
+
 def test_an_error_in_one_slot_ends_the_search_with_that_error(tiny_lm):
     """A judge that fails in the middle of a step with 4 slots in flight: the search raises that
     error (not a hang, not another slot's unwinding), and no slot's thread is left behind."""
