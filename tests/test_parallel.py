@@ -477,6 +477,50 @@ def test_an_error_in_one_slot_ends_the_search_with_that_error(tiny_lm):
     assert not [t for t in threading.enumerate() if t.name.startswith("rain-search")]   # the slots' pool
 
 
+@pytest.mark.timeout(120)
+def test_an_interrupt_while_the_slots_run_ends_the_search(tiny_lm):
+    """Ctrl-C (SIGINT to the calling thread, which schedules the slots) while a slot judges: the
+    search raises KeyboardInterrupt instead of hanging, no slot's thread is left behind and no
+    virtual loss stays on."""
+    import signal
+    import threading
+    import time
+
+    main, calls = threading.main_thread().ident, []
+
+    def judge(q, x):
+        calls.append(x)
+        if len(calls) == 7:
+            signal.pthread_kill(main, signal.SIGINT)
+            time.sleep(0.2)       # the calling thread takes it while it waits for this slot
+        return 0.5
+    assert threading.get_ident() == main
+    s = search(tiny_lm, BIG.replace(parallel_simulations=4), evaluator=judge)
+    with pytest.raises(KeyboardInterrupt):
+        s.run()
+    assert not [t for t in threading.enumerate() if t.name.startswith("rain-search")]
+    assert all(n.virtual == 0 for n in s.root.walk()) and not s.in_flight
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_a_search_goes_on_after_an_error_in_a_step(tiny_lm, k):
+    """A judge that fails once: the search raises that error; run again, it goes on from where it
+    stood (as the sequential search does), not with the old error raised again."""
+    calls = []
+
+    def judge(q, x):
+        calls.append(x)
+        if len(calls) == 7:
+            raise ValueError("the judge broke once")
+        return float(len(x) % 3 - 1)
+    s = search(tiny_lm, BIG.replace(parallel_simulations=k), evaluator=judge)
+    with pytest.raises(ValueError, match="broke once"):
+        s.run()
+    r = s.run()
+    assert s.finished and r.stats["commits"] == 3 and len(calls) > 7
+    assert all(n.virtual == 0 for n in s.root.walk()) and not s.in_flight
+
+
 def test_parallel_search_in_a_batch_equals_one_by_one():
     lm = tiny_model(seed=1)
     prompts = ["hello", "how are you today?", "x"]
