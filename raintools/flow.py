@@ -211,6 +211,7 @@ class Flow:
 
         if len(slots) == 1:
             return slots[0]()
+        self.error = None           # an earlier step's error (raised then) does not end this one
 
         def body(i):
             self._local.slot = i
@@ -231,9 +232,26 @@ class Flow:
         done: set[int] = set()
         self._clock = dict.fromkeys(range(len(slots)), self.now)
         self._due = dict.fromkeys(range(len(slots)), self.now)
-        side_by_side([body] * len(slots), serve=lambda: self._serve(done, len(slots)))
+        side_by_side([body] * len(slots), serve=lambda: self._serve_or_unwind(done, len(slots)))
         if self.error is not None:
             raise self.error
+
+    def _serve_or_unwind(self, done: set[int], k: int) -> None:
+        """`_serve`; when it raises in the calling thread (e.g. Ctrl-C while it waits), the slots
+        unwind first (each raises `Aborted`), then the error is raised: no slot is left waiting
+        for a turn."""
+        try:
+            self._serve(done, k)
+        except BaseException as exc:
+            with self._cond:
+                if self.error is None:
+                    self.error = exc
+                while self._turn is not None:
+                    self._cond.wait()
+                if not self.concurrent:     # parked calls taken for a pass it did not answer
+                    self._runnable += sorted(set(self._busy) - set(self._parked) - set(self._runnable))
+            self._serve(done, k)
+            raise
 
     def _serve(self, done: set[int], k: int) -> None:
         while True:

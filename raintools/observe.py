@@ -124,7 +124,9 @@ class Stats(Observer):
 class PhaseTimer(Observer):
     """Wall seconds per phase (perf_counter), exclusive: a phase inside another (node addition
     inside selection) pauses the outer one. On CUDA kernels are asynchronous, so a phase's time
-    can show up in the next phase that waits for a result."""
+    can show up in the next phase that waits for a result. With K > 1 each slot times its own
+    phases, its waits for the other slots' passes included, so the phases of the simulations in
+    flight together overlap and their sum exceeds the wall time (2.7x in a K = 4 tiny search)."""
 
     def __init__(self):
         self.timings = dict.fromkeys(PHASES, 0.0)

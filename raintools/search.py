@@ -300,12 +300,14 @@ class RainSearch:
 
     def simulate_step(self, budget: int) -> bool:
         """The inner loop of an outer step on K slots (module docstring): `budget` simulations, or
-        fewer when the early-stop test (after each back-up) passes. Returns whether it did."""
+        fewer when the early-stop test (after each back-up) passes. Returns whether it did. While
+        it passes no walk starts; the step ends when no walk is in flight then, else every slot
+        waits for the walks in flight, and goes on if their back-ups make the test fail again."""
         k, flow, st = self.cfg.parallel_simulations, self.flow, dict(started=0, done=0, early=False)
 
         def slot():
-            while not st["early"] and st["started"] < budget:
-                if st["started"] - st["done"] >= round_size(k, budget - st["done"]):
+            while st["started"] < budget and not (st["early"] and st["started"] == st["done"]):
+                if st["early"] or st["started"] - st["done"] >= round_size(k, budget - st["done"]):
                     flow.idle()
                     continue
                 sim = Simulation()

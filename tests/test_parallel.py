@@ -439,6 +439,26 @@ def test_early_stop_is_checked_after_each_back_up(tiny_lm):
     assert bad.stats["simulations_per_step"][0] == 30        # the whole budget, not more
 
 
+def test_a_step_goes_on_with_every_slot_when_the_early_stop_test_fails_again(tiny_lm):
+    """The early-stop test passes at a back-up while other walks are in flight (forced here at the
+    5th back-up) and fails again at the next: the step goes on with all K slots, not only with
+    those whose walks were in flight (a slot that saw the test pass waits for them instead of
+    leaving the step), and spends its whole budget; no walk starts while the test passes."""
+    k, log = 4, FlowLog()
+    s = search(tiny_lm, BIG.replace(parallel_simulations=k), observers=[log])
+    tests = []
+
+    def passes_once():
+        tests.append(s.sim_index)
+        return len(tests) == 5
+    s.should_stop_early = passes_once
+    assert s.simulate_step(40) is False and s.sim_index == 40
+    ends = [i for i, e in enumerate(log.events) if e[0] == "end"]
+    assert log.events[ends[4]][3] >= 1                   # walks in flight when the test passed
+    assert all(e[0] == "end" for e in log.events[ends[4]:ends[5]])
+    assert max(e[3] for e in log.events[ends[5]:] if e[0] == "start") == k
+
+
 def test_an_error_in_one_slot_ends_the_search_with_that_error(tiny_lm):
     """A judge that fails in the middle of a step with 4 slots in flight: the search raises that
     error (not a hang, not another slot's unwinding), and no slot's thread is left behind."""
@@ -455,6 +475,52 @@ def test_an_error_in_one_slot_ends_the_search_with_that_error(tiny_lm):
         search(tiny_lm, BIG.replace(parallel_simulations=4), evaluator=judge).run()
     assert len(calls) == 7
     assert not [t for t in threading.enumerate() if t.name.startswith("rain-search")]   # the slots' pool
+
+
+@pytest.mark.timeout(120)
+def test_an_interrupt_while_the_slots_run_ends_the_search(tiny_lm):
+    """Ctrl-C (SIGINT to the calling thread, which schedules the slots) while a slot judges: the
+    search raises KeyboardInterrupt instead of hanging, no slot's thread is left behind and no
+    virtual loss stays on."""
+    import signal
+    import threading
+    import time
+
+    if not hasattr(signal, "pthread_kill"):
+        pytest.skip("no signal.pthread_kill on this platform")
+    main, calls = threading.main_thread().ident, []
+
+    def judge(q, x):
+        calls.append(x)
+        if len(calls) == 7:
+            signal.pthread_kill(main, signal.SIGINT)
+            time.sleep(0.2)       # the calling thread takes it while it waits for this slot
+        return 0.5
+    assert threading.get_ident() == main
+    s = search(tiny_lm, BIG.replace(parallel_simulations=4), evaluator=judge)
+    with pytest.raises(KeyboardInterrupt):
+        s.run()
+    assert not [t for t in threading.enumerate() if t.name.startswith("rain-search")]
+    assert all(n.virtual == 0 for n in s.root.walk()) and not s.in_flight
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_a_search_goes_on_after_an_error_in_a_step(tiny_lm, k):
+    """A judge that fails once: the search raises that error; run again, it goes on from where it
+    stood (as the sequential search does), not with the old error raised again."""
+    calls = []
+
+    def judge(q, x):
+        calls.append(x)
+        if len(calls) == 7:
+            raise ValueError("the judge broke once")
+        return float(len(x) % 3 - 1)
+    s = search(tiny_lm, BIG.replace(parallel_simulations=k), evaluator=judge)
+    with pytest.raises(ValueError, match="broke once"):
+        s.run()
+    r = s.run()
+    assert s.finished and r.stats["commits"] == 3 and len(calls) > 7
+    assert all(n.virtual == 0 for n in s.root.walk()) and not s.in_flight
 
 
 def test_parallel_search_in_a_batch_equals_one_by_one():
