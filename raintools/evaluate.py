@@ -320,15 +320,17 @@ class SelfEvaluator:
     def fork(self, forward=None) -> "SelfEvaluator":
         """A view of this evaluator for one of several concurrent searches
         (`rain_generate_batch`): it shares the encoded judging header (encoded now if needed) and
-        keeps its own query cache and statistics; `forward`: the forward pass it runs."""
-        if self.cached:
-            self._encode_header()
+        keeps its own query cache and statistics; `forward`: the forward pass it runs. The first
+        fork encodes the header through its own `forward` and counts its tokens (its pass is counted
+        where that forward's passes are: a search's flow), as a shared judge's first call does."""
         twin = copy.copy(self)
         twin.forward = forward or self.forward
         twin.stats = EvalStats()
         twin.forget_queries()
         twin.last_probs = []
         twin.last_ids = []
+        if self.cached and self._header is None:
+            self._header = twin._encode_header()
         return twin
 
     def __call__(self, query: str, response: str) -> float:

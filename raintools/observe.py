@@ -56,18 +56,18 @@ class Stats(Observer):
         self.judge_tokens = 0        # tokens needed by the judge calls of a judge others may share
 
     def start(self, search) -> None:
-        """Before the root: the forward counters and the judge's tokens so far. The engine's
-        `stats` count this search's passes only (`raintools.flow.Flow.stats`, a server engine's own
-        counters); a judge's tokens are its own fork's (`search.own_judge`) or `judge_tokens`."""
+        """Before the judge is chosen: the forward counters. The engine's `stats` count this
+        search's passes only (`raintools.flow.Flow.stats`, a server engine's own counters); a
+        judge's tokens are its own fork's, all of them (`search.own_judge`: made for this search,
+        the judging header included when it encoded it), or `judge_tokens`."""
         self._forward0 = search.engine.stats.snapshot()
-        self._judge0 = _judge_tokens(search) if search.own_judge else 0
         self._t0 = time.perf_counter()
 
     def summary(self, search) -> dict:
         """A result's stats: the counters, this search's forward passes and tokens, the judge's
         tokens needed, the phase times."""
         now = search.engine.stats.since(self._forward0)
-        judged = self.judge_tokens + (_judge_tokens(search) - self._judge0 if search.own_judge else 0)
+        judged = self.judge_tokens + (_judge_tokens(search) if search.own_judge else 0)
         stats = dict(self.counts)
         stats.update(
             engine=search.engine_name,

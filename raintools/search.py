@@ -96,6 +96,8 @@ class RainSearch:
         self.flow = Flow(forward or lm.forward, getattr(forward, "stats", None) or lm.stats, merge=lm.route.packed)
         self.engine = make_engine(lm, engine, cfg, self.flow)
         self.engine_name, self.flow.concurrent = self.engine.name, bool(self.engine.concurrent)
+        self.stats, self.timer = Stats(), PhaseTimer()
+        self.stats.start(self)       # counted from here: a fork of the judge made now is this search's
         self.evaluator, self.own_judge = search_judge(lm, evaluator, cfg, self.engine, self.flow)
         self._judging_lock = threading.Lock()
         self.needs_embeddings = cfg.similarity_update or cfg.node_addition
@@ -105,12 +107,10 @@ class RainSearch:
         self.sim_index = self.walks = self.outer_step = 0
         self.response, self.token_sets = [], []      # committed tokens, and per commit
         self.finished, self.stop_reason = False, ""
-        self.stats, self.timer = Stats(), PhaseTimer()
         self.counts, self.timings = self.stats.counts, self.timer.timings
         self.trace = Trace(prompt=prompt, config=cfg.to_dict()) if cfg.record_trace else None
         self.observers = [self.stats, self.timer, *([TraceRecorder(self.trace)] if self.trace else []),
                           *observers]
-        self.stats.start(self)
         self.root = self.engine.start(prompt_ids)
         self._emit("started", prompt_ids)
 

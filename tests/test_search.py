@@ -533,6 +533,30 @@ def test_the_search_talks_to_its_engine_only_through_the_interface(tiny_lm):
         assert proxied.stats["simulations"] == plain.stats["simulations"]
 
 
+@pytest.mark.parametrize("k", [1, 4])
+def test_the_search_that_encodes_the_judging_header_counts_it(k):
+    """On a fresh model the first search with the model's own judge encodes the judging header:
+    every pass of the model is counted as a search's, and an identical second search (the header
+    now shared) counts exactly one pass and the header's tokens less, computed and needed. At
+    K = 4 the header is encoded by the search's fork of the judge (it was counted by no search)."""
+    from raintools.evaluate import self_evaluator
+
+    lm = tiny_model(seed=0)
+    cfg = SMALL.replace(max_new_tokens=8, parallel_simulations=k)
+    before = lm.stats.snapshot()
+    first = rain_generate(lm, "hello", cfg, embedder=letter_embedder)
+    made = lm.stats.since(before)
+    assert (first.stats["forward_calls"], first.stats["tokens_computed"]) == (made.calls, made.tokens)
+    shared = self_evaluator(lm, cfg.judge_template, cfg.eval_mode)
+    shared.forget_queries()                 # the query's KV as new again: only the header is shared
+    second = rain_generate(lm, "hello", cfg, embedder=letter_embedder)
+    assert second.tokens == first.tokens
+    header = len(shared._header[0])
+    assert first.stats["forward_calls"] - second.stats["forward_calls"] == 1
+    assert first.stats["tokens_computed"] - second.stats["tokens_computed"] == header
+    assert first.stats["tokens_needed"] - second.stats["tokens_needed"] == header
+
+
 @pytest.mark.parametrize("k,engine", [(1, "fast"), (4, "fast"), (1, "reference")])
 def test_searches_on_one_model_count_only_their_own_passes(k, engine):
     """Two searches made on one model (whose counters `lm.stats` every search on it moves), then
