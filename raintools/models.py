@@ -5,8 +5,8 @@
 and caches plain safetensors, so later loads take seconds. Any Hugging Face model id or local
 folder works the same way (Llama, Qwen, Vicuna, ... on a GPU).
 
-`LanguageModel` is the only object the search talks to. It counts every forward call and every
-token it computes, so speed claims are measured, not guessed.
+`LanguageModel` counts every forward call and every token it computes, so speed claims are
+measured, not guessed.
 """
 
 from __future__ import annotations
@@ -278,9 +278,7 @@ class ChatFormat:
                       few_shot: bool = False):
         has_template = bool(getattr(tokenizer, "chat_template", None))
         kind = kind or ("chat" if has_template else "plain")
-        stops = set()
-        if tokenizer.eos_token_id is not None:
-            stops.add(int(tokenizer.eos_token_id))
+        stops = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
         if kind == "chat":
             if not has_template:
                 raise ModelLoadError("This tokenizer has no chat template; use kind='plain'.")
@@ -314,16 +312,14 @@ class ChatFormat:
         """Index where a new user turn starts in `response_text`, or -1. The text must keep the
         special tokens (`LanguageModel.decode_raw`): chat markers such as '<|im_start|>user' are
         special tokens, which `decode` drops. On token ids use `LanguageModel.user_turn_start`."""
-        hits = [response_text.find(m) for m in self.user_markers]
-        hits = [h for h in hits if h >= 0]
-        return min(hits) if hits else -1
+        hits = [i for i in map(response_text.find, self.user_markers) if i >= 0]
+        return min(hits, default=-1)
 
 
 def _chat_user_markers(tokenizer) -> tuple[str, ...]:
     """The text a chat template puts before a user message (e.g. '<|im_start|>user'), found by
     rendering a two-turn conversation: no hard-coded formats."""
-    a, b = "QQQ_FIRST_QQQ", "RRR_REPLY_RRR"
-    c = "SSS_SECOND_SSS"
+    a, b, c = "QQQ_FIRST_QQQ", "RRR_REPLY_RRR", "SSS_SECOND_SSS"
     msgs = [{"role": "user", "content": a}, {"role": "assistant", "content": b},
             {"role": "user", "content": c}]
     try:
@@ -331,8 +327,7 @@ def _chat_user_markers(tokenizer) -> tuple[str, ...]:
     except Exception:  # noqa: BLE001 - templates may reject some shapes
         return ("<|im_start|>user",)
     between = text[text.index(b) + len(b): text.index(c)]
-    eos = tokenizer.eos_token or ""
-    marker = between.replace(eos, "").strip() if eos else between.strip()
+    marker = between.replace(tokenizer.eos_token or "", "").strip()
     markers = [m for m in (marker, between.strip()) if m]
     return tuple(dict.fromkeys(markers)) or ("<|im_start|>user",)
 
@@ -403,22 +398,18 @@ class LanguageModel:
         candidate, or the "reference" engine (see `raintools.routes`). Decided once, from the
         model's configuration and, for a packed route, a self-check against its own forward;
         a route other than packed is logged once."""
-        route = self._route
-        if route is None:
-            with _ROUTE_LOCK:
-                route = self._route
-                if route is None:
-                    route = self._detect_route()
-                    self._route = route
-                    if route.packed:
-                        log.info("%s: packed token trees (exact)", self.name)
-                    elif route.kind == ROWS:
-                        log.warning("raintools: %s: %s; the fast engine runs one batch row per "
-                                    "candidate (exact, slower).", self.name, route.reason)
-                    else:
-                        log.warning("raintools: %s: %s; RAIN runs through the reference-style "
-                                    "engine (engine='reference').", self.name, route.reason)
-        return route
+        with _ROUTE_LOCK:
+            if self._route is None:
+                route = self._route = self._detect_route()
+                if route.packed:
+                    log.info("%s: packed token trees (exact)", self.name)
+                elif route.kind == ROWS:
+                    log.warning("raintools: %s: %s; the fast engine runs one batch row per "
+                                "candidate (exact, slower).", self.name, route.reason)
+                else:
+                    log.warning("raintools: %s: %s; RAIN runs through the reference-style "
+                                "engine (engine='reference').", self.name, route.reason)
+        return self._route
 
     def _detect_route(self) -> Route:
         route = static_route(self.model)
@@ -540,12 +531,28 @@ class LanguageModel:
             extra = extra.replace(special, "")
         return (self.decode(ids[:j]) + extra).strip()
 
-    def prompt_ids(self, query: str, max_new_tokens: int = 1) -> list[int]:
-        """Token ids of the generation prompt for one user request, checked against the context."""
-        if not isinstance(query, str) or not query.strip():
-            raise PromptError("The prompt is empty: give a non-empty request.")
-        text = self.chat.prompt_text(self.tokenizer, query)
-        ids = (self.bos() if self.chat.kind == "plain" else []) + self.encode(text)
+    def prompt_ids(self, query: str, max_new_tokens: int = 1, given=None) -> list[int]:
+        """Token ids of the generation prompt for one user request, checked against the context.
+        `given`: the prompt's ids already formatted (no chat template applied), checked to be a
+        non-empty list of ids in the vocabulary; `query` is then only what the judge sees."""
+        if given is None:
+            if not isinstance(query, str) or not query.strip():
+                raise PromptError("The prompt is empty: give a non-empty request.")
+            text = self.chat.prompt_text(self.tokenizer, query)
+            ids = (self.bos() if self.chat.kind == "plain" else []) + self.encode(text)
+        else:
+            if not isinstance(query, str):
+                raise PromptError(f"The query must be a string, got {type(query).__name__}.")
+            try:
+                ids = [int(t) for t in given]
+            except (TypeError, ValueError):
+                raise PromptError("prompt_ids must be a list of token ids (ints).") from None
+            if not ids:
+                raise PromptError("prompt_ids is empty: give at least one prompt token.")
+            bad = [t for t in ids if not 0 <= t < self.vocab_size]
+            if bad:
+                raise PromptError(f"prompt_ids holds ids outside the vocabulary (0..{self.vocab_size - 1}): "
+                                  f"{bad[:5]}.")
         if len(ids) + max_new_tokens > self.max_context:
             raise PromptError(
                 f"The prompt is {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds the "
@@ -594,10 +601,7 @@ class LanguageModel:
                 raise ModelSupportError(f"{self.name}: {route.reason}, so it cannot take explicit "
                                         f"positions; run it on its {route.kind} route.")
             position_ids = position_ids.to(device)
-        if logits_at is not None:
-            keep = logits_at.to(device)
-        else:
-            keep = 0 if all_logits else 1
+        keep = logits_at.to(device) if logits_at is not None else int(not all_logits)
         out = self._run(input_ids, keep, cache, attention_mask=attention_mask,
                         position_ids=position_ids)
         logits = out.logits
@@ -661,10 +665,9 @@ class LanguageModel:
         elif past is not None:
             cache = copy.deepcopy(past)
         p = input_ids.shape[1] - s
+        keep = int(not all_logits)
         if logits_at is not None:
             keep = (logits_at.to(device) + p).expand(input_ids.shape[0], -1)
-        else:
-            keep = 0 if all_logits else 1
         out = self._run(input_ids, keep, cache,
                         attention_mask=None if attention_mask is None else attention_mask.to(device))
         logits = out.logits
@@ -749,10 +752,8 @@ def token_tree(past_len: int, trunk: Sequence[int], tails: Sequence[Sequence[int
 def kv_cat(chunks: Sequence[KV]) -> KV:
     """Concatenate KV chunks along the sequence axis (layer by layer)."""
     chunks = [c for c in chunks if c]
-    if not chunks:
-        return []
-    if len(chunks) == 1:
-        return chunks[0]
+    if len(chunks) < 2:
+        return chunks[0] if chunks else []
     return [(torch.cat([c[i][0] for c in chunks], dim=-2), torch.cat([c[i][1] for c in chunks], dim=-2))
             for i in range(len(chunks[0]))]
 
@@ -765,11 +766,9 @@ def kv_slice(kv: KV, start: int, end: int | None = None, row: int | None = None)
 
 def kv_gather(kv: KV, positions: Sequence[int]) -> KV:
     """The given sequence positions (all batch rows), copied into new tensors."""
-    if not kv:
-        return []
     index = torch.tensor(list(positions))
     out, on = [], {}
-    for k, v in kv:            # layers may live on different devices (device_map="auto")
+    for k, v in kv or ():            # layers may live on different devices (device_map="auto")
         i = on.setdefault(k.device, index.to(k.device))
         out.append((k.index_select(-2, i), v.index_select(-2, i)))
     return out
@@ -777,7 +776,3 @@ def kv_gather(kv: KV, positions: Sequence[int]) -> KV:
 
 def kv_len(kv: KV) -> int:
     return int(kv[0][0].shape[-2]) if kv else 0
-
-
-def kv_bytes(kv: KV) -> int:
-    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)

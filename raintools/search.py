@@ -408,37 +408,13 @@ def round_size(k: int, remaining: int) -> int:
 
 
 def search_prompt_ids(lm: LanguageModel, prompt: str, prompt_ids, cfg: RainConfig) -> list[int]:
-    """The prompt's ids (chat-formatted), or `prompt_ids` as given and checked; below max_length."""
-    max_new = cfg.max_new_tokens or 1
-    if prompt_ids is None:
-        prompt_ids = lm.prompt_ids(prompt, max_new_tokens=max_new)
-    else:     # already formatted (e.g. by model.generate): `prompt` is the query the judge sees
-        prompt_ids = checked_prompt_ids(lm, prompt, prompt_ids, max_new)
+    """The prompt's ids (chat-formatted, or `prompt_ids` as given, e.g. by model.generate), checked
+    (`LanguageModel.prompt_ids`); below max_length."""
+    prompt_ids = lm.prompt_ids(prompt, max_new_tokens=cfg.max_new_tokens or 1, given=prompt_ids)
     if len(prompt_ids) >= cfg.max_length:
         raise PromptError(f"The prompt is {len(prompt_ids)} tokens, not below max_length={cfg.max_length}: "
                           f"shorten it or raise RainConfig.max_length.")
     return prompt_ids
-
-
-def checked_prompt_ids(lm: LanguageModel, query: str, ids, max_new_tokens: int) -> list[int]:
-    """Prompt token ids given as they are (no chat template applied), checked: a non-empty list of
-    ids in the vocabulary that leaves room for `max_new_tokens` in the model's context."""
-    if not isinstance(query, str):
-        raise PromptError(f"The query must be a string, got {type(query).__name__}.")
-    try:
-        ids = [int(t) for t in ids]
-    except (TypeError, ValueError):
-        raise PromptError("prompt_ids must be a list of token ids (ints).") from None
-    if not ids:
-        raise PromptError("prompt_ids is empty: give at least one prompt token.")
-    bad = [t for t in ids if not 0 <= t < lm.vocab_size]
-    if bad:
-        raise PromptError(f"prompt_ids holds ids outside the vocabulary (0..{lm.vocab_size - 1}): {bad[:5]}.")
-    if len(ids) + max_new_tokens > lm.max_context:
-        raise PromptError(
-            f"The prompt is {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds the "
-            f"model's context of {lm.max_context} tokens. Shorten the prompt or lower max_new_tokens.")
-    return ids
 
 
 def resolve_engine(lm: LanguageModel, engine: str) -> str:
