@@ -7,18 +7,15 @@
 
 `RainSearch` reads as the paper's phases, each a public method, so the notebooks can step through
 a search one phase at a time. With K = `RainConfig.parallel_simulations` > 1, up to K simulations
-are in flight at once, with no round barrier: each *slot* runs the sequential simulation loop, a
-virtual loss (`tree.VIRTUAL_LOSS`) on its path until its value is backed up. The slots' requests
-(expansions, completions, judgements) are served together, one forward pass carrying the next
-tokens of every simulation in flight, and the slots touch the tree in the order of a logical clock
-that no engine changes, so every engine builds the same tree (`raintools.flow`); a slot whose
-simulation is backed up starts its next walk at once. A walk into a non-terminal leaf another slot
-is expanding is dropped (the slot waits for the next back-up); no more walks are in flight than
-half of what is left of the step's budget (`round_size`), so the step's last simulation runs
-alone. K = 1 is the paper's sequential search.
+are in flight at once, each in its own *slot* with a virtual loss (`tree.VIRTUAL_LOSS`) on its path
+until its value is backed up; their requests are served together on a logical clock, so every
+engine builds the same tree (`raintools.flow`). A walk into a non-terminal leaf another slot is
+expanding is dropped (the slot waits for the next back-up); no more walks are in flight than half
+of what is left of the step's budget (`round_size`), so the step's last simulation runs alone.
+K = 1 is the paper's sequential search.
 
-The search holds no instrumentation: the stats counters, the phase timers and the trace are
-observers of its events (`raintools.observe`).
+The stats counters, the phase timers and the trace are observers of the search's events
+(`raintools.observe`).
 """
 
 from __future__ import annotations
@@ -424,9 +421,7 @@ def resolve_engine(lm: LanguageModel, engine: str) -> str:
     RAINTOOLS_SERVER (default http://127.0.0.1:8000; `raintools.vllm_engine`)."""
     if engine == "auto":
         engine = os.environ.get("RAINTOOLS_ENGINE") or "auto"
-    if engine in VLLM_ENGINES:
-        return engine
-    return resolve_transformers_engine(lm, engine)
+    return engine if engine in VLLM_ENGINES else resolve_transformers_engine(lm, engine)
 
 
 def make_engine(lm: LanguageModel, engine: str | Engine, cfg: RainConfig,
@@ -438,7 +433,6 @@ def make_engine(lm: LanguageModel, engine: str | Engine, cfg: RainConfig,
     name = resolve_engine(lm, engine)
     make = ENGINES.get(name) or vllm_engine_factory(name)
     return make(lm, top_k=cfg.top_k, temperature=cfg.temperature, forward=forward)
-
 
 
 def search_judge(lm: LanguageModel, evaluator: Evaluator | None, cfg: RainConfig, engine: Engine,
@@ -471,6 +465,7 @@ def judging(search: "RainSearch"):
         finally:
             search.stats.judge_tokens += getattr(stats, "tokens_needed", 0) - before
 
+
 def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = None,
                   evaluator: Evaluator | None = None, embedder: Callable | None = None,
                   engine: str = "auto", progress: bool = False, prompt_ids: list[int] | None = None,
@@ -485,9 +480,7 @@ def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = No
     execution. `prompt_ids`: the model's input as token ids, already formatted (no chat template
     is applied to them); `prompt` is then only the query the evaluator judges responses against.
     """
-    cfg = (config or RainConfig())
-    if overrides:
-        cfg = cfg.replace(**overrides)
+    cfg = (config or RainConfig()).replace(**overrides)      # validated
     search = RainSearch(lm, prompt, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
                         prompt_ids=prompt_ids)
     return search.run(progress=progress)
@@ -510,10 +503,7 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     already formatted token-id list per prompt (see `rain_generate`).
     """
     prompts = list(prompts)
-    cfg = (config or RainConfig())
-    if overrides:
-        cfg = cfg.replace(**overrides)
-    cfg.validate()
+    cfg = (config or RainConfig()).replace(**overrides)      # validated
     engine = resolve_engine(lm, engine)
     if prompt_ids is not None and len(prompt_ids) != len(prompts):
         raise PromptError(f"prompt_ids has {len(prompt_ids)} rows for {len(prompts)} prompts.")
@@ -537,11 +527,8 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     forks = isinstance(base_eval, SelfEvaluator)
     if forks and base_eval.cached:
         base_eval.fork()          # encodes the judging header once, before the searches start
-    judge_lock = threading.Lock()
-
-    def judge_forward(*args, **kwargs):   # a judge on another model: its own weights, one call at a time
-        with judge_lock:
-            return base_eval.forward(*args, **kwargs)
+    # a judge on another model: its own weights, one call at a time
+    judge_forward = Locked(base_eval.forward) if forks else None
 
     def job(prompt, ids):
         def run(client):
