@@ -196,14 +196,10 @@ class TraceRecorder(Observer):
             if any(r.uid in reached for r in other[0]):
                 new += other[0]
                 other[0].clear()
-        touched = {n.uid: n for n in sim.path}
-        for _, sib, _ in similarity:
-            touched[sib.uid] = sib
-        for parent in parents:      # priors renormalised among siblings
-            if parent.parent is None and parent is not search.root:
-                continue
-            for ch in parent.children:
-                touched[ch.uid] = ch
+        touched = {n.uid: n for n in sim.path} | {sib.uid: sib for _, sib, _ in similarity}
+        for parent in parents:      # priors renormalised (none below a dropped root)
+            if parent.parent is not None or parent is search.root:
+                touched.update((ch.uid, ch) for ch in parent.children)
         for rec in new:
             rec.p = touched[rec.uid].p if rec.uid in touched else rec.p
         self.trace.simulations.append(SimulationRecord(
