@@ -18,6 +18,7 @@ import inspect
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -144,7 +145,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     model_kwargs.setdefault("trust_remote_code", False)
     t0 = time.perf_counter()
     try:
-        if isinstance(source, str) and not _available_locally(source) and not _hub_reachable():
+        if isinstance(source, str) and not _reachable(source):
             raise OSError("not in the local Hugging Face cache, and the Hub cannot be reached")
         tokenizer = AutoTokenizer.from_pretrained(source)
         if device == "meta":      # config and tokenizer only: for engines that run elsewhere (vLLM)
@@ -201,20 +202,17 @@ def wrapped(model) -> "LanguageModel | None":
     return lm if lm is not None and lm.model is model else None
 
 
-def _available_locally(repo_id: str) -> bool:
+def _reachable(repo_id: str, timeout: float = 3.0) -> bool:
+    """Whether the hub model `repo_id` is in the local cache or the Hub can be reached (a quick
+    check instead of the Hub client's minute of retries)."""
     try:
         from huggingface_hub import try_to_load_from_cache
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return True
     except Exception:  # noqa: BLE001 - malformed ids etc.: let from_pretrained report
-        return False
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick check (instead of the Hub client's minute of retries) that the Hub can be reached."""
+        pass
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
-    import socket
-
     try:
         socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
         return True
