@@ -109,8 +109,7 @@ def embedded_model_folder(alias: str = DEFAULT_MODEL) -> Path:
             shutil.rmtree(target)
         tmp.rename(target)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)      # gone once renamed
     return target
 
 

@@ -38,11 +38,6 @@ class Observer:
     def phase_ended(self, search, name): pass             # ... and leaves it
 
 
-def _judge_tokens(search) -> int:
-    """The tokens its judge needed so far, by the judge's own count (none for a server's)."""
-    return getattr(getattr(search.evaluator, "stats", None), "tokens_needed", 0)
-
-
 class Stats(Observer):
     """The counters of a result's stats. `tokens_needed` counts what must be computed: each tree
     node's tokens once, each completion's fed tokens, the prompt (see bench/README)."""
@@ -67,7 +62,8 @@ class Stats(Observer):
         """A result's stats: the counters, this search's forward passes and tokens, the judge's
         tokens needed, the phase times."""
         now = search.engine.stats.since(self._forward0)
-        judged = self.judge_tokens + (_judge_tokens(search) if search.own_judge else 0)
+        judge = getattr(search.evaluator, "stats", None)        # a server's judge counts none
+        judged = self.judge_tokens + (getattr(judge, "tokens_needed", 0) if search.own_judge else 0)
         stats = dict(self.counts)
         stats.update(
             engine=search.engine_name,
