@@ -23,14 +23,13 @@ class Observer:
     def nodes_created(self, search, sim, parent, nodes, rolled_out, added): pass
     # ^ children of `parent`, priors set, from an expansion or (`added`) a node addition;
     #   `rolled_out`: a rollout computed their tokens; `sim`: the simulation they belong to
-    def dropped(self, search, sim, into): pass            # a walk into a leaf in flight dropped; its work goes to `into`
+    def dropped(self, search, sim, into): pass            # a walk into a leaf in flight: its work goes to `into`
     def selected(self, search, sims): pass                # a walk is over: `sims`, its simulation
     def ensured(self, search, nodes): pass                # these nodes got their caches
     def completed(self, search, request): pass            # a clause completion (`CompletionRequest`) is done
     def judged(self, search, sim): pass                   # `sim.value` from the evaluator or the memo
     def embedded(self, search, texts): pass               # one embedder call
     def backed_up(self, search, sim, similarity): pass    # (node, sibling, weight) updates made too
-    def simulation_done(self, search, sims): pass         # a simulation is over (`sims`: it alone)
     def step_done(self, search, first, early): pass       # an outer step's simulations are over
     def committing(self, search, child, first, early): pass   # before the rewind
     def committed(self, search, child): pass              # after it

@@ -292,7 +292,6 @@ class RainSearch:
             self.in_flight.pop(sim.leaf, None)
             add_virtual_loss(sim.path, -1)
         self.backward(sim, emb)
-        self._emit("simulation_done", [sim])
         return sim
 
     def simulate_step(self, budget: int) -> bool:

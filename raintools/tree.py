@@ -205,11 +205,8 @@ def embedding_variance_norm(node: Node) -> float | None:
 def needs_node_addition(node: Node, max_children: int, variance_factor: float, length: int) -> bool:
     """Dynamic node addition fires when the node has fewer than `max_children` children, all with
     embeddings, whose variance norm is below factor * token-set length, and all children's q < 0
-    (the candidates are too alike and all look bad: propose more).
-
-    `length` is the token-set length of the node's level (`RainSearch.level_length`: the
-    configured length for its depth, capped by the remaining budget), not a child's length: the
-    first child is the greedy rollout, which stops early at an end-of-turn token."""
+    (the candidates are too alike and all look bad: propose more). `length`: the token-set length
+    of the node's level (`RainSearch.level_length`), not a child's."""
     if not node.children or len(node.children) >= max_children:
         return False
     norm = embedding_variance_norm(node)
