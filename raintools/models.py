@@ -575,10 +575,13 @@ class LanguageModel:
 
         `attention_mask` is a 2D padding mask [batch, past + seq] or a 4D mask
         [batch, 1, seq, past + seq] (True = may attend) for packed token trees; `position_ids`
-        [batch, seq] then gives each new token's position (default: right after the past).
-        Runs now, on the calling thread; a batch of searches hands each search a forward of its
-        own instead (`raintools.batch`), never through this one."""
+        [batch, seq] then gives each new token's position (default: right after the past)."""
         route = self._route or self.route
+        if not route.packed and (position_ids is not None
+                                 or attention_mask is not None and attention_mask.dim() == 4):
+            why = " (engine='reference')" if route.kind == REFERENCE else ""
+            raise ModelSupportError(f"{self.name}: {route.reason}, so it cannot take a token tree (4D "
+                                    f"mask, explicit positions); run it on its {route.kind} route{why}.")
         if route.kind == REFERENCE:
             return self._state_forward(route, input_ids, past, attention_mask, all_logits,
                                        position_ids, logits_at)
@@ -587,16 +590,9 @@ class LanguageModel:
         input_ids = input_ids.to(device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
-            if attention_mask.dim() == 4:
-                if not route.packed:
-                    raise ModelSupportError(f"{self.name}: {route.reason}, so it cannot take a "
-                                            f"token-tree (4D) mask; run it on its {route.kind} route.")
-                if attention_mask.dtype == torch.bool:
-                    attention_mask = self._additive(layer_masks(attention_mask, route))
+            if attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
+                attention_mask = self._additive(layer_masks(attention_mask, route))
         if position_ids is not None:
-            if not route.packed:
-                raise ModelSupportError(f"{self.name}: {route.reason}, so it cannot take explicit "
-                                        f"positions; run it on its {route.kind} route.")
             position_ids = position_ids.to(device)
         keep = logits_at.to(device) if logits_at is not None else int(not all_logits)
         out = self._run(input_ids, keep, cache, attention_mask=attention_mask,
@@ -632,9 +628,6 @@ class LanguageModel:
         """`forward` for a model without a per-token KV (the reference route): `past` is the
         model's own cache object, copied before the model extends it, or a `TokenHistory` (the
         tokens so far, recomputed) when the model returns no cache."""
-        if position_ids is not None or (attention_mask is not None and attention_mask.dim() == 4):
-            raise ModelSupportError(f"{self.name}: {route.reason}; token trees (4D masks, explicit "
-                                    f"positions) need a per-token KV cache. Use engine='reference'.")
         device = self.device
         input_ids = input_ids.to(device)
         s = input_ids.shape[1]
