@@ -60,9 +60,7 @@ class RainConfig:
     value_threshold: float = 0.8        # V
     extra_simulations: int = 15         # at least this many new simulations per step
     commit_rule: str = "argmax"         # "argmax" (code) or "sample" (paper: from visit counts)
-    parallel_simulations: int = 1       # up to K simulations in flight under virtual loss, their
-                                        # passes packed together, no round barrier; at most half
-                                        # of the step's budget left in flight (raintools.flow;
+    parallel_simulations: int = 1       # K: simulations in flight at once (raintools.search;
                                         # 1: the paper's sequential search)
     # -- lengths
     max_length: int = 2048              # prompt + response tokens
