@@ -123,7 +123,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     `device="auto"` (or `device_map="auto"`) spreads a model larger than one GPU over all of
     them. Extra keyword arguments go to `from_pretrained`. `trust_remote_code` stays off.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise ModelLoadError("Model name must be a non-empty string (e.g. 'smollm2-135m' or a folder).")
@@ -148,7 +148,6 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
             raise OSError("not in the local Hugging Face cache, and the Hub cannot be reached")
         tokenizer = AutoTokenizer.from_pretrained(source)
         if device == "meta":      # config and tokenizer only: for engines that run elsewhere (vLLM)
-            from transformers import AutoConfig
             config = AutoConfig.from_pretrained(source, trust_remote_code=False)
             with torch.device("meta"):
                 model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)

@@ -50,10 +50,8 @@ class Stats(Observer):
         self.judge_tokens = 0        # tokens needed by the judge calls of a judge others may share
 
     def start(self, search) -> None:
-        """Before the judge is chosen: the forward counters. The engine's `stats` count this
-        search's passes only (`raintools.flow.Flow.stats`, a server engine's own counters); a
-        judge's tokens are its own fork's, all of them (`search.own_judge`: made for this search,
-        the judging header included when it encoded it), or `judge_tokens`."""
+        """Called before the judge is chosen, so that a judge forked for this search (`own_judge`)
+        counts its header's passes as this search's."""
         self._forward0 = search.engine.stats.snapshot()
         self._t0 = time.perf_counter()
 
@@ -121,7 +119,7 @@ class PhaseTimer(Observer):
     inside selection) pauses the outer one. On CUDA kernels are asynchronous, so a phase's time
     can show up in the next phase that waits for a result. With K > 1 each slot times its own
     phases, its waits for the other slots' passes included, so the phases of the simulations in
-    flight together overlap and their sum exceeds the wall time (2.7x in a K = 4 tiny search)."""
+    flight together overlap and their sum exceeds the wall time."""
 
     def __init__(self):
         self.timings = dict.fromkeys(PHASES, 0.0)
