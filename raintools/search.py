@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import threading
-
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -34,18 +33,17 @@ from .batch import BatchedCall, ForwardBatcher, Locked, side_by_side
 from .config import RainConfig
 from .embed import load_embedder
 from .engine import CompletionRequest, Engine, Expansion, Forward
-from .engines import ENGINES, top_candidates
-from .engines import resolve_engine as resolve_transformers_engine
-from .vllm_engine import ENGINE_MODES as VLLM_ENGINES, vllm_engine_factory
+from .engines import ENGINES, resolve_engine as resolve_transformers_engine, top_candidates
 from .errors import PromptError
-from .flow import Flow
 from .evaluate import Evaluator, SelfEvaluator, judge_texts, self_evaluator
+from .flow import Flow
 from .models import LanguageModel
 from .observe import PHASES, Observer, PhaseTimer, Stats, TraceRecorder
 from .sampling import ADD, COMMIT, COMPLETE, EXPAND, keyed_rng
 from .trace import RainResult, Trace
 from .tree import (Bounds, Node, add_virtual_loss, backup, most_visited, needs_node_addition, reroot,
                    sample_by_visits, select_child, set_priors, similarity_update, tie_rule, update_embedding)
+from .vllm_engine import ENGINE_MODES as VLLM_ENGINES, vllm_engine_factory
 
 __all__ = ["PHASES", "RainResult", "RainSearch", "Simulation", "rain_generate", "rain_generate_batch",
            "round_size"]
