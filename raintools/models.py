@@ -416,11 +416,10 @@ class LanguageModel:
         try:
             dev, noise = self.packed_check()
             tol = max(1e-3 if self.dtype == torch.float32 else 1e-2, 2 * noise)
-            if dev > tol:
-                why = (f"a packed token tree differs from {type(self.model).__name__}'s own forward "
-                       f"by {dev:.3g} logit standard deviations")
-                return Route(ROWS, why)
-            return route
+            if dev <= tol:
+                return route
+            return Route(ROWS, f"a packed token tree differs from {type(self.model).__name__}'s own "
+                               f"forward by {dev:.3g} logit standard deviations")
         except Exception as exc:  # noqa: BLE001 - the model cannot run a packed tree
             return Route(ROWS, f"{type(self.model).__name__} cannot run a packed token tree "
                                f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
@@ -450,8 +449,7 @@ class LanguageModel:
         line1, line2 = ids + x[:1], ids[:b] + tail2 + x[1:]
         _, past = self.forward(torch.tensor([ids[:a]]))
         t_ids, t_pos, t_mask, _ = token_tree(a, trunk, [tail1, tail2])
-        tree, kv = self.forward(t_ids, past, attention_mask=t_mask, position_ids=t_pos,
-                                    all_logits=True)
+        tree, kv = self.forward(t_ids, past, attention_mask=t_mask, position_ids=t_pos, all_logits=True)
         # one token after each tail, each seeing the past, the trunk and its own tail
         T = t_ids.shape[1]
         m = torch.zeros(2, a + T + 2, dtype=torch.bool)
@@ -460,7 +458,7 @@ class LanguageModel:
         m[1, a + len(trunk) + len(tail1):a + T] = True
         m[0, a + T] = m[1, a + T + 1] = True
         step, _ = self.forward(torch.tensor([x]), kv, attention_mask=m[None, None],
-                                   position_ids=torch.tensor([[n, b + len(tail2)]]), all_logits=True)
+                               position_ids=torch.tensor([[n, b + len(tail2)]]), all_logits=True)
         k = len(trunk) + len(tail1)
         packed = [torch.cat([tree[0, :k], step[0, :1]]), torch.cat([tree[0, k:], step[0, 1:]])]
         own = [self.forward(torch.tensor([line[a:]]), past, all_logits=True)[0][0]
