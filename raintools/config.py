@@ -60,9 +60,7 @@ class RainConfig:
     value_threshold: float = 0.8        # V
     extra_simulations: int = 15         # at least this many new simulations per step
     commit_rule: str = "argmax"         # "argmax" (code) or "sample" (paper: from visit counts)
-    parallel_simulations: int = 1       # up to K simulations in flight under virtual loss, their
-                                        # passes packed together, no round barrier; at most half
-                                        # of the step's budget left in flight (raintools.flow;
+    parallel_simulations: int = 1       # K: simulations in flight at once (raintools.search;
                                         # 1: the paper's sequential search)
     # -- lengths
     max_length: int = 2048              # prompt + response tokens
@@ -94,9 +92,12 @@ class RainConfig:
             if hi is not None and v > hi:
                 bad(f"{name} must be <= {hi}, got {v!r}.")
 
+        def choice(name, *options):
+            if getattr(self, name) not in options:
+                bad(f"{name} must be {' or '.join(map(repr, options))}, got {getattr(self, name)!r}.")
+
         number("c", lo=0)
-        if self.tie_break not in ("random", "public"):
-            bad(f"tie_break must be 'random' or 'public', got {self.tie_break!r}.")
+        choice("tie_break", "random", "public")
         number("num_candidates", lo=1, integer=True)
         if not self.token_set_lengths or any(x < 1 for x in self.token_set_lengths):
             bad(f"token_set_lengths must be a non-empty list of lengths >= 1, got {self.token_set_lengths}.")
@@ -107,12 +108,10 @@ class RainConfig:
         number("add_attempts", lo=0, integer=True)
         number("root_prior_mix", lo=0, hi=1)
         number("clause_max_tokens", lo=0, integer=True, allow_none=True)
-        if self.complete_until not in ("clause", "turn"):
-            bad(f"complete_until must be 'clause' or 'turn', got {self.complete_until!r}.")
+        choice("complete_until", "clause", "turn")
         if not isinstance(self.judge_template, str) or not self.judge_template.strip():
             bad(f"judge_template must name a judging template, got {self.judge_template!r}.")
-        if self.eval_mode not in ("votes", "soft"):
-            bad(f"eval_mode must be 'votes' or 'soft', got {self.eval_mode!r}.")
+        choice("eval_mode", "votes", "soft")
         number("sim_gamma", lo=0, hi=1)
         number("sim_threshold", lo=0, hi=1)    # below 0: negative weights, extrapolated values
         number("max_children", lo=1, integer=True)
@@ -122,8 +121,7 @@ class RainConfig:
         number("value_threshold", lo=-1, hi=1)
         number("extra_simulations", lo=1, integer=True)
         number("parallel_simulations", lo=1, integer=True)
-        if self.commit_rule not in ("argmax", "sample"):
-            bad(f"commit_rule must be 'argmax' or 'sample', got {self.commit_rule!r}.")
+        choice("commit_rule", "argmax", "sample")
         number("max_length", lo=2, integer=True)
         number("max_new_tokens", lo=1, integer=True, allow_none=True)
         number("max_commits", lo=1, integer=True, allow_none=True)
@@ -144,9 +142,7 @@ class RainConfig:
         return dataclasses.replace(self, **changes)
 
     def with_cpu_budget(self) -> "RainConfig":
-        """This configuration with the CPU budget (`CPU_BUDGET`: T, T_m, the new simulations per
-        step, the clause completion's length) and every rule unchanged: the name, the judging
-        template, the completion rule, the cut at the last full stop, the temperatures... The name
+        """This configuration with the CPU budget (`CPU_BUDGET`) and every rule unchanged. The name
         says so: `hh` becomes `cpu-demo` (the same configuration), another preset `<name>-cpu`."""
         if self.name in ("hh", "cpu-demo"):
             name = "cpu-demo"

@@ -22,7 +22,7 @@ def minilm_path() -> Path:
 
 
 class SentenceEmbedder:
-    """Batched sentence embeddings; counts calls and sentences."""
+    """Batched sentence embeddings (the search's stats count the calls)."""
 
     def __init__(self, name_or_path: str = DEFAULT_EMBEDDER, device: str = "cpu"):
         from sentence_transformers import SentenceTransformer
@@ -36,12 +36,8 @@ class SentenceEmbedder:
         except Exception as exc:  # noqa: BLE001 - any loading failure becomes one clear error
             raise ModelLoadError(f"Could not load the sentence embedder {name_or_path!r}: {exc}") from None
         self.name = name_or_path
-        self.calls = 0
-        self.sentences = 0
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
-        self.calls += 1
-        self.sentences += len(texts)
         with torch.inference_mode():
             emb = self.model.encode(list(texts), convert_to_tensor=True, batch_size=64,
                                     show_progress_bar=False)

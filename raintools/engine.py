@@ -13,20 +13,12 @@ the search reads for the 1-token level's top tokens). Every random draw is made 
 a request, so two engines given the same requests propose the same tokens (up to float ties):
 that is what the exactness tests compare.
 
-The search sends the requests of one simulation per call (`expand` takes a list: an engine may
-serve several requests together, one forward pass per step for all of them; the results must not
-depend on that beyond float rounding). With K > 1 simulations in flight, the search runs each in
-its own slot (`raintools.flow`): the slots' requests are served together, either in packed
-forward passes (an engine that calls the forward it was given, one slot's engine code at a time)
-or each from its own thread (an engine whose calls may run at once: `concurrent`).
-
-The judge is separate (`raintools.evaluate.Evaluator`: `evaluator(query, response) -> value in
-[-1, 1]`, optionally `evaluate_many(query, responses)`); `judge` below says which one a search uses.
-
-Forward passes are counted by the engine (`stats`: passes and tokens this engine asked for, the
-judge's of a search too where they run on the model: a transformers engine's are its search's
-`raintools.flow.Flow.stats`), so each search reports its own cost even when many searches share one
-model (`raintools.batch`, or searches made on one model and run in any order).
+`expand` takes a list: an engine may serve several requests together, one forward pass per step
+for all of them; the results must not depend on that beyond float rounding. With K > 1
+simulations in flight, their slots' requests are served together (`raintools.flow`, `concurrent`).
+The judge is separate (`raintools.evaluate.Evaluator`); `judge` says which one a search uses.
+Each engine counts its own forward passes (`stats`), so each search reports its own cost even
+when many searches share one model.
 """
 
 from __future__ import annotations
@@ -42,10 +34,9 @@ if TYPE_CHECKING:  # annotations only: the interface imports nothing at run time
     from .tree import Node
 
 Forward = Callable[..., tuple["torch.Tensor", Any]]
-"""`forward(input_ids, past=None, attention_mask=None, all_logits=False, position_ids=None,
-logits_at=None) -> (logits, kv)`: one forward pass of a transformers model (the signature of
-`LanguageModel.raw_forward`). The transformers engines take it as an argument, so that a batch of
-searches can hand each one a forward that is answered from merged passes (`raintools.batch`)."""
+"""The signature of `LanguageModel.forward`: one forward pass of a transformers model. The
+transformers engines take it as an argument, so that a batch of searches can hand each one a
+forward that is answered from merged passes (`raintools.batch`)."""
 
 
 @dataclass
@@ -102,8 +93,8 @@ class Engine(Protocol):
     """The prompt and the committed tokens: the context of the current root."""
 
     stats: Any
-    """Forward passes and tokens computed for this engine's search: `.calls`, `.tokens`,
-    `.snapshot()`, `.since(earlier)` (`raintools.models.ForwardStats`)."""
+    """Forward passes and tokens computed for this engine's search (the judge's too where it runs
+    on the model): `.calls`, `.tokens`, `.snapshot()`, `.since(earlier)` (`models.ForwardStats`)."""
 
     embed_one_by_one: bool
     """True when the path texts are to be embedded one string per embedder call (the public

@@ -5,8 +5,8 @@
 and caches plain safetensors, so later loads take seconds. Any Hugging Face model id or local
 folder works the same way (Llama, Qwen, Vicuna, ... on a GPU).
 
-`LanguageModel` is the only object the search talks to. It counts every forward call and every
-token it computes, so speed claims are measured, not guessed.
+`LanguageModel` counts every forward call and every token it computes, so speed claims are
+measured, not guessed.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import inspect
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -108,8 +109,7 @@ def embedded_model_folder(alias: str = DEFAULT_MODEL) -> Path:
             shutil.rmtree(target)
         tmp.rename(target)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)      # gone once renamed
     return target
 
 
@@ -123,7 +123,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     `device="auto"` (or `device_map="auto"`) spreads a model larger than one GPU over all of
     them. Extra keyword arguments go to `from_pretrained`. `trust_remote_code` stays off.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise ModelLoadError("Model name must be a non-empty string (e.g. 'smollm2-135m' or a folder).")
@@ -144,11 +144,10 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     model_kwargs.setdefault("trust_remote_code", False)
     t0 = time.perf_counter()
     try:
-        if isinstance(source, str) and not _available_locally(source) and not _hub_reachable():
+        if isinstance(source, str) and not _reachable(source):
             raise OSError("not in the local Hugging Face cache, and the Hub cannot be reached")
         tokenizer = AutoTokenizer.from_pretrained(source)
         if device == "meta":      # config and tokenizer only: for engines that run elsewhere (vLLM)
-            from transformers import AutoConfig
             config = AutoConfig.from_pretrained(source, trust_remote_code=False)
             with torch.device("meta"):
                 model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
@@ -201,20 +200,17 @@ def wrapped(model) -> "LanguageModel | None":
     return lm if lm is not None and lm.model is model else None
 
 
-def _available_locally(repo_id: str) -> bool:
+def _reachable(repo_id: str, timeout: float = 3.0) -> bool:
+    """Whether the hub model `repo_id` is in the local cache or the Hub can be reached (a quick
+    check instead of the Hub client's minute of retries)."""
     try:
         from huggingface_hub import try_to_load_from_cache
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return True
     except Exception:  # noqa: BLE001 - malformed ids etc.: let from_pretrained report
-        return False
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick check (instead of the Hub client's minute of retries) that the Hub can be reached."""
+        pass
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
-    import socket
-
     try:
         socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
         return True
@@ -278,9 +274,7 @@ class ChatFormat:
                       few_shot: bool = False):
         has_template = bool(getattr(tokenizer, "chat_template", None))
         kind = kind or ("chat" if has_template else "plain")
-        stops = set()
-        if tokenizer.eos_token_id is not None:
-            stops.add(int(tokenizer.eos_token_id))
+        stops = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
         if kind == "chat":
             if not has_template:
                 raise ModelLoadError("This tokenizer has no chat template; use kind='plain'.")
@@ -314,16 +308,14 @@ class ChatFormat:
         """Index where a new user turn starts in `response_text`, or -1. The text must keep the
         special tokens (`LanguageModel.decode_raw`): chat markers such as '<|im_start|>user' are
         special tokens, which `decode` drops. On token ids use `LanguageModel.user_turn_start`."""
-        hits = [response_text.find(m) for m in self.user_markers]
-        hits = [h for h in hits if h >= 0]
-        return min(hits) if hits else -1
+        hits = [i for i in map(response_text.find, self.user_markers) if i >= 0]
+        return min(hits, default=-1)
 
 
 def _chat_user_markers(tokenizer) -> tuple[str, ...]:
     """The text a chat template puts before a user message (e.g. '<|im_start|>user'), found by
     rendering a two-turn conversation: no hard-coded formats."""
-    a, b = "QQQ_FIRST_QQQ", "RRR_REPLY_RRR"
-    c = "SSS_SECOND_SSS"
+    a, b, c = "QQQ_FIRST_QQQ", "RRR_REPLY_RRR", "SSS_SECOND_SSS"
     msgs = [{"role": "user", "content": a}, {"role": "assistant", "content": b},
             {"role": "user", "content": c}]
     try:
@@ -331,8 +323,7 @@ def _chat_user_markers(tokenizer) -> tuple[str, ...]:
     except Exception:  # noqa: BLE001 - templates may reject some shapes
         return ("<|im_start|>user",)
     between = text[text.index(b) + len(b): text.index(c)]
-    eos = tokenizer.eos_token or ""
-    marker = between.replace(eos, "").strip() if eos else between.strip()
+    marker = between.replace(tokenizer.eos_token or "", "").strip()
     markers = [m for m in (marker, between.strip()) if m]
     return tuple(dict.fromkeys(markers)) or ("<|im_start|>user",)
 
@@ -403,22 +394,18 @@ class LanguageModel:
         candidate, or the "reference" engine (see `raintools.routes`). Decided once, from the
         model's configuration and, for a packed route, a self-check against its own forward;
         a route other than packed is logged once."""
-        route = self._route
-        if route is None:
-            with _ROUTE_LOCK:
-                route = self._route
-                if route is None:
-                    route = self._detect_route()
-                    self._route = route
-                    if route.packed:
-                        log.info("%s: packed token trees (exact)", self.name)
-                    elif route.kind == ROWS:
-                        log.warning("raintools: %s: %s; the fast engine runs one batch row per "
-                                    "candidate (exact, slower).", self.name, route.reason)
-                    else:
-                        log.warning("raintools: %s: %s; RAIN runs through the reference-style "
-                                    "engine (engine='reference').", self.name, route.reason)
-        return route
+        with _ROUTE_LOCK:
+            if self._route is None:
+                route = self._route = self._detect_route()
+                if route.packed:
+                    log.info("%s: packed token trees (exact)", self.name)
+                elif route.kind == ROWS:
+                    log.warning("raintools: %s: %s; the fast engine runs one batch row per "
+                                "candidate (exact, slower).", self.name, route.reason)
+                else:
+                    log.warning("raintools: %s: %s; RAIN runs through the reference-style "
+                                "engine (engine='reference').", self.name, route.reason)
+        return self._route
 
     def _detect_route(self) -> Route:
         route = static_route(self.model)
@@ -429,11 +416,10 @@ class LanguageModel:
         try:
             dev, noise = self.packed_check()
             tol = max(1e-3 if self.dtype == torch.float32 else 1e-2, 2 * noise)
-            if dev > tol:
-                why = (f"a packed token tree differs from {type(self.model).__name__}'s own forward "
-                       f"by {dev:.3g} logit standard deviations")
-                return Route(ROWS, why)
-            return route
+            if dev <= tol:
+                return route
+            return Route(ROWS, f"a packed token tree differs from {type(self.model).__name__}'s own "
+                               f"forward by {dev:.3g} logit standard deviations")
         except Exception as exc:  # noqa: BLE001 - the model cannot run a packed tree
             return Route(ROWS, f"{type(self.model).__name__} cannot run a packed token tree "
                                f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
@@ -463,8 +449,7 @@ class LanguageModel:
         line1, line2 = ids + x[:1], ids[:b] + tail2 + x[1:]
         _, past = self.forward(torch.tensor([ids[:a]]))
         t_ids, t_pos, t_mask, _ = token_tree(a, trunk, [tail1, tail2])
-        tree, kv = self.forward(t_ids, past, attention_mask=t_mask, position_ids=t_pos,
-                                    all_logits=True)
+        tree, kv = self.forward(t_ids, past, attention_mask=t_mask, position_ids=t_pos, all_logits=True)
         # one token after each tail, each seeing the past, the trunk and its own tail
         T = t_ids.shape[1]
         m = torch.zeros(2, a + T + 2, dtype=torch.bool)
@@ -473,7 +458,7 @@ class LanguageModel:
         m[1, a + len(trunk) + len(tail1):a + T] = True
         m[0, a + T] = m[1, a + T + 1] = True
         step, _ = self.forward(torch.tensor([x]), kv, attention_mask=m[None, None],
-                                   position_ids=torch.tensor([[n, b + len(tail2)]]), all_logits=True)
+                               position_ids=torch.tensor([[n, b + len(tail2)]]), all_logits=True)
         k = len(trunk) + len(tail1)
         packed = [torch.cat([tree[0, :k], step[0, :1]]), torch.cat([tree[0, k:], step[0, 1:]])]
         own = [self.forward(torch.tensor([line[a:]]), past, all_logits=True)[0][0]
@@ -540,12 +525,28 @@ class LanguageModel:
             extra = extra.replace(special, "")
         return (self.decode(ids[:j]) + extra).strip()
 
-    def prompt_ids(self, query: str, max_new_tokens: int = 1) -> list[int]:
-        """Token ids of the generation prompt for one user request, checked against the context."""
-        if not isinstance(query, str) or not query.strip():
-            raise PromptError("The prompt is empty: give a non-empty request.")
-        text = self.chat.prompt_text(self.tokenizer, query)
-        ids = (self.bos() if self.chat.kind == "plain" else []) + self.encode(text)
+    def prompt_ids(self, query: str, max_new_tokens: int = 1, given=None) -> list[int]:
+        """Token ids of the generation prompt for one user request, checked against the context.
+        `given`: the prompt's ids already formatted (no chat template applied), checked to be a
+        non-empty list of ids in the vocabulary; `query` is then only what the judge sees."""
+        if given is None:
+            if not isinstance(query, str) or not query.strip():
+                raise PromptError("The prompt is empty: give a non-empty request.")
+            text = self.chat.prompt_text(self.tokenizer, query)
+            ids = (self.bos() if self.chat.kind == "plain" else []) + self.encode(text)
+        else:
+            if not isinstance(query, str):
+                raise PromptError(f"The query must be a string, got {type(query).__name__}.")
+            try:
+                ids = [int(t) for t in given]
+            except (TypeError, ValueError):
+                raise PromptError("prompt_ids must be a list of token ids (ints).") from None
+            if not ids:
+                raise PromptError("prompt_ids is empty: give at least one prompt token.")
+            bad = [t for t in ids if not 0 <= t < self.vocab_size]
+            if bad:
+                raise PromptError(f"prompt_ids holds ids outside the vocabulary (0..{self.vocab_size - 1}): "
+                                  f"{bad[:5]}.")
         if len(ids) + max_new_tokens > self.max_context:
             raise PromptError(
                 f"The prompt is {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds the "
@@ -571,10 +572,13 @@ class LanguageModel:
 
         `attention_mask` is a 2D padding mask [batch, past + seq] or a 4D mask
         [batch, 1, seq, past + seq] (True = may attend) for packed token trees; `position_ids`
-        [batch, seq] then gives each new token's position (default: right after the past).
-        Runs now, on the calling thread; a batch of searches hands each search a forward of its
-        own instead (`raintools.batch`), never through this one."""
+        [batch, seq] then gives each new token's position (default: right after the past)."""
         route = self._route or self.route
+        if not route.packed and (position_ids is not None
+                                 or attention_mask is not None and attention_mask.dim() == 4):
+            why = " (engine='reference')" if route.kind == REFERENCE else ""
+            raise ModelSupportError(f"{self.name}: {route.reason}, so it cannot take a token tree (4D "
+                                    f"mask, explicit positions); run it on its {route.kind} route{why}.")
         if route.kind == REFERENCE:
             return self._state_forward(route, input_ids, past, attention_mask, all_logits,
                                        position_ids, logits_at)
@@ -583,21 +587,11 @@ class LanguageModel:
         input_ids = input_ids.to(device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
-            if attention_mask.dim() == 4:
-                if not route.packed:
-                    raise ModelSupportError(f"{self.name}: {route.reason}, so it cannot take a "
-                                            f"token-tree (4D) mask; run it on its {route.kind} route.")
-                if attention_mask.dtype == torch.bool:
-                    attention_mask = self._additive(layer_masks(attention_mask, route))
+            if attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
+                attention_mask = self._additive(layer_masks(attention_mask, route))
         if position_ids is not None:
-            if not route.packed:
-                raise ModelSupportError(f"{self.name}: {route.reason}, so it cannot take explicit "
-                                        f"positions; run it on its {route.kind} route.")
             position_ids = position_ids.to(device)
-        if logits_at is not None:
-            keep = logits_at.to(device)
-        else:
-            keep = 0 if all_logits else 1
+        keep = logits_at.to(device) if logits_at is not None else int(not all_logits)
         out = self._run(input_ids, keep, cache, attention_mask=attention_mask,
                         position_ids=position_ids)
         logits = out.logits
@@ -631,9 +625,6 @@ class LanguageModel:
         """`forward` for a model without a per-token KV (the reference route): `past` is the
         model's own cache object, copied before the model extends it, or a `TokenHistory` (the
         tokens so far, recomputed) when the model returns no cache."""
-        if position_ids is not None or (attention_mask is not None and attention_mask.dim() == 4):
-            raise ModelSupportError(f"{self.name}: {route.reason}; token trees (4D masks, explicit "
-                                    f"positions) need a per-token KV cache. Use engine='reference'.")
         device = self.device
         input_ids = input_ids.to(device)
         s = input_ids.shape[1]
@@ -661,10 +652,9 @@ class LanguageModel:
         elif past is not None:
             cache = copy.deepcopy(past)
         p = input_ids.shape[1] - s
+        keep = int(not all_logits)
         if logits_at is not None:
             keep = (logits_at.to(device) + p).expand(input_ids.shape[0], -1)
-        else:
-            keep = 0 if all_logits else 1
         out = self._run(input_ids, keep, cache,
                         attention_mask=None if attention_mask is None else attention_mask.to(device))
         logits = out.logits
@@ -749,10 +739,8 @@ def token_tree(past_len: int, trunk: Sequence[int], tails: Sequence[Sequence[int
 def kv_cat(chunks: Sequence[KV]) -> KV:
     """Concatenate KV chunks along the sequence axis (layer by layer)."""
     chunks = [c for c in chunks if c]
-    if not chunks:
-        return []
-    if len(chunks) == 1:
-        return chunks[0]
+    if len(chunks) < 2:
+        return chunks[0] if chunks else []
     return [(torch.cat([c[i][0] for c in chunks], dim=-2), torch.cat([c[i][1] for c in chunks], dim=-2))
             for i in range(len(chunks[0]))]
 
@@ -765,11 +753,9 @@ def kv_slice(kv: KV, start: int, end: int | None = None, row: int | None = None)
 
 def kv_gather(kv: KV, positions: Sequence[int]) -> KV:
     """The given sequence positions (all batch rows), copied into new tensors."""
-    if not kv:
-        return []
     index = torch.tensor(list(positions))
     out, on = [], {}
-    for k, v in kv:            # layers may live on different devices (device_map="auto")
+    for k, v in kv or ():            # layers may live on different devices (device_map="auto")
         i = on.setdefault(k.device, index.to(k.device))
         out.append((k.index_select(-2, i), v.index_select(-2, i)))
     return out
@@ -777,7 +763,3 @@ def kv_gather(kv: KV, positions: Sequence[int]) -> KV:
 
 def kv_len(kv: KV) -> int:
     return int(kv[0][0].shape[-2]) if kv else 0
-
-
-def kv_bytes(kv: KV) -> int:
-    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)

@@ -23,24 +23,18 @@ class Observer:
     def nodes_created(self, search, sim, parent, nodes, rolled_out, added): pass
     # ^ children of `parent`, priors set, from an expansion or (`added`) a node addition;
     #   `rolled_out`: a rollout computed their tokens; `sim`: the simulation they belong to
-    def dropped(self, search, sim, into): pass            # a walk into a leaf in flight dropped; its work goes to `into`
+    def dropped(self, search, sim, into): pass            # a walk into a leaf in flight: its work goes to `into`
     def selected(self, search, sims): pass                # a walk is over: `sims`, its simulation
     def ensured(self, search, nodes): pass                # these nodes got their caches
     def completed(self, search, request): pass            # a clause completion (`CompletionRequest`) is done
     def judged(self, search, sim): pass                   # `sim.value` from the evaluator or the memo
     def embedded(self, search, texts): pass               # one embedder call
     def backed_up(self, search, sim, similarity): pass    # (node, sibling, weight) updates made too
-    def simulation_done(self, search, sims): pass         # a simulation is over (`sims`: it alone)
     def step_done(self, search, first, early): pass       # an outer step's simulations are over
     def committing(self, search, child, first, early): pass   # before the rewind
     def committed(self, search, child): pass              # after it
     def phase_started(self, search, name): pass           # the search enters a phase (`PHASES`)
     def phase_ended(self, search, name): pass             # ... and leaves it
-
-
-def _judge_tokens(search) -> int:
-    """The tokens its judge needed so far, by the judge's own count (none for a server's)."""
-    return getattr(getattr(search.evaluator, "stats", None), "tokens_needed", 0)
 
 
 class Stats(Observer):
@@ -56,10 +50,8 @@ class Stats(Observer):
         self.judge_tokens = 0        # tokens needed by the judge calls of a judge others may share
 
     def start(self, search) -> None:
-        """Before the judge is chosen: the forward counters. The engine's `stats` count this
-        search's passes only (`raintools.flow.Flow.stats`, a server engine's own counters); a
-        judge's tokens are its own fork's, all of them (`search.own_judge`: made for this search,
-        the judging header included when it encoded it), or `judge_tokens`."""
+        """Called before the judge is chosen, so that a judge forked for this search (`own_judge`)
+        counts its header's passes as this search's."""
         self._forward0 = search.engine.stats.snapshot()
         self._t0 = time.perf_counter()
 
@@ -67,7 +59,8 @@ class Stats(Observer):
         """A result's stats: the counters, this search's forward passes and tokens, the judge's
         tokens needed, the phase times."""
         now = search.engine.stats.since(self._forward0)
-        judged = self.judge_tokens + (_judge_tokens(search) if search.own_judge else 0)
+        judge = getattr(search.evaluator, "stats", None)        # a server's judge counts none
+        judged = self.judge_tokens + (getattr(judge, "tokens_needed", 0) if search.own_judge else 0)
         stats = dict(self.counts)
         stats.update(
             engine=search.engine_name,
@@ -126,7 +119,7 @@ class PhaseTimer(Observer):
     inside selection) pauses the outer one. On CUDA kernels are asynchronous, so a phase's time
     can show up in the next phase that waits for a result. With K > 1 each slot times its own
     phases, its waits for the other slots' passes included, so the phases of the simulations in
-    flight together overlap and their sum exceeds the wall time (2.7x in a K = 4 tiny search)."""
+    flight together overlap and their sum exceeds the wall time."""
 
     def __init__(self):
         self.timings = dict.fromkeys(PHASES, 0.0)
@@ -196,14 +189,10 @@ class TraceRecorder(Observer):
             if any(r.uid in reached for r in other[0]):
                 new += other[0]
                 other[0].clear()
-        touched = {n.uid: n for n in sim.path}
-        for _, sib, _ in similarity:
-            touched[sib.uid] = sib
-        for parent in parents:      # priors renormalised among siblings
-            if parent.parent is None and parent is not search.root:
-                continue
-            for ch in parent.children:
-                touched[ch.uid] = ch
+        touched = {n.uid: n for n in sim.path} | {sib.uid: sib for _, sib, _ in similarity}
+        for parent in parents:      # priors renormalised (none below a dropped root)
+            if parent.parent is not None or parent is search.root:
+                touched.update((ch.uid, ch) for ch in parent.children)
         for rec in new:
             rec.p = touched[rec.uid].p if rec.uid in touched else rec.p
         self.trace.simulations.append(SimulationRecord(

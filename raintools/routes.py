@@ -54,12 +54,11 @@ class Route:
 
     @property
     def windowed(self) -> bool:
-        return any(w is not None for w in self.windows.values())
+        return self.smallest_window is not None
 
     @property
     def smallest_window(self) -> int | None:
-        ws = [w for w in self.windows.values() if w is not None]
-        return min(ws) if ws else None
+        return min((w for w in self.windows.values() if w is not None), default=None)
 
 
 def layer_types(model) -> tuple[list[str], list[int | None]]:
@@ -74,9 +73,8 @@ def layer_types(model) -> tuple[list[str], list[int | None]]:
 def _alibi(cfg) -> bool:
     if getattr(cfg, "alibi", False) is True:
         return True
-    attn = getattr(cfg, "attn_config", None)
-    if attn is not None and (getattr(attn, "alibi", False) is True
-                             or isinstance(attn, dict) and attn.get("alibi") is True):
+    attn = getattr(cfg, "attn_config", None)        # MPT: an object or a dict
+    if getattr(attn, "alibi", False) is True or isinstance(attn, dict) and attn.get("alibi") is True:
         return True
     return str(getattr(cfg, "position_embedding_type", "")).lower() == "alibi"
 

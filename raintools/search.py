@@ -7,25 +7,21 @@
 
 `RainSearch` reads as the paper's phases, each a public method, so the notebooks can step through
 a search one phase at a time. With K = `RainConfig.parallel_simulations` > 1, up to K simulations
-are in flight at once, with no round barrier: each *slot* runs the sequential simulation loop, a
-virtual loss (`tree.VIRTUAL_LOSS`) on its path until its value is backed up. The slots' requests
-(expansions, completions, judgements) are served together, one forward pass carrying the next
-tokens of every simulation in flight, and the slots touch the tree in the order of a logical clock
-that no engine changes, so every engine builds the same tree (`raintools.flow`); a slot whose
-simulation is backed up starts its next walk at once. A walk into a non-terminal leaf another slot
-is expanding is dropped (the slot waits for the next back-up); no more walks are in flight than
-half of what is left of the step's budget (`round_size`), so the step's last simulation runs
-alone. K = 1 is the paper's sequential search.
+are in flight at once, each in its own *slot* with a virtual loss (`tree.VIRTUAL_LOSS`) on its path
+until its value is backed up; their requests are served together on a logical clock, so every
+engine builds the same tree (`raintools.flow`). A walk into a non-terminal leaf another slot is
+expanding is dropped (the slot waits for the next back-up); no more walks are in flight than half
+of what is left of the step's budget (`round_size`), so the step's last simulation runs alone.
+K = 1 is the paper's sequential search.
 
-The search holds no instrumentation: the stats counters, the phase timers and the trace are
-observers of its events (`raintools.observe`).
+The stats counters, the phase timers and the trace are observers of the search's events
+(`raintools.observe`).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -37,18 +33,17 @@ from .batch import BatchedCall, ForwardBatcher, Locked, side_by_side
 from .config import RainConfig
 from .embed import load_embedder
 from .engine import CompletionRequest, Engine, Expansion, Forward
-from .engines import ENGINES, top_candidates
-from .engines import resolve_engine as resolve_transformers_engine
-from .vllm_engine import ENGINE_MODES as VLLM_ENGINES, vllm_engine_factory
+from .engines import ENGINES, resolve_engine as resolve_transformers_engine, top_candidates
 from .errors import PromptError
-from .flow import Flow
 from .evaluate import Evaluator, SelfEvaluator, judge_texts, self_evaluator
+from .flow import Flow
 from .models import LanguageModel
 from .observe import PHASES, Observer, PhaseTimer, Stats, TraceRecorder
 from .sampling import ADD, COMMIT, COMPLETE, EXPAND, keyed_rng
 from .trace import RainResult, Trace
 from .tree import (Bounds, Node, add_virtual_loss, backup, most_visited, needs_node_addition, reroot,
                    sample_by_visits, select_child, set_priors, similarity_update, tie_rule, update_embedding)
+from .vllm_engine import ENGINE_MODES as VLLM_ENGINES, vllm_engine_factory
 
 __all__ = ["PHASES", "RainResult", "RainSearch", "Simulation", "rain_generate", "rain_generate_batch",
            "round_size"]
@@ -295,7 +290,6 @@ class RainSearch:
             self.in_flight.pop(sim.leaf, None)
             add_virtual_loss(sim.path, -1)
         self.backward(sim, emb)
-        self._emit("simulation_done", [sim])
         return sim
 
     def simulate_step(self, budget: int) -> bool:
@@ -408,37 +402,13 @@ def round_size(k: int, remaining: int) -> int:
 
 
 def search_prompt_ids(lm: LanguageModel, prompt: str, prompt_ids, cfg: RainConfig) -> list[int]:
-    """The prompt's ids (chat-formatted), or `prompt_ids` as given and checked; below max_length."""
-    max_new = cfg.max_new_tokens or 1
-    if prompt_ids is None:
-        prompt_ids = lm.prompt_ids(prompt, max_new_tokens=max_new)
-    else:     # already formatted (e.g. by model.generate): `prompt` is the query the judge sees
-        prompt_ids = checked_prompt_ids(lm, prompt, prompt_ids, max_new)
+    """The prompt's ids (chat-formatted, or `prompt_ids` as given, e.g. by model.generate), checked
+    (`LanguageModel.prompt_ids`); below max_length."""
+    prompt_ids = lm.prompt_ids(prompt, max_new_tokens=cfg.max_new_tokens or 1, given=prompt_ids)
     if len(prompt_ids) >= cfg.max_length:
         raise PromptError(f"The prompt is {len(prompt_ids)} tokens, not below max_length={cfg.max_length}: "
                           f"shorten it or raise RainConfig.max_length.")
     return prompt_ids
-
-
-def checked_prompt_ids(lm: LanguageModel, query: str, ids, max_new_tokens: int) -> list[int]:
-    """Prompt token ids given as they are (no chat template applied), checked: a non-empty list of
-    ids in the vocabulary that leaves room for `max_new_tokens` in the model's context."""
-    if not isinstance(query, str):
-        raise PromptError(f"The query must be a string, got {type(query).__name__}.")
-    try:
-        ids = [int(t) for t in ids]
-    except (TypeError, ValueError):
-        raise PromptError("prompt_ids must be a list of token ids (ints).") from None
-    if not ids:
-        raise PromptError("prompt_ids is empty: give at least one prompt token.")
-    bad = [t for t in ids if not 0 <= t < lm.vocab_size]
-    if bad:
-        raise PromptError(f"prompt_ids holds ids outside the vocabulary (0..{lm.vocab_size - 1}): {bad[:5]}.")
-    if len(ids) + max_new_tokens > lm.max_context:
-        raise PromptError(
-            f"The prompt is {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds the "
-            f"model's context of {lm.max_context} tokens. Shorten the prompt or lower max_new_tokens.")
-    return ids
 
 
 def resolve_engine(lm: LanguageModel, engine: str) -> str:
@@ -448,9 +418,7 @@ def resolve_engine(lm: LanguageModel, engine: str) -> str:
     RAINTOOLS_SERVER (default http://127.0.0.1:8000; `raintools.vllm_engine`)."""
     if engine == "auto":
         engine = os.environ.get("RAINTOOLS_ENGINE") or "auto"
-    if engine in VLLM_ENGINES:
-        return engine
-    return resolve_transformers_engine(lm, engine)
+    return engine if engine in VLLM_ENGINES else resolve_transformers_engine(lm, engine)
 
 
 def make_engine(lm: LanguageModel, engine: str | Engine, cfg: RainConfig,
@@ -462,7 +430,6 @@ def make_engine(lm: LanguageModel, engine: str | Engine, cfg: RainConfig,
     name = resolve_engine(lm, engine)
     make = ENGINES.get(name) or vllm_engine_factory(name)
     return make(lm, top_k=cfg.top_k, temperature=cfg.temperature, forward=forward)
-
 
 
 def search_judge(lm: LanguageModel, evaluator: Evaluator | None, cfg: RainConfig, engine: Engine,
@@ -495,6 +462,7 @@ def judging(search: "RainSearch"):
         finally:
             search.stats.judge_tokens += getattr(stats, "tokens_needed", 0) - before
 
+
 def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = None,
                   evaluator: Evaluator | None = None, embedder: Callable | None = None,
                   engine: str = "auto", progress: bool = False, prompt_ids: list[int] | None = None,
@@ -509,9 +477,7 @@ def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = No
     execution. `prompt_ids`: the model's input as token ids, already formatted (no chat template
     is applied to them); `prompt` is then only the query the evaluator judges responses against.
     """
-    cfg = (config or RainConfig())
-    if overrides:
-        cfg = cfg.replace(**overrides)
+    cfg = (config or RainConfig()).replace(**overrides)      # validated
     search = RainSearch(lm, prompt, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
                         prompt_ids=prompt_ids)
     return search.run(progress=progress)
@@ -534,10 +500,7 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     already formatted token-id list per prompt (see `rain_generate`).
     """
     prompts = list(prompts)
-    cfg = (config or RainConfig())
-    if overrides:
-        cfg = cfg.replace(**overrides)
-    cfg.validate()
+    cfg = (config or RainConfig()).replace(**overrides)      # validated
     engine = resolve_engine(lm, engine)
     if prompt_ids is not None and len(prompt_ids) != len(prompts):
         raise PromptError(f"prompt_ids has {len(prompt_ids)} rows for {len(prompts)} prompts.")
@@ -561,11 +524,8 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     forks = isinstance(base_eval, SelfEvaluator)
     if forks and base_eval.cached:
         base_eval.fork()          # encodes the judging header once, before the searches start
-    judge_lock = threading.Lock()
-
-    def judge_forward(*args, **kwargs):   # a judge on another model: its own weights, one call at a time
-        with judge_lock:
-            return base_eval.forward(*args, **kwargs)
+    # a judge on another model: its own weights, one call at a time
+    judge_forward = Locked(base_eval.forward) if forks else None
 
     def job(prompt, ids):
         def run(client):

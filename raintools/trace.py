@@ -77,17 +77,11 @@ class Trace:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Trace":
-        sims = []
-        for s in d.get("simulations", []):
-            s = dict(s)
-            s["new_nodes"] = [NodeRecord(**n) for n in s.get("new_nodes", [])]
-            s["updates"] = {int(k): v for k, v in s.get("updates", {}).items()}
-            sims.append(SimulationRecord(**s))
-        commits = []
-        for c in d.get("commits", []):
-            c = dict(c)
-            c["tree"] = [NodeRecord(**n) for n in c.get("tree", [])]
-            commits.append(CommitRecord(**c))
+        sims = [SimulationRecord(**{**s, "new_nodes": [NodeRecord(**n) for n in s.get("new_nodes", [])],
+                                    "updates": {int(k): v for k, v in s.get("updates", {}).items()}})
+                for s in d.get("simulations", [])]
+        commits = [CommitRecord(**{**c, "tree": [NodeRecord(**n) for n in c.get("tree", [])]})
+                   for c in d.get("commits", [])]
         root = NodeRecord(**d["root"]) if d.get("root") else None
         return cls(prompt=d["prompt"], config=d.get("config", {}), root=root,
                    simulations=sims, commits=commits)

@@ -50,10 +50,7 @@ class Node:
 
     def response_tokens(self) -> list[int]:
         """Tokens from the current root (exclusive) down to this node (inclusive)."""
-        out: list[int] = []
-        for node in self.path_from_root()[1:]:
-            out.extend(node.tokens)
-        return out
+        return [t for node in self.path_from_root()[1:] for t in node.tokens]
 
     def walk(self) -> Iterator["Node"]:
         stack = [self]
@@ -64,10 +61,7 @@ class Node:
 
     def child_with_tokens(self, tokens) -> "Node | None":
         tokens = tuple(tokens)
-        for ch in self.children:
-            if ch.tokens == tokens:
-                return ch
-        return None
+        return next((ch for ch in self.children if ch.tokens == tokens), None)
 
 
 @dataclass
@@ -138,22 +132,16 @@ def add_virtual_loss(path: list[Node], count: int = 1) -> None:
 def set_priors(node: Node, root_mix: float) -> None:
     """Normalise the children's raw proposal probabilities into priors; children of the current
     root get (1 - m) p + m / k (the paper's 0.75 p + 0.25 uniform)."""
-    if not node.children:
-        return
     raw = [max(ch.raw_p, 0.0) for ch in node.children]
     total = sum(raw)
-    k = len(raw)
-    ps = [r / total for r in raw] if total > 0 else [1.0 / k] * k
-    if node.is_root and root_mix > 0:
-        ps = [(1 - root_mix) * p + root_mix / k for p in ps]
-        s = sum(ps)
-        ps = [p / s for p in ps]
-    for ch, p in zip(node.children, ps):
-        ch.p = p
+    for ch, r in zip(node.children, raw):
+        ch.p = r / total if total > 0 else 1.0 / len(raw)
+    if node.is_root:
+        mix_root_priors(node, root_mix)
 
 
 def mix_root_priors(root: Node, root_mix: float) -> None:
-    """Re-apply the root mix to already normalised priors (after a commit)."""
+    """Mix normalised priors of the root's children with uniform: (1 - m) p + m / k, renormalised."""
     k = len(root.children)
     if k == 0 or root_mix <= 0:
         return
@@ -217,11 +205,8 @@ def embedding_variance_norm(node: Node) -> float | None:
 def needs_node_addition(node: Node, max_children: int, variance_factor: float, length: int) -> bool:
     """Dynamic node addition fires when the node has fewer than `max_children` children, all with
     embeddings, whose variance norm is below factor * token-set length, and all children's q < 0
-    (the candidates are too alike and all look bad: propose more).
-
-    `length` is the token-set length of the node's level (`RainSearch.level_length`: the
-    configured length for its depth, capped by the remaining budget), not a child's length: the
-    first child is the greedy rollout, which stops early at an end-of-turn token."""
+    (the candidates are too alike and all look bad: propose more). `length`: the token-set length
+    of the node's level (`RainSearch.level_length`), not a child's."""
     if not node.children or len(node.children) >= max_children:
         return False
     norm = embedding_variance_norm(node)

@@ -9,7 +9,7 @@ import torch
 
 from raintools import RainConfig, RainSearch, SelfEvaluator, rain_generate, rain_generate_batch
 from raintools.batch import BatchedCall, ForwardBatcher
-from raintools.models import kv_bytes, kv_cat, kv_len, split_common, token_tree
+from raintools.models import kv_cat, kv_len, split_common, token_tree
 from raintools.testing import tiny_model
 
 from test_search import SMALL, letter_embedder, vowel_judge
@@ -192,6 +192,10 @@ def test_batched_call_groups_embedder_calls():
 
 
 # ------------------------------------------------------------------ caches and memory
+
+def kv_bytes(kv) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+
 
 def test_live_caches_hold_each_token_once():
     """After commits, the KV held by the tree is the prefix (at the root) plus each live node's
