@@ -28,8 +28,7 @@ from typing import Callable, Sequence
 import httpx
 import torch
 
-from .engine import Candidate
-from .engines import Completion, clamp_greedy, clause_done, ends_clause, kept_rows, length_matched
+from .engines import Completion, clause_done, ends_clause, kept_candidates
 from .errors import ConfigError, PromptError, ServerError
 from .evaluate import SelfEvaluator
 from .models import ForwardStats
@@ -447,10 +446,6 @@ class VllmEngine:
     def commit(self, root, child) -> None:
         self.prefix_ids = self.prefix_ids + list(child.tokens)
 
-    def clause_done(self, response: list[int], out: list[int], until: str = "clause") -> bool:
-        """RAIN's stopping rule of a completion (`raintools.engines.clause_done`)."""
-        return clause_done(self.lm, response, out, until)
-
     def expand(self, requests):
         requests = list(requests)
         if not requests:
@@ -473,7 +468,7 @@ class VllmEngine:
         if req.completion is not None:
             c = req.completion
             head = self.prefix_ids + c.response
-            Completion(self, c, node.logits).finish(
+            Completion(self.lm, c, node.logits).finish(
                 None, lambda tok, state: (self._logits(head + c.out, True), None))
         if req.length <= 0:
             return []
@@ -495,7 +490,7 @@ class VllmEngine:
                 if not self.lm.is_stop_token(rows[r][-1]) and t < req.length - 1:
                     still.append(r)
             going = still
-        return _kept(rows, probs, req)
+        return list(kept_candidates(rows, probs, req.length, req.keep).values())
 
     # -- server mode: vLLM samples
     def _truncated_p(self, tok: int, top: dict) -> float:
@@ -524,8 +519,7 @@ class VllmEngine:
         return lines
 
     def _complete_server(self, node, c) -> None:
-        c.out, c.fed = [], 0
-        if c.max_tokens <= 0 or (c.response and self.clause_done(c.response, [], c.until)):
+        if Completion(self.lm, c, None).done:
             return
         ids = self.prefix_ids + c.response
         stops = self.stop_ids + clause_end_ids(self.lm) if c.until == "clause" else self.stop_ids
@@ -534,7 +528,7 @@ class VllmEngine:
         toks = cont.tokens
         self._count(len(ids), len(toks))
         for i in range(len(toks)):      # RAIN's own stopping rule on the tokens the server drew
-            if self.clause_done(c.response, toks[: i + 1], c.until):
+            if clause_done(self.lm, c.response, toks[: i + 1], c.until):
                 toks = toks[: i + 1]
                 break
         c.out, c.fed = toks, max(len(toks) - 1, 0)
@@ -555,16 +549,8 @@ class VllmEngine:
         if req.length <= 0:
             return []
         lines = [x for r in results if isinstance(r, list) for x in r]
-        return _kept([t for t, _ in lines], [p for _, p in lines], req)
-
-
-def _kept(rows: list[list[int]], probs: list[float], req) -> list[Candidate]:
-    """The request's kept candidates (greedy first, then unique samples) with length-matched
-    priors and the greedy clamp, as the transformers engines keep them."""
-    probs = [length_matched(p, len(row), req.length) for row, p in zip(rows, probs)]
-    cands = [Candidate(tuple(rows[r]), probs[r]) for r in kept_rows(rows, req.keep)]
-    cands[0].raw_p = clamp_greedy(cands[0].raw_p, [c.raw_p for c in cands[1:]])
-    return cands
+        rows, probs = [t for t, _ in lines], [p for _, p in lines]
+        return list(kept_candidates(rows, probs, req.length, req.keep).values())
 
 
 def vllm_engine_factory(name: str, url: str | None = None):
