@@ -428,22 +428,15 @@ class CachedEngine(TransformersEngine):
                     else:
                         riding.append(job)
                         items.append((job.comp_at, tok))
-            if not items:
-                for job in finishing:
-                    job.cands = self._candidates(job, None, None, base)
-                if all(j.finished for j in jobs):
-                    break
-                t += 1
-                continue
-            logits, first = forest.feed(items)
-            base = first
-            for job in active:                  # in-feed indices -> packed indices
-                job.at = [None if a is None else first + a for a in job.at]
-            n_roll = len(items) - len(riding)
-            for k, job in enumerate(riding):
-                job.comp_at = first + n_roll + k
-                job.comp.logits = logits[n_roll + k]
-            for job in finishing:
+            if items:
+                logits, base = forest.feed(items)
+                for job in active:              # in-feed indices -> packed indices
+                    job.at = [None if a is None else base + a for a in job.at]
+                n_roll = len(items) - len(riding)
+                for k, job in enumerate(riding):
+                    job.comp_at = base + n_roll + k
+                    job.comp.logits = logits[n_roll + k]
+            for job in finishing:               # (nothing fed: no row has a line to keep)
                 job.cands = self._candidates(job, forest, logits, base)
             if lone and jobs[0].finished:
                 if jobs[0].comp is not None:     # the completion goes on alone
