@@ -362,7 +362,6 @@ class VllmJudge:
 
     def __init__(self, client: VllmClient, evaluator):
         self.client, self.evaluator = client, evaluator
-        self.mode = getattr(evaluator, "mode", "votes")
 
     def __call__(self, query: str, response: str) -> float:
         return self.client.judge_value(self.evaluator, query, response)
@@ -415,19 +414,15 @@ class VllmEngine:
             self.stats.calls += 1
             self.stats.tokens += max(prompt_len - len(self.prefix_ids), 0) + generated
 
-    def _dense(self, toks: Sequence[int], lps: Sequence[float]):
-        row = torch.full((self.vocab,), float("-inf"))
-        row[torch.tensor(list(toks), dtype=torch.long)] = torch.tensor(list(lps), dtype=torch.float32)
-        return row
-
     def _logits(self, ids: Sequence[int], full: bool):
         """Next-token log-probabilities at `ids` as a vocabulary-sized row: every token (`full`,
         keyed mode's full-softmax draws) or the top `prior_k` (-inf elsewhere: any softmax over a
         set of them, at any temperature, equals the model's restricted to that set)."""
-        k = -1 if full else self.prior_k
-        toks, lps = self.client.next_token(ids, k if k > 0 else self.vocab)
+        toks, lps = self.client.next_token(ids, self.vocab if full else self.prior_k)
         self._count(len(ids), 1)
-        return self._dense(toks, lps)
+        row = torch.full((self.vocab,), float("-inf"))
+        row[torch.tensor(toks, dtype=torch.long)] = torch.tensor(lps, dtype=torch.float32)
+        return row
 
     def _logits_many(self, prefixes: Sequence[Sequence[int]], full: bool):
         return self.client.map(lambda ids: self._logits(ids, full), list(prefixes))
@@ -448,11 +443,9 @@ class VllmEngine:
 
     def expand(self, requests):
         requests = list(requests)
-        if not requests:
-            return []
         one = self._expand_keyed if self.mode == "keyed" else self._expand_server
-        if len(requests) == 1:
-            return [one(requests[0])]
+        if len(requests) <= 1:
+            return [one(r) for r in requests]
         with ThreadPoolExecutor(len(requests), thread_name_prefix="raintools-vllm-expand") as pool:
             return list(pool.map(one, requests))
 

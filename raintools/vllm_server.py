@@ -105,14 +105,9 @@ def cpu_environment(env: dict | None = None) -> dict:
     """Environment for vLLM's CPU build on a small shared machine: a 1 GiB KV cache (plenty for a
     135M model, the default is larger) and OpenMP threads not pinned to cores other processes use.
     Values already set by the user win."""
-    env = dict(os.environ if env is None else env)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    env.setdefault("VLLM_NO_USAGE_STATS", "1")
-    env.setdefault("DO_NOT_TRACK", "1")
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+           "VLLM_LOGGING_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", **(os.environ if env is None else env)}
     env.pop("PYTHONPATH", None)      # the server must not see raintools' environment
     return env
 
