@@ -97,14 +97,12 @@ def load_template(name_or_path: str = "harm") -> JudgeTemplate:
             raise ConfigError(f"Unknown judging template {name_or_path!r}; available: {avail}") from None
         name = name_or_path
     sections: dict[str, list[str]] = {}
-    current = None
     for line in text.split("\n"):
         m = re.match(r"^### (\w+)\s*$", line)
         if m:
-            current = m.group(1)
-            sections[current] = []
-        elif current is not None:
-            sections[current].append(line)
+            sections[m.group(1)] = lines = []
+        elif sections:
+            lines.append(line)
     body = {k: "\n".join(v) for k, v in sections.items()}
     if body.get("question", "").endswith("\n"):
         body["question"] = body["question"][:-1]

@@ -80,9 +80,7 @@ class VllmClient:
 
     def __init__(self, url: str, lm, *, timeout: float = 300.0, workers: int = 32,
                  check: bool = True, model: str | None = None):
-        self.url = url.rstrip("/")
-        if self.url.endswith("/v1"):
-            self.url = self.url[:-3]
+        self.url = url.rstrip("/").removesuffix("/v1")
         self.lm = lm
         self.timeout = timeout
         self.workers = int(workers)

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import httpx
+
 from .errors import ConfigError, ServerError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,8 +179,6 @@ class VllmServer:
                 "vLLM is not installed: no .venv-vllm with vllm in it and no RAINTOOLS_VLLM_PYTHON. "
                 "Run `make setup-vllm` (vLLM's CPU build in .venv-vllm), or point RAINTOOLS_VLLM_PYTHON "
                 "at the Python of an environment that has vllm.")
-        import httpx
-
         t0 = time.perf_counter()
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
