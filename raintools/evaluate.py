@@ -182,8 +182,6 @@ class SelfEvaluator:
         self._query_cache_size = query_cache_size
         self._response_cache_size = response_cache_size
         self.forget_queries()
-        self._question_ids = [lm.encode(self.template.question_text(o)) for o in self.orders]
-        self._question_tree = split_common(self._question_ids)
         self.last_probs: list[list[float]] = []
         self.last_ids: list[list[int]] = []      # the ids judged last, one list per order
 
