@@ -400,13 +400,10 @@ class CachedEngine(TransformersEngine):
             for job in active:
                 toks = self._draw(job, t, sources, tp, ti)
                 last = t == job.req.length - 1 or all(job.done)
-                if all(job.done):
-                    feed_rows = []
-                elif last:     # only the kept candidates need their last token's KV and logits
+                feed_rows = [r for r in toks if not job.done[r]]
+                if last:       # only the kept candidates need their last token's KV and logits
                     kept = set(kept_rows(job.rows, job.req.keep))
-                    feed_rows = [r for r in toks if r in kept and not job.done[r]]
-                else:
-                    feed_rows = [r for r in toks if not job.done[r]]
+                    feed_rows = [r for r in feed_rows if r in kept]
                 groups: dict[tuple[int, int], int] = {}
                 new_at: list[int | None] = [None] * len(job.rows)
                 for r in feed_rows:

@@ -509,7 +509,7 @@ class VllmEngine:
         self._count(len(ids), sum(len(t) for t, _ in lines))
         return lines
 
-    def _complete_server(self, node, c) -> None:
+    def _complete_server(self, c) -> None:
         if Completion(self.lm, c, None).done:
             return
         ids = self.prefix_ids + c.response
@@ -529,7 +529,7 @@ class VllmEngine:
         base = self.prefix_ids + node.response_tokens()
         jobs = []
         if req.completion is not None:
-            jobs.append(lambda: self._complete_server(node, req.completion))
+            jobs.append(lambda: self._complete_server(req.completion))
         if req.length > 0:
             attempts = req.uniforms.shape[0]
             seed = int(req.uniforms[0, 0] * (1 << 52)) if attempts else 0
