@@ -222,7 +222,8 @@ class VllmClient:
         pairs = sorted(((_token_id(t), float(lp)) for t, lp in top.items()), key=lambda p: -p[1])[:k]
         return [t for t, _ in pairs], [lp for _, lp in pairs]
 
-    def next_token_many(self, prefixes: Sequence[Sequence[int]], k: int) -> list[tuple[list[int], list[float]]]:
+    def next_token_many(self, prefixes: Sequence[Sequence[int]],
+                        k: int) -> list[tuple[list[int], list[float]]]:
         return self.map(lambda ids: self.next_token(ids, k), prefixes)
 
     # -- (b) sampled continuations
@@ -500,12 +501,7 @@ class VllmEngine:
         conts = self.client.sample(ids, n, length, temperature=temperature, logprobs=self.top_k,
                                    top_k=self.top_k if temperature > 0 else None,
                                    seed=seed if temperature > 0 else None, stop_ids=self.stop_ids)
-        lines = []
-        for c in conts:
-            p = 1.0
-            for tok, top in zip(c.tokens, c.top):
-                p *= self._truncated_p(tok, top)
-            lines.append((c.tokens, p))
+        lines = [(c.tokens, math.prod(map(self._truncated_p, c.tokens, c.top), start=1.0)) for c in conts]
         self._count(len(ids), sum(len(t) for t, _ in lines))
         return lines
 
@@ -525,8 +521,7 @@ class VllmEngine:
         c.out, c.fed = toks, max(len(toks) - 1, 0)
 
     def _expand_server(self, req):
-        node = req.node
-        base = self.prefix_ids + node.response_tokens()
+        base = self.prefix_ids + req.node.response_tokens()
         jobs = []
         if req.completion is not None:
             jobs.append(lambda: self._complete_server(req.completion))
