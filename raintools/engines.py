@@ -143,9 +143,7 @@ class TransformersEngine:
 
     def __init__(self, lm: LanguageModel, top_k: int = 15, temperature: float = 1.0,
                  forward: Forward | None = None):
-        self.lm = lm
-        self.top_k = top_k
-        self.temperature = temperature
+        self.lm, self.top_k, self.temperature = lm, top_k, temperature
         self.forward = forward or lm.forward
         self.stats: ForwardStats = getattr(forward, "stats", None) or lm.stats
         self.prefix_ids: list[int] = []     # prompt + committed tokens

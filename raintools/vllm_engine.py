@@ -80,9 +80,7 @@ class VllmClient:
 
     def __init__(self, url: str, lm, *, timeout: float = 300.0, workers: int = 32,
                  check: bool = True, model: str | None = None):
-        self.url = url.rstrip("/").removesuffix("/v1")
-        self.lm = lm
-        self.timeout = timeout
+        self.url, self.lm, self.timeout = url.rstrip("/").removesuffix("/v1"), lm, timeout
         self.workers = int(workers)
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
@@ -131,10 +129,7 @@ class VllmClient:
             low = msg.lower()
             if r.status_code == 400 and ("context length" in low or "maximum model length" in low
                                          or "max_model_len" in low or "too long" in low):
-                raise PromptError(
-                    f"A prompt of {ids_len} tokens (plus the tokens to generate) does not fit the "
-                    f"vLLM server's context of {self.max_model_len} tokens ({msg}). Shorten the prompt, "
-                    f"lower max_new_tokens, or restart the server with a larger --max-model-len.")
+                raise self._too_long(f"{ids_len} tokens (plus the tokens to generate)", f" ({msg})")
             if r.status_code == 400 and "logprobs" in low and "max allowed" in low:
                 raise ServerError(f"The vLLM server at {self.url} caps log-probabilities per token below "
                                   f"what raintools asked for ({msg}). Restart it with a larger "
@@ -205,10 +200,12 @@ class VllmClient:
 
     def _check_len(self, ids: Sequence[int], new: int) -> None:
         if self.max_model_len and len(ids) + new > self.max_model_len:
-            raise PromptError(
-                f"A prompt of {len(ids)} tokens plus {new} new tokens does not fit the vLLM server's "
-                f"context of {self.max_model_len} tokens. Shorten the prompt, lower max_new_tokens, "
-                f"or restart the server with a larger --max-model-len.")
+            raise self._too_long(f"{len(ids)} tokens plus {new} new tokens")
+
+    def _too_long(self, prompt: str, detail: str = "") -> PromptError:
+        return PromptError(f"A prompt of {prompt} does not fit the vLLM server's context of "
+                           f"{self.max_model_len} tokens{detail}. Shorten the prompt, lower "
+                           f"max_new_tokens, or restart the server with a larger --max-model-len.")
 
     # -- (a) next-token distribution
     def next_token(self, ids: Sequence[int], k: int) -> tuple[list[int], list[float]]:

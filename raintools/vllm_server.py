@@ -133,14 +133,10 @@ class VllmServer:
         if model is None:
             from .models import embedded_model_folder
             model = embedded_model_folder()
-        self.model = str(model)
-        self.host = host
+        self.model, self.host, self.dtype, self.extra = str(model), host, dtype, list(extra)
         self.port = int(port) if port else free_port(host)
-        self.dtype = dtype
-        self.max_model_len = max_model_len
-        self.extra = list(extra)
+        self.max_model_len, self.max_logprobs = max_model_len, max_logprobs
         self.vllm = Path(vllm) if vllm else find_vllm()
-        self.max_logprobs = max_logprobs
         self.cpu_workaround = is_cpu_build(self.vllm) if cpu_workaround is None else bool(cpu_workaround)
         self.log_path = Path(log_path or Path(tempfile.gettempdir()) / f"raintools-vllm-{self.port}.log")
         self.proc: subprocess.Popen | None = None
