@@ -111,13 +111,6 @@ class VllmClient:
                 f"--enable-prefix-caching --port PORT`) or give the right address (--server / "
                 f"RAINTOOLS_SERVER). An interrupted eval run resumes where it stopped when rerun.") from exc
 
-    def _get(self, path: str) -> dict:
-        r = self._send("GET", path)
-        if r.status_code != 200:
-            raise ServerError(f"{self.url}{path} answered HTTP {r.status_code}: {r.text[:300]}. Is this "
-                              f"a vLLM server (`vllm serve`)?")
-        return r.json()
-
     def _post(self, path: str, body: dict, ids_len: int = 0) -> dict:
         r = self._send("POST", path, json=body)
         if r.status_code != 200:
@@ -172,7 +165,11 @@ class VllmClient:
     def check(self) -> None:
         """The server is reachable, serves one model, and tokenises a probe string exactly as the
         local tokenizer does; remembers its model id and context length."""
-        data = self._get("/v1/models").get("data") or []
+        r = self._send("GET", "/v1/models")
+        if r.status_code != 200:
+            raise ServerError(f"{self.url}/v1/models answered HTTP {r.status_code}: {r.text[:300]}. Is "
+                              f"this a vLLM server (`vllm serve`)?")
+        data = r.json().get("data") or []
         if not data:
             raise ServerError(f"The server at {self.url} lists no model at /v1/models.")
         ids = [m.get("id") for m in data]
