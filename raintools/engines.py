@@ -170,7 +170,6 @@ class TransformersEngine:
         return req.out, req.fed
 
 
-
 class Forest:
     """Token lines grown from several anchors in one packed sequence after one past.
 
