@@ -81,33 +81,14 @@ def kept_rows(rows: list[list[int]], keep: int) -> list[int]:
     return chosen
 
 
-class Completion:
-    """A clause completion in progress (the sampler of a `CompletionRequest`): `step()` draws the
-    next token from `logits` and returns the token to feed next, or None when the completion is
-    finished (its last token is never fed). Writes `out` and `fed` into the request."""
-
-    def __init__(self, engine: "TransformersEngine", req: CompletionRequest, logits: torch.Tensor):
-        self.engine, self.req, self.logits = engine, req, logits
-        req.out, req.fed = [], 0
-        self.done = req.max_tokens <= 0 or bool(req.response) and engine.clause_done(req.response, [], req.until)
-
-    def step(self) -> int | None:
-        req = self.req
-        tok = sample_full(self.logits, float(req.rng.random()))
-        req.out.append(tok)
-        if self.engine.clause_done(req.response, req.out, req.until) or len(req.out) >= req.max_tokens:
-            self.done = True
-            return None
-        req.fed += 1
-        return tok
-
-    def finish(self, state, advance) -> None:
-        """Go on alone: `advance(token, state) -> (logits, state)` per fed token."""
-        while not self.done:
-            tok = self.step()
-            if tok is None:
-                break
-            self.logits, state = advance(tok, state)
+def kept_candidates(rows: list[list[int]], probs: list[float], length: int,
+                    keep: int) -> dict[int, Candidate]:
+    """Every engine's candidates of a request, by row index: the kept rows (`kept_rows`) with
+    length-matched priors, the greedy one clamped against the samples."""
+    cands = {r: Candidate(tuple(rows[r]), length_matched(probs[r], len(rows[r]), length))
+             for r in kept_rows(rows, keep)}
+    cands[0].raw_p = clamp_greedy(cands[0].raw_p, [c.raw_p for r, c in cands.items() if r > 0])
+    return cands
 
 
 def clause_done(lm: LanguageModel, response: list[int], out: list[int], until: str = "clause") -> bool:
@@ -123,6 +104,35 @@ def clause_done(lm: LanguageModel, response: list[int], out: list[int], until: s
     return lm.has_user_turn(tail)
 
 
+class Completion:
+    """A clause completion in progress (the sampler of a `CompletionRequest`): `step()` draws the
+    next token from `logits` and returns the token to feed next, or None when the completion is
+    finished (its last token is never fed). Writes `out` and `fed` into the request."""
+
+    def __init__(self, lm: LanguageModel, req: CompletionRequest, logits: torch.Tensor | None):
+        self.lm, self.req, self.logits = lm, req, logits
+        req.out, req.fed = [], 0
+        self.done = req.max_tokens <= 0 or bool(req.response) and clause_done(lm, req.response, [], req.until)
+
+    def step(self) -> int | None:
+        req = self.req
+        tok = sample_full(self.logits, float(req.rng.random()))
+        req.out.append(tok)
+        if clause_done(self.lm, req.response, req.out, req.until) or len(req.out) >= req.max_tokens:
+            self.done = True
+            return None
+        req.fed += 1
+        return tok
+
+    def finish(self, state, advance) -> None:
+        """Go on alone: `advance(token, state) -> (logits, state)` per fed token."""
+        while not self.done:
+            tok = self.step()
+            if tok is None:
+                break
+            self.logits, state = advance(tok, state)
+
+
 class TransformersEngine:
     """Shared logic of the transformers engines (`raintools.engine.Engine`); subclasses say how
     logits and caches are obtained."""
@@ -133,9 +143,7 @@ class TransformersEngine:
 
     def __init__(self, lm: LanguageModel, top_k: int = 15, temperature: float = 1.0,
                  forward: Forward | None = None):
-        self.lm = lm
-        self.top_k = top_k
-        self.temperature = temperature
+        self.lm, self.top_k, self.temperature = lm, top_k, temperature
         self.forward = forward or lm.forward
         self.stats: ForwardStats = getattr(forward, "stats", None) or lm.stats
         self.prefix_ids: list[int] = []     # prompt + committed tokens
@@ -147,9 +155,6 @@ class TransformersEngine:
         """In-process engines judge with the evaluator as it is (a `SelfEvaluator` runs its own
         cached passes on the same model)."""
         return evaluator
-
-    def clause_done(self, response: list[int], out: list[int], until: str = "clause") -> bool:
-        return clause_done(self.lm, response, out, until)
 
     def rollouts(self, node: Node, length: int, uniforms: np.ndarray, keep: int,
                  completion: CompletionRequest | None = None) -> list[Candidate]:
@@ -163,7 +168,6 @@ class TransformersEngine:
         self.ensure([leaf])
         self.expand([Expansion(leaf, completion=req)])
         return req.out, req.fed
-
 
 
 class Forest:
@@ -276,7 +280,7 @@ class Rows:
 class _Job:
     """One request's state in the step loop of `CachedEngine.expand`."""
 
-    def __init__(self, engine, req: Expansion, anchor: int):
+    def __init__(self, lm: LanguageModel, req: Expansion, anchor: int):
         n = 1 + req.uniforms.shape[0] if req.length > 0 else 0
         self.req = req
         self.rows: list[list[int]] = [[] for _ in range(n)]
@@ -286,7 +290,7 @@ class _Job:
         self.comp = None
         self.comp_at = -1 - anchor
         if req.completion is not None:
-            c = Completion(engine, req.completion, req.node.logits)
+            c = Completion(lm, req.completion, req.node.logits)
             self.comp = None if c.done else c
 
 
@@ -365,7 +369,7 @@ class CachedEngine(TransformersEngine):
         transfer. A lone request's completion finishes alone once its rollouts are done."""
         if not requests:
             return []
-        jobs = [_Job(self, r, i) for i, r in enumerate(requests)]
+        jobs = [_Job(self.lm, r, i) for i, r in enumerate(requests)]
         lone = len(jobs) == 1
         if lone and jobs[0].finished:              # a completion with no rollout to ride with
             if jobs[0].comp is not None:
@@ -393,13 +397,10 @@ class CachedEngine(TransformersEngine):
             for job in active:
                 toks = self._draw(job, t, sources, tp, ti)
                 last = t == job.req.length - 1 or all(job.done)
-                if all(job.done):
-                    feed_rows = []
-                elif last:     # only the kept candidates need their last token's KV and logits
+                feed_rows = [r for r in toks if not job.done[r]]
+                if last:       # only the kept candidates need their last token's KV and logits
                     kept = set(kept_rows(job.rows, job.req.keep))
-                    feed_rows = [r for r in toks if r in kept and not job.done[r]]
-                else:
-                    feed_rows = [r for r in toks if not job.done[r]]
+                    feed_rows = [r for r in feed_rows if r in kept]
                 groups: dict[tuple[int, int], int] = {}
                 new_at: list[int | None] = [None] * len(job.rows)
                 for r in feed_rows:
@@ -421,22 +422,15 @@ class CachedEngine(TransformersEngine):
                     else:
                         riding.append(job)
                         items.append((job.comp_at, tok))
-            if not items:
-                for job in finishing:
-                    job.cands = self._candidates(job, None, None, base)
-                if all(j.finished for j in jobs):
-                    break
-                t += 1
-                continue
-            logits, first = forest.feed(items)
-            base = first
-            for job in active:                  # in-feed indices -> packed indices
-                job.at = [None if a is None else first + a for a in job.at]
-            n_roll = len(items) - len(riding)
-            for k, job in enumerate(riding):
-                job.comp_at = first + n_roll + k
-                job.comp.logits = logits[n_roll + k]
-            for job in finishing:
+            if items:
+                logits, base = forest.feed(items)
+                for job in active:              # in-feed indices -> packed indices
+                    job.at = [None if a is None else base + a for a in job.at]
+                n_roll = len(items) - len(riding)
+                for k, job in enumerate(riding):
+                    job.comp_at = base + n_roll + k
+                    job.comp.logits = logits[n_roll + k]
+            for job in finishing:               # (nothing fed: no row has a line to keep)
                 job.cands = self._candidates(job, forest, logits, base)
             if lone and jobs[0].finished:
                 if jobs[0].comp is not None:     # the completion goes on alone
@@ -473,17 +467,14 @@ class CachedEngine(TransformersEngine):
         """A finished job's kept candidates; those whose last token was fed in the pass just run
         get their line's KV and logits (they become nodes with caches)."""
         length = job.req.length
-        cands = []
-        for r in kept_rows(job.rows, job.req.keep):
-            c = Candidate(tuple(job.rows[r]), length_matched(job.probs[r], len(job.rows[r]), length))
+        cands = kept_candidates(job.rows, job.probs, length, job.req.keep)
+        for r, c in cands.items():
             g = job.at[r]
             if (forest is not None and g is not None and g >= base and not job.done[r]
                     and len(job.rows[r]) == length and forest.depth[g] == length - 1):
                 c.kv = forest.line_kv(g)
                 c.logits = logits[g - base].clone()
-            cands.append(c)
-        cands[0].raw_p = clamp_greedy(cands[0].raw_p, [c.raw_p for c in cands[1:]])
-        return cands
+        return list(cands.values())
 
     def commit(self, root, child):
         super().commit(root, child)
@@ -542,10 +533,8 @@ class ReferenceEngine(TransformersEngine):
                     lg, kv = self.forward(torch.tensor([[toks[-1]]]), past=kv)
                 logits = lg[0]
             rows.append(toks)
-            probs.append(length_matched(pr, len(toks), length))
-        cands = [Candidate(tuple(rows[r]), probs[r]) for r in kept_rows(rows, keep)]
-        cands[0].raw_p = clamp_greedy(cands[0].raw_p, [c.raw_p for c in cands[1:]])
-        return cands
+            probs.append(pr)
+        return list(kept_candidates(rows, probs, length, keep).values())
 
     def _complete(self, leaf: Node, req: CompletionRequest) -> None:
         base = self.prefix_ids + req.response
@@ -557,7 +546,7 @@ class ReferenceEngine(TransformersEngine):
                 logits, kv = self.forward(torch.tensor([[tok]]), past=state)
             return logits[0], kv
 
-        Completion(self, req, leaf.logits).finish(None, advance)
+        Completion(self.lm, req, leaf.logits).finish(None, advance)
 
 
 ENGINES = MappingProxyType({"fast": CachedEngine, "cached": CachedEngine, "reference": ReferenceEngine})

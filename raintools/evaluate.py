@@ -97,14 +97,12 @@ def load_template(name_or_path: str = "harm") -> JudgeTemplate:
             raise ConfigError(f"Unknown judging template {name_or_path!r}; available: {avail}") from None
         name = name_or_path
     sections: dict[str, list[str]] = {}
-    current = None
     for line in text.split("\n"):
         m = re.match(r"^### (\w+)\s*$", line)
         if m:
-            current = m.group(1)
-            sections[current] = []
-        elif current is not None:
-            sections[current].append(line)
+            sections[m.group(1)] = lines = []
+        elif sections:
+            lines.append(line)
     body = {k: "\n".join(v) for k, v in sections.items()}
     if body.get("question", "").endswith("\n"):
         body["question"] = body["question"][:-1]
@@ -184,8 +182,6 @@ class SelfEvaluator:
         self._query_cache_size = query_cache_size
         self._response_cache_size = response_cache_size
         self.forget_queries()
-        self._question_ids = [lm.encode(self.template.question_text(o)) for o in self.orders]
-        self._question_tree = split_common(self._question_ids)
         self.last_probs: list[list[float]] = []
         self.last_ids: list[list[int]] = []      # the ids judged last, one list per order
 
@@ -378,7 +374,8 @@ class SelfEvaluator:
             if q >= 0 and len(trunk) > q:       # the judge KV of the prompt's ids after the query's
                 positions = list(range(off, off + m - q)) if off is not None else []
                 chunk = kv_gather(forest.kv, positions + (forest.line_positions(first + g) if g >= 0 else []))
-            values.append(self._judged(query, job, chunk, logits[i * len(tails):]))
+            probs = self._letter_probs(logits[i * len(tails):(i + 1) * len(tails)])
+            values.append(self._judged(query, job, chunk, probs))
         return values
 
     def _job(self, query: str, response: str):
@@ -431,12 +428,12 @@ class SelfEvaluator:
         rows = [(k.expand(len(seqs), -1, -1, -1), v.expand(len(seqs), -1, -1, -1)) for k, v in past]
         logits, out = self.forward(ids, past=rows or None, logits_at=ends)
         chunk = kv_slice([(k[:1], v[:1]) for k, v in out], q, len(trunk)) if 0 <= q < len(trunk) else None
-        return self._judged(query, job, chunk, logits[:, 0])
+        return self._judged(query, job, chunk, self._letter_probs(logits[:, 0]))
 
-    def _judged(self, query, job, chunk: KV | None, logits) -> float:
-        """One prompt's value from its orders' logits; its judge KV (`chunk`) kept."""
+    def _judged(self, query, job, chunk: KV | None, probs: torch.Tensor) -> float:
+        """One prompt's value from its orders' letter probabilities; its judge KV (`chunk`) kept.
+        Every judging path ends here."""
         trunk, tails, _, _, m, q = job
-        probs = self._letter_probs(logits[:len(tails)])
         new = self._remember_response(query, trunk, q, chunk) if q >= 0 else len(trunk) - m
         self.stats.tokens_needed += new + sum(len(t) for t in tails)
         self.last_ids = [trunk + t for t in tails]
@@ -446,13 +443,11 @@ class SelfEvaluator:
     # -- reference-style execution: whole prompt, once per order, batch 1
     def _reference(self, query: str, response: str) -> float:
         per_order = self.prompt_ids(query, response)
-        probs = [self._letter_probs(self.forward(torch.tensor([ids]))[0][0]) for ids in per_order]
+        probs = torch.stack([self._letter_probs(self.forward(torch.tensor([ids]))[0][0])
+                             for ids in per_order])
         trunk, tails = split_common(per_order)
-        q = self._query_cut(query, trunk)
-        self.stats.tokens_needed += len(trunk) - q + sum(len(t) for t in tails)
-        self.last_ids = per_order
-        self.last_probs = [p.tolist() for p in probs]
-        return self._value(probs)
+        m = self._query_cut(query, trunk)     # counted as the cached path counts a new query's prompt
+        return self._judged(query, (trunk, tails, None, None, m, -1), None, probs)
 
 
 def judge_texts(evaluator: Evaluator, query: str, texts: Sequence[str]) -> list[float]:

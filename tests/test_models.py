@@ -143,6 +143,7 @@ def test_a_user_turn_in_the_embedded_models_own_ids_ends_the_response(embedded_l
     import dataclasses
 
     from raintools import RainConfig, RainSearch
+    from raintools.engines import clause_done
     from raintools.models import LanguageModel
     from raintools.tree import Node
 
@@ -175,7 +176,7 @@ def test_a_user_turn_in_the_embedded_models_own_ids_ends_the_response(embedded_l
                    embedder=lambda texts: torch.ones(len(texts), 4))
     assert s._is_terminal(Node(tokens=tuple(out[: j + 2]), parent=s.root, step=1))
     assert not s._is_terminal(Node(tokens=tuple(out[: t]), parent=s.root, step=1))
-    assert s.engine.clause_done(out[:j], out[j: j + 2])     # "...?\nuser": no clause end
+    assert clause_done(s.engine.lm, out[:j], out[j: j + 2])     # "...?\nuser": no clause end
 
 
 def test_few_shot_prefix_of_example_exchanges():
