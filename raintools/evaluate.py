@@ -33,7 +33,7 @@ import torch
 
 from .engines import Forest
 from .errors import ConfigError
-from .models import KV, LanguageModel, kv_cat, kv_gather, kv_len, kv_slice, split_common
+from .models import KV, LanguageModel, common_start, kv_cat, kv_gather, kv_len, kv_slice, split_common
 
 Evaluator = Callable[[str, str], float]
 
@@ -241,7 +241,7 @@ class SelfEvaluator:
         cut may merge with the response that follows)."""
         t = self.template
         alone = self.lm.bos() + self.lm.encode(t.header + t.conversation.format(query=query))
-        return max(_common_start(trunk, alone) - 1, 1)
+        return max(common_start((trunk, alone)) - 1, 1)
 
     def _query_entry(self, query: str, trunk: list[int]) -> tuple[tuple[int, ...], KV]:
         """The ids and KV (from position 0) of the prompt up to the query's end (`_query_cut`),
@@ -251,7 +251,7 @@ class SelfEvaluator:
             return self._queries[query]
         h_ids, h_kv = self._encode_header()
         cut = self._query_cut(query, trunk)
-        h = min(_common_start(trunk, h_ids), cut - 1)
+        h = min(common_start((trunk, h_ids)), cut - 1)
         past = [(k[:, :, :h], v[:, :, :h]) for k, v in h_kv] if h > 0 else None
         _, kv = self.forward(torch.tensor([trunk[h:cut]]), past=past)
         self.stats.tokens_needed += cut - h
@@ -270,14 +270,14 @@ class SelfEvaluator:
         Every cached KV is keyed by the exact ids it was computed from, so a start is reused only
         where the ids agree."""
         q_ids, q_kv = self._query_entry(query, trunk)
-        m = _common_start(trunk, q_ids)
+        m = common_start((trunk, q_ids))
         if m < len(q_ids):       # the prompt splits the query's tokens otherwise: no reuse past m
             return [(k[:, :, :m], v[:, :, :m]) for k, v in q_kv], None, m, -1
         q = len(q_ids)
         cache = self._responses.setdefault(query, OrderedDict())
         best, r = None, q
         for ids in cache:
-            n = _common_start(trunk, ids, q)
+            n = common_start((trunk, ids), q)
             if n > r:
                 best, r = ids, n
         if best is None:
@@ -463,15 +463,6 @@ def judge_texts(evaluator: Evaluator, query: str, texts: Sequence[str]) -> list[
         if not -1.0 <= v <= 1.0:
             raise ConfigError(f"The evaluator returned {v}, outside [-1, 1].")
     return values
-
-
-def _common_start(a, b, start: int = 0) -> int:
-    """Length of the longest common start of the sequences `a` and `b` (known to agree before
-    `start`)."""
-    n, end = start, min(len(a), len(b))
-    while n < end and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def self_evaluator(lm: LanguageModel, template: str = "harm", mode: str = "votes") -> SelfEvaluator:

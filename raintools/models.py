@@ -701,12 +701,17 @@ def kv_cache(past: KV | None):
     return cache
 
 
+def common_start(seqs: Sequence[Sequence[int]], start: int = 0) -> int:
+    """Length of the longest common start of `seqs` (known to agree before `start`)."""
+    n, end = start, min((len(x) for x in seqs), default=0)
+    while n < end and all(x[n] == seqs[0][n] for x in seqs):
+        n += 1
+    return n
+
+
 def split_common(seqs: Sequence[Sequence[int]]) -> tuple[list[int], list[list[int]]]:
     """(longest common start, the remainder of each sequence)."""
-    n = 0
-    shortest = min(len(x) for x in seqs) if seqs else 0
-    while n < shortest and all(x[n] == seqs[0][n] for x in seqs):
-        n += 1
+    n = common_start(seqs)
     return list(seqs[0][:n]) if seqs else [], [list(x[n:]) for x in seqs]
 
 
