@@ -154,8 +154,7 @@ class ForwardBatcher:
         self.stats = BatchStats()
         self._cond = threading.Condition()
         self._pending: list[_Request] = []
-        self._live = 0
-        self.error: BaseException | None = None     # what stopped the scheduler
+        self._live, self.error = 0, None        # error: what stopped the scheduler (`_schedule`)
 
     def _submit(self, client: Client, kind: str, args: tuple):
         req = _Request(client.slot, kind, args)
@@ -255,9 +254,8 @@ class ForwardBatcher:
         merged pass costs no more than running the two apart and fits the size caps."""
         groups: list[list[_Request]] = []
         cur: list[_Request] = []
-        rows = s = p = 0
+        rows = s = p = kvb = 0
         cost = 0.0
-        kvb = 0
         route = self.lm.route
 
         def alone(sh):   # a 2D mask with holes: sliding windows count the holes, a tree does not
@@ -290,8 +288,7 @@ class ForwardBatcher:
 
     # ------------------------------------------------------------------ one pass
     def _run_group(self, group: list[_Request]) -> None:
-        lm = self.lm
-        st = self.stats
+        lm, st = self.lm, self.stats
         st.calls += 1
         st.requests += len(group)
         real = sum(sh.rows * sh.s for sh in group)
@@ -309,10 +306,8 @@ class ForwardBatcher:
         ids = torch.full((R, S), pad, dtype=torch.long)
         pos = torch.zeros((R, S), dtype=torch.long)
         mask = torch.zeros((R, 1, S, P + S), dtype=torch.bool)
-        # logits positions wanted per row
-        wants: list[torch.Tensor] = []
-        row = 0
-        spans = []
+        wants: list[torch.Tensor] = []      # logits positions wanted per row
+        spans, row = [], 0                   # (first row, rows) per request
         for sh in group:
             x, past, am, all_logits, pids, at = sh.args
             b, s, p = sh.rows, sh.s, sh.p

@@ -188,7 +188,7 @@ from test_search import SMALL, letter_embedder, vowel_judge
 
 torch.set_num_threads(1)
 signal.signal(signal.SIGINT, signal.default_int_handler)     # a background job starts with it ignored
-for where, k in [("judge", 1), ("judge", 4), ("pass", 1), ("round", 1), ("forward", 1)]:
+for where, k in [("judge", 1), ("judge", 4), ("pass", 1), ("round", 1), ("forward", 1), ("job", 4)]:
     faulthandler.dump_traceback_later(60, exit=True)      # a hang: every thread's stack, then exit
     lm, judged, passes, mark = tiny_model(seed=0), [], [], []
     forward, groups = lm.forward, ForwardBatcher._groups
@@ -203,7 +203,7 @@ for where, k in [("judge", 1), ("judge", 4), ("pass", 1), ("round", 1), ("forwar
 
     def judge(q, x):
         judged.append(x)
-        if where == "judge" and len(judged) == 9:
+        if where in ("judge", "job") and len(judged) == 9:
             stop()
         return vowel_judge(q, x)
 
@@ -234,7 +234,8 @@ def test_a_batch_stops_on_ctrl_c_or_an_error_with_no_search_left_waiting():
     """A real SIGINT while the scheduler (the calling thread) waits for a search's request or runs
     a pass, and an error of the scheduler itself: every search unwinds at once (no pass after it,
     no thread left), then the caller gets that error. An error in a pass goes to the searches in
-    it (the others finish first). 4 prompts, 2 at once; in a subprocess (a hang is a timeout)."""
+    it, one in a search's judge to that search: the others finish first. 4 prompts, 2 at once; in
+    a subprocess (a hang is a timeout)."""
     import json
     import os
     import subprocess
@@ -248,10 +249,10 @@ def test_a_batch_stops_on_ctrl_c_or_an_error_with_no_search_left_waiting():
                           timeout=400)   # a case that hangs exits after 60 s; ~20 s in all on a loaded CPU
     assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
     got = {(r["where"], r["k"]): r for r in map(json.loads, proc.stdout.splitlines())}
-    assert len(got) == 5
+    assert len(got) == 6
     for (where, k), r in got.items():
         assert r["got"] == ("KeyboardInterrupt()" if where in ("judge", "pass") else f"ValueError('{where}')")
-        assert r["left"] == [] and (r["after"] == 0) == (where != "forward"), r
+        assert r["left"] == [] and (r["after"] == 0) == (where not in ("forward", "job")), r
 
 
 def test_batched_call_groups_embedder_calls():
