@@ -51,8 +51,7 @@ class _Request:
     def __init__(self, worker: int, kind: str, args: tuple):
         self.worker, self.kind, self.args = worker, kind, args
         self.event = threading.Event()
-        self.result = None
-        self.error: BaseException | None = None
+        self.result, self.error = None, None      # the answer, or the error it raised
         if kind == "lm":
             ids, past = args[0], args[1]
             self.plain = args[2] is None and args[4] is None
@@ -155,14 +154,18 @@ class ForwardBatcher:
         self.stats = BatchStats()
         self._cond = threading.Condition()
         self._pending: list[_Request] = []
-        self._live = 0
+        self._live, self.error = 0, None        # error: what stopped the scheduler (`_schedule`)
 
     def _submit(self, client: Client, kind: str, args: tuple):
         req = _Request(client.slot, kind, args)
         with self._cond:
             self._pending.append(req)
             self._cond.notify_all()
+            if self.error is not None:      # the scheduler has stopped: no answer to wait for
+                req.event.set()
         req.event.wait()
+        if self.error is not None:          # it stopped (e.g. Ctrl-C): this search unwinds
+            raise RuntimeError("the batch's scheduler stopped") from self.error
         if req.error is not None:
             raise req.error
         return req.result
@@ -191,26 +194,31 @@ class ForwardBatcher:
                     self._live = min(workers, unfinished[0])
                     self._cond.notify_all()
 
-        self._live = workers
+        self._live, self._pending, self.error = workers, [], None
         return side_by_side([work] * n, workers, progress, serve=self._schedule)
 
     def _schedule(self) -> None:
-        while True:
-            with self._cond:
-                while self._live > 0 and len(self._pending) < self._live:
-                    self._cond.wait()
-                if not self._pending:
-                    if self._live == 0:
+        """Answer rounds until every job has finished. If it raises (e.g. Ctrl-C), every search's
+        request, waiting or to come, fails first (`_submit`): `side_by_side` waits for them."""
+        batch: list[_Request] = []
+        try:
+            while True:
+                with self._cond:
+                    while self._live > 0 and len(self._pending) < self._live:
+                        self._cond.wait()
+                    if not self._pending:
                         return
-                    continue
-                batch = sorted(self._pending, key=lambda r: r.worker)
-                self._pending = []
-            self.stats.rounds += 1
-            try:
+                    batch, self._pending = sorted(self._pending, key=lambda r: r.worker), []
+                self.stats.rounds += 1
                 self._execute(batch)
-            finally:
                 for r in batch:
                     r.event.set()
+        except BaseException as exc:
+            with self._cond:
+                self.error = exc
+                for r in batch + self._pending:
+                    r.event.set()
+            raise
 
     def _execute(self, batch: list[_Request]) -> None:
         fns: dict[int, list[_Request]] = {}
@@ -223,21 +231,17 @@ class ForwardBatcher:
         for group in self._groups(shapes):
             try:
                 self._run_group(group)
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting workers
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting workers (Ctrl-C: `_schedule`)
                 for sh in group:
                     sh.error = exc
         for reqs in fns.values():
             try:
-                fn = reqs[0].args[0]
-                items = [x for r in reqs for x in r.args[1]]
-                out = fn(items)
+                out = reqs[0].args[0]([x for r in reqs for x in r.args[1]])
                 self.stats.fn_calls += 1
                 self.stats.fn_requests += len(reqs)
-                at = 0
                 for r in reqs:
-                    r.result = out[at: at + len(r.args[1])]
-                    at += len(r.args[1])
-            except BaseException as exc:  # noqa: BLE001
+                    r.result, out = out[:len(r.args[1])], out[len(r.args[1]):]
+            except Exception as exc:  # noqa: BLE001
                 for r in reqs:
                     r.error = exc
 
@@ -250,9 +254,8 @@ class ForwardBatcher:
         merged pass costs no more than running the two apart and fits the size caps."""
         groups: list[list[_Request]] = []
         cur: list[_Request] = []
-        rows = s = p = 0
+        rows = s = p = kvb = 0
         cost = 0.0
-        kvb = 0
         route = self.lm.route
 
         def alone(sh):   # a 2D mask with holes: sliding windows count the holes, a tree does not
@@ -285,8 +288,7 @@ class ForwardBatcher:
 
     # ------------------------------------------------------------------ one pass
     def _run_group(self, group: list[_Request]) -> None:
-        lm = self.lm
-        st = self.stats
+        lm, st = self.lm, self.stats
         st.calls += 1
         st.requests += len(group)
         real = sum(sh.rows * sh.s for sh in group)
@@ -304,10 +306,8 @@ class ForwardBatcher:
         ids = torch.full((R, S), pad, dtype=torch.long)
         pos = torch.zeros((R, S), dtype=torch.long)
         mask = torch.zeros((R, 1, S, P + S), dtype=torch.bool)
-        # logits positions wanted per row
-        wants: list[torch.Tensor] = []
-        row = 0
-        spans = []
+        wants: list[torch.Tensor] = []      # logits positions wanted per row
+        spans, row = [], 0                   # (first row, rows) per request
         for sh in group:
             x, past, am, all_logits, pids, at = sh.args
             b, s, p = sh.rows, sh.s, sh.p
@@ -340,8 +340,7 @@ class ForwardBatcher:
             first = next(sh.args[1] for sh in group if sh.p > 0)
             for li, (k0, v0) in enumerate(first):
                 shape = (R, k0.shape[1], P, k0.shape[3])
-                k_all = torch.zeros(shape, dtype=k0.dtype, device=k0.device)
-                v_all = torch.zeros(shape, dtype=v0.dtype, device=v0.device)
+                k_all, v_all = k0.new_zeros(shape), v0.new_zeros(shape)
                 for sh, (r0, b) in zip(group, spans):
                     if sh.p:
                         k, v = sh.args[1][li]

@@ -128,17 +128,17 @@ class Flow:
             self._busy[slot] = ticks
             if self.concurrent:
                 self._release()
+        answered = False
         try:
             yield
-        except BaseException:
-            with self._cond:
-                self._busy.pop(slot, None)
-            raise
-        with self._cond:
-            del self._busy[slot]
-            self._due[slot] = self._clock[slot] + max(1, int(ticks()))
-            self._cond.notify_all()
-            self._wait_turn(slot, release=not self.concurrent)      # back at its due tick
+            answered = True
+        finally:       # back at its due tick; a failed request on its own thread too, before the
+            with self._cond:      # slot's unwinding touches the tree (its virtual loss, `in_flight`)
+                del self._busy[slot]
+                if answered or self.concurrent:
+                    self._due[slot] = self._clock[slot] + max(1, int(ticks()))
+                    self._cond.notify_all()
+                    self._wait_turn(slot, release=not self.concurrent)
 
     def __call__(self, *args, **kwargs):
         slot = self.slot

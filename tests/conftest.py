@@ -88,6 +88,7 @@ SLOW = {
     "test_families.py::test_fast_paths_equal_the_models_own_forward",
     "test_families.py::test_parallel_simulations_on_windowed_and_rows_families",
     "test_families.py::test_rain_end_to_end_from_a_saved_folder",
+    "test_fast.py::test_a_batch_stops_on_ctrl_c_or_an_error_with_no_search_left_waiting",
     "test_fast.py::test_batch_equals_one_by_one",
     "test_fast.py::test_batch_with_the_self_evaluator_and_fewer_workers_than_prompts",
     "test_fast.py::test_fast_and_reference_agree_with_the_self_evaluator",

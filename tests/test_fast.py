@@ -177,6 +177,84 @@ def test_batch_reports_a_bad_prompt_after_the_others_finish():
     assert sorted(done) == ["hello", "x"]
 
 
+STOPS = r"""
+import faulthandler, json, os, signal, sys, threading, time
+import torch
+from raintools import rain_generate_batch
+from raintools.batch import ForwardBatcher
+from raintools.testing import tiny_model
+from test_fast import PROMPTS
+from test_search import SMALL, letter_embedder, vowel_judge
+
+torch.set_num_threads(1)
+signal.signal(signal.SIGINT, signal.default_int_handler)     # a background job starts with it ignored
+for where, k in [("judge", 1), ("judge", 4), ("pass", 1), ("round", 1), ("forward", 1), ("job", 4)]:
+    faulthandler.dump_traceback_later(60, exit=True)      # a hang: every thread's stack, then exit
+    lm, judged, passes, mark = tiny_model(seed=0), [], [], []
+    forward, groups = lm.forward, ForwardBatcher._groups
+
+    def stop():
+        mark.append(len(passes))
+        if where in ("judge", "pass"):                  # Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)        # taken while the scheduler waits ("judge") or runs a pass
+        else:
+            raise ValueError(where)
+
+    def judge(q, x):
+        judged.append(x)
+        if where in ("judge", "job") and len(judged) == 9:
+            stop()
+        return vowel_judge(q, x)
+
+    def counted(*a, **kw):
+        passes.append(1)
+        if where in ("pass", "forward") and len(passes) == 12:
+            stop()
+        return forward(*a, **kw)
+
+    def grouping(self, shapes):
+        if where == "round" and self.stats.rounds == 6:
+            stop()
+        return groups(self, shapes)
+    lm.forward, ForwardBatcher._groups = counted, grouping
+    try:
+        rain_generate_batch(lm, PROMPTS, SMALL.replace(parallel_simulations=k), evaluator=judge,
+                            embedder=letter_embedder, concurrency=2)
+        got = None
+    except BaseException as exc:  # noqa: BLE001
+        got = repr(exc)
+    ForwardBatcher._groups = groups
+    print(json.dumps(dict(where=where, k=k, got=got, after=len(passes) - mark[0], left=[
+        t.name for t in threading.enumerate() if t.name.startswith("rain-search")])), flush=True)
+"""
+
+
+def test_a_batch_stops_on_ctrl_c_or_an_error_with_no_search_left_waiting():
+    """A real SIGINT while the scheduler (the calling thread) waits for a search's request or runs
+    a pass, and an error of the scheduler itself: every search unwinds at once (no pass after it,
+    no thread left), then the caller gets that error. An error in a pass goes to the searches in
+    it, one in a search's judge to that search: the others finish first. 4 prompts, 2 at once; in
+    a subprocess (a hang is a timeout)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", STOPS], env=env, capture_output=True, text=True,
+                          timeout=400)   # a case that hangs exits after 60 s; ~20 s in all on a loaded CPU
+    assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
+    got = {(r["where"], r["k"]): r for r in map(json.loads, proc.stdout.splitlines())}
+    assert len(got) == 6
+    for (where, k), r in got.items():
+        assert r["got"] == ("KeyboardInterrupt()" if where in ("judge", "pass") else f"ValueError('{where}')")
+        assert r["left"] == [] and (r["after"] == 0) == (where not in ("forward", "job")), r
+
+
 def test_batched_call_groups_embedder_calls():
     lm = tiny_model(seed=0)
     b = ForwardBatcher(lm)

@@ -498,10 +498,67 @@ def test_an_interrupt_while_the_slots_run_ends_the_search(tiny_lm):
         return 0.5
     assert threading.get_ident() == main
     s = search(tiny_lm, BIG.replace(parallel_simulations=4), evaluator=judge)
-    with pytest.raises(KeyboardInterrupt):
-        s.run()
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)   # a background job ignores it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            s.run()
+    finally:
+        signal.signal(signal.SIGINT, handler)
     assert not [t for t in threading.enumerate() if t.name.startswith("rain-search")]
     assert all(n.virtual == 0 for n in s.root.walk()) and not s.in_flight
+
+
+def test_a_request_failing_on_its_own_thread_unwinds_its_slot_on_its_turn(tiny_lm, monkeypatch):
+    """A concurrent engine (`Engine.concurrent`: each slot's requests on its own thread, as on a
+    server) whose 6th expansion fails, at K = 4: the failing slot takes its turn before its
+    unwinding takes its virtual loss off the tree, so no other slot touches the tree meanwhile.
+    Its clean-up is made slow to show it: it reads its path's virtual losses and, off the turn,
+    waits until another slot has changed them (that slot then waits for the write) before it
+    writes them back less one, losing the other slot's change. After the error no virtual loss is
+    left, nothing is in flight, and the next step commits."""
+    import itertools
+    import threading
+
+    import raintools.search as search_mod
+    from raintools.engines import CachedEngine
+
+    calls, failed, add = itertools.count(1), [], search_mod.add_virtual_loss
+    reading, touched, written = threading.Event(), threading.Event(), threading.Event()
+
+    class Server(CachedEngine):
+        concurrent = True
+
+        def expand(self, requests):
+            if next(calls) == 6:
+                failed.append(threading.get_ident())
+                raise ValueError("the server broke")
+            return super().expand(requests)
+
+    def slow_clean_up(path, d=1):
+        if d < 0 and threading.get_ident() in failed:        # the failing slot's clean-up
+            failed.remove(threading.get_ident())
+            before = [n.virtual for n in path]
+            if s.flow._turn != s.flow.slot:
+                reading.set()
+                touched.wait(10)
+            for n, v in zip(path, before):
+                n.virtual = v + d
+            written.set()
+            return
+        after_read = reading.is_set() and not written.is_set()
+        add(path, d)
+        if after_read:
+            touched.set()
+            written.wait(10)
+    monkeypatch.setattr(search_mod, "add_virtual_loss", slow_clean_up)
+    cfg = BIG.replace(parallel_simulations=4)
+    s = search(tiny_lm, cfg, engine=Server(tiny_lm, cfg.top_k, cfg.temperature))
+    with pytest.raises(ValueError, match="the server broke"):
+        s.run()
+    assert not failed and written.is_set() and not s.in_flight
+    assert [n.virtual for n in s.root.walk() if n.virtual] == []
+    assert s.commit_step() is not None and s.response and not s.in_flight      # it goes on
+    assert [n.virtual for n in s.root.walk() if n.virtual] == [] and next(calls) > 7
 
 
 @pytest.mark.parametrize("k", [1, 4])
