@@ -166,16 +166,20 @@ class Split(Observer):
         acc["kept_rows"] += len(kept)
         acc["jobs"] += 1
 
-    def rows_out(self, completions_fed: int) -> list[dict]:
+    def rows_out(self) -> list[dict]:
+        """The parts. A completion computes exactly its fed tokens (they are never shared), so an
+        expansion's rollouts computed what the expand phase computed beyond them; the add phase
+        computes rollouts only; what the rollouts computed beyond the tokens of the rows kept is
+        the discarded rows' (`fed_all` says what the engine of this commit feeds: checked equal)."""
         c, ex, ad = self.computed, self.rollout["expand"], self.rollout["add"]
-        computed = dict(prompt=c["start"], expand_rollouts_kept=ex["kept"], expand_rollouts_discarded=ex["all"] - ex["kept"],
-                        completions=c["expand"] - ex["all"], add_rollouts_new=ad["new"],
-                        add_rollouts_greedy_again=ad["kept"] - ad["new"], add_rollouts_discarded=ad["all"] - ad["kept"],
-                        ensure=c["ensure"], judge=c["judge"],
-                        other=c["select"] + c["embed"] + c["commit"] + c["none"] + c["add"] - ad["all"])
-        if computed["completions"] != completions_fed:
-            raise RuntimeError(f"expand phase: {c['expand']} tokens computed, {ex['all']} by rollouts, "
-                               f"{completions_fed} completion tokens fed")
+        fed = self.needed["completions"]
+        expand_rollouts = c["expand"] - fed
+        computed = dict(prompt=c["start"], expand_rollouts_kept=ex["kept"],
+                        expand_rollouts_discarded=expand_rollouts - ex["kept"], completions=fed,
+                        add_rollouts_new=ad["new"], add_rollouts_greedy_again=ad["kept"] - ad["new"],
+                        add_rollouts_discarded=c["add"] - ad["kept"], ensure=c["ensure"], judge=c["judge"],
+                        other=c["select"] + c["embed"] + c["commit"] + c["none"])
+        self.by_rule = (expand_rollouts == ex["all"] and c["add"] == ad["all"])
         return [dict(part=p, computed=computed[p], needed=self.needed[p]) for p in PARTS]
 
 
@@ -233,8 +237,7 @@ def main(argv=None) -> int:
             split.restore()
         wall = time.perf_counter() - t0
         st = r.stats
-        fed = split.needed["completions"]
-        rows = split.rows_out(fed)
+        rows = split.rows_out()
         tot_c, tot_n = sum(x["computed"] for x in rows), sum(x["needed"] for x in rows)
         if (tot_c, tot_n) != (st["tokens_computed"], st["tokens_needed"]):
             raise RuntimeError(f"split {tot_c}/{tot_n} != search's {st['tokens_computed']}/{st['tokens_needed']}")
@@ -255,6 +258,8 @@ def main(argv=None) -> int:
         for row in rows:
             print(f"  {row['part']:<26} computed {row['computed']:>7} needed {row['needed']:>7} "
                   f"extra {row['computed'] - row['needed']:>+7} ({(row['computed'] - row['needed']) / tot_n:+.3f})")
+        if not split.by_rule:
+            print("  the rollouts fed other tokens than this commit's engine feeds (a changed engine?)")
         print(f"  rollout rows: expand {ex['rows']} in {ex['jobs']} requests, {ex['kept_rows']} kept; "
               f"add {ad['rows']} in {ad['jobs']}, {ad['kept_rows']} kept", flush=True)
     return 0
