@@ -22,13 +22,16 @@ Per prompt, one CSV row per part (bench/results/rain_redundancy_split.csv by def
 
 Forward tokens are attributed to the phase the search is in (the `PhaseTimer` phases, tracked by
 an observer); the rollout rows of each expansion and node addition are read where the engine picks
-its candidates (`CachedEngine._candidates`, wrapped here, nothing changed): the tokens fed for all
-rows, for the kept rows only, and for the kept rows that became new nodes, each counted as the
-engine feeds them (a start shared by several rows once; a stopped row's stop token never; the
-last token of kept rows only).
+its candidates (`CachedEngine._candidates`, wrapped here, nothing changed): the tokens fed for the
+kept rows, and for the kept rows that became new nodes, each counted as the engine feeds them (a
+start shared by several rows once; a stopped row's stop token never; the last token of kept rows
+only). A completion computes exactly its fed tokens, so the expansions' rollouts computed the rest
+of the expand phase's tokens, and the rows not kept what the rollouts computed beyond the kept
+rows. The script says so when the rollouts computed other tokens than this commit's engine feeds
+for all rows (an engine changed in a scratch copy).
 
     .venv/bin/python bench/redundancy_split.py --prompts 1,0 --label base
-    .venv/bin/python bench/redundancy_split.py --prompts 1 --judge-cache 100000 --label judge_cache_big
+    .venv/bin/python bench/redundancy_split.py --prompts 1 --judge-cache 1000000 --label judge_cache_1e6
 
 `--judge-cache N`: the self-evaluator's LRU of judged responses per query (default 16, the
 library's `response_cache_size`): an experiment on what the LRU costs against its trie of seen
