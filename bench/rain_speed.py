@@ -37,7 +37,6 @@ forward pass / floor>
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import platform
@@ -45,6 +44,7 @@ import sys
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -61,7 +61,7 @@ from raintools.models import DEFAULT_MODEL  # noqa: E402
 from raintools.observe import Observer  # noqa: E402
 from raintools.search import PHASES, RainSearch  # noqa: E402
 
-from _common import run_meta  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from _common import append_row, run_meta  # noqa: E402  (bench/ is on sys.path as the script's folder)
 
 FRAMES = ROOT / "bench" / "frames"
 # The authors' code on this kind of CPU (shared docs, cpu-facts.md): HH, one prompt, default constants.
@@ -185,14 +185,13 @@ def bench_prompts(args, n: int) -> list[tuple[str, str]]:
     return out
 
 
-def append_row(path: Path, meta: dict, row: dict) -> None:
-    new = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(meta) + list(row))
-        if new:
-            w.writeheader()
-        w.writerow({**meta, **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}})
+@dataclass
+class Done:
+    """A (variant, prompt) row of this run: written now (`tokens`: the committed tokens) or by an
+    earlier process (read from the CSV: `tokens` None, the count only)."""
+    committed: int
+    simulations: int
+    tokens: list[int] | None = None
 
 
 def main(argv=None) -> int:
@@ -248,7 +247,8 @@ def main(argv=None) -> int:
 
         old = pd.read_csv(per_prompt)
         if "run" in old:
-            done = {(r.variant, int(r.prompt)): r for r in old[old.run == args.run].itertuples()}
+            done = {(r.variant, int(r.prompt)): Done(int(r.committed_tokens), int(r.simulations))
+                    for r in old[old.run == args.run].itertuples()}
 
     def config(dataset, **kw):
         cfg = (RainConfig.advbench if dataset == "advbench" else RainConfig.hh)(
@@ -264,8 +264,7 @@ def main(argv=None) -> int:
     meta = run_meta(lm, frame=args.frame, commits=args.commits, seed=args.seed, machine=platform.processor()
                     or platform.machine(), cpus=os.cpu_count(), bandwidth_gbs=round(gbs, 2),
                     weight_mb=round(weight_bytes / 2**20, 1), floor_s=round(floor, 5),
-                    date=time.strftime("%Y-%m-%d %H:%M:%S"), run=args.run, shard=args.shard,
-                    code=_git_head())
+                    date=time.strftime("%Y-%m-%d %H:%M:%S"), run=args.run, shard=args.shard)
     print(f"model {lm.name} ({str(lm.dtype).replace('torch.', '')}, {weight_bytes / 2**20:.0f} MB of weights), "
           f"loaded in {load_s:.1f}s; torch threads {torch.get_num_threads()}; {meta['machine']}, "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; memory bandwidth {gbs:.1f} GB/s "
@@ -283,14 +282,14 @@ def main(argv=None) -> int:
     timed = TimedForward(lm)
     evaluators = {}          # one self-evaluator per variant (its judging header encoded once)
 
-    def run_one(variant, i, fn, clock=None):
+    def run_one(variant, i, fn, clock=None) -> Done:
         if (variant, i) in done:
             return done[variant, i]
         r, row = measure(variant, lm, fn, timed)
         row.update(prompt=i, dataset=prompts[i][0], commits_made=len(getattr(r, "token_sets", [])),
                    commit_s=";".join(f"{t:.3f}" for t in (clock.at if clock else [])))
         append_row(per_prompt, meta, row)
-        done[variant, i] = r
+        done[variant, i] = Done(row["committed_tokens"], row["simulations"], list(r.tokens))
         print(f"  prompt {i} ({prompts[i][0]}) {variant:<10} {row['wall_s']:8.1f} s wall ({row['cpu_s']:.1f} CPU), "
               f"{row['committed_tokens']} tokens, {row['simulations']} sims, {row['passes_per_sim']:.2f} "
               f"passes/sim, {row['s_per_pass'] * 1000:.0f} ms/pass, load {row['load1_end']:.1f}", flush=True)
@@ -308,8 +307,7 @@ def main(argv=None) -> int:
         ds, p = prompts[i]
         for k in sorted(ks, key=lambda k: (k == ks[0], k)):      # the K > 1 variants first
             fast(f"fast_k{k}", i, k)
-        r = done[f"fast_k{ks[0]}", i]
-        n_tokens = len(r.tokens) if hasattr(r, "tokens") else int(r.committed_tokens)
+        n_tokens = done[f"fast_k{ks[0]}", i].committed
         run_one("vanilla", i, lambda: generate_vanilla(lm, p, max_new_tokens=max(n_tokens, 1)))
     for i in mine:
         if i < args.reference_prompts:
@@ -322,9 +320,11 @@ def main(argv=None) -> int:
         if i < args.bf16_prompts and ("bf16_k1", i) not in done:
             ds, p = prompts[i]
             fp32 = done[f"fast_k{ks[0]}", i]
-            if not hasattr(fp32, "tokens"):        # written by an earlier process: its tokens again
-                fp32 = RainSearch(lm, p, config(ds), evaluator=SelfEvaluator(lm, template),
-                                  embedder=embedder).run()
+            if fp32.tokens is None:        # written by an earlier process: its tokens again
+                again = RainSearch(lm, p, config(ds), evaluator=SelfEvaluator(lm, template), embedder=embedder).run()
+                fp32 = Done(len(again.tokens), again.stats["simulations"], list(again.tokens))
+                print(f"  prompt {i} ({ds}) fp32 K = 1 searched again (its row is an earlier process's): "
+                      f"{fp32.committed} tokens, {fp32.simulations} simulations", flush=True)
             if b16 is None:
                 b16 = load_model(args.model, dtype="bfloat16")
                 b16.chat.system_prompt = lm.chat.system_prompt
@@ -336,7 +336,7 @@ def main(argv=None) -> int:
             append_row(per_prompt, meta, row)
             print(f"  prompt {i} ({ds}) bf16 K = 1: {row['wall_s']:.1f} s wall, same committed tokens as fp32: "
                   f"{row['same_tokens_as_fp32']}; simulations {r.stats['simulations']} vs "
-                  f"{fp32.stats['simulations']}", flush=True)
+                  f"{fp32.simulations} (fp32)", flush=True)
     return summarize(args.run, ks, args.out)
 
 
@@ -405,16 +405,6 @@ def summarize(run: str, ks: list[int], out) -> int:
           f"speedup_parallel={get(e, 'speedup_vs_reference'):.2f} passes_per_sim={get(e, 'passes_per_sim_mean'):.2f} "
           f"bandwidth_floor_ratio={get(e, 'floor_ratio'):.2f}")
     return 0
-
-
-def _git_head() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 if __name__ == "__main__":
