@@ -396,10 +396,13 @@ class CachedEngine(TransformersEngine):
             finishing = []
             for job in active:
                 toks = self._draw(job, t, sources, tp, ti)
-                last = t == job.req.length - 1 or all(job.done)
-                feed_rows = [r for r in toks if not job.done[r]]
+                kept = kept_rows(job.rows, job.req.keep)
+                # rows after `keep` distinct ones can no longer be kept (rows that differ now differ
+                # at the end): they are fed no more, as the public code draws no more rows then
+                cut = kept[-1] + 1 if len(kept) >= job.req.keep else len(job.rows)
+                last = t == job.req.length - 1 or all(job.done[:cut])
+                feed_rows = [r for r in toks if r < cut and not job.done[r]]
                 if last:       # only the kept candidates need their last token's KV and logits
-                    kept = set(kept_rows(job.rows, job.req.keep))
                     feed_rows = [r for r in feed_rows if r in kept]
                 groups: dict[tuple[int, int], int] = {}
                 new_at: list[int | None] = [None] * len(job.rows)
