@@ -82,13 +82,18 @@ def fed_tokens(rows: list[list[int]], chosen: list[int], length: int, is_stop) -
     return len(seen)
 
 
-def fed_all(rows, kept: set[int], length: int, is_stop) -> int:
+def fed_all(rows, kept: list[int], keep: int, length: int, is_stop) -> int:
+    """Tokens the engine feeds for all rollout rows of one request, step by step as
+    `CachedEngine._grow` does: at depth d the rows before the `keep`-th distinct start (later rows
+    can no longer be kept and are fed no more), each distinct start once, never a stop token, the
+    last-level token only for the rows `kept` in the end."""
     seen = set()
-    for r, row in enumerate(rows):
-        for d, tok in enumerate(row):
-            if is_stop(tok) or (d == length - 1 and r not in kept):
-                break
-            seen.add(tuple(row[: d + 1]))
+    for d in range(length):
+        chosen = kept_rows([row[: d + 1] for row in rows], keep)
+        cut = chosen[-1] + 1 if len(chosen) >= keep else len(rows)
+        for r, row in enumerate(rows[:cut]):
+            if len(row) > d and not any(is_stop(t) for t in row[: d + 1]) and (d < length - 1 or r in kept):
+                seen.add(tuple(row[: d + 1]))
     return len(seen)
 
 
@@ -162,7 +167,7 @@ class Split(Observer):
         new = [r for r in kept if job.req.node.child_with_tokens(rows[r]) is None]
         stop = self.lm.is_stop_token
         acc = self.rollout[phase]
-        acc["all"] += fed_all(rows, set(kept), length, stop)
+        acc["all"] += fed_all(rows, kept, keep, length, stop)
         acc["kept"] += fed_tokens(rows, kept, length, stop)
         acc["new"] += fed_tokens(rows, new, length, stop)
         acc["rows"] += len(rows)
