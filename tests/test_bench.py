@@ -145,3 +145,15 @@ def test_quality_summaries_resample_questions_not_runs():
                          (parallel.good_k4_lo, parallel.good_k4_hi, 36), (parallel.good_k1_lo, parallel.good_k1_hi, 24)):
         runs_lo, runs_hi = wilson_interval(good, 72)
         assert lo < runs_lo and hi > runs_hi
+
+
+@pytest.mark.embedded
+def test_committed_judge_prompt_token_counts_are_current(tmp_path, shared_data):
+    """bench/results/judge_prompt_tokens.csv (the source of the READMEs' judging-prompt lengths)
+    is what bench/judge_prompt_tokens.py counts now with the embedded tokenizer on today's frames
+    and prompts: a changed frame, template or tokenizer without a new CSV fails here."""
+    out = tmp_path / "tokens.csv"
+    bench_module("judge_prompt_tokens").main(["--out", str(out), "--hh", str(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"),
+                                              "--advbench", str(shared_data / "advbench" / "harmful_behaviors.csv")])
+    committed = pd.read_csv(ROOT / "bench" / "results" / "judge_prompt_tokens.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(out), committed)
