@@ -139,7 +139,7 @@ def summarize(runs: pd.DataFrame, a: str = "vllm", b: str = "fast", n_boot: int 
     return pd.DataFrame(out)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--server", default=None, help="a running vLLM server (default: start one, stop it after)")
     ap.add_argument("--model", default="smollm2-135m")
@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--merge", nargs="*", default=[],
                     help="more runs CSVs (e.g. one per engine, run as parallel processes) to merge into --runs-csv")
     ap.add_argument("--summary-only", action="store_true", help="summarize the runs CSV, run nothing")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     runs_csv, summary_csv = Path(args.runs_csv), Path(args.summary_csv)
     runs_csv.parent.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",") if s]

@@ -157,3 +157,18 @@ def test_committed_judge_prompt_token_counts_are_current(tmp_path, shared_data):
                                               "--advbench", str(shared_data / "advbench" / "harmful_behaviors.csv")])
     committed = pd.read_csv(ROOT / "bench" / "results" / "judge_prompt_tokens.csv")
     pd.testing.assert_frame_equal(pd.read_csv(out), committed)
+
+
+def test_committed_quality_summaries_are_the_scripts_summaries_of_the_committed_runs(tmp_path):
+    """The summary CSVs the READMEs quote are what the scripts' own `--summary-only` path writes
+    from the committed runs CSVs now (nothing edited by hand, nothing left from an older summary)."""
+    results = ROOT / "bench" / "results"
+    for runs, summary in (("vllm_quality_runs.csv", "vllm_quality_summary.csv"),
+                          ("vllm_quality_runs_before_issue25.csv", "vllm_quality_summary_before_issue25.csv")):
+        out = tmp_path / summary
+        bench_module("vllm_quality").main(["--summary-only", "--runs-csv", str(results / runs),
+                                           "--summary-csv", str(out)])
+        pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(results / summary))
+    out = tmp_path / "parallel_summary.csv"
+    bench_module("parallel_quality").main(["--summary-only", "--summary-csv", str(out)])
+    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(results / "parallel_quality_summary.csv"))
