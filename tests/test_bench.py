@@ -1,8 +1,11 @@
 """bench/rain_speed.py (`make bench`) on a tiny saved model: it prints the variants and the summary
 line, writes both CSVs, and a long run can be split over processes (`--shard`) and resumed
 (`--run`) with the summary computed from the run's rows; a resumed bf16 check compares with the
-fp32 tokens searched again (its fp32 row was written by an earlier process)."""
+fp32 tokens searched again (its fp32 row was written by an earlier process). The quality scripts'
+summaries (bench/vllm_quality.py, bench/parallel_quality.py) treat questions, not runs, as the unit
+of every interval."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -11,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from raintools.experiments.stats import wilson_interval
 from raintools.testing import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
 
 
 def bench(tmp_path, model, shard, data, bf16="1"):
@@ -30,6 +33,7 @@ def bench(tmp_path, model, shard, data, bf16="1"):
     return out.stdout
 
 
+@pytest.mark.slow
 def test_bench_shards_resume_and_summary(tmp_path, shared_data):
     src = tiny_model(seed=0, chat=True)
     model = tmp_path / "tiny"
@@ -91,3 +95,80 @@ def test_append_row_refuses_another_layout(tmp_path):
     with pytest.raises(SystemExit, match="columns"):
         append_row(path, {"run": "r"}, {"b": 5, "a": 6})
     assert pd.read_csv(path).to_dict("list") == {"run": ["r", "r"], "a": [1.23457, 3], "b": [2, 4]}
+
+
+def bench_module(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def correlated_runs(seeds, questions=12):
+    """Runs whose seeds of a question all end alike (perfectly correlated): question q is good
+    with arm "a" when q % 2 == 0 and with arm "b" when q % 3 == 0, at every seed."""
+    rows = []
+    for q in range(questions):
+        for seed in range(seeds):
+            for arm, good in (("a", q % 2 == 0), ("b", q % 3 == 0)):
+                rows.append(dict(question=f"q{q}", seed=seed, p=0.8, arm=arm, good=good,
+                                 response=f"{arm}{q}", simulations=8, forward_calls=20 + q))
+    return pd.DataFrame(rows)
+
+
+def summaries(seeds):
+    """Both scripts' own summary functions on the same runs ("a" as vLLM / K = 4, "b" as fast / K = 1)."""
+    runs = correlated_runs(seeds)
+    vllm = bench_module("vllm_quality").summarize(
+        runs.rename(columns={"question": "prompt"}).assign(engine=runs.arm.map({"a": "vllm", "b": "fast"})))
+    parallel = bench_module("parallel_quality").summarize(runs.assign(k=runs.arm.map({"a": 4, "b": 1})), k=4)
+    return vllm.iloc[0], parallel.iloc[0]
+
+
+def test_quality_summaries_resample_questions_not_runs():
+    """A question's seeds that all end alike add no information: every interval of both summaries
+    is the same with 6 seeds as with 1, and each share's interval is wider than a Wilson interval
+    over the 72 runs as if they were independent would be."""
+    one, many = summaries(1), summaries(6)
+    columns = {0: ["good_fast", "good_vllm", "difference"], 1: ["good_k1", "good_k4", "difference", "passes_per_sim_k4"]}
+    for i, cols in columns.items():
+        assert many[i].interval_unit == "question"
+        assert many[i].pairs == 72 and one[i].pairs == 12
+        for c in cols:
+            assert one[i][f"{c}_lo"] < one[i][c] < one[i][f"{c}_hi"]
+            for end in ("", "_lo", "_hi"):
+                assert many[i][c + end] == pytest.approx(one[i][c + end], abs=1e-12), (c, end)
+    vllm, parallel = many
+    for share, good in ((vllm.good_vllm, 36), (vllm.good_fast, 24), (parallel.good_k4, 36), (parallel.good_k1, 24)):
+        assert share == good / 72
+    for lo, hi, good in ((vllm.good_vllm_lo, vllm.good_vllm_hi, 36), (vllm.good_fast_lo, vllm.good_fast_hi, 24),
+                         (parallel.good_k4_lo, parallel.good_k4_hi, 36), (parallel.good_k1_lo, parallel.good_k1_hi, 24)):
+        runs_lo, runs_hi = wilson_interval(good, 72)
+        assert lo < runs_lo and hi > runs_hi
+
+
+@pytest.mark.embedded
+def test_committed_judge_prompt_token_counts_are_current(tmp_path, shared_data):
+    """bench/results/judge_prompt_tokens.csv (the source of the READMEs' judging-prompt lengths)
+    is what bench/judge_prompt_tokens.py counts now with the embedded tokenizer on today's frames
+    and prompts: a changed frame, template or tokenizer without a new CSV fails here."""
+    out = tmp_path / "tokens.csv"
+    bench_module("judge_prompt_tokens").main(["--out", str(out), "--hh", str(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"),
+                                              "--advbench", str(shared_data / "advbench" / "harmful_behaviors.csv")])
+    committed = pd.read_csv(ROOT / "bench" / "results" / "judge_prompt_tokens.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(out), committed)
+
+
+def test_committed_quality_summaries_are_the_scripts_summaries_of_the_committed_runs(tmp_path):
+    """The summary CSVs the READMEs quote are what the scripts' own `--summary-only` path writes
+    from the committed runs CSVs now (nothing edited by hand, nothing left from an older summary)."""
+    results = ROOT / "bench" / "results"
+    for runs, summary in (("vllm_quality_runs.csv", "vllm_quality_summary.csv"),
+                          ("vllm_quality_runs_before_issue25.csv", "vllm_quality_summary_before_issue25.csv")):
+        out = tmp_path / summary
+        bench_module("vllm_quality").main(["--summary-only", "--runs-csv", str(results / runs),
+                                           "--summary-csv", str(out)])
+        pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(results / summary))
+    out = tmp_path / "parallel_summary.csv"
+    bench_module("parallel_quality").main(["--summary-only", "--summary-csv", str(out)])
+    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(results / "parallel_quality_summary.csv"))
