@@ -219,7 +219,12 @@ def test_packed_judge_of_prompts_sharing_a_judged_start_or_splitting_the_query(l
     b = [one(q, r) for r in texts]
     c = [ref(q, r) for r in texts]
     # (a random model's attention over ~570 positions is nearly flat: one position seen too many
-    # moves a value by about 1e-5, float rounding by under 1e-7)
+    # moves a value by about 1e-5, float rounding by under 1e-7; a wrong position shows in the KV)
     assert a == pytest.approx(b, abs=1e-6) and a == pytest.approx(c, abs=1e-6)
     assert many.stats == one.stats and many.last_ids == one.last_ids == ref.last_ids
     assert torch.allclose(torch.tensor(many.last_probs), torch.tensor(ref.last_probs), atol=1e-6)
+    for ids, kept in many._responses[q].items():      # the judge KV kept: a plain forward's
+        _, kv = llama_lm.forward(torch.tensor([list(ids)]))
+        for (k, v), (fk, fv) in zip(kept, kv):
+            own = slice(len(ids) - k.shape[-2], None)
+            assert torch.allclose(k, fk[:, :, own], atol=1e-5) and torch.allclose(v, fv[:, :, own], atol=1e-5)
