@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Sequence
+from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -173,20 +173,26 @@ class TransformersEngine:
 class Forest:
     """Token lines grown from several anchors in one packed sequence after one past.
 
-    `past`: the KV all lines may draw on; each anchor is (visible, base): a bool vector over the
-    past's positions it sees, and the position its first new token takes. Packed tokens are
-    numbered in feeding order; a token's `prev` is the packed token before it on its line, or
-    `-1 - j` for a line that starts at anchor j. A 4D mask lets each new token see exactly its
-    anchor's visible past and its own line, at the position it would have alone, so each token
-    computes what it would compute alone (up to float rounding)."""
+    The past is the KV `chunks` (by key) in order, each once; anchor j sees the first n positions
+    of each chunk (key, n) of `views[j]`, and its first new token takes the position after all it
+    sees. Packed tokens are numbered in feeding order; a token's `prev` is the packed token before
+    it on its line, or `-1 - j` for a line that starts at anchor j. A 4D mask lets each new token
+    see exactly its anchor's visible past and its own line, at the position it would have alone,
+    so each token computes what it would compute alone (up to float rounding)."""
 
-    def __init__(self, forward: Forward, past: KV, anchors: Sequence[tuple[torch.Tensor, int]]):
+    def __init__(self, forward: Forward, chunks: Mapping[Hashable, KV],
+                 views: Sequence[Sequence[tuple[Hashable, int]]]):
         self.forward = forward
-        self.kv = past
-        self.start = kv_len(past)
-        self.visible = (torch.stack([a[0] for a in anchors]) if anchors
-                        else torch.zeros(0, self.start, dtype=torch.bool))
-        self.base = [int(a[1]) for a in anchors]
+        self.kv = kv_cat(list(chunks.values()))
+        self.start = kv_len(self.kv)
+        offset, at = {}, 0
+        for key, kv in chunks.items():
+            offset[key], at = at, at + kv_len(kv)
+        self.visible = torch.zeros(len(views), self.start, dtype=torch.bool)   # per anchor
+        for j, view in enumerate(views):
+            for key, n in view:
+                self.visible[j, offset[key]:offset[key] + n] = True
+        self.base = [sum(n for _, n in view) for view in views]
         self.anchor: list[int] = []      # per packed token: its anchor
         self.depth: list[int] = []       # per packed token: its depth below its anchor (0 = first)
         self.line: list[list[int]] = []  # per packed token: its line, first token first
@@ -195,22 +201,9 @@ class Forest:
     @classmethod
     def from_nodes(cls, forward: Forward, nodes: Sequence[Node]) -> "Forest":
         """Anchors at tree nodes (all with caches): the past is the union of their cached paths."""
-        offset: dict[Node, int] = {}
-        chunks, at = [], 0
         paths = [n.path_from_root() for n in nodes]
-        for path in paths:
-            for n in path:
-                if n not in offset:
-                    offset[n] = at
-                    chunks.append(n.kv)
-                    at += kv_len(n.kv)
-        anchors = []
-        for path in paths:
-            vis = torch.zeros(at, dtype=torch.bool)
-            for n in path:
-                vis[offset[n]: offset[n] + kv_len(n.kv)] = True
-            anchors.append((vis, int(vis.sum())))
-        return cls(forward, kv_cat(chunks), anchors)
+        chunks = {n: n.kv for path in paths for n in path}
+        return cls(forward, chunks, [[(n, kv_len(n.kv)) for n in path] for path in paths])
 
     def feed(self, items: Sequence[tuple[int, int]], logits_at: Sequence[int] | None = None):
         """One forward pass over new tokens `items` = [(prev, token)]; a prev may be a token of
@@ -244,10 +237,13 @@ class Forest:
         """The KV of packed token g's line (its anchor's past excluded), copied."""
         return kv_gather(self.kv, self.line_positions(g))
 
+    def seen(self, anchor: int) -> list[int]:
+        """The positions of the past that `anchor` sees."""
+        return self.visible[anchor].nonzero().flatten().tolist()
+
     def context_kv(self, g: int) -> KV:
         """The KV of packed token g's anchor's past and its line: a compact cache to go on alone."""
-        seen = self.visible[self.anchor[g]].nonzero().flatten().tolist()
-        return kv_gather(self.kv, seen + self.line_positions(g))
+        return kv_gather(self.kv, self.seen(self.anchor[g]) + self.line_positions(g))
 
 
 class Rows:

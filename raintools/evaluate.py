@@ -349,7 +349,19 @@ class SelfEvaluator:
             return [self._judge_rows(query, self._job(query, r)) for r in responses]
         jobs = [self._job(query, r) for r in responses]
         q_kv = self._query_entry(query, jobs[0][0])[1]
-        forest, anchors, offsets = self._judge_forest(q_kv, jobs)
+        # the packed past: the query's KV, then each distinct reused judged start (keyed by its
+        # ids); a prompt sees its first m positions: of the query's KV (fewer than all where the
+        # prompt splits the query's tokens), then of its start. Prompts that see the same share
+        # an anchor (and so the ids they feed in common)
+        chunks, views, anchors = {"query": q_kv}, {}, []
+        for trunk, _, _, rest, m, q in jobs:
+            view = (("query", min(m, kv_len(q_kv))),)
+            if rest is not None:
+                start = tuple(trunk[q:q + kv_len(rest)])
+                chunks.setdefault(start, rest)
+                view += ((start, m - q),)
+            anchors.append(views.setdefault(view, len(views)))
+        forest = Forest(self.forward, chunks, list(views))
         items, trie, ends, lines = [], {}, [], []
         for (trunk, tails, _, _, m, _), a in zip(jobs, anchors):
             prev = -1 - a
@@ -368,12 +380,12 @@ class SelfEvaluator:
                 ends.append(p)
         logits, first = forest.feed(items, logits_at=ends)
         values = []
-        for i, (job, off, g) in enumerate(zip(jobs, offsets, lines)):
+        for i, (job, a, g) in enumerate(zip(jobs, anchors, lines)):
             trunk, tails, _, _, m, q = job
             chunk = None
-            if q >= 0 and len(trunk) > q:       # the judge KV of the prompt's ids after the query's
-                positions = list(range(off, off + m - q)) if off is not None else []
-                chunk = kv_gather(forest.kv, positions + (forest.line_positions(first + g) if g >= 0 else []))
+            if q >= 0 and len(trunk) > q:       # the judge KV of the prompt's ids after the query's:
+                line = forest.line_positions(first + g) if g >= 0 else []   # its seen start, line
+                chunk = kv_gather(forest.kv, forest.seen(a)[q:] + line)
             probs = self._letter_probs(logits[i * len(tails):(i + 1) * len(tails)])
             values.append(self._judged(query, job, chunk, probs))
         return values
@@ -387,32 +399,6 @@ class SelfEvaluator:
         if not any(tails) and m >= len(trunk):
             m -= 1
         return trunk, tails, head, rest, m, q
-
-    def _judge_forest(self, q_kv: KV, jobs):
-        """The packed past of `evaluate_many`: the query's KV, then each distinct reused judged
-        start once; per prompt its anchor (what it sees, where it goes on) and the offset of its
-        reused start in the past."""
-        lq, chunks, at, where = kv_len(q_kv), [q_kv], kv_len(q_kv), {}
-        for trunk, _, _, rest, m, q in jobs:
-            key = tuple(trunk[q:q + kv_len(rest)]) if rest is not None else None
-            if key is not None and key not in where:
-                where[key] = at
-                chunks.append(rest)
-                at += kv_len(rest)
-        anchors, specs, offsets = [], {}, []
-        for trunk, _, _, rest, m, q in jobs:
-            off = where[tuple(trunk[q:q + kv_len(rest)])] if rest is not None else None
-            offsets.append(off)
-            spec = (min(m, lq), off, m - q if off is not None else 0, m)
-            anchors.append(specs.setdefault(spec, len(specs)))
-        visible = []
-        for (head, off, size, m) in specs:
-            v = torch.zeros(at, dtype=torch.bool)
-            v[:head] = True
-            if off is not None:
-                v[off:off + size] = True
-            visible.append((v, m))
-        return Forest(self.forward, kv_cat(chunks), visible), anchors, offsets
 
     def _judge_rows(self, query: str, job) -> float:
         """One prompt on the "rows" route: the rest of its common ids + each order's ending as its

@@ -117,6 +117,39 @@ def test_judge_reuses_the_response_start_it_has_judged():
         assert torch.allclose(torch.tensor(ev.last_probs), torch.tensor(ref.last_probs), atol=1e-4)
 
 
+
+def test_packed_ensure_gives_several_nodes_the_caches_of_a_plain_forward():
+    """Nodes without caches (as candidates whose last token was never fed), several at once with
+    different parents, two of them siblings: one packed pass gives each the KV of its own tokens
+    and the logits after it that a plain forward over its whole text gives."""
+    lm = tiny_model(seed=0)
+    s = RainSearch(lm, "hello", SMALL.replace(max_simulations=12), evaluator=vowel_judge,
+                   embedder=letter_embedder)
+    s.commit_step()
+    for _ in range(12):
+        s.simulate()
+    leaves = [n for n in s.root.walk() if not n.children and n.kv is not None and n.parent is not s.root]
+    by_parent = {}
+    for n in leaves:
+        by_parent.setdefault(n.parent, []).append(n)
+    groups = list(by_parent.values())
+    nodes = groups[0][:2] + [sibs[0] for sibs in groups[1:4]]
+    assert len(nodes[0].parent.children) >= 2 and len({n.parent for n in nodes}) == 4
+    assert len({n.step for n in nodes}) >= 2
+    for n in nodes:
+        n.kv = n.logits = None
+    s0 = lm.stats.snapshot()
+    s.engine.ensure(nodes)
+    assert lm.stats.since(s0).calls == 1
+    for n in nodes:
+        ids = s.engine.prefix_ids + n.response_tokens()
+        logits, kv = lm.forward(torch.tensor([ids]))
+        assert torch.allclose(n.logits, logits[0], atol=1e-5)
+        for (k, v), (fk, fv) in zip(n.kv, kv):
+            own = slice(len(ids) - len(n.tokens), None)
+            assert torch.allclose(k, fk[:, :, own], atol=1e-5) and torch.allclose(v, fv[:, :, own], atol=1e-5)
+
+
 # ------------------------------------------------------------------ many prompts at once
 
 def test_batch_equals_one_by_one():
