@@ -112,21 +112,20 @@ def side_by_side(jobs: Sequence[Callable[[int], Any]], workers: int | None = Non
     request), and once they have ended that error is raised, once."""
     jobs = list(jobs)
     bar = tqdm(total=len(jobs), desc="RAIN prompts", disable=not progress)
-    stopped, errors = threading.Event(), []
+    errors: list[BaseException] = []     # in the order raised: the first stopped the batch
 
-    def halt():
-        stopped.set()
+    def halt(exc: BaseException):
+        errors.append(exc)
         if stop is not None:
             stop()
 
     def work(i: int):
-        if stopped.is_set():             # the batch has stopped: this job does not start
+        if errors:                       # the batch has stopped: this job does not start
             return None
         try:
             return jobs[i](i)
         except BaseException as exc:
-            errors.append(exc)           # in the order raised: the first is the cause
-            halt()
+            halt(exc)
             raise
         finally:
             bar.update(1)
@@ -138,8 +137,8 @@ def side_by_side(jobs: Sequence[Callable[[int], Any]], workers: int | None = Non
         if serve is not None:
             serve()
         wait(futures, return_when=FIRST_EXCEPTION)
-    except BaseException:                # raised here once the running jobs have ended
-        halt()
+    except BaseException as exc:         # raised once the running jobs have ended
+        halt(exc)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -178,7 +177,7 @@ class ForwardBatcher:
         self.stats = BatchStats()
         self._cond = threading.Condition()
         self._pending: list[_Request] = []
-        self._live, self.error = 0, None        # error: what stopped the scheduler (`_schedule`)
+        self._live, self.error = 0, None        # error: what stopped the batch (`stop`)
 
     def _submit(self, client: Client, kind: str, args: tuple):
         req = _Request(client.slot, kind, args)
