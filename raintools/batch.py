@@ -18,7 +18,7 @@ exact.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -99,30 +99,53 @@ class BatchedCall:
 
 
 def side_by_side(jobs: Sequence[Callable[[int], Any]], workers: int | None = None,
-                 progress: bool = False, serve: Callable[[], None] | None = None) -> list:
+                 progress: bool = False, serve: Callable[[], None] | None = None,
+                 stop: Callable[[], None] | None = None) -> list:
     """Run `jobs` (callables of their index) on a thread pool, at most `workers` at once (default:
-    all), with a progress bar of finished jobs; returns their results in order, the first exception
-    of a job raised after the others have finished. `serve`: what the calling thread does
-    meanwhile (a `ForwardBatcher`'s scheduler). The one concurrency path of a batch of searches:
-    the transformers batcher and the vLLM engines (whose server batches requests) both run here."""
+    all), with a progress bar of finished jobs; returns their results in order. `serve`: what the
+    calling thread does meanwhile (a `ForwardBatcher`'s scheduler). The one concurrency path of a
+    batch of searches: the transformers batcher and the vLLM engines (whose server batches
+    requests) both run here.
+
+    The first error of a job, or one in the calling thread (Ctrl-C, an error of `serve`), stops
+    the batch: no job starts after it, `stop()` tells the running ones to end (at their next
+    request), and once they have ended that error is raised, once."""
     jobs = list(jobs)
     bar = tqdm(total=len(jobs), desc="RAIN prompts", disable=not progress)
+    errors: list[BaseException] = []     # in the order raised: the first stopped the batch
+
+    def halt(exc: BaseException):
+        errors.append(exc)
+        if stop is not None:
+            stop()
 
     def work(i: int):
+        if errors:                       # the batch has stopped: this job does not start
+            return None
         try:
             return jobs[i](i)
+        except BaseException as exc:
+            halt(exc)
+            raise
         finally:
             bar.update(1)
 
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers or len(jobs), len(jobs))),
+                              thread_name_prefix="rain-search")
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(workers or len(jobs), len(jobs))),
-                                thread_name_prefix="rain-search") as pool:
-            futures = [pool.submit(work, i) for i in range(len(jobs))]
-            if serve is not None:
-                serve()
-        return [f.result() for f in futures]
+        futures = [pool.submit(work, i) for i in range(len(jobs))]
+        if serve is not None:
+            serve()
+        wait(futures, return_when=FIRST_EXCEPTION)
+    except BaseException as exc:         # raised once the running jobs have ended
+        halt(exc)
+        raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
+    if errors:
+        raise errors[0]
+    return [f.result() for f in futures]
 
 
 class Locked:
@@ -154,7 +177,7 @@ class ForwardBatcher:
         self.stats = BatchStats()
         self._cond = threading.Condition()
         self._pending: list[_Request] = []
-        self._live, self.error = 0, None        # error: what stopped the scheduler (`_schedule`)
+        self._live, self.error = 0, None        # error: what stopped the batch (`stop`)
 
     def _submit(self, client: Client, kind: str, args: tuple):
         req = _Request(client.slot, kind, args)
@@ -184,29 +207,38 @@ class ForwardBatcher:
         def work(i: int):
             with self._cond:
                 slot = i if i < workers else free.pop(0)
-            try:
-                return jobs[i](Client(self, slot))
-            finally:
-                with self._cond:
-                    free.append(slot)
-                    free.sort()
-                    unfinished[0] -= 1
-                    self._live = min(workers, unfinished[0])
-                    self._cond.notify_all()
+            result = jobs[i](Client(self, slot))     # an error stops the batch: no slot to free
+            with self._cond:
+                free.append(slot)
+                free.sort()
+                unfinished[0] -= 1
+                self._live = min(workers, unfinished[0])
+                self._cond.notify_all()
+            return result
 
         self._live, self._pending, self.error = workers, [], None
-        return side_by_side([work] * n, workers, progress, serve=self._schedule)
+        return side_by_side([work] * n, workers, progress, serve=self._schedule, stop=self.stop)
+
+    def stop(self, error: BaseException | None = None, taken: Sequence[_Request] = ()) -> None:
+        """Stop answering (`side_by_side` calls it on a search's error or Ctrl-C, `_schedule` on
+        its own error with the requests it had `taken`): every request, waiting or to come, fails
+        and its search unwinds (`_submit`); no round starts after it."""
+        with self._cond:
+            self.error = self.error or error or RuntimeError("a search of the batch failed")
+            for r in [*taken, *self._pending]:
+                r.event.set()
+            self._cond.notify_all()
 
     def _schedule(self) -> None:
-        """Answer rounds until every job has finished. If it raises (e.g. Ctrl-C), every search's
-        request, waiting or to come, fails first (`_submit`): `side_by_side` waits for them."""
+        """Answer rounds until every job has finished or the batch stops (`stop`; if this raises,
+        e.g. Ctrl-C, it stops the batch first)."""
         batch: list[_Request] = []
         try:
             while True:
                 with self._cond:
-                    while self._live > 0 and len(self._pending) < self._live:
+                    while self.error is None and 0 < self._live and len(self._pending) < self._live:
                         self._cond.wait()
-                    if not self._pending:
+                    if self.error is not None or not self._pending:
                         return
                     batch, self._pending = sorted(self._pending, key=lambda r: r.worker), []
                 self.stats.rounds += 1
@@ -214,10 +246,7 @@ class ForwardBatcher:
                 for r in batch:
                     r.event.set()
         except BaseException as exc:
-            with self._cond:
-                self.error = exc
-                for r in batch + self._pending:
-                    r.event.set()
+            self.stop(exc, batch)
             raise
 
     def _execute(self, batch: list[_Request]) -> None:

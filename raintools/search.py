@@ -43,7 +43,7 @@ from .sampling import ADD, COMMIT, COMPLETE, EXPAND, keyed_rng
 from .trace import RainResult, Trace
 from .tree import (Bounds, Node, add_virtual_loss, backup, most_visited, needs_node_addition, reroot,
                    sample_by_visits, select_child, set_priors, similarity_update, tie_rule, update_embedding)
-from .vllm_engine import ENGINE_MODES as VLLM_ENGINES, vllm_engine_factory
+from .vllm_engine import ENGINE_MODES as VLLM_ENGINES, shared_client, vllm_engine_factory
 
 __all__ = ["PHASES", "RainResult", "RainSearch", "Simulation", "rain_generate", "rain_generate_batch",
            "round_size"]
@@ -465,7 +465,7 @@ def judging(search: "RainSearch"):
 
 def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = None,
                   evaluator: Evaluator | None = None, embedder: Callable | None = None,
-                  engine: str = "auto", progress: bool = False, prompt_ids: list[int] | None = None,
+                  engine: str | Engine = "auto", progress: bool = False, prompt_ids: list[int] | None = None,
                   **overrides) -> RainResult:
     """Generate a response to `prompt` with RAIN.
 
@@ -515,9 +515,12 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     workers = concurrency or min(len(prompts), 64)
     if engine in VLLM_ENGINES:        # the server batches the requests: one thread per search
         emb = Locked(embedder) if embedder is not None else None
+        stop = threading.Event()      # set by the first error or Ctrl-C: each search's next request raises
+        make = vllm_engine_factory(engine, client=shared_client(lm).stopping(stop))
         return side_by_side([lambda _, p=p, ids=ids: rain_generate(
-            lm, p, cfg, evaluator=evaluator, embedder=emb, engine=engine, prompt_ids=ids)
-            for p, ids in zip(prompts, ids_of)], workers, progress)
+            lm, p, cfg, evaluator=evaluator, embedder=emb, prompt_ids=ids,
+            engine=make(lm, top_k=cfg.top_k, temperature=cfg.temperature))
+            for p, ids in zip(prompts, ids_of)], workers, progress, stop=stop.set)
     batcher = batcher or ForwardBatcher(lm)
     base_eval = (evaluator if evaluator is not None
                  else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))

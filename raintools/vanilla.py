@@ -17,6 +17,26 @@ from .sampling import VANILLA, keyed_rng, sample_full, truncated, pick
 from .trace import RainResult
 
 
+def decode_step(lm: LanguageModel, logits: torch.Tensor, out: list[int], rng, max_new_tokens: int,
+                do_sample: bool = True, temperature: float = 1.0, top_k: int | None = None) -> str | None:
+    """One step of one row of vanilla decoding: the next token from `logits` (greedy, or drawn
+    with `rng`: top-k truncated when `top_k`, else from the whole vocabulary) appended to `out`;
+    returns why the row stops there ("eos", "user turn", "length") or None."""
+    if not do_sample:
+        tok = int(torch.argmax(logits))
+    elif top_k:
+        probs, idx = truncated(logits, top_k, temperature)
+        tok = int(idx[pick(probs, float(rng.random()))])
+    else:
+        tok = sample_full(logits, float(rng.random()), temperature)
+    out.append(tok)
+    if lm.is_stop_token(tok):
+        return "eos"
+    if lm.has_user_turn(out):
+        return "user turn"
+    return "length" if len(out) >= max_new_tokens else None
+
+
 def generate_vanilla(lm: LanguageModel, prompt: str, max_new_tokens: int = 128, do_sample: bool = False,
                      temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
                      sample_index: int = 0, use_cache: bool = True) -> RainResult:
@@ -34,31 +54,13 @@ def generate_vanilla(lm: LanguageModel, prompt: str, max_new_tokens: int = 128, 
     ids = lm.prompt_ids(prompt, max_new_tokens=max_new_tokens)
     rng = keyed_rng(seed, VANILLA, sample_index)
     logits, kv = lm.forward(torch.tensor([ids]))
-    logits = logits[0]
     out: list[int] = []
-    reason = "length"
-    for _ in range(max_new_tokens):
-        if not do_sample:
-            tok = int(torch.argmax(logits))
-        elif top_k:
-            probs, idx = truncated(logits, top_k, temperature)
-            tok = int(idx[pick(probs, float(rng.random()))])
-        else:
-            tok = sample_full(logits, float(rng.random()), temperature)
-        out.append(tok)
-        if lm.is_stop_token(tok):
-            reason = "eos"
-            break
-        if lm.has_user_turn(out):
-            reason = "user turn"
-            break
-        if len(out) >= max_new_tokens:
-            break
+    while (reason := decode_step(lm, logits[0], out, rng, max_new_tokens, do_sample, temperature,
+                                 top_k)) is None:
         if use_cache:
-            logits, kv = lm.forward(torch.tensor([[tok]]), past=kv)
+            logits, kv = lm.forward(torch.tensor([[out[-1]]]), past=kv)
         else:       # the whole prefix again, from scratch
             logits, kv = lm.forward(torch.tensor([ids + out]))
-        logits = logits[0]
     used = lm.stats.since(s0)
     stats = dict(committed_tokens=len(out), forward_calls=used.calls, tokens_computed=used.tokens,
                  wall_time_s=time.perf_counter() - t0, stop_reason=reason, prompt_tokens=len(ids),

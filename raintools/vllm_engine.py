@@ -16,6 +16,7 @@ context) whose message names the problem and the fix.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import threading
@@ -76,20 +77,20 @@ class VllmClient:
 
     `lm`: the local `LanguageModel` (or anything with `.tokenizer` and `.encode`) whose tokenizer
     builds the prompts; the server must serve the same model. `workers`: requests in flight at once.
-    `check=False` skips the start-up checks (tests of the checks themselves)."""
+    `check=False` skips the start-up checks (tests of the checks themselves). `stop`: once it is
+    set, every completions request raises instead of going out (`stopping`)."""
 
     def __init__(self, url: str, lm, *, timeout: float = 300.0, workers: int = 32,
-                 check: bool = True, model: str | None = None):
+                 check: bool = True, model: str | None = None, stop: threading.Event | None = None):
         self.url, self.lm, self.timeout = url.rstrip("/").removesuffix("/v1"), lm, timeout
         self.workers = int(workers)
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
         self._http = httpx.Client(timeout=timeout, limits=httpx.Limits(
             max_connections=self.workers + 4, max_keepalive_connections=self.workers + 4))
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="raintools-vllm")
         self.stats = ClientStats()
-        self.model = model
+        self.model, self.stop = model, stop
         self.max_model_len: int | None = None
         if check:
             self.check()
@@ -132,7 +133,18 @@ class VllmClient:
                               f"interrupted eval run resumes where it stopped when rerun).")
         return r.json()
 
+    def stopping(self, stop: threading.Event) -> "VllmClient":
+        """This client (its server, connections, thread pool and counters) with its own `stop`:
+        the searches of one batch, which stop at their next request after the batch's first error
+        or Ctrl-C (`rain_generate_batch`)."""
+        view = copy.copy(self)
+        view.stop = stop
+        return view
+
     def _completions(self, prompt, nseq: int, ids_len: int, **params) -> dict:
+        if self.stop is not None and self.stop.is_set():
+            raise RuntimeError("Stopped: another search of this batch failed, or it was interrupted "
+                               "(that error is the one raised).")
         body = {"model": self.model, "prompt": prompt, **params}
         t0 = time.perf_counter()
         out = self._post("/v1/completions", body, ids_len)
@@ -144,15 +156,10 @@ class VllmClient:
         items = list(items)
         if len(items) <= 1:
             return [fn(x) for x in items]
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="raintools-vllm")
         return list(self._pool.map(fn, items))
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()
 
     def __enter__(self):
@@ -533,11 +540,11 @@ class VllmEngine:
         return list(kept_candidates(rows, probs, req.length, req.keep).values())
 
 
-def vllm_engine_factory(name: str, url: str | None = None):
+def vllm_engine_factory(name: str, url: str | None = None, client: VllmClient | None = None):
     """The engine class-like factory for an engine name of ENGINE_MODES: called as the search
     calls its engines, `factory(lm, top_k=, temperature=, forward=)`."""
     mode = ENGINE_MODES[name]
 
     def make(lm, top_k: int = 15, temperature: float = 1.0, forward=None):
-        return VllmEngine(lm, top_k, temperature, forward, mode=mode, url=url)
+        return VllmEngine(lm, top_k, temperature, forward, mode=mode, url=url, client=client)
     return make

@@ -191,7 +191,9 @@ def test_batch_with_the_self_evaluator_and_fewer_workers_than_prompts():
     assert base.stats.calls == 0            # the evaluations ran on the per-search views
 
 
-def test_batch_reports_a_bad_prompt_after_the_others_finish():
+def test_a_bad_prompt_stops_the_batch_and_no_job_starts_after_it():
+    """One search at a time: the prompt before the bad one is answered, the one after it never
+    starts, and the caller gets the bad prompt's error."""
     lm = tiny_model(seed=0)
     done = []
     b = ForwardBatcher(lm)
@@ -206,14 +208,15 @@ def test_batch_reports_a_bad_prompt_after_the_others_finish():
 
     from raintools.errors import PromptError
     with pytest.raises(PromptError):
-        b.run([job("hello"), job("   "), job("x")])
-    assert sorted(done) == ["hello", "x"]
+        b.run([job("hello"), job("   "), job("x")], workers=1)
+    assert done == ["hello"]
 
 
 STOPS = r"""
 import faulthandler, json, os, signal, sys, threading, time
 import torch
 from raintools import rain_generate_batch
+from raintools import batch
 from raintools.batch import ForwardBatcher
 from raintools.testing import tiny_model
 from test_fast import PROMPTS
@@ -223,11 +226,12 @@ torch.set_num_threads(1)
 signal.signal(signal.SIGINT, signal.default_int_handler)     # a background job starts with it ignored
 for where, k in [("judge", 1), ("judge", 4), ("pass", 1), ("round", 1), ("forward", 1), ("job", 4)]:
     faulthandler.dump_traceback_later(60, exit=True)      # a hang: every thread's stack, then exit
-    lm, judged, passes, mark = tiny_model(seed=0), [], [], []
-    forward, groups = lm.forward, ForwardBatcher._groups
+    lm, judged, passes, mark, late = tiny_model(seed=0), [], [], [], []
+    forward, groups, client = lm.forward, ForwardBatcher._groups, batch.Client
+    batcher = ForwardBatcher(lm)
 
     def stop():
-        mark.append(len(passes))
+        mark.extend([len(passes), batcher.stats.rounds])
         if where in ("judge", "pass"):                  # Ctrl-C
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.2)        # taken while the scheduler waits ("judge") or runs a pass
@@ -250,25 +254,30 @@ for where, k in [("judge", 1), ("judge", 4), ("pass", 1), ("round", 1), ("forwar
         if where == "round" and self.stats.rounds == 6:
             stop()
         return groups(self, shapes)
-    lm.forward, ForwardBatcher._groups = counted, grouping
+
+    def started(*a):                   # a job starts: its search's client
+        late.extend([1] if mark else [])
+        return client(*a)
+    lm.forward, ForwardBatcher._groups, batch.Client = counted, grouping, started
     try:
         rain_generate_batch(lm, PROMPTS, SMALL.replace(parallel_simulations=k), evaluator=judge,
-                            embedder=letter_embedder, concurrency=2)
+                            embedder=letter_embedder, concurrency=2, batcher=batcher)
         got = None
     except BaseException as exc:  # noqa: BLE001
         got = repr(exc)
-    ForwardBatcher._groups = groups
-    print(json.dumps(dict(where=where, k=k, got=got, after=len(passes) - mark[0], left=[
+    ForwardBatcher._groups, batch.Client = groups, client
+    print(json.dumps(dict(where=where, k=k, got=got, after=len(passes) - mark[0],
+                          rounds=batcher.stats.rounds - mark[1], late=len(late), left=[
         t.name for t in threading.enumerate() if t.name.startswith("rain-search")])), flush=True)
 """
 
 
 def test_a_batch_stops_on_ctrl_c_or_an_error_with_no_search_left_waiting():
     """A real SIGINT while the scheduler (the calling thread) waits for a search's request or runs
-    a pass, and an error of the scheduler itself: every search unwinds at once (no pass after it,
-    no thread left), then the caller gets that error. An error in a pass goes to the searches in
-    it, one in a search's judge to that search: the others finish first. 4 prompts, 2 at once; in
-    a subprocess (a hang is a timeout)."""
+    a pass, an error of the scheduler itself, of a pass, or of a search's judge: the batch stops
+    (no round after it, no pass but the rest of the failing pass's round, no job started after
+    it), every search unwinds (no thread left), then the caller gets that error. 4 prompts, 2 at
+    once; in a subprocess (a hang is a timeout)."""
     import json
     import os
     import subprocess
@@ -285,7 +294,8 @@ def test_a_batch_stops_on_ctrl_c_or_an_error_with_no_search_left_waiting():
     assert len(got) == 6
     for (where, k), r in got.items():
         assert r["got"] == ("KeyboardInterrupt()" if where in ("judge", "pass") else f"ValueError('{where}')")
-        assert r["left"] == [] and (r["after"] == 0) == (where not in ("forward", "job")), r
+        assert r["left"] == [] and r["rounds"] == r["late"] == 0, r
+        assert r["after"] == 0 or where == "forward", r
 
 
 def test_batched_call_groups_embedder_calls():

@@ -272,16 +272,18 @@ def test_cpu_budget_is_a_valid_small_budget():
     assert st.cpu_budget(False, simulations=12)["max_simulations"] == 12
 
 
-def test_shared_prompt_samples_draw_what_best_of_n_draws_and_count_the_prompt_once(tiny_lm):
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_shared_prompt_samples_draw_what_best_of_n_draws_and_count_the_prompt_once(tiny_lm, top_k):
     prompt = "tell me about topic 1"
-    outs, texts, n_prompt, computed = st.shared_prompt_samples(tiny_lm, prompt, 4, 6, seed=3)
-    refs = [generate_vanilla(tiny_lm, prompt, 6, do_sample=True, seed=3, sample_index=i) for i in range(4)]
+    outs, texts, n_prompt, computed = st.shared_prompt_samples(tiny_lm, prompt, 4, 6, top_k=top_k, seed=3)
+    refs = [generate_vanilla(tiny_lm, prompt, 6, do_sample=True, top_k=top_k, seed=3, sample_index=i)
+            for i in range(4)]
     assert outs == [r.tokens for r in refs] and texts == [r.text for r in refs]
     assert len(set(map(tuple, outs))) > 1                      # the rows draw different samples
     assert n_prompt == refs[0].stats["prompt_tokens"]
     assert computed == n_prompt + sum(len(o) - 1 for o in outs)
     s0 = tiny_lm.stats.snapshot()
-    st.shared_prompt_samples(tiny_lm, prompt, 4, 6, seed=3)
+    st.shared_prompt_samples(tiny_lm, prompt, 4, 6, top_k=top_k, seed=3)
     assert tiny_lm.stats.since(s0).tokens == computed       # what it reports is what it ran
 
 

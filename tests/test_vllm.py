@@ -573,3 +573,71 @@ def test_walks_in_flight_send_their_requests_side_by_side(monkeypatch):
     assert a.token_sets == b.token_sets and walks == [s.round for s in b.trace.simulations]
     assert [(c.tokens, [(n.uid, n.n, n.q) for n in c.tree]) for c in a.trace.commits] == \
         [(c.tokens, [(n.uid, n.n, n.q) for n in c.tree]) for c in b.trace.commits]
+
+
+VLLM_STOPS = r"""
+import faulthandler, json, os, signal, threading, time
+import torch
+from raintools import rain_generate_batch, search
+from raintools.experiments.runner import load_lm
+from test_search import SMALL, letter_embedder, vowel_judge
+from test_vllm import EVAL_PROMPTS, tiny_vllm
+
+torch.set_num_threads(1)
+signal.signal(signal.SIGINT, signal.default_int_handler)     # a background job starts with it ignored
+url, state = tiny_vllm()
+os.environ["RAINTOOLS_SERVER"] = url
+lm, generate = load_lm("tiny", device="cpu"), search.rain_generate
+for where, k in [("interrupt", 1), ("error", 1), ("error", 4)]:
+    faulthandler.dump_traceback_later(60, exit=True)      # a hang: every thread's stack, then exit
+    judged, mark, late = [], [], []
+
+    def judge(q, x):
+        judged.append(x)
+        if len(judged) == 4:                       # early in the first two searches
+            mark.append(state["requests"])
+            if where == "interrupt":               # Ctrl-C, taken by the calling thread
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)
+            else:
+                raise ValueError(where)
+        return vowel_judge(q, x)
+
+    def started(*a, **kw):                         # a job starts: its prompt's search
+        late.extend([1] if mark else [])
+        return generate(*a, **kw)
+    search.rain_generate = started
+    try:
+        rain_generate_batch(lm, EVAL_PROMPTS[:4], SMALL.replace(parallel_simulations=k, max_new_tokens=8),
+                            evaluator=judge, embedder=letter_embedder, engine="vllm", concurrency=2)
+        got = None
+    except BaseException as exc:  # noqa: BLE001
+        got = repr(exc)
+    left = [t.name for t in threading.enumerate() if t.name.startswith("rain-search")]
+    time.sleep(0.3)                                # what a search left running would still send
+    print(json.dumps(dict(where=where, k=k, got=got, left=left, late=len(late),
+                          after=state["requests"] - mark[0])), flush=True)
+"""
+
+
+def test_a_batch_on_a_server_stops_on_ctrl_c_or_an_error():
+    """rain_generate_batch on a server (4 prompts, 2 at once; K = 1 and 4): after a real SIGINT or
+    a search's error, no job starts, the running searches stop at their next request (the server
+    gets at most one more per search thread: measured 0), no search thread is left, and the caller
+    gets that error. In a subprocess against a TinyVllm (a hang is a timeout)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", VLLM_STOPS], env=env, capture_output=True, text=True,
+                          timeout=300)   # a case that hangs exits after 60 s; ~15 s in all on a loaded CPU
+    assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
+    got = {(r["where"], r["k"]): r for r in map(json.loads, proc.stdout.splitlines())}
+    assert len(got) == 3
+    for (where, k), r in got.items():
+        assert r["got"] == ("KeyboardInterrupt()" if where == "interrupt" else "ValueError('error')"), r
+        assert r["left"] == [] and r["late"] == 0 and r["after"] <= 2 * k, r

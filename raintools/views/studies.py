@@ -479,14 +479,14 @@ def rain_arms(lm: "LanguageModel", task, items: Sequence, arms: dict, truth: Tru
 def shared_prompt_samples(lm: "LanguageModel", prompt: str, n: int, max_new_tokens: int,
                           temperature: float = 1.0, top_k: int | None = None, seed: int = 0):
     """`n` sampled answers to `prompt` with the prompt's KV computed once and shared by all of
-    them (a batch of `n` rows after one prefill), as a real best-of-N runs. Row i draws its
-    tokens with the random stream of `generate_vanilla(..., do_sample=True, sample_index=i)` and
-    stops by the same rules (end of turn, a new user turn, `max_new_tokens`), so it gives the same
-    tokens up to batch rounding. Returns (token lists, texts, prompt length, tokens computed):
+    them (a batch of `n` rows after one prefill), as a real best-of-N runs. Row i takes vanilla's
+    steps (`raintools.vanilla.decode_step`) with the random stream of `generate_vanilla(...,
+    do_sample=True, sample_index=i)`, so it gives the same tokens up to batch rounding. Returns (token lists, texts, prompt length, tokens computed):
     the prompt once plus every position a live row fed (a finished row leaves the batch)."""
     import torch
 
-    from ..sampling import VANILLA, keyed_rng, pick, sample_full, truncated
+    from ..sampling import VANILLA, keyed_rng
+    from ..vanilla import decode_step
 
     ids = lm.prompt_ids(prompt, max_new_tokens=max_new_tokens)
     rngs = [keyed_rng(seed, VANILLA, i) for i in range(n)]
@@ -499,13 +499,8 @@ def shared_prompt_samples(lm: "LanguageModel", prompt: str, n: int, max_new_toke
     while live:
         still = []
         for row, i in enumerate(live):
-            if top_k:
-                probs, idx = truncated(logits[row], top_k, temperature)
-                tok = int(idx[pick(probs, float(rngs[i].random()))])
-            else:
-                tok = sample_full(logits[row], float(rngs[i].random()), temperature)
-            outs[i].append(tok)
-            if not (lm.is_stop_token(tok) or lm.has_user_turn(outs[i]) or len(outs[i]) >= max_new_tokens):
+            if decode_step(lm, logits[row], outs[i], rngs[i], max_new_tokens, True, temperature,
+                           top_k) is None:
                 still.append((row, i))
         if not still:
             break
