@@ -505,6 +505,11 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     if prompt_ids is not None and len(prompt_ids) != len(prompts):
         raise PromptError(f"prompt_ids has {len(prompt_ids)} rows for {len(prompts)} prompts.")
     ids_of = list(prompt_ids) if prompt_ids is not None else [None] * len(prompts)
+    for i, (p, ids) in enumerate(zip(prompts, ids_of)):     # bad input: one error before any work
+        try:
+            search_prompt_ids(lm, p, ids, cfg)
+        except PromptError as e:
+            raise PromptError(f"Prompt {i} of {len(prompts)}: {e}") from None
     if engine == "reference" or len(prompts) <= 1:
         return [rain_generate(lm, p, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
                               prompt_ids=ids)

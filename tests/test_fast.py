@@ -212,6 +212,19 @@ def test_a_bad_prompt_stops_the_batch_and_no_job_starts_after_it():
     assert done == ["hello"]
 
 
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_a_batch_checks_every_prompt_before_any_work(engine):
+    """Bad input in a batch: one clear error naming the prompt, before any forward pass (nothing
+    computed is lost)."""
+    from raintools.errors import PromptError
+    lm = tiny_model(seed=0)
+    before = lm.stats.calls
+    with pytest.raises(PromptError, match="Prompt 2 of 3"):
+        rain_generate_batch(lm, ["hello", "x", "   "], SMALL.replace(max_new_tokens=4), engine=engine,
+                            evaluator=vowel_judge, embedder=letter_embedder)
+    assert lm.stats.calls == before
+
+
 STOPS = r"""
 import faulthandler, json, os, signal, sys, threading, time
 import torch
