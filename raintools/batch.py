@@ -150,10 +150,11 @@ def side_by_side(jobs: Sequence[Callable[[int], Any]], workers: int | None = Non
 
 class Locked:
     """One call at a time into a shared in-process function (the sentence embedder of searches
-    whose forward passes run on a server)."""
+    whose forward passes run on a server: its tokenizer is not thread-safe); keeps its `name`."""
 
     def __init__(self, fn):
         self.fn, self.lock = fn, threading.Lock()
+        self.name = getattr(fn, "name", type(fn).__name__)
 
     def __call__(self, *args, **kwargs):
         with self.lock:

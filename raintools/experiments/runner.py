@@ -519,9 +519,10 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
         task_evaluator(lm, task_obj, method_config)      # the shared evaluator, made once, here
         threaded = method_config
         if method_config.rain.similarity_update or method_config.rain.node_addition:
+            from ..batch import Locked
             from ..embed import load_embedder
             threaded = method_config.replace(
-                embedder=OneAtATime(method_config.embedder or load_embedder()))
+                embedder=Locked(method_config.embedder or load_embedder()))
         ahead = {(it.id, m): pool.submit(generate, it, m, threaded, False)
                  for it, m in on_server_todo}
     try:
@@ -584,20 +585,6 @@ def on_server(method: str, lm, config: MethodConfig) -> bool:
         engine = VARIANTS[method]["changes"].get("engine", engine)
         method = VARIANTS[method]["base"]
     return method == "rain" and (engine in ENGINE_MODES or resolve_engine(lm, engine) in ENGINE_MODES)
-
-
-class OneAtATime:
-    """A callable shared by concurrent searches, called by one thread at a time (the in-process
-    sentence embedder: its tokenizer is not thread-safe)."""
-
-    def __init__(self, fn):
-        import threading
-        self.fn, self.lock = fn, threading.Lock()
-        self.name = getattr(fn, "name", type(fn).__name__)
-
-    def __call__(self, *args, **kwargs):
-        with self.lock:
-            return self.fn(*args, **kwargs)
 
 
 def warm_up(lm, task, config: MethodConfig) -> None:
