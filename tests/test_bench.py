@@ -172,3 +172,16 @@ def test_committed_quality_summaries_are_the_scripts_summaries_of_the_committed_
     out = tmp_path / "parallel_summary.csv"
     bench_module("parallel_quality").main(["--summary-only", "--summary-csv", str(out)])
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(results / "parallel_quality_summary.csv"))
+
+
+def test_the_k4_rerun_repeats_the_committed_k4_runs():
+    """bench/README's "240 of 240": the K = 4 half of the parallel quality study rerun on later
+    code gives, run by run, the committed K = 4 rows' response, verdict, simulations and passes."""
+    results = ROOT / "bench" / "results"
+    runs = pd.read_csv(results / "parallel_quality_runs.csv")
+    rerun = pd.read_csv(results / "parallel_quality_k4_rerun_2ae7034.csv")
+    key, same = ["question", "seed", "k"], ["response", "good", "simulations", "forward_calls"]
+    both = runs[runs.k == 4].merge(rerun, on=key, suffixes=("", "_rerun"), validate="one_to_one")
+    assert len(both) == len(rerun) == 240
+    for col in same:
+        assert (both[col] == both[f"{col}_rerun"]).all(), col
