@@ -132,7 +132,8 @@ def test_judge_caches_drop_the_least_recently_used_and_recompute_what_they_dropp
     ("positive: good\nnegative: bad\norders: 3", "'orders' must be 1 or 2"),
 ])
 def test_a_bad_judging_template_gets_one_clear_error(tmp_path, labels, error):
-    body = f"### labels\n{labels}\n### header\nH\n### conversation\nQ: {{query}}\n### response\nA: {{response}}\n"
+    body = (f"### labels\n{labels}\n### header\nH\n### conversation\nQ: {{query}}\n"
+            "### response\nA: {response}\n")
     if "orders" in labels or "letters" in labels:
         body += "### question\n(A) {option_a} (B) {option_b}\nAnswer: ("
     path = tmp_path / "bad.txt"

@@ -286,7 +286,8 @@ def test_a_model_that_fails_the_packed_self_check_runs_rows(monkeypatch, check, 
 
 def test_the_fast_engine_refuses_a_model_without_a_per_token_kv():
     name = sorted(RECURRENT)[0]
-    with pytest.raises(ModelSupportError, match="The fast engine needs a per-token KV cache.*engine='reference'"):
+    with pytest.raises(ModelSupportError,
+                       match="The fast engine needs a per-token KV cache.*engine='reference'"):
         CachedEngine(model(name))
 
 

@@ -67,7 +67,8 @@ def test_sampled_vanilla_with_top_k_draws_from_the_top_k_of_a_plain_forward():
     after the text so far (a forward from scratch); k = 1 is greedy decoding."""
     lm = tiny_model(seed=4)
     greedy = generate_vanilla(lm, "hello", max_new_tokens=10)
-    assert generate_vanilla(lm, "hello", max_new_tokens=10, do_sample=True, top_k=1, seed=5).tokens == greedy.tokens
+    k1 = generate_vanilla(lm, "hello", max_new_tokens=10, do_sample=True, top_k=1, seed=5)
+    assert k1.tokens == greedy.tokens
     r = generate_vanilla(lm, "hello", max_new_tokens=10, do_sample=True, top_k=3, seed=5, temperature=2.0)
     ids = lm.prompt_ids("hello")
     for i, tok in enumerate(r.tokens):
