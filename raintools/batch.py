@@ -84,18 +84,13 @@ class Client:
 
 class BatchedCall:
     """A list function (e.g. the sentence embedder) called through a client, so that the calls
-    of the searches of one round become one call; its other attributes are the function's."""
+    of the searches of one round become one call."""
 
     def __init__(self, client: Client, fn: Callable[[list], torch.Tensor]):
         self.client, self.fn = client, fn
 
     def __call__(self, items):
         return self.client.call(self.fn, items)
-
-    def __getattr__(self, name):
-        if name in ("client", "fn"):
-            raise AttributeError(name)
-        return getattr(self.fn, name)
 
 
 def side_by_side(jobs: Sequence[Callable[[int], Any]], workers: int | None = None,

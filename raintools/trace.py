@@ -135,10 +135,3 @@ class RainResult:
     stats: dict = field(default_factory=dict)
     trace: Trace | None = None
     config: dict = field(default_factory=dict)
-
-    def to_dict(self, trace: bool = False) -> dict:
-        d = {"text": self.text, "prompt": self.prompt, "method": self.method, "tokens": self.tokens,
-             "token_sets": self.token_sets, "stats": self.stats, "config": self.config}
-        if trace and self.trace is not None:
-            d["trace"] = self.trace.to_dict()
-        return d

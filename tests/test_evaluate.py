@@ -3,6 +3,8 @@ the cached judge against the whole-prompt reference, the simulated judge."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -92,6 +94,62 @@ def test_forget_queries_drops_per_query_caches_and_keeps_the_header():
     assert need2 < need3 and need1 - need3 == header
     # everything fed is exactly the whole prompt, tokenised as one string
     assert ev.last_ids == ev.prompt_ids("hi", "hello there.")
+
+
+def test_judge_caches_drop_the_least_recently_used_and_recompute_what_they_dropped():
+    """Past `query_cache_size` queries the oldest query's caches go (its conversation, judged
+    responses and seen ids): judged again, it computes and counts what it did the first time.
+    Past `response_cache_size` judged responses of a query the least recently judged one's KV
+    goes: a continuation of a kept response computes only its new ids, one of a dropped response
+    more than it needs. Every value equals the reference judge."""
+    lm = tiny_model(seed=1)
+    ev = SelfEvaluator(lm, mode="soft", query_cache_size=1, response_cache_size=2)
+    ref = SelfEvaluator(lm, mode="soft", cached=False)
+
+    def judge(q, r):
+        s0, n0 = lm.stats.snapshot(), ev.stats.tokens_needed
+        v = ev(q, r)
+        cost = lm.stats.since(s0).tokens, ev.stats.tokens_needed - n0
+        assert v == pytest.approx(ref(q, r), abs=1e-4)
+        return cost
+
+    judge("warm", "up")                      # the header, encoded once
+    first = judge("hi", "hello there.")
+    judge("how?", "a first reply")            # drops "hi"
+    assert judge("hi", "hello there.") == first
+    judge("how?", "a first reply")            # drops "hi"; "how?" judged afresh
+    judge("how?", "second")
+    judge("how?", "third one")                # drops the KV of "a first reply"
+    kept, dropped = judge("how?", "third one, longer"), judge("how?", "a first reply, longer")
+    assert kept[0] == kept[1]                 # computed = needed: only the new ids
+    assert dropped[0] > dropped[1]            # the dropped start is computed again
+
+
+@pytest.mark.parametrize("labels, error", [
+    ("positive: good", "lacks sections ['question']"),
+    ("positive: good\nnegative: bad\nletters: [Yes", "must be a JSON list of strings"),
+    ("positive: good\nnegative: bad\nletters: [\"Y\"]", "needs one non-empty string per label"),
+    ("positive: good\nnegative: bad\norders: 3", "'orders' must be 1 or 2"),
+])
+def test_a_bad_judging_template_gets_one_clear_error(tmp_path, labels, error):
+    body = (f"### labels\n{labels}\n### header\nH\n### conversation\nQ: {{query}}\n"
+            "### response\nA: {response}\n")
+    if "orders" in labels or "letters" in labels:
+        body += "### question\n(A) {option_a} (B) {option_b}\nAnswer: ("
+    path = tmp_path / "bad.txt"
+    path.write_text(body, encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        load_template(str(path))
+
+
+def test_option_letters_that_are_not_one_distinct_token_are_refused():
+    tok = char_tokenizer()
+    with pytest.raises(ConfigError, match="does not split the option letter 'Yes' into one token"):
+        option_token_ids(tok, "Answer: (", ["Yes", "No"])
+    with pytest.raises(ConfigError, match="Option letters map to the same token id"):
+        option_token_ids(tok, "Answer: (", ["A", "A"])
+    with pytest.raises(ConfigError, match="mode must be 'votes' or 'soft'"):
+        SelfEvaluator(tiny_model(seed=1), mode="vote")
 
 
 @pytest.mark.embedded

@@ -267,3 +267,63 @@ def test_parallel_simulations_on_windowed_and_rows_families(name):
                         embedder=letter_embedder, engine="reference")
     assert fast.token_sets == ref.token_sets
     assert fast.stats["engine_route"] == expected_route(name)
+
+
+@pytest.mark.parametrize("check, reason", [
+    (lambda self, seed=0: (1.0, 0.0), "differs from LlamaForCausalLM's own forward by 1 logit"),
+    (lambda self, seed=0: 1 / 0, "LlamaForCausalLM cannot run a packed token tree (ZeroDivisionError"),
+])
+def test_a_model_that_fails_the_packed_self_check_runs_rows(monkeypatch, check, reason):
+    """A config that allows packed trees is confirmed by the self-check: a packed tree that differs
+    from the model's own forward beyond its rounding noise, or that the model cannot run, gives
+    the rows route with the reason."""
+    from raintools.models import LanguageModel
+
+    monkeypatch.setattr(LanguageModel, "packed_check", check)
+    lm = build("llama")
+    assert lm.route.kind == "rows" and reason in lm.route.reason
+
+
+def test_the_fast_engine_refuses_a_model_without_a_per_token_kv():
+    name = sorted(RECURRENT)[0]
+    with pytest.raises(ModelSupportError,
+                       match="The fast engine needs a per-token KV cache.*engine='reference'"):
+        CachedEngine(model(name))
+
+
+@pytest.mark.parametrize("name", sorted(ROWS)[:1])
+def test_rows_route_expands_several_leaves_as_each_alone(name):
+    """On the rows route several requests of one call (rollouts and clause completions) go one
+    after another: each gets the candidates, caches and completion it gets alone."""
+    from raintools.engine import CompletionRequest, Expansion
+    from raintools.sampling import COMPLETE, EXPAND, keyed_rng
+    from raintools import RainSearch
+
+    lm = model(name)
+    s = RainSearch(lm, PROMPT, CFG.replace(max_simulations=8), evaluator=lambda q, r: 0.0,
+                   embedder=letter_embedder)
+    s.commit_step()
+    for _ in range(4):
+        s.simulate()
+    leaves = [n for n in s.root.walk() if not n.children and not n.terminal][:3]
+    assert len(leaves) >= 2
+    s.engine.ensure(leaves)
+
+    def jobs():
+        comps = [CompletionRequest(s.response + lf.response_tokens(), keyed_rng(0, COMPLETE, lf.uid), 3 + i)
+                 for i, lf in enumerate(leaves)]
+        return [Expansion(lf, 2 + i if i != 1 else 0, keyed_rng(0, EXPAND, lf.uid).random((4, 2 + i)), 3, c)
+                for i, (lf, c) in enumerate(zip(leaves, comps))], comps
+
+    (many_jobs, many_comps), (alone_jobs, alone_comps) = jobs(), jobs()
+    many = s.engine.expand(many_jobs)
+    for job, cands, comp, alone_comp in zip(alone_jobs, many, many_comps, alone_comps):
+        alone = s.engine.expand([job])[0]
+        assert [c.tokens for c in cands] == [c.tokens for c in alone]
+        assert [c.raw_p for c in cands] == pytest.approx([c.raw_p for c in alone], rel=1e-5)
+        for c, d in zip(cands, alone):
+            assert (c.logits is None) == (d.logits is None)
+            if c.logits is not None:
+                assert diff(c.logits, d.logits) < TOL
+        assert comp.out == alone_comp.out and comp.fed == alone_comp.fed
+    assert many[1] == [] and any(many) and any(c.out for c in many_comps)

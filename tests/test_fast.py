@@ -150,6 +150,49 @@ def test_packed_ensure_gives_several_nodes_the_caches_of_a_plain_forward():
             assert torch.allclose(k, fk[:, :, own], atol=1e-5) and torch.allclose(v, fv[:, :, own], atol=1e-5)
 
 
+def test_packed_ensure_first_gives_a_parent_without_caches_its_own():
+    """A node whose parent lost its caches too (below a plain cached node), ensured with a node
+    elsewhere in one call: the parent is ensured first, and all three get the KV of their own
+    tokens and the logits of a plain forward over their whole text."""
+    lm = tiny_model(seed=0)
+    s = RainSearch(lm, "hello", SMALL.replace(max_simulations=12), evaluator=vowel_judge,
+                   embedder=letter_embedder)
+    s.commit_step()
+    for _ in range(12):
+        s.simulate()
+    deep = next(n for n in s.root.walk() if n.kv is not None and n.parent is not None
+                and n.parent.parent is not None)
+    parent = deep.parent
+    other = next(n for n in s.root.walk() if n.kv is not None and n.parent is not None
+                 and parent not in n.path_from_root() and n not in deep.path_from_root())
+    for n in (deep, parent, other):
+        n.kv = n.logits = None
+    s.engine.ensure([deep, other])
+    for n in (deep, parent, other):
+        ids = s.engine.prefix_ids + n.response_tokens()
+        logits, kv = lm.forward(torch.tensor([ids]))
+        assert n.logits is not None and torch.allclose(n.logits, logits[0], atol=1e-5)
+        own = slice(len(ids) - len(n.tokens), None)
+        for (k, v), (fk, fv) in zip(n.kv, kv):
+            assert torch.allclose(k, fk[:, :, own], atol=1e-5) and torch.allclose(v, fv[:, :, own], atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_a_completion_of_a_response_that_already_ends_a_clause_draws_nothing(engine):
+    """A clause completion asked for a response whose text already ends a clause (or with no
+    token budget) draws and feeds nothing, on every engine; `until="turn"` does draw."""
+    lm = tiny_model(seed=0)
+    s = RainSearch(lm, "hello", SMALL, evaluator=vowel_judge, embedder=letter_embedder, engine=engine)
+    response = lm.encode("Sure.")
+    rng = lambda: np.random.default_rng(3)    # noqa: E731
+    before = lm.stats.snapshot()
+    assert s.engine.complete(s.root, response, rng(), 8) == ([], 0)
+    assert s.engine.complete(s.root, lm.encode("Sure"), rng(), 0) == ([], 0)
+    assert lm.stats.since(before).calls == 0
+    out, fed = s.engine.complete(s.root, response, rng(), 8, until="turn")
+    assert len(out) >= 1 and fed == len(out) - 1        # every drawn token but the last is fed
+
+
 # ------------------------------------------------------------------ many prompts at once
 
 def test_batch_equals_one_by_one():

@@ -62,6 +62,25 @@ def test_chat_format_and_new_user_turn_detection():
         ChatFormat.for_tokenizer(plain.tokenizer, kind="chat")
 
 
+def test_sampled_vanilla_with_top_k_draws_from_the_top_k_of_a_plain_forward():
+    """`do_sample=True, top_k=k` (best-of-N's samples): each token is one of the k most likely
+    after the text so far (a forward from scratch); k = 1 is greedy decoding."""
+    lm = tiny_model(seed=4)
+    greedy = generate_vanilla(lm, "hello", max_new_tokens=10)
+    k1 = generate_vanilla(lm, "hello", max_new_tokens=10, do_sample=True, top_k=1, seed=5)
+    assert k1.tokens == greedy.tokens
+    r = generate_vanilla(lm, "hello", max_new_tokens=10, do_sample=True, top_k=3, seed=5, temperature=2.0)
+    ids = lm.prompt_ids("hello")
+    for i, tok in enumerate(r.tokens):
+        assert tok in torch.topk(lm.full_logits(ids + r.tokens[:i]), 3).indices.tolist()
+    assert r.tokens != greedy.tokens                 # it does sample
+    with pytest.raises(ConfigError, match="temperature must be > 0"):
+        generate_vanilla(lm, "hello", do_sample=True, temperature=0)
+    from raintools import best_of_n
+    with pytest.raises(ConfigError, match="n must be a positive integer"):
+        best_of_n(lm, "hello", n=0)
+
+
 def test_prompt_errors():
     lm = tiny_model()
     with pytest.raises(PromptError, match="empty"):

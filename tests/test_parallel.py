@@ -206,6 +206,28 @@ def test_k1_is_the_sequential_search(tiny_lm):
     assert commit_trees(two) != commit_trees(a)        # the comparison can tell K apart
 
 
+def test_an_error_in_a_packed_pass_reaches_the_caller_and_leaves_no_walk_in_flight():
+    """A forward pass that fails while K = 2 slots are in flight: its error goes to the slots whose
+    calls it carried, and the search's caller gets that error (not another slot's unwinding);
+    every walk is unwound (no virtual loss left on the tree, no leaf in flight)."""
+    lm = tiny_model(seed=0)
+    assert lm.route.packed                    # (its self-check runs passes of its own)
+    forward, calls = lm.forward, []
+
+    def failing(*a, **kw):
+        calls.append(1)
+        if len(calls) == 6:
+            raise ValueError("the pass failed")
+        return forward(*a, **kw)
+
+    lm.forward = failing
+    s = search(lm, BIG.replace(parallel_simulations=2))
+    with pytest.raises(ValueError, match="the pass failed"):
+        s.run()
+    assert len(calls) == 6 and s.flow.slot is None
+    assert not s.in_flight and all(n.virtual == 0 for n in s.root.walk())
+
+
 # ------------------------------------------------------------------ the packed multi-leaf engine
 
 def test_packed_leaves_propose_what_each_leaf_proposes_alone(tiny_lm):

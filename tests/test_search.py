@@ -250,6 +250,19 @@ def test_trace_round_trip_and_replay(tiny_lm):
     assert_replay_matches_commits(t2)
 
 
+def test_trace_written_to_a_file_reads_back_and_a_finished_search_commits_no_more(tiny_lm, tmp_path):
+    """`trace.to_json(path)` (the README's way to keep a trace) writes the file that
+    `Trace.from_json(path)` reads back; `commit_step()` after the search has finished returns
+    None and changes nothing."""
+    s, r = run(tiny_lm)
+    path = tmp_path / "trace.json"
+    assert r.trace.to_json(path) == path.read_text(encoding="utf-8")
+    assert Trace.from_json(path).to_dict() == r.trace.to_dict()
+    response, sims, root = list(s.response), s.sim_index, s.root
+    assert s.finished and s.commit_step() is None
+    assert (s.response, s.sim_index, s.root) == (response, sims, root)
+
+
 def assert_replay_matches_commits(trace):
     """Replaying the simulations reproduces the tree recorded at each commit."""
     for c in trace.commits:
