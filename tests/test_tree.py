@@ -425,3 +425,11 @@ def test_reroot_mixes_the_new_roots_priors_with_uniform():
     keep.children = [Node(tokens=(7,), parent=keep, p=0.2), Node(tokens=(8,), parent=keep, p=0.8)]
     reroot(keep, 0.25)
     assert [c.p for c in keep.children] == pytest.approx([0.75 * 0.2 + 0.25 / 2, 0.75 * 0.8 + 0.25 / 2])
+
+
+def test_response_tokens_exclude_the_committed_roots_own_tokens():
+    root, leaf = chain((1,), (2, 3), (4, 5, 6))
+    a = root.children[0]
+    reroot(a, 0.25)                              # (1,) is committed: a is the root, with its tokens
+    assert a.tokens == (1,) and a.response_tokens() == []
+    assert leaf.response_tokens() == [2, 3, 4, 5, 6]
