@@ -325,10 +325,10 @@ def test_node_addition_edges():
     assert needs_node_addition(parent, 20, 0.03, 1)
     assert not needs_node_addition(parent, 20, 0.0, 1)               # norm 0 is not below 0
     assert not needs_node_addition(parent, 2, 0.03, 1) and needs_node_addition(parent, 3, 0.03, 1)
-    assert not needs_node_addition(Node(tokens=()), 20, 0.03, 1)     # no children
+    assert needs_node_addition(Node(tokens=()), 20, 0.03, 1) is False   # no children (a bool)
     one = make_parent([1.0], ns=[1], qs=[-1.0])
     one.children[0].embedding = torch.tensor([1.0])
-    assert embedding_variance_norm(one) is None and not needs_node_addition(one, 20, 0.03, 1)
+    assert embedding_variance_norm(one) is None and needs_node_addition(one, 20, 0.03, 1) is False
 
 
 def test_sample_by_visits_edges():
