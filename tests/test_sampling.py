@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from raintools.sampling import ADD, COMMIT, COMPLETE, EXPAND, VANILLA, keyed_rng, pick, sample_full, truncated
+from raintools.sampling import (ADD, COMMIT, COMPLETE, EXPAND, TIE, VANILLA, keyed_rng, pick, sample_full,
+                                truncated)
 
 
 def test_purposes_are_fixed_keys():
-    # the purposes key every stream of the search: renumbering them changes every draw
-    assert (EXPAND, COMPLETE, COMMIT, ADD, VANILLA) == (1, 2, 3, 4, 5)
+    # the purposes key every stream of the search: renumbering them changes every draw, and two
+    # purposes sharing a number would draw from the same stream
+    purposes = (EXPAND, COMPLETE, COMMIT, ADD, VANILLA, TIE)
+    assert purposes == (1, 2, 3, 4, 5, 6)
+    assert len(set(purposes)) == len(purposes)
 
 
 def test_keyed_rng_is_numpys_generator_keyed_by_32_bit_words():
@@ -44,6 +48,10 @@ def test_truncated_is_the_tempered_softmax_of_the_top_k():
     probs, ids = truncated(batch, 1)
     assert ids.tolist() == [[1], [2]] and probs.tolist() == [[1.0], [1.0]]
     assert probs.dtype == torch.float32
+    wide = torch.tensor([[1.0, 3.0, 2.0, 0.0], [0.0, -1.0, 5.0, 4.0]])   # 2 rows, k above the rows:
+    probs, ids = truncated(wide, 3)                                   # k counts tokens, not rows
+    assert ids.tolist() == [[1, 2, 0], [2, 3, 0]] and probs.shape == (2, 3)
+    assert probs.sum(-1).tolist() == pytest.approx([1.0, 1.0])
     assert truncated(logits, 1.9)[1].tolist() == [1]               # k is an integer
 
 

@@ -325,10 +325,10 @@ def test_node_addition_edges():
     assert needs_node_addition(parent, 20, 0.03, 1)
     assert not needs_node_addition(parent, 20, 0.0, 1)               # norm 0 is not below 0
     assert not needs_node_addition(parent, 2, 0.03, 1) and needs_node_addition(parent, 3, 0.03, 1)
-    assert not needs_node_addition(Node(tokens=()), 20, 0.03, 1)     # no children
+    assert needs_node_addition(Node(tokens=()), 20, 0.03, 1) is False   # no children (a bool)
     one = make_parent([1.0], ns=[1], qs=[-1.0])
     one.children[0].embedding = torch.tensor([1.0])
-    assert embedding_variance_norm(one) is None and not needs_node_addition(one, 20, 0.03, 1)
+    assert embedding_variance_norm(one) is None and needs_node_addition(one, 20, 0.03, 1) is False
 
 
 def test_sample_by_visits_edges():
@@ -352,3 +352,84 @@ def test_reroot_edges():
     assert root.children == [keep] and keep.parent is None           # the old root lets go of the rest
     lone = Node(tokens=(1,))
     assert reroot(lone, 0.25) is lone and lone.parent is None        # already a root
+
+
+# ------------------------------------------------------------------ ties and the commit's root mix
+# (added by the AST mutation audit: these rules were only reached through the model-backed
+# tests of test_fidelity.py; here each is checked with numbers alone)
+
+def test_select_child_hands_exactly_the_tied_best_children_to_the_tie_rule():
+    # unvisited children score c p sqrt(N): the first and the last tie for the best, the middle one
+    # scores lower and must not be among the tied
+    parent = make_parent([0.4, 0.2, 0.4], n_parent=4)
+    first, low, last = parent.children
+    seen = []
+
+    def tie(tied):
+        seen.append(list(tied))
+        return tied[-1]
+
+    assert select_child(parent, Bounds(), 2.0, tie) is last            # the rule's pick is taken
+    assert seen == [[first, last]]
+    parent.children = [low, last, first]                                # a lower child first
+    seen.clear()
+    assert select_child(parent, Bounds(), 2.0, tie) is first
+    assert seen == [[last, first]]
+    parent.children = [low, first]                                      # one best: no tie to break
+    seen.clear()
+    assert select_child(parent, Bounds(), 2.0, tie) is first and seen == []
+
+
+def tied_children(*token_sets):
+    parent = Node(tokens=(), uid=7, n=3.0, fn=3)
+    parent.children = [Node(tokens=ts, parent=parent, uid=10 + i) for i, ts in enumerate(token_sets)]
+    return parent
+
+
+def test_tie_rule_public_is_the_lowest_token_id_at_the_1_token_level_else_the_first():
+    from raintools.tree import tie_rule
+
+    parent = tied_children((5,), (2,), (9,), (3,))
+    lowest = parent.children[1]
+    for seed in range(16):                                              # no draw: the same pick
+        assert tie_rule("public", seed, parent, True)(parent.children) is lowest
+    assert tie_rule("public", 0, parent, False) is None                 # longer level: the first
+    assert select_child(parent, Bounds(), 0.0, tie_rule("public", 0, parent, False)) is parent.children[0]
+    assert select_child(parent, Bounds(), 0.0, tie_rule("public", 0, parent, True)) is lowest
+
+
+def test_tie_rule_random_is_a_draw_keyed_by_seed_node_visits_and_flights():
+    from raintools.tree import tie_rule
+
+    parent = tied_children((5,), (2,), (9,), (3,))
+    tied = parent.children
+    for one_token_level in (True, False):                               # the same rule at every level
+        picks = [tie_rule("random", seed, parent, one_token_level)(tied) for seed in range(32)]
+        assert all(p in tied for p in picks)
+        assert set(picks) == set(tied)                                  # every tied child can win
+        twin = tied_children((5,), (2,), (9,), (3,))                     # same key, same draw
+        assert [tie_rule("random", seed, twin, one_token_level)(twin.children).uid
+                for seed in range(32)] == [p.uid for p in picks]
+    by_visits, by_flights = set(), set()
+    for k in range(32):                                                 # the key moves with visits and
+        parent.fn, parent.virtual = k, 0                                # with the paths in flight
+        by_visits.add(tie_rule("random", 0, parent, True)(tied))
+        parent.fn, parent.virtual = 3, k
+        by_flights.add(tie_rule("random", 0, parent, True)(tied))
+    assert len(by_visits) > 1 and len(by_flights) > 1
+
+
+def test_reroot_mixes_the_new_roots_priors_with_uniform():
+    root = make_parent([0.5, 0.5])
+    keep = root.children[0]
+    keep.children = [Node(tokens=(7,), parent=keep, p=0.2), Node(tokens=(8,), parent=keep, p=0.8)]
+    reroot(keep, 0.25)
+    assert [c.p for c in keep.children] == pytest.approx([0.75 * 0.2 + 0.25 / 2, 0.75 * 0.8 + 0.25 / 2])
+
+
+def test_response_tokens_exclude_the_committed_roots_own_tokens():
+    root, leaf = chain((1,), (2, 3), (4, 5, 6))
+    a = root.children[0]
+    reroot(a, 0.25)                              # (1,) is committed: a is the root, with its tokens
+    assert a.tokens == (1,) and a.response_tokens() == []
+    assert leaf.response_tokens() == [2, 3, 4, 5, 6]
