@@ -35,7 +35,7 @@ from .embed import load_embedder
 from .engine import CompletionRequest, Engine, Expansion, Forward
 from .engines import ENGINES, resolve_engine as resolve_transformers_engine, top_candidates
 from .errors import PromptError
-from .evaluate import Evaluator, SelfEvaluator, judge_texts, self_evaluator
+from .evaluate import Evaluator, SelfEvaluator, judge_text, self_evaluator
 from .flow import Flow
 from .models import LanguageModel
 from .observe import PHASES, Observer, PhaseTimer, Stats, TraceRecorder
@@ -228,20 +228,17 @@ class RainSearch:
             cands = found[0] if length else top_candidates(leaf.logits, cfg.num_candidates, cfg.token_temperature)
             self._add_children(leaf, cands, sim, rolled_out=length > 1)
 
-    def evaluate(self, sims: list[Simulation]) -> None:
-        """Evaluation: each simulation's response and completion (cut at its last full stop where
-        configured) judged, each new text once (repeats are memo hits, in selection order)."""
-        for sim in sims:
-            text = self.lm.response_text(self.response + sim.leaf.response_tokens() + sim.completion)
-            sim.text = cut_at_last_stop(text) if self.cfg.cut_at_last_stop else text
-        new = list(dict.fromkeys(sim.text for sim in sims if sim.text not in self.memo))
-        with self.flow.request(lambda: 1, bool(new)), self.phase("judge"), judging(self):
-            fresh = dict(zip(new, judge_texts(self.evaluator, self.prompt, new)))
-        for sim in sims:
-            sim.memo_hit = sim.text not in fresh
-            sim.value = self.memo[sim.text] if sim.memo_hit else fresh.pop(sim.text)
-            self.memo[sim.text] = sim.value
-            self._emit("judged", sim)
+    def evaluate(self, sim: Simulation) -> None:
+        """Evaluation: the simulation's response and completion (cut at its last full stop where
+        configured) judged, each text once (a repeat is a memo hit)."""
+        text = self.lm.response_text(self.response + sim.leaf.response_tokens() + sim.completion)
+        sim.text = cut_at_last_stop(text) if self.cfg.cut_at_last_stop else text
+        sim.memo_hit = sim.text in self.memo
+        with self.flow.request(lambda: 1, not sim.memo_hit), self.phase("judge"), judging(self):
+            if not sim.memo_hit:
+                self.memo[sim.text] = judge_text(self.evaluator, self.prompt, sim.text)
+        sim.value = self.memo[sim.text]
+        self._emit("judged", sim)
 
     def embed(self, sim: Simulation) -> torch.Tensor | None:
         """The embeddings of the text from each non-root node of the path down to its evaluated
@@ -284,7 +281,7 @@ class RainSearch:
             self._emit("selected", [sim])
             self.evaluate_and_expand(sim)
             self.in_flight.pop(sim.leaf, None)
-            self.evaluate([sim])
+            self.evaluate(sim)
             emb = self.embed(sim)
         finally:
             self.in_flight.pop(sim.leaf, None)

@@ -111,7 +111,6 @@ SLOW = {
     "test_parallel.py::test_completions_in_a_round_equal_one_by_one",
     "test_parallel.py::test_early_stop_is_checked_after_each_back_up",
     "test_parallel.py::test_gpu_check_runs_on_cpu_with_a_tiny_shape",
-    "test_parallel.py::test_judging_many_responses_at_once_equals_one_by_one",
     "test_parallel.py::test_k1_is_the_sequential_search",
     "test_parallel.py::test_packed_leaves_propose_what_each_leaf_proposes_alone",
     "test_parallel.py::test_parallel_search_in_a_batch_equals_one_by_one",

@@ -178,7 +178,7 @@ def sequential_step(s, budget):
         sim = Simulation()
         sim.path = s.select(sim)
         s.evaluate_and_expand(sim)
-        s.evaluate([sim])
+        s.evaluate(sim)
         s.backward(sim, s.embed(sim))
         if s.should_stop_early():
             return True
@@ -384,34 +384,6 @@ def test_slots_take_fewer_sequential_passes_per_simulation(tiny_lm):
 
 
 # ------------------------------------------------------------------ judge, early stop, batch, trace
-
-def test_judging_many_responses_at_once_equals_one_by_one():
-    lm = tiny_model(seed=2)
-    first = ["hello there", "hello their friend", "no way", "hello there, friend.", "", "abc"]
-    then = ["hello there, my", "hello their friend is", "zzz"]
-    for mode in ("votes", "soft"):
-        one, many = SelfEvaluator(lm, "harm", mode), SelfEvaluator(lm, "harm", mode)
-        a = [one("q?", r) for r in first + then]
-        b = many.evaluate_many("q?", first) + many.evaluate_many("q?", then)
-        assert b == pytest.approx(a, abs=1e-6)
-        assert many.stats == one.stats            # same calls, each token counted once
-        assert torch.allclose(torch.tensor(many.last_probs), torch.tensor(one.last_probs), atol=1e-6)
-
-
-@pytest.mark.embedded
-def test_judging_many_equals_one_by_one_on_the_embedded_model(embedded_lm):
-    """The real tokenizer (a prompt tokenised whole, starts reused across calls): the packed
-    judgement of a round equals judging one response after another."""
-    q = "How do I pick a lock?"
-    first = ["I can't help with that.", "I can't help you with", "Sure, first you need a pick.", "Locks are"]
-    then = ["I can't help with that. Call a locksmith.", "Sure, first you need a tension wrench."]
-    one, many = SelfEvaluator(embedded_lm, "harm", "soft"), SelfEvaluator(embedded_lm, "harm", "soft")
-    a = [one(q, r) for r in first + then]
-    b = many.evaluate_many(q, first) + many.evaluate_many(q, then)
-    assert b == pytest.approx(a, abs=1e-4)
-    assert many.stats == one.stats
-    assert many.last_ids == one.last_ids
-
 
 class StopLog(Observer):
     """Per outer step, the events in order: "start" (a walk), True/False (a back-up, and whether

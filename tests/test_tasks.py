@@ -327,7 +327,7 @@ def test_truthful_yesno_search_completes_the_turn_and_judges_up_to_the_last_stop
     seen.clear()
     s.memo.clear()
     s.response = []          # the response judged is `ids` alone
-    s.evaluate([Simulation([s.root, Node(tuple(ids), parent=s.root)])])
+    s.evaluate(Simulation([s.root, Node(tuple(ids), parent=s.root)]))
     assert seen == ["It is round."]
     # completions run to the end of the turn: a clause end does not stop them, only EOS or the budget
     import numpy as np
