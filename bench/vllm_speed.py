@@ -66,8 +66,8 @@ class WaitCounter:
 
     def counted(self, fn, ensure=False):
         def call(engine, *args, **kwargs):
-            # ensure(nodes) waits only when a node lacks its distribution
-            if not ensure or any(n.logits is None for n in args[0]):
+            # ensure(node) waits only when the node lacks its distribution
+            if not ensure or args[0].logits is None:
                 with self.lock:
                     self.n += 1
             return fn(engine, *args, **kwargs)

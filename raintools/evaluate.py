@@ -352,7 +352,7 @@ class SelfEvaluator:
         if rest is not None:
             chunks["judged"] = rest
             view.append(("judged", m - q))
-        forest = Forest(self.forward, chunks, [view])
+        forest = Forest(self.forward, chunks, view)
         items = [(i - 1, tok) for i, tok in enumerate(trunk[m:])]   # the line, from the anchor (-1)
         line, ends = len(items) - 1, []
         for tail in tails:
@@ -365,7 +365,7 @@ class SelfEvaluator:
         chunk = None
         if q >= 0 and len(trunk) > q:   # the judge KV of the prompt's ids after the query's: its
             fed = forest.line_positions(first + line) if line >= 0 else []   # seen start, its line
-            chunk = kv_gather(forest.kv, forest.seen(0)[q:] + fed)
+            chunk = kv_gather(forest.kv, forest.seen()[q:] + fed)
         return self._judged(query, job, chunk, self._letter_probs(logits))
 
     def _job(self, query: str, response: str):

@@ -140,10 +140,10 @@ class RainSearch:
         return (any(self.lm.is_stop_token(t) for t in node.tokens) or self.remaining(node) <= 0
                 or self.lm.has_user_turn(self.response + node.response_tokens()))
 
-    def _ensure(self, nodes: list[Node]) -> None:
+    def _ensure(self, node: Node) -> None:
         with self.phase("ensure"):
-            self.engine.ensure(nodes)
-        self._emit("ensured", nodes)
+            self.engine.ensure(node)
+        self._emit("ensured", [node])
 
     def _add_children(self, parent: Node, cands, sim: Simulation | None, rolled_out: bool,
                       added: bool = False) -> list[Node]:
@@ -189,12 +189,12 @@ class RainSearch:
         u = keyed_rng(cfg.seed, ADD, node.uid, self._add_counter).random((cfg.add_attempts, length)) if rolls else None
         with self.flow.request(lambda: 1 + (length if rolls else 0)):
             if node.logits is None:
-                self._ensure([node])
+                self._ensure(node)
             with self.phase("add"):
                 if not rolls:
                     cands = top_candidates(node.logits, top, cfg.token_temperature)
                 else:
-                    cands = self.engine.expand([Expansion(node, length, u, keep=2)])[0]
+                    cands = self.engine.expand(Expansion(node, length, u, keep=2))
         room = cfg.max_children - len(node.children)        # another slot may have added meanwhile
         cands = [c for c in cands if node.child_with_tokens(c.tokens) is None][:room]
         return self._add_children(node, cands, sim, rolled_out=length > 1, added=True)
@@ -216,16 +216,17 @@ class RainSearch:
         length = self.level_length(leaf) if not leaf.terminal and cfg.token_set_length(leaf.step) > 1 else 0
         u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length)) if length else None
         req = Expansion(leaf, length, u, cfg.num_candidates, comp) if length or comp is not None else None
-        need = [leaf] if not leaf.terminal or budget > 0 else []        # ticks: `raintools.flow`
-        with self.flow.request(lambda: 1 + max(length, len(comp.out or ()) if comp else 0), bool(need)):
-            self._ensure(need)
+        need = not leaf.terminal or budget > 0        # ticks: `raintools.flow`
+        with self.flow.request(lambda: 1 + max(length, len(comp.out or ()) if comp else 0), need):
+            if need:
+                self._ensure(leaf)
             with self.phase("expand"):
-                found = self.engine.expand([req] if req else [])
+                found = self.engine.expand(req) if req else []
         sim.completion = list(comp.out) if comp is not None else []
         if comp is not None:
             self._emit("completed", comp)
         if not leaf.terminal:
-            cands = found[0] if length else top_candidates(leaf.logits, cfg.num_candidates, cfg.token_temperature)
+            cands = found if length else top_candidates(leaf.logits, cfg.num_candidates, cfg.token_temperature)
             self._add_children(leaf, cands, sim, rolled_out=length > 1)
 
     def evaluate(self, sim: Simulation) -> None:
@@ -337,7 +338,7 @@ class RainSearch:
             return None
         self._emit("committing", child, first, early)
         if child.logits is None and not child.terminal:
-            self._ensure([child])
+            self._ensure(child)
         with self.phase("commit"):
             self.engine.commit(self.root, child)
         self.response += list(child.tokens)

@@ -432,22 +432,15 @@ class VllmEngine:
         self.prefix_ids = list(prompt_ids)
         return Node(tokens=(), step=0, uid=0, logits=self._logits(self.prefix_ids, self.mode == "keyed"))
 
-    def ensure(self, nodes):
-        todo = [n for n in nodes if n.logits is None]
-        rows = self._logits_many([self.prefix_ids + n.response_tokens() for n in todo], self.mode == "keyed")
-        for n, row in zip(todo, rows):
-            n.logits = row
+    def ensure(self, node):
+        if node.logits is None:
+            node.logits = self._logits(self.prefix_ids + node.response_tokens(), self.mode == "keyed")
 
     def commit(self, root, child) -> None:
         self.prefix_ids = self.prefix_ids + list(child.tokens)
 
-    def expand(self, requests):
-        requests = list(requests)
-        one = self._expand_keyed if self.mode == "keyed" else self._expand_server
-        if len(requests) <= 1:
-            return [one(r) for r in requests]
-        with ThreadPoolExecutor(len(requests), thread_name_prefix="raintools-vllm-expand") as pool:
-            return list(pool.map(one, requests))
+    def expand(self, req):
+        return self._expand_keyed(req) if self.mode == "keyed" else self._expand_server(req)
 
     def judge(self, evaluator):
         """The evaluator the search uses with this engine: a `SelfEvaluator` judged on the server

@@ -228,63 +228,6 @@ def test_an_error_in_a_packed_pass_reaches_the_caller_and_leaves_no_walk_in_flig
     assert not s.in_flight and all(n.virtual == 0 for n in s.root.walk())
 
 
-# ------------------------------------------------------------------ the packed multi-leaf engine
-
-def test_packed_leaves_propose_what_each_leaf_proposes_alone(tiny_lm):
-    """The engine's expansion of several leaves (with their clause completions) in one call gives
-    each leaf the candidates, caches and completion of the one-leaf packed rollout."""
-    s = search(tiny_lm, BIG)
-    s.commit_step()
-    for _ in range(6):
-        s.simulate()
-    leaves = [n for n in s.root.walk() if not n.children and not n.terminal][:5]
-    assert len(leaves) >= 3
-    s.engine.ensure(leaves)
-    for leaf in leaves:
-        full = tiny_lm.full_logits(s.engine.prefix_ids + leaf.response_tokens())
-        assert torch.allclose(leaf.logits, full, atol=1e-4)
-
-    def jobs():
-        out, comps = [], []
-        for i, leaf in enumerate(leaves):
-            u = keyed_rng(0, EXPAND, leaf.uid).random((5, 2 + i))
-            comps.append(CompletionRequest(s.response + leaf.response_tokens(),
-                                           keyed_rng(0, COMPLETE, leaf.uid), 3 + 2 * i))
-            out.append(Expansion(leaf, 2 + i, u, 4, comps[-1]))
-        return out, comps
-
-    many_jobs, many_comps = jobs()
-    many = s.engine.expand(many_jobs)
-    alone_jobs, alone_comps = jobs()
-    for job, cands in zip(alone_jobs, many):
-        alone = s.engine.expand([job])[0]
-        assert [c.tokens for c in cands] == [c.tokens for c in alone]
-        assert [c.raw_p for c in cands] == pytest.approx([c.raw_p for c in alone], rel=1e-5)
-        for c, d in zip(cands, alone):
-            assert (c.logits is None) == (d.logits is None)
-            if c.logits is not None:
-                assert torch.allclose(c.logits, d.logits, atol=1e-4)
-                for (k1, v1), (k2, v2) in zip(c.kv, d.kv):
-                    assert torch.allclose(k1, k2, atol=1e-4) and torch.allclose(v1, v2, atol=1e-4)
-    assert any(c.kv is not None for cands in many for c in cands)
-    for a, b in zip(many_comps, alone_comps):     # the completions rode along and drew the same
-        assert a.out is not None and b.out is not None and a.out == b.out and a.fed == b.fed
-
-
-def test_completions_in_a_round_equal_one_by_one(tiny_lm):
-    s = search(tiny_lm, BIG)
-    s.commit_step()
-    for _ in range(5):
-        s.simulate()
-    leaves = [n for n in s.root.walk() if not n.children and not n.terminal][:4]
-    comps = [CompletionRequest(s.response + lf.response_tokens(), keyed_rng(0, COMPLETE, lf.uid), 8)
-             for lf in leaves]
-    s.engine.expand([Expansion(lf, completion=c) for lf, c in zip(leaves, comps)])
-    for lf, c in zip(leaves, comps):
-        out, fed = s.engine.complete(lf, s.response + lf.response_tokens(), keyed_rng(0, COMPLETE, lf.uid), 8)
-        assert c.out == out and c.fed == fed
-
-
 def test_a_packed_pass_answers_each_request_as_its_own_pass(tiny_lm):
     """`packed_pass`: requests after pasts of different lengths, most without explicit positions
     (each token then sits right after its own past), one with positions and one asking for all
