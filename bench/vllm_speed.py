@@ -60,7 +60,7 @@ class WaitCounter:
 
         self.n, self.lock = 0, threading.Lock()
         for cls, names in ((VllmEngine, ("start", "ensure", "expand")),
-                           (VllmJudge, ("__call__", "evaluate_many"))):
+                           (VllmJudge, ("__call__",))):
             for name in names:
                 setattr(cls, name, self.counted(getattr(cls, name), name == "ensure"))
 

@@ -8,8 +8,9 @@
 option letters and value, by its own prompt ids, letters and rule). `VllmEngine` is the search's
 engine on the server, `VllmJudge` its judge.
 
-Every call has a `*_many` form that sends its requests at once from a thread pool, so that the
-server batches them (continuous batching; prefix caching serves the shared prompt starts).
+`next_token` and `sample` have a `*_many` form that sends its requests at once from a thread
+pool, so that the server batches them (continuous batching; prefix caching serves the shared
+prompt starts).
 Problems become one `ServerError` (or `PromptError` for a prompt too long for the server's
 context) whose message names the problem and the fix.
 """
@@ -291,9 +292,6 @@ class VllmClient:
         rows = self.judge_probs(evaluator, query, response)
         return evaluator._value([torch.tensor(r) for r in rows])
 
-    def judge_many(self, evaluator, query: str, responses: Sequence[str]) -> list[float]:
-        return self.map(lambda r: self.judge_value(evaluator, query, r), responses)
-
     # -- server counters
     def metrics(self) -> dict[str, float]:
         """vLLM's Prometheus counters (e.g. prefix-cache queries and hits, in tokens), summed over
@@ -358,16 +356,13 @@ def clause_end_ids(lm) -> list[int]:
 class VllmJudge:
     """A `SelfEvaluator`'s judgement with the forward passes on the server: the same judging prompt
     ids, option letters and value rule (votes or soft); the letters' probabilities come from the
-    server (`VllmClient.judge_probs`). `evaluate_many` sends its responses at once."""
+    server (`VllmClient.judge_probs`)."""
 
     def __init__(self, client: VllmClient, evaluator):
         self.client, self.evaluator = client, evaluator
 
     def __call__(self, query: str, response: str) -> float:
         return self.client.judge_value(self.evaluator, query, response)
-
-    def evaluate_many(self, query: str, responses: Sequence[str]) -> list[float]:
-        return self.client.judge_many(self.evaluator, query, list(responses))
 
 
 class VllmEngine:
