@@ -23,7 +23,6 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Hashable, Mapping, Sequence
 
-import numpy as np
 import torch
 
 from .engine import Candidate, CompletionRequest, Expansion, Forward

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
 from raintools import RainConfig, RainSearch, SelfEvaluator, rain_generate_batch
 from raintools.testing import tiny_model
-from raintools.engine import CompletionRequest, Expansion
-from raintools.sampling import COMPLETE, EXPAND, keyed_rng
 from raintools.trace import Trace
 from raintools.observe import Observer
 from raintools.search import Simulation, round_size
