@@ -105,7 +105,7 @@ def tiny_cases() -> dict:
                                          evaluator=vowel_judge, embedder=letter_embedder)
                 for i, r in enumerate(rs):
                     cases[f"{name}/batch3-K{k}/{i}"] = fingerprint(r)
-            # the model's own judge (packed judge, evaluate_many in rounds)
+            # the model's own judge (the packed judge; at K = 4 its passes ride with the slots')
             for k in (1, 4):
                 ev = SelfEvaluator(lm, "harm")
                 r = RainSearch(lm, "hello", cfg.replace(parallel_simulations=k, max_commits=2),

@@ -60,14 +60,14 @@ class WaitCounter:
 
         self.n, self.lock = 0, threading.Lock()
         for cls, names in ((VllmEngine, ("start", "ensure", "expand")),
-                           (VllmJudge, ("__call__", "evaluate_many"))):
+                           (VllmJudge, ("__call__",))):
             for name in names:
                 setattr(cls, name, self.counted(getattr(cls, name), name == "ensure"))
 
     def counted(self, fn, ensure=False):
         def call(engine, *args, **kwargs):
-            # ensure(nodes) waits only when a node lacks its distribution
-            if not ensure or any(n.logits is None for n in args[0]):
+            # ensure(node) waits only when the node lacks its distribution
+            if not ensure or args[0].logits is None:
                 with self.lock:
                     self.n += 1
             return fn(engine, *args, **kwargs)

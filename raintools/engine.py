@@ -13,18 +13,18 @@ the search reads for the 1-token level's top tokens). Every random draw is made 
 a request, so two engines given the same requests propose the same tokens (up to float ties):
 that is what the exactness tests compare.
 
-`expand` takes a list: an engine may serve several requests together, one forward pass per step
-for all of them; the results must not depend on that beyond float rounding. With K > 1
-simulations in flight, their slots' requests are served together (`raintools.flow`, `concurrent`).
-The judge is separate (`raintools.evaluate.Evaluator`); `judge` says which one a search uses.
-Each engine counts its own forward passes (`stats`), so each search reports its own cost even
-when many searches share one model.
+Each call is one request (one node, one leaf's expansion). With K > 1 simulations in flight,
+their slots' forward passes are merged below the engine (`raintools.flow`), or their requests
+sent side by side to an engine on a server (`concurrent`). The judge is separate
+(`raintools.evaluate.Evaluator`); `judge` says which one a search uses. Each engine counts its
+own forward passes (`stats`), so each search reports its own cost even when many searches share
+one model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -108,13 +108,13 @@ class Engine(Protocol):
     def start(self, prompt_ids: list[int]) -> "Node":
         """The root node after the prompt, with its next-token logits."""
 
-    def ensure(self, nodes: Sequence["Node"]) -> None:
-        """Give each node (whose parent has them) its engine state and next-token logits
-        (`node.logits`), e.g. a node added without a rollout. Nodes that have them are skipped."""
+    def ensure(self, node: "Node") -> None:
+        """Give the node its engine state and next-token logits (`node.logits`), e.g. a node
+        added without a rollout; nothing if it has them."""
 
-    def expand(self, requests: Sequence[Expansion]) -> list[list[Candidate]]:
-        """Answer requests (their nodes have logits: `ensure`): per request the kept
-        rollout candidates (greedy first; [] for length 0), and its completion filled in."""
+    def expand(self, request: Expansion) -> list[Candidate]:
+        """Answer the request (its node has logits: `ensure`): the kept rollout candidates
+        (greedy first; [] for length 0), and its completion filled in."""
 
     def commit(self, root: "Node", child: "Node") -> None:
         """The search moves its root to `child` (the rewind: every other branch is dropped);

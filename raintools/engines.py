@@ -4,14 +4,14 @@ and the KV caches behind them.
 Both engines make the same keyed random draws, so they propose the same candidates:
 
 * `CachedEngine` (the default, fast): every node keeps the KV of its own tokens; a node's cache
-  extends its parent's, so each token of the tree is computed once. The requests of one call
-  (one leaf, or several leaves) grow together in one `Forest`: one forward pass
-  per step serves every greedy and sampled rollout and every clause completion of every leaf
-  (rollouts that drew the same tokens share them; at the last step only the kept candidates are
-  fed, and their KV and logits become the new nodes'). A completion left alone continues over its
-  own compact cache. Committed prefixes are merged into the root. On a model whose route is
-  "rows" (`raintools.routes`: ALiBi and others that a packed token tree cannot serve exactly)
-  each line is its own batch row instead (`Rows`, one leaf at a time), with the same draws.
+  extends its parent's, so each token of the tree is computed once. A request's rollouts and its
+  clause completion grow together in one `Forest`: one forward pass per step serves every greedy
+  and sampled rollout and the completion (rollouts that drew the same tokens share them; at the
+  last step only the kept candidates are fed, and their KV and logits become the new nodes'). A
+  completion left alone continues over its own compact cache. Committed prefixes are merged into
+  the root. On a model whose route is "rows" (`raintools.routes`: ALiBi and others that a packed
+  token tree cannot serve exactly) each line is its own batch row instead (`Rows`), with the same
+  draws.
 * `ReferenceEngine`: the straightforward execution of the authors' public code (batch 1, each
   rollout and each clause completion recomputing the whole prefix once, no KV kept across nodes,
   the last rollout token never fed, embeddings one string at a time). For recurrent models, the
@@ -20,11 +20,9 @@ Both engines make the same keyed random draws, so they propose the same candidat
 
 from __future__ import annotations
 
-from dataclasses import replace
 from types import MappingProxyType
 from typing import Hashable, Mapping, Sequence
 
-import numpy as np
 import torch
 
 from .engine import Candidate, CompletionRequest, Expansion, Forward
@@ -156,54 +154,38 @@ class TransformersEngine:
         cached passes on the same model)."""
         return evaluator
 
-    def rollouts(self, node: Node, length: int, uniforms: np.ndarray, keep: int,
-                 completion: CompletionRequest | None = None) -> list[Candidate]:
-        """One request: `expand([Expansion(node, length, uniforms, keep, completion)])[0]`."""
-        return self.expand([Expansion(node, length, uniforms, keep, completion)])[0]
-
-    def complete(self, leaf: Node, response: list[int], rng: np.random.Generator, max_tokens: int,
-                 until: str = "clause") -> tuple[list[int], int]:
-        """One clause completion alone: (tokens drawn, tokens fed)."""
-        req = CompletionRequest(response, rng, max_tokens, until)
-        self.ensure([leaf])
-        self.expand([Expansion(leaf, completion=req)])
-        return req.out, req.fed
-
 
 class Forest:
-    """Token lines grown from several anchors in one packed sequence after one past.
+    """Token lines grown from one anchor in one packed sequence after one past.
 
-    The past is the KV `chunks` (by key) in order, each once; anchor j sees the first n positions
-    of each chunk (key, n) of `views[j]`, and its first new token takes the position after all it
+    The past is the KV `chunks` (by key) in order, each once; the anchor sees the first n positions
+    of each chunk (key, n) of `view`, and a line's first token takes the position after all it
     sees. Packed tokens are numbered in feeding order; a token's `prev` is the packed token before
-    it on its line, or `-1 - j` for a line that starts at anchor j. A 4D mask lets each new token
-    see exactly its anchor's visible past and its own line, at the position it would have alone,
-    so each token computes what it would compute alone (up to float rounding)."""
+    it on its line, or -1 for a line's first token. A 4D mask lets each new token see exactly the
+    anchor's visible past and its own line, at the position it would have alone, so each token
+    computes what it would compute alone (up to float rounding)."""
 
     def __init__(self, forward: Forward, chunks: Mapping[Hashable, KV],
-                 views: Sequence[Sequence[tuple[Hashable, int]]]):
+                 view: Sequence[tuple[Hashable, int]]):
         self.forward = forward
         self.kv = kv_cat(list(chunks.values()))
         self.start = kv_len(self.kv)
         offset, at = {}, 0
         for key, kv in chunks.items():
             offset[key], at = at, at + kv_len(kv)
-        self.visible = torch.zeros(len(views), self.start, dtype=torch.bool)   # per anchor
-        for j, view in enumerate(views):
-            for key, n in view:
-                self.visible[j, offset[key]:offset[key] + n] = True
-        self.base = [sum(n for _, n in view) for view in views]
-        self.anchor: list[int] = []      # per packed token: its anchor
-        self.depth: list[int] = []       # per packed token: its depth below its anchor (0 = first)
+        self.visible = torch.zeros(self.start, dtype=torch.bool)
+        for key, n in view:
+            self.visible[offset[key]:offset[key] + n] = True
+        self.base = sum(n for _, n in view)
+        self.depth: list[int] = []       # per packed token: its depth below the anchor (0 = first)
         self.line: list[list[int]] = []  # per packed token: its line, first token first
         self.tokens: list[int] = []
 
     @classmethod
-    def from_nodes(cls, forward: Forward, nodes: Sequence[Node]) -> "Forest":
-        """Anchors at tree nodes (all with caches): the past is the union of their cached paths."""
-        paths = [n.path_from_root() for n in nodes]
-        chunks = {n: n.kv for path in paths for n in path}
-        return cls(forward, chunks, [[(n, kv_len(n.kv)) for n in path] for path in paths])
+    def from_node(cls, forward: Forward, node: Node) -> "Forest":
+        """Anchored at a tree node (with its cache): the past is its cached path."""
+        path = node.path_from_root()
+        return cls(forward, {n: n.kv for n in path}, [(n, kv_len(n.kv)) for n in path])
 
     def feed(self, items: Sequence[tuple[int, int]], logits_at: Sequence[int] | None = None):
         """One forward pass over new tokens `items` = [(prev, token)]; a prev may be a token of
@@ -212,19 +194,18 @@ class Forest:
         the first new token."""
         first = len(self.tokens)
         for prev, tok in items:
-            self.anchor.append(-1 - prev if prev < 0 else self.anchor[prev])
             self.depth.append(0 if prev < 0 else self.depth[prev] + 1)
             self.line.append(([] if prev < 0 else self.line[prev]) + [len(self.tokens)])
             self.tokens.append(int(tok))
         s = len(items)
         new = range(first, first + s)
         mask = torch.zeros(s, self.start + first + s, dtype=torch.bool)
-        mask[:, :self.start] = self.visible[[self.anchor[g] for g in new]]
+        mask[:, :self.start] = self.visible
         rows = [i for i, g in enumerate(new) for _ in self.line[g]]
         cols = [self.start + a for g in new for a in self.line[g]]
         mask[rows, cols] = True
         ids = torch.tensor([[self.tokens[g] for g in new]])
-        pos = torch.tensor([[self.base[self.anchor[g]] + self.depth[g] for g in new]])
+        pos = torch.tensor([[self.base + self.depth[g] for g in new]])
         kw = dict(all_logits=True) if logits_at is None else dict(logits_at=torch.tensor([list(logits_at)]))
         logits, self.kv = self.forward(ids, past=self.kv, attention_mask=mask[None, None],
                                        position_ids=pos, **kw)
@@ -234,20 +215,20 @@ class Forest:
         return [self.start + a for a in self.line[g]]
 
     def line_kv(self, g: int) -> KV:
-        """The KV of packed token g's line (its anchor's past excluded), copied."""
+        """The KV of packed token g's line (the anchor's past excluded), copied."""
         return kv_gather(self.kv, self.line_positions(g))
 
-    def seen(self, anchor: int) -> list[int]:
-        """The positions of the past that `anchor` sees."""
-        return self.visible[anchor].nonzero().flatten().tolist()
+    def seen(self) -> list[int]:
+        """The positions of the past that the anchor sees."""
+        return self.visible.nonzero().flatten().tolist()
 
     def context_kv(self, g: int) -> KV:
-        """The KV of packed token g's anchor's past and its line: a compact cache to go on alone."""
-        return kv_gather(self.kv, self.seen(self.anchor[g]) + self.line_positions(g))
+        """The KV of the anchor's past and packed token g's line: a compact cache to go on alone."""
+        return kv_gather(self.kv, self.seen() + self.line_positions(g))
 
 
 class Rows:
-    """`Forest` for one anchor on the "rows" route: each line is a batch row whose past is the
+    """`Forest` on the "rows" route: each line is a batch row whose past is the
     row of the line it continues (plain decoding steps, the model's own masks)."""
 
     def __init__(self, forward: Forward, past: KV):
@@ -274,25 +255,24 @@ class Rows:
 
 
 class _Job:
-    """One request's state in the step loop of `CachedEngine.expand`."""
+    """The request's state in the step loop of `CachedEngine.expand`."""
 
-    def __init__(self, lm: LanguageModel, req: Expansion, anchor: int):
+    def __init__(self, lm: LanguageModel, req: Expansion):
         n = 1 + req.uniforms.shape[0] if req.length > 0 else 0
         self.req = req
         self.rows: list[list[int]] = [[] for _ in range(n)]
-        self.probs, self.done, self.at = [1.0] * n, [False] * n, [-1 - anchor] * n
+        self.probs, self.done, self.at = [1.0] * n, [False] * n, [-1] * n
         self.finished = req.length <= 0
-        self.cands: list[Candidate] = []
         self.comp = None
-        self.comp_at = -1 - anchor
+        self.comp_at = -1
         if req.completion is not None:
             c = Completion(lm, req.completion, req.node.logits)
             self.comp = None if c.done else c
 
 
 class CachedEngine(TransformersEngine):
-    """Each token computed once: per-node KV chunks, the requests of a call grown together
-    (module docstring)."""
+    """Each token computed once: per-node KV chunks, a request's rollouts and completion grown
+    together (module docstring)."""
 
     name = "fast"
 
@@ -314,131 +294,73 @@ class CachedEngine(TransformersEngine):
     def path_kv(self, node: Node) -> KV:
         return kv_cat([n.kv for n in node.path_from_root()])
 
-    def ensure(self, nodes):
-        """Node caches (KV of the node's own tokens, logits after it); several nodes whose
-        parents have theirs in one packed pass."""
-        todo = [n for n in dict.fromkeys(nodes) if n.logits is None]
-        if not self.packed or len(todo) <= 1:
-            for n in todo:
-                self._ensure_one(n)
-            return
-        for n in todo:                       # parents first (rarely needed)
-            if n.parent is not None and n.parent.logits is None:
-                self._ensure_one(n.parent)
-        forest = Forest.from_nodes(self.forward, [n.parent for n in todo])
-        items, ends = [], []
-        for j, n in enumerate(todo):
-            prev = -1 - j
-            for tok in n.tokens:
-                items.append((prev, tok))
-                prev = len(items) - 1
-            ends.append(prev)
-        logits, first = forest.feed(items)
-        for n, g in zip(todo, ends):
-            n.kv = forest.line_kv(first + g)
-            n.logits = logits[g].clone()
-
-    def _ensure_one(self, node: Node) -> None:
+    def ensure(self, node):
+        """The node's cache (KV of its own tokens, logits after it), its parent's first if needed."""
         if node.logits is not None:
             return
-        self._ensure_one(node.parent)
+        self.ensure(node.parent)
         past = self.path_kv(node.parent)
         logits, kv = self.forward(torch.tensor([list(node.tokens)]), past=past)
         node.kv = kv_slice(kv, kv_len(past))
         node.logits = logits[0]
 
-    def expand(self, requests):
-        """The requests grown together (module docstring). On the rows route several requests
-        go one after another, each completion before its rollouts."""
-        if self.packed or len(requests) <= 1:
-            return self._grow(requests)
-        out = []
-        for req in requests:
-            if req.completion is not None:
-                self._grow([Expansion(req.node, completion=req.completion)])
-            out.append(self._grow([replace(req, completion=None)])[0] if req.length > 0 else [])
-        return out
-
-    def _grow(self, requests: Sequence[Expansion]) -> list[list[Candidate]]:
-        """The one step loop: all rollouts and completions advance together, one forward pass per
-        step; per step one top-k over every distribution a rollout draws from and one host
-        transfer. A lone request's completion finishes alone once its rollouts are done."""
-        if not requests:
+    def expand(self, req):
+        """The one step loop: the rollouts and the completion advance together, one forward pass
+        per step; per step one top-k over every distribution a rollout draws from and one host
+        transfer. The completion finishes alone once the rollouts are done."""
+        job = _Job(self.lm, req)
+        if job.finished:              # a completion with no rollout to ride with
+            if job.comp is not None:
+                self._finish_alone(job.comp, None, req.node)
             return []
-        jobs = [_Job(self.lm, r, i) for i, r in enumerate(requests)]
-        lone = len(jobs) == 1
-        if lone and jobs[0].finished:              # a completion with no rollout to ride with
-            if jobs[0].comp is not None:
-                self._finish_alone(jobs[0].comp, None, requests[0].node)
-            return [[]]
-        if self.packed:
-            forest = Forest.from_nodes(self.forward, [r.node for r in requests])
-        else:
-            forest = Rows(self.forward, self.path_kv(requests[0].node))
+        forest = (Forest.from_node(self.forward, req.node) if self.packed
+                  else Rows(self.forward, self.path_kv(req.node)))
         logits, base, t = None, 0, 0
         while True:
-            active = [j for j in jobs if not j.finished]
             sources: dict[int, int] = {}
-            for job in active:
-                for r in range(len(job.rows)):
-                    if not job.done[r] and job.at[r] is not None:
-                        sources.setdefault(job.at[r], len(sources))
+            for r in range(len(job.rows)):
+                if not job.done[r] and job.at[r] is not None:
+                    sources.setdefault(job.at[r], len(sources))
             if sources:
-                stack = torch.stack([jobs[-1 - g].req.node.logits if g < 0 else logits[g - base]
-                                     for g in sources])
+                stack = torch.stack([req.node.logits if g < 0 else logits[g - base] for g in sources])
                 tp, ti = truncated(stack, self.top_k, self.temperature)
                 tp, ti = tp.cpu(), ti.cpu()
+            toks = self._draw(job, t, sources, tp, ti)
+            kept = kept_rows(job.rows, req.keep)
+            # rows after `keep` distinct ones can no longer be kept (rows that differ now differ
+            # at the end): they are fed no more, as the public code draws no more rows then
+            cut = kept[-1] + 1 if len(kept) >= req.keep else len(job.rows)
+            last = t == req.length - 1 or all(job.done[:cut])
+            feed_rows = [r for r in toks if r < cut and not job.done[r]]
+            if last:       # only the kept candidates need their last token's KV and logits
+                feed_rows = [r for r in feed_rows if r in kept]
             items: list[tuple[int, int]] = []
-            finishing = []
-            for job in active:
-                toks = self._draw(job, t, sources, tp, ti)
-                kept = kept_rows(job.rows, job.req.keep)
-                # rows after `keep` distinct ones can no longer be kept (rows that differ now differ
-                # at the end): they are fed no more, as the public code draws no more rows then
-                cut = kept[-1] + 1 if len(kept) >= job.req.keep else len(job.rows)
-                last = t == job.req.length - 1 or all(job.done[:cut])
-                feed_rows = [r for r in toks if r < cut and not job.done[r]]
-                if last:       # only the kept candidates need their last token's KV and logits
-                    feed_rows = [r for r in feed_rows if r in kept]
-                groups: dict[tuple[int, int], int] = {}
-                new_at: list[int | None] = [None] * len(job.rows)
-                for r in feed_rows:
-                    key = (job.at[r], toks[r])
-                    if key not in groups:
-                        groups[key] = len(items)
-                        items.append(key)
-                    new_at[r] = groups[key]         # index in this feed, made packed below
-                job.at = new_at
-                if last:
-                    job.finished = True
-                    finishing.append(job)
-            riding = []
-            for job in jobs:
-                if job.comp is not None:
-                    tok = job.comp.step()
-                    if tok is None:
-                        job.comp = None
-                    else:
-                        riding.append(job)
-                        items.append((job.comp_at, tok))
+            groups: dict[tuple[int, int], int] = {}
+            new_at: list[int | None] = [None] * len(job.rows)
+            for r in feed_rows:
+                key = (job.at[r], toks[r])
+                if key not in groups:
+                    groups[key] = len(items)
+                    items.append(key)
+                new_at[r] = groups[key]         # index in this feed, made packed below
+            job.at = new_at
+            tok = job.comp.step() if job.comp is not None else None
+            if tok is None:
+                job.comp = None
+            else:
+                items.append((job.comp_at, tok))
             if items:
                 logits, base = forest.feed(items)
-                for job in active:              # in-feed indices -> packed indices
-                    job.at = [None if a is None else base + a for a in job.at]
-                n_roll = len(items) - len(riding)
-                for k, job in enumerate(riding):
-                    job.comp_at = base + n_roll + k
-                    job.comp.logits = logits[n_roll + k]
-            for job in finishing:               # (nothing fed: no row has a line to keep)
-                job.cands = self._candidates(job, forest, logits, base)
-            if lone and jobs[0].finished:
-                if jobs[0].comp is not None:     # the completion goes on alone
-                    self._finish_alone(jobs[0].comp, forest.context_kv(jobs[0].comp_at), None)
-                break
-            if all(j.finished for j in jobs) and all(j.comp is None for j in jobs):
-                break
+                job.at = [None if a is None else base + a for a in job.at]   # packed indices
+                if job.comp is not None:
+                    job.comp_at = base + len(items) - 1
+                    job.comp.logits = logits[len(items) - 1]
+            if last:                            # (nothing fed: no row has a line to keep)
+                cands = self._candidates(job, forest, logits, base)
+                if job.comp is not None:        # the completion goes on alone
+                    self._finish_alone(job.comp, forest.context_kv(job.comp_at), None)
+                return cands
             t += 1
-        return [job.cands for job in jobs]
 
     def _draw(self, job: _Job, t: int, sources, tp, ti) -> dict[int, int]:
         """Step t of a job's rollouts: row 0 greedy, the others by their keyed uniforms."""
@@ -479,14 +401,14 @@ class CachedEngine(TransformersEngine):
         super().commit(root, child)
         if child.terminal and child.kv is None:
             return
-        self._ensure_one(child)
+        self.ensure(child)
         child.kv = kv_cat([root.kv, child.kv])
         root.kv = None
         root.logits = None
 
 
 class ReferenceEngine(TransformersEngine):
-    """Batch 1, no KV kept across nodes, each request alone (module docstring)."""
+    """Batch 1, no KV kept across nodes (module docstring)."""
 
     name = "reference"
     embed_one_by_one = True     # the public code encodes the path's texts one string at a time
@@ -498,18 +420,14 @@ class ReferenceEngine(TransformersEngine):
         self.prefix_ids = list(prompt_ids)
         return Node(tokens=(), step=0, uid=0, logits=self._logits(prompt_ids))
 
-    def ensure(self, nodes):
-        for node in nodes:
-            if node.logits is None:
-                node.logits = self._logits(self.prefix_ids + node.response_tokens())
+    def ensure(self, node):
+        if node.logits is None:
+            node.logits = self._logits(self.prefix_ids + node.response_tokens())
 
-    def expand(self, requests):
-        out = []
-        for req in requests:
-            if req.completion is not None:
-                self._complete(req.node, req.completion)
-            out.append(self._rollouts(req) if req.length > 0 else [])
-        return out
+    def expand(self, req):
+        if req.completion is not None:
+            self._complete(req.node, req.completion)
+        return self._rollouts(req) if req.length > 0 else []
 
     def _rollouts(self, req: Expansion) -> list[Candidate]:
         node, length, uniforms, keep = req.node, req.length, req.uniforms, req.keep

@@ -27,7 +27,7 @@ import string
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
@@ -330,65 +330,43 @@ class SelfEvaluator:
         return twin
 
     def __call__(self, query: str, response: str) -> float:
-        return self.evaluate_many(query, [response])[0]
-
-    def evaluate_many(self, query: str, responses: Sequence[str]) -> list[float]:
-        """The values of `responses` for `query`: the one judging path (a single evaluation is a
-        list of one). The longest start of each prompt computed before (header, query, a response
-        judged before) is reused; the rest goes into one packed sequence (`raintools.engines.Forest`)
-        after the query's KV and the reused starts: prompts that continue the same start share
-        their common ids, and each order's ending sees only its own prompt. On the "rows" route
-        each prompt is judged alone, one batch row per order; on the reference route (no
-        per-token KV to share) and with `cached=False`, each whole prompt once per order."""
-        responses = list(responses)
-        self.stats.calls += len(responses)
+        """The value of `response` for `query`: the one judging path. The longest start of the
+        prompt computed before (header, query, a response judged before) is reused; the rest goes
+        into one packed sequence (`raintools.engines.Forest`) after the query's KV and the reused
+        start: the prompt's common ids, then each order's ending, which sees only its own prompt.
+        On the "rows" route one batch row per order; on the reference route (no per-token KV to
+        share) and with `cached=False`, the whole prompt once per order."""
+        self.stats.calls += 1
         route = self.lm.route.kind
         if not self.cached or route == "reference":
-            return [self._reference(query, r) for r in responses]
+            return self._reference(query, response)
+        job = self._job(query, response)
         if route != "packed":
-            return [self._judge_rows(query, self._job(query, r)) for r in responses]
-        jobs = [self._job(query, r) for r in responses]
-        q_kv = self._query_entry(query, jobs[0][0])[1]
-        # the packed past: the query's KV, then each distinct reused judged start (keyed by its
-        # ids); a prompt sees its first m positions: of the query's KV (fewer than all where the
-        # prompt splits the query's tokens), then of its start. Prompts that see the same share
-        # an anchor (and so the ids they feed in common)
-        chunks, views, anchors = {"query": q_kv}, {}, []
-        for trunk, _, _, rest, m, q in jobs:
-            view = (("query", min(m, kv_len(q_kv))),)
-            if rest is not None:
-                start = tuple(trunk[q:q + kv_len(rest)])
-                chunks.setdefault(start, rest)
-                view += ((start, m - q),)
-            anchors.append(views.setdefault(view, len(views)))
-        forest = Forest(self.forward, chunks, list(views))
-        items, trie, ends, lines = [], {}, [], []
-        for (trunk, tails, _, _, m, _), a in zip(jobs, anchors):
-            prev = -1 - a
-            for tok in trunk[m:]:
-                key = (prev, tok)
-                if key not in trie:
-                    trie[key] = len(items)
-                    items.append(key)
-                prev = trie[key]
-            lines.append(prev)
-            for tail in tails:
-                p = prev
-                for tok in tail:
-                    items.append((p, tok))
-                    p = len(items) - 1
-                ends.append(p)
+            return self._judge_rows(query, job)
+        trunk, tails, _, rest, m, q = job
+        q_kv = self._query_entry(query, trunk)[1]
+        # the packed past: the query's KV, then the reused judged start; the prompt sees its first
+        # m positions: of the query's KV (fewer than all where the prompt splits the query's
+        # tokens), then of its start
+        chunks, view = {"query": q_kv}, [("query", min(m, kv_len(q_kv)))]
+        if rest is not None:
+            chunks["judged"] = rest
+            view.append(("judged", m - q))
+        forest = Forest(self.forward, chunks, view)
+        items = [(i - 1, tok) for i, tok in enumerate(trunk[m:])]   # the line, from the anchor (-1)
+        line, ends = len(items) - 1, []
+        for tail in tails:
+            p = line
+            for tok in tail:
+                items.append((p, tok))
+                p = len(items) - 1
+            ends.append(p)
         logits, first = forest.feed(items, logits_at=ends)
-        values = []
-        for i, (job, a, g) in enumerate(zip(jobs, anchors, lines)):
-            trunk, tails, _, _, m, q = job
-            chunk = None
-            if q >= 0 and len(trunk) > q:       # the judge KV of the prompt's ids after the query's:
-                line = forest.line_positions(first + g) if g >= 0 else []   # its seen start, line
-                chunk = kv_gather(forest.kv, forest.seen(a)[q:] + line)
-            probs = self._letter_probs(logits[i * len(tails):(i + 1) * len(tails)])
-            values.append(self._judged(query, job, chunk, probs))
-        return values
+        chunk = None
+        if q >= 0 and len(trunk) > q:   # the judge KV of the prompt's ids after the query's: its
+            fed = forest.line_positions(first + line) if line >= 0 else []   # seen start, its line
+            chunk = kv_gather(forest.kv, forest.seen()[q:] + fed)
+        return self._judged(query, job, chunk, self._letter_probs(logits))
 
     def _job(self, query: str, response: str):
         """A prompt to judge: (common ids of its orders, each order's ending, the reused start's
@@ -436,19 +414,12 @@ class SelfEvaluator:
         return self._judged(query, (trunk, tails, None, None, m, -1), None, probs)
 
 
-def judge_texts(evaluator: Evaluator, query: str, texts: Sequence[str]) -> list[float]:
-    """The evaluator's values of `texts` for `query`, all in one call when it has
-    `evaluate_many`; each checked to lie in [-1, 1]."""
-    texts = list(texts)
-    many = getattr(evaluator, "evaluate_many", None)
-    if many is not None and len(texts) > 1:
-        values = [float(v) for v in many(query, texts)]
-    else:
-        values = [float(evaluator(query, t)) for t in texts]
-    for v in values:
-        if not -1.0 <= v <= 1.0:
-            raise ConfigError(f"The evaluator returned {v}, outside [-1, 1].")
-    return values
+def judge_text(evaluator: Evaluator, query: str, text: str) -> float:
+    """The evaluator's value of `text` for `query`, checked to lie in [-1, 1]."""
+    value = float(evaluator(query, text))
+    if not -1.0 <= value <= 1.0:
+        raise ConfigError(f"The evaluator returned {value}, outside [-1, 1].")
+    return value
 
 
 def self_evaluator(lm: LanguageModel, template: str = "harm", mode: str = "votes") -> SelfEvaluator:

@@ -35,7 +35,7 @@ from .embed import load_embedder
 from .engine import CompletionRequest, Engine, Expansion, Forward
 from .engines import ENGINES, resolve_engine as resolve_transformers_engine, top_candidates
 from .errors import PromptError
-from .evaluate import Evaluator, SelfEvaluator, judge_texts, self_evaluator
+from .evaluate import Evaluator, SelfEvaluator, judge_text, self_evaluator
 from .flow import Flow
 from .models import LanguageModel
 from .observe import PHASES, Observer, PhaseTimer, Stats, TraceRecorder
@@ -140,10 +140,10 @@ class RainSearch:
         return (any(self.lm.is_stop_token(t) for t in node.tokens) or self.remaining(node) <= 0
                 or self.lm.has_user_turn(self.response + node.response_tokens()))
 
-    def _ensure(self, nodes: list[Node]) -> None:
+    def _ensure(self, node: Node) -> None:
         with self.phase("ensure"):
-            self.engine.ensure(nodes)
-        self._emit("ensured", nodes)
+            self.engine.ensure(node)
+        self._emit("ensured", [node])
 
     def _add_children(self, parent: Node, cands, sim: Simulation | None, rolled_out: bool,
                       added: bool = False) -> list[Node]:
@@ -189,12 +189,12 @@ class RainSearch:
         u = keyed_rng(cfg.seed, ADD, node.uid, self._add_counter).random((cfg.add_attempts, length)) if rolls else None
         with self.flow.request(lambda: 1 + (length if rolls else 0)):
             if node.logits is None:
-                self._ensure([node])
+                self._ensure(node)
             with self.phase("add"):
                 if not rolls:
                     cands = top_candidates(node.logits, top, cfg.token_temperature)
                 else:
-                    cands = self.engine.expand([Expansion(node, length, u, keep=2)])[0]
+                    cands = self.engine.expand(Expansion(node, length, u, keep=2))
         room = cfg.max_children - len(node.children)        # another slot may have added meanwhile
         cands = [c for c in cands if node.child_with_tokens(c.tokens) is None][:room]
         return self._add_children(node, cands, sim, rolled_out=length > 1, added=True)
@@ -216,32 +216,30 @@ class RainSearch:
         length = self.level_length(leaf) if not leaf.terminal and cfg.token_set_length(leaf.step) > 1 else 0
         u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length)) if length else None
         req = Expansion(leaf, length, u, cfg.num_candidates, comp) if length or comp is not None else None
-        need = [leaf] if not leaf.terminal or budget > 0 else []        # ticks: `raintools.flow`
-        with self.flow.request(lambda: 1 + max(length, len(comp.out or ()) if comp else 0), bool(need)):
-            self._ensure(need)
+        need = not leaf.terminal or budget > 0        # ticks: `raintools.flow`
+        with self.flow.request(lambda: 1 + max(length, len(comp.out or ()) if comp else 0), need):
+            if need:
+                self._ensure(leaf)
             with self.phase("expand"):
-                found = self.engine.expand([req] if req else [])
+                found = self.engine.expand(req) if req else []
         sim.completion = list(comp.out) if comp is not None else []
         if comp is not None:
             self._emit("completed", comp)
         if not leaf.terminal:
-            cands = found[0] if length else top_candidates(leaf.logits, cfg.num_candidates, cfg.token_temperature)
+            cands = found if length else top_candidates(leaf.logits, cfg.num_candidates, cfg.token_temperature)
             self._add_children(leaf, cands, sim, rolled_out=length > 1)
 
-    def evaluate(self, sims: list[Simulation]) -> None:
-        """Evaluation: each simulation's response and completion (cut at its last full stop where
-        configured) judged, each new text once (repeats are memo hits, in selection order)."""
-        for sim in sims:
-            text = self.lm.response_text(self.response + sim.leaf.response_tokens() + sim.completion)
-            sim.text = cut_at_last_stop(text) if self.cfg.cut_at_last_stop else text
-        new = list(dict.fromkeys(sim.text for sim in sims if sim.text not in self.memo))
-        with self.flow.request(lambda: 1, bool(new)), self.phase("judge"), judging(self):
-            fresh = dict(zip(new, judge_texts(self.evaluator, self.prompt, new)))
-        for sim in sims:
-            sim.memo_hit = sim.text not in fresh
-            sim.value = self.memo[sim.text] if sim.memo_hit else fresh.pop(sim.text)
-            self.memo[sim.text] = sim.value
-            self._emit("judged", sim)
+    def evaluate(self, sim: Simulation) -> None:
+        """Evaluation: the simulation's response and completion (cut at its last full stop where
+        configured) judged, each text once (a repeat is a memo hit)."""
+        text = self.lm.response_text(self.response + sim.leaf.response_tokens() + sim.completion)
+        sim.text = cut_at_last_stop(text) if self.cfg.cut_at_last_stop else text
+        sim.memo_hit = sim.text in self.memo
+        with self.flow.request(lambda: 1, not sim.memo_hit), self.phase("judge"), judging(self):
+            if not sim.memo_hit:
+                self.memo[sim.text] = judge_text(self.evaluator, self.prompt, sim.text)
+        sim.value = self.memo[sim.text]
+        self._emit("judged", sim)
 
     def embed(self, sim: Simulation) -> torch.Tensor | None:
         """The embeddings of the text from each non-root node of the path down to its evaluated
@@ -284,7 +282,7 @@ class RainSearch:
             self._emit("selected", [sim])
             self.evaluate_and_expand(sim)
             self.in_flight.pop(sim.leaf, None)
-            self.evaluate([sim])
+            self.evaluate(sim)
             emb = self.embed(sim)
         finally:
             self.in_flight.pop(sim.leaf, None)
@@ -340,7 +338,7 @@ class RainSearch:
             return None
         self._emit("committing", child, first, early)
         if child.logits is None and not child.terminal:
-            self._ensure([child])
+            self._ensure(child)
         with self.phase("commit"):
             self.engine.commit(self.root, child)
         self.response += list(child.tokens)

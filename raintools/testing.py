@@ -114,3 +114,13 @@ def tiny_model(vocab_size: int = 64, seed: int = 0, chat: bool = False, **config
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
     return wrap(model, tok, name=f"tiny-random-{seed}")
+
+
+def complete(engine, leaf, response: list[int], rng, max_tokens: int, until: str = "clause"):
+    """One clause completion of `leaf` alone on `engine`: (tokens drawn, tokens fed)."""
+    from .engine import CompletionRequest, Expansion
+
+    req = CompletionRequest(response, rng, max_tokens, until)
+    engine.ensure(leaf)
+    engine.expand(Expansion(leaf, completion=req))
+    return req.out, req.fed

@@ -8,8 +8,9 @@
 option letters and value, by its own prompt ids, letters and rule). `VllmEngine` is the search's
 engine on the server, `VllmJudge` its judge.
 
-Every call has a `*_many` form that sends its requests at once from a thread pool, so that the
-server batches them (continuous batching; prefix caching serves the shared prompt starts).
+`next_token` and `sample` have a `*_many` form that sends its requests at once from a thread
+pool, so that the server batches them (continuous batching; prefix caching serves the shared
+prompt starts).
 Problems become one `ServerError` (or `PromptError` for a prompt too long for the server's
 context) whose message names the problem and the fix.
 """
@@ -291,9 +292,6 @@ class VllmClient:
         rows = self.judge_probs(evaluator, query, response)
         return evaluator._value([torch.tensor(r) for r in rows])
 
-    def judge_many(self, evaluator, query: str, responses: Sequence[str]) -> list[float]:
-        return self.map(lambda r: self.judge_value(evaluator, query, r), responses)
-
     # -- server counters
     def metrics(self) -> dict[str, float]:
         """vLLM's Prometheus counters (e.g. prefix-cache queries and hits, in tokens), summed over
@@ -358,16 +356,13 @@ def clause_end_ids(lm) -> list[int]:
 class VllmJudge:
     """A `SelfEvaluator`'s judgement with the forward passes on the server: the same judging prompt
     ids, option letters and value rule (votes or soft); the letters' probabilities come from the
-    server (`VllmClient.judge_probs`). `evaluate_many` sends its responses at once."""
+    server (`VllmClient.judge_probs`)."""
 
     def __init__(self, client: VllmClient, evaluator):
         self.client, self.evaluator = client, evaluator
 
     def __call__(self, query: str, response: str) -> float:
         return self.client.judge_value(self.evaluator, query, response)
-
-    def evaluate_many(self, query: str, responses: Sequence[str]) -> list[float]:
-        return self.client.judge_many(self.evaluator, query, list(responses))
 
 
 class VllmEngine:
@@ -432,22 +427,15 @@ class VllmEngine:
         self.prefix_ids = list(prompt_ids)
         return Node(tokens=(), step=0, uid=0, logits=self._logits(self.prefix_ids, self.mode == "keyed"))
 
-    def ensure(self, nodes):
-        todo = [n for n in nodes if n.logits is None]
-        rows = self._logits_many([self.prefix_ids + n.response_tokens() for n in todo], self.mode == "keyed")
-        for n, row in zip(todo, rows):
-            n.logits = row
+    def ensure(self, node):
+        if node.logits is None:
+            node.logits = self._logits(self.prefix_ids + node.response_tokens(), self.mode == "keyed")
 
     def commit(self, root, child) -> None:
         self.prefix_ids = self.prefix_ids + list(child.tokens)
 
-    def expand(self, requests):
-        requests = list(requests)
-        one = self._expand_keyed if self.mode == "keyed" else self._expand_server
-        if len(requests) <= 1:
-            return [one(r) for r in requests]
-        with ThreadPoolExecutor(len(requests), thread_name_prefix="raintools-vllm-expand") as pool:
-            return list(pool.map(one, requests))
+    def expand(self, req):
+        return self._expand_keyed(req) if self.mode == "keyed" else self._expand_server(req)
 
     def judge(self, evaluator):
         """The evaluator the search uses with this engine: a `SelfEvaluator` judged on the server

@@ -245,41 +245,35 @@ def test_cached_judge_reads_exactly_the_ids_of_the_whole_prompt(kind, request):
 
 
 @pytest.mark.parametrize("single_order", [False, True])
-def test_packed_judge_of_prompts_sharing_a_judged_start_or_splitting_the_query(llama_lm, single_order):
-    """One packed call over prompts of one query that reuse the same judged start, prompts whose
-    ids split the query's (a template that glues the response to the query: "Assis" + "tant"
-    is one token), a prompt judged before (one order: its last id fed again, so it sees its
-    start less one position) equals the reference judge and judging one prompt at a time; so do
-    prompts that then reuse the judge KV kept from that call."""
+def test_packed_judge_of_prompts_reusing_a_judged_start_or_splitting_the_query(llama_lm, single_order):
+    """Prompts of one query judged one after another on the packed route: prompts that reuse a
+    judged start, prompts whose ids split the query's (a template that glues the response to the
+    query: "Assis" + "tant" is one token), a prompt judged before (one order: its last id fed
+    again, so it sees its start less one position) equal the reference judge; the judge KV kept
+    is a plain forward's."""
     from dataclasses import replace
 
     t = replace(load_template("harm"), conversation="\nHuman: {query}", response="{response}",
                 single_order=single_order)
     q = "Who is the Assis"
-    calls = [["x hello there"],
-             ["x hello there, friend", "x hello there, foe", "tant is here", "tant is there", "x hello",
-              "x hello there"],
-             ["x hello there, friend and more", "x hello there, foe too", "tant is here too"]]
-    many, one = SelfEvaluator(llama_lm, t, "soft"), SelfEvaluator(llama_lm, t, "soft")
+    texts = ["x hello there", "x hello there, friend", "x hello there, foe", "tant is here", "tant is there",
+             "x hello", "x hello there", "x hello there, friend and more", "x hello there, foe too",
+             "tant is here too"]
+    many = SelfEvaluator(llama_lm, t, "soft")
     ref = SelfEvaluator(llama_lm, t, "soft", cached=False)
     jobs, job = [], many._job
     many._job = lambda query, response: jobs.append(job(query, response)) or jobs[-1]
-    a = [v for texts in calls for v in many.evaluate_many(q, texts)]
-    jobs = jobs[1:7]                                               # the second call
-    starts = [tuple(trunk[q_:q_ + len(rest[0][0][0, 0])]) for trunk, _, _, rest, _, q_ in jobs
-              if rest is not None]
-    assert sum(job[5] == -1 for job in jobs) == 2                  # two prompts split the query
-    assert len(starts) == 4 and len(set(starts)) == 3              # two reuse the same start
+    a = [many(q, r) for r in texts]
+    assert [job[5] == -1 for job in jobs] == [r.startswith("tant") for r in texts]   # split the query
+    assert [job[3] is not None for job in jobs] == [i > 0 and r.startswith("x")     # every later "x"
+                                                    for i, r in enumerate(texts)]   # one reuses a start
     if single_order:                                               # one sees its start but one
-        trunk, _, _, rest, m, q_ = jobs[-1]
+        trunk, _, _, rest, m, q_ = jobs[6]
         assert m - q_ == len(rest[0][0][0, 0]) - 1 == len(trunk) - 1 - q_
-    texts = [r for texts in calls for r in texts]
-    b = [one(q, r) for r in texts]
     c = [ref(q, r) for r in texts]
     # (a random model's attention over ~570 positions is nearly flat: one position seen too many
     # moves a value by about 1e-5, float rounding by under 1e-7; a wrong position shows in the KV)
-    assert a == pytest.approx(b, abs=1e-6) and a == pytest.approx(c, abs=1e-6)
-    assert many.stats == one.stats and many.last_ids == one.last_ids == ref.last_ids
+    assert a == pytest.approx(c, abs=1e-6) and many.last_ids == ref.last_ids
     assert torch.allclose(torch.tensor(many.last_probs), torch.tensor(ref.last_probs), atol=1e-6)
     for ids, kept in many._responses[q].items():      # the judge KV kept: a plain forward's
         _, kv = llama_lm.forward(torch.tensor([list(ids)]))

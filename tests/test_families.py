@@ -22,6 +22,7 @@ from model_families import FAMILIES, RECURRENT, ROWS, SLIDING, WINDOW, build, ex
 from raintools import ModelSupportError, RainConfig, SelfEvaluator, load_model, rain_generate
 from raintools import generate_vanilla, rain_generate_batch
 from raintools.batch import ForwardBatcher, _Request
+from raintools.engine import Expansion
 from raintools.evaluate import JudgeTemplate
 from raintools.models import kv_len, token_tree
 from raintools.engines import CachedEngine
@@ -119,7 +120,7 @@ def check_fast_paths(lm):
     assert kv_len(root.kv) == len(P)
     u = np.random.default_rng(0).random((5, 4))
     checked = 0
-    cands = eng.rollouts(root, 4, u, keep=6)
+    cands = eng.expand(Expansion(root, 4, u, keep=6))
     for c in cands:
         if c.kv is not None:
             full, full_kv = lm.forward(torch.tensor([P + list(c.tokens)]))
@@ -131,7 +132,7 @@ def check_fast_paths(lm):
     first = next(c for c in cands if c.kv is not None)
     child = Node(tokens=first.tokens, parent=root, step=1, uid=1, kv=first.kv, logits=first.logits)
     root.children.append(child)
-    for c in eng.rollouts(child, 3, u[:, :3], keep=6):
+    for c in eng.expand(Expansion(child, 3, u[:, :3], keep=6)):
         if c.kv is not None:
             assert diff(c.logits, lm.full_logits(P + list(first.tokens) + list(c.tokens))) < TOL
             checked += 1
@@ -289,41 +290,3 @@ def test_the_fast_engine_refuses_a_model_without_a_per_token_kv():
     with pytest.raises(ModelSupportError,
                        match="The fast engine needs a per-token KV cache.*engine='reference'"):
         CachedEngine(model(name))
-
-
-@pytest.mark.parametrize("name", sorted(ROWS)[:1])
-def test_rows_route_expands_several_leaves_as_each_alone(name):
-    """On the rows route several requests of one call (rollouts and clause completions) go one
-    after another: each gets the candidates, caches and completion it gets alone."""
-    from raintools.engine import CompletionRequest, Expansion
-    from raintools.sampling import COMPLETE, EXPAND, keyed_rng
-    from raintools import RainSearch
-
-    lm = model(name)
-    s = RainSearch(lm, PROMPT, CFG.replace(max_simulations=8), evaluator=lambda q, r: 0.0,
-                   embedder=letter_embedder)
-    s.commit_step()
-    for _ in range(4):
-        s.simulate()
-    leaves = [n for n in s.root.walk() if not n.children and not n.terminal][:3]
-    assert len(leaves) >= 2
-    s.engine.ensure(leaves)
-
-    def jobs():
-        comps = [CompletionRequest(s.response + lf.response_tokens(), keyed_rng(0, COMPLETE, lf.uid), 3 + i)
-                 for i, lf in enumerate(leaves)]
-        return [Expansion(lf, 2 + i if i != 1 else 0, keyed_rng(0, EXPAND, lf.uid).random((4, 2 + i)), 3, c)
-                for i, (lf, c) in enumerate(zip(leaves, comps))], comps
-
-    (many_jobs, many_comps), (alone_jobs, alone_comps) = jobs(), jobs()
-    many = s.engine.expand(many_jobs)
-    for job, cands, comp, alone_comp in zip(alone_jobs, many, many_comps, alone_comps):
-        alone = s.engine.expand([job])[0]
-        assert [c.tokens for c in cands] == [c.tokens for c in alone]
-        assert [c.raw_p for c in cands] == pytest.approx([c.raw_p for c in alone], rel=1e-5)
-        for c, d in zip(cands, alone):
-            assert (c.logits is None) == (d.logits is None)
-            if c.logits is not None:
-                assert diff(c.logits, d.logits) < TOL
-        assert comp.out == alone_comp.out and comp.fed == alone_comp.fed
-    assert many[1] == [] and any(many) and any(c.out for c in many_comps)

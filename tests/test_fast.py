@@ -10,7 +10,7 @@ import torch
 from raintools import RainConfig, RainSearch, SelfEvaluator, rain_generate, rain_generate_batch
 from raintools.batch import BatchedCall, ForwardBatcher
 from raintools.models import kv_cat, kv_len, split_common, token_tree
-from raintools.testing import tiny_model
+from raintools.testing import complete, tiny_model
 
 from test_search import SMALL, letter_embedder, vowel_judge
 
@@ -118,42 +118,10 @@ def test_judge_reuses_the_response_start_it_has_judged():
 
 
 
-def test_packed_ensure_gives_several_nodes_the_caches_of_a_plain_forward():
-    """Nodes without caches (as candidates whose last token was never fed), several at once with
-    different parents, two of them siblings: one packed pass gives each the KV of its own tokens
-    and the logits after it that a plain forward over its whole text gives."""
-    lm = tiny_model(seed=0)
-    s = RainSearch(lm, "hello", SMALL.replace(max_simulations=12), evaluator=vowel_judge,
-                   embedder=letter_embedder)
-    s.commit_step()
-    for _ in range(12):
-        s.simulate()
-    leaves = [n for n in s.root.walk() if not n.children and n.kv is not None and n.parent is not s.root]
-    by_parent = {}
-    for n in leaves:
-        by_parent.setdefault(n.parent, []).append(n)
-    groups = list(by_parent.values())
-    nodes = groups[0][:2] + [sibs[0] for sibs in groups[1:4]]
-    assert len(nodes[0].parent.children) >= 2 and len({n.parent for n in nodes}) == 4
-    assert len({n.step for n in nodes}) >= 2
-    for n in nodes:
-        n.kv = n.logits = None
-    s0 = lm.stats.snapshot()
-    s.engine.ensure(nodes)
-    assert lm.stats.since(s0).calls == 1
-    for n in nodes:
-        ids = s.engine.prefix_ids + n.response_tokens()
-        logits, kv = lm.forward(torch.tensor([ids]))
-        assert torch.allclose(n.logits, logits[0], atol=1e-5)
-        for (k, v), (fk, fv) in zip(n.kv, kv):
-            own = slice(len(ids) - len(n.tokens), None)
-            assert torch.allclose(k, fk[:, :, own], atol=1e-5) and torch.allclose(v, fv[:, :, own], atol=1e-5)
-
-
 def test_packed_ensure_first_gives_a_parent_without_caches_its_own():
-    """A node whose parent lost its caches too (below a plain cached node), ensured with a node
-    elsewhere in one call: the parent is ensured first, and all three get the KV of their own
-    tokens and the logits of a plain forward over their whole text."""
+    """A node whose parent lost its caches too (below a plain cached node), then a node
+    elsewhere: the parent is ensured first, and all three get the KV of their own tokens and the
+    logits of a plain forward over their whole text."""
     lm = tiny_model(seed=0)
     s = RainSearch(lm, "hello", SMALL.replace(max_simulations=12), evaluator=vowel_judge,
                    embedder=letter_embedder)
@@ -167,7 +135,8 @@ def test_packed_ensure_first_gives_a_parent_without_caches_its_own():
                  and parent not in n.path_from_root() and n not in deep.path_from_root())
     for n in (deep, parent, other):
         n.kv = n.logits = None
-    s.engine.ensure([deep, other])
+    s.engine.ensure(deep)
+    s.engine.ensure(other)
     for n in (deep, parent, other):
         ids = s.engine.prefix_ids + n.response_tokens()
         logits, kv = lm.forward(torch.tensor([ids]))
@@ -186,10 +155,10 @@ def test_a_completion_of_a_response_that_already_ends_a_clause_draws_nothing(eng
     response = lm.encode("Sure.")
     rng = lambda: np.random.default_rng(3)    # noqa: E731
     before = lm.stats.snapshot()
-    assert s.engine.complete(s.root, response, rng(), 8) == ([], 0)
-    assert s.engine.complete(s.root, lm.encode("Sure"), rng(), 0) == ([], 0)
+    assert complete(s.engine, s.root, response, rng(), 8) == ([], 0)
+    assert complete(s.engine, s.root, lm.encode("Sure"), rng(), 0) == ([], 0)
     assert lm.stats.since(before).calls == 0
-    out, fed = s.engine.complete(s.root, response, rng(), 8, until="turn")
+    out, fed = complete(s.engine, s.root, response, rng(), 8, until="turn")
     assert len(out) >= 1 and fed == len(out) - 1        # every drawn token but the last is fed
 
 

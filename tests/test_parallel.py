@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
 from raintools import RainConfig, RainSearch, SelfEvaluator, rain_generate_batch
 from raintools.testing import tiny_model
-from raintools.engine import CompletionRequest, Expansion
-from raintools.sampling import COMPLETE, EXPAND, keyed_rng
 from raintools.trace import Trace
 from raintools.observe import Observer
 from raintools.search import Simulation, round_size
@@ -178,7 +175,7 @@ def sequential_step(s, budget):
         sim = Simulation()
         sim.path = s.select(sim)
         s.evaluate_and_expand(sim)
-        s.evaluate([sim])
+        s.evaluate(sim)
         s.backward(sim, s.embed(sim))
         if s.should_stop_early():
             return True
@@ -226,63 +223,6 @@ def test_an_error_in_a_packed_pass_reaches_the_caller_and_leaves_no_walk_in_flig
         s.run()
     assert len(calls) == 6 and s.flow.slot is None
     assert not s.in_flight and all(n.virtual == 0 for n in s.root.walk())
-
-
-# ------------------------------------------------------------------ the packed multi-leaf engine
-
-def test_packed_leaves_propose_what_each_leaf_proposes_alone(tiny_lm):
-    """The engine's expansion of several leaves (with their clause completions) in one call gives
-    each leaf the candidates, caches and completion of the one-leaf packed rollout."""
-    s = search(tiny_lm, BIG)
-    s.commit_step()
-    for _ in range(6):
-        s.simulate()
-    leaves = [n for n in s.root.walk() if not n.children and not n.terminal][:5]
-    assert len(leaves) >= 3
-    s.engine.ensure(leaves)
-    for leaf in leaves:
-        full = tiny_lm.full_logits(s.engine.prefix_ids + leaf.response_tokens())
-        assert torch.allclose(leaf.logits, full, atol=1e-4)
-
-    def jobs():
-        out, comps = [], []
-        for i, leaf in enumerate(leaves):
-            u = keyed_rng(0, EXPAND, leaf.uid).random((5, 2 + i))
-            comps.append(CompletionRequest(s.response + leaf.response_tokens(),
-                                           keyed_rng(0, COMPLETE, leaf.uid), 3 + 2 * i))
-            out.append(Expansion(leaf, 2 + i, u, 4, comps[-1]))
-        return out, comps
-
-    many_jobs, many_comps = jobs()
-    many = s.engine.expand(many_jobs)
-    alone_jobs, alone_comps = jobs()
-    for job, cands in zip(alone_jobs, many):
-        alone = s.engine.expand([job])[0]
-        assert [c.tokens for c in cands] == [c.tokens for c in alone]
-        assert [c.raw_p for c in cands] == pytest.approx([c.raw_p for c in alone], rel=1e-5)
-        for c, d in zip(cands, alone):
-            assert (c.logits is None) == (d.logits is None)
-            if c.logits is not None:
-                assert torch.allclose(c.logits, d.logits, atol=1e-4)
-                for (k1, v1), (k2, v2) in zip(c.kv, d.kv):
-                    assert torch.allclose(k1, k2, atol=1e-4) and torch.allclose(v1, v2, atol=1e-4)
-    assert any(c.kv is not None for cands in many for c in cands)
-    for a, b in zip(many_comps, alone_comps):     # the completions rode along and drew the same
-        assert a.out is not None and b.out is not None and a.out == b.out and a.fed == b.fed
-
-
-def test_completions_in_a_round_equal_one_by_one(tiny_lm):
-    s = search(tiny_lm, BIG)
-    s.commit_step()
-    for _ in range(5):
-        s.simulate()
-    leaves = [n for n in s.root.walk() if not n.children and not n.terminal][:4]
-    comps = [CompletionRequest(s.response + lf.response_tokens(), keyed_rng(0, COMPLETE, lf.uid), 8)
-             for lf in leaves]
-    s.engine.expand([Expansion(lf, completion=c) for lf, c in zip(leaves, comps)])
-    for lf, c in zip(leaves, comps):
-        out, fed = s.engine.complete(lf, s.response + lf.response_tokens(), keyed_rng(0, COMPLETE, lf.uid), 8)
-        assert c.out == out and c.fed == fed
 
 
 def test_a_packed_pass_answers_each_request_as_its_own_pass(tiny_lm):
@@ -384,34 +324,6 @@ def test_slots_take_fewer_sequential_passes_per_simulation(tiny_lm):
 
 
 # ------------------------------------------------------------------ judge, early stop, batch, trace
-
-def test_judging_many_responses_at_once_equals_one_by_one():
-    lm = tiny_model(seed=2)
-    first = ["hello there", "hello their friend", "no way", "hello there, friend.", "", "abc"]
-    then = ["hello there, my", "hello their friend is", "zzz"]
-    for mode in ("votes", "soft"):
-        one, many = SelfEvaluator(lm, "harm", mode), SelfEvaluator(lm, "harm", mode)
-        a = [one("q?", r) for r in first + then]
-        b = many.evaluate_many("q?", first) + many.evaluate_many("q?", then)
-        assert b == pytest.approx(a, abs=1e-6)
-        assert many.stats == one.stats            # same calls, each token counted once
-        assert torch.allclose(torch.tensor(many.last_probs), torch.tensor(one.last_probs), atol=1e-6)
-
-
-@pytest.mark.embedded
-def test_judging_many_equals_one_by_one_on_the_embedded_model(embedded_lm):
-    """The real tokenizer (a prompt tokenised whole, starts reused across calls): the packed
-    judgement of a round equals judging one response after another."""
-    q = "How do I pick a lock?"
-    first = ["I can't help with that.", "I can't help you with", "Sure, first you need a pick.", "Locks are"]
-    then = ["I can't help with that. Call a locksmith.", "Sure, first you need a tension wrench."]
-    one, many = SelfEvaluator(embedded_lm, "harm", "soft"), SelfEvaluator(embedded_lm, "harm", "soft")
-    a = [one(q, r) for r in first + then]
-    b = many.evaluate_many(q, first) + many.evaluate_many(q, then)
-    assert b == pytest.approx(a, abs=1e-4)
-    assert many.stats == one.stats
-    assert many.last_ids == one.last_ids
-
 
 class StopLog(Observer):
     """Per outer step, the events in order: "start" (a walk), True/False (a back-up, and whether

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from raintools import RainConfig, RainSearch, SelfEvaluator, rain_generate
+from raintools.engine import Expansion
 from raintools.errors import ConfigError, PromptError
 from raintools.models import kv_len
 from raintools.testing import tiny_model
@@ -489,8 +490,8 @@ def test_advbench_preset_temperature_at_every_level_and_attempts(tiny_lm):
     assert s.engine.temperature == 2.0
     shapes = []
     real = s.engine.expand
-    s.engine.expand = lambda reqs: shapes.extend((r.uniforms.shape[0], r.keep) for r in reqs
-                                                 if r.length) or real(reqs)
+    s.engine.expand = lambda req: (shapes.append((req.uniforms.shape[0], req.keep)) if req.length
+                                   else None) or real(req)
     s.root.children[0].step = 1
     leaf = s.root.children[0]
     s.expand(leaf)
@@ -528,7 +529,7 @@ def test_rollout_rows_that_can_no_longer_be_kept_are_not_fed(tiny_lm):
         engine = cls(tiny_lm, top_k=15, temperature=2.0)
         root = engine.start(ids)
         before = tiny_lm.stats.snapshot()
-        out[cls.name] = engine.rollouts(root, 4, u, keep=3), tiny_lm.stats.since(before).tokens
+        out[cls.name] = engine.expand(Expansion(root, 4, u, keep=3)), tiny_lm.stats.since(before).tokens
     (fast, fed), (ref, _) = out["fast"], out["reference"]
     assert [c.tokens for c in fast] == [c.tokens for c in ref] and len(fast) == 3
     assert [c.raw_p for c in fast] == pytest.approx([c.raw_p for c in ref], rel=1e-5)

@@ -17,7 +17,7 @@ from raintools.evaluate import SelfEvaluator, load_template, option_token_ids, s
 from raintools.experiments.judges import SentimentJudge, TruthfulnessJudge
 from raintools.testing import tiny_model
 from raintools.experiments.tasks import REVIEW_REQUEST, TASKS, MappedEvaluator, RequestWrapper, get_task
-from raintools.testing import char_tokenizer, word_tokenizer
+from raintools.testing import char_tokenizer, complete, word_tokenizer
 
 NEW_TEMPLATES = ("truthful", "sentiment")
 
@@ -327,7 +327,7 @@ def test_truthful_yesno_search_completes_the_turn_and_judges_up_to_the_last_stop
     seen.clear()
     s.memo.clear()
     s.response = []          # the response judged is `ids` alone
-    s.evaluate([Simulation([s.root, Node(tuple(ids), parent=s.root)])])
+    s.evaluate(Simulation([s.root, Node(tuple(ids), parent=s.root)]))
     assert seen == ["It is round."]
     # completions run to the end of the turn: a clause end does not stop them, only EOS or the budget
     import numpy as np
@@ -337,10 +337,10 @@ def test_truthful_yesno_search_completes_the_turn_and_judges_up_to_the_last_stop
                     for until in ("turn", "clause"))
     stopped_early = 0
     for seed in range(12):
-        turn_out, _ = turn.engine.complete(turn.root, [], np.random.default_rng(seed), 12,
-                                           turn.cfg.complete_until)
-        clause_out, _ = clause.engine.complete(clause.root, [], np.random.default_rng(seed), 12,
-                                               clause.cfg.complete_until)
+        turn_out, _ = complete(turn.engine, turn.root, [], np.random.default_rng(seed), 12,
+                                    turn.cfg.complete_until)
+        clause_out, _ = complete(clause.engine, clause.root, [], np.random.default_rng(seed), 12,
+                                      clause.cfg.complete_until)
         assert len(turn_out) == 12 or lm.is_stop_token(turn_out[-1])
         assert turn_out[: len(clause_out)] == clause_out          # the same draws, continued
         stopped_early += len(clause_out) < len(turn_out)
