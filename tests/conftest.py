@@ -165,6 +165,23 @@ SLOW = {
 }
 
 
+def run_json_lines(code: str, timeout: float) -> list[dict]:
+    """Run `code` in a fresh Python (the repository and tests/ on its path, one torch thread) and
+    return the JSON objects it prints, one per line; fails the test on a non-zero exit (a script
+    that hangs kills itself with a watchdog, `timeout` is the last resort)."""
+    import json
+    import subprocess
+    import sys
+
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
 def _is_slow(item) -> bool:
     file = item.path.name
     return file in SLOW or f"{file}::{getattr(item, 'originalname', item.name)}" in SLOW

@@ -303,19 +303,10 @@ def test_a_batch_stops_on_ctrl_c_or_an_error_with_no_search_left_waiting():
     (no round after it, no pass but the rest of the failing pass's round, no job started after
     it), every search unwinds (no thread left), then the caller gets that error. 4 prompts, 2 at
     once; in a subprocess (a hang is a timeout)."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from conftest import run_json_lines
 
-    tests = Path(__file__).resolve().parent
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        [str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", STOPS], env=env, capture_output=True, text=True,
-                          timeout=400)   # a case that hangs exits after 60 s; ~20 s in all on a loaded CPU
-    assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
-    got = {(r["where"], r["k"]): r for r in map(json.loads, proc.stdout.splitlines())}
+    # a case that hangs exits after 60 s; ~20 s in all on a loaded CPU
+    got = {(r["where"], r["k"]): r for r in run_json_lines(STOPS, timeout=400)}
     assert len(got) == 6
     for (where, k), r in got.items():
         assert r["got"] == ("KeyboardInterrupt()" if where in ("judge", "pass") else f"ValueError('{where}')")

@@ -624,18 +624,10 @@ def test_a_batch_on_a_server_stops_on_ctrl_c_or_an_error():
     a search's error, no job starts, the running searches stop at their next request (the server
     gets at most one more per search thread: measured 0), no search thread is left, and the caller
     gets that error. In a subprocess against a TinyVllm (a hang is a timeout)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from conftest import run_json_lines
 
-    tests = Path(__file__).resolve().parent
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        [str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", VLLM_STOPS], env=env, capture_output=True, text=True,
-                          timeout=300)   # a case that hangs exits after 60 s; ~15 s in all on a loaded CPU
-    assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
-    got = {(r["where"], r["k"]): r for r in map(json.loads, proc.stdout.splitlines())}
+    # a case that hangs exits after 60 s; ~15 s in all on a loaded CPU
+    got = {(r["where"], r["k"]): r for r in run_json_lines(VLLM_STOPS, timeout=300)}
     assert len(got) == 3
     for (where, k), r in got.items():
         assert r["got"] == ("KeyboardInterrupt()" if where == "interrupt" else "ValueError('error')"), r
