@@ -481,8 +481,9 @@ def shared_prompt_samples(lm: "LanguageModel", prompt: str, n: int, max_new_toke
     """`n` sampled answers to `prompt` with the prompt's KV computed once and shared by all of
     them (a batch of `n` rows after one prefill), as a real best-of-N runs. Row i takes vanilla's
     steps (`raintools.vanilla.decode_step`) with the random stream of `generate_vanilla(...,
-    do_sample=True, sample_index=i)`, so it gives the same tokens up to batch rounding. Returns (token lists, texts, prompt length, tokens computed):
-    the prompt once plus every position a live row fed (a finished row leaves the batch)."""
+    do_sample=True, sample_index=i)`, so it gives the same tokens up to batch rounding. Returns
+    (token lists, texts, prompt length, tokens computed): the prompt once plus every position a
+    live row fed (a finished row leaves the batch)."""
     import torch
 
     from ..sampling import VANILLA, keyed_rng
