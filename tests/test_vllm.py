@@ -665,8 +665,9 @@ def evaluate(out, embedder, k):
                            method_config=mc, progress=False, concurrency=2)
 
 
-# Ctrl-C once a few answers have ended (the resumed run keeps them); errors early in the first searches
-for where, k, at in [("interrupt", 1, 30), ("error", 1, 4), ("error", 4, 4)]:
+# Ctrl-C and an error early in the first two searches; an error once two answers have ended (then
+# resumed: they are kept, not redone)
+for where, k, at in [("interrupt", 1, 4), ("error", 1, 30), ("error", 4, 4)]:
     faulthandler.dump_traceback_later(60, exit=True)      # a hang: every thread's stack, then exit
     embedded, mark, late, ended = [], [], [], []
 
@@ -699,7 +700,7 @@ for where, k, at in [("interrupt", 1, 30), ("error", 1, 4), ("error", 4, 4)]:
     kept = on_disk(out)
     runner.generate_answer = real
     resumed = None
-    if where == "interrupt":                       # the same command again: the rest, nothing redone
+    if at > 4:                                     # the same command again: the rest, nothing redone
         run = evaluate(out, letter_embedder, k)
         now = on_disk(out)
         resumed = dict(computed=run.computed, skipped=run.skipped,
@@ -723,7 +724,7 @@ def test_eval_on_a_server_stops_on_ctrl_c_or_an_error():
     for (where, k), r in got.items():
         assert r["got"] == ("KeyboardInterrupt()" if where == "interrupt" else "ValueError('error')"), r
         assert r["left"] == [] and r["late"] == 0 and r["lost"] == [] and r["after"] <= 2 * k, r
-    resumed = got[("interrupt", 1)]["resumed"]
-    assert got[("interrupt", 1)]["kept"] >= 1, got      # answers ended before Ctrl-C: not redone
+    resumed = got[("error", 1)]["resumed"]
+    assert got[("error", 1)]["kept"] >= 1, got      # answers ended before the error: not redone
     assert resumed["rows"] == [[f"p-{i:04d}", "rain"] for i in range(6)], resumed
     assert resumed["skipped"] + resumed["computed"] == 6 and resumed["same"], resumed
