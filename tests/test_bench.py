@@ -45,11 +45,13 @@ def test_bench_shards_resume_and_summary(tmp_path, shared_data):
     rows = pd.read_csv(rows_csv)
     assert set(rows.prompt) == {0}                         # shard 0 of 2: prompt 0 only
     assert sorted(rows.variant) == ["fast_k1", "fast_k2", "reference", "vanilla"]
-    assert "prompt 0 (hh) fast_k2" in first and first.strip().splitlines()[-1].startswith("speedup_vs_reference=")
+    assert "prompt 0 (hh) fast_k2" in first
+    assert first.strip().splitlines()[-1].startswith("speedup_vs_reference=")
 
     second = bench(tmp_path, model, "1/2", shared_data)
     rows = pd.read_csv(rows_csv)
-    assert sorted(rows[rows.prompt == 1].variant) == ["fast_k1", "fast_k2", "vanilla"]   # no reference, bf16 there
+    # no reference, bf16 there
+    assert sorted(rows[rows.prompt == 1].variant) == ["fast_k1", "fast_k2", "vanilla"]
     again = bench(tmp_path, model, "0/2", shared_data)     # resumed: only the bf16 check runs
     assert "prompt 0 (hh) fast" not in again and "4 of its rows already written" in again, again
     rows = pd.read_csv(rows_csv)
@@ -68,7 +70,8 @@ def test_bench_shards_resume_and_summary(tmp_path, shared_data):
     summary = pd.read_csv(tmp_path / "out" / "rain_speed.csv").set_index("variant")
     for variant, g in rows.groupby("variant"):             # the summary comes from both shards' rows
         assert summary.loc[variant, "prompts"] == len(g)
-        assert summary.loc[variant, "passes_per_sim_mean"] == pytest.approx(g.passes_per_sim.mean(), rel=1e-4, nan_ok=True)
+        assert summary.loc[variant, "passes_per_sim_mean"] == pytest.approx(
+            g.passes_per_sim.mean(), rel=1e-4, nan_ok=True)
         assert summary.loc[variant, "forward_calls"] == g.forward_calls.sum()
     assert summary.loc["fast_k2", "prompts"] == 2
     assert summary.loc["bf16_k1", "same_tokens_as_fp32"] in (0, 1)
@@ -130,7 +133,8 @@ def test_quality_summaries_resample_questions_not_runs():
     is the same with 6 seeds as with 1, and each share's interval is wider than a Wilson interval
     over the 72 runs as if they were independent would be."""
     one, many = summaries(1), summaries(6)
-    columns = {0: ["good_fast", "good_vllm", "difference"], 1: ["good_k1", "good_k4", "difference", "passes_per_sim_k4"]}
+    columns = {0: ["good_fast", "good_vllm", "difference"],
+               1: ["good_k1", "good_k4", "difference", "passes_per_sim_k4"]}
     for i, cols in columns.items():
         assert many[i].interval_unit == "question"
         assert many[i].pairs == 72 and one[i].pairs == 12
@@ -139,10 +143,13 @@ def test_quality_summaries_resample_questions_not_runs():
             for end in ("", "_lo", "_hi"):
                 assert many[i][c + end] == pytest.approx(one[i][c + end], abs=1e-12), (c, end)
     vllm, parallel = many
-    for share, good in ((vllm.good_vllm, 36), (vllm.good_fast, 24), (parallel.good_k4, 36), (parallel.good_k1, 24)):
+    for share, good in ((vllm.good_vllm, 36), (vllm.good_fast, 24),
+                        (parallel.good_k4, 36), (parallel.good_k1, 24)):
         assert share == good / 72
-    for lo, hi, good in ((vllm.good_vllm_lo, vllm.good_vllm_hi, 36), (vllm.good_fast_lo, vllm.good_fast_hi, 24),
-                         (parallel.good_k4_lo, parallel.good_k4_hi, 36), (parallel.good_k1_lo, parallel.good_k1_hi, 24)):
+    for lo, hi, good in ((vllm.good_vllm_lo, vllm.good_vllm_hi, 36),
+                         (vllm.good_fast_lo, vllm.good_fast_hi, 24),
+                         (parallel.good_k4_lo, parallel.good_k4_hi, 36),
+                         (parallel.good_k1_lo, parallel.good_k1_hi, 24)):
         runs_lo, runs_hi = wilson_interval(good, 72)
         assert lo < runs_lo and hi > runs_hi
 
@@ -153,8 +160,10 @@ def test_committed_judge_prompt_token_counts_are_current(tmp_path, shared_data):
     is what bench/judge_prompt_tokens.py counts now with the embedded tokenizer on today's frames
     and prompts: a changed frame, template or tokenizer without a new CSV fails here."""
     out = tmp_path / "tokens.csv"
-    bench_module("judge_prompt_tokens").main(["--out", str(out), "--hh", str(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"),
-                                              "--advbench", str(shared_data / "advbench" / "harmful_behaviors.csv")])
+    bench_module("judge_prompt_tokens").main([
+        "--out", str(out),
+        "--hh", str(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"),
+        "--advbench", str(shared_data / "advbench" / "harmful_behaviors.csv")])
     committed = pd.read_csv(ROOT / "bench" / "results" / "judge_prompt_tokens.csv")
     pd.testing.assert_frame_equal(pd.read_csv(out), committed)
 
@@ -163,8 +172,9 @@ def test_committed_quality_summaries_are_the_scripts_summaries_of_the_committed_
     """The summary CSVs the READMEs quote are what the scripts' own `--summary-only` path writes
     from the committed runs CSVs now (nothing edited by hand, nothing left from an older summary)."""
     results = ROOT / "bench" / "results"
-    for runs, summary in (("vllm_quality_runs.csv", "vllm_quality_summary.csv"),
-                          ("vllm_quality_runs_before_issue25.csv", "vllm_quality_summary_before_issue25.csv")):
+    for runs, summary in (
+            ("vllm_quality_runs.csv", "vllm_quality_summary.csv"),
+            ("vllm_quality_runs_before_issue25.csv", "vllm_quality_summary_before_issue25.csv")):
         out = tmp_path / summary
         bench_module("vllm_quality").main(["--summary-only", "--runs-csv", str(results / runs),
                                            "--summary-csv", str(out)])

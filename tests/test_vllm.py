@@ -632,3 +632,99 @@ def test_a_batch_on_a_server_stops_on_ctrl_c_or_an_error():
     for (where, k), r in got.items():
         assert r["got"] == ("KeyboardInterrupt()" if where == "interrupt" else "ValueError('error')"), r
         assert r["left"] == [] and r["late"] == 0 and r["after"] <= 2 * k, r
+
+
+EVAL_STOPS = r"""
+import faulthandler, json, os, signal, tempfile, threading, time
+from pathlib import Path
+import torch
+from raintools.experiments import runner
+from raintools.experiments.methods import MethodConfig
+from test_runner import write_csv
+from test_search import SMALL, letter_embedder
+from test_vllm import EVAL_PROMPTS, tiny_vllm
+
+torch.set_num_threads(1)
+signal.signal(signal.SIGINT, signal.default_int_handler)     # a background job starts with it ignored
+url, state = tiny_vllm()
+os.environ["RAINTOOLS_SERVER"] = url
+tmp = Path(tempfile.mkdtemp())
+data = write_csv(tmp / "p.csv", EVAL_PROMPTS)                 # 6 prompts, 2 searches at once
+real = runner.generate_answer
+
+
+def on_disk(out):
+    files = [out / runner.RESULTS, *(out / runner.GENERATED).glob("*.jsonl")]
+    return {(r["id"], r["method"]): r["response"] for f in files for r in runner.read_records(f)}
+
+
+def evaluate(out, embedder, k):
+    mc = MethodConfig(rain=SMALL.replace(parallel_simulations=k), max_new_tokens=8, engine="vllm",
+                      embedder=embedder)
+    return runner.run_eval(data, ["rain"], ["refusal"], out, model="tiny", device="cpu",
+                           method_config=mc, progress=False, concurrency=2)
+
+
+# Ctrl-C and an error early in the first two searches; an error once two answers have ended (then
+# resumed: they are kept, not redone)
+for where, k, at in [("interrupt", 1, 4), ("error", 1, 30), ("error", 4, 4)]:
+    faulthandler.dump_traceback_later(60, exit=True)      # a hang: every thread's stack, then exit
+    embedded, mark, late, ended = [], [], [], []
+
+    def embedder(texts):                           # called by the searches, in their threads
+        embedded.append(texts)
+        if len(embedded) == at:
+            mark.append(state["requests"])
+            if where == "interrupt":               # Ctrl-C, taken by the main thread
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)
+            else:
+                raise ValueError(where)
+        return letter_embedder(texts)
+
+    def started(lm, item, method, *args, **kwargs):    # an answer's search starts, and ends
+        late.extend([1] if mark else [])
+        rec = real(lm, item, method, *args, **kwargs)
+        ended.append((rec["id"], rec["method"]))
+        return rec
+    runner.generate_answer = started
+    out = tmp / f"{where}-{k}"
+    try:
+        evaluate(out, embedder, k)
+        got = None
+    except BaseException as exc:  # noqa: BLE001
+        got = repr(exc)
+    left = [t.name for t in threading.enumerate() if t.name.startswith(("rain-search", "raintools-eval"))]
+    time.sleep(0.3)                                # what a search left running would still send
+    after = state["requests"] - mark[0]
+    kept = on_disk(out)
+    runner.generate_answer = real
+    resumed = None
+    if at > 4:                                     # the same command again: the rest, nothing redone
+        run = evaluate(out, letter_embedder, k)
+        now = on_disk(out)
+        resumed = dict(computed=run.computed, skipped=run.skipped,
+                       rows=[(r["id"], r["method"]) for r in runner.read_records(out / runner.RESULTS)],
+                       same=all(now[key] == text for key, text in kept.items()))
+    print(json.dumps(dict(where=where, k=k, got=got, left=left, late=len(late), after=after, kept=len(kept),
+                          lost=sorted(set(ended) - set(kept)), resumed=resumed)), flush=True)
+"""
+
+
+def test_eval_on_a_server_stops_on_ctrl_c_or_an_error():
+    """eval with RAIN on a server (6 prompts, 2 searches at once; K = 1 and 4): after a real SIGINT
+    or a search's error, no search starts, the running ones stop at their next request (the server
+    gets at most one more per search thread: measured 0), no search thread is left, the caller gets
+    that error, and every answer generated before is kept; the same command then completes the
+    rest without redoing any. In a subprocess against a TinyVllm (a hang is a timeout)."""
+    from conftest import run_json_lines
+
+    got = {(r["where"], r["k"]): r for r in run_json_lines(EVAL_STOPS, timeout=300)}
+    assert len(got) == 3
+    for (where, k), r in got.items():
+        assert r["got"] == ("KeyboardInterrupt()" if where == "interrupt" else "ValueError('error')"), r
+        assert r["left"] == [] and r["late"] == 0 and r["lost"] == [] and r["after"] <= 2 * k, r
+    resumed = got[("error", 1)]["resumed"]
+    assert got[("error", 1)]["kept"] >= 1, got      # answers ended before the error: not redone
+    assert resumed["rows"] == [[f"p-{i:04d}", "rain"] for i in range(6)], resumed
+    assert resumed["skipped"] + resumed["computed"] == 6 and resumed["same"], resumed

@@ -34,9 +34,12 @@ differs from `run.json` (or whose data changed under the same ids) is refused wi
 several prompts are searched at once (`--concurrency`, default 8: one thread per search in flight,
 their requests batched by the server), while the main thread judges and writes the answers in
 data order, so the files are the ones a one-at-a-time run writes. Each answer goes to
-`generated/` the moment its search ends. A server that fails mid-run (killed, crashed) stops the
-run with one `ServerError` naming the problem; every answer finished before it is kept, and the
-same command, once the server is back, resumes with the rest.
+`generated/` the moment its search ends. The searches run on `raintools.batch.side_by_side`, the
+decoder's own path for a batch: the first error (of a search, a judge, the server) or Ctrl-C stops
+the run: no search starts after it, the running ones end at their next request to the server,
+and that error is raised once. A server that fails mid-run (killed, crashed) stops the run with
+one `ServerError` naming the problem; every answer finished before it is kept, and the same
+command, once the server is back, resumes with the rest.
 
 **Scale.** Under `torchrun --nproc_per_node N -m raintools eval ...` (or `accelerate launch`)
 every rank takes the items `i % world == rank`, loads the model on its own GPU (`cuda:LOCAL_RANK`)
@@ -495,7 +498,6 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
         bar.write(f"resuming: {rejudge} response(s) generated before are judged, not generated again")
     computed = 0
     import threading
-    from concurrent.futures import ThreadPoolExecutor
 
     keep_lock = threading.Lock()
 
@@ -513,35 +515,74 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
                       if not _usable(generated.get((it.id, m)), task_obj, it)
                       and on_server(m, lm, method_config)]
     workers = min(len(on_server_todo), SERVER_CONCURRENCY if concurrency is None else concurrency)
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="raintools-eval") if workers > 1 else None
-    ahead = {}
-    if pool is not None:
-        task_evaluator(lm, task_obj, method_config)      # the shared evaluator, made once, here
-        threaded = method_config
-        if method_config.rain.similarity_update or method_config.rain.node_addition:
-            from ..batch import Locked
-            from ..embed import load_embedder
-            threaded = method_config.replace(
-                embedder=Locked(method_config.embedder or load_embedder()))
-        ahead = {(it.id, m): pool.submit(generate, it, m, threaded, False)
-                 for it, m in on_server_todo}
-    try:
+    if workers < 2:
+        on_server_todo = []
+    searched: dict[tuple, dict] = {}     # answers of the searches side by side, until written
+    ready = threading.Condition()        # notified when a search ends or the run stops
+    stop = threading.Event()             # set by the first error or Ctrl-C
+
+    def write_all() -> None:
+        """Judge and write every answer in data order, taking those searched side by side as they
+        end. Once the run has stopped, nothing more starts: it returns."""
+        nonlocal computed
+        side = {(it.id, m) for it, m in on_server_todo}
         for it, m in todo:
+            key = (it.id, m)
             bar.set_postfix_str(f"{m} {it.id}", refresh=False)
-            rec = generated.get((it.id, m))
-            if (it.id, m) in ahead:
-                rec = ahead.pop((it.id, m)).result()     # the first failure stops the run here
-            elif not _usable(rec, task_obj, it):
+            rec = generated.get(key)
+            if key in side:
+                with ready:
+                    ready.wait_for(lambda: key in searched or stop.is_set())
+                    rec = searched.pop(key, None)
+            elif not stop.is_set() and not _usable(rec, task_obj, it):
                 rec = generate(it, m)
+            if stop.is_set():            # side_by_side raises the error that stopped the run
+                return
             rec = judge_answer(rec, it, judge_objs, kwargs_for)
             append_jsonl(own, rec)
-            done[(it.id, m)] = rec
+            done[key] = rec
             computed += 1
             bar.update(1)
+
+    try:
+        if on_server_todo:
+            from ..batch import Locked, side_by_side
+            from ..vllm_engine import shared_client
+
+            task_evaluator(lm, task_obj, method_config)      # the shared evaluator, made once, here
+            threaded = method_config
+            if method_config.rain.similarity_update or method_config.rain.node_addition:
+                from ..embed import load_embedder
+                threaded = method_config.replace(
+                    embedder=Locked(method_config.embedder or load_embedder()))
+
+            def search(i: int) -> None:
+                it, m = on_server_todo[i]
+                rec = generate(it, m, threaded, False)
+                with ready:
+                    searched[(it.id, m)] = rec
+                    ready.notify_all()
+
+            def halt() -> None:
+                stop.set()
+                with ready:
+                    ready.notify_all()
+
+            # the searches' requests go through the model's shared client of the server; while
+            # they run it has the run's `stop`: once set, every request raises instead of going out
+            client = shared_client(lm)
+            before, client.stop = client.stop, stop
+            try:
+                # the one path of searches side by side (raintools.batch): on the first error of a
+                # search, or of this thread (Ctrl-C, a judge), no search starts after it, the running
+                # ones end at their next request, and that error is raised once they have ended
+                side_by_side([search] * len(on_server_todo), workers, serve=write_all, stop=halt)
+            finally:
+                client.stop = before
+        else:
+            write_all()
     finally:
         bar.close()
-        if pool is not None:             # after a failure: searches not started yet never start
-            pool.shutdown(wait=True, cancel_futures=True)
 
     # -- merge and summarise
     ctx.barrier()
