@@ -159,6 +159,7 @@ SLOW = {
     "test_tasks.py::test_truthful_yesno_search_completes_the_turn_and_judges_up_to_the_last_stop",
     "test_tree.py::test_commit_keeps_exactly_the_chosen_subtree",
     "test_vllm.py::test_a_batch_on_a_server_stops_on_ctrl_c_or_an_error",
+    "test_vllm.py::test_eval_on_a_server_stops_on_ctrl_c_or_an_error",
     "test_vllm.py::test_eval_interrupted_by_a_killed_server_resumes_with_nothing_lost",
     "test_vllm.py::test_eval_on_a_server_searches_several_prompts_at_once",
     "test_vllm.py::test_walks_in_flight_send_their_requests_side_by_side",
