@@ -39,40 +39,33 @@ class Observer:
 
 class Stats(Observer):
     """The counters of a result's stats. `tokens_needed` counts what must be computed: each tree
-    node's tokens once, each completion's fed tokens, the prompt (see bench/README)."""
+    node's tokens once, each completion's fed tokens, the prompt (see bench/README). Forward
+    passes and wall time count from its creation."""
 
-    def __init__(self):
+    def __init__(self, engine):
         self.counts = dict(simulations=0, evaluations=0, evaluator_calls=0, memo_hits=0,
                            nodes_created=0, nodes_added=0, tokens_needed=0, completion_tokens=0,
                            embed_calls=0, embedded_texts=0, early_stops=0, max_live_nodes=0)
         self.sims_per_step: list[int] = []
         self._counted: set[int] = {0}
         self.judge_tokens = 0        # tokens needed by the judge calls of a judge others may share
-
-    def start(self, search) -> None:
-        """Called before the judge is chosen, so that a judge forked for this search (`own_judge`)
-        counts its header's passes as this search's."""
-        self._forward0 = search.engine.stats.snapshot()
-        self._t0 = time.perf_counter()
+        self._forward0, self._t0 = engine.stats.snapshot(), time.perf_counter()
 
     def summary(self, search) -> dict:
         """A result's stats: the counters, this search's forward passes and tokens, the judge's
         tokens needed, the phase times."""
-        now = search.engine.stats.since(self._forward0)
+        name, now = search.engine.name, search.engine.stats.since(self._forward0)
         judge = getattr(search.evaluator, "stats", None)        # a server's judge counts none
         judged = self.judge_tokens + (getattr(judge, "tokens_needed", 0) if search.own_judge else 0)
-        stats = dict(self.counts)
-        stats.update(
-            engine=search.engine_name,
-            engine_route=("reference" if search.engine_name == "reference" else
-                          "server" if search.engine_name.startswith("vllm") else search.lm.route.kind),
-            committed_tokens=len(search.response), commits=len(search.token_sets),
-            simulations_per_step=list(self.sims_per_step), forward_calls=now.calls,
-            tokens_computed=now.tokens, tokens_needed=self.counts["tokens_needed"] + judged,
-            wall_time_s=time.perf_counter() - self._t0, stop_reason=search.stop_reason,
-            prompt_tokens=len(search.engine.prefix_ids) - len(search.response))
-        stats.update({f"time_{k}_s": v for k, v in search.timings.items()})
-        return stats
+        route = ("reference" if name == "reference" else "server" if name.startswith("vllm")
+                 else search.lm.route.kind)
+        return dict(self.counts, engine=name, engine_route=route,
+                    committed_tokens=len(search.response), commits=len(search.token_sets),
+                    simulations_per_step=list(self.sims_per_step), forward_calls=now.calls,
+                    tokens_computed=now.tokens, tokens_needed=self.counts["tokens_needed"] + judged,
+                    wall_time_s=time.perf_counter() - self._t0, stop_reason=search.stop_reason,
+                    prompt_tokens=len(search.engine.prefix_ids) - len(search.response),
+                    **{f"time_{k}_s": v for k, v in search.timer.timings.items()})
 
     def _needed(self, nodes):
         for node in nodes:

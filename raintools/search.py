@@ -49,13 +49,6 @@ __all__ = ["PHASES", "RainResult", "RainSearch", "Simulation", "rain_generate", 
            "round_size"]
 
 
-def cut_at_last_stop(text: str) -> str:
-    """`text` up to and including its last full stop; unchanged when it has none (the judged
-    answer of the public code's TruthfulQA script)."""
-    i = text.rfind(".")
-    return text[: i + 1] if i >= 0 else text
-
-
 @dataclass(eq=False)
 class Simulation:
     """One simulation of the inner loop: its path (root first), the leaf's clause completion, the
@@ -90,9 +83,10 @@ class RainSearch:
         # the flow is the engine's forward at every K: its `stats` count this search's passes only
         self.flow = Flow(forward or lm.forward, getattr(forward, "stats", None) or lm.stats, merge=lm.route.packed)
         self.engine = make_engine(lm, engine, cfg, self.flow)
-        self.engine_name, self.flow.concurrent = self.engine.name, bool(self.engine.concurrent)
-        self.stats, self.timer = Stats(), PhaseTimer()
-        self.stats.start(self)       # counted from here: a fork of the judge made now is this search's
+        self.flow.concurrent = bool(self.engine.concurrent)
+        # made before the judge is chosen: the passes of a judge forked for this search count as its
+        self.stats, self.timer = Stats(self.engine), PhaseTimer()
+        self.counts = self.stats.counts
         self.evaluator, self.own_judge = search_judge(lm, evaluator, cfg, self.engine, self.flow)
         self._judging_lock = threading.Lock()
         self.needs_embeddings = cfg.similarity_update or cfg.node_addition
@@ -102,7 +96,6 @@ class RainSearch:
         self.sim_index = self.walks = self.outer_step = 0
         self.response, self.token_sets = [], []      # committed tokens, and per commit
         self.finished, self.stop_reason = False, ""
-        self.counts, self.timings = self.stats.counts, self.timer.timings
         self.trace = Trace(prompt=prompt, config=cfg.to_dict()) if cfg.record_trace else None
         self.observers = [self.stats, self.timer, *([TraceRecorder(self.trace)] if self.trace else []),
                           *observers]
@@ -232,8 +225,9 @@ class RainSearch:
     def evaluate(self, sim: Simulation) -> None:
         """Evaluation: the simulation's response and completion (cut at its last full stop where
         configured) judged, each text once (a repeat is a memo hit)."""
-        text = self.lm.response_text(self.response + sim.leaf.response_tokens() + sim.completion)
-        sim.text = cut_at_last_stop(text) if self.cfg.cut_at_last_stop else text
+        sim.text = self.lm.response_text(self.response + sim.leaf.response_tokens() + sim.completion)
+        if self.cfg.cut_at_last_stop:    # up to and including its last ".", whole without one
+            sim.text = sim.text[: sim.text.rfind(".") + 1] or sim.text
         sim.memo_hit = sim.text in self.memo
         with self.flow.request(lambda: 1, not sim.memo_hit), self.phase("judge"), judging(self):
             if not sim.memo_hit:
@@ -244,7 +238,9 @@ class RainSearch:
     def embed(self, sim: Simulation) -> torch.Tensor | None:
         """The embeddings of the text from each non-root node of the path down to its evaluated
         end, from one embedder call (each text once)."""
-        texts = path_texts(self.lm, sim.path, sim.completion) if self.needs_embeddings else []
+        path = sim.path if self.needs_embeddings else []
+        texts = [self.lm.decode([t for node in path[i:] for t in node.tokens] + sim.completion)
+                 for i in range(1, len(path))]
         unique = list(dict.fromkeys(texts))
         if not unique:
             return None
@@ -379,16 +375,6 @@ def completion_budget(cfg: RainConfig, leaf: Node, remaining: int) -> int:
     if cfg.clause_max_tokens is not None:
         remaining = min(remaining, cfg.clause_max_tokens)
     return max(remaining, 0)
-
-
-def path_texts(lm: LanguageModel, path: list[Node], completion: list[int]) -> list[str]:
-    """The text from each non-root node of the path down to the evaluated end (what the
-    embeddings of the path's nodes are updated with)."""
-    texts, tail = [], list(completion)
-    for node in reversed(path[1:]):
-        tail = list(node.tokens) + tail
-        texts.insert(0, lm.decode(tail))
-    return texts
 
 
 def round_size(k: int, remaining: int) -> int:
