@@ -177,12 +177,11 @@ class TraceRecorder(Observer):
 
     def backed_up(self, search, sim, similarity):
         new, added, parents = self._new.pop(id(sim), ([], [], []))
-        reached = {n.uid for n in sim.path} | {b.uid for _, b, _ in similarity}
+        touched = {n.uid: n for n in sim.path} | {sib.uid: sib for _, sib, _ in similarity}
         for other in self._new.values():    # nodes of a simulation still in flight that it reached
-            if any(r.uid in reached for r in other[0]):
+            if any(r.uid in touched for r in other[0]):
                 new += other[0]
                 other[0].clear()
-        touched = {n.uid: n for n in sim.path} | {sib.uid: sib for _, sib, _ in similarity}
         for parent in parents:      # priors renormalised (none below a dropped root)
             if parent.parent is not None or parent is search.root:
                 touched.update((ch.uid, ch) for ch in parent.children)

@@ -24,6 +24,7 @@ import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
@@ -519,15 +520,13 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     # a judge on another model: its own weights, one call at a time
     judge_forward = Locked(base_eval.forward) if forks else None
 
-    def job(prompt, ids):
-        def run(client):
-            # each search gets its own view of a self-evaluator (shared encoded header, own stats);
-            # the search model's own judge runs through the search's batch client
-            ev = (base_eval.fork(forward=client if base_eval.lm is lm else judge_forward) if forks
-                  else base_eval)
-            emb = BatchedCall(client, embedder) if embedder is not None else None
-            return RainSearch(lm, prompt, cfg, evaluator=ev, embedder=emb, engine=engine,
-                              prompt_ids=ids, forward=client).run()
-        return run
+    def one_search(prompt, ids, client):
+        # each search gets its own view of a self-evaluator (shared encoded header, own stats);
+        # the search model's own judge runs through the search's batch client
+        ev = (base_eval.fork(forward=client if base_eval.lm is lm else judge_forward) if forks
+              else base_eval)
+        emb = BatchedCall(client, embedder) if embedder is not None else None
+        return RainSearch(lm, prompt, cfg, evaluator=ev, embedder=emb, engine=engine,
+                          prompt_ids=ids, forward=client).run()
 
-    return batcher.run([job(p, ids) for p, ids in zip(prompts, ids_of)], workers, progress)
+    return batcher.run([partial(one_search, p, ids) for p, ids in zip(prompts, ids_of)], workers, progress)
