@@ -21,10 +21,8 @@ class RainConfig:
     c: float = 2.0                      # exploration constant of the PUCT-style bonus; c = 0:
                                         # no exploration, the child with the highest normalised
                                         # value (unvisited children count 0), ties by tie_break
-    tie_break: str = "random"           # children with exactly equal scores: "random" (a draw
-                                        # keyed by seed and node) or "public" (the public code's
-                                        # order: lowest token id at the 1-token level, else the
-                                        # first proposed; the first wins)
+    tie_break: str = "random"           # children with exactly equal scores: "random" (a keyed
+                                        # draw) or "public" (the public code's order; tree.tie_rule)
     # -- expansion
     num_candidates: int = 10            # candidate token sets per expansion (top-10 / greedy+9)
     token_set_lengths: tuple[int, ...] = (1, 2, 4, 10)  # by absolute depth; the last repeats

@@ -10,9 +10,8 @@ a search one phase at a time. With K = `RainConfig.parallel_simulations` > 1, up
 are in flight at once, each in its own *slot* with a virtual loss (`tree.VIRTUAL_LOSS`) on its path
 until its value is backed up; their requests are served together on a logical clock, so every
 engine builds the same tree (`raintools.flow`). A walk into a non-terminal leaf another slot is
-expanding is dropped (the slot waits for the next back-up); no more walks are in flight than half
-of what is left of the step's budget (`round_size`), so the step's last simulation runs alone.
-K = 1 is the paper's sequential search.
+expanding is dropped (the slot waits for the next back-up), and no more walks are in flight than
+`round_size` allows. K = 1 is the paper's sequential search.
 
 The stats counters, the phase timers and the trace are observers of the search's events
 (`raintools.observe`).
@@ -373,9 +372,7 @@ def completion_budget(cfg: RainConfig, leaf: Node, remaining: int) -> int:
     `clause_max_tokens`."""
     if not cfg.complete_clause or leaf.terminal:
         return 0
-    if cfg.clause_max_tokens is not None:
-        remaining = min(remaining, cfg.clause_max_tokens)
-    return max(remaining, 0)
+    return max(0, remaining if cfg.clause_max_tokens is None else min(remaining, cfg.clause_max_tokens))
 
 
 def round_size(k: int, remaining: int) -> int:
