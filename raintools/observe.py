@@ -24,8 +24,8 @@ class Observer:
     # ^ children of `parent`, priors set, from an expansion or (`added`) a node addition;
     #   `rolled_out`: a rollout computed their tokens; `sim`: the simulation they belong to
     def dropped(self, search, sim, into): pass            # a walk into a leaf in flight: its work goes to `into`
-    def selected(self, search, sims): pass                # a walk is over: `sims`, its simulation
-    def ensured(self, search, nodes): pass                # these nodes got their caches
+    def selected(self, search, sim): pass                 # the walk of `sim` is over
+    def ensured(self, search, node): pass                 # `node` got its caches
     def completed(self, search, request): pass            # a clause completion (`CompletionRequest`) is done
     def judged(self, search, sim): pass                   # `sim.value` from the evaluator or the memo
     def embedded(self, search, texts): pass               # one embedder call
@@ -82,8 +82,8 @@ class Stats(Observer):
         if rolled_out:        # a rollout had to compute these tokens to propose them
             self._needed(nodes)
 
-    def ensured(self, search, nodes):
-        self._needed(nodes)
+    def ensured(self, search, node):
+        self._needed([node])
 
     def completed(self, search, request):
         self.counts["tokens_needed"] += request.fed
@@ -171,8 +171,8 @@ class TraceRecorder(Observer):
             for mine, more in zip(self._bucket(into), extra):
                 mine.extend(more)
 
-    def selected(self, search, sims):
-        self._bucket(sims[0])[2][:0] = self._carry
+    def selected(self, search, sim):
+        self._bucket(sim)[2][:0] = self._carry
         self._carry = []
 
     def backed_up(self, search, sim, similarity):

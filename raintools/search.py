@@ -136,7 +136,7 @@ class RainSearch:
     def _ensure(self, node: Node) -> None:
         with self.phase("ensure"):
             self.engine.ensure(node)
-        self._emit("ensured", [node])
+        self._emit("ensured", node)
 
     def _add_children(self, parent: Node, cands, sim: Simulation | None, rolled_out: bool,
                       added: bool = False) -> list[Node]:
@@ -275,7 +275,7 @@ class RainSearch:
         if not sim.leaf.terminal:
             self.in_flight[sim.leaf] = sim
         try:
-            self._emit("selected", [sim])
+            self._emit("selected", sim)
             self.evaluate_and_expand(sim)
             self.in_flight.pop(sim.leaf, None)
             self.evaluate(sim)
