@@ -215,11 +215,8 @@ def needs_node_addition(node: Node, max_children: int, variance_factor: float, l
 
 
 def most_visited(node: Node) -> Node | None:
-    """The child with the largest n, ties broken by q (the commit rule of the code)."""
-    if not node.children:
-        return None
-    top = max(ch.n for ch in node.children)
-    return max((ch for ch in node.children if ch.n == top), key=lambda ch: ch.q)
+    """The child with the largest n, ties broken by q, then the first (the commit rule of the code)."""
+    return max(node.children, key=lambda ch: (ch.n, ch.q), default=None)
 
 
 def sample_by_visits(node: Node, u: float) -> Node | None:
