@@ -138,9 +138,8 @@ class PhaseTimer(Observer):
 
 
 class TraceRecorder(Observer):
-    """Writes the search into a `Trace`: per simulation the path, the judged text, the value, the
-    nodes it created (those of a dropped walk into its leaf too) and every node statistic that
-    changed; per commit the live tree."""
+    """Writes the search into a `Trace` (`raintools.trace` says what it holds); a simulation's new
+    nodes include those of a walk dropped into its leaf."""
 
     def __init__(self, trace: Trace):
         self.trace = trace

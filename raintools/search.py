@@ -51,16 +51,14 @@ __all__ = ["PHASES", "RainResult", "RainSearch", "Simulation", "rain_generate", 
 
 @dataclass(eq=False)
 class Simulation:
-    """One simulation of the inner loop: its path (root first), the leaf's clause completion, the
-    judged text, its value (from the memo or not), whether the leaf was expanded, and `walk`: the
-    order in which its walk started in the search (its index is the order of back-ups)."""
-    path: list[Node] = field(default_factory=list)
-    completion: list[int] = field(default_factory=list)
-    text: str = ""
+    """One simulation of the inner loop (its index in the search is the order of back-ups)."""
+    path: list[Node] = field(default_factory=list)          # root first
+    completion: list[int] = field(default_factory=list)     # the leaf's clause completion
+    text: str = ""                                          # the judged text
     value: float = 0.0
-    memo_hit: bool = False
-    expanded: bool = False
-    walk: int = -1
+    memo_hit: bool = False                                  # the value came from the memo
+    expanded: bool = False                                  # the leaf was expanded
+    walk: int = -1                                          # the order in which its walk started
 
     @property
     def leaf(self) -> Node:
