@@ -141,8 +141,8 @@ class Split(Observer):
         if rolled_out:
             self._count(nodes, "add_rollouts_new" if added else "expand_rollouts_kept")
 
-    def ensured(self, search, nodes):
-        self._count(nodes, "ensure")
+    def ensured(self, search, node):
+        self._count([node], "ensure")
 
     def completed(self, search, request):
         self.needed["completions"] += request.fed

@@ -1,9 +1,8 @@
 """`RainConfig`: every constant of the search, validated, with the paper's values as defaults.
 
 Sources: Li et al., ICLR 2024 (arXiv 2309.07124) and the authors' public code; see
-`docs/rain-spec.md` of the project's shared docs. Presets: `RainConfig.hh()` (the default, the
-Anthropic HH setting), `RainConfig.advbench()`, `RainConfig.truthfulqa()`, and
-`RainConfig.cpu_demo()` (a small budget for laptops; the search rules stay the same).
+`docs/rain-spec.md` of the project's shared docs. The presets are classmethods (`RainConfig.hh()`
+is the default), by name in `PRESETS`.
 """
 
 from __future__ import annotations
@@ -22,10 +21,8 @@ class RainConfig:
     c: float = 2.0                      # exploration constant of the PUCT-style bonus; c = 0:
                                         # no exploration, the child with the highest normalised
                                         # value (unvisited children count 0), ties by tie_break
-    tie_break: str = "random"           # children with exactly equal scores: "random" (a draw
-                                        # keyed by seed and node) or "public" (the public code's
-                                        # order: lowest token id at the 1-token level, else the
-                                        # first proposed; the first wins)
+    tie_break: str = "random"           # children with exactly equal scores: "random" (a keyed
+                                        # draw) or "public" (the public code's order; tree.tie_rule)
     # -- expansion
     num_candidates: int = 10            # candidate token sets per expansion (top-10 / greedy+9)
     token_set_lengths: tuple[int, ...] = (1, 2, 4, 10)  # by absolute depth; the last repeats
@@ -126,10 +123,9 @@ class RainConfig:
         number("max_new_tokens", lo=1, integer=True, allow_none=True)
         number("max_commits", lo=1, integer=True, allow_none=True)
         number("seed", integer=True)
-        for flag in ("complete_clause", "cut_at_last_stop", "similarity_update", "node_addition",
-                     "record_trace"):
-            if not isinstance(getattr(self, flag), bool):
-                bad(f"{flag} must be True or False.")
+        for f in dataclasses.fields(self):
+            if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
+                bad(f"{f.name} must be True or False.")
         return self
 
     # -- derived
@@ -144,10 +140,8 @@ class RainConfig:
     def with_cpu_budget(self) -> "RainConfig":
         """This configuration with the CPU budget (`CPU_BUDGET`) and every rule unchanged. The name
         says so: `hh` becomes `cpu-demo` (the same configuration), another preset `<name>-cpu`."""
-        if self.name in ("hh", "cpu-demo"):
-            name = "cpu-demo"
-        else:
-            name = self.name if self.name.endswith("-cpu") else f"{self.name}-cpu"
+        name = ("cpu-demo" if self.name in ("hh", "cpu-demo") else
+                self.name if self.name.endswith("-cpu") else f"{self.name}-cpu")
         return self.replace(**CPU_BUDGET, name=name)
 
     def to_dict(self) -> dict:
@@ -207,15 +201,15 @@ class RainConfig:
 
     @classmethod
     def cpu_demo(cls, **overrides) -> "RainConfig":
-        """The HH setting with a small budget for a laptop CPU and a 135M model (`CPU_BUDGET`:
-        fewer simulations per step and a short clause completion). The search rules are
-        unchanged. Another preset on a CPU: `RainConfig.<preset>().with_cpu_budget()`."""
+        """The HH setting with the budget of a laptop CPU and a 135M model (`CPU_BUDGET`); another
+        preset on a CPU: `RainConfig.<preset>().with_cpu_budget()`."""
         return cls(**{"name": "cpu-demo", **CPU_BUDGET, **overrides})
 
 
 CPU_BUDGET = MappingProxyType({"max_simulations": 8, "extra_simulations": 4, "min_visits": 3,
                                "clause_max_tokens": 16})
-"""What a CPU changes (`RainConfig.with_cpu_budget`, `RainConfig.cpu_demo`): the budget only."""
+"""What a CPU changes (`RainConfig.with_cpu_budget`, `RainConfig.cpu_demo`): the budget only (fewer
+simulations per step, a short clause completion), never a rule."""
 
 
 PRESETS = MappingProxyType({"hh": RainConfig.hh, "advbench": RainConfig.advbench,

@@ -24,8 +24,8 @@ class Observer:
     # ^ children of `parent`, priors set, from an expansion or (`added`) a node addition;
     #   `rolled_out`: a rollout computed their tokens; `sim`: the simulation they belong to
     def dropped(self, search, sim, into): pass            # a walk into a leaf in flight: its work goes to `into`
-    def selected(self, search, sims): pass                # a walk is over: `sims`, its simulation
-    def ensured(self, search, nodes): pass                # these nodes got their caches
+    def selected(self, search, sim): pass                 # the walk of `sim` is over
+    def ensured(self, search, node): pass                 # `node` got its caches
     def completed(self, search, request): pass            # a clause completion (`CompletionRequest`) is done
     def judged(self, search, sim): pass                   # `sim.value` from the evaluator or the memo
     def embedded(self, search, texts): pass               # one embedder call
@@ -39,40 +39,33 @@ class Observer:
 
 class Stats(Observer):
     """The counters of a result's stats. `tokens_needed` counts what must be computed: each tree
-    node's tokens once, each completion's fed tokens, the prompt (see bench/README)."""
+    node's tokens once, each completion's fed tokens, the prompt (see bench/README). Forward
+    passes and wall time count from its creation."""
 
-    def __init__(self):
+    def __init__(self, engine):
         self.counts = dict(simulations=0, evaluations=0, evaluator_calls=0, memo_hits=0,
                            nodes_created=0, nodes_added=0, tokens_needed=0, completion_tokens=0,
                            embed_calls=0, embedded_texts=0, early_stops=0, max_live_nodes=0)
         self.sims_per_step: list[int] = []
         self._counted: set[int] = {0}
         self.judge_tokens = 0        # tokens needed by the judge calls of a judge others may share
-
-    def start(self, search) -> None:
-        """Called before the judge is chosen, so that a judge forked for this search (`own_judge`)
-        counts its header's passes as this search's."""
-        self._forward0 = search.engine.stats.snapshot()
-        self._t0 = time.perf_counter()
+        self._forward0, self._t0 = engine.stats.snapshot(), time.perf_counter()
 
     def summary(self, search) -> dict:
         """A result's stats: the counters, this search's forward passes and tokens, the judge's
         tokens needed, the phase times."""
-        now = search.engine.stats.since(self._forward0)
+        name, now = search.engine.name, search.engine.stats.since(self._forward0)
         judge = getattr(search.evaluator, "stats", None)        # a server's judge counts none
         judged = self.judge_tokens + (getattr(judge, "tokens_needed", 0) if search.own_judge else 0)
-        stats = dict(self.counts)
-        stats.update(
-            engine=search.engine_name,
-            engine_route=("reference" if search.engine_name == "reference" else
-                          "server" if search.engine_name.startswith("vllm") else search.lm.route.kind),
-            committed_tokens=len(search.response), commits=len(search.token_sets),
-            simulations_per_step=list(self.sims_per_step), forward_calls=now.calls,
-            tokens_computed=now.tokens, tokens_needed=self.counts["tokens_needed"] + judged,
-            wall_time_s=time.perf_counter() - self._t0, stop_reason=search.stop_reason,
-            prompt_tokens=len(search.engine.prefix_ids) - len(search.response))
-        stats.update({f"time_{k}_s": v for k, v in search.timings.items()})
-        return stats
+        route = ("reference" if name == "reference" else "server" if name.startswith("vllm")
+                 else search.lm.route.kind)
+        return dict(self.counts, engine=name, engine_route=route,
+                    committed_tokens=len(search.response), commits=len(search.token_sets),
+                    simulations_per_step=list(self.sims_per_step), forward_calls=now.calls,
+                    tokens_computed=now.tokens, tokens_needed=self.counts["tokens_needed"] + judged,
+                    wall_time_s=time.perf_counter() - self._t0, stop_reason=search.stop_reason,
+                    prompt_tokens=len(search.engine.prefix_ids) - len(search.response),
+                    **{f"time_{k}_s": v for k, v in search.timer.timings.items()})
 
     def _needed(self, nodes):
         for node in nodes:
@@ -89,8 +82,8 @@ class Stats(Observer):
         if rolled_out:        # a rollout had to compute these tokens to propose them
             self._needed(nodes)
 
-    def ensured(self, search, nodes):
-        self._needed(nodes)
+    def ensured(self, search, node):
+        self._needed([node])
 
     def completed(self, search, request):
         self.counts["tokens_needed"] += request.fed
@@ -145,9 +138,8 @@ class PhaseTimer(Observer):
 
 
 class TraceRecorder(Observer):
-    """Writes the search into a `Trace`: per simulation the path, the judged text, the value, the
-    nodes it created (those of a dropped walk into its leaf too) and every node statistic that
-    changed; per commit the live tree."""
+    """Writes the search into a `Trace` (`raintools.trace` says what it holds); a simulation's new
+    nodes include those of a walk dropped into its leaf."""
 
     def __init__(self, trace: Trace):
         self.trace = trace
@@ -178,18 +170,17 @@ class TraceRecorder(Observer):
             for mine, more in zip(self._bucket(into), extra):
                 mine.extend(more)
 
-    def selected(self, search, sims):
-        self._bucket(sims[0])[2][:0] = self._carry
+    def selected(self, search, sim):
+        self._bucket(sim)[2][:0] = self._carry
         self._carry = []
 
     def backed_up(self, search, sim, similarity):
         new, added, parents = self._new.pop(id(sim), ([], [], []))
-        reached = {n.uid for n in sim.path} | {b.uid for _, b, _ in similarity}
+        touched = {n.uid: n for n in sim.path} | {sib.uid: sib for _, sib, _ in similarity}
         for other in self._new.values():    # nodes of a simulation still in flight that it reached
-            if any(r.uid in reached for r in other[0]):
+            if any(r.uid in touched for r in other[0]):
                 new += other[0]
                 other[0].clear()
-        touched = {n.uid: n for n in sim.path} | {sib.uid: sib for _, sib, _ in similarity}
         for parent in parents:      # priors renormalised (none below a dropped root)
             if parent.parent is not None or parent is search.root:
                 touched.update((ch.uid, ch) for ch in parent.children)

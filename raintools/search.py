@@ -10,9 +10,8 @@ a search one phase at a time. With K = `RainConfig.parallel_simulations` > 1, up
 are in flight at once, each in its own *slot* with a virtual loss (`tree.VIRTUAL_LOSS`) on its path
 until its value is backed up; their requests are served together on a logical clock, so every
 engine builds the same tree (`raintools.flow`). A walk into a non-terminal leaf another slot is
-expanding is dropped (the slot waits for the next back-up); no more walks are in flight than half
-of what is left of the step's budget (`round_size`), so the step's last simulation runs alone.
-K = 1 is the paper's sequential search.
+expanding is dropped (the slot waits for the next back-up), and no more walks are in flight than
+`round_size` allows. K = 1 is the paper's sequential search.
 
 The stats counters, the phase timers and the trace are observers of the search's events
 (`raintools.observe`).
@@ -24,6 +23,7 @@ import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
@@ -49,25 +49,16 @@ __all__ = ["PHASES", "RainResult", "RainSearch", "Simulation", "rain_generate", 
            "round_size"]
 
 
-def cut_at_last_stop(text: str) -> str:
-    """`text` up to and including its last full stop; unchanged when it has none (the judged
-    answer of the public code's TruthfulQA script)."""
-    i = text.rfind(".")
-    return text[: i + 1] if i >= 0 else text
-
-
 @dataclass(eq=False)
 class Simulation:
-    """One simulation of the inner loop: its path (root first), the leaf's clause completion, the
-    judged text, its value (from the memo or not), whether the leaf was expanded, and `walk`: the
-    order in which its walk started in the search (its index is the order of back-ups)."""
-    path: list[Node] = field(default_factory=list)
-    completion: list[int] = field(default_factory=list)
-    text: str = ""
+    """One simulation of the inner loop (its index in the search is the order of back-ups)."""
+    path: list[Node] = field(default_factory=list)          # root first
+    completion: list[int] = field(default_factory=list)     # the leaf's clause completion
+    text: str = ""                                          # the judged text
     value: float = 0.0
-    memo_hit: bool = False
-    expanded: bool = False
-    walk: int = -1
+    memo_hit: bool = False                                  # the value came from the memo
+    expanded: bool = False                                  # the leaf was expanded
+    walk: int = -1                                          # the order in which its walk started
 
     @property
     def leaf(self) -> Node:
@@ -90,9 +81,10 @@ class RainSearch:
         # the flow is the engine's forward at every K: its `stats` count this search's passes only
         self.flow = Flow(forward or lm.forward, getattr(forward, "stats", None) or lm.stats, merge=lm.route.packed)
         self.engine = make_engine(lm, engine, cfg, self.flow)
-        self.engine_name, self.flow.concurrent = self.engine.name, bool(self.engine.concurrent)
-        self.stats, self.timer = Stats(), PhaseTimer()
-        self.stats.start(self)       # counted from here: a fork of the judge made now is this search's
+        self.flow.concurrent = bool(self.engine.concurrent)
+        # made before the judge is chosen: the passes of a judge forked for this search count as its
+        self.stats, self.timer = Stats(self.engine), PhaseTimer()
+        self.counts = self.stats.counts
         self.evaluator, self.own_judge = search_judge(lm, evaluator, cfg, self.engine, self.flow)
         self._judging_lock = threading.Lock()
         self.needs_embeddings = cfg.similarity_update or cfg.node_addition
@@ -102,7 +94,6 @@ class RainSearch:
         self.sim_index = self.walks = self.outer_step = 0
         self.response, self.token_sets = [], []      # committed tokens, and per commit
         self.finished, self.stop_reason = False, ""
-        self.counts, self.timings = self.stats.counts, self.timer.timings
         self.trace = Trace(prompt=prompt, config=cfg.to_dict()) if cfg.record_trace else None
         self.observers = [self.stats, self.timer, *([TraceRecorder(self.trace)] if self.trace else []),
                           *observers]
@@ -143,7 +134,7 @@ class RainSearch:
     def _ensure(self, node: Node) -> None:
         with self.phase("ensure"):
             self.engine.ensure(node)
-        self._emit("ensured", [node])
+        self._emit("ensured", node)
 
     def _add_children(self, parent: Node, cands, sim: Simulation | None, rolled_out: bool,
                       added: bool = False) -> list[Node]:
@@ -232,8 +223,9 @@ class RainSearch:
     def evaluate(self, sim: Simulation) -> None:
         """Evaluation: the simulation's response and completion (cut at its last full stop where
         configured) judged, each text once (a repeat is a memo hit)."""
-        text = self.lm.response_text(self.response + sim.leaf.response_tokens() + sim.completion)
-        sim.text = cut_at_last_stop(text) if self.cfg.cut_at_last_stop else text
+        sim.text = self.lm.response_text(self.response + sim.leaf.response_tokens() + sim.completion)
+        if self.cfg.cut_at_last_stop:    # up to and including its last ".", whole without one
+            sim.text = sim.text[: sim.text.rfind(".") + 1] or sim.text
         sim.memo_hit = sim.text in self.memo
         with self.flow.request(lambda: 1, not sim.memo_hit), self.phase("judge"), judging(self):
             if not sim.memo_hit:
@@ -244,7 +236,9 @@ class RainSearch:
     def embed(self, sim: Simulation) -> torch.Tensor | None:
         """The embeddings of the text from each non-root node of the path down to its evaluated
         end, from one embedder call (each text once)."""
-        texts = path_texts(self.lm, sim.path, sim.completion) if self.needs_embeddings else []
+        path = sim.path if self.needs_embeddings else []
+        texts = [self.lm.decode([t for node in path[i:] for t in node.tokens] + sim.completion)
+                 for i in range(1, len(path))]
         unique = list(dict.fromkeys(texts))
         if not unique:
             return None
@@ -279,7 +273,7 @@ class RainSearch:
         if not sim.leaf.terminal:
             self.in_flight[sim.leaf] = sim
         try:
-            self._emit("selected", [sim])
+            self._emit("selected", sim)
             self.evaluate_and_expand(sim)
             self.in_flight.pop(sim.leaf, None)
             self.evaluate(sim)
@@ -376,19 +370,7 @@ def completion_budget(cfg: RainConfig, leaf: Node, remaining: int) -> int:
     `clause_max_tokens`."""
     if not cfg.complete_clause or leaf.terminal:
         return 0
-    if cfg.clause_max_tokens is not None:
-        remaining = min(remaining, cfg.clause_max_tokens)
-    return max(remaining, 0)
-
-
-def path_texts(lm: LanguageModel, path: list[Node], completion: list[int]) -> list[str]:
-    """The text from each non-root node of the path down to the evaluated end (what the
-    embeddings of the path's nodes are updated with)."""
-    texts, tail = [], list(completion)
-    for node in reversed(path[1:]):
-        tail = list(node.tokens) + tail
-        texts.insert(0, lm.decode(tail))
-    return texts
+    return max(0, remaining if cfg.clause_max_tokens is None else min(remaining, cfg.clause_max_tokens))
 
 
 def round_size(k: int, remaining: int) -> int:
@@ -533,15 +515,13 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     # a judge on another model: its own weights, one call at a time
     judge_forward = Locked(base_eval.forward) if forks else None
 
-    def job(prompt, ids):
-        def run(client):
-            # each search gets its own view of a self-evaluator (shared encoded header, own stats);
-            # the search model's own judge runs through the search's batch client
-            ev = (base_eval.fork(forward=client if base_eval.lm is lm else judge_forward) if forks
-                  else base_eval)
-            emb = BatchedCall(client, embedder) if embedder is not None else None
-            return RainSearch(lm, prompt, cfg, evaluator=ev, embedder=emb, engine=engine,
-                              prompt_ids=ids, forward=client).run()
-        return run
+    def one_search(prompt, ids, client):
+        # each search gets its own view of a self-evaluator (shared encoded header, own stats);
+        # the search model's own judge runs through the search's batch client
+        ev = (base_eval.fork(forward=client if base_eval.lm is lm else judge_forward) if forks
+              else base_eval)
+        emb = BatchedCall(client, embedder) if embedder is not None else None
+        return RainSearch(lm, prompt, cfg, evaluator=ev, embedder=emb, engine=engine,
+                          prompt_ids=ids, forward=client).run()
 
-    return batcher.run([job(p, ids) for p, ids in zip(prompts, ids_of)], workers, progress)
+    return batcher.run([partial(one_search, p, ids) for p, ids in zip(prompts, ids_of)], workers, progress)

@@ -10,7 +10,9 @@ running-mean value in [-1, 1], `p` its prior.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Callable, Iterator
 
 import torch
@@ -80,10 +82,8 @@ VIRTUAL_LOSS = -1.0
 
 
 def selection_score(child: Node, parent_n: float, bounds: Bounds, c: float) -> float:
-    """qh + c * p * sqrt(parent.n) / (1 + n), with qh = 0 for an unvisited child.
-
-    Virtual loss (K > 1 simulations in flight): each simulation in flight through the child counts as one
-    more visit of value `VIRTUAL_LOSS`, until its real value is backed up."""
+    """qh + c * p * sqrt(parent.n) / (1 + n), with qh = 0 for an unvisited child; each simulation
+    in flight through the child (K > 1) counts as one more visit of value `VIRTUAL_LOSS`."""
     n, q = child.n, child.q
     virtual = getattr(child, "virtual", 0)        # records of a trace (no flight) have none
     if virtual:
@@ -98,10 +98,9 @@ def select_child(node: Node, bounds: Bounds, c: float,
     """The child maximising the selection score; None without children. Children whose scores
     are exactly equal go to `tie(tied)` (tied in the children's order; the search passes its
     `RainConfig.tie_break`), or to the first one when `tie` is None."""
-    parent_n = node.n + node.virtual if node.virtual else node.n
     tied, best_score = [], -math.inf
     for ch in node.children:
-        s = selection_score(ch, parent_n, bounds, c)
+        s = selection_score(ch, node.n + node.virtual, bounds, c)
         if s > best_score:
             tied, best_score = [ch], s
         elif s == best_score:
@@ -216,11 +215,8 @@ def needs_node_addition(node: Node, max_children: int, variance_factor: float, l
 
 
 def most_visited(node: Node) -> Node | None:
-    """The child with the largest n, ties broken by q (the commit rule of the code)."""
-    if not node.children:
-        return None
-    top = max(ch.n for ch in node.children)
-    return max((ch for ch in node.children if ch.n == top), key=lambda ch: ch.q)
+    """The child with the largest n, ties broken by q, then the first (the commit rule of the code)."""
+    return max(node.children, key=lambda ch: (ch.n, ch.q), default=None)
 
 
 def sample_by_visits(node: Node, u: float) -> Node | None:
@@ -231,12 +227,8 @@ def sample_by_visits(node: Node, u: float) -> Node | None:
     total = sum(ch.n for ch in node.children)
     if total <= 0:
         return most_visited(node)
-    acc = 0.0
-    for ch in node.children:
-        acc += ch.n / total
-        if u < acc:
-            return ch
-    return node.children[-1]
+    cumulative = list(accumulate(ch.n / total for ch in node.children))   # may end just below 1
+    return node.children[min(bisect_right(cumulative, u), len(node.children) - 1)]
 
 
 def reroot(child: Node, root_mix: float) -> Node:

@@ -71,10 +71,10 @@ class FlowLog(Observer):
         for node in search.root.walk():
             assert node.virtual == sum(node in path for path in self.open.values())
 
-    def selected(self, search, sims):
-        self.open[sims[0].walk] = sims[0].path
+    def selected(self, search, sim):
+        self.open[sim.walk] = sim.path
         self._check(search)
-        self.events.append(("start", sims[0].walk, search.lm.stats.calls, len(self.open)))
+        self.events.append(("start", sim.walk, search.lm.stats.calls, len(self.open)))
 
     def backed_up(self, search, sim, similarity):
         del self.open[sim.walk]
@@ -332,7 +332,7 @@ class StopLog(Observer):
     def __init__(self):
         self.steps = [[]]
 
-    def selected(self, search, sims):
+    def selected(self, search, sim):
         self.steps[-1].append("start")
 
     def backed_up(self, search, sim, similarity):

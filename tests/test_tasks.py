@@ -309,11 +309,9 @@ def test_truthful_yesno_judge_on_real_tokenizers(kind, request):
 
 def test_truthful_yesno_search_completes_the_turn_and_judges_up_to_the_last_stop():
     from raintools import RainSearch
-    from raintools.search import Simulation, cut_at_last_stop
+    from raintools.search import Simulation
     from raintools.tree import Node
 
-    assert cut_at_last_stop("It is round. Some say") == "It is round."
-    assert cut_at_last_stop("No full stop here") == "No full stop here"
     lm = tiny_model(seed=5)
     seen = []
     cfg = RainConfig.truthfulqa_yesno(max_new_tokens=24, max_simulations=6, extra_simulations=2,
@@ -321,14 +319,14 @@ def test_truthful_yesno_search_completes_the_turn_and_judges_up_to_the_last_stop
     s = RainSearch(lm, "Is it true?", cfg, evaluator=lambda q, r: seen.append(r) or -1.0,
                    embedder=lambda texts: torch.ones(len(texts), 4))
     s.run()
-    assert seen and all(r == cut_at_last_stop(r) for r in seen)
-    # the judged text is the cut one: a response with text after its last full stop loses it
-    ids = lm.encode("It is round. Some say")
-    seen.clear()
-    s.memo.clear()
-    s.response = []          # the response judged is `ids` alone
-    s.evaluate(Simulation([s.root, Node(tuple(ids), parent=s.root)]))
-    assert seen == ["It is round."]
+    assert seen and all(r.endswith(".") or "." not in r for r in seen)
+    # the judged text is the cut one: text after the last full stop is dropped; without one, whole
+    for text, judged in [("It is round. Some say", "It is round."), ("No full stop here",) * 2]:
+        seen.clear()
+        s.memo.clear()
+        s.response = []          # the response judged is the leaf's tokens alone
+        s.evaluate(Simulation([s.root, Node(tuple(lm.encode(text)), parent=s.root)]))
+        assert seen == [judged]
     # completions run to the end of the turn: a clause end does not stop them, only EOS or the budget
     import numpy as np
 

@@ -803,11 +803,10 @@ class FlightLog(Observer):
         self.drops: list[dict] = []
         self._open: dict[int, dict] = {}
 
-    def selected(self, search, sims):
-        for sim in sims:
-            self._open[id(sim)] = dict(walk=sim.walk, slot=search.flow.slot, step=search.outer_step,
-                                       start_tick=search.flow.now, start_pass=search.flow.passes,
-                                       leaf=search.lm.decode(sim.leaf.tokens))
+    def selected(self, search, sim):
+        self._open[id(sim)] = dict(walk=sim.walk, slot=search.flow.slot, step=search.outer_step,
+                                   start_tick=search.flow.now, start_pass=search.flow.passes,
+                                   leaf=search.lm.decode(sim.leaf.tokens))
 
     def dropped(self, search, sim, into):
         self.drops.append(dict(slot=search.flow.slot, tick=search.flow.now, step=search.outer_step,
