@@ -5,14 +5,11 @@
 `lm`'s local tokenizer, its context length) and then offers the primitives the search needs:
 `next_token` (the top-k next tokens and their raw log-probabilities at a token prefix), `sample`
 (n continuations drawn by the server) and `judge_probs` / `judge_value` (a `SelfEvaluator`'s
-option letters and value, by its own prompt ids, letters and rule). `VllmEngine` is the search's
-engine on the server, `VllmJudge` its judge.
-
-`next_token` and `sample` have a `*_many` form that sends its requests at once from a thread
-pool, so that the server batches them (continuous batching; prefix caching serves the shared
-prompt starts).
-Problems become one `ServerError` (or `PromptError` for a prompt too long for the server's
-context) whose message names the problem and the fix.
+option letters and value, by its own prompt ids, letters and rule). Requests sent at once (`map`,
+the `*_many` forms) go out from a thread pool, so that the server batches them (continuous
+batching; prefix caching serves the shared prompt starts). Problems become one `ServerError` (or
+`PromptError` for a prompt too long for the server's context) whose message names the problem and
+the fix. `VllmEngine` is the search's engine on the server, `VllmJudge` its judge.
 """
 
 from __future__ import annotations
@@ -413,14 +410,15 @@ class VllmEngine:
         self.prefix_ids = self.prefix_ids + list(child.tokens)
 
     def expand(self, req):
-        return self._expand_keyed(req) if self.mode == "keyed" else self._expand_server(req)
+        rows, probs = self._expand_keyed(req) if self.mode == "keyed" else self._expand_server(req)
+        return list(kept_candidates(rows, probs, req.length, req.keep).values()) if req.length > 0 else []
 
     def judge(self, evaluator):
         """The evaluator the search uses with this engine: a `SelfEvaluator` judged on the server
         (`VllmJudge`); any other evaluator (a simulated judge, a classifier) as it is."""
         return VllmJudge(self.client, evaluator) if isinstance(evaluator, SelfEvaluator) else evaluator
 
-    # -- keyed mode: raintools' own draws, as the transformers engines make them
+    # -- keyed mode: raintools' own draws, as the transformers engines make them; (lines, probabilities)
     def _expand_keyed(self, req):
         node = req.node
         base = self.prefix_ids + node.response_tokens()
@@ -430,7 +428,7 @@ class VllmEngine:
             Completion(self.lm, c, node.logits).finish(
                 None, lambda tok, state: (self._logits(head + c.out, True), None))
         if req.length <= 0:
-            return []
+            return [], []
         attempts = req.uniforms.shape[0]
         rows = [[] for _ in range(1 + attempts)]
         probs = [1.0] * (1 + attempts)
@@ -449,9 +447,9 @@ class VllmEngine:
                 if not self.lm.is_stop_token(rows[r][-1]) and t < req.length - 1:
                     still.append(r)
             going = still
-        return list(kept_candidates(rows, probs, req.length, req.keep).values())
+        return rows, probs
 
-    # -- server mode: vLLM samples
+    # -- server mode: vLLM samples; (lines, probabilities)
     def _truncated_p(self, tok: int, top: dict) -> float:
         """Probability of `tok` under the top-k truncated distribution at the engine's temperature,
         from the top-k log-probabilities the server returned at that position."""
@@ -498,12 +496,8 @@ class VllmEngine:
             jobs.append(lambda: self._lines(base, 1, req.length, 0.0, 0))
             if attempts:
                 jobs.append(lambda: self._lines(base, attempts, req.length, self.temperature, seed))
-        results = self.client.map(lambda f: f(), jobs)
-        if req.length <= 0:
-            return []
-        lines = [x for r in results if isinstance(r, list) for x in r]
-        rows, probs = [t for t, _ in lines], [p for _, p in lines]
-        return list(kept_candidates(rows, probs, req.length, req.keep).values())
+        lines = [x for r in self.client.map(lambda f: f(), jobs) if isinstance(r, list) for x in r]
+        return [t for t, _ in lines], [p for _, p in lines]
 
 
 def vllm_engine_factory(name: str, url: str | None = None, client: VllmClient | None = None):
