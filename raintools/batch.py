@@ -275,8 +275,7 @@ class ForwardBatcher:
         return rows * (s + self.kv_cost * (p + s)) + self.call_cost
 
     def _groups(self, shapes: list[_Request]) -> list[list[_Request]]:
-        """Greedy: sorted by (new tokens, past length); a request joins the open group when
-        `_joins` says so."""
+        """Greedy: in order of (new tokens, past length), each request joins the open group or opens one."""
         groups: list[list[_Request]] = []
         for sh in sorted(shapes, key=lambda x: (x.s, x.p, x.worker)):
             if groups and self._joins(groups[-1], sh):
@@ -320,13 +319,19 @@ class ForwardBatcher:
         ids = torch.full((R, S), pad, dtype=torch.long)
         pos = torch.zeros((R, S), dtype=torch.long)
         mask = torch.zeros((R, 1, S, P + S), dtype=torch.bool)
+        first = next((sh.args[1] for sh in group if sh.p > 0), [])      # a past: the layers' shapes
+        padded: KV = [(k.new_zeros(R, k.shape[1], P, k.shape[3]), v.new_zeros(R, k.shape[1], P, k.shape[3]))
+                      for k, v in first]        # each request's past left-padded to P
         wants: list[torch.Tensor] = []      # logits positions wanted per row
         spans, row = [], 0                   # (first row, rows) per request
         for sh in group:
-            x, _, am, all_logits, pids, at = sh.args
+            x, past, am, all_logits, pids, at = sh.args
             b, s, p = sh.rows, sh.s, sh.p
             rs = slice(row, row + b)
             ids[rs, :s] = x.to("cpu")
+            for (k_all, v_all), (k, v) in zip(padded, past or []):
+                k_all[rs, :, P - p:].copy_(k)
+                v_all[rs, :, P - p:].copy_(v)
             pos[rs] = p + torch.arange(S)
             pos[rs, :s] = request_positions(pids, p, s)
             m = request_mask(am, p, s)
@@ -339,22 +344,9 @@ class ForwardBatcher:
             row += b
         K = max(w.shape[1] for w in wants)
         keep = torch.cat([torch.cat([w, w[:, -1:].expand(-1, K - w.shape[1])], dim=1) for w in wants])
-        past_all: KV = []
-        if P > 0:
-            first = next(sh.args[1] for sh in group if sh.p > 0)
-            for li, (k0, v0) in enumerate(first):
-                shape = (R, k0.shape[1], P, k0.shape[3])
-                k_all, v_all = k0.new_zeros(shape), v0.new_zeros(shape)
-                for sh, (r0, b) in zip(group, spans):
-                    if sh.p:
-                        k, v = sh.args[1][li]
-                        k_all[r0:r0 + b, :, P - sh.p:].copy_(k)
-                        v_all[r0:r0 + b, :, P - sh.p:].copy_(v)
-                past_all.append((k_all, v_all))
         if not lm.route.packed:       # same-shape plain requests (see _joins): rows stacked
             mask = pos = None
-        logits, kv = lm.forward(ids, past_all or None, attention_mask=mask, position_ids=pos,
-                                logits_at=keep)
+        logits, kv = lm.forward(ids, padded or None, attention_mask=mask, position_ids=pos, logits_at=keep)
         for sh, (r0, b), w in zip(group, spans, wants):
             own = [(k[r0:r0 + b, :, P - sh.p:P + sh.s], v[r0:r0 + b, :, P - sh.p:P + sh.s]) for k, v in kv]
             sh.result = (own_logits(logits[r0:r0 + b, :w.shape[1]], sh.args[3], sh.args[5]), own)
