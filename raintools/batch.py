@@ -162,12 +162,10 @@ class ForwardBatcher:
 
     def __init__(self, lm: LanguageModel, call_cost: float | None = None, kv_cost: float = 1 / 256,
                  max_rows: int = 1024, max_batch_bytes: int | None = None):
-        self.lm = lm
+        self.lm, self.kv_cost, self.max_rows = lm, kv_cost, max_rows
         cuda = lm.device.type == "cuda"
         # fixed price of one forward pass, in units of one token's compute
         self.call_cost = call_cost if call_cost is not None else (256.0 if cuda else 8.0)
-        self.kv_cost = kv_cost
-        self.max_rows = max_rows
         self.max_batch_bytes = max_batch_bytes if max_batch_bytes is not None else (
             (4 << 30) if cuda else (1 << 30))
         self.stats = BatchStats()
