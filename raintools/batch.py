@@ -162,12 +162,10 @@ class ForwardBatcher:
 
     def __init__(self, lm: LanguageModel, call_cost: float | None = None, kv_cost: float = 1 / 256,
                  max_rows: int = 1024, max_batch_bytes: int | None = None):
-        self.lm = lm
+        self.lm, self.kv_cost, self.max_rows = lm, kv_cost, max_rows
         cuda = lm.device.type == "cuda"
         # fixed price of one forward pass, in units of one token's compute
         self.call_cost = call_cost if call_cost is not None else (256.0 if cuda else 8.0)
-        self.kv_cost = kv_cost
-        self.max_rows = max_rows
         self.max_batch_bytes = max_batch_bytes if max_batch_bytes is not None else (
             (4 << 30) if cuda else (1 << 30))
         self.stats = BatchStats()
@@ -275,41 +273,29 @@ class ForwardBatcher:
         return rows * (s + self.kv_cost * (p + s)) + self.call_cost
 
     def _groups(self, shapes: list[_Request]) -> list[list[_Request]]:
-        """Greedy: sorted by (new tokens, past length); a request joins the open group when the
-        merged pass costs no more than running the two apart and fits the size caps."""
+        """Greedy: in order of (new tokens, past length), each request joins the open group or opens one."""
         groups: list[list[_Request]] = []
-        cur: list[_Request] = []
-        rows = s = p = kvb = 0
-        cost = 0.0
-        route = self.lm.route
-
-        def alone(sh):   # a 2D mask with holes: sliding windows count the holes, a tree does not
-            am = sh.args[2]
-            return route.windowed and am is not None and am.dim() == 2
-
         for sh in sorted(shapes, key=lambda x: (x.s, x.p, x.worker)):
-            if cur and (alone(sh) or alone(cur[0])):
-                groups.append(cur)
-            elif cur and not route.packed and not (sh.plain and cur[0].plain
-                                                   and (sh.s, sh.p) == (s, p)):
-                groups.append(cur)        # without packing, only same-shape plain rows stack
-            elif cur:
-                r2, s2, p2 = rows + sh.rows, max(s, sh.s), max(p, sh.p)
-                merged = self._cost(r2, s2, p2)
-                apart = cost + self._cost(sh.rows, sh.s, sh.p)
-                bytes_ = r2 * (p2 + s2) * max(kvb, sh.kv_token_bytes)
-                if merged <= apart and r2 <= self.max_rows and bytes_ <= self.max_batch_bytes:
-                    cur.append(sh)
-                    rows, s, p, cost = r2, s2, p2, merged
-                    kvb = max(kvb, sh.kv_token_bytes)
-                    continue
-                groups.append(cur)
-            cur = [sh]
-            rows, s, p, kvb = sh.rows, sh.s, sh.p, sh.kv_token_bytes
-            cost = self._cost(rows, s, p)
-        if cur:
-            groups.append(cur)
+            if groups and self._joins(groups[-1], sh):
+                groups[-1].append(sh)
+            else:
+                groups.append([sh])
         return groups
+
+    def _joins(self, group: list[_Request], sh: _Request) -> bool:
+        """Whether `sh` joins `group`: the merged pass costs no more than running the two apart
+        and fits the size caps; without packing, only same-shape plain rows stack; a 2D mask with
+        holes runs alone on a windowed route (sliding windows count the holes, a tree does not)."""
+        route = self.lm.route
+        if any(route.windowed and r.args[2] is not None and r.args[2].dim() == 2 for r in (sh, group[0])):
+            return False
+        rows, s, p = sum(r.rows for r in group), max(r.s for r in group), max(r.p for r in group)
+        if not route.packed and not (sh.plain and group[0].plain and (sh.s, sh.p) == (s, p)):
+            return False
+        r2, s2, p2 = rows + sh.rows, max(s, sh.s), max(p, sh.p)
+        kv_bytes = r2 * (p2 + s2) * max(r.kv_token_bytes for r in (*group, sh))
+        return (self._cost(r2, s2, p2) <= self._cost(rows, s, p) + self._cost(sh.rows, sh.s, sh.p)
+                and r2 <= self.max_rows and kv_bytes <= self.max_batch_bytes)
 
     # ------------------------------------------------------------------ one pass
     def _run_group(self, group: list[_Request]) -> None:
@@ -331,6 +317,9 @@ class ForwardBatcher:
         ids = torch.full((R, S), pad, dtype=torch.long)
         pos = torch.zeros((R, S), dtype=torch.long)
         mask = torch.zeros((R, 1, S, P + S), dtype=torch.bool)
+        first = next((sh.args[1] for sh in group if sh.p > 0), [])      # a past: the layers' shapes
+        padded: KV = [(k.new_zeros(R, k.shape[1], P, k.shape[3]), v.new_zeros(R, k.shape[1], P, k.shape[3]))
+                      for k, v in first]        # each request's past left-padded to P
         wants: list[torch.Tensor] = []      # logits positions wanted per row
         spans, row = [], 0                   # (first row, rows) per request
         for sh in group:
@@ -338,49 +327,53 @@ class ForwardBatcher:
             b, s, p = sh.rows, sh.s, sh.p
             rs = slice(row, row + b)
             ids[rs, :s] = x.to("cpu")
-            ar = torch.arange(S)
-            pos[rs, :s] = pids.to("cpu") if pids is not None else (p + ar[:s]).expand(b, s)
-            pos[rs, s:] = p + ar[s:]
-            am = torch.ones(b, p + s, dtype=torch.bool) if am is None else am.to("cpu").bool()
-            if am.dim() == 2:             # a padding mask: causal over the new tokens
-                causal = torch.ones(s, p + s, dtype=torch.bool).tril_(p)
-                am = am[:, None, None, :] & causal
-            mask[rs, :, :s, P - p:P] = am[..., :p]
-            mask[rs, :, :s, P:P + s] = am[..., p:p + s]
+            for (k_all, v_all), (k, v) in zip(padded, past or []):
+                k_all[rs, :, P - p:].copy_(k)
+                v_all[rs, :, P - p:].copy_(v)
+            pos[rs] = p + torch.arange(S)
+            pos[rs, :s] = request_positions(pids, p, s)
+            m = request_mask(am, p, s)
+            mask[rs, :, :s, P - p:P] = m[..., :p]
+            mask[rs, :, :s, P:P + s] = m[..., p:]
             for j in range(s, S):                 # padding queries see only themselves
                 mask[rs, 0, j, P + j] = True
-            if at is not None:
-                w = at.to("cpu").long().expand(b, -1)
-            elif all_logits:
-                w = torch.arange(s).expand(b, s)
-            else:
-                w = torch.full((b, 1), s - 1, dtype=torch.long)
-            wants.append(w)
+            wants.append(wanted_logits(s, all_logits, at).expand(b, -1))
             spans.append((row, b))
             row += b
         K = max(w.shape[1] for w in wants)
         keep = torch.cat([torch.cat([w, w[:, -1:].expand(-1, K - w.shape[1])], dim=1) for w in wants])
-        past_all: KV = []
-        if P > 0:
-            first = next(sh.args[1] for sh in group if sh.p > 0)
-            for li, (k0, v0) in enumerate(first):
-                shape = (R, k0.shape[1], P, k0.shape[3])
-                k_all, v_all = k0.new_zeros(shape), v0.new_zeros(shape)
-                for sh, (r0, b) in zip(group, spans):
-                    if sh.p:
-                        k, v = sh.args[1][li]
-                        k_all[r0:r0 + b, :, P - sh.p:].copy_(k)
-                        v_all[r0:r0 + b, :, P - sh.p:].copy_(v)
-                past_all.append((k_all, v_all))
-        if not lm.route.packed:       # same-shape plain requests (see _groups): rows stacked
+        if not lm.route.packed:       # same-shape plain requests (see _joins): rows stacked
             mask = pos = None
-        logits, kv = lm.forward(ids, past_all or None, attention_mask=mask, position_ids=pos,
-                                    logits_at=keep)
+        logits, kv = lm.forward(ids, padded or None, attention_mask=mask, position_ids=pos, logits_at=keep)
         for sh, (r0, b), w in zip(group, spans, wants):
-            _, _, _, all_logits, _, at = sh.args
-            lg = logits[r0:r0 + b, :w.shape[1]]
-            if at is None and not all_logits:
-                lg = lg[:, 0]
-            own = [(k[r0:r0 + b, :, P - sh.p:P + sh.s], v[r0:r0 + b, :, P - sh.p:P + sh.s])
-                   for k, v in kv]
-            sh.result = (lg, own)
+            own = [(k[r0:r0 + b, :, P - sh.p:P + sh.s], v[r0:r0 + b, :, P - sh.p:P + sh.s]) for k, v in kv]
+            sh.result = (own_logits(logits[r0:r0 + b, :w.shape[1]], sh.args[3], sh.args[5]), own)
+
+
+# A forward request's part of a merged pass (`_run_group`: padded rows; `raintools.flow.packed_pass`:
+# one packed row), read as `LanguageModel.forward` reads its arguments.
+def request_mask(attention_mask: torch.Tensor | None, p: int, s: int) -> torch.Tensor:
+    """Its attention over its past `p` and its `s` new tokens, a boolean [rows or 1, 1, s, p + s]
+    mask: its own 4D mask, else causal over the new tokens (within a 2D padding mask if given)."""
+    causal = torch.ones(s, p + s, dtype=torch.bool).tril_(p)
+    if attention_mask is None:
+        return causal[None, None]
+    am = attention_mask.to("cpu").bool()
+    return am if am.dim() == 4 else am[:, None, None, :] & causal
+
+
+def request_positions(position_ids: torch.Tensor | None, p: int, s: int) -> torch.Tensor:
+    """Its tokens' positions [rows or 1, s]: its own, else right after its past."""
+    return position_ids.to("cpu") if position_ids is not None else torch.arange(p, p + s)[None]
+
+
+def wanted_logits(s: int, all_logits: bool, logits_at: torch.Tensor | None) -> torch.Tensor:
+    """The positions [rows or 1, k] among its new tokens whose logits it wants."""
+    if logits_at is not None:
+        return logits_at.to("cpu").long()
+    return torch.arange(s)[None] if all_logits else torch.tensor([[s - 1]])
+
+
+def own_logits(logits: torch.Tensor, all_logits: bool, logits_at: torch.Tensor | None) -> torch.Tensor:
+    """Its wanted logits [rows, k, vocab], shaped as its own pass returns them."""
+    return logits if all_logits or logits_at is not None else logits[:, 0]

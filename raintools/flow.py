@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .batch import own_logits, request_mask, request_positions, side_by_side, wanted_logits
 from .models import ForwardStats, kv_cat, kv_gather, kv_len
 
 
@@ -49,20 +50,18 @@ def packed_pass(forward, reqs: Sequence[tuple]) -> list[tuple]:
     tp, ts = sum(p for p, _ in lens), sum(s for _, s in lens)
     mask = torch.zeros(ts, tp + ts, dtype=torch.bool)
     pos, want, po, so = [], [], 0, 0
-    for (ids, past, am, all_logits, pids, at), (p, s) in zip(reqs, lens):
-        m = (torch.ones(s, p + s, dtype=torch.bool).tril_(p) if am is None else am[0, 0].bool().cpu())
-        mask[so:so + s, po:po + p], mask[so:so + s, tp + so:tp + so + s] = m[:, :p], m[:, p:p + s]
-        pos.append(pids[0].cpu() if pids is not None else torch.arange(p, p + s))
-        want.append(so + (torch.arange(s) if all_logits else at[0].cpu().long() if at is not None
-                          else torch.tensor([s - 1])))
+    for (_, _, am, all_logits, pids, at), (p, s) in zip(reqs, lens):
+        m = request_mask(am, p, s)[0, 0]
+        mask[so:so + s, po:po + p], mask[so:so + s, tp + so:tp + so + s] = m[:, :p], m[:, p:]
+        pos.append(request_positions(pids, p, s)[0])
+        want.append(so + wanted_logits(s, all_logits, at)[0])
         po, so = po + p, so + s
     logits, kv = forward(torch.cat([r[0] for r in reqs], dim=1), past=kv_cat([r[1] for r in reqs]) or None,
                          attention_mask=mask[None, None], position_ids=torch.cat(pos)[None],
                          logits_at=torch.cat(want)[None])
     out, at, so = [], 0, 0
     for r, (p, s), w in zip(reqs, lens, want):
-        lg = logits[:, at:at + len(w)]
-        out.append((lg[:, 0] if not r[3] and r[5] is None else lg,
+        out.append((own_logits(logits[:, at:at + len(w)], r[3], r[5]),
                     kv_cat([r[1], kv_gather(kv, range(tp + so, tp + so + s))])))
         at, so = at + len(w), so + s
     return out
@@ -207,8 +206,6 @@ class Flow:
     def run(self, slots: Sequence[Callable[[], None]]) -> None:
         """Run the slots to their ends (module docstring); the first error of a slot is raised. One
         slot is the sequential search: it runs in the calling thread, with no schedule."""
-        from .batch import side_by_side
-
         if len(slots) == 1:
             return slots[0]()
         self.error = None           # an earlier step's error (raised then) does not end this one

@@ -5,19 +5,17 @@
 `lm`'s local tokenizer, its context length) and then offers the primitives the search needs:
 `next_token` (the top-k next tokens and their raw log-probabilities at a token prefix), `sample`
 (n continuations drawn by the server) and `judge_probs` / `judge_value` (a `SelfEvaluator`'s
-option letters and value, by its own prompt ids, letters and rule). `VllmEngine` is the search's
-engine on the server, `VllmJudge` its judge.
-
-`next_token` and `sample` have a `*_many` form that sends its requests at once from a thread
-pool, so that the server batches them (continuous batching; prefix caching serves the shared
-prompt starts).
-Problems become one `ServerError` (or `PromptError` for a prompt too long for the server's
-context) whose message names the problem and the fix.
+option letters and value, by its own prompt ids, letters and rule). Requests sent at once (`map`,
+the `*_many` forms) go out from a thread pool, so that the server batches them (continuous
+batching; prefix caching serves the shared prompt starts). Problems become one `ServerError` (or
+`PromptError` for a prompt too long for the server's context) whose message names the problem and
+the fix. `VllmEngine` is the search's engine on the server, `VllmJudge` its judge.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import threading
@@ -77,12 +75,9 @@ class VllmClient:
     """A raintools client of one vLLM server (see the module docstring).
 
     `lm`: the local `LanguageModel` (or anything with `.tokenizer` and `.encode`) whose tokenizer
-    builds the prompts; the server must serve the same model. `workers`: requests in flight at once.
-    `check=False` skips the start-up checks (tests of the checks themselves). `stop`: once it is
-    set, every completions request raises instead of going out (`stopping`)."""
+    builds the prompts; the server must serve the same model. `workers`: requests in flight at once."""
 
-    def __init__(self, url: str, lm, *, timeout: float = 300.0, workers: int = 32,
-                 check: bool = True, model: str | None = None, stop: threading.Event | None = None):
+    def __init__(self, url: str, lm, *, timeout: float = 300.0, workers: int = 32):
         self.url, self.lm, self.timeout = url.rstrip("/").removesuffix("/v1"), lm, timeout
         self.workers = int(workers)
         if self.workers < 1:
@@ -91,10 +86,8 @@ class VllmClient:
             max_connections=self.workers + 4, max_keepalive_connections=self.workers + 4))
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="raintools-vllm")
         self.stats = ClientStats()
-        self.model, self.stop = model, stop
-        self.max_model_len: int | None = None
-        if check:
-            self.check()
+        self.stop: threading.Event | None = None      # once set, no request goes out (`stopping`)
+        self.check()
 
     # -- transport
     def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
@@ -171,8 +164,8 @@ class VllmClient:
 
     # -- start-up checks
     def check(self) -> None:
-        """The server is reachable, serves one model, and tokenises a probe string exactly as the
-        local tokenizer does; remembers its model id and context length."""
+        """The server is reachable, serves a model (the first it lists), and tokenises a probe
+        string exactly as the local tokenizer does; remembers its model id and context length."""
         r = self._send("GET", "/v1/models")
         if r.status_code != 200:
             raise ServerError(f"{self.url}/v1/models answered HTTP {r.status_code}: {r.text[:300]}. Is "
@@ -180,13 +173,8 @@ class VllmClient:
         data = r.json().get("data") or []
         if not data:
             raise ServerError(f"The server at {self.url} lists no model at /v1/models.")
-        ids = [m.get("id") for m in data]
-        if self.model is None:
-            self.model = ids[0]
-        elif self.model not in ids:
-            raise ServerError(f"The server at {self.url} serves {ids}, not {self.model!r}.")
-        card = next(m for m in data if m.get("id") == self.model)
-        self.max_model_len = card.get("max_model_len")
+        self.model = data[0].get("id")
+        self.max_model_len: int | None = data[0].get("max_model_len")
         local = [int(t) for t in self.lm.tokenizer(PROBE, add_special_tokens=False)["input_ids"]]
         try:
             remote = self._post("/tokenize", {"model": self.model, "prompt": PROBE,
@@ -293,25 +281,20 @@ class VllmClient:
         return evaluator._value([torch.tensor(r) for r in rows])
 
     # -- server counters
-    def metrics(self) -> dict[str, float]:
-        """vLLM's Prometheus counters (e.g. prefix-cache queries and hits, in tokens), summed over
-        label sets: name -> value."""
+    def prefix_cache(self) -> dict[str, float]:
+        """Prompt tokens the server looked up in its prefix cache and those it found there, and its
+        prompt and generated tokens: vLLM's Prometheus counters, summed over label sets."""
         r = self._send("GET", "/metrics")
-        out: dict[str, float] = {}
+        m: dict[str, float] = {}
         for line in r.text.splitlines():
             if not line or line.startswith("#"):
                 continue
             name, _, value = line.rpartition(" ")
             name = name.split("{", 1)[0]
             try:
-                out[name] = out.get(name, 0.0) + float(value)
+                m[name] = m.get(name, 0.0) + float(value)
             except ValueError:
                 pass
-        return out
-
-    def prefix_cache(self) -> dict[str, float]:
-        """Prompt tokens the server looked up in its prefix cache and those it found there."""
-        m = self.metrics()
         return {"queries": m.get("vllm:prefix_cache_queries_total", 0.0),
                 "hits": m.get("vllm:prefix_cache_hits_total", 0.0),
                 "prompt_tokens": m.get("vllm:prompt_tokens_total", 0.0),
@@ -322,18 +305,13 @@ class VllmClient:
 # The search's engine (raintools.engine.Engine) on a vLLM server
 
 ENGINE_MODES = MappingProxyType({"vllm": "server", "vllm-server": "server", "vllm-keyed": "keyed"})
-DEFAULT_SERVER = "http://127.0.0.1:8000"
-
-
-def server_url(url: str | None = None) -> str:
-    """The server to use: `url`, else RAINTOOLS_SERVER, else http://127.0.0.1:8000."""
-    return url or os.environ.get("RAINTOOLS_SERVER") or DEFAULT_SERVER
 
 
 def shared_client(lm, url: str | None = None) -> VllmClient:
-    """One client (one check, one connection pool, one thread pool) per model and server, shared
-    by every search on that model: the searches of a batch send their requests through it at once."""
-    url = server_url(url)
+    """One client (one check, one connection pool, one thread pool) per model and server (`url`,
+    else RAINTOOLS_SERVER, else http://127.0.0.1:8000), shared by every search on that model: the
+    searches of a batch send their requests through it at once."""
+    url = url or os.environ.get("RAINTOOLS_SERVER") or "http://127.0.0.1:8000"
     clients = lm.__dict__.setdefault("_raintools_vllm_clients", {})
     lock = lm.__dict__.setdefault("_raintools_vllm_lock", threading.Lock())
     with lock:
@@ -419,9 +397,6 @@ class VllmEngine:
         row[torch.tensor(toks, dtype=torch.long)] = torch.tensor(lps, dtype=torch.float32)
         return row
 
-    def _logits_many(self, prefixes: Sequence[Sequence[int]], full: bool):
-        return self.client.map(lambda ids: self._logits(ids, full), list(prefixes))
-
     # -- the protocol
     def start(self, prompt_ids):
         self.prefix_ids = list(prompt_ids)
@@ -435,14 +410,15 @@ class VllmEngine:
         self.prefix_ids = self.prefix_ids + list(child.tokens)
 
     def expand(self, req):
-        return self._expand_keyed(req) if self.mode == "keyed" else self._expand_server(req)
+        rows, probs = self._expand_keyed(req) if self.mode == "keyed" else self._expand_server(req)
+        return list(kept_candidates(rows, probs, req.length, req.keep).values()) if req.length > 0 else []
 
     def judge(self, evaluator):
         """The evaluator the search uses with this engine: a `SelfEvaluator` judged on the server
         (`VllmJudge`); any other evaluator (a simulated judge, a classifier) as it is."""
         return VllmJudge(self.client, evaluator) if isinstance(evaluator, SelfEvaluator) else evaluator
 
-    # -- keyed mode: raintools' own draws, as the transformers engines make them
+    # -- keyed mode: raintools' own draws, as the transformers engines make them; (lines, probabilities)
     def _expand_keyed(self, req):
         node = req.node
         base = self.prefix_ids + node.response_tokens()
@@ -452,7 +428,7 @@ class VllmEngine:
             Completion(self.lm, c, node.logits).finish(
                 None, lambda tok, state: (self._logits(head + c.out, True), None))
         if req.length <= 0:
-            return []
+            return [], []
         attempts = req.uniforms.shape[0]
         rows = [[] for _ in range(1 + attempts)]
         probs = [1.0] * (1 + attempts)
@@ -460,7 +436,7 @@ class VllmEngine:
         dist = {(): node.logits}
         for t in range(req.length):
             need = sorted({tuple(rows[r]) for r in going} - set(dist))
-            for key, row in zip(need, self._logits_many([base + list(k) for k in need], False)):
+            for key, row in zip(need, self.client.map(lambda k: self._logits(base + list(k), False), need)):
                 dist[key] = row
             still = []
             for r in going:
@@ -471,9 +447,9 @@ class VllmEngine:
                 if not self.lm.is_stop_token(rows[r][-1]) and t < req.length - 1:
                     still.append(r)
             going = still
-        return list(kept_candidates(rows, probs, req.length, req.keep).values())
+        return rows, probs
 
-    # -- server mode: vLLM samples
+    # -- server mode: vLLM samples; (lines, probabilities)
     def _truncated_p(self, tok: int, top: dict) -> float:
         """Probability of `tok` under the top-k truncated distribution at the engine's temperature,
         from the top-k log-probabilities the server returned at that position."""
@@ -520,19 +496,11 @@ class VllmEngine:
             jobs.append(lambda: self._lines(base, 1, req.length, 0.0, 0))
             if attempts:
                 jobs.append(lambda: self._lines(base, attempts, req.length, self.temperature, seed))
-        results = self.client.map(lambda f: f(), jobs)
-        if req.length <= 0:
-            return []
-        lines = [x for r in results if isinstance(r, list) for x in r]
-        rows, probs = [t for t, _ in lines], [p for _, p in lines]
-        return list(kept_candidates(rows, probs, req.length, req.keep).values())
+        lines = [x for r in self.client.map(lambda f: f(), jobs) if isinstance(r, list) for x in r]
+        return [t for t, _ in lines], [p for _, p in lines]
 
 
 def vllm_engine_factory(name: str, url: str | None = None, client: VllmClient | None = None):
-    """The engine class-like factory for an engine name of ENGINE_MODES: called as the search
-    calls its engines, `factory(lm, top_k=, temperature=, forward=)`."""
-    mode = ENGINE_MODES[name]
-
-    def make(lm, top_k: int = 15, temperature: float = 1.0, forward=None):
-        return VllmEngine(lm, top_k, temperature, forward, mode=mode, url=url, client=client)
-    return make
+    """The engine factory for an engine name of ENGINE_MODES: called as the search calls its
+    engines, `factory(lm, top_k=, temperature=, forward=)`."""
+    return functools.partial(VllmEngine, mode=ENGINE_MODES[name], url=url, client=client)

