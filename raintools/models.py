@@ -579,38 +579,37 @@ class LanguageModel:
             why = " (engine='reference')" if route.kind == REFERENCE else ""
             raise ModelSupportError(f"{self.name}: {route.reason}, so it cannot take a token tree (4D "
                                     f"mask, explicit positions); run it on its {route.kind} route{why}.")
-        if route.kind == REFERENCE:
-            return self._state_forward(route, input_ids, past, attention_mask, all_logits,
-                                       position_ids, logits_at)
         device = self.device
-        cache = kv_cache(past)
         input_ids = input_ids.to(device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
-            if attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
-                attention_mask = self._additive(layer_masks(attention_mask, route))
+        if route.kind == REFERENCE:
+            return self._state_forward(route, input_ids, past, attention_mask, all_logits, logits_at)
+        if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
+            attention_mask = self._additive(layer_masks(attention_mask, route))
         if position_ids is not None:
             position_ids = position_ids.to(device)
-        keep = logits_at.to(device) if logits_at is not None else int(not all_logits)
-        out = self._run(input_ids, keep, cache, attention_mask=attention_mask,
-                        position_ids=position_ids)
-        logits = out.logits
-        if logits_at is None and not all_logits:
-            logits = logits[:, -1, :]
-        elif logits_at is not None:
-            logits = logits.reshape(input_ids.shape[0], -1, logits.shape[-1])
-        new_cache = getattr(out, "cache", None) or out.past_key_values
-        kv = [(layer.keys, layer.values) for layer in new_cache.layers]
-        return logits.float(), kv
+        logits, cache = self._run(input_ids, kv_cache(past), all_logits, logits_at,
+                                  attention_mask=attention_mask, position_ids=position_ids)
+        return logits, [(layer.keys, layer.values) for layer in cache.layers]
 
-    def _run(self, input_ids, keep, cache, **kwargs):
-        """The model's forward pass (with `cache` as its past, if any), counted."""
+    def _run(self, input_ids, cache, all_logits, logits_at, fed_again: int = 0, **kwargs):
+        """The model's forward pass (with `cache` as its past, if any), counted. Returns the
+        logits `forward` returns, of the inputs after the first `fed_again`, as float, and the
+        model's new cache (None if it returns none)."""
+        keep = int(not all_logits) if logits_at is None else logits_at.to(input_ids.device) + fed_again
         if cache is not None:
             kwargs[self._cache_kwarg] = cache
         out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=keep, **kwargs)
         self.stats.calls += 1
         self.stats.tokens += int(input_ids.numel())
-        return out
+        logits = out.logits
+        if logits_at is not None:      # [batch, k, vocab] (a model that indexes [:, keep] adds an axis)
+            logits = logits.reshape(input_ids.shape[0], -1, logits.shape[-1])
+        else:
+            logits = logits[:, fed_again:] if all_logits else logits[:, -1, :]
+        new_cache = getattr(out, "cache", None)
+        return logits.float(), (getattr(out, "past_key_values", None) if new_cache is None else new_cache)
 
     def _additive(self, mask):
         """Boolean 4D mask(s) as additive float masks (the sdpa and eager implementations both
@@ -620,13 +619,10 @@ class LanguageModel:
         add = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device)
         return add.masked_fill_(~mask, torch.finfo(self.dtype).min)
 
-    def _state_forward(self, route, input_ids, past, attention_mask, all_logits, position_ids,
-                       logits_at):
+    def _state_forward(self, route, input_ids, past, attention_mask, all_logits, logits_at):
         """`forward` for a model without a per-token KV (the reference route): `past` is the
         model's own cache object, copied before the model extends it, or a `TokenHistory` (the
         tokens so far, recomputed) when the model returns no cache."""
-        device = self.device
-        input_ids = input_ids.to(device)
         s = input_ids.shape[1]
         if past is not None and not isinstance(past, TokenHistory) and s > 1:
             # several tokens after a state: one at a time, as generate() does (some state-space
@@ -636,36 +632,22 @@ class LanguageModel:
                                         f"cached state is not supported.")
             steps = []
             for j in range(s):
-                lg, past = self._state_forward(route, input_ids[:, j:j + 1], past, None, False,
-                                               None, None)
+                lg, past = self._state_forward(route, input_ids[:, j:j + 1], past, None, False, None)
                 steps.append(lg)
             logits = torch.stack(steps, dim=1)
             if logits_at is not None:
-                at = logits_at.to(logits.device).expand(logits.shape[0], -1)
-                logits = torch.take_along_dim(logits, at[..., None], dim=1)
+                logits = torch.take_along_dim(logits, logits_at.to(logits.device)[..., None], dim=1)
             elif not all_logits:
                 logits = logits[:, -1]
             return logits, past
         cache = None
         if isinstance(past, TokenHistory):
-            input_ids = torch.cat([past.ids.to(device), input_ids], dim=1)
+            input_ids = torch.cat([past.ids.to(input_ids.device), input_ids], dim=1)
         elif past is not None:
             cache = copy.deepcopy(past)
-        p = input_ids.shape[1] - s
-        keep = int(not all_logits)
-        if logits_at is not None:
-            keep = (logits_at.to(device) + p).expand(input_ids.shape[0], -1)
-        out = self._run(input_ids, keep, cache,
-                        attention_mask=None if attention_mask is None else attention_mask.to(device))
-        logits = out.logits
-        if logits_at is None and not all_logits:
-            logits = logits[:, -1, :]
-        elif all_logits and logits_at is None:
-            logits = logits[:, p:]
-        new_cache = getattr(out, "cache", None)
-        if new_cache is None:
-            new_cache = getattr(out, "past_key_values", None)
-        return logits.float(), (new_cache if new_cache is not None else TokenHistory(input_ids.cpu()))
+        logits, cache = self._run(input_ids, cache, all_logits, logits_at, input_ids.shape[1] - s,
+                                  attention_mask=attention_mask)
+        return logits, (cache if cache is not None else TokenHistory(input_ids.cpu()))
 
     @torch.inference_mode()
     def full_logits(self, ids: Sequence[int]) -> torch.Tensor:
