@@ -387,13 +387,11 @@ class LanguageModel:
     def vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
-    # -- how the engine serves this model (raintools.routes)
+    # -- how the engine serves this model
     @property
     def route(self) -> Route:
-        """The execution route of this model: "packed" token trees, one batch "rows" per
-        candidate, or the "reference" engine (see `raintools.routes`). Decided once, from the
-        model's configuration and, for a packed route, a self-check against its own forward;
-        a route other than packed is logged once."""
+        """This model's execution route ("packed", "rows" or "reference": `raintools.routes`),
+        decided once from its configuration and, for a packed route, `packed_check`."""
         with _ROUTE_LOCK:
             if self._route is None:
                 route = self._route = self._detect_route()
@@ -433,8 +431,7 @@ class LanguageModel:
         forward of each line, largest difference between that cached forward and a forward from
         scratch, i.e. this model's rounding noise at its dtype). The tree: a past, then a trunk
         with two tails, then one more token after each tail (the past then holds tree tokens out
-        of position order); the sequence is longer than the smallest sliding window when that
-        window is at most `CHECK_WINDOW_MAX` tokens."""
+        of position order)."""
         route = self._route or self.route
         w = route.smallest_window
         n = w + 24 if w is not None and w + 24 <= CHECK_WINDOW_MAX else 24
@@ -448,17 +445,12 @@ class LanguageModel:
         trunk, tail1 = ids[a:b], ids[b:]
         line1, line2 = ids + x[:1], ids[:b] + tail2 + x[1:]
         _, past = self.forward(torch.tensor([ids[:a]]))
-        t_ids, t_pos, t_mask, _ = token_tree(a, trunk, [tail1, tail2])
+        t_ids, t_pos, t_mask, ends = token_tree(a, trunk, [tail1, tail2])
         tree, kv = self.forward(t_ids, past, attention_mask=t_mask, position_ids=t_pos, all_logits=True)
-        # one token after each tail, each seeing the past, the trunk and its own tail
-        T = t_ids.shape[1]
-        m = torch.zeros(2, a + T + 2, dtype=torch.bool)
-        m[:, :a + len(trunk)] = True
-        m[0, a + len(trunk):a + len(trunk) + len(tail1)] = True
-        m[1, a + len(trunk) + len(tail1):a + T] = True
-        m[0, a + T] = m[1, a + T + 1] = True
+        # one token after each tail: it sees what its tail's last token sees, and itself
+        m = torch.cat([t_mask[0, 0, ends[0]], torch.eye(2, dtype=torch.bool)], dim=1)
         step, _ = self.forward(torch.tensor([x]), kv, attention_mask=m[None, None],
-                               position_ids=torch.tensor([[n, b + len(tail2)]]), all_logits=True)
+                               position_ids=t_pos[:, ends[0]] + 1, all_logits=True)
         k = len(trunk) + len(tail1)
         packed = [torch.cat([tree[0, :k], step[0, :1]]), torch.cat([tree[0, k:], step[0, 1:]])]
         own = [self.forward(torch.tensor([line[a:]]), past, all_logits=True)[0][0]
