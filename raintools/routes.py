@@ -61,15 +61,6 @@ class Route:
         return min((w for w in self.windows.values() if w is not None), default=None)
 
 
-def layer_types(model) -> tuple[list[str], list[int | None]]:
-    """Per decoder layer: transformers' layer type and its sliding window (or None)."""
-    from transformers.cache_utils import get_layer_types_and_kwargs
-
-    cfg = model.config.get_text_config(decoder=True)
-    types, kwargs = get_layer_types_and_kwargs(cfg)
-    return list(types), [kw.get("sliding_window") for kw in kwargs]
-
-
 def _alibi(cfg) -> bool:
     if getattr(cfg, "alibi", False) is True:
         return True
@@ -82,8 +73,12 @@ def _alibi(cfg) -> bool:
 def static_route(model) -> Route:
     """The route the model's configuration allows (before the self-check)."""
     name = type(model).__name__
-    try:
-        types, windows = layer_types(model)
+    try:                            # per decoder layer: transformers' layer type and sliding window
+        from transformers.cache_utils import get_layer_types_and_kwargs
+
+        cfg = model.config.get_text_config(decoder=True)
+        types, kwargs = get_layer_types_and_kwargs(cfg)
+        windows = [kw.get("sliding_window") for kw in kwargs]
     except Exception as exc:  # noqa: BLE001 - an unknown layout: do not guess
         return Route(REFERENCE, f"{name}: its layer layout cannot be read ({type(exc).__name__}: "
                                 f"{str(exc)[:120]})")
@@ -92,7 +87,6 @@ def static_route(model) -> Route:
         what = f"layers of type {', '.join(other)}" if other else "a recurrent state"
         return Route(REFERENCE, f"{name} has {what}, not a per-token KV cache that a token tree can "
                                 f"share")
-    cfg = model.config.get_text_config(decoder=True)
     impl = getattr(cfg, "_attn_implementation", None) or getattr(model.config, "_attn_implementation", None)
     params = inspect.signature(model.forward).parameters
     per_type: dict[str, set] = {}
