@@ -101,15 +101,12 @@ def embedded_model_folder(alias: str = DEFAULT_MODEL) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
-    try:
+    with tempfile.TemporaryDirectory(prefix=f".{alias}-", dir=target.parent) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if target.exists():
             shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)      # gone once renamed
+        Path(tmp).rename(target)
     return target
 
 
@@ -228,8 +225,7 @@ PLAIN_FRAME = (
     "assistant. The assistant answers the human's questions.\n"
 )
 
-# Example exchanges put before the request with `few_shot=True` (our own text, the shape of the
-# public code's few-shot chat prefix for base models: one line, then Human:/Assistant: pairs).
+# The example exchanges of `ChatFormat(few_shot=True)`: our own text, in the public code's shape.
 FEW_SHOT_INTRO = "A conversation between a human and an AI assistant who is helpful, honest and polite."
 FEW_SHOT_EXAMPLES = (
     ("How long should I boil an egg?",
@@ -291,9 +287,7 @@ class ChatFormat:
 
     def prompt_text(self, tokenizer, query: str) -> str:
         if self.kind == "chat":
-            messages = []
-            if self.system_prompt:
-                messages.append({"role": "system", "content": self.system_prompt})
+            messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
             for human, assistant in FEW_SHOT_EXAMPLES if self.few_shot else ():
                 messages += [{"role": "user", "content": human},
                              {"role": "assistant", "content": assistant}]
@@ -364,7 +358,7 @@ class LanguageModel:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.chat is None:
             self.chat = ChatFormat.for_tokenizer(self.tokenizer)
-        # transformers 5 names the KV cache argument `cache`; 4.x calls it `past_key_values`.
+        # transformers' own models name the KV cache argument `cache`; older remote code `past_key_values`
         params = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
@@ -485,13 +479,11 @@ class LanguageModel:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
     def has_user_turn(self, ids: Sequence[int]) -> bool:
-        """Whether a new user turn starts in the response tokens `ids` (found on the text decoded
-        with special tokens: ChatML's '<|im_start|>user' and its kin are special tokens)."""
+        """Whether a new user turn starts in the response tokens `ids` (`ChatFormat.user_turn_index`)."""
         return self.chat.user_turn_index(self.decode_raw(ids)) >= 0
 
     def user_turn_start(self, ids: Sequence[int]) -> int:
-        """Index of the token in which a new user turn starts in the response tokens `ids`,
-        or -1."""
+        """Index of the token in which a new user turn starts in the response tokens `ids`, or -1."""
         ids = list(ids)
         i = self.chat.user_turn_index(self.decode_raw(ids))
         if i < 0:
@@ -510,8 +502,7 @@ class LanguageModel:
         raw = self.decode_raw(ids)
         i = self.chat.user_turn_index(raw)
         head = self.decode_raw(ids[:j])
-        # a marker may start inside token j (e.g. '.\n' before 'Human:'): keep that token's text
-        # up to the marker
+        # a marker may start inside token j (e.g. '.\n' before 'Human:'): keep its text up to the marker
         extra = raw[len(head):i] if raw.startswith(head) and i >= len(head) else ""
         for special in getattr(self.tokenizer, "all_special_tokens", ()):
             extra = extra.replace(special, "")
