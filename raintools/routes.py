@@ -62,12 +62,10 @@ class Route:
 
 
 def _alibi(cfg) -> bool:
-    if getattr(cfg, "alibi", False) is True:
-        return True
     attn = getattr(cfg, "attn_config", None)        # MPT: an object or a dict
-    if getattr(attn, "alibi", False) is True or isinstance(attn, dict) and attn.get("alibi") is True:
-        return True
-    return str(getattr(cfg, "position_embedding_type", "")).lower() == "alibi"
+    attn_alibi = attn.get("alibi") if isinstance(attn, dict) else getattr(attn, "alibi", False)
+    return (getattr(cfg, "alibi", False) is True or attn_alibi is True
+            or str(getattr(cfg, "position_embedding_type", "")).lower() == "alibi")
 
 
 def static_route(model) -> Route:
