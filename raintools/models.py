@@ -266,8 +266,7 @@ class ChatFormat:
     few_shot: bool = False
 
     @classmethod
-    def for_tokenizer(cls, tokenizer, kind: str | None = None, system_prompt: str | None = None,
-                      few_shot: bool = False):
+    def for_tokenizer(cls, tokenizer, kind: str | None = None, few_shot: bool = False):
         has_template = bool(getattr(tokenizer, "chat_template", None))
         kind = kind or ("chat" if has_template else "plain")
         stops = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
@@ -282,8 +281,7 @@ class ChatFormat:
             markers = ("\nHuman:", "Human:")
         else:
             raise ModelLoadError(f"Unknown chat format kind '{kind}': use 'chat' or 'plain'.")
-        return cls(kind=kind, user_markers=markers, stop_token_ids=frozenset(stops),
-                   system_prompt=system_prompt, few_shot=few_shot)
+        return cls(kind=kind, user_markers=markers, stop_token_ids=frozenset(stops), few_shot=few_shot)
 
     def prompt_text(self, tokenizer, query: str) -> str:
         if self.kind == "chat":

@@ -7,9 +7,8 @@ nothing but the mask and the positions. Each model gets one of three routes:
 
 * ``packed`` - token trees in one sequence (rollouts, the judge's question endings, merged
   searches). Rotary or learned absolute positions, multi-query / grouped-query attention,
-  soft-capping, eager or sdpa attention. Sliding-window layers are served too: the engine builds
-  the window into the mask of each layer type from each token's true position (transformers'
-  window rule, ``kv_idx > q_idx - sliding_window``), and every layer keeps its whole KV.
+  soft-capping, eager or sdpa attention, sliding windows (`layer_masks` builds each layer type's
+  window into its mask from each token's true position; every layer keeps its whole KV).
 * ``rows`` - the model keeps a per-token KV cache but a packed tree would not reproduce its
   forward (ALiBi biases computed from a 2D mask or from key indices, no ``position_ids``, an
   attention implementation that ignores 4D masks, chunked attention, windows that differ between
