@@ -43,10 +43,8 @@ DEFAULT_MODEL = "smollm2-135m"
 
 def cache_root() -> Path:
     """Where dequantised embedded models are cached (override with RAINTOOLS_CACHE)."""
-    env = os.environ.get("RAINTOOLS_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "raintools"
+    xdg = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return Path(os.environ.get("RAINTOOLS_CACHE") or xdg / "raintools")
 
 
 def package_folder(module: str, wheel: str) -> Path:
