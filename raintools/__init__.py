@@ -24,10 +24,9 @@ __version__ = "0.1.0"
 __all__ = [
     "ChatFormat", "ConfigError", "DataError", "DEFAULT_MODEL", "JudgeError", "LanguageModel",
     "ModelLoadError", "ModelSupportError", "PromptError", "RainConfig", "RainResult", "RainSearch",
-    "RainToolsError",
-    "SelfEvaluator", "SimulatedJudge", "Trace", "best_of_n", "generate_vanilla", "load_model",
-    "load_template", "option_token_ids", "rain_generate", "rain_generate_batch", "self_evaluator",
-    "tiny_model", "wrap",
+    "RainToolsError", "SelfEvaluator", "SimulatedJudge", "Trace", "best_of_n", "generate_vanilla",
+    "load_model", "load_template", "option_token_ids", "rain_generate", "rain_generate_batch",
+    "self_evaluator", "tiny_model", "wrap",
 ]
 
 

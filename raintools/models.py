@@ -43,10 +43,8 @@ DEFAULT_MODEL = "smollm2-135m"
 
 def cache_root() -> Path:
     """Where dequantised embedded models are cached (override with RAINTOOLS_CACHE)."""
-    env = os.environ.get("RAINTOOLS_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "raintools"
+    xdg = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return Path(os.environ.get("RAINTOOLS_CACHE") or xdg / "raintools")
 
 
 def package_folder(module: str, wheel: str) -> Path:
@@ -101,15 +99,12 @@ def embedded_model_folder(alias: str = DEFAULT_MODEL) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
-    try:
+    with tempfile.TemporaryDirectory(prefix=f".{alias}-", dir=target.parent) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if target.exists():
             shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)      # gone once renamed
+        Path(tmp).rename(target)
     return target
 
 
@@ -228,8 +223,7 @@ PLAIN_FRAME = (
     "assistant. The assistant answers the human's questions.\n"
 )
 
-# Example exchanges put before the request with `few_shot=True` (our own text, the shape of the
-# public code's few-shot chat prefix for base models: one line, then Human:/Assistant: pairs).
+# The example exchanges of `ChatFormat(few_shot=True)`: our own text, in the public code's shape.
 FEW_SHOT_INTRO = "A conversation between a human and an AI assistant who is helpful, honest and polite."
 FEW_SHOT_EXAMPLES = (
     ("How long should I boil an egg?",
@@ -270,8 +264,7 @@ class ChatFormat:
     few_shot: bool = False
 
     @classmethod
-    def for_tokenizer(cls, tokenizer, kind: str | None = None, system_prompt: str | None = None,
-                      few_shot: bool = False):
+    def for_tokenizer(cls, tokenizer, kind: str | None = None, few_shot: bool = False):
         has_template = bool(getattr(tokenizer, "chat_template", None))
         kind = kind or ("chat" if has_template else "plain")
         stops = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
@@ -286,14 +279,11 @@ class ChatFormat:
             markers = ("\nHuman:", "Human:")
         else:
             raise ModelLoadError(f"Unknown chat format kind '{kind}': use 'chat' or 'plain'.")
-        return cls(kind=kind, user_markers=markers, stop_token_ids=frozenset(stops),
-                   system_prompt=system_prompt, few_shot=few_shot)
+        return cls(kind=kind, user_markers=markers, stop_token_ids=frozenset(stops), few_shot=few_shot)
 
     def prompt_text(self, tokenizer, query: str) -> str:
         if self.kind == "chat":
-            messages = []
-            if self.system_prompt:
-                messages.append({"role": "system", "content": self.system_prompt})
+            messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
             for human, assistant in FEW_SHOT_EXAMPLES if self.few_shot else ():
                 messages += [{"role": "user", "content": human},
                              {"role": "assistant", "content": assistant}]
@@ -364,7 +354,7 @@ class LanguageModel:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.chat is None:
             self.chat = ChatFormat.for_tokenizer(self.tokenizer)
-        # transformers 5 names the KV cache argument `cache`; 4.x calls it `past_key_values`.
+        # transformers' own models name the KV cache argument `cache`; older remote code `past_key_values`
         params = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
@@ -387,13 +377,11 @@ class LanguageModel:
     def vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
-    # -- how the engine serves this model (raintools.routes)
+    # -- how the engine serves this model
     @property
     def route(self) -> Route:
-        """The execution route of this model: "packed" token trees, one batch "rows" per
-        candidate, or the "reference" engine (see `raintools.routes`). Decided once, from the
-        model's configuration and, for a packed route, a self-check against its own forward;
-        a route other than packed is logged once."""
+        """This model's execution route ("packed", "rows" or "reference": `raintools.routes`),
+        decided once from its configuration and, for a packed route, `packed_check`."""
         with _ROUTE_LOCK:
             if self._route is None:
                 route = self._route = self._detect_route()
@@ -433,8 +421,7 @@ class LanguageModel:
         forward of each line, largest difference between that cached forward and a forward from
         scratch, i.e. this model's rounding noise at its dtype). The tree: a past, then a trunk
         with two tails, then one more token after each tail (the past then holds tree tokens out
-        of position order); the sequence is longer than the smallest sliding window when that
-        window is at most `CHECK_WINDOW_MAX` tokens."""
+        of position order)."""
         route = self._route or self.route
         w = route.smallest_window
         n = w + 24 if w is not None and w + 24 <= CHECK_WINDOW_MAX else 24
@@ -448,17 +435,12 @@ class LanguageModel:
         trunk, tail1 = ids[a:b], ids[b:]
         line1, line2 = ids + x[:1], ids[:b] + tail2 + x[1:]
         _, past = self.forward(torch.tensor([ids[:a]]))
-        t_ids, t_pos, t_mask, _ = token_tree(a, trunk, [tail1, tail2])
+        t_ids, t_pos, t_mask, ends = token_tree(a, trunk, [tail1, tail2])
         tree, kv = self.forward(t_ids, past, attention_mask=t_mask, position_ids=t_pos, all_logits=True)
-        # one token after each tail, each seeing the past, the trunk and its own tail
-        T = t_ids.shape[1]
-        m = torch.zeros(2, a + T + 2, dtype=torch.bool)
-        m[:, :a + len(trunk)] = True
-        m[0, a + len(trunk):a + len(trunk) + len(tail1)] = True
-        m[1, a + len(trunk) + len(tail1):a + T] = True
-        m[0, a + T] = m[1, a + T + 1] = True
+        # one token after each tail: it sees what its tail's last token sees, and itself
+        m = torch.cat([t_mask[0, 0, ends[0]], torch.eye(2, dtype=torch.bool)], dim=1)
         step, _ = self.forward(torch.tensor([x]), kv, attention_mask=m[None, None],
-                               position_ids=torch.tensor([[n, b + len(tail2)]]), all_logits=True)
+                               position_ids=t_pos[:, ends[0]] + 1, all_logits=True)
         k = len(trunk) + len(tail1)
         packed = [torch.cat([tree[0, :k], step[0, :1]]), torch.cat([tree[0, k:], step[0, 1:]])]
         own = [self.forward(torch.tensor([line[a:]]), past, all_logits=True)[0][0]
@@ -493,13 +475,11 @@ class LanguageModel:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
     def has_user_turn(self, ids: Sequence[int]) -> bool:
-        """Whether a new user turn starts in the response tokens `ids` (found on the text decoded
-        with special tokens: ChatML's '<|im_start|>user' and its kin are special tokens)."""
+        """Whether a new user turn starts in the response tokens `ids` (`ChatFormat.user_turn_index`)."""
         return self.chat.user_turn_index(self.decode_raw(ids)) >= 0
 
     def user_turn_start(self, ids: Sequence[int]) -> int:
-        """Index of the token in which a new user turn starts in the response tokens `ids`,
-        or -1."""
+        """Index of the token in which a new user turn starts in the response tokens `ids`, or -1."""
         ids = list(ids)
         i = self.chat.user_turn_index(self.decode_raw(ids))
         if i < 0:
@@ -518,8 +498,7 @@ class LanguageModel:
         raw = self.decode_raw(ids)
         i = self.chat.user_turn_index(raw)
         head = self.decode_raw(ids[:j])
-        # a marker may start inside token j (e.g. '.\n' before 'Human:'): keep that token's text
-        # up to the marker
+        # a marker may start inside token j (e.g. '.\n' before 'Human:'): keep its text up to the marker
         extra = raw[len(head):i] if raw.startswith(head) and i >= len(head) else ""
         for special in getattr(self.tokenizer, "all_special_tokens", ()):
             extra = extra.replace(special, "")
@@ -579,38 +558,37 @@ class LanguageModel:
             why = " (engine='reference')" if route.kind == REFERENCE else ""
             raise ModelSupportError(f"{self.name}: {route.reason}, so it cannot take a token tree (4D "
                                     f"mask, explicit positions); run it on its {route.kind} route{why}.")
-        if route.kind == REFERENCE:
-            return self._state_forward(route, input_ids, past, attention_mask, all_logits,
-                                       position_ids, logits_at)
         device = self.device
-        cache = kv_cache(past)
         input_ids = input_ids.to(device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
-            if attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
-                attention_mask = self._additive(layer_masks(attention_mask, route))
+        if route.kind == REFERENCE:
+            return self._state_forward(route, input_ids, past, attention_mask, all_logits, logits_at)
+        if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
+            attention_mask = self._additive(layer_masks(attention_mask, route))
         if position_ids is not None:
             position_ids = position_ids.to(device)
-        keep = logits_at.to(device) if logits_at is not None else int(not all_logits)
-        out = self._run(input_ids, keep, cache, attention_mask=attention_mask,
-                        position_ids=position_ids)
-        logits = out.logits
-        if logits_at is None and not all_logits:
-            logits = logits[:, -1, :]
-        elif logits_at is not None:
-            logits = logits.reshape(input_ids.shape[0], -1, logits.shape[-1])
-        new_cache = getattr(out, "cache", None) or out.past_key_values
-        kv = [(layer.keys, layer.values) for layer in new_cache.layers]
-        return logits.float(), kv
+        logits, cache = self._run(input_ids, kv_cache(past), all_logits, logits_at,
+                                  attention_mask=attention_mask, position_ids=position_ids)
+        return logits, [(layer.keys, layer.values) for layer in cache.layers]
 
-    def _run(self, input_ids, keep, cache, **kwargs):
-        """The model's forward pass (with `cache` as its past, if any), counted."""
+    def _run(self, input_ids, cache, all_logits, logits_at, fed_again: int = 0, **kwargs):
+        """The model's forward pass (with `cache` as its past, if any), counted. Returns the
+        logits `forward` returns, of the inputs after the first `fed_again`, as float, and the
+        model's new cache (None if it returns none)."""
+        keep = int(not all_logits) if logits_at is None else logits_at.to(input_ids.device) + fed_again
         if cache is not None:
             kwargs[self._cache_kwarg] = cache
         out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=keep, **kwargs)
         self.stats.calls += 1
         self.stats.tokens += int(input_ids.numel())
-        return out
+        logits = out.logits
+        if logits_at is not None:      # [batch, k, vocab] (a model that indexes [:, keep] adds an axis)
+            logits = logits.reshape(input_ids.shape[0], -1, logits.shape[-1])
+        else:
+            logits = logits[:, fed_again:] if all_logits else logits[:, -1, :]
+        new_cache = getattr(out, "cache", None)
+        return logits.float(), (getattr(out, "past_key_values", None) if new_cache is None else new_cache)
 
     def _additive(self, mask):
         """Boolean 4D mask(s) as additive float masks (the sdpa and eager implementations both
@@ -620,13 +598,10 @@ class LanguageModel:
         add = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device)
         return add.masked_fill_(~mask, torch.finfo(self.dtype).min)
 
-    def _state_forward(self, route, input_ids, past, attention_mask, all_logits, position_ids,
-                       logits_at):
+    def _state_forward(self, route, input_ids, past, attention_mask, all_logits, logits_at):
         """`forward` for a model without a per-token KV (the reference route): `past` is the
         model's own cache object, copied before the model extends it, or a `TokenHistory` (the
         tokens so far, recomputed) when the model returns no cache."""
-        device = self.device
-        input_ids = input_ids.to(device)
         s = input_ids.shape[1]
         if past is not None and not isinstance(past, TokenHistory) and s > 1:
             # several tokens after a state: one at a time, as generate() does (some state-space
@@ -636,36 +611,22 @@ class LanguageModel:
                                         f"cached state is not supported.")
             steps = []
             for j in range(s):
-                lg, past = self._state_forward(route, input_ids[:, j:j + 1], past, None, False,
-                                               None, None)
+                lg, past = self._state_forward(route, input_ids[:, j:j + 1], past, None, False, None)
                 steps.append(lg)
             logits = torch.stack(steps, dim=1)
             if logits_at is not None:
-                at = logits_at.to(logits.device).expand(logits.shape[0], -1)
-                logits = torch.take_along_dim(logits, at[..., None], dim=1)
+                logits = torch.take_along_dim(logits, logits_at.to(logits.device)[..., None], dim=1)
             elif not all_logits:
                 logits = logits[:, -1]
             return logits, past
         cache = None
         if isinstance(past, TokenHistory):
-            input_ids = torch.cat([past.ids.to(device), input_ids], dim=1)
+            input_ids = torch.cat([past.ids.to(input_ids.device), input_ids], dim=1)
         elif past is not None:
             cache = copy.deepcopy(past)
-        p = input_ids.shape[1] - s
-        keep = int(not all_logits)
-        if logits_at is not None:
-            keep = (logits_at.to(device) + p).expand(input_ids.shape[0], -1)
-        out = self._run(input_ids, keep, cache,
-                        attention_mask=None if attention_mask is None else attention_mask.to(device))
-        logits = out.logits
-        if logits_at is None and not all_logits:
-            logits = logits[:, -1, :]
-        elif all_logits and logits_at is None:
-            logits = logits[:, p:]
-        new_cache = getattr(out, "cache", None)
-        if new_cache is None:
-            new_cache = getattr(out, "past_key_values", None)
-        return logits.float(), (new_cache if new_cache is not None else TokenHistory(input_ids.cpu()))
+        logits, cache = self._run(input_ids, cache, all_logits, logits_at, input_ids.shape[1] - s,
+                                  attention_mask=attention_mask)
+        return logits, (cache if cache is not None else TokenHistory(input_ids.cpu()))
 
     @torch.inference_mode()
     def full_logits(self, ids: Sequence[int]) -> torch.Tensor:

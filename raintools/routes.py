@@ -7,9 +7,8 @@ nothing but the mask and the positions. Each model gets one of three routes:
 
 * ``packed`` - token trees in one sequence (rollouts, the judge's question endings, merged
   searches). Rotary or learned absolute positions, multi-query / grouped-query attention,
-  soft-capping, eager or sdpa attention. Sliding-window layers are served too: the engine builds
-  the window into the mask of each layer type from each token's true position (transformers'
-  window rule, ``kv_idx > q_idx - sliding_window``), and every layer keeps its whole KV.
+  soft-capping, eager or sdpa attention, sliding windows (`layer_masks` builds each layer type's
+  window into its mask from each token's true position; every layer keeps its whole KV).
 * ``rows`` - the model keeps a per-token KV cache but a packed tree would not reproduce its
   forward (ALiBi biases computed from a 2D mask or from key indices, no ``position_ids``, an
   attention implementation that ignores 4D masks, chunked attention, windows that differ between
@@ -61,29 +60,22 @@ class Route:
         return min((w for w in self.windows.values() if w is not None), default=None)
 
 
-def layer_types(model) -> tuple[list[str], list[int | None]]:
-    """Per decoder layer: transformers' layer type and its sliding window (or None)."""
-    from transformers.cache_utils import get_layer_types_and_kwargs
-
-    cfg = model.config.get_text_config(decoder=True)
-    types, kwargs = get_layer_types_and_kwargs(cfg)
-    return list(types), [kw.get("sliding_window") for kw in kwargs]
-
-
 def _alibi(cfg) -> bool:
-    if getattr(cfg, "alibi", False) is True:
-        return True
     attn = getattr(cfg, "attn_config", None)        # MPT: an object or a dict
-    if getattr(attn, "alibi", False) is True or isinstance(attn, dict) and attn.get("alibi") is True:
-        return True
-    return str(getattr(cfg, "position_embedding_type", "")).lower() == "alibi"
+    attn_alibi = attn.get("alibi") if isinstance(attn, dict) else getattr(attn, "alibi", False)
+    return (getattr(cfg, "alibi", False) is True or attn_alibi is True
+            or str(getattr(cfg, "position_embedding_type", "")).lower() == "alibi")
 
 
 def static_route(model) -> Route:
     """The route the model's configuration allows (before the self-check)."""
     name = type(model).__name__
-    try:
-        types, windows = layer_types(model)
+    try:                            # per decoder layer: transformers' layer type and sliding window
+        from transformers.cache_utils import get_layer_types_and_kwargs
+
+        cfg = model.config.get_text_config(decoder=True)
+        types, kwargs = get_layer_types_and_kwargs(cfg)
+        windows = [kw.get("sliding_window") for kw in kwargs]
     except Exception as exc:  # noqa: BLE001 - an unknown layout: do not guess
         return Route(REFERENCE, f"{name}: its layer layout cannot be read ({type(exc).__name__}: "
                                 f"{str(exc)[:120]})")
@@ -92,7 +84,6 @@ def static_route(model) -> Route:
         what = f"layers of type {', '.join(other)}" if other else "a recurrent state"
         return Route(REFERENCE, f"{name} has {what}, not a per-token KV cache that a token tree can "
                                 f"share")
-    cfg = model.config.get_text_config(decoder=True)
     impl = getattr(cfg, "_attn_implementation", None) or getattr(model.config, "_attn_implementation", None)
     params = inspect.signature(model.forward).parameters
     per_type: dict[str, set] = {}

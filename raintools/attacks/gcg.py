@@ -365,9 +365,7 @@ def _call(lm, input_ids=None, inputs_embeds=None, past=None, keep=None, want_cac
     if tree is not None:
         pos, mask = tree
         b = x.shape[0]
-        add = torch.zeros(mask.shape, dtype=lm.dtype, device=x.device)
-        add.masked_fill_(~mask.to(x.device), torch.finfo(lm.dtype).min)
-        kwargs["attention_mask"] = add.expand(b, -1, -1, -1)
+        kwargs["attention_mask"] = lm._additive(mask.to(x.device)).expand(b, -1, -1, -1)
         kwargs["position_ids"] = pos.to(x.device).expand(b, -1)
     out = lm.model(input_ids=input_ids, inputs_embeds=inputs_embeds,
                    use_cache=bool(past) or want_cache, logits_to_keep=keep if keep is not None else 0,
