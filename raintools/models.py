@@ -253,7 +253,8 @@ class ChatFormat:
 
     `few_shot=True` puts example exchanges (`FEW_SHOT_EXAMPLES`, ours) before the request, as
     the public code did for base models: in the plain frame as Human:/Assistant: pairs, with a
-    chat template as earlier turns. Install one with
+    chat template as earlier turns. `system_prompt`: the chat template's system message; in the
+    plain frame it replaces the opening line (`PLAIN_FRAME`, `FEW_SHOT_INTRO`). Install one with
     `lm.chat = ChatFormat.for_tokenizer(lm.tokenizer, kind="plain", few_shot=True)`.
     """
 
@@ -264,7 +265,8 @@ class ChatFormat:
     few_shot: bool = False
 
     @classmethod
-    def for_tokenizer(cls, tokenizer, kind: str | None = None, few_shot: bool = False):
+    def for_tokenizer(cls, tokenizer, kind: str | None = None, system_prompt: str | None = None,
+                      few_shot: bool = False):
         has_template = bool(getattr(tokenizer, "chat_template", None))
         kind = kind or ("chat" if has_template else "plain")
         stops = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
@@ -279,7 +281,8 @@ class ChatFormat:
             markers = ("\nHuman:", "Human:")
         else:
             raise ModelLoadError(f"Unknown chat format kind '{kind}': use 'chat' or 'plain'.")
-        return cls(kind=kind, user_markers=markers, stop_token_ids=frozenset(stops), few_shot=few_shot)
+        return cls(kind=kind, user_markers=markers, stop_token_ids=frozenset(stops),
+                   system_prompt=system_prompt, few_shot=few_shot)
 
     def prompt_text(self, tokenizer, query: str) -> str:
         if self.kind == "chat":
@@ -291,8 +294,9 @@ class ChatFormat:
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if self.few_shot:
             shots = "".join(f"\n\nHuman: {h}\nAssistant: {a}" for h, a in FEW_SHOT_EXAMPLES)
-            return f"{FEW_SHOT_INTRO}{shots}\n\nHuman: {query}\nAssistant:"
-        return f"{PLAIN_FRAME}\nHuman: {query}\n\nAssistant:"
+            return f"{self.system_prompt or FEW_SHOT_INTRO}{shots}\n\nHuman: {query}\nAssistant:"
+        intro = PLAIN_FRAME if self.system_prompt is None else self.system_prompt.rstrip("\n") + "\n"
+        return f"{intro}\nHuman: {query}\n\nAssistant:"
 
     def user_turn_index(self, response_text: str) -> int:
         """Index where a new user turn starts in `response_text`, or -1. The text must keep the

@@ -227,6 +227,25 @@ def test_few_shot_prefix_of_example_exchanges():
     assert text.endswith("<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_a_system_prompt_opens_both_frames():
+    """A system prompt is the chat template's system message, and in the plain frame (with or
+    without the examples) it replaces the opening line: it is never silently dropped."""
+    from raintools.models import FEW_SHOT_INTRO, PLAIN_FRAME
+
+    lm = tiny_model(seed=1, max_position_embeddings=2048)
+    for few_shot in (False, True):
+        fmt = ChatFormat.for_tokenizer(lm.tokenizer, kind="plain", system_prompt="Be brief.",
+                                       few_shot=few_shot)
+        text = fmt.prompt_text(lm.tokenizer, "Hi?")
+        assert text.startswith("Be brief.\n") and PLAIN_FRAME not in text and FEW_SHOT_INTRO not in text
+        assert text.endswith("Human: Hi?\n\nAssistant:" if not few_shot else "Human: Hi?\nAssistant:")
+    assert ChatFormat.for_tokenizer(lm.tokenizer, kind="plain").prompt_text(
+        lm.tokenizer, "Hi?") == f"{PLAIN_FRAME}\nHuman: Hi?\n\nAssistant:"
+    chat = tiny_model(chat=True, max_position_embeddings=2048)
+    text = ChatFormat.for_tokenizer(chat.tokenizer, system_prompt="Be brief.").prompt_text(chat.tokenizer, "Hi?")
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
+
+
 def test_an_end_of_turn_token_other_than_eos_stops_a_response():
     """A chat template's end-of-turn token (here ChatML's <|im_end|>) stops a response also when
     the tokenizer's EOS is another token; end-of-turn tokens it lacks add nothing (no <unk>)."""
