@@ -102,6 +102,17 @@ def clause_done(lm: LanguageModel, response: list[int], out: list[int], until: s
     return lm.has_user_turn(tail)
 
 
+def cached_path(node: Node) -> list[Node]:
+    """The path from the root to `node`, each node on it holding the KV of its own tokens (else a
+    past built from it would silently lack them: refused)."""
+    path = node.path_from_root()
+    for n in path:
+        if n.kv is None:
+            raise RuntimeError(f"Node {n.uid} on the path to node {node.uid} has no KV cache; "
+                               "give it one first (CachedEngine.ensure).")
+    return path
+
+
 class Completion:
     """A clause completion in progress (the sampler of a `CompletionRequest`): `step()` draws the
     next token from `logits` and returns the token to feed next, or None when the completion is
@@ -184,7 +195,7 @@ class Forest:
     @classmethod
     def from_node(cls, forward: Forward, node: Node) -> "Forest":
         """Anchored at a tree node (with its cache): the past is its cached path."""
-        path = node.path_from_root()
+        path = cached_path(node)
         return cls(forward, {n: n.kv for n in path}, [(n, kv_len(n.kv)) for n in path])
 
     def feed(self, items: Sequence[tuple[int, int]], logits_at: Sequence[int] | None = None):
@@ -292,7 +303,7 @@ class CachedEngine(TransformersEngine):
         return Node(tokens=(), step=0, uid=0, kv=kv, logits=logits[0])
 
     def path_kv(self, node: Node) -> KV:
-        return kv_cat([n.kv for n in node.path_from_root()])
+        return kv_cat([n.kv for n in cached_path(node)])
 
     def ensure(self, node):
         """The node's cache (KV of its own tokens, logits after it), its parent's first if needed."""
