@@ -9,8 +9,7 @@ next token is an option letter. The prompt is asked twice with the options in bo
 order votes for the positive label (e.g. "harmless") when its letter is more likely, and
 `v = 2 * votes / orders - 1`, so with two orders v is in {-1, 0, +1}. `mode="soft"` returns the
 mean probability margin instead. A template may add a third label (a `neutral:` line, e.g. the
-sentiment template): the options are then asked as (positive, neutral, negative) and reversed, a
-neutral win votes 0, and the soft margin is p(positive) - p(negative) (see `SelfEvaluator._value`).
+sentiment template; `JudgeTemplate.labels` and `SelfEvaluator._value` say how it is asked and voted).
 
 Speed: the fixed few-shot header is encoded once per model, the conversation start once per query,
 and each evaluation computes only the response and the two question endings, both orders in one
@@ -66,8 +65,7 @@ class JudgeTemplate:
     def orders(self) -> list[tuple[str, ...]]:
         """The label orders asked: template order, then reversed (the paper's swap); the
         template order alone for a `single_order` template."""
-        labels = self.labels
-        return [labels] if self.single_order else [labels, tuple(reversed(labels))]
+        return [self.labels] if self.single_order else [self.labels, self.labels[::-1]]
 
     def option_letters(self) -> tuple[str, ...]:
         """The answer text of each position in an order ("A", "B", ... unless the template
@@ -174,9 +172,8 @@ class SelfEvaluator:
         self.mode = mode
         self.cached = cached
         self.orders = self.template.orders()
-        letters = self.template.option_letters()
-        q0 = self.template.question_text(self.orders[0])
-        self.letter_ids = option_token_ids(lm.tokenizer, q0, letters)
+        self.letter_ids = option_token_ids(lm.tokenizer, self.template.question_text(self.orders[0]),
+                                           self.template.option_letters())
         self.stats = EvalStats()
         self._header: tuple[tuple[int, ...], KV] | None = None
         self._query_cache_size = query_cache_size
@@ -275,10 +272,9 @@ class SelfEvaluator:
 
     def fork(self, forward=None) -> "SelfEvaluator":
         """A view of this evaluator for one of several concurrent searches
-        (`rain_generate_batch`): it shares the encoded judging header (encoded now if needed) and
-        keeps its own query cache and statistics; `forward`: the forward pass it runs. The first
-        fork encodes the header through its own `forward` and counts its tokens (its pass is counted
-        where that forward's passes are: a search's flow), as a shared judge's first call does."""
+        (`rain_generate_batch`) that runs its passes through `forward`: it shares the encoded
+        judging header and keeps its own query caches and statistics. Where the header is not
+        encoded yet, this fork encodes it and counts its tokens, as a shared judge's first call does."""
         twin = copy.copy(self)
         twin.forward = forward or self.forward
         twin.stats = EvalStats()
@@ -412,10 +408,9 @@ def self_evaluator(lm: LanguageModel, template: str = "harm", mode: str = "votes
     """The model's self-evaluator, created once per (model, template, mode) so the encoded judging
     header is reused across prompts and calls."""
     cache = lm.__dict__.setdefault("_evaluators", {})
-    key = (template, mode)
-    if key not in cache:
-        cache[key] = SelfEvaluator(lm, template=template, mode=mode)
-    return cache[key]
+    if (template, mode) not in cache:
+        cache[template, mode] = SelfEvaluator(lm, template=template, mode=mode)
+    return cache[template, mode]
 
 
 @dataclass
