@@ -4,14 +4,11 @@ and the KV caches behind them.
 Both engines make the same keyed random draws, so they propose the same candidates:
 
 * `CachedEngine` (the default, fast): every node keeps the KV of its own tokens; a node's cache
-  extends its parent's, so each token of the tree is computed once. A request's rollouts and its
-  clause completion grow together in one `Forest`: one forward pass per step serves every greedy
-  and sampled rollout and the completion (rollouts that drew the same tokens share them; at the
-  last step only the kept candidates are fed, and their KV and logits become the new nodes'). A
-  completion left alone continues over its own compact cache. Committed prefixes are merged into
-  the root. On a model whose route is "rows" (`raintools.routes`: ALiBi and others that a packed
-  token tree cannot serve exactly) each line is its own batch row instead (`Rows`), with the same
-  draws.
+  extends its parent's, so each token of the tree is computed once, and committed prefixes are
+  merged into the root. A request's rollouts and its clause completion grow together in one
+  `Forest`, one forward pass per step for all of them (`CachedEngine.expand`). On a model whose
+  route is "rows" (`raintools.routes`: ALiBi and others that a packed token tree cannot serve
+  exactly) each line is its own batch row instead (`Rows`), with the same draws.
 * `ReferenceEngine`: the straightforward execution of the authors' public code (batch 1, each
   rollout and each clause completion recomputing the whole prefix once, no KV kept across nodes,
   the last rollout token never fed, embeddings one string at a time). For recurrent models, the
@@ -25,7 +22,7 @@ from typing import Hashable, Mapping, Sequence
 
 import torch
 
-from .engine import Candidate, CompletionRequest, Expansion, Forward
+from .engine import Candidate, CompletionRequest, Forward
 from .errors import ConfigError, ModelSupportError
 from .models import KV, ForwardStats, LanguageModel, kv_cat, kv_gather, kv_len, kv_slice
 from .sampling import pick, sample_full, truncated
@@ -396,9 +393,8 @@ class ReferenceEngine(TransformersEngine):
     def expand(self, req):
         if req.completion is not None:
             self._complete(req.node, req.completion)
-        return self._rollouts(req) if req.length > 0 else []
-
-    def _rollouts(self, req: Expansion) -> list[Candidate]:
+        if req.length <= 0:
+            return []
         node, length, uniforms, keep = req.node, req.length, req.uniforms, req.keep
         base = self.prefix_ids + node.response_tokens()
         rows, probs = [], []
