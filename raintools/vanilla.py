@@ -80,12 +80,9 @@ def best_of_n(lm: LanguageModel, prompt: str, n: int = 4, evaluator: Callable[[s
         evaluator = self_evaluator(lm)
     t0 = time.perf_counter()
     s0 = lm.stats.snapshot()
-    samples, values = [], []
-    for i in range(n):
-        r = generate_vanilla(lm, prompt, max_new_tokens, do_sample=True, temperature=temperature,
-                             top_k=top_k, seed=seed, sample_index=i)
-        samples.append(r)
-        values.append(float(evaluator(prompt, r.text)))
+    samples = [generate_vanilla(lm, prompt, max_new_tokens, do_sample=True, temperature=temperature,
+                                top_k=top_k, seed=seed, sample_index=i) for i in range(n)]
+    values = [float(evaluator(prompt, r.text)) for r in samples]
     best = max(range(n), key=lambda i: (values[i], -i))
     used = lm.stats.since(s0)
     stats = dict(committed_tokens=len(samples[best].tokens), forward_calls=used.calls,
