@@ -76,7 +76,7 @@ class JudgeTemplate:
         return self.question.format(**{f"option_{LETTERS[i].lower()}": lab for i, lab in enumerate(order)})
 
     def full_text(self, query: str, response: str, order: tuple[str, ...]) -> str:
-        """The whole judging prompt as one string (what the reference-style path tokenises)."""
+        """The whole judging prompt as one string (what the judge tokenises: `SelfEvaluator.prompt_ids`)."""
         return (self.header + self.conversation.format(query=query)
                 + self.response.format(response=response.strip()) + self.question_text(order))
 
