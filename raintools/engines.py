@@ -67,12 +67,11 @@ def kept_rows(rows: list[list[int]], keep: int) -> list[int]:
     """Greedy first, then the first unique samples (at most keep - 1); returns row indices."""
     seen, chosen = {tuple(rows[0])}, [0]
     for r in range(1, len(rows)):
-        if tuple(rows[r]) in seen:
-            continue
-        seen.add(tuple(rows[r]))
-        chosen.append(r)
         if len(chosen) >= keep:
             break
+        if tuple(rows[r]) not in seen:
+            seen.add(tuple(rows[r]))
+            chosen.append(r)
     return chosen
 
 
