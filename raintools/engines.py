@@ -17,6 +17,7 @@ Both engines make the same keyed random draws, so they propose the same candidat
 
 from __future__ import annotations
 
+from itertools import accumulate
 from types import MappingProxyType
 from typing import Hashable, Mapping, Sequence
 
@@ -176,9 +177,7 @@ class Forest:
         self.forward = forward
         self.kv = kv_cat(list(chunks.values()))
         self.start = kv_len(self.kv)
-        offset, at = {}, 0
-        for key, kv in chunks.items():
-            offset[key], at = at, at + kv_len(kv)
+        offset = dict(zip(chunks, accumulate(map(kv_len, chunks.values()), initial=0)))
         self.visible = torch.zeros(self.start, dtype=torch.bool)
         for key, n in view:
             self.visible[offset[key]:offset[key] + n] = True
@@ -368,8 +367,7 @@ class CachedEngine(TransformersEngine):
             return
         self.ensure(child)
         child.kv = kv_cat([root.kv, child.kv])
-        root.kv = None
-        root.logits = None
+        root.kv = root.logits = None
 
 
 class ReferenceEngine(TransformersEngine):
