@@ -279,8 +279,7 @@ class SelfEvaluator:
         twin.forward = forward or self.forward
         twin.stats = EvalStats()
         twin.forget_queries()
-        twin.last_probs = []
-        twin.last_ids = []
+        twin.last_probs, twin.last_ids = [], []
         if self.cached and self._header is None:
             self._header = twin._encode_header()
         return twin
@@ -333,16 +332,16 @@ class SelfEvaluator:
         needed)."""
         trunk, tails = split_common(self.prompt_ids(query, response))
         q_ids, q_kv = self._query_entry(query, trunk)
-        m, q, rest = common_start((trunk, q_ids)), -1, None
+        m, q, best, rest = common_start((trunk, q_ids)), -1, None, None
         if m == len(q_ids):
             q, cache = m, self._responses.setdefault(query, OrderedDict())
             for ids in cache:
                 n = common_start((trunk, ids), q)
                 if n > m:
-                    rest, m = ids, n
-            if rest is not None:
-                cache.move_to_end(rest)
-                rest = [(k[:, :, :m - q], v[:, :, :m - q]) for k, v in cache[rest]]
+                    best, m = ids, n
+            if best is not None:
+                cache.move_to_end(best)
+                rest = [(k[:, :, :m - q], v[:, :, :m - q]) for k, v in cache[best]]
         if not any(tails) and m >= len(trunk):
             m -= 1
         return trunk, tails, q_kv, rest, m, q
