@@ -34,9 +34,9 @@ forward that is answered from merged passes (`raintools.batch`)."""
 @dataclass
 class Candidate:
     """A proposed token set below a node: its tokens, its unnormalised proposal probability
-    (`raw_p`: the product of the truncated step probabilities, the greedy one clamped against the
-    samples), and optionally the engine state after it (`kv`, `logits`), so the new node needs no
-    forward pass of its own."""
+    (`raw_p`; `engines.kept_candidates` and `engines.top_candidates` say how it is made), and
+    optionally the engine state after it (`kv`, `logits`), so the new node needs no forward pass
+    of its own."""
 
     tokens: tuple[int, ...]
     raw_p: float
