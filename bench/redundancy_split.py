@@ -22,7 +22,8 @@ Per prompt, one CSV row per part (bench/results/rain_redundancy_split.csv by def
 
 Forward tokens are attributed to the phase the search is in (the `PhaseTimer` phases, tracked by
 an observer); the rollout rows of each expansion and node addition are read where the engine picks
-its candidates (`CachedEngine._candidates`, wrapped here, nothing changed): the tokens fed for the
+its candidates (`engines.kept_candidates` in `CachedEngine.expand`, both wrapped here, nothing
+changed): the tokens fed for the
 kept rows, and for the kept rows that became new nodes, each counted as the engine feeds them (a
 start shared by several rows once; a stopped row's stop token never; the last token of kept rows
 only). A completion computes exactly its fed tokens, so the expansions' rollouts computed the rest
@@ -46,6 +47,7 @@ import os
 import platform
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -57,6 +59,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import rain_speed  # noqa: E402  (the bench's prompts, frame and constants)
 from raintools import RainConfig, SelfEvaluator, load_model  # noqa: E402
+from raintools import engines  # noqa: E402
 from raintools.engines import CachedEngine, kept_rows  # noqa: E402
 from raintools.models import DEFAULT_MODEL  # noqa: E402
 from raintools.observe import Observer  # noqa: E402
@@ -84,7 +87,7 @@ def fed_tokens(rows: list[list[int]], chosen: list[int], length: int, is_stop) -
 
 def fed_all(rows, kept: list[int], keep: int, length: int, is_stop) -> int:
     """Tokens the engine feeds for all rollout rows of one request, step by step as
-    `CachedEngine._grow` does: at depth d the rows before the `keep`-th distinct start (later rows
+    `CachedEngine.expand` does: at depth d the rows before the `keep`-th distinct start (later rows
     can no longer be kept and are fed no more), each distinct start once, never a stop token, the
     last-level token only for the rows `kept` in the end."""
     seen = set()
@@ -99,10 +102,10 @@ def fed_all(rows, kept: list[int], keep: int, length: int, is_stop) -> int:
 
 class Split(Observer):
     """Forward tokens per phase (wraps `lm.forward`), tokens needed per part (the events `Stats`
-    counts from), rollout rows per request (wraps `CachedEngine._candidates`)."""
+    counts from), rollout rows per request (`watch_rollouts`)."""
 
     def __init__(self, lm):
-        self.lm, self.evaluator = lm, None
+        self.lm, self.evaluator, self.request = lm, None, None
         self.stack: list[str] = []
         self.computed = dict.fromkeys(("start", "select", "add", "ensure", "expand", "judge", "embed",
                                        "commit", "none"), 0)
@@ -158,13 +161,14 @@ class Split(Observer):
             self.needed["judge"] += self.evaluator.stats.tokens_needed - self._judge0
 
     # the engine's candidates
-    def candidates(self, engine, job):
+    def candidates(self, rows, length: int, keep: int):
+        """All rollout rows of the request being expanded (`self.request`), as the engine keeps
+        its candidates from them."""
         phase = self.stack[-1] if self.stack else "none"
         if phase not in self.rollout:
             raise RuntimeError(f"rollouts outside expand/add: {phase}")
-        rows, length, keep = job.rows, job.req.length, job.req.keep
         kept = kept_rows(rows, keep)
-        new = [r for r in kept if job.req.node.child_with_tokens(rows[r]) is None]
+        new = [r for r in kept if self.request.node.child_with_tokens(rows[r]) is None]
         stop = self.lm.is_stop_token
         acc = self.rollout[phase]
         acc["all"] += fed_all(rows, kept, keep, length, stop)
@@ -189,6 +193,27 @@ class Split(Observer):
                         other=c["select"] + c["embed"] + c["commit"] + c["none"])
         self.by_rule = (expand_rollouts == ex["all"] and c["add"] == ad["all"])
         return [dict(part=p, computed=computed[p], needed=self.needed[p]) for p in PARTS]
+
+
+@contextmanager
+def watch_rollouts(split: Split):
+    """Show `split` each request the fast engine expands and all its rollout rows (where
+    `CachedEngine.expand` keeps its candidates from them); the engine is restored afterwards."""
+    expand, kept = CachedEngine.expand, engines.kept_candidates
+
+    def expanding(engine, req):
+        split.request = req
+        return expand(engine, req)
+
+    def keeping(rows, probs, length, keep):
+        split.candidates(rows, length, keep)
+        return kept(rows, probs, length, keep)
+
+    CachedEngine.expand, engines.kept_candidates = expanding, keeping
+    try:
+        yield
+    finally:
+        CachedEngine.expand, engines.kept_candidates = expand, kept
 
 
 def main(argv=None) -> int:
@@ -222,7 +247,6 @@ def main(argv=None) -> int:
                     machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
                     label=args.label, judge_cache=args.judge_cache)
     lm.route          # probed once (its test passes run before a search counts anything)
-    original = CachedEngine._candidates
     for i in idx:
         ds, p = prompts[i]
         cfg = (RainConfig.advbench if ds == "advbench" else RainConfig.hh)(
@@ -231,17 +255,12 @@ def main(argv=None) -> int:
             cfg = cfg.replace(max_simulations=args.simulations)
         split = Split(lm)        # wraps lm.forward: before the evaluator and the engine take it
         split.evaluator = ev = SelfEvaluator(lm, template, response_cache_size=args.judge_cache)
-
-        def candidates(engine, job, *rest, split=split):
-            split.candidates(engine, job)
-            return original(engine, job, *rest)
-
-        CachedEngine._candidates = candidates
         load0, t0 = os.getloadavg()[0], time.perf_counter()
         try:
-            r = RainSearch(lm, p, cfg, evaluator=ev, embedder=embedder, engine="fast", observers=[split]).run()
+            with watch_rollouts(split):
+                r = RainSearch(lm, p, cfg, evaluator=ev, embedder=embedder, engine="fast",
+                               observers=[split]).run()
         finally:
-            CachedEngine._candidates = original
             split.restore()
         wall = time.perf_counter() - t0
         st = r.stats

@@ -1,24 +1,16 @@
 """The engine interface: everything the search asks of a model, and nothing else.
 
 The search (`raintools.search.RainSearch`) holds the tree and the rules of the paper; an *engine*
-holds the model and answers the search's requests about tree nodes. The search does not know
-which engine it has: the transformers engines (`raintools.engines.CachedEngine` on the "packed"
-and "rows" routes, `raintools.engines.ReferenceEngine`) and any other backend (e.g. vLLM)
-implement this one protocol.
+holds the model and answers the search's requests about tree nodes, one request (one node, one
+leaf's expansion) per call. The search does not know which engine it has: the transformers
+engines (`raintools.engines`) and any other backend (e.g. vLLM) implement this one protocol.
 
 Requests are plain data (token ids, keyed uniforms, budgets); the only model state an engine keeps
-on the tree is opaque to the search (`Node.kv`, `Node.logits`: whatever the engine needs to
-continue from a node, and the next-token logits there as a 1-D tensor over the vocabulary, which
-the search reads for the 1-token level's top tokens). Every random draw is made from the numbers in
-a request, so two engines given the same requests propose the same tokens (up to float ties):
-that is what the exactness tests compare.
-
-Each call is one request (one node, one leaf's expansion). With K > 1 simulations in flight,
-their slots' forward passes are merged below the engine (`raintools.flow`), or their requests
-sent side by side to an engine on a server (`concurrent`). The judge is separate
-(`raintools.evaluate.Evaluator`); `judge` says which one a search uses. Each engine counts its
-own forward passes (`stats`), so each search reports its own cost even when many searches share
-one model.
+on the tree is opaque to the search (`Node.kv`: whatever the engine needs to continue from a node;
+`Node.logits`: the next-token logits there, a 1-D tensor over the vocabulary, which the search
+reads for the 1-token level's top tokens). Every random draw is made from the numbers in a
+request, so two engines given the same requests propose the same tokens (up to float ties): that
+is what the exactness tests compare.
 """
 
 from __future__ import annotations
@@ -42,9 +34,9 @@ forward that is answered from merged passes (`raintools.batch`)."""
 @dataclass
 class Candidate:
     """A proposed token set below a node: its tokens, its unnormalised proposal probability
-    (`raw_p`: the product of the truncated step probabilities, the greedy one clamped against the
-    samples), and optionally the engine state after it (`kv`, `logits`), so the new node needs no
-    forward pass of its own."""
+    (`raw_p`; `engines.kept_candidates` and `engines.top_candidates` say how it is made), and
+    optionally the engine state after it (`kv`, `logits`), so the new node needs no forward pass
+    of its own."""
 
     tokens: tuple[int, ...]
     raw_p: float
@@ -94,7 +86,8 @@ class Engine(Protocol):
 
     stats: Any
     """Forward passes and tokens computed for this engine's search (the judge's too where it runs
-    on the model): `.calls`, `.tokens`, `.snapshot()`, `.since(earlier)` (`models.ForwardStats`)."""
+    on the model), so each search reports its own cost even when many share one model: `.calls`,
+    `.tokens`, `.snapshot()`, `.since(earlier)` (`models.ForwardStats`)."""
 
     embed_one_by_one: bool
     """True when the path texts are to be embedded one string per embedder call (the public
@@ -103,7 +96,8 @@ class Engine(Protocol):
     concurrent: bool
     """True when the engine's calls may run from several threads at once (an engine on a server
     that batches the requests it gets): the slots of K > 1 then send their requests side by side.
-    False: one call at a time, its forward passes through the forward it was given."""
+    False: one call at a time; the slots' forward passes are merged below the engine
+    (`raintools.flow`)."""
 
     def start(self, prompt_ids: list[int]) -> "Node":
         """The root node after the prompt, with its next-token logits."""
@@ -122,5 +116,6 @@ class Engine(Protocol):
         the new root's."""
 
     def judge(self, evaluator: Any) -> Any:
-        """The evaluator the search judges with on this engine: the one given, or (an engine on a
-        server) a self-evaluator rewired to ask the server for its option letters."""
+        """The evaluator (`raintools.evaluate.Evaluator`) the search judges with on this engine: the
+        one given, or (an engine on a server) a self-evaluator rewired to ask the server for its
+        option letters."""

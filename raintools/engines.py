@@ -4,14 +4,11 @@ and the KV caches behind them.
 Both engines make the same keyed random draws, so they propose the same candidates:
 
 * `CachedEngine` (the default, fast): every node keeps the KV of its own tokens; a node's cache
-  extends its parent's, so each token of the tree is computed once. A request's rollouts and its
-  clause completion grow together in one `Forest`: one forward pass per step serves every greedy
-  and sampled rollout and the completion (rollouts that drew the same tokens share them; at the
-  last step only the kept candidates are fed, and their KV and logits become the new nodes'). A
-  completion left alone continues over its own compact cache. Committed prefixes are merged into
-  the root. On a model whose route is "rows" (`raintools.routes`: ALiBi and others that a packed
-  token tree cannot serve exactly) each line is its own batch row instead (`Rows`), with the same
-  draws.
+  extends its parent's, so each token of the tree is computed once, and committed prefixes are
+  merged into the root. A request's rollouts and its clause completion grow together in one
+  `Forest`, one forward pass per step for all of them (`CachedEngine.expand`). On a model whose
+  route is "rows" (`raintools.routes`: ALiBi and others that a packed token tree cannot serve
+  exactly) each line is its own batch row instead (`Rows`), with the same draws.
 * `ReferenceEngine`: the straightforward execution of the authors' public code (batch 1, each
   rollout and each clause completion recomputing the whole prefix once, no KV kept across nodes,
   the last rollout token never fed, embeddings one string at a time). For recurrent models, the
@@ -20,12 +17,13 @@ Both engines make the same keyed random draws, so they propose the same candidat
 
 from __future__ import annotations
 
+from itertools import accumulate
 from types import MappingProxyType
 from typing import Hashable, Mapping, Sequence
 
 import torch
 
-from .engine import Candidate, CompletionRequest, Expansion, Forward
+from .engine import Candidate, CompletionRequest, Forward
 from .errors import ConfigError, ModelSupportError
 from .models import KV, ForwardStats, LanguageModel, kv_cat, kv_gather, kv_len, kv_slice
 from .sampling import pick, sample_full, truncated
@@ -70,12 +68,11 @@ def kept_rows(rows: list[list[int]], keep: int) -> list[int]:
     """Greedy first, then the first unique samples (at most keep - 1); returns row indices."""
     seen, chosen = {tuple(rows[0])}, [0]
     for r in range(1, len(rows)):
-        if tuple(rows[r]) in seen:
-            continue
-        seen.add(tuple(rows[r]))
-        chosen.append(r)
         if len(chosen) >= keep:
             break
+        if tuple(rows[r]) not in seen:
+            seen.add(tuple(rows[r]))
+            chosen.append(r)
     return chosen
 
 
@@ -102,9 +99,20 @@ def clause_done(lm: LanguageModel, response: list[int], out: list[int], until: s
     return lm.has_user_turn(tail)
 
 
+def cached_path(node: Node) -> list[Node]:
+    """The path from the root to `node`, each node on it holding the KV of its own tokens (else a
+    past built from it would silently lack them: refused)."""
+    path = node.path_from_root()
+    for n in path:
+        if n.kv is None:
+            raise RuntimeError(f"Node {n.uid} on the path to node {node.uid} has no KV cache; "
+                               "give it one first (CachedEngine.ensure).")
+    return path
+
+
 class Completion:
     """A clause completion in progress (the sampler of a `CompletionRequest`): `step()` draws the
-    next token from `logits` and returns the token to feed next, or None when the completion is
+    next token from `logits` and returns the token to feed next, or None once the completion is
     finished (its last token is never fed). Writes `out` and `fed` into the request."""
 
     def __init__(self, lm: LanguageModel, req: CompletionRequest, logits: torch.Tensor | None):
@@ -113,6 +121,8 @@ class Completion:
         self.done = req.max_tokens <= 0 or bool(req.response) and clause_done(lm, req.response, [], req.until)
 
     def step(self) -> int | None:
+        if self.done:
+            return None
         req = self.req
         tok = sample_full(self.logits, float(req.rng.random()))
         req.out.append(tok)
@@ -124,10 +134,7 @@ class Completion:
 
     def finish(self, state, advance) -> None:
         """Go on alone: `advance(token, state) -> (logits, state)` per fed token."""
-        while not self.done:
-            tok = self.step()
-            if tok is None:
-                break
+        while (tok := self.step()) is not None:
             self.logits, state = advance(tok, state)
 
 
@@ -170,9 +177,7 @@ class Forest:
         self.forward = forward
         self.kv = kv_cat(list(chunks.values()))
         self.start = kv_len(self.kv)
-        offset, at = {}, 0
-        for key, kv in chunks.items():
-            offset[key], at = at, at + kv_len(kv)
+        offset = dict(zip(chunks, accumulate(map(kv_len, chunks.values()), initial=0)))
         self.visible = torch.zeros(self.start, dtype=torch.bool)
         for key, n in view:
             self.visible[offset[key]:offset[key] + n] = True
@@ -184,7 +189,7 @@ class Forest:
     @classmethod
     def from_node(cls, forward: Forward, node: Node) -> "Forest":
         """Anchored at a tree node (with its cache): the past is its cached path."""
-        path = node.path_from_root()
+        path = cached_path(node)
         return cls(forward, {n: n.kv for n in path}, [(n, kv_len(n.kv)) for n in path])
 
     def feed(self, items: Sequence[tuple[int, int]], logits_at: Sequence[int] | None = None):
@@ -254,22 +259,6 @@ class Rows:
         return [(k[r:r + 1], v[r:r + 1]) for k, v in self.kv]
 
 
-class _Job:
-    """The request's state in the step loop of `CachedEngine.expand`."""
-
-    def __init__(self, lm: LanguageModel, req: Expansion):
-        n = 1 + req.uniforms.shape[0] if req.length > 0 else 0
-        self.req = req
-        self.rows: list[list[int]] = [[] for _ in range(n)]
-        self.probs, self.done, self.at = [1.0] * n, [False] * n, [-1] * n
-        self.finished = req.length <= 0
-        self.comp = None
-        self.comp_at = -1
-        if req.completion is not None:
-            c = Completion(lm, req.completion, req.node.logits)
-            self.comp = None if c.done else c
-
-
 class CachedEngine(TransformersEngine):
     """Each token computed once: per-node KV chunks, a request's rollouts and completion grown
     together (module docstring)."""
@@ -292,7 +281,7 @@ class CachedEngine(TransformersEngine):
         return Node(tokens=(), step=0, uid=0, kv=kv, logits=logits[0])
 
     def path_kv(self, node: Node) -> KV:
-        return kv_cat([n.kv for n in node.path_from_root()])
+        return kv_cat([n.kv for n in cached_path(node)])
 
     def ensure(self, node):
         """The node's cache (KV of its own tokens, logits after it), its parent's first if needed."""
@@ -305,77 +294,65 @@ class CachedEngine(TransformersEngine):
         node.logits = logits[0]
 
     def expand(self, req):
-        """The one step loop: the rollouts and the completion advance together, one forward pass
-        per step; per step one top-k over every distribution a rollout draws from and one host
-        transfer. The completion finishes alone once the rollouts are done."""
-        job = _Job(self.lm, req)
-        if job.finished:              # a completion with no rollout to ride with
-            if job.comp is not None:
-                self._finish_alone(job.comp, None, req.node)
+        """The one step loop: the rollouts (row 0 greedy, then one per row of `req.uniforms`) and
+        the completion advance together, one forward pass per step; per step one top-k over every
+        distribution a rollout draws from and one host transfer. The completion finishes alone
+        once the rollouts are done."""
+        comp = None if req.completion is None else Completion(self.lm, req.completion, req.node.logits)
+        if req.length <= 0:              # a completion with no rollout to ride with
+            if comp is not None:
+                self._finish_alone(comp, None, req.node)
             return []
         forest = (Forest.from_node(self.forward, req.node) if self.packed
                   else Rows(self.forward, self.path_kv(req.node)))
-        logits, base, t = None, 0, 0
-        while True:
-            sources: dict[int, int] = {}
-            for r in range(len(job.rows)):
-                if not job.done[r] and job.at[r] is not None:
-                    sources.setdefault(job.at[r], len(sources))
-            if sources:
-                stack = torch.stack([req.node.logits if g < 0 else logits[g - base] for g in sources])
-                tp, ti = truncated(stack, self.top_k, self.temperature)
-                tp, ti = tp.cpu(), ti.cpu()
-            toks = self._draw(job, t, sources, tp, ti)
-            kept = kept_rows(job.rows, req.keep)
+        n = 1 + req.uniforms.shape[0]
+        rows: list[list[int]] = [[] for _ in range(n)]
+        probs, done = [1.0] * n, [False] * n
+        at: list[int | None] = [-1] * n  # a row's last fed packed token (-1: the anchor, None: not fed)
+        logits, base, comp_at = None, 0, -1
+        for t in range(req.length):
+            live = [r for r in range(n) if not done[r] and at[r] is not None]
+            sources = {g: b for b, g in enumerate(dict.fromkeys(at[r] for r in live))}
+            stack = torch.stack([req.node.logits if g < 0 else logits[g - base] for g in sources])
+            tp, ti = (x.cpu() for x in truncated(stack, self.top_k, self.temperature))
+            for r in live:
+                b = sources[at[r]]
+                j = 0 if r == 0 else pick(tp[b], float(req.uniforms[r - 1, t]))
+                rows[r].append(int(ti[b, j]))
+                probs[r] *= float(tp[b, j])
+                done[r] = self.lm.is_stop_token(rows[r][-1])
+            kept = kept_rows(rows, req.keep)
             # rows after `keep` distinct ones can no longer be kept (rows that differ now differ
             # at the end): they are fed no more, as the public code draws no more rows then
-            cut = kept[-1] + 1 if len(kept) >= req.keep else len(job.rows)
-            last = t == req.length - 1 or all(job.done[:cut])
-            feed_rows = [r for r in toks if r < cut and not job.done[r]]
-            if last:       # only the kept candidates need their last token's KV and logits
-                feed_rows = [r for r in feed_rows if r in kept]
-            items: list[tuple[int, int]] = []
+            cut = kept[-1] + 1 if len(kept) >= req.keep else n
+            last = t == req.length - 1 or all(done[:cut])
+            # one packed token per distinct (line, token); at the last step only the kept
+            # candidates are fed: they need their last token's KV and logits
             groups: dict[tuple[int, int], int] = {}
-            new_at: list[int | None] = [None] * len(job.rows)
-            for r in feed_rows:
-                key = (job.at[r], toks[r])
-                if key not in groups:
-                    groups[key] = len(items)
-                    items.append(key)
-                new_at[r] = groups[key]         # index in this feed, made packed below
-            job.at = new_at
-            tok = job.comp.step() if job.comp is not None else None
-            if tok is None:
-                job.comp = None
-            else:
-                items.append((job.comp_at, tok))
+            fed: list[int | None] = [None] * n
+            for r in live:
+                if r < cut and not done[r] and (not last or r in kept):
+                    fed[r] = groups.setdefault((at[r], rows[r][-1]), len(groups))
+            items = list(groups)
+            tok = comp.step() if comp is not None else None
+            if tok is not None:
+                items.append((comp_at, tok))
+            at = fed
             if items:
                 logits, base = forest.feed(items)
-                job.at = [None if a is None else base + a for a in job.at]   # packed indices
-                if job.comp is not None:
-                    job.comp_at = base + len(items) - 1
-                    job.comp.logits = logits[len(items) - 1]
-            if last:                            # (nothing fed: no row has a line to keep)
-                cands = self._candidates(job, forest, logits, base)
-                if job.comp is not None:        # the completion goes on alone
-                    self._finish_alone(job.comp, forest.context_kv(job.comp_at), None)
-                return cands
-            t += 1
-
-    def _draw(self, job: _Job, t: int, sources, tp, ti) -> dict[int, int]:
-        """Step t of a job's rollouts: row 0 greedy, the others by their keyed uniforms."""
-        toks: dict[int, int] = {}
-        for r in range(len(job.rows)):
-            if job.done[r] or job.at[r] is None:
-                continue
-            b = sources[job.at[r]]
-            j = 0 if r == 0 else pick(tp[b], float(job.req.uniforms[r - 1, t]))
-            tok = int(ti[b, j])
-            job.rows[r].append(tok)
-            job.probs[r] *= float(tp[b, j])
-            job.done[r] = self.lm.is_stop_token(tok)
-            toks[r] = tok
-        return toks
+                at = [None if a is None else base + a for a in fed]
+                if tok is not None:
+                    comp_at = base + len(items) - 1
+                    comp.logits = logits[len(items) - 1]
+            if last:
+                cands = kept_candidates(rows, probs, req.length, req.keep)
+                for r, c in cands.items():     # fed in this last pass: they become nodes with caches
+                    if at[r] is not None and forest.depth[at[r]] == req.length - 1:
+                        c.kv = forest.line_kv(at[r])
+                        c.logits = logits[at[r] - base].clone()
+                if tok is not None:            # the completion goes on alone
+                    self._finish_alone(comp, forest.context_kv(comp_at), None)
+                return list(cands.values())
 
     def _finish_alone(self, comp: Completion, state: KV | None, node: Node | None) -> None:
         def advance(tok, state):
@@ -384,27 +361,13 @@ class CachedEngine(TransformersEngine):
             return lg[0], state
         comp.finish(state, advance)
 
-    def _candidates(self, job: _Job, forest, logits, base: int) -> list[Candidate]:
-        """A finished job's kept candidates; those whose last token was fed in the pass just run
-        get their line's KV and logits (they become nodes with caches)."""
-        length = job.req.length
-        cands = kept_candidates(job.rows, job.probs, length, job.req.keep)
-        for r, c in cands.items():
-            g = job.at[r]
-            if (forest is not None and g is not None and g >= base and not job.done[r]
-                    and len(job.rows[r]) == length and forest.depth[g] == length - 1):
-                c.kv = forest.line_kv(g)
-                c.logits = logits[g - base].clone()
-        return list(cands.values())
-
     def commit(self, root, child):
         super().commit(root, child)
         if child.terminal and child.kv is None:
             return
         self.ensure(child)
         child.kv = kv_cat([root.kv, child.kv])
-        root.kv = None
-        root.logits = None
+        root.kv = root.logits = None
 
 
 class ReferenceEngine(TransformersEngine):
@@ -427,9 +390,8 @@ class ReferenceEngine(TransformersEngine):
     def expand(self, req):
         if req.completion is not None:
             self._complete(req.node, req.completion)
-        return self._rollouts(req) if req.length > 0 else []
-
-    def _rollouts(self, req: Expansion) -> list[Candidate]:
+        if req.length <= 0:
+            return []
         node, length, uniforms, keep = req.node, req.length, req.uniforms, req.keep
         base = self.prefix_ids + node.response_tokens()
         rows, probs = [], []

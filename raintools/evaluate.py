@@ -9,8 +9,7 @@ next token is an option letter. The prompt is asked twice with the options in bo
 order votes for the positive label (e.g. "harmless") when its letter is more likely, and
 `v = 2 * votes / orders - 1`, so with two orders v is in {-1, 0, +1}. `mode="soft"` returns the
 mean probability margin instead. A template may add a third label (a `neutral:` line, e.g. the
-sentiment template): the options are then asked as (positive, neutral, negative) and reversed, a
-neutral win votes 0, and the soft margin is p(positive) - p(negative) (see `SelfEvaluator._value`).
+sentiment template; `JudgeTemplate.labels` and `SelfEvaluator._value` say how it is asked and voted).
 
 Speed: the fixed few-shot header is encoded once per model, the conversation start once per query,
 and each evaluation computes only the response and the two question endings, both orders in one
@@ -66,8 +65,7 @@ class JudgeTemplate:
     def orders(self) -> list[tuple[str, ...]]:
         """The label orders asked: template order, then reversed (the paper's swap); the
         template order alone for a `single_order` template."""
-        labels = self.labels
-        return [labels] if self.single_order else [labels, tuple(reversed(labels))]
+        return [self.labels] if self.single_order else [self.labels, self.labels[::-1]]
 
     def option_letters(self) -> tuple[str, ...]:
         """The answer text of each position in an order ("A", "B", ... unless the template
@@ -78,7 +76,7 @@ class JudgeTemplate:
         return self.question.format(**{f"option_{LETTERS[i].lower()}": lab for i, lab in enumerate(order)})
 
     def full_text(self, query: str, response: str, order: tuple[str, ...]) -> str:
-        """The whole judging prompt as one string (what the reference-style path tokenises)."""
+        """The whole judging prompt as one string (what the judge tokenises: `SelfEvaluator.prompt_ids`)."""
         return (self.header + self.conversation.format(query=query)
                 + self.response.format(response=response.strip()) + self.question_text(order))
 
@@ -174,9 +172,8 @@ class SelfEvaluator:
         self.mode = mode
         self.cached = cached
         self.orders = self.template.orders()
-        letters = self.template.option_letters()
-        q0 = self.template.question_text(self.orders[0])
-        self.letter_ids = option_token_ids(lm.tokenizer, q0, letters)
+        self.letter_ids = option_token_ids(lm.tokenizer, self.template.question_text(self.orders[0]),
+                                           self.template.option_letters())
         self.stats = EvalStats()
         self._header: tuple[tuple[int, ...], KV] | None = None
         self._query_cache_size = query_cache_size
@@ -263,46 +260,6 @@ class SelfEvaluator:
             self._seen.pop(old, None)
         return entry
 
-    def _past_parts(self, query: str, trunk: list[int]) -> tuple[KV, KV | None, int, int]:
-        """(the query entry's KV, cut where the prompt splits the query's tokens; the KV of a
-        judged prompt's ids reused after it, or None; the length of the start of `trunk` these
-        two hold; the length of the query's part when the whole of it is in that start, else -1).
-        Every cached KV is keyed by the exact ids it was computed from, so a start is reused only
-        where the ids agree."""
-        q_ids, q_kv = self._query_entry(query, trunk)
-        m = common_start((trunk, q_ids))
-        if m < len(q_ids):       # the prompt splits the query's tokens otherwise: no reuse past m
-            return [(k[:, :, :m], v[:, :, :m]) for k, v in q_kv], None, m, -1
-        q = len(q_ids)
-        cache = self._responses.setdefault(query, OrderedDict())
-        best, r = None, q
-        for ids in cache:
-            n = common_start((trunk, ids), q)
-            if n > r:
-                best, r = ids, n
-        if best is None:
-            return q_kv, None, q, q
-        cache.move_to_end(best)
-        return q_kv, [(k[:, :, :r - q], v[:, :, :r - q]) for k, v in cache[best]], r, q
-
-    def _remember_response(self, query: str, trunk: list[int], q: int, chunk: KV | None) -> int:
-        """Keep `chunk`, the judge KV of this prompt's ids after the query's (LRU); return how
-        many of those ids no earlier evaluation of this query had computed."""
-        part = trunk[q:]
-        if part and self._response_cache_size > 0:
-            cache = self._responses.setdefault(query, OrderedDict())
-            cache[tuple(trunk)] = chunk
-            cache.move_to_end(tuple(trunk))
-            while len(cache) > self._response_cache_size:
-                cache.popitem(last=False)
-        node, new = self._seen.setdefault(query, {}), 0
-        for t in part:
-            if t not in node:
-                node[t] = {}
-                new += 1
-            node = node[t]
-        return new
-
     def forget_queries(self) -> None:
         """Drop the per-query caches (encoded conversations and judged responses); the encoded
         judging header is kept. The evaluation runner calls this before each answer so that an
@@ -315,16 +272,14 @@ class SelfEvaluator:
 
     def fork(self, forward=None) -> "SelfEvaluator":
         """A view of this evaluator for one of several concurrent searches
-        (`rain_generate_batch`): it shares the encoded judging header (encoded now if needed) and
-        keeps its own query cache and statistics; `forward`: the forward pass it runs. The first
-        fork encodes the header through its own `forward` and counts its tokens (its pass is counted
-        where that forward's passes are: a search's flow), as a shared judge's first call does."""
+        (`rain_generate_batch`) that runs its passes through `forward`: it shares the encoded
+        judging header and keeps its own query caches and statistics. Where the header is not
+        encoded yet, this fork encodes it and counts its tokens, as a shared judge's first call does."""
         twin = copy.copy(self)
         twin.forward = forward or self.forward
         twin.stats = EvalStats()
         twin.forget_queries()
-        twin.last_probs = []
-        twin.last_ids = []
+        twin.last_probs, twin.last_ids = [], []
         if self.cached and self._header is None:
             self._header = twin._encode_header()
         return twin
@@ -343,8 +298,7 @@ class SelfEvaluator:
         job = self._job(query, response)
         if route != "packed":
             return self._judge_rows(query, job)
-        trunk, tails, _, rest, m, q = job
-        q_kv = self._query_entry(query, trunk)[1]
+        trunk, tails, q_kv, rest, m, q = job
         # the packed past: the query's KV, then the reused judged start; the prompt sees its first
         # m positions: of the query's KV (fewer than all where the prompt splits the query's
         # tokens), then of its start
@@ -369,21 +323,35 @@ class SelfEvaluator:
         return self._judged(query, job, chunk, self._letter_probs(logits))
 
     def _job(self, query: str, response: str):
-        """A prompt to judge: (common ids of its orders, each order's ending, the reused start's
-        two KV parts (`_past_parts`), the length m of the start not fed again, the query's length
-        or -1). With nothing left to feed, the last id is fed again (its logits are needed)."""
+        """A prompt to judge and the longest start of it computed before: (the common ids of its
+        orders, each order's ending, the query's KV (`_query_entry`), the KV of a judged prompt's
+        ids reused after the query's or None, the length m of the start not fed again, the
+        query's length q, or -1 where the prompt splits the query's tokens: no reuse past m then).
+        Every cached KV is keyed by the exact ids it was computed from, so a start is reused only
+        where the ids agree. With nothing left to feed, the last id is fed again (its logits are
+        needed)."""
         trunk, tails = split_common(self.prompt_ids(query, response))
-        head, rest, m, q = self._past_parts(query, trunk)
+        q_ids, q_kv = self._query_entry(query, trunk)
+        m, q, best, rest = common_start((trunk, q_ids)), -1, None, None
+        if m == len(q_ids):
+            q, cache = m, self._responses.setdefault(query, OrderedDict())
+            for ids in cache:
+                n = common_start((trunk, ids), q)
+                if n > m:
+                    best, m = ids, n
+            if best is not None:
+                cache.move_to_end(best)
+                rest = [(k[:, :, :m - q], v[:, :, :m - q]) for k, v in cache[best]]
         if not any(tails) and m >= len(trunk):
             m -= 1
-        return trunk, tails, head, rest, m, q
+        return trunk, tails, q_kv, rest, m, q
 
     def _judge_rows(self, query: str, job) -> float:
         """One prompt on the "rows" route: the rest of its common ids + each order's ending as its
         own batch row after the reused start, right-padded (a causal model never looks at the
         padding after a row's end), no mask."""
-        trunk, tails, head, rest, m, q = job
-        past = [(k[:, :, :m], v[:, :, :m]) for k, v in kv_cat([head, rest])]
+        trunk, tails, q_kv, rest, m, q = job
+        past = [(k[:, :, :m], v[:, :, :m]) for k, v in kv_cat([q_kv, rest])]
         seqs = [trunk[m:] + t for t in tails]
         width = max(len(x) for x in seqs)
         pad = self.lm.tokenizer.pad_token_id or 0
@@ -395,10 +363,23 @@ class SelfEvaluator:
         return self._judged(query, job, chunk, self._letter_probs(logits[:, 0]))
 
     def _judged(self, query, job, chunk: KV | None, probs: torch.Tensor) -> float:
-        """One prompt's value from its orders' letter probabilities; its judge KV (`chunk`) kept.
-        Every judging path ends here."""
+        """One prompt's value from its orders' letter probabilities; every judging path ends here.
+        Where the prompt holds the query's ids whole (q >= 0), its judge KV after them (`chunk`)
+        is kept (LRU) and its ids after them go into the query's trie of judged ids: what it
+        needs is counted as what no earlier evaluation of the query computed."""
         trunk, tails, _, _, m, q = job
-        new = self._remember_response(query, trunk, q, chunk) if q >= 0 else len(trunk) - m
+        new = len(trunk) - m
+        if q >= 0:
+            if len(trunk) > q and self._response_cache_size > 0:
+                cache = self._responses.setdefault(query, OrderedDict())
+                cache[tuple(trunk)] = chunk
+                cache.move_to_end(tuple(trunk))
+                while len(cache) > self._response_cache_size:
+                    cache.popitem(last=False)
+            node, new = self._seen.setdefault(query, {}), 0
+            for t in trunk[q:]:
+                new += t not in node
+                node = node.setdefault(t, {})
         self.stats.tokens_needed += new + sum(len(t) for t in tails)
         self.last_ids = [trunk + t for t in tails]
         self.last_probs = probs.tolist()
@@ -426,10 +407,9 @@ def self_evaluator(lm: LanguageModel, template: str = "harm", mode: str = "votes
     """The model's self-evaluator, created once per (model, template, mode) so the encoded judging
     header is reused across prompts and calls."""
     cache = lm.__dict__.setdefault("_evaluators", {})
-    key = (template, mode)
-    if key not in cache:
-        cache[key] = SelfEvaluator(lm, template=template, mode=mode)
-    return cache[key]
+    if (template, mode) not in cache:
+        cache[template, mode] = SelfEvaluator(lm, template=template, mode=mode)
+    return cache[template, mode]
 
 
 @dataclass

@@ -6,12 +6,11 @@ Vanilla uses the same prompt formatting and stopping rules as RAIN, so compariso
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 import torch
 
 from .errors import ConfigError
-from .evaluate import self_evaluator
+from .evaluate import Evaluator, self_evaluator
 from .models import LanguageModel
 from .sampling import VANILLA, keyed_rng, sample_full, truncated, pick
 from .trace import RainResult
@@ -69,7 +68,7 @@ def generate_vanilla(lm: LanguageModel, prompt: str, max_new_tokens: int = 128, 
                       method="sampled" if do_sample else "vanilla", tokens=out, stats=stats)
 
 
-def best_of_n(lm: LanguageModel, prompt: str, n: int = 4, evaluator: Callable[[str, str], float] | None = None,
+def best_of_n(lm: LanguageModel, prompt: str, n: int = 4, evaluator: Evaluator | None = None,
               max_new_tokens: int = 128, temperature: float = 1.0, top_k: int | None = None,
               seed: int = 0) -> RainResult:
     """The paper's "cherry-pick" baseline: sample n responses and keep the one the evaluator
@@ -80,12 +79,9 @@ def best_of_n(lm: LanguageModel, prompt: str, n: int = 4, evaluator: Callable[[s
         evaluator = self_evaluator(lm)
     t0 = time.perf_counter()
     s0 = lm.stats.snapshot()
-    samples, values = [], []
-    for i in range(n):
-        r = generate_vanilla(lm, prompt, max_new_tokens, do_sample=True, temperature=temperature,
-                             top_k=top_k, seed=seed, sample_index=i)
-        samples.append(r)
-        values.append(float(evaluator(prompt, r.text)))
+    samples = [generate_vanilla(lm, prompt, max_new_tokens, do_sample=True, temperature=temperature,
+                                top_k=top_k, seed=seed, sample_index=i) for i in range(n)]
+    values = [float(evaluator(prompt, r.text)) for r in samples]
     best = max(range(n), key=lambda i: (values[i], -i))
     used = lm.stats.since(s0)
     stats = dict(committed_tokens=len(samples[best].tokens), forward_calls=used.calls,

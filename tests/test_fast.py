@@ -9,8 +9,11 @@ import torch
 
 from raintools import RainConfig, RainSearch, SelfEvaluator, rain_generate, rain_generate_batch
 from raintools.batch import BatchedCall, ForwardBatcher
+from raintools.engine import Expansion
+from raintools.engines import CachedEngine, Forest
 from raintools.models import kv_cat, kv_len, split_common, token_tree
 from raintools.testing import complete, tiny_model
+from raintools.tree import Node
 
 from test_search import SMALL, letter_embedder, vowel_judge
 
@@ -144,6 +147,25 @@ def test_packed_ensure_first_gives_a_parent_without_caches_its_own():
         own = slice(len(ids) - len(n.tokens), None)
         for (k, v), (fk, fv) in zip(n.kv, kv):
             assert torch.allclose(k, fk[:, :, own], atol=1e-5) and torch.allclose(v, fv[:, :, own], atol=1e-5)
+
+
+def test_a_past_from_a_path_lacking_a_cache_is_refused_naming_the_node():
+    """A hand-made tree whose middle node lost its KV (the search never leaves one so): growing
+    from the leaf below it is refused, naming the node, instead of built from a shorter past."""
+    lm = tiny_model(seed=0)
+    engine = CachedEngine(lm)
+    root = engine.start(lm.encode("hello"))
+    mid = Node(tokens=(5,), parent=root, step=1, uid=1)
+    leaf = Node(tokens=(6, 7), parent=mid, step=3, uid=2)
+    engine.ensure(leaf)
+    Forest.from_node(lm.forward, leaf)          # every cache there: accepted
+    mid.kv = None
+    with pytest.raises(RuntimeError, match="Node 1 on the path to node 2 has no KV cache"):
+        Forest.from_node(lm.forward, leaf)
+    with pytest.raises(RuntimeError, match="Node 1 "):
+        engine.path_kv(leaf)                    # the past of the rows route and of `ensure`
+    with pytest.raises(RuntimeError, match="Node 1 "):
+        engine.expand(Expansion(leaf, length=2, uniforms=np.zeros((3, 2)), keep=2))
 
 
 @pytest.mark.parametrize("engine", ["fast", "reference"])

@@ -516,10 +516,12 @@ def test_fast_and_reference_agree_on_the_advbench_preset_with_node_addition(tiny
         assert sorted((n.uid, tuple(n.tokens)) for n in a.tree) == sorted((n.uid, tuple(n.tokens)) for n in b.tree)
 
 
-def test_rollout_rows_that_can_no_longer_be_kept_are_not_fed(tiny_lm):
+@pytest.mark.parametrize("keep", [3, 1])
+def test_rollout_rows_that_can_no_longer_be_kept_are_not_fed(tiny_lm, keep):
     """AdvBench's 19 sampled rows for a few places: once `keep` rows differ, the rows after them
     can no longer be kept and are fed no more (the reference engine stops drawing there), so an
-    expansion feeds at most `keep` lines of `length` tokens; the candidates stay the reference's."""
+    expansion feeds at most `keep` lines of `length` tokens; the candidates stay the reference's
+    (with keep = 1, `num_candidates=1`: the greedy one alone)."""
     from raintools.engines import CachedEngine, ReferenceEngine
 
     ids = tiny_lm.prompt_ids("hello")
@@ -529,11 +531,11 @@ def test_rollout_rows_that_can_no_longer_be_kept_are_not_fed(tiny_lm):
         engine = cls(tiny_lm, top_k=15, temperature=2.0)
         root = engine.start(ids)
         before = tiny_lm.stats.snapshot()
-        out[cls.name] = engine.expand(Expansion(root, 4, u, keep=3)), tiny_lm.stats.since(before).tokens
+        out[cls.name] = engine.expand(Expansion(root, 4, u, keep=keep)), tiny_lm.stats.since(before).tokens
     (fast, fed), (ref, _) = out["fast"], out["reference"]
-    assert [c.tokens for c in fast] == [c.tokens for c in ref] and len(fast) == 3
+    assert [c.tokens for c in fast] == [c.tokens for c in ref] and len(fast) == keep
     assert [c.raw_p for c in fast] == pytest.approx([c.raw_p for c in ref], rel=1e-5)
-    assert fed <= 3 * 4
+    assert fed <= keep * 4
 
 
 # ------------------------------------------------------------------ the engine interface
