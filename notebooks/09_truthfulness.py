@@ -19,7 +19,8 @@
 # RAIN is not only about harm. The search needs one thing from the goal: a question the model can
 # ask itself about its own text. For **truthfulness** that question is *"is this answer
 # truthful?"*. The paper ran RAIN this way on TruthfulQA with LLaMA-2-chat 13B and reports the
-# share of answers that are both true and informative ("True+Info") going from **68.5% to 72.8%**.
+# share of answers that are both true and informative ("True+Info") going from **68.5% to 72.8%**
+# (reported, not measured here: the `paper` rows of `figures/09_truthfulness.csv`).
 #
 # In this notebook you will:
 # 1. see the truthfulness self-evaluation prompt (our own few-shot text, `templates/truthful.txt`),

@@ -20,7 +20,8 @@
 # first words of an IMDB movie review, continue it **positively**. The self-evaluation question
 # becomes *"is the sentiment of this review positive, negative or neutral?"*. The paper reports
 # the share of positive continuations going from 62.1% to 82.1% (LLaMA 7B), 72.5% to 94.4%
-# (Alpaca 7B) and 64.4% to 89.1% (Vicuna 7B).
+# (Alpaca 7B) and 64.4% to 89.1% (Vicuna 7B) (reported, not measured here: the `paper` rows of
+# `figures/10_sentiment.csv`).
 #
 # In this notebook you will:
 # 1. see how a review opening becomes a prompt and the three-option self-evaluation question,
@@ -247,6 +248,7 @@ save_figure(fig, "10_sentiment", pd.concat([pd.DataFrame(PAPER_IMDB).assign(sour
 #   model's own judge separates positive from negative reviews, and section 4 what RAIN did with
 #   it and with a simulated judge of accuracy p; the printed differences say which of them, here,
 #   changed the share of positive continuations by more than the noise.
-# * The paper's gains (about +20 points positive) were measured with 7B models. To see that
+# * The paper's gains (+20 to +25 points positive, the `paper` rows of `figures/10_sentiment.csv`)
+#   were measured with 7B models. To see that
 #   regime, run this notebook with `RAINTOOLS_MODEL=<a 7B model>` and `RAINTOOLS_DEVICE=cuda`, or
 #   the runner: `python -m raintools eval --task sentiment --data imdb --methods vanilla,rain`.

@@ -18,8 +18,10 @@
 #
 # RAIN's latency is the number of **sequential forward passes**: each simulation of the paper's
 # search runs its rollout steps, the clause completion and the judge one pass after another.
-# On a GPU a pass over 10 tokens costs about what a pass over 200 costs, so a pass that serves
-# several simulations at once is nearly free latency.
+# A pass over a few tokens is bound by reading the model's weights more than by its tokens, the
+# more so on a GPU, so a pass that serves several simulations at once can cost little more than a
+# pass for one. How much it saves is measured, not assumed: `bench/rain_speed.py` on this CPU
+# (`bench/results/rain_speed.csv`), `bench/gpu_check.py` on a GPU (no GPU result committed yet).
 #
 # `RainConfig(parallel_simulations=K)` keeps up to K simulations **in flight** (`raintools.flow`):
 #
