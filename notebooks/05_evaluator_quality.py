@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 05 · Evaluator quality: why RAIN helps large models and not small ones
+# # 05 · Evaluator quality: why RAIN helps large models more than small ones
 #
 # RAIN steers by the judge's values. If the judge is right, the search moves towards good text;
 # if the judge is a coin flip, the search follows noise. The paper saw this across model sizes:
