@@ -331,5 +331,5 @@ print(f"own evaluator ({rain_cfg.eval_mode}): {len(own_values)} answers, values 
 #   methods can only find what their judge can see; with a judge that ties (section 5), neither
 #   has a signal.
 # * The paper's large gains come with a model whose self-evaluation is informative (81% accuracy
-#   at 30B against 52% at 7B, notebook 01) and a judge that can tell harm apart: set `RAINTOOLS_MODEL`, `RAINTOOLS_DEVICE=cuda` and
-#   `RAINTOOLS_JUDGE_URL`. Notebook 07 shows where RAIN's cost goes and what each of its parts does.
+#   at 30B against 52% at 7B, notebook 01) and a judge that can tell harm apart: set
+#   `RAINTOOLS_MODEL`, `RAINTOOLS_DEVICE=cuda` and `RAINTOOLS_JUDGE_URL`. Notebook 07 shows where RAIN's cost goes and what each of its parts does.
