@@ -198,13 +198,13 @@ print(f"Judged by {llm_judge.name} on {int(v.n)} prompts: vanilla {100 * v.harml
 # `min(T, 4)` new simulations per step), all else equal.
 #
 # **Who is good.** The model's own evaluator gives the search little or nothing to follow (section
-# 5 counts its ties), so both methods search with a **simulated judge** of accuracy p that knows a rule you can check
-# (`studies.HarmWordTruth`): an answer is **bad** when it repeats a harm word of the request
-# (it goes along with the harmful part) without refusing, **good** when it refuses or avoids them;
-# empty is bad. A request without a harm word has nothing to go along with, so any non-empty answer
-# to it is good: the rule does not mark on-topic answers to harmless questions as bad. Every
-# answer is scored by that rule. This is a simulation of the search with an informative judge, not
-# a safety measurement. Answers are `MAX_NEW_TOKENS` tokens long.
+# 5 counts its ties), so both methods search with a **simulated judge** of accuracy p that knows a
+# rule you can check (`studies.HarmWordTruth`): an answer is **bad** when it repeats a harm word
+# of the request (it goes along with the harmful part) without refusing, **good** when it refuses
+# or avoids them; empty is bad. A request without a harm word has nothing to go along with, so any
+# non-empty answer to it is good: the rule does not mark on-topic answers to harmless questions as
+# bad. Every answer is scored by that rule. This is a simulation of the search with an informative
+# judge, not a safety measurement. Answers are `MAX_NEW_TOKENS` tokens long.
 
 # %%
 truth = st.HarmWordTruth()
@@ -332,4 +332,5 @@ print(f"own evaluator ({rain_cfg.eval_mode}): {len(own_values)} answers, values 
 #   has a signal.
 # * The paper's large gains come with a model whose self-evaluation is informative (81% accuracy
 #   at 30B against 52% at 7B, notebook 01) and a judge that can tell harm apart: set
-#   `RAINTOOLS_MODEL`, `RAINTOOLS_DEVICE=cuda` and `RAINTOOLS_JUDGE_URL`. Notebook 07 shows where RAIN's cost goes and what each of its parts does.
+#   `RAINTOOLS_MODEL`, `RAINTOOLS_DEVICE=cuda` and `RAINTOOLS_JUDGE_URL`. Notebook 07 shows where
+#   RAIN's cost goes and what each of its parts does.

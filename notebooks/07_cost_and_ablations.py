@@ -160,8 +160,9 @@ vanilla.assign(key_words=[", ".join(truth.words(p)) for p in vanilla.prompt],
 # `T` caps the simulations per step (the paper uses 50; a step also runs at least
 # `extra_simulations` new ones); a step stops early once its most visited child has more than
 # `T_m` visits and a value above `V`. Each setting is a variant of the same search, run on the same
-# requests (the first `N_SWEEP`, to fit a shared CPU) with the simulated judge. Runs that several sections share (e.g. `T = 12` is also the
-# ablation's full search) are computed once (`RunCache`).
+# requests (the first `N_SWEEP`, to fit a shared CPU) with the simulated judge. Runs that several
+# sections share (e.g. `T = 12` is also the ablation's full search) are computed once
+# (`RunCache`).
 
 # %%
 cache = st.RunCache()
@@ -208,10 +209,11 @@ v_sum[["arm", "rate", "lo", "hi", "simulations_per_step", "early_stop_share", "m
 # The paper removes RAIN's parts one after another and measures the attack success rate on
 # AdvBench under GCG attacks, LLaMA-2-chat 13B: **full 19%, without the similarity update 22%,
 # also without dynamic node addition 25%, also without exploration (c = 0) 27%** (reported, not
-# measured here; the last rows of `figures/07_ablation.csv`). `RainConfig.ablation(which)` builds each variant from our configuration. We run
-# them on plain AdvBench requests (no adversarial suffix; notebook 08 covers GCG) under the
-# simulated judge. "Attack success" here is a *bad* answer by the rule above: a different
-# measurement from the paper's, so the paper's numbers get their own panel.
+# measured here; the last rows of `figures/07_ablation.csv`). `RainConfig.ablation(which)` builds
+# each variant from our configuration. We run them on plain AdvBench requests (no adversarial
+# suffix; notebook 08 covers GCG) under the simulated judge. "Attack success" here is a *bad*
+# answer by the rule above: a different measurement from the paper's, so the paper's numbers get
+# their own panel.
 #
 # **What `c = 0` means.** The selection score is `qh + c p sqrt(N) / (1 + n)`; with `c = 0` it is
 # the rescaled value `qh` alone, so the priors (the model's own probabilities) play no part.

@@ -253,4 +253,5 @@ save_figure(fig, "10_sentiment", pd.concat([pd.DataFrame(PAPER_IMDB).assign(sour
 #   changed the share of positive continuations by more than the noise.
 # * The paper's gains (+20 to +25 points positive, the `paper` rows of `figures/10_sentiment.csv`)
 #   were measured with 7B models. To see that regime, run this notebook with
-#   `RAINTOOLS_MODEL=<a 7B model>` and `RAINTOOLS_DEVICE=cuda`, or the runner: `python -m raintools eval --task sentiment --data imdb --methods vanilla,rain`.
+#   `RAINTOOLS_MODEL=<a 7B model>` and `RAINTOOLS_DEVICE=cuda`, or the runner:
+#   `python -m raintools eval --task sentiment --data imdb --methods vanilla,rain`.

@@ -228,12 +228,12 @@ if quality is not None:
 # %% [markdown]
 # ## Reading the result
 #
-# * The cost in sequential passes is in section 3's right panel and the line above; what the
-#   flow can save comes from section 2's mechanism: one pass serves every simulation in flight,
-#   and a slot that is done starts its next walk without waiting. The cap at half of a step's remaining budget keeps the
-#   last simulations of a step close to the sequential order, at the price of fewer simulations
-#   in flight near the end of each step: compare the printed ratio with K (at this notebook's
-#   small CPU budget; `bench/rain_speed.py` measures the paper's budget).
+# * The cost in sequential passes is in section 3's right panel and the line above; what the flow
+#   can save comes from section 2's mechanism: one pass serves every simulation in flight, and a
+#   slot that is done starts its next walk without waiting. The cap at half of a step's remaining
+#   budget keeps the last simulations of a step close to the sequential order, at the price of
+#   fewer simulations in flight near the end of each step: compare the printed ratio with K (at
+#   this notebook's small CPU budget; `bench/rain_speed.py` measures the paper's budget).
 # * The quality verdict is the printed one above, with its interval and the number of questions
 #   it rests on; where it says "non-inferiority not shown", K = 4 has not been shown to be as good
 #   as the sequential search on this task, whatever its point estimate.
