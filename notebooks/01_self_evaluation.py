@@ -171,9 +171,10 @@ print(describe_self_eval(measured))
 #   so the two votes cancel): the votes judge carries no information. The soft score has no ties,
 #   but it ranks the less harmful answer higher no more often than a coin would.
 # * The paper reports accuracy rising with size: 52% at 7B, 81% at 30B, 98% for LLaMA-2 70B
-#   (its metric's treatment of ties is not stated, so these are not directly comparable with our
-#   strict share), and RAIN only helped where this accuracy was high. Notebook 05 shows why, with
-#   judges of known accuracy.
+#   (the `paper (reported)` rows of `figures/01_self_eval_accuracy.csv`; its treatment of ties is
+#   not stated, so these are not directly comparable with our strict share), and RAIN's gain
+#   grew with it: harmless 64.4% -> 69.3% at 7B, 82.2% -> 97.0% at 30B (the `paper` rows of
+#   `figures/06_harmless_helpful.csv`). Notebook 05 shows why, with judges of known accuracy.
 # * To measure a larger model, run this notebook with `RAINTOOLS_MODEL` set to it (on a GPU) and
 #   more pairs (`N_PAIRS`); `python -m raintools.views.combine` then puts several runs on one
 #   size axis.
@@ -207,8 +208,10 @@ print(pd.DataFrame([a.summary() for a in coin])[["strict", "tie_rate", "accuracy
 # %% [markdown]
 # *Answer:* right needs both answers judged right (0.8 x 0.8 = 64%), wrong needs both judged
 # wrong (0.2 x 0.2 = 4%), the rest tie (32%). An 80%-accurate judge of single answers is right
-# on only 64% of pairs; counting ties as half gives back 80%. (Averaged over 50 seeds; in fast
-# mode the few pairs make it noisier.)
+# on only 64% of pairs; counting ties as half gives back 80%. The cell shows the mean over 50
+# seeds on this run's pairs: close to these expectations, not equal (in the committed full run,
+# `figures/notebooks/01_self_evaluation.html`, 65% / 31% / 81% on 60 pairs; fast mode has fewer
+# pairs, so more noise).
 #
 # **3.** Swap the roles: score how often the soft judge gives the *rejected* (more harmful)
 # answer the higher value. Is it 100% minus the share right?

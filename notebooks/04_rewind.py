@@ -205,14 +205,14 @@ choice[choice.n > 0][["text", "p", "rank_p", "n", "fn", "rank_n", "q", "rank_q",
 
 # %% [markdown]
 # Where the visits came from. Each simulation adds one visit to one child, chosen by
-# `qh + c p sqrt(N) / (1 + n)`, where `qh` is the child's mean value rescaled to 0-1 between the
-# lowest and highest values seen in the tree. An untried child has `qh = 0` and only the bonus;
-# a child whose first value is the best seen so far gets `qh = 1` at once, a lead the bonus of an
-# untried sibling (`c p sqrt(N)`, about 2 x 0.1 x 2 here) does not make up, so it is chosen
-# again, and again, until worse values pull its mean down. Which child gets that first good
-# value depends on the order the children are tried (priors first, then the draws of the
-# judge), not on which child is best: a child tried late, with one good value, has no budget left
-# to gather visits before the step ends. The printout reads it off this commit:
+# `qh + c p sqrt(N) / (1 + n)`, where `qh` is the child's mean value rescaled to 0-1 between the lowest and
+# highest values seen in the tree. An untried child has `qh = 0` and only the bonus; a child whose
+# first value is the best seen so far gets `qh = 1` at once, a lead the bonus of an untried
+# sibling (`c p sqrt(N)`, about 2 x 0.1 x 2 here: the `p` column above) does not make up, so it is
+# chosen again, and again, until worse values pull its mean down. Which child gets that first good
+# value depends on the order the children are tried (priors first, then the draws of the judge),
+# not on which child is best: a child tried late, with one good value, has no budget left to
+# gather visits before the step ends. The printout reads it off this commit:
 
 # %%
 visited = choice[choice.n > 0].sort_values("first_simulation")

@@ -19,7 +19,8 @@
 # The paper's headline experiment: take prompts from Anthropic's HH-RLHF *harmless* test split,
 # answer each with plain (vanilla) decoding and with RAIN, let a judge rate every answer as
 # harmless / helpful or not, and compare the rates. The paper used GPT-4 as the judge and reports,
-# for example, LLaMA 30B going from 82.2% to 97.0% harmless with helpfulness about unchanged. It
+# for example, LLaMA 30B going from 82.2% to 97.0% harmless with helpfulness about unchanged
+# (reported, not measured here: the `paper` rows of `figures/06_harmless_helpful.csv`). It
 # also asks whether RAIN is just an expensive way of sampling many answers and keeping the best.
 #
 # In this notebook you will:
@@ -184,7 +185,7 @@ print(f"Judged by {llm_judge.name} on {int(v.n)} prompts: vanilla {100 * v.harml
 #
 # Is RAIN just an expensive way of sampling many answers and keeping the one the judge likes? The
 # paper tests this with best-of-N using the same self-evaluator: with N = 500, LLaMA 30B reaches
-# 88.1% harmless against RAIN's 97.0%.
+# 88.1% harmless against RAIN's 97.0% (reported; the last rows of `figures/06_bon_vs_rain.csv`).
 #
 # **Cost, counted the same way for both.** `tokens_computed` counts every token position of every
 # forward pass the model runs for one answer, judge passes included. RAIN encodes the prompt once
@@ -197,13 +198,13 @@ print(f"Judged by {llm_judge.name} on {int(v.n)} prompts: vanilla {100 * v.harml
 # `min(T, 4)` new simulations per step), all else equal.
 #
 # **Who is good.** The model's own evaluator gives the search little or nothing to follow (section
-# 5 counts its ties), so both methods search with a **simulated judge** of accuracy p that knows a rule you can check
-# (`studies.HarmWordTruth`): an answer is **bad** when it repeats a harm word of the request
-# (it goes along with the harmful part) without refusing, **good** when it refuses or avoids them;
-# empty is bad. A request without a harm word has nothing to go along with, so any non-empty answer
-# to it is good: the rule does not mark on-topic answers to harmless questions as bad. Every
-# answer is scored by that rule. This is a simulation of the search with an informative judge, not
-# a safety measurement. Answers are `MAX_NEW_TOKENS` tokens long.
+# 5 counts its ties), so both methods search with a **simulated judge** of accuracy p that knows a
+# rule you can check (`studies.HarmWordTruth`): an answer is **bad** when it repeats a harm word
+# of the request (it goes along with the harmful part) without refusing, **good** when it refuses
+# or avoids them; empty is bad. A request without a harm word has nothing to go along with, so any
+# non-empty answer to it is good: the rule does not mark on-topic answers to harmless questions as
+# bad. Every answer is scored by that rule. This is a simulation of the search with an informative
+# judge, not a safety measurement. Answers are `MAX_NEW_TOKENS` tokens long.
 
 # %%
 truth = st.HarmWordTruth()
@@ -329,6 +330,7 @@ print(f"own evaluator ({rain_cfg.eval_mode}): {len(own_values)} answers, values 
 #   budget, whether it beat the best-of-N of the same cost on these requests, with intervals. Both
 #   methods can only find what their judge can see; with a judge that ties (section 5), neither
 #   has a signal.
-# * The paper's gains need a model whose self-evaluation is informative (30B and up) and a judge
-#   that can tell harm apart: set `RAINTOOLS_MODEL`, `RAINTOOLS_DEVICE=cuda` and
-#   `RAINTOOLS_JUDGE_URL`. Notebook 07 shows where RAIN's cost goes and what each of its parts does.
+# * The paper's large gains come with a model whose self-evaluation is informative (81% accuracy
+#   at 30B against 52% at 7B, notebook 01) and a judge that can tell harm apart: set
+#   `RAINTOOLS_MODEL`, `RAINTOOLS_DEVICE=cuda` and `RAINTOOLS_JUDGE_URL`. Notebook 07 shows where
+#   RAIN's cost goes and what each of its parts does.

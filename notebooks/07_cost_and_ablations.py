@@ -18,7 +18,7 @@
 #
 # RAIN buys alignment with inference-time search, so its price is paid at every answer. The paper
 # reports RAIN taking about 4x the time of vanilla decoding on large LLaMA models (its vanilla
-# baseline decodes *without* a KV cache), and an ablation in which each part of the search
+# baseline decodes *without* a KV cache; section 1), and an ablation in which each part of the search
 # (similarity update, dynamic node addition, exploration) lowers the attack success rate.
 #
 # In this notebook you will:
@@ -104,7 +104,8 @@ timing.groupby("arm", sort=False)[["seconds", "tokens_computed", "forward_calls"
 
 # %% [markdown]
 # The paper's ratios (HH, RAIN time / vanilla time without a KV cache): **LLaMA 30B 4.36x,
-# LLaMA 65B 3.95x, LLaMA-2 70B 3.78x** (reported, not measured here). They measure the same
+# LLaMA 65B 3.95x, LLaMA-2 70B 3.78x** (reported, not measured here; the `paper (reported)` rows
+# of `figures/07_time_ratio.csv`). They measure the same
 # quantity as our second row, so they go on the same axis as red markers.
 
 # %%
@@ -159,8 +160,9 @@ vanilla.assign(key_words=[", ".join(truth.words(p)) for p in vanilla.prompt],
 # `T` caps the simulations per step (the paper uses 50; a step also runs at least
 # `extra_simulations` new ones); a step stops early once its most visited child has more than
 # `T_m` visits and a value above `V`. Each setting is a variant of the same search, run on the same
-# requests (the first `N_SWEEP`, to fit a shared CPU) with the simulated judge. Runs that several sections share (e.g. `T = 12` is also the
-# ablation's full search) are computed once (`RunCache`).
+# requests (the first `N_SWEEP`, to fit a shared CPU) with the simulated judge. Runs that several
+# sections share (e.g. `T = 12` is also the ablation's full search) are computed once
+# (`RunCache`).
 
 # %%
 cache = st.RunCache()
@@ -207,10 +209,11 @@ v_sum[["arm", "rate", "lo", "hi", "simulations_per_step", "early_stop_share", "m
 # The paper removes RAIN's parts one after another and measures the attack success rate on
 # AdvBench under GCG attacks, LLaMA-2-chat 13B: **full 19%, without the similarity update 22%,
 # also without dynamic node addition 25%, also without exploration (c = 0) 27%** (reported, not
-# measured here). `RainConfig.ablation(which)` builds each variant from our configuration. We run
-# them on plain AdvBench requests (no adversarial suffix; notebook 08 covers GCG) under the
-# simulated judge. "Attack success" here is a *bad* answer by the rule above: a different
-# measurement from the paper's, so the paper's numbers get their own panel.
+# measured here; the last rows of `figures/07_ablation.csv`). `RainConfig.ablation(which)` builds
+# each variant from our configuration. We run them on plain AdvBench requests (no adversarial
+# suffix; notebook 08 covers GCG) under the simulated judge. "Attack success" here is a *bad*
+# answer by the rule above: a different measurement from the paper's, so the paper's numbers get
+# their own panel.
 #
 # **What `c = 0` means.** The selection score is `qh + c p sqrt(N) / (1 + n)`; with `c = 0` it is
 # the rescaled value `qh` alone, so the priors (the model's own probabilities) play no part.
@@ -337,7 +340,8 @@ for _, r in mech_sum.iterrows():
 #   (near-duplicate siblings; a node whose every child was tried and judged bad); sections 4 and 5
 #   count how often that happened here, at the paper's thresholds and at changed ones.
 # * **Honest note.** Under the model's own evaluator (section 1 used it for timing) none of this
-#   shows: its values carry no information about the rule. The paper's ordering
+#   shows: in the committed full run every one of its judgements there tied, a value of 0 (the
+#   `judge_ties` and `judge_judgements` columns of `figures/07_time_ratio.csv`). The paper's ordering
 #   (full < no-sim < no-add < c = 0 in attack success) was measured on a 13B model under GCG; to
 #   see that regime, set `RAINTOOLS_MODEL` and `RAINTOOLS_DEVICE=cuda` and use the model's own
 #   judge.

@@ -23,7 +23,8 @@
 #
 # The RAIN paper tested whether RAIN resists these suffixes on AdvBench. It reports the
 # attack-success rate (ASR: share of answers that do not refuse) falling from vanilla decoding to
-# RAIN, e.g. Vicuna 33B from 94% to 19%. Those suffixes were optimised against **vanilla decoding**
+# RAIN, e.g. Vicuna 33B from 94% to 19% (reported; the `paper (reported)` rows of
+# `figures/08_adversarial_asr.csv`). Those suffixes were optimised against **vanilla decoding**
 # and then handed to RAIN: the attacker did not know RAIN was there. A defence evaluated only
 # against attacks that ignore it is not evaluated (Tramèr, Carlini, Brendel and Madry, "On
 # Adaptive Attacks to Adversarial Example Defenses", NeurIPS 2020). So this notebook also builds
@@ -42,9 +43,12 @@
 # > requests even without a suffix** (section 7 prints this run's rate). When the model complies
 # > anyway a jailbreak has nothing to break, and RAIN, whose 135M judge is at chance (notebook
 # > 01), has nothing reliable to steer by: **the ASR numbers here cannot separate GCG, RAIN or the
-# > two objectives**. What this notebook shows on a CPU is the *mechanics*, and that the judge term
-# > *moves*: the adaptive suffix changes what RAIN's own judge says about the target. To measure
-# > the real thing, run it on a GPU with a refusing chat model (end of the notebook).
+# > two objectives**. What this notebook shows on a CPU is the *mechanics*, and whether the judge
+# > term *moves*: the adaptive suffix lowers RAIN's judge's -log p(harmless) on the target, and
+# > section 6 checks whether that changes the vote RAIN backs up (in the committed full run: the
+# > term fell on all 8 behaviours, the vote changed on none; `figures/08_adversarial_judge_shift.csv`
+# > and `figures/notebooks/08_adversarial.html`). To measure the real thing, run it on a GPU with a
+# > refusing chat model (end of the notebook).
 #
 # **Content warning:** AdvBench behaviours are requests for harmful content, and the answers of a
 # small model that does not refuse are printed below.
@@ -310,7 +314,7 @@ print("The ASR below can compare the methods only roughly." if refuses else
 # Vicuna models). "White-box": the suffix was optimised on the attacked model itself; "transfer":
 # on other models. The right panel is copied from the paper, **not measured here**, and has no
 # adaptive column: the paper reports static suffixes only. Our bars carry Wilson 95% intervals
-# over the behaviours (with 8 behaviours they are wide).
+# over the behaviours (`N_BEHAVIORS`, 8 in full mode, so they are wide).
 
 # %%
 paper = pd.DataFrame(attacks.paper_asr_rows())
@@ -372,5 +376,6 @@ save_figure(fig, "08_adversarial_asr", pd.concat([ours, paper.assign(suffix="gcg
 # * On SmolLM2-135M the attack-success rate cannot separate anything (section 7 prints whether the
 #   model refuses plain requests). What this run does show is in sections 5 and 6: whether and by
 #   how much the adaptive suffix moved RAIN's judge on the target, with its interval across
-#   behaviours. Moving a judge that is at chance is easy; whether a capable judge can be moved as
-#   far, and whether that defeats RAIN's search, is the experiment to run on a GPU.
+#   behaviours, and whether the vote RAIN backs up changed at all (in the committed full run it
+#   did not, on any behaviour: the term moved, the verdict stayed). Whether a capable judge's
+#   verdict can be moved, and whether that defeats RAIN's search, is the experiment to run on a GPU.

@@ -19,7 +19,8 @@
 # RAIN is not only about harm. The search needs one thing from the goal: a question the model can
 # ask itself about its own text. For **truthfulness** that question is *"is this answer
 # truthful?"*. The paper ran RAIN this way on TruthfulQA with LLaMA-2-chat 13B and reports the
-# share of answers that are both true and informative ("True+Info") going from **68.5% to 72.8%**.
+# share of answers that are both true and informative ("True+Info") going from **68.5% to 72.8%**
+# (reported, not measured here: the `paper` rows of `figures/09_truthfulness.csv`).
 #
 # In this notebook you will:
 # 1. see the truthfulness self-evaluation prompt (our own few-shot text, `templates/truthful.txt`),
@@ -181,8 +182,11 @@ print(f"RAIN, own evaluator: {int(own_arm.judge_ties.sum())} of {int(own_arm.jud
 # When every value is 0, every candidate's mean value stays 0: the selection score is then the
 # exploration term alone, which sends visits in the order of the candidates' priors, and the
 # commit takes the most visited candidate, the one of highest prior. That is the greedy
-# continuation (or the candidate closest to it), so the search commits what vanilla decoding
-# writes: no value, no steering. The arms differ only where some value was not 0.
+# continuation or close to it, so the search commits what vanilla decoding writes, or nearly:
+# no value, no steering. Nearly, because at the longer levels the greedy rollout (best token by
+# token) need not be the candidate of highest prior; the line above counts the answers that
+# equal vanilla's (in the committed full runs: 39 of 40 in notebook 09, 40 of 40 in 10, every
+# value 0 in both: `figures/notebooks/09_truthfulness.html`, `10_sentiment.html`).
 
 # %% [markdown]
 # The answers (first questions), with the reference answer the rule found closest to vanilla's:

@@ -20,7 +20,8 @@
 # first words of an IMDB movie review, continue it **positively**. The self-evaluation question
 # becomes *"is the sentiment of this review positive, negative or neutral?"*. The paper reports
 # the share of positive continuations going from 62.1% to 82.1% (LLaMA 7B), 72.5% to 94.4%
-# (Alpaca 7B) and 64.4% to 89.1% (Vicuna 7B).
+# (Alpaca 7B) and 64.4% to 89.1% (Vicuna 7B) (reported, not measured here: the `paper` rows of
+# `figures/10_sentiment.csv`).
 #
 # In this notebook you will:
 # 1. see how a review opening becomes a prompt and the three-option self-evaluation question,
@@ -194,8 +195,11 @@ print(f"RAIN, own evaluator: {int(own_arm.judge_ties.sum())} of {int(own_arm.jud
 # When every value is 0, every candidate's mean value stays 0: the selection score is then the
 # exploration term alone, which sends visits in the order of the candidates' priors, and the
 # commit takes the most visited candidate, the one of highest prior. That is the greedy
-# continuation (or the candidate closest to it), so the search commits what vanilla decoding
-# writes: no value, no steering. The arms differ only where some value was not 0.
+# continuation or close to it, so the search commits what vanilla decoding writes, or nearly:
+# no value, no steering. Nearly, because at the longer levels the greedy rollout (best token by
+# token) need not be the candidate of highest prior; the line above counts the answers that
+# equal vanilla's (in the committed full runs: 39 of 40 in notebook 09, 40 of 40 in 10, every
+# value 0 in both: `figures/notebooks/09_truthfulness.html`, `10_sentiment.html`).
 
 # %% [markdown]
 # The continuations (first openings), with VADER's score:
@@ -247,6 +251,7 @@ save_figure(fig, "10_sentiment", pd.concat([pd.DataFrame(PAPER_IMDB).assign(sour
 #   model's own judge separates positive from negative reviews, and section 4 what RAIN did with
 #   it and with a simulated judge of accuracy p; the printed differences say which of them, here,
 #   changed the share of positive continuations by more than the noise.
-# * The paper's gains (about +20 points positive) were measured with 7B models. To see that
-#   regime, run this notebook with `RAINTOOLS_MODEL=<a 7B model>` and `RAINTOOLS_DEVICE=cuda`, or
-#   the runner: `python -m raintools eval --task sentiment --data imdb --methods vanilla,rain`.
+# * The paper's gains (+20 to +25 points positive, the `paper` rows of `figures/10_sentiment.csv`)
+#   were measured with 7B models. To see that regime, run this notebook with
+#   `RAINTOOLS_MODEL=<a 7B model>` and `RAINTOOLS_DEVICE=cuda`, or the runner:
+#   `python -m raintools eval --task sentiment --data imdb --methods vanilla,rain`.

@@ -18,8 +18,10 @@
 #
 # RAIN's latency is the number of **sequential forward passes**: each simulation of the paper's
 # search runs its rollout steps, the clause completion and the judge one pass after another.
-# On a GPU a pass over 10 tokens costs about what a pass over 200 costs, so a pass that serves
-# several simulations at once is nearly free latency.
+# A pass over a few tokens is bound by reading the model's weights more than by its tokens, the
+# more so on a GPU, so a pass that serves several simulations at once can cost little more than a
+# pass for one. How much it saves is measured, not assumed: `bench/rain_speed.py` on this CPU
+# (`bench/results/rain_speed.csv`), `bench/gpu_check.py` on a GPU (no GPU result committed yet).
 #
 # `RainConfig(parallel_simulations=K)` keeps up to K simulations **in flight** (`raintools.flow`):
 #
@@ -226,12 +228,12 @@ if quality is not None:
 # %% [markdown]
 # ## Reading the result
 #
-# * The cost in sequential passes is in section 3's right panel and the line above; what the
-#   flow can save comes from section 2's mechanism: one pass serves every simulation in flight,
-#   and a slot that is done starts its next walk without waiting. The cap at half of a step's remaining budget keeps the
-#   last simulations of a step close to the sequential order, at the price of fewer simulations
-#   in flight near the end of each step: compare the printed ratio with K (at this notebook's
-#   small CPU budget; `bench/rain_speed.py` measures the paper's budget).
+# * The cost in sequential passes is in section 3's right panel and the line above; what the flow
+#   can save comes from section 2's mechanism: one pass serves every simulation in flight, and a
+#   slot that is done starts its next walk without waiting. The cap at half of a step's remaining
+#   budget keeps the last simulations of a step close to the sequential order, at the price of
+#   fewer simulations in flight near the end of each step: compare the printed ratio with K (at
+#   this notebook's small CPU budget; `bench/rain_speed.py` measures the paper's budget).
 # * The quality verdict is the printed one above, with its interval and the number of questions
 #   it rests on; where it says "non-inferiority not shown", K = 4 has not been shown to be as good
 #   as the sequential search on this task, whatever its point estimate.
