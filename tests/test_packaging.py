@@ -134,3 +134,27 @@ def test_every_slow_name_is_a_real_test():
         if func:
             defs = {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)}
             assert func in defs, f"{name}: no such test"
+
+
+def test_readme_module_table_gives_each_modules_real_size():
+    """README's module table and its decoder size are `wc -l` of the files: each row's line count
+    is its module's, every module of the decoder has a row, and the 'about N lines' of the
+    architecture section is the decoder's size (without hf, the CLI, the test helpers and the vLLM
+    modules) to the nearest ten, the vLLM modules' 'about M more' likewise."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    lines = {p.stem: len(p.read_text().splitlines()) for p in (ROOT / "raintools").glob("*.py")}
+    table = readme.split("| module | lines | holds |", 1)[-1].split("\n\n", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([\d,]+) \|", table, flags=re.M))
+    assert rows, "no module table in README.md"
+    assert {m: int(n.replace(",", "")) for m, n in rows.items()} == {m: lines[m] for m in rows}
+    assert set(lines) - set(rows) <= {"__init__", "__main__", "cli"}
+    outside = {"hf", "cli", "cli_options", "testing", "__main__", "vllm_engine", "vllm_server"}
+    core = sum(n for m, n in lines.items() if m not in outside)
+    vllm = lines["vllm_engine"] + lines["vllm_server"]
+    about = re.search(r"about ([\d,]+) lines without `hf`.*?vLLM client and launcher, about ([\d,]+) more",
+                      readme, flags=re.S)
+    assert about, "the architecture section's decoder size is missing"
+    said_core, said_vllm = (int(x.replace(",", "")) for x in about.groups())
+    assert abs(said_core - core) <= 5 and abs(said_vllm - vllm) <= 5, (core, vllm)
