@@ -45,7 +45,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", message=r"var\(\): degrees of freedom")
 
 from raintools import RainConfig, RainSearch, SimulatedJudge, rain_generate_batch  # noqa: E402
-from raintools.models import LanguageModel  # noqa: E402
+from raintools.models import LanguageModel, default_device  # noqa: E402
 
 LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                  num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)
@@ -180,7 +180,7 @@ def one_search(lm, cfg, judge, prompt):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=default_device())
     ap.add_argument("--shape", choices=("llama2-7b", "tiny"), default=None,
                     help="default: llama2-7b on CUDA, tiny on CPU")
     ap.add_argument("--simulations", type=int, default=50, help="T of the parallel-simulation part")

@@ -258,7 +258,7 @@ def query_from_ids(lm: LanguageModel, ids) -> str:
     frame = _render_around(lm)
     if frame is not None:
         _, opener, post = frame
-        text = lm.tokenizer.decode(ids, skip_special_tokens=False)
+        text = lm.decode_raw(ids)
         if post and text.endswith(post):
             body = text[: len(text) - len(post)]
             at = body.rfind(opener)

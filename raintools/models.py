@@ -33,6 +33,7 @@ from .errors import ModelLoadError, ModelSupportError, PromptError
 from .routes import CHECK_WINDOW_MAX, REFERENCE, ROWS, Route, layer_masks, static_route
 
 log = logging.getLogger("raintools")
+_ROUTE_LOCK = threading.RLock()      # one route detection at a time (its self-check runs the model)
 
 # Aliases of models that ship inside PyPI wheels (no hub access needed).
 EMBEDDED_MODELS = MappingProxyType({
@@ -125,17 +126,13 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     name = str(name_or_path)
     if device == "auto":      # shard the layers over every visible GPU (and CPU if they are full)
         model_kwargs.setdefault("device_map", "auto")
-        device = None
-    device = device or default_device()
+    device = default_device() if device in (None, "", "auto") else device
     torch_dtype = resolve_dtype(dtype, device)
-    if name in EMBEDDED_MODELS:
-        source = embedded_model_folder(name)
-    else:
-        source = Path(name)
-        if not source.exists():
-            if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
-                raise ModelLoadError(f"Model folder '{name}' does not exist.")
-            source = name  # a hub id
+    source = embedded_model_folder(name) if name in EMBEDDED_MODELS else Path(name)
+    if not source.exists():
+        if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+            raise ModelLoadError(f"Model folder '{name}' does not exist.")
+        source = name  # a hub id
     model_kwargs.setdefault("trust_remote_code", False)
     t0 = time.perf_counter()
     try:
@@ -179,7 +176,7 @@ def wrap(model, tokenizer, name: str | None = None, chat: "ChatFormat | None" = 
     if not callable(tokenizer) or not hasattr(tokenizer, "decode"):
         raise ModelLoadError(f"wrap() needs the model's tokenizer (e.g. from AutoTokenizer), got "
                              f"{type(tokenizer).__name__}.")
-    known = model.__dict__.get("_raintools_lm")
+    known = wrapped(model)
     if known is not None and known.tokenizer is tokenizer and name is None and chat is None:
         return known
     model.eval()
@@ -426,8 +423,7 @@ class LanguageModel:
         scratch, i.e. this model's rounding noise at its dtype). The tree: a past, then a trunk
         with two tails, then one more token after each tail (the past then holds tree tokens out
         of position order)."""
-        route = self._route or self.route
-        w = route.smallest_window
+        w = self.route.smallest_window
         n = w + 24 if w is not None and w + 24 <= CHECK_WINDOW_MAX else 24
         g = torch.Generator().manual_seed(seed)
         vocab = min(self.vocab_size, int(self.model.get_input_embeddings().weight.shape[0]))
@@ -556,9 +552,9 @@ class LanguageModel:
         `attention_mask` is a 2D padding mask [batch, past + seq] or a 4D mask
         [batch, 1, seq, past + seq] (True = may attend) for packed token trees; `position_ids`
         [batch, seq] then gives each new token's position (default: right after the past)."""
-        route = self._route or self.route
-        if not route.packed and (position_ids is not None
-                                 or attention_mask is not None and attention_mask.dim() == 4):
+        route = self.route
+        tree = attention_mask is not None and attention_mask.dim() == 4
+        if not route.packed and (tree or position_ids is not None):
             why = " (engine='reference')" if route.kind == REFERENCE else ""
             raise ModelSupportError(f"{self.name}: {route.reason}, so it cannot take a token tree (4D "
                                     f"mask, explicit positions); run it on its {route.kind} route{why}.")
@@ -567,8 +563,8 @@ class LanguageModel:
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
         if route.kind == REFERENCE:
-            return self._state_forward(route, input_ids, past, attention_mask, all_logits, logits_at)
-        if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
+            return self._state_forward(input_ids, past, attention_mask, all_logits, logits_at)
+        if tree and attention_mask.dtype == torch.bool:
             attention_mask = self._additive(layer_masks(attention_mask, route))
         if position_ids is not None:
             position_ids = position_ids.to(device)
@@ -602,20 +598,23 @@ class LanguageModel:
         add = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device)
         return add.masked_fill_(~mask, torch.finfo(self.dtype).min)
 
-    def _state_forward(self, route, input_ids, past, attention_mask, all_logits, logits_at):
+    def _state_forward(self, input_ids, past, attention_mask, all_logits, logits_at):
         """`forward` for a model without a per-token KV (the reference route): `past` is the
         model's own cache object, copied before the model extends it, or a `TokenHistory` (the
         tokens so far, recomputed) when the model returns no cache."""
         s = input_ids.shape[1]
-        if past is not None and not isinstance(past, TokenHistory) and s > 1:
+        if isinstance(past, TokenHistory):
+            input_ids = torch.cat([past.ids.to(input_ids.device), input_ids], dim=1)
+            past = None
+        elif past is not None and s > 1:
             # several tokens after a state: one at a time, as generate() does (some state-space
             # kernels continue a state exactly only one token at a time)
             if attention_mask is not None:
-                raise ModelSupportError(f"{self.name}: {route.reason}; a padding mask after a "
+                raise ModelSupportError(f"{self.name}: {self.route.reason}; a padding mask after a "
                                         f"cached state is not supported.")
             steps = []
             for j in range(s):
-                lg, past = self._state_forward(route, input_ids[:, j:j + 1], past, None, False, None)
+                lg, past = self._state_forward(input_ids[:, j:j + 1], past, None, False, None)
                 steps.append(lg)
             logits = torch.stack(steps, dim=1)
             if logits_at is not None:
@@ -623,13 +622,8 @@ class LanguageModel:
             elif not all_logits:
                 logits = logits[:, -1]
             return logits, past
-        cache = None
-        if isinstance(past, TokenHistory):
-            input_ids = torch.cat([past.ids.to(input_ids.device), input_ids], dim=1)
-        elif past is not None:
-            cache = copy.deepcopy(past)
-        logits, cache = self._run(input_ids, cache, all_logits, logits_at, input_ids.shape[1] - s,
-                                  attention_mask=attention_mask)
+        logits, cache = self._run(input_ids, copy.deepcopy(past), all_logits, logits_at,
+                                  input_ids.shape[1] - s, attention_mask=attention_mask)
         return logits, (cache if cache is not None else TokenHistory(input_ids.cpu()))
 
     @torch.inference_mode()
@@ -638,9 +632,6 @@ class LanguageModel:
         benchmarks compare the engines' logits with."""
         logits, _ = self.forward(torch.tensor([list(ids)], dtype=torch.long))
         return logits[0]
-
-
-_ROUTE_LOCK = threading.RLock()
 
 
 @dataclass
@@ -724,11 +715,9 @@ def kv_slice(kv: KV, start: int, end: int | None = None, row: int | None = None)
 def kv_gather(kv: KV, positions: Sequence[int]) -> KV:
     """The given sequence positions (all batch rows), copied into new tensors."""
     index = torch.tensor(list(positions))
-    out, on = [], {}
-    for k, v in kv or ():            # layers may live on different devices (device_map="auto")
-        i = on.setdefault(k.device, index.to(k.device))
-        out.append((k.index_select(-2, i), v.index_select(-2, i)))
-    return out
+    # layers may live on different devices (device_map="auto")
+    return [(k.index_select(-2, index.to(k.device)), v.index_select(-2, index.to(v.device)))
+            for k, v in kv or ()]
 
 
 def kv_len(kv: KV) -> int:

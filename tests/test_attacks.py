@@ -162,12 +162,12 @@ def test_gradient_predicts_loss_change():
     eps = 1e-3  # Llama's RMSNorm computes in float32, so a tiny step is noise
 
     def loss_at(delta):
-        from transformers import DynamicCache
+        from raintools.models import kv_cache
 
         with torch.no_grad():
             x = torch.cat([emb(sfx)[None], emb(t.after)[None], emb(t.target)[None]], 1)
             x[0, pos] += delta
-            out = lm.model(inputs_embeds=x, cache=DynamicCache(ddp_cache_data=t.kv),
+            out = lm.model(inputs_embeds=x, cache=kv_cache(t.kv),
                            use_cache=True, logits_to_keep=t.keep_index(len(sfx)))
             return torch.nn.functional.cross_entropy(out.logits[0], t.target).item()
 

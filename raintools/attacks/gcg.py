@@ -356,11 +356,11 @@ def _call(lm, input_ids=None, inputs_embeds=None, past=None, keep=None, want_cac
           tree=None):
     """One forward pass of the model (gradients flow when enabled). `tree`: (position_ids
     [1, S], bool mask [1, 1, S, past + S]) of a token tree shared by every batch row."""
-    from transformers import DynamicCache
+    from ..models import kv_cache  # noqa: PLC0415
 
     kwargs = {}
     if past:
-        kwargs[lm._cache_kwarg] = DynamicCache(ddp_cache_data=past)
+        kwargs[lm._cache_kwarg] = kv_cache(past)
     x = input_ids if input_ids is not None else inputs_embeds
     if tree is not None:
         pos, mask = tree

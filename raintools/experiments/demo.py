@@ -15,7 +15,7 @@ import pandas as pd
 from ..config import RainConfig
 from ..errors import ConfigError
 from ..cli_options import planned_device
-from ..models import load_model
+from ..models import DEFAULT_MODEL, load_model
 from ..search import rain_generate
 from ..vanilla import generate_vanilla
 from .naming import run_dir
@@ -54,7 +54,7 @@ def demo_config(device_type: str, max_new_tokens: int, simulations: int | None, 
     return cfg.validate()
 
 
-def run_demo(model: str = "smollm2-135m", device: str | None = None, prompts: int = 3,
+def run_demo(model: str = DEFAULT_MODEL, device: str | None = None, prompts: int = 3,
              max_new_tokens: int = 32, simulations: int | None = None, out_dir: str = "figures",
              seed: int = 0) -> pd.DataFrame:
     t0 = time.perf_counter()
@@ -122,9 +122,8 @@ def _plot(df: pd.DataFrame, path: Path) -> None:
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes:                      # one legend, outside the bars
         ax.get_legend().remove()
-    model = df.attrs.get("model", "smollm2-135m")
-    note = ("embedded SmolLM2-135M: mechanics and cost, not safety" if model == "smollm2-135m"
-            else model)
+    model = df.attrs.get("model", DEFAULT_MODEL)
+    note = "embedded SmolLM2-135M: mechanics and cost, not safety" if model == DEFAULT_MODEL else model
     fig.suptitle(f"Vanilla decoding vs RAIN ({note})")
     fig.legend(handles, labels, title="method", loc="upper center", ncol=len(labels),
                bbox_to_anchor=(0.5, 0.93), frameon=False)

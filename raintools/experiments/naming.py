@@ -11,16 +11,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-DEFAULT_MODEL = "smollm2-135m"
+from ..models import DEFAULT_MODEL, default_device
 
 
 def device_kind(device: str | None) -> str:
     """'cpu', 'cuda', 'mps', ... for a device string; None means the loader's default (CUDA when
     available); 'auto' (layers spread over the GPUs) counts as 'cuda'."""
     if device is None:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return default_device()
     kind = str(device).split(":")[0].strip().lower()
     return "cuda" if kind == "auto" else kind
 
