@@ -79,7 +79,8 @@ class RainSearch:
         self.lm, self.prompt = lm, prompt
         prompt_ids = search_prompt_ids(lm, prompt, prompt_ids, cfg)
         # the flow is the engine's forward at every K: its `stats` count this search's passes only
-        self.flow = Flow(forward or lm.forward, getattr(forward, "stats", None) or lm.stats, merge=lm.route.packed)
+        self.flow = Flow(forward or lm.forward, getattr(forward, "stats", None) or lm.stats,
+                         merge=lm.route.packed)
         self.engine = make_engine(lm, engine, cfg, self.flow)
         self.flow.concurrent = bool(self.engine.concurrent)
         # made before the judge is chosen: the passes of a judge forked for this search count as its
@@ -159,11 +160,11 @@ class RainSearch:
         with self.phase("select"):
             node, path = self.root, [self.root]
             while node.children:
-                if cfg.node_addition and needs_node_addition(node, cfg.max_children,
-                                                             cfg.add_variance_factor, self.level_length(node)):
+                if cfg.node_addition and needs_node_addition(
+                        node, cfg.max_children, cfg.add_variance_factor, self.level_length(node)):
                     self.add_nodes(node, sim)
-                node = select_child(node, self.bounds, cfg.c, tie_rule(cfg.tie_break, cfg.seed, node,
-                                                                     cfg.token_set_length(node.step) == 1))
+                tie = tie_rule(cfg.tie_break, cfg.seed, node, cfg.token_set_length(node.step) == 1)
+                node = select_child(node, self.bounds, cfg.c, tie)
                 path.append(node)
         return path
 
@@ -177,7 +178,8 @@ class RainSearch:
         self._add_counter += 1
         rolls, top = cfg.token_set_length(node.step) > 1, len(node.children) + 1
         length = self.level_length(node) if rolls else 1
-        u = keyed_rng(cfg.seed, ADD, node.uid, self._add_counter).random((cfg.add_attempts, length)) if rolls else None
+        u = (keyed_rng(cfg.seed, ADD, node.uid, self._add_counter).random((cfg.add_attempts, length))
+             if rolls else None)
         with self.flow.request(lambda: 1 + (length if rolls else 0)):
             if node.logits is None:
                 self._ensure(node)
@@ -199,7 +201,7 @@ class RainSearch:
         greedy + sampled rollouts at longer levels) with priors (root children mixed with
         uniform), and the clause completion the evaluation judges, in one engine call."""
         cfg, leaf = self.cfg, sim.leaf
-        sim.expanded = not leaf.terminal
+        sim.expanded = not leaf.terminal     # a terminal leaf: no expansion, no completion, no forward
         budget = completion_budget(cfg, leaf, self.remaining(leaf)) if complete else 0
         comp = (CompletionRequest(self.response + leaf.response_tokens(),
                                   keyed_rng(cfg.seed, COMPLETE, leaf.uid, leaf.fn), budget,
@@ -207,17 +209,17 @@ class RainSearch:
         length = self.level_length(leaf) if not leaf.terminal and cfg.token_set_length(leaf.step) > 1 else 0
         u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length)) if length else None
         req = Expansion(leaf, length, u, cfg.num_candidates, comp) if length or comp is not None else None
-        need = not leaf.terminal or budget > 0        # ticks: `raintools.flow`
-        with self.flow.request(lambda: 1 + max(length, len(comp.out or ()) if comp else 0), need):
-            if need:
+        with self.flow.request(lambda: 1 + max(length, len(comp.out or ()) if comp else 0), sim.expanded):
+            if sim.expanded:      # ticks: `raintools.flow`
                 self._ensure(leaf)
             with self.phase("expand"):
                 found = self.engine.expand(req) if req else []
-        sim.completion = list(comp.out) if comp is not None else []
         if comp is not None:
+            sim.completion = list(comp.out)
             self._emit("completed", comp)
-        if not leaf.terminal:
-            cands = found if length else top_candidates(leaf.logits, cfg.num_candidates, cfg.token_temperature)
+        if sim.expanded:
+            cands = (found if length else
+                     top_candidates(leaf.logits, cfg.num_candidates, cfg.token_temperature))
             self._add_children(leaf, cands, sim, rolled_out=length > 1)
 
     def evaluate(self, sim: Simulation) -> None:
@@ -289,11 +291,13 @@ class RainSearch:
         fewer when the early-stop test (after each back-up) passes. Returns whether it did. While
         it passes no walk starts; the step ends when no walk is in flight then, else every slot
         waits for the walks in flight, and goes on if their back-ups make the test fail again."""
-        k, flow, st = self.cfg.parallel_simulations, self.flow, dict(started=0, done=0, early=False)
+        k, flow = self.cfg.parallel_simulations, self.flow
+        started, done, early = 0, 0, False      # walks started, simulations backed up, early stop
 
         def slot():
-            while st["started"] < budget and not (st["early"] and st["started"] == st["done"]):
-                if st["early"] or st["started"] - st["done"] >= round_size(k, budget - st["done"]):
+            nonlocal started, done, early
+            while started < budget and not (early and started == done):
+                if early or started - done >= round_size(k, budget - done):
                     flow.idle()
                     continue
                 sim = Simulation()
@@ -302,14 +306,14 @@ class RainSearch:
                     self._emit("dropped", sim, self.in_flight[sim.leaf])
                     flow.idle()
                     continue
-                st["started"] += 1
+                started += 1
                 self.simulate(sim)
-                st["done"] += 1
-                st["early"] = self.should_stop_early()
+                done += 1
+                early = self.should_stop_early()
                 flow.wake()
 
         flow.run([slot] * k)
-        return st["early"]
+        return early
 
     def should_stop_early(self) -> bool:
         best = most_visited(self.root)
@@ -322,8 +326,7 @@ class RainSearch:
         if self.finished:
             return None
         cfg, first = self.cfg, self.sim_index
-        early = self.simulate_step(max(cfg.max_simulations, int(self.root.fn) + cfg.extra_simulations)
-                                   - int(self.root.fn))
+        early = self.simulate_step(max(cfg.max_simulations - int(self.root.fn), cfg.extra_simulations))
         self._emit("step_done", first, early)
         child = (most_visited(self.root) if cfg.commit_rule == "argmax" else
                  sample_by_visits(self.root, float(keyed_rng(cfg.seed, COMMIT, self.outer_step).random())))
@@ -349,13 +352,13 @@ class RainSearch:
         return child
 
     def run(self, progress: bool = False) -> RainResult:
-        bar = tqdm(total=self.cfg.max_new_tokens, desc="RAIN", unit="tok", disable=not progress, leave=False)
-        while not self.finished:
-            child = self.commit_step()
-            if child is not None:
-                bar.update(len(child.tokens))
-                bar.set_postfix(sims=self.sim_index)
-        bar.close()
+        with tqdm(total=self.cfg.max_new_tokens, desc="RAIN", unit="tok", disable=not progress,
+                  leave=False) as bar:
+            while not self.finished:
+                child = self.commit_step()
+                if child is not None:
+                    bar.update(len(child.tokens))
+                    bar.set_postfix(sims=self.sim_index)
         return self.result()
 
     def result(self) -> RainResult:
@@ -458,9 +461,8 @@ def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = No
     is applied to them); `prompt` is then only the query the evaluator judges responses against.
     """
     cfg = (config or RainConfig()).replace(**overrides)      # validated
-    search = RainSearch(lm, prompt, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
-                        prompt_ids=prompt_ids)
-    return search.run(progress=progress)
+    return RainSearch(lm, prompt, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
+                      prompt_ids=prompt_ids).run(progress=progress)
 
 
 def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfig | None = None,
