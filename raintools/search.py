@@ -87,7 +87,6 @@ class RainSearch:
         self.stats, self.timer = Stats(self.engine), PhaseTimer()
         self.counts = self.stats.counts
         self.evaluator, self.own_judge = search_judge(lm, evaluator, cfg, self.engine, self.flow)
-        self._judging_lock = threading.Lock()
         self.needs_embeddings = cfg.similarity_update or cfg.node_addition
         self.embedder = load_embedder() if embedder is None and self.needs_embeddings else embedder
         self.bounds, self.memo, self._emitting = Bounds(), {}, threading.RLock()
@@ -229,7 +228,7 @@ class RainSearch:
         if self.cfg.cut_at_last_stop:    # up to and including its last ".", whole without one
             sim.text = sim.text[: sim.text.rfind(".") + 1] or sim.text
         sim.memo_hit = sim.text in self.memo
-        with self.flow.request(lambda: 1, not sim.memo_hit), self.phase("judge"), judging(self):
+        with self.flow.request(lambda: 1, not sim.memo_hit), self.phase("judge"), self.stats.judging(self):
             if not sim.memo_hit:
                 self.memo[sim.text] = judge_text(self.evaluator, self.prompt, sim.text)
         sim.value = self.memo[sim.text]
@@ -426,24 +425,6 @@ def search_judge(lm: LanguageModel, evaluator: Evaluator | None, cfg: RainConfig
         if engine.name == "reference" else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
     own = cfg.parallel_simulations > 1 and isinstance(evaluator, SelfEvaluator) and evaluator.lm is lm
     return engine.judge(evaluator.fork(forward=flow) if own else evaluator), own
-
-
-@contextmanager
-def judging(search: "RainSearch"):
-    """Count a judge call's forward passes and tokens needed as `search`'s. The judge's own fork
-    (`own_judge`: K > 1, its passes through the flow) counts them itself; a judge other searches
-    may share (the model's self-evaluator at K = 1, one the caller passes) is measured around the
-    call, one call at a time."""
-    if search.own_judge:
-        yield
-        return
-    stats = getattr(search.evaluator, "stats", None)
-    with search._judging_lock, search.flow.counting():
-        before = getattr(stats, "tokens_needed", 0)
-        try:
-            yield
-        finally:
-            search.stats.judge_tokens += getattr(stats, "tokens_needed", 0) - before
 
 
 def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = None,
