@@ -134,6 +134,13 @@ class RainConfig:
         lengths = self.token_set_lengths
         return lengths[min(step, len(lengths) - 1)]
 
+    def completion_budget(self, remaining: int) -> int:
+        """Tokens a clause completion may draw: none without `complete_clause`, else what is left
+        of the response (`remaining`), at most `clause_max_tokens`."""
+        if not self.complete_clause:
+            return 0
+        return max(0, remaining if self.clause_max_tokens is None else min(remaining, self.clause_max_tokens))
+
     def replace(self, **changes) -> "RainConfig":
         return dataclasses.replace(self, **changes)
 

@@ -201,7 +201,7 @@ class RainSearch:
         uniform), and the clause completion the evaluation judges, in one engine call."""
         cfg, leaf = self.cfg, sim.leaf
         sim.expanded = not leaf.terminal     # a terminal leaf: no expansion, no completion, no forward
-        budget = completion_budget(cfg, leaf, self.remaining(leaf)) if complete else 0
+        budget = cfg.completion_budget(self.remaining(leaf)) if complete and sim.expanded else 0
         comp = (CompletionRequest(self.response + leaf.response_tokens(),
                                   keyed_rng(cfg.seed, COMPLETE, leaf.uid, leaf.fn), budget,
                                   cfg.complete_until) if budget > 0 else None)
@@ -364,15 +364,6 @@ class RainSearch:
         return RainResult(text=self.lm.response_text(self.response), prompt=self.prompt, method="rain",
                           tokens=list(self.response), token_sets=[list(t) for t in self.token_sets],
                           stats=self.stats.summary(self), trace=self.trace, config=self.cfg.to_dict())
-
-
-def completion_budget(cfg: RainConfig, leaf: Node, remaining: int) -> int:
-    """Tokens a leaf's clause completion may draw: none for a terminal leaf or without
-    `complete_clause`, else what is left of the response (`remaining`), at most
-    `clause_max_tokens`."""
-    if not cfg.complete_clause or leaf.terminal:
-        return 0
-    return max(0, remaining if cfg.clause_max_tokens is None else min(remaining, cfg.clause_max_tokens))
 
 
 def round_size(k: int, remaining: int) -> int:
