@@ -394,14 +394,15 @@ def resolve_engine(lm: LanguageModel, engine: str) -> str:
     return engine if engine in VLLM_ENGINES else resolve_transformers_engine(lm, engine)
 
 
-def make_engine(lm: LanguageModel, engine: str | Engine, cfg: RainConfig,
-                forward: Forward | None = None) -> Engine:
+def make_engine(lm: LanguageModel, engine: str | Engine, cfg: RainConfig, forward: Forward | None = None,
+                client=None) -> Engine:
     """The engine a search talks to: an `Engine` instance as given, or one built from its name
-    ("auto", "fast", "reference", "vllm", "vllm-keyed"; `resolve_engine`)."""
+    ("auto", "fast", "reference", "vllm", "vllm-keyed"; `resolve_engine`); `client`: a vLLM
+    engine's client (`raintools.vllm_engine.shared_client`)."""
     if not isinstance(engine, str):
         return engine
     name = resolve_engine(lm, engine)
-    make = ENGINES.get(name) or vllm_engine_factory(name)
+    make = ENGINES.get(name) or vllm_engine_factory(name, client=client)
     return make(lm, top_k=cfg.top_k, temperature=cfg.temperature, forward=forward)
 
 
@@ -458,8 +459,8 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     engine = resolve_engine(lm, engine)
     if prompt_ids is not None and len(prompt_ids) != len(prompts):
         raise PromptError(f"prompt_ids has {len(prompt_ids)} rows for {len(prompts)} prompts.")
-    ids_of = list(prompt_ids) if prompt_ids is not None else [None] * len(prompts)
-    for i, (p, ids) in enumerate(zip(prompts, ids_of)):     # bad input: one error before any work
+    jobs = list(zip(prompts, prompt_ids if prompt_ids is not None else [None] * len(prompts)))
+    for i, (p, ids) in enumerate(jobs):     # bad input: one error before any work
         try:
             search_prompt_ids(lm, p, ids, cfg)
         except PromptError as e:
@@ -467,19 +468,18 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     if engine == "reference" or len(prompts) <= 1:
         return [rain_generate(lm, p, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
                               prompt_ids=ids)
-                for p, ids in tqdm(list(zip(prompts, ids_of)), desc="RAIN prompts",
-                                   disable=not progress)]
+                for p, ids in tqdm(jobs, desc="RAIN prompts", disable=not progress)]
     if (cfg.similarity_update or cfg.node_addition) and embedder is None:
         embedder = load_embedder()
     workers = concurrency or min(len(prompts), 64)
     if engine in VLLM_ENGINES:        # the server batches the requests: one thread per search
         emb = Locked(embedder) if embedder is not None else None
         stop = threading.Event()      # set by the first error or Ctrl-C: each search's next request raises
-        make = vllm_engine_factory(engine, client=shared_client(lm).stopping(stop))
+        client = shared_client(lm).stopping(stop)
         return side_by_side([lambda _, p=p, ids=ids: rain_generate(
             lm, p, cfg, evaluator=evaluator, embedder=emb, prompt_ids=ids,
-            engine=make(lm, top_k=cfg.top_k, temperature=cfg.temperature))
-            for p, ids in zip(prompts, ids_of)], workers, progress, stop=stop.set)
+            engine=make_engine(lm, engine, cfg, client=client)) for p, ids in jobs],
+            workers, progress, stop=stop.set)
     batcher = batcher or ForwardBatcher(lm)
     base_eval = (evaluator if evaluator is not None
                  else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
@@ -498,4 +498,4 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
         return RainSearch(lm, prompt, cfg, evaluator=ev, embedder=emb, engine=engine,
                           prompt_ids=ids, forward=client).run()
 
-    return batcher.run([partial(one_search, p, ids) for p, ids in zip(prompts, ids_of)], workers, progress)
+    return batcher.run([partial(one_search, p, ids) for p, ids in jobs], workers, progress)
