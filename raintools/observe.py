@@ -24,7 +24,8 @@ class Observer:
     def nodes_created(self, search, sim, parent, nodes, rolled_out, added): pass
     # ^ children of `parent`, priors set, from an expansion or (`added`) a node addition;
     #   `rolled_out`: a rollout computed their tokens; `sim`: the simulation they belong to
-    def dropped(self, search, sim, into): pass            # a walk into a leaf in flight: its work goes to `into`
+    def dropped(self, search, sim, into): pass
+    # ^ the walk of `sim` reached the leaf that `into` is expanding: its work goes to `into`
     def selected(self, search, sim): pass                 # the walk of `sim` is over
     def ensured(self, search, node): pass                 # `node` got its caches
     def completed(self, search, request): pass            # a clause completion (`CompletionRequest`) is done

@@ -138,7 +138,7 @@ class RainSearch:
 
     def _add_children(self, parent: Node, cands, sim: Simulation | None, rolled_out: bool,
                       added: bool = False) -> list[Node]:
-        """New children from candidates, priors set."""
+        """New children from candidates, priors set (a node addition that found none changes nothing)."""
         new = [Node(tokens=tuple(c.tokens), parent=parent, step=parent.step + 1, uid=self._next_uid + i,
                     raw_p=c.raw_p, kv=c.kv, logits=c.logits) for i, c in enumerate(cands)]
         self._next_uid += len(new)
