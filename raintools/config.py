@@ -77,17 +77,18 @@ class RainConfig:
         def bad(msg):
             raise ConfigError(f"Invalid RainConfig: {msg}")
 
-        def number(name, lo=None, hi=None, lo_open=False, integer=False, allow_none=False):
-            v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
-            if isinstance(v, bool) or not ok_type or (not integer and not math.isfinite(v)):
-                bad(f"{name} must be a{'n integer' if integer else ' finite number'}, got {v!r}.")
-            if lo is not None and (v <= lo if lo_open else v < lo):
-                bad(f"{name} must be {'>' if lo_open else '>='} {lo}, got {v!r}.")
-            if hi is not None and v > hi:
-                bad(f"{name} must be <= {hi}, got {v!r}.")
+        def number(*names, lo=None, hi=None, lo_open=False, integer=False, allow_none=False):
+            for name in names:
+                v = getattr(self, name)
+                if v is None and allow_none:
+                    continue
+                ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+                if isinstance(v, bool) or not ok_type or (not integer and not math.isfinite(v)):
+                    bad(f"{name} must be a{'n integer' if integer else ' finite number'}, got {v!r}.")
+                if lo is not None and (v <= lo if lo_open else v < lo):
+                    bad(f"{name} must be {'>' if lo_open else '>='} {lo}, got {v!r}.")
+                if hi is not None and v > hi:
+                    bad(f"{name} must be <= {hi}, got {v!r}.")
 
         def choice(name, *options):
             if getattr(self, name) not in options:
@@ -99,29 +100,24 @@ class RainConfig:
         if not self.token_set_lengths or any(x < 1 for x in self.token_set_lengths):
             bad(f"token_set_lengths must be a non-empty list of lengths >= 1, got {self.token_set_lengths}.")
         number("top_k", lo=1, integer=True)
-        number("temperature", lo=0, lo_open=True)
-        number("token_temperature", lo=0, lo_open=True)
-        number("sample_attempts", lo=0, integer=True)
-        number("add_attempts", lo=0, integer=True)
+        number("temperature", "token_temperature", lo=0, lo_open=True)
+        number("sample_attempts", "add_attempts", lo=0, integer=True)
         number("root_prior_mix", lo=0, hi=1)
         number("clause_max_tokens", lo=0, integer=True, allow_none=True)
         choice("complete_until", "clause", "turn")
         if not isinstance(self.judge_template, str) or not self.judge_template.strip():
             bad(f"judge_template must name a judging template, got {self.judge_template!r}.")
         choice("eval_mode", "votes", "soft")
-        number("sim_gamma", lo=0, hi=1)
-        number("sim_threshold", lo=0, hi=1)    # below 0: negative weights, extrapolated values
+        number("sim_gamma", "sim_threshold", lo=0, hi=1)   # threshold < 0: negative weights, extrapolation
         number("max_children", lo=1, integer=True)
         number("add_variance_factor", lo=0)
         number("max_simulations", lo=1, integer=True)
         number("min_visits", lo=0, integer=True)
         number("value_threshold", lo=-1, hi=1)
-        number("extra_simulations", lo=1, integer=True)
-        number("parallel_simulations", lo=1, integer=True)
+        number("extra_simulations", "parallel_simulations", lo=1, integer=True)
         choice("commit_rule", "argmax", "sample")
         number("max_length", lo=2, integer=True)
-        number("max_new_tokens", lo=1, integer=True, allow_none=True)
-        number("max_commits", lo=1, integer=True, allow_none=True)
+        number("max_new_tokens", "max_commits", lo=1, integer=True, allow_none=True)
         number("seed", integer=True)
         for f in dataclasses.fields(self):
             if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
@@ -133,6 +129,13 @@ class RainConfig:
         """Length of the token sets that a node at absolute depth `step` expands into."""
         lengths = self.token_set_lengths
         return lengths[min(step, len(lengths) - 1)]
+
+    def completion_budget(self, remaining: int) -> int:
+        """Tokens a clause completion may draw: none without `complete_clause`, else what is left
+        of the response (`remaining`), at most `clause_max_tokens`."""
+        if not self.complete_clause:
+            return 0
+        return max(0, remaining if self.clause_max_tokens is None else min(remaining, self.clause_max_tokens))
 
     def replace(self, **changes) -> "RainConfig":
         return dataclasses.replace(self, **changes)

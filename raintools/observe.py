@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 
 from .trace import CommitRecord, NodeRecord, SimulationRecord, Trace
 
@@ -23,7 +24,8 @@ class Observer:
     def nodes_created(self, search, sim, parent, nodes, rolled_out, added): pass
     # ^ children of `parent`, priors set, from an expansion or (`added`) a node addition;
     #   `rolled_out`: a rollout computed their tokens; `sim`: the simulation they belong to
-    def dropped(self, search, sim, into): pass            # a walk into a leaf in flight: its work goes to `into`
+    def dropped(self, search, sim, into): pass
+    # ^ the walk of `sim` reached the leaf that `into` is expanding: its work goes to `into`
     def selected(self, search, sim): pass                 # the walk of `sim` is over
     def ensured(self, search, node): pass                 # `node` got its caches
     def completed(self, search, request): pass            # a clause completion (`CompletionRequest`) is done
@@ -49,7 +51,25 @@ class Stats(Observer):
         self.sims_per_step: list[int] = []
         self._counted: set[int] = {0}
         self.judge_tokens = 0        # tokens needed by the judge calls of a judge others may share
+        self._judging = threading.Lock()
         self._forward0, self._t0 = engine.stats.snapshot(), time.perf_counter()
+
+    @contextmanager
+    def judging(self, search):
+        """Count a judge call's forward passes and tokens needed as `search`'s. The judge's own fork
+        (`own_judge`: K > 1, its passes through the flow) counts them itself; a judge other searches
+        may share (the model's self-evaluator at K = 1, one the caller passes) is measured around the
+        call, one call at a time."""
+        if search.own_judge:
+            yield
+            return
+        stats = getattr(search.evaluator, "stats", None)
+        with self._judging, search.flow.counting():
+            before = getattr(stats, "tokens_needed", 0)
+            try:
+                yield
+            finally:
+                self.judge_tokens += getattr(stats, "tokens_needed", 0) - before
 
     def summary(self, search) -> dict:
         """A result's stats: the counters, this search's forward passes and tokens, the judge's

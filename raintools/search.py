@@ -79,14 +79,14 @@ class RainSearch:
         self.lm, self.prompt = lm, prompt
         prompt_ids = search_prompt_ids(lm, prompt, prompt_ids, cfg)
         # the flow is the engine's forward at every K: its `stats` count this search's passes only
-        self.flow = Flow(forward or lm.forward, getattr(forward, "stats", None) or lm.stats, merge=lm.route.packed)
+        self.flow = Flow(forward or lm.forward, getattr(forward, "stats", None) or lm.stats,
+                         merge=lm.route.packed)
         self.engine = make_engine(lm, engine, cfg, self.flow)
         self.flow.concurrent = bool(self.engine.concurrent)
         # made before the judge is chosen: the passes of a judge forked for this search count as its
         self.stats, self.timer = Stats(self.engine), PhaseTimer()
         self.counts = self.stats.counts
         self.evaluator, self.own_judge = search_judge(lm, evaluator, cfg, self.engine, self.flow)
-        self._judging_lock = threading.Lock()
         self.needs_embeddings = cfg.similarity_update or cfg.node_addition
         self.embedder = load_embedder() if embedder is None and self.needs_embeddings else embedder
         self.bounds, self.memo, self._emitting = Bounds(), {}, threading.RLock()
@@ -138,7 +138,7 @@ class RainSearch:
 
     def _add_children(self, parent: Node, cands, sim: Simulation | None, rolled_out: bool,
                       added: bool = False) -> list[Node]:
-        """New children from candidates, priors set."""
+        """New children from candidates, priors set (a node addition that found none changes nothing)."""
         new = [Node(tokens=tuple(c.tokens), parent=parent, step=parent.step + 1, uid=self._next_uid + i,
                     raw_p=c.raw_p, kv=c.kv, logits=c.logits) for i, c in enumerate(cands)]
         self._next_uid += len(new)
@@ -159,11 +159,11 @@ class RainSearch:
         with self.phase("select"):
             node, path = self.root, [self.root]
             while node.children:
-                if cfg.node_addition and needs_node_addition(node, cfg.max_children,
-                                                             cfg.add_variance_factor, self.level_length(node)):
+                if cfg.node_addition and needs_node_addition(
+                        node, cfg.max_children, cfg.add_variance_factor, self.level_length(node)):
                     self.add_nodes(node, sim)
-                node = select_child(node, self.bounds, cfg.c, tie_rule(cfg.tie_break, cfg.seed, node,
-                                                                     cfg.token_set_length(node.step) == 1))
+                tie = tie_rule(cfg.tie_break, cfg.seed, node, cfg.token_set_length(node.step) == 1)
+                node = select_child(node, self.bounds, cfg.c, tie)
                 path.append(node)
         return path
 
@@ -177,7 +177,8 @@ class RainSearch:
         self._add_counter += 1
         rolls, top = cfg.token_set_length(node.step) > 1, len(node.children) + 1
         length = self.level_length(node) if rolls else 1
-        u = keyed_rng(cfg.seed, ADD, node.uid, self._add_counter).random((cfg.add_attempts, length)) if rolls else None
+        u = (keyed_rng(cfg.seed, ADD, node.uid, self._add_counter).random((cfg.add_attempts, length))
+             if rolls else None)
         with self.flow.request(lambda: 1 + (length if rolls else 0)):
             if node.logits is None:
                 self._ensure(node)
@@ -199,25 +200,25 @@ class RainSearch:
         greedy + sampled rollouts at longer levels) with priors (root children mixed with
         uniform), and the clause completion the evaluation judges, in one engine call."""
         cfg, leaf = self.cfg, sim.leaf
-        sim.expanded = not leaf.terminal
-        budget = completion_budget(cfg, leaf, self.remaining(leaf)) if complete else 0
+        sim.expanded = not leaf.terminal     # a terminal leaf: no expansion, no completion, no forward
+        budget = cfg.completion_budget(self.remaining(leaf)) if complete and sim.expanded else 0
         comp = (CompletionRequest(self.response + leaf.response_tokens(),
                                   keyed_rng(cfg.seed, COMPLETE, leaf.uid, leaf.fn), budget,
                                   cfg.complete_until) if budget > 0 else None)
         length = self.level_length(leaf) if not leaf.terminal and cfg.token_set_length(leaf.step) > 1 else 0
         u = keyed_rng(cfg.seed, EXPAND, leaf.uid).random((cfg.sample_attempts, length)) if length else None
         req = Expansion(leaf, length, u, cfg.num_candidates, comp) if length or comp is not None else None
-        need = not leaf.terminal or budget > 0        # ticks: `raintools.flow`
-        with self.flow.request(lambda: 1 + max(length, len(comp.out or ()) if comp else 0), need):
-            if need:
+        with self.flow.request(lambda: 1 + max(length, len(comp.out or ()) if comp else 0), sim.expanded):
+            if sim.expanded:      # ticks: `raintools.flow`
                 self._ensure(leaf)
             with self.phase("expand"):
                 found = self.engine.expand(req) if req else []
-        sim.completion = list(comp.out) if comp is not None else []
         if comp is not None:
+            sim.completion = list(comp.out)
             self._emit("completed", comp)
-        if not leaf.terminal:
-            cands = found if length else top_candidates(leaf.logits, cfg.num_candidates, cfg.token_temperature)
+        if sim.expanded:
+            cands = (found if length else
+                     top_candidates(leaf.logits, cfg.num_candidates, cfg.token_temperature))
             self._add_children(leaf, cands, sim, rolled_out=length > 1)
 
     def evaluate(self, sim: Simulation) -> None:
@@ -227,7 +228,7 @@ class RainSearch:
         if self.cfg.cut_at_last_stop:    # up to and including its last ".", whole without one
             sim.text = sim.text[: sim.text.rfind(".") + 1] or sim.text
         sim.memo_hit = sim.text in self.memo
-        with self.flow.request(lambda: 1, not sim.memo_hit), self.phase("judge"), judging(self):
+        with self.flow.request(lambda: 1, not sim.memo_hit), self.phase("judge"), self.stats.judging(self):
             if not sim.memo_hit:
                 self.memo[sim.text] = judge_text(self.evaluator, self.prompt, sim.text)
         sim.value = self.memo[sim.text]
@@ -289,11 +290,13 @@ class RainSearch:
         fewer when the early-stop test (after each back-up) passes. Returns whether it did. While
         it passes no walk starts; the step ends when no walk is in flight then, else every slot
         waits for the walks in flight, and goes on if their back-ups make the test fail again."""
-        k, flow, st = self.cfg.parallel_simulations, self.flow, dict(started=0, done=0, early=False)
+        k, flow = self.cfg.parallel_simulations, self.flow
+        started, done, early = 0, 0, False      # walks started, simulations backed up, early stop
 
         def slot():
-            while st["started"] < budget and not (st["early"] and st["started"] == st["done"]):
-                if st["early"] or st["started"] - st["done"] >= round_size(k, budget - st["done"]):
+            nonlocal started, done, early
+            while started < budget and not (early and started == done):
+                if early or started - done >= round_size(k, budget - done):
                     flow.idle()
                     continue
                 sim = Simulation()
@@ -302,14 +305,14 @@ class RainSearch:
                     self._emit("dropped", sim, self.in_flight[sim.leaf])
                     flow.idle()
                     continue
-                st["started"] += 1
+                started += 1
                 self.simulate(sim)
-                st["done"] += 1
-                st["early"] = self.should_stop_early()
+                done += 1
+                early = self.should_stop_early()
                 flow.wake()
 
         flow.run([slot] * k)
-        return st["early"]
+        return early
 
     def should_stop_early(self) -> bool:
         best = most_visited(self.root)
@@ -322,8 +325,7 @@ class RainSearch:
         if self.finished:
             return None
         cfg, first = self.cfg, self.sim_index
-        early = self.simulate_step(max(cfg.max_simulations, int(self.root.fn) + cfg.extra_simulations)
-                                   - int(self.root.fn))
+        early = self.simulate_step(max(cfg.max_simulations - int(self.root.fn), cfg.extra_simulations))
         self._emit("step_done", first, early)
         child = (most_visited(self.root) if cfg.commit_rule == "argmax" else
                  sample_by_visits(self.root, float(keyed_rng(cfg.seed, COMMIT, self.outer_step).random())))
@@ -349,28 +351,19 @@ class RainSearch:
         return child
 
     def run(self, progress: bool = False) -> RainResult:
-        bar = tqdm(total=self.cfg.max_new_tokens, desc="RAIN", unit="tok", disable=not progress, leave=False)
-        while not self.finished:
-            child = self.commit_step()
-            if child is not None:
-                bar.update(len(child.tokens))
-                bar.set_postfix(sims=self.sim_index)
-        bar.close()
+        with tqdm(total=self.cfg.max_new_tokens, desc="RAIN", unit="tok", disable=not progress,
+                  leave=False) as bar:
+            while not self.finished:
+                child = self.commit_step()
+                if child is not None:
+                    bar.update(len(child.tokens))
+                    bar.set_postfix(sims=self.sim_index)
         return self.result()
 
     def result(self) -> RainResult:
         return RainResult(text=self.lm.response_text(self.response), prompt=self.prompt, method="rain",
                           tokens=list(self.response), token_sets=[list(t) for t in self.token_sets],
                           stats=self.stats.summary(self), trace=self.trace, config=self.cfg.to_dict())
-
-
-def completion_budget(cfg: RainConfig, leaf: Node, remaining: int) -> int:
-    """Tokens a leaf's clause completion may draw: none for a terminal leaf or without
-    `complete_clause`, else what is left of the response (`remaining`), at most
-    `clause_max_tokens`."""
-    if not cfg.complete_clause or leaf.terminal:
-        return 0
-    return max(0, remaining if cfg.clause_max_tokens is None else min(remaining, cfg.clause_max_tokens))
 
 
 def round_size(k: int, remaining: int) -> int:
@@ -401,14 +394,15 @@ def resolve_engine(lm: LanguageModel, engine: str) -> str:
     return engine if engine in VLLM_ENGINES else resolve_transformers_engine(lm, engine)
 
 
-def make_engine(lm: LanguageModel, engine: str | Engine, cfg: RainConfig,
-                forward: Forward | None = None) -> Engine:
+def make_engine(lm: LanguageModel, engine: str | Engine, cfg: RainConfig, forward: Forward | None = None,
+                client=None) -> Engine:
     """The engine a search talks to: an `Engine` instance as given, or one built from its name
-    ("auto", "fast", "reference", "vllm", "vllm-keyed"; `resolve_engine`)."""
+    ("auto", "fast", "reference", "vllm", "vllm-keyed"; `resolve_engine`); `client`: a vLLM
+    engine's client (`raintools.vllm_engine.shared_client`)."""
     if not isinstance(engine, str):
         return engine
     name = resolve_engine(lm, engine)
-    make = ENGINES.get(name) or vllm_engine_factory(name)
+    make = ENGINES.get(name) or vllm_engine_factory(name, client=client)
     return make(lm, top_k=cfg.top_k, temperature=cfg.temperature, forward=forward)
 
 
@@ -423,24 +417,6 @@ def search_judge(lm: LanguageModel, evaluator: Evaluator | None, cfg: RainConfig
         if engine.name == "reference" else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
     own = cfg.parallel_simulations > 1 and isinstance(evaluator, SelfEvaluator) and evaluator.lm is lm
     return engine.judge(evaluator.fork(forward=flow) if own else evaluator), own
-
-
-@contextmanager
-def judging(search: "RainSearch"):
-    """Count a judge call's forward passes and tokens needed as `search`'s. The judge's own fork
-    (`own_judge`: K > 1, its passes through the flow) counts them itself; a judge other searches
-    may share (the model's self-evaluator at K = 1, one the caller passes) is measured around the
-    call, one call at a time."""
-    if search.own_judge:
-        yield
-        return
-    stats = getattr(search.evaluator, "stats", None)
-    with search._judging_lock, search.flow.counting():
-        before = getattr(stats, "tokens_needed", 0)
-        try:
-            yield
-        finally:
-            search.stats.judge_tokens += getattr(stats, "tokens_needed", 0) - before
 
 
 def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = None,
@@ -458,9 +434,8 @@ def rain_generate(lm: LanguageModel, prompt: str, config: RainConfig | None = No
     is applied to them); `prompt` is then only the query the evaluator judges responses against.
     """
     cfg = (config or RainConfig()).replace(**overrides)      # validated
-    search = RainSearch(lm, prompt, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
-                        prompt_ids=prompt_ids)
-    return search.run(progress=progress)
+    return RainSearch(lm, prompt, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
+                      prompt_ids=prompt_ids).run(progress=progress)
 
 
 def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfig | None = None,
@@ -484,8 +459,8 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     engine = resolve_engine(lm, engine)
     if prompt_ids is not None and len(prompt_ids) != len(prompts):
         raise PromptError(f"prompt_ids has {len(prompt_ids)} rows for {len(prompts)} prompts.")
-    ids_of = list(prompt_ids) if prompt_ids is not None else [None] * len(prompts)
-    for i, (p, ids) in enumerate(zip(prompts, ids_of)):     # bad input: one error before any work
+    jobs = list(zip(prompts, prompt_ids if prompt_ids is not None else [None] * len(prompts)))
+    for i, (p, ids) in enumerate(jobs):     # bad input: one error before any work
         try:
             search_prompt_ids(lm, p, ids, cfg)
         except PromptError as e:
@@ -493,19 +468,18 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
     if engine == "reference" or len(prompts) <= 1:
         return [rain_generate(lm, p, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
                               prompt_ids=ids)
-                for p, ids in tqdm(list(zip(prompts, ids_of)), desc="RAIN prompts",
-                                   disable=not progress)]
+                for p, ids in tqdm(jobs, desc="RAIN prompts", disable=not progress)]
     if (cfg.similarity_update or cfg.node_addition) and embedder is None:
         embedder = load_embedder()
     workers = concurrency or min(len(prompts), 64)
     if engine in VLLM_ENGINES:        # the server batches the requests: one thread per search
         emb = Locked(embedder) if embedder is not None else None
         stop = threading.Event()      # set by the first error or Ctrl-C: each search's next request raises
-        make = vllm_engine_factory(engine, client=shared_client(lm).stopping(stop))
+        client = shared_client(lm).stopping(stop)
         return side_by_side([lambda _, p=p, ids=ids: rain_generate(
             lm, p, cfg, evaluator=evaluator, embedder=emb, prompt_ids=ids,
-            engine=make(lm, top_k=cfg.top_k, temperature=cfg.temperature))
-            for p, ids in zip(prompts, ids_of)], workers, progress, stop=stop.set)
+            engine=make_engine(lm, engine, cfg, client=client)) for p, ids in jobs],
+            workers, progress, stop=stop.set)
     batcher = batcher or ForwardBatcher(lm)
     base_eval = (evaluator if evaluator is not None
                  else self_evaluator(lm, cfg.judge_template, cfg.eval_mode))
@@ -524,4 +498,4 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
         return RainSearch(lm, prompt, cfg, evaluator=ev, embedder=emb, engine=engine,
                           prompt_ids=ids, forward=client).run()
 
-    return batcher.run([partial(one_search, p, ids) for p, ids in zip(prompts, ids_of)], workers, progress)
+    return batcher.run([partial(one_search, p, ids) for p, ids in jobs], workers, progress)

@@ -88,8 +88,9 @@ class Trace:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> "Trace":
-        p = Path(text_or_path) if not str(text_or_path).lstrip().startswith("{") else None
-        text = p.read_text(encoding="utf-8") if p is not None else str(text_or_path)
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):          # a path, not JSON text
+            text = Path(text).read_text(encoding="utf-8")
         return cls.from_dict(json.loads(text))
 
     # -- replay
