@@ -182,8 +182,7 @@ class Forest:
         for key, n in view:
             self.visible[offset[key]:offset[key] + n] = True
         self.base = sum(n for _, n in view)
-        self.depth: list[int] = []       # per packed token: its depth below the anchor (0 = first)
-        self.line: list[list[int]] = []  # per packed token: its line, first token first
+        self.line: list[list[int]] = []  # per packed token: its line (packed indices), first token first
         self.tokens: list[int] = []
 
     @classmethod
@@ -199,7 +198,6 @@ class Forest:
         the first new token."""
         first = len(self.tokens)
         for prev, tok in items:
-            self.depth.append(0 if prev < 0 else self.depth[prev] + 1)
             self.line.append(([] if prev < 0 else self.line[prev]) + [len(self.tokens)])
             self.tokens.append(int(tok))
         s = len(items)
@@ -210,7 +208,7 @@ class Forest:
         cols = [self.start + a for g in new for a in self.line[g]]
         mask[rows, cols] = True
         ids = torch.tensor([[self.tokens[g] for g in new]])
-        pos = torch.tensor([[self.base + self.depth[g] for g in new]])
+        pos = torch.tensor([[self.base + len(self.line[g]) - 1 for g in new]])
         kw = dict(all_logits=True) if logits_at is None else dict(logits_at=torch.tensor([list(logits_at)]))
         logits, self.kv = self.forward(ids, past=self.kv, attention_mask=mask[None, None],
                                        position_ids=pos, **kw)
@@ -233,23 +231,20 @@ class Forest:
 
 
 class Rows:
-    """`Forest` on the "rows" route: each line is a batch row whose past is the
-    row of the line it continues (plain decoding steps, the model's own masks)."""
+    """`Forest` on the "rows" route: each line is a batch row whose past is the row of the line it
+    continues, fed in the pass before (plain decoding steps, the model's own masks)."""
 
     def __init__(self, forward: Forward, past: KV):
         self.forward, self.kv, self.start = forward, past, kv_len(past)
-        self.depth: list[int] = []
-        self.base = 0
+        self.size = self.base = 0        # packed tokens fed; the first of the last feed (its row 0)
 
     def feed(self, items: Sequence[tuple[int, int]]):
-        first = len(self.depth)
-        self.depth += [0 if p < 0 else self.depth[p] + 1 for p, _ in items]
         src = torch.tensor([0 if p < 0 else p - self.base for p, _ in items])
         rows_kv = [(k.index_select(0, src.to(k.device)), v.index_select(0, src.to(v.device)))
                    for k, v in self.kv]
         logits, self.kv = self.forward(torch.tensor([t for _, t in items]).unsqueeze(1), past=rows_kv)
-        self.base = first
-        return logits, first
+        self.base, self.size = self.size, self.size + len(items)
+        return logits, self.base
 
     def line_kv(self, g: int) -> KV:
         return kv_slice(self.kv, self.start, row=g - self.base)
@@ -337,17 +332,16 @@ class CachedEngine(TransformersEngine):
             tok = comp.step() if comp is not None else None
             if tok is not None:
                 items.append((comp_at, tok))
-            at = fed
             if items:
                 logits, base = forest.feed(items)
-                at = [None if a is None else base + a for a in fed]
-                if tok is not None:
-                    comp_at = base + len(items) - 1
-                    comp.logits = logits[len(items) - 1]
+            at = [None if a is None else base + a for a in fed]     # all None when nothing was fed
+            if tok is not None:
+                comp_at = base + len(items) - 1
+                comp.logits = logits[len(items) - 1]
             if last:
                 cands = kept_candidates(rows, probs, req.length, req.keep)
                 for r, c in cands.items():     # fed in this last pass: they become nodes with caches
-                    if at[r] is not None and forest.depth[at[r]] == req.length - 1:
+                    if at[r] is not None:
                         c.kv = forest.line_kv(at[r])
                         c.logits = logits[at[r] - base].clone()
                 if tok is not None:            # the completion goes on alone
