@@ -10,10 +10,7 @@ order votes for the positive label (e.g. "harmless") when its letter is more lik
 `v = 2 * votes / orders - 1`, so with two orders v is in {-1, 0, +1}. `mode="soft"` returns the
 mean probability margin instead. A template may add a third label (a `neutral:` line, e.g. the
 sentiment template; `JudgeTemplate.labels` and `SelfEvaluator._value` say how it is asked and voted).
-
-Speed: the fixed few-shot header is encoded once per model, the conversation start once per query,
-and each evaluation computes only the response and the two question endings, both orders in one
-batch. Option-letter token ids come from the tokenizer in use, never hard-coded.
+An evaluation reuses the longest start of its prompt computed before (`SelfEvaluator.__call__`).
 """
 
 from __future__ import annotations
@@ -156,11 +153,8 @@ class EvalStats:
 
 
 class SelfEvaluator:
-    """The model judges the conversation with its own few-shot prompt (see module docstring).
-
-    `cached=False` gives the reference-style execution (the whole judging prompt recomputed for
-    each order, batch 1), used to benchmark against the public code.
-    """
+    """The paper's self-evaluation (module docstring). `cached=False` runs the public code's
+    execution (the whole prompt once per order, batch 1), the benchmark's baseline."""
 
     def __init__(self, lm: LanguageModel, template: str | JudgeTemplate = "harm", mode: str = "votes",
                  cached: bool = True, query_cache_size: int = 8, response_cache_size: int = 16):
@@ -188,8 +182,8 @@ class SelfEvaluator:
 
         Each order votes +1 when the positive label's letter is strictly the most likely, -1 when
         the negative label's letter is at least as likely as every other, and 0 when a third
-        label (e.g. "neutral") wins; v is the mean vote. Soft: mean of p(positive) - p(negative).
-        With two labels this is exactly `2 * votes / orders - 1` and `2 p(positive) - 1`."""
+        label (e.g. "neutral") wins; v is the mean vote. Soft: mean of p(positive) - p(negative)
+        (with two labels, `2 p(positive) - 1`)."""
         pos, neg = self.template.positive, self.template.negative
         votes, soft = 0.0, 0.0
         for order, p in zip(self.orders, probs_per_order):
@@ -385,7 +379,7 @@ class SelfEvaluator:
         self.last_probs = probs.tolist()
         return self._value(list(probs))
 
-    # -- reference-style execution: whole prompt, once per order, batch 1
+    # -- reference-style execution (cached=False, the reference route)
     def _reference(self, query: str, response: str) -> float:
         per_order = self.prompt_ids(query, response)
         probs = torch.stack([self._letter_probs(self.forward(torch.tensor([ids]))[0][0])
