@@ -23,6 +23,7 @@ import string
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -80,17 +81,15 @@ class JudgeTemplate:
 
 def load_template(name_or_path: str = "harm") -> JudgeTemplate:
     """Read a judging template by name (package data) or from a file path."""
-    if name_or_path.endswith(".txt") or "/" in name_or_path:
-        with open(name_or_path, encoding="utf-8") as f:
-            text, name = f.read(), name_or_path
+    name, folder = name_or_path, resources.files("raintools.templates")
+    if name.endswith(".txt") or "/" in name:
+        text = Path(name).read_text(encoding="utf-8")
     else:
         try:
-            text = resources.files("raintools.templates").joinpath(f"{name_or_path}.txt").read_text("utf-8")
+            text = folder.joinpath(f"{name}.txt").read_text("utf-8")
         except FileNotFoundError:
-            avail = sorted(p.name[:-4] for p in resources.files("raintools.templates").iterdir()
-                           if p.name.endswith(".txt"))
-            raise ConfigError(f"Unknown judging template {name_or_path!r}; available: {avail}") from None
-        name = name_or_path
+            avail = sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".txt"))
+            raise ConfigError(f"Unknown judging template {name!r}; available: {avail}") from None
     sections: dict[str, list[str]] = {}
     for line in text.split("\n"):
         m = re.match(r"^### (\w+)\s*$", line)
