@@ -159,18 +159,15 @@ class SelfEvaluator:
                  cached: bool = True, query_cache_size: int = 8, response_cache_size: int = 16):
         if mode not in ("votes", "soft"):
             raise ConfigError(f"mode must be 'votes' or 'soft', got {mode!r}")
-        self.lm = lm
+        self.lm, self.mode, self.cached = lm, mode, cached
         self.forward = lm.forward       # a batch of searches gives each fork its own (raintools.batch)
         self.template = template if isinstance(template, JudgeTemplate) else load_template(template)
-        self.mode = mode
-        self.cached = cached
         self.orders = self.template.orders()
         self.letter_ids = option_token_ids(lm.tokenizer, self.template.question_text(self.orders[0]),
                                            self.template.option_letters())
         self.stats = EvalStats()
         self._header: tuple[tuple[int, ...], KV] | None = None
-        self._query_cache_size = query_cache_size
-        self._response_cache_size = response_cache_size
+        self._query_cache_size, self._response_cache_size = query_cache_size, response_cache_size
         self.forget_queries()
         self.last_probs: list[list[float]] = []
         self.last_ids: list[list[int]] = []      # the ids judged last, one list per order
