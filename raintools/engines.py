@@ -1,25 +1,13 @@
-"""The transformers engines (`raintools.engine.Engine`): candidate token sets, clause completions
-and the KV caches behind them.
-
-Both engines make the same keyed random draws, so they propose the same candidates:
-
-* `CachedEngine` (the default, fast): every node keeps the KV of its own tokens; a node's cache
-  extends its parent's, so each token of the tree is computed once, and committed prefixes are
-  merged into the root. A request's rollouts and its clause completion grow together in one
-  `Forest`, one forward pass per step for all of them (`CachedEngine.expand`). On a model whose
-  route is "rows" (`raintools.routes`: ALiBi and others that a packed token tree cannot serve
-  exactly) each line is its own batch row instead (`Rows`), with the same draws.
-* `ReferenceEngine`: the straightforward execution of the authors' public code (batch 1, each
-  rollout and each clause completion recomputing the whole prefix once, no KV kept across nodes,
-  the last rollout token never fed, embeddings one string at a time). For recurrent models, the
-  equivalence tests and the speed benchmark.
+"""The transformers engines (`raintools.engine.Engine`), `CachedEngine` (the default, "fast") and
+`ReferenceEngine`, and the rules every engine shares: candidates, the completion's stopping rule.
+Both engines make the same keyed random draws, so they propose the same candidates.
 """
 
 from __future__ import annotations
 
 from itertools import accumulate
 from types import MappingProxyType
-from typing import Hashable, Mapping, Sequence
+from typing import Callable, Hashable, Mapping, Sequence
 
 import torch
 
@@ -66,14 +54,10 @@ def top_candidates(logits: torch.Tensor, k: int, temperature: float = 1.0) -> li
 
 def kept_rows(rows: list[list[int]], keep: int) -> list[int]:
     """Greedy first, then the first unique samples (at most keep - 1); returns row indices."""
-    seen, chosen = {tuple(rows[0])}, [0]
-    for r in range(1, len(rows)):
-        if len(chosen) >= keep:
-            break
-        if tuple(rows[r]) not in seen:
-            seen.add(tuple(rows[r]))
-            chosen.append(r)
-    return chosen
+    first: dict[tuple[int, ...], int] = {}
+    for r, row in enumerate(rows):
+        first.setdefault(tuple(row), r)        # each distinct row at its first index: greedy (0) first
+    return list(first.values())[:max(keep, 1)]
 
 
 def kept_candidates(rows: list[list[int]], probs: list[float], length: int,
@@ -87,10 +71,9 @@ def kept_candidates(rows: list[list[int]], probs: list[float], length: int,
 
 
 def clause_done(lm: LanguageModel, response: list[int], out: list[int], until: str = "clause") -> bool:
-    """RAIN's stopping rule of a completion, for every engine: it stops at EOS, at a clause end
-    (unless `until == "turn"`), or when a user turn starts. Only the tail is decoded: the text
-    before it was checked when it was generated (the leaf is not terminal, so it holds no user
-    turn), and a clause end is the last character."""
+    """RAIN's stopping rule of a completion (`CompletionRequest`), for every engine. Only the tail
+    is decoded: the text before it was checked when it was generated (the leaf is not terminal, so
+    it holds no user turn), and a clause end is the last character."""
     if out and lm.is_stop_token(out[-1]):
         return True
     tail = (response + out)[-TAIL_TOKENS:]
@@ -139,12 +122,10 @@ class Completion:
 
 
 class TransformersEngine:
-    """Shared logic of the transformers engines (`raintools.engine.Engine`); subclasses say how
-    logits and caches are obtained."""
+    """What the transformers engines share; subclasses say how logits and caches are obtained."""
 
-    name = "engine"
     embed_one_by_one = False
-    concurrent = False          # one call at a time; K > 1 packs the slots' passes (raintools.flow)
+    concurrent = False
 
     def __init__(self, lm: LanguageModel, top_k: int = 15, temperature: float = 1.0,
                  forward: Forward | None = None):
@@ -157,9 +138,13 @@ class TransformersEngine:
         self.prefix_ids = self.prefix_ids + list(child.tokens)
 
     def judge(self, evaluator):
-        """In-process engines judge with the evaluator as it is (a `SelfEvaluator` runs its own
-        cached passes on the same model)."""
         return evaluator
+
+    def _next(self, ids: list[int], past: KV | None) -> tuple[torch.Tensor, KV]:
+        """The logits after `ids` and the cache: the whole of `ids` without a past, else only its
+        last token after `past`."""
+        logits, kv = self.forward(torch.tensor([ids] if past is None else [ids[-1:]]), past=past)
+        return logits[0], kv
 
 
 class Forest:
@@ -182,9 +167,7 @@ class Forest:
         for key, n in view:
             self.visible[offset[key]:offset[key] + n] = True
         self.base = sum(n for _, n in view)
-        self.depth: list[int] = []       # per packed token: its depth below the anchor (0 = first)
-        self.line: list[list[int]] = []  # per packed token: its line, first token first
-        self.tokens: list[int] = []
+        self.line: list[list[int]] = []  # per packed token: its line (packed indices), first token first
 
     @classmethod
     def from_node(cls, forward: Forward, node: Node) -> "Forest":
@@ -197,11 +180,9 @@ class Forest:
         this same feed (earlier in the list). Returns the logits of every new token [S, vocab]
         (or of the new tokens at the indices `logits_at` of this feed) and the packed index of
         the first new token."""
-        first = len(self.tokens)
-        for prev, tok in items:
-            self.depth.append(0 if prev < 0 else self.depth[prev] + 1)
-            self.line.append(([] if prev < 0 else self.line[prev]) + [len(self.tokens)])
-            self.tokens.append(int(tok))
+        first = len(self.line)
+        for prev, _ in items:
+            self.line.append(([] if prev < 0 else self.line[prev]) + [len(self.line)])
         s = len(items)
         new = range(first, first + s)
         mask = torch.zeros(s, self.start + first + s, dtype=torch.bool)
@@ -209,8 +190,8 @@ class Forest:
         rows = [i for i, g in enumerate(new) for _ in self.line[g]]
         cols = [self.start + a for g in new for a in self.line[g]]
         mask[rows, cols] = True
-        ids = torch.tensor([[self.tokens[g] for g in new]])
-        pos = torch.tensor([[self.base + self.depth[g] for g in new]])
+        ids = torch.tensor([[int(tok) for _, tok in items]])
+        pos = torch.tensor([[self.base + len(self.line[g]) - 1 for g in new]])
         kw = dict(all_logits=True) if logits_at is None else dict(logits_at=torch.tensor([list(logits_at)]))
         logits, self.kv = self.forward(ids, past=self.kv, attention_mask=mask[None, None],
                                        position_ids=pos, **kw)
@@ -233,23 +214,20 @@ class Forest:
 
 
 class Rows:
-    """`Forest` on the "rows" route: each line is a batch row whose past is the
-    row of the line it continues (plain decoding steps, the model's own masks)."""
+    """`Forest` on the "rows" route: each line is a batch row whose past is the row of the line it
+    continues, fed in the pass before (plain decoding steps, the model's own masks)."""
 
     def __init__(self, forward: Forward, past: KV):
         self.forward, self.kv, self.start = forward, past, kv_len(past)
-        self.depth: list[int] = []
-        self.base = 0
+        self.size = self.base = 0        # packed tokens fed; the first of the last feed (its row 0)
 
     def feed(self, items: Sequence[tuple[int, int]]):
-        first = len(self.depth)
-        self.depth += [0 if p < 0 else self.depth[p] + 1 for p, _ in items]
         src = torch.tensor([0 if p < 0 else p - self.base for p, _ in items])
         rows_kv = [(k.index_select(0, src.to(k.device)), v.index_select(0, src.to(v.device)))
                    for k, v in self.kv]
         logits, self.kv = self.forward(torch.tensor([t for _, t in items]).unsqueeze(1), past=rows_kv)
-        self.base = first
-        return logits, first
+        self.base, self.size = self.size, self.size + len(items)
+        return logits, self.base
 
     def line_kv(self, g: int) -> KV:
         return kv_slice(self.kv, self.start, row=g - self.base)
@@ -260,8 +238,11 @@ class Rows:
 
 
 class CachedEngine(TransformersEngine):
-    """Each token computed once: per-node KV chunks, a request's rollouts and completion grown
-    together (module docstring)."""
+    """Every node keeps the KV of its own tokens; a node's cache extends its parent's, so each token
+    of the tree is computed once, and committed prefixes are merged into the root. A request's
+    rollouts and its clause completion grow together in one `Forest`, one forward pass per step
+    for all of them (`expand`); on a model whose route is "rows" (`raintools.routes`: ALiBi and
+    others that a packed token tree cannot serve exactly) each line is its own batch row (`Rows`)."""
 
     name = "fast"
 
@@ -294,14 +275,13 @@ class CachedEngine(TransformersEngine):
         node.logits = logits[0]
 
     def expand(self, req):
-        """The one step loop: the rollouts (row 0 greedy, then one per row of `req.uniforms`) and
-        the completion advance together, one forward pass per step; per step one top-k over every
-        distribution a rollout draws from and one host transfer. The completion finishes alone
-        once the rollouts are done."""
+        """The one step loop: per step one forward pass, one top-k over every distribution a
+        rollout (row 0 greedy, then one per row of `req.uniforms`) draws from and one host
+        transfer. The completion finishes alone once the rollouts are done."""
         comp = None if req.completion is None else Completion(self.lm, req.completion, req.node.logits)
         if req.length <= 0:              # a completion with no rollout to ride with
             if comp is not None:
-                self._finish_alone(comp, None, req.node)
+                self._finish_alone(comp, lambda: self.path_kv(req.node))
             return []
         forest = (Forest.from_node(self.forward, req.node) if self.packed
                   else Rows(self.forward, self.path_kv(req.node)))
@@ -337,29 +317,25 @@ class CachedEngine(TransformersEngine):
             tok = comp.step() if comp is not None else None
             if tok is not None:
                 items.append((comp_at, tok))
-            at = fed
             if items:
                 logits, base = forest.feed(items)
-                at = [None if a is None else base + a for a in fed]
-                if tok is not None:
-                    comp_at = base + len(items) - 1
-                    comp.logits = logits[len(items) - 1]
+            at = [None if a is None else base + a for a in fed]     # all None when nothing was fed
+            if tok is not None:
+                comp_at = base + len(items) - 1
+                comp.logits = logits[len(items) - 1]
             if last:
                 cands = kept_candidates(rows, probs, req.length, req.keep)
                 for r, c in cands.items():     # fed in this last pass: they become nodes with caches
-                    if at[r] is not None and forest.depth[at[r]] == req.length - 1:
+                    if at[r] is not None:
                         c.kv = forest.line_kv(at[r])
                         c.logits = logits[at[r] - base].clone()
                 if tok is not None:            # the completion goes on alone
-                    self._finish_alone(comp, forest.context_kv(comp_at), None)
+                    self._finish_alone(comp, lambda: forest.context_kv(comp_at))
                 return list(cands.values())
 
-    def _finish_alone(self, comp: Completion, state: KV | None, node: Node | None) -> None:
-        def advance(tok, state):
-            lg, state = self.forward(torch.tensor([[tok]]), past=state if state is not None
-                                     else self.path_kv(node))
-            return lg[0], state
-        comp.finish(state, advance)
+    def _finish_alone(self, comp: Completion, past: Callable[[], KV]) -> None:
+        """One pass per token the completion feeds; the first after `past()`, made only then."""
+        comp.finish(None, lambda tok, kv: self._next([tok], kv if kv is not None else past()))
 
     def commit(self, root, child):
         super().commit(root, child)
@@ -371,10 +347,13 @@ class CachedEngine(TransformersEngine):
 
 
 class ReferenceEngine(TransformersEngine):
-    """Batch 1, no KV kept across nodes (module docstring)."""
+    """The straightforward execution of the authors' public code: batch 1, no KV kept across nodes,
+    each rollout and each clause completion computing the whole prefix in its first pass (the
+    code's logits memo drops the cache), the last rollout token never fed, the path's texts
+    embedded one at a time. For recurrent models, the equivalence tests and the speed benchmark."""
 
     name = "reference"
-    embed_one_by_one = True     # the public code encodes the path's texts one string at a time
+    embed_one_by_one = True
 
     def _logits(self, ids: list[int]) -> torch.Tensor:
         return self.forward(torch.tensor([list(ids)], dtype=torch.long))[0][0]
@@ -388,8 +367,10 @@ class ReferenceEngine(TransformersEngine):
             node.logits = self._logits(self.prefix_ids + node.response_tokens())
 
     def expand(self, req):
-        if req.completion is not None:
-            self._complete(req.node, req.completion)
+        if (comp := req.completion) is not None:
+            head = self.prefix_ids + comp.response
+            Completion(self.lm, comp, req.node.logits).finish(
+                None, lambda tok, kv: self._next(head + comp.out, kv))
         if req.length <= 0:
             return []
         node, length, uniforms, keep = req.node, req.length, req.uniforms, req.keep
@@ -406,26 +387,10 @@ class ReferenceEngine(TransformersEngine):
                 pr *= float(tp[j])
                 if self.lm.is_stop_token(toks[-1]) or t == length - 1:
                     break
-                if kv is None:   # the public code's logits memo drops the cache: full prefix again
-                    lg, kv = self.forward(torch.tensor([base + toks]))
-                else:
-                    lg, kv = self.forward(torch.tensor([[toks[-1]]]), past=kv)
-                logits = lg[0]
+                logits, kv = self._next(base + toks, kv)
             rows.append(toks)
             probs.append(pr)
         return list(kept_candidates(rows, probs, length, keep).values())
-
-    def _complete(self, leaf: Node, req: CompletionRequest) -> None:
-        base = self.prefix_ids + req.response
-
-        def advance(tok, state):
-            if state is None:
-                logits, kv = self.forward(torch.tensor([base + req.out]))
-            else:
-                logits, kv = self.forward(torch.tensor([[tok]]), past=state)
-            return logits[0], kv
-
-        Completion(self.lm, req, leaf.logits).finish(None, advance)
 
 
 ENGINES = MappingProxyType({"fast": CachedEngine, "cached": CachedEngine, "reference": ReferenceEngine})

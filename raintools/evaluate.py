@@ -10,10 +10,7 @@ order votes for the positive label (e.g. "harmless") when its letter is more lik
 `v = 2 * votes / orders - 1`, so with two orders v is in {-1, 0, +1}. `mode="soft"` returns the
 mean probability margin instead. A template may add a third label (a `neutral:` line, e.g. the
 sentiment template; `JudgeTemplate.labels` and `SelfEvaluator._value` say how it is asked and voted).
-
-Speed: the fixed few-shot header is encoded once per model, the conversation start once per query,
-and each evaluation computes only the response and the two question endings, both orders in one
-batch. Option-letter token ids come from the tokenizer in use, never hard-coded.
+An evaluation reuses the longest start of its prompt computed before (`SelfEvaluator.__call__`).
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ import string
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -83,17 +81,15 @@ class JudgeTemplate:
 
 def load_template(name_or_path: str = "harm") -> JudgeTemplate:
     """Read a judging template by name (package data) or from a file path."""
-    if name_or_path.endswith(".txt") or "/" in name_or_path:
-        with open(name_or_path, encoding="utf-8") as f:
-            text, name = f.read(), name_or_path
+    name, folder = name_or_path, resources.files("raintools.templates")
+    if name.endswith(".txt") or "/" in name:
+        text = Path(name).read_text(encoding="utf-8")
     else:
         try:
-            text = resources.files("raintools.templates").joinpath(f"{name_or_path}.txt").read_text("utf-8")
+            text = folder.joinpath(f"{name}.txt").read_text("utf-8")
         except FileNotFoundError:
-            avail = sorted(p.name[:-4] for p in resources.files("raintools.templates").iterdir()
-                           if p.name.endswith(".txt"))
-            raise ConfigError(f"Unknown judging template {name_or_path!r}; available: {avail}") from None
-        name = name_or_path
+            avail = sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".txt"))
+            raise ConfigError(f"Unknown judging template {name!r}; available: {avail}") from None
     sections: dict[str, list[str]] = {}
     for line in text.split("\n"):
         m = re.match(r"^### (\w+)\s*$", line)
@@ -156,28 +152,22 @@ class EvalStats:
 
 
 class SelfEvaluator:
-    """The model judges the conversation with its own few-shot prompt (see module docstring).
-
-    `cached=False` gives the reference-style execution (the whole judging prompt recomputed for
-    each order, batch 1), used to benchmark against the public code.
-    """
+    """The paper's self-evaluation (module docstring). `cached=False` runs the public code's
+    execution (the whole prompt once per order, batch 1), the benchmark's baseline."""
 
     def __init__(self, lm: LanguageModel, template: str | JudgeTemplate = "harm", mode: str = "votes",
                  cached: bool = True, query_cache_size: int = 8, response_cache_size: int = 16):
         if mode not in ("votes", "soft"):
             raise ConfigError(f"mode must be 'votes' or 'soft', got {mode!r}")
-        self.lm = lm
+        self.lm, self.mode, self.cached = lm, mode, cached
         self.forward = lm.forward       # a batch of searches gives each fork its own (raintools.batch)
         self.template = template if isinstance(template, JudgeTemplate) else load_template(template)
-        self.mode = mode
-        self.cached = cached
         self.orders = self.template.orders()
         self.letter_ids = option_token_ids(lm.tokenizer, self.template.question_text(self.orders[0]),
                                            self.template.option_letters())
         self.stats = EvalStats()
         self._header: tuple[tuple[int, ...], KV] | None = None
-        self._query_cache_size = query_cache_size
-        self._response_cache_size = response_cache_size
+        self._query_cache_size, self._response_cache_size = query_cache_size, response_cache_size
         self.forget_queries()
         self.last_probs: list[list[float]] = []
         self.last_ids: list[list[int]] = []      # the ids judged last, one list per order
@@ -188,8 +178,8 @@ class SelfEvaluator:
 
         Each order votes +1 when the positive label's letter is strictly the most likely, -1 when
         the negative label's letter is at least as likely as every other, and 0 when a third
-        label (e.g. "neutral") wins; v is the mean vote. Soft: mean of p(positive) - p(negative).
-        With two labels this is exactly `2 * votes / orders - 1` and `2 p(positive) - 1`."""
+        label (e.g. "neutral") wins; v is the mean vote. Soft: mean of p(positive) - p(negative)
+        (with two labels, `2 p(positive) - 1`)."""
         pos, neg = self.template.positive, self.template.negative
         votes, soft = 0.0, 0.0
         for order, p in zip(self.orders, probs_per_order):
@@ -385,7 +375,7 @@ class SelfEvaluator:
         self.last_probs = probs.tolist()
         return self._value(list(probs))
 
-    # -- reference-style execution: whole prompt, once per order, batch 1
+    # -- reference-style execution (cached=False, the reference route)
     def _reference(self, query: str, response: str) -> float:
         per_order = self.prompt_ids(query, response)
         probs = torch.stack([self._letter_probs(self.forward(torch.tensor([ids]))[0][0])

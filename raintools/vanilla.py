@@ -48,8 +48,7 @@ def generate_vanilla(lm: LanguageModel, prompt: str, max_new_tokens: int = 128, 
         raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
-    t0 = time.perf_counter()
-    s0 = lm.stats.snapshot()
+    t0, s0 = time.perf_counter(), lm.stats.snapshot()
     ids = lm.prompt_ids(prompt, max_new_tokens=max_new_tokens)
     rng = keyed_rng(seed, VANILLA, sample_index)
     logits, kv = lm.forward(torch.tensor([ids]))
@@ -77,8 +76,7 @@ def best_of_n(lm: LanguageModel, prompt: str, n: int = 4, evaluator: Evaluator |
         raise ConfigError(f"n must be a positive integer, got {n!r}")
     if evaluator is None:
         evaluator = self_evaluator(lm)
-    t0 = time.perf_counter()
-    s0 = lm.stats.snapshot()
+    t0, s0 = time.perf_counter(), lm.stats.snapshot()
     samples = [generate_vanilla(lm, prompt, max_new_tokens, do_sample=True, temperature=temperature,
                                 top_k=top_k, seed=seed, sample_index=i) for i in range(n)]
     values = [float(evaluator(prompt, r.text)) for r in samples]
