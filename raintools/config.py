@@ -130,6 +130,12 @@ class RainConfig:
         lengths = self.token_set_lengths
         return lengths[min(step, len(lengths) - 1)]
 
+    @property
+    def needs_embeddings(self) -> bool:
+        """Whether a search embeds its path texts: only the similarity update and node addition
+        read embeddings."""
+        return self.similarity_update or self.node_addition
+
     def completion_budget(self, remaining: int) -> int:
         """Tokens a clause completion may draw: none without `complete_clause`, else what is left
         of the response (`remaining`), at most `clause_max_tokens`."""

@@ -87,8 +87,7 @@ class RainSearch:
         self.stats, self.timer = Stats(self.engine), PhaseTimer()
         self.counts = self.stats.counts
         self.evaluator, self.own_judge = search_judge(lm, evaluator, cfg, self.engine, self.flow)
-        self.needs_embeddings = cfg.similarity_update or cfg.node_addition
-        self.embedder = load_embedder() if embedder is None and self.needs_embeddings else embedder
+        self.embedder = load_embedder() if embedder is None and cfg.needs_embeddings else embedder
         self.bounds, self.memo, self._emitting = Bounds(), {}, threading.RLock()
         self._next_uid, self._add_counter, self.in_flight = 1, 0, {}   # leaf -> its expanding simulation
         self.sim_index = self.walks = self.outer_step = 0
@@ -237,7 +236,7 @@ class RainSearch:
     def embed(self, sim: Simulation) -> torch.Tensor | None:
         """The embeddings of the text from each non-root node of the path down to its evaluated
         end, from one embedder call (each text once)."""
-        path = sim.path if self.needs_embeddings else []
+        path = sim.path if self.cfg.needs_embeddings else []
         texts = [self.lm.decode([t for node in path[i:] for t in node.tokens] + sim.completion)
                  for i in range(1, len(path))]
         unique = list(dict.fromkeys(texts))
@@ -469,7 +468,7 @@ def rain_generate_batch(lm: LanguageModel, prompts: list[str], config: RainConfi
         return [rain_generate(lm, p, cfg, evaluator=evaluator, embedder=embedder, engine=engine,
                               prompt_ids=ids)
                 for p, ids in tqdm(jobs, desc="RAIN prompts", disable=not progress)]
-    if (cfg.similarity_update or cfg.node_addition) and embedder is None:
+    if cfg.needs_embeddings and embedder is None:
         embedder = load_embedder()
     workers = concurrency or min(len(prompts), 64)
     if engine in VLLM_ENGINES:        # the server batches the requests: one thread per search

@@ -219,6 +219,17 @@ def test_ablation_switches(tiny_lm):
     assert none.stats["nodes_added"] == 0
     _, sampled = run(tiny_lm, SMALL.replace(commit_rule="sample"))
     assert len(sampled.tokens) == 18
+    # with neither the similarity update nor node addition nothing reads embeddings: no embedder
+    # is loaded or called
+    calls = []
+    counted = lambda texts: calls.append(len(texts)) or letter_embedder(texts)
+    _, both = run(tiny_lm, SMALL.replace(node_addition=False), embedder=counted)
+    assert calls and not both.stats.get("nodes_added")
+    calls.clear()
+    off = SMALL.replace(similarity_update=False, node_addition=False)
+    s, _ = run(tiny_lm, off, embedder=counted)
+    assert not calls
+    assert RainSearch(tiny_lm, "hello", off, evaluator=vowel_judge).embedder is None
 
 
 @pytest.mark.parametrize("c", [0.0, 2.0])

@@ -551,7 +551,7 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
 
             task_evaluator(lm, task_obj, method_config)      # the shared evaluator, made once, here
             threaded = method_config
-            if method_config.rain.similarity_update or method_config.rain.node_addition:
+            if method_config.rain.needs_embeddings:
                 from ..embed import load_embedder
                 threaded = method_config.replace(
                     embedder=Locked(method_config.embedder or load_embedder()))
