@@ -249,14 +249,11 @@ class ForwardBatcher:
             raise
 
     def _execute(self, batch: list[_Request]) -> None:
-        fns: dict[int, list[_Request]] = {}
-        shapes = []
+        fns: dict[int, list[_Request]] = {}         # list-function calls by function
         for r in batch:
             if r.kind == "fn":
                 fns.setdefault(id(r.args[0]), []).append(r)
-            else:
-                shapes.append(r)
-        for group in self._groups(shapes):
+        for group in self._groups([r for r in batch if r.kind == "lm"]):
             try:
                 self._run_group(group)
             except Exception as exc:  # noqa: BLE001 - handed to the waiting workers (Ctrl-C: `_schedule`)

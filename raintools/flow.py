@@ -63,15 +63,15 @@ def packed_pass(forward, reqs: Sequence[ForwardArgs]) -> list[tuple]:
 
 
 class Flow:
-    """The slots' schedule (module docstring); also the forward callable of the search's engine
-    (at every K) and of its judge at K > 1. `merge=False` runs the parked calls one by one (same
-    schedule): what the packing is compared with; calls of several rows or with 2D masks (the
-    "rows" route) always do. `concurrent`: the slots' requests run on their own threads
+    """The slots' schedule (module docstring), and the forward callable of the search's engine (at
+    every K) and of its judge at K > 1. `merge=False` runs the parked calls one by one (same
+    schedule), for comparison with the packing; calls of several rows or with 2D masks (the "rows"
+    route) always run so. `concurrent`: the slots' requests run on their own threads
     (`Engine.concurrent`).
 
-    `stats`: this search's own forward passes and tokens (`ForwardStats`), what `base` (the
-    counters `forward` counts in: the model's `lm.stats`, shared by every search on the model, or
-    a batch client's) gained during this search's calls (`counting`); passes run one at a time."""
+    `stats`: this search's own forward passes and tokens: what `base` (the counters `forward`
+    counts in: `lm.stats`, shared by every search on the model, or a batch client's) gained during
+    this search's calls (`counting`; passes run one at a time)."""
 
     def __init__(self, forward: Callable, base: ForwardStats, merge: bool = True, concurrent: bool = False):
         self.forward, self.base, self.merge, self.concurrent = forward, base, merge, concurrent
