@@ -66,10 +66,9 @@ class _Request:
         if kind == "lm":
             self.args = a = ForwardArgs(*args)
             self.plain = a.attention_mask is None and a.position_ids is None
-            self.rows, self.s = int(a.input_ids.shape[0]), int(a.input_ids.shape[1])
+            self.rows, self.s = map(int, a.input_ids.shape)
             self.p = kv_len(a.past)
-            self.kv_token_bytes = (sum(k.shape[1] * k.shape[3] * k.element_size() * 2 for k, _ in a.past)
-                                   if a.past else 0)
+            self.kv_token_bytes = sum(k.shape[1] * k.shape[3] * k.element_size() * 2 for k, _ in a.past or ())
 
 
 class Client:

@@ -202,6 +202,7 @@ class Flow:
         if len(slots) == 1:
             return slots[0]()
         self.error = None           # an earlier step's error (raised then) does not end this one
+        done: set[int] = set()
 
         def body(i):
             self._local.slot = i
@@ -219,7 +220,6 @@ class Flow:
                         self._turn = None
                     self._cond.notify_all()
 
-        done: set[int] = set()
         self._clock = dict.fromkeys(range(len(slots)), self.now)
         self._due = dict.fromkeys(range(len(slots)), self.now)
         side_by_side([body] * len(slots), serve=lambda: self._serve_or_unwind(done, len(slots)))
