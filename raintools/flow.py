@@ -126,8 +126,10 @@ class Flow:
         try:
             yield
             answered = True
-        finally:       # back at its due tick; a failed request on its own thread too, before the
-            with self._cond:      # slot's unwinding touches the tree (its virtual loss, `in_flight`)
+        finally:
+            # back at its due tick; a failed request on its own thread too, before the slot's
+            # unwinding touches the tree (its virtual loss, `in_flight`)
+            with self._cond:
                 del self._busy[slot]
                 if answered or self.concurrent:
                     self._due[slot] = self._clock[slot] + max(1, int(ticks()))
