@@ -2,7 +2,7 @@
 
 `rain_generate_batch` runs one ordinary search per prompt. Each gets its own `Client` of a
 `ForwardBatcher`: the forward callable its engine and its judge run (`RainSearch(forward=...)`,
-`SelfEvaluator.fork(forward=...)`) and `call` for the embedder. The scheduler (the calling thread)
+`SelfEvaluator.fork(forward=...)`); `BatchedCall` for the embedder. The scheduler (the calling thread)
 waits until every live search has a request waiting, then answers them all from as few passes as
 the cost model allows: requests sorted by (new tokens, past length) join a group while one padded
 pass costs less than two (`call_cost`: the fixed price of a pass in token units, large on a GPU);
@@ -17,10 +17,11 @@ exact.
 
 from __future__ import annotations
 
+import heapq
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -40,10 +41,20 @@ class BatchStats:
     fn_requests: int = 0
 
 
+class ForwardArgs(NamedTuple):
+    """A forward request: the arguments of `LanguageModel.forward`, in its order."""
+    input_ids: torch.Tensor
+    past: KV | None = None
+    attention_mask: torch.Tensor | None = None
+    all_logits: bool = False
+    position_ids: torch.Tensor | None = None
+    logits_at: torch.Tensor | None = None
+
+
 class _Request:
-    """A request waiting for the scheduler: a list-function call ("fn") or a forward pass ("lm"),
-    with what its grouping reads: rows, new tokens `s`, past length `p`, bytes per KV token, and
-    `plain` (no mask, default positions)."""
+    """A request waiting for the scheduler: a list-function call ("fn": the function and its
+    items) or a forward pass ("lm": `ForwardArgs`), with what its grouping reads: rows, new
+    tokens `s`, past length `p`, bytes per KV token, and `plain` (no mask, default positions)."""
 
     __slots__ = ("worker", "kind", "args", "event", "result", "error", "rows", "s", "p",
                  "kv_token_bytes", "plain")
@@ -53,44 +64,37 @@ class _Request:
         self.event = threading.Event()
         self.result, self.error = None, None      # the answer, or the error it raised
         if kind == "lm":
-            ids, past = args[0], args[1]
-            self.plain = args[2] is None and args[4] is None
-            self.rows, self.s = int(ids.shape[0]), int(ids.shape[1])
-            self.p = kv_len(past)
-            self.kv_token_bytes = (sum(k.shape[1] * k.shape[3] * k.element_size() * 2 for k, _ in past)
-                                   if past else 0)
+            self.args = a = ForwardArgs(*args)
+            self.plain = a.attention_mask is None and a.position_ids is None
+            self.rows, self.s = map(int, a.input_ids.shape)
+            self.p = kv_len(a.past)
+            self.kv_token_bytes = sum(k.shape[1] * k.shape[3] * k.element_size() * 2 for k, _ in a.past or ())
 
 
 class Client:
     """One search's side of a `ForwardBatcher`: a forward callable (the signature of
-    `LanguageModel.forward`) whose passes are answered from merged ones, `call` for list
-    functions (the embedder), and its own counters (`stats`: requests and tokens asked for)."""
+    `LanguageModel.forward`) whose passes are answered from merged ones (list functions such as
+    the embedder: `BatchedCall`), and its own counters (`stats`: requests and tokens asked for)."""
 
     def __init__(self, batcher: "ForwardBatcher", slot: int):
         self.batcher, self.slot, self.stats = batcher, slot, ForwardStats()
 
-    def __call__(self, input_ids, past=None, attention_mask=None, all_logits=False,
-                 position_ids=None, logits_at=None):
+    def __call__(self, *args, **kwargs):
+        args = ForwardArgs(*args, **kwargs)
         self.stats.calls += 1
-        self.stats.tokens += int(input_ids.numel())
-        return self.batcher._submit(self, "lm", (input_ids, past, attention_mask, all_logits,
-                                                 position_ids, logits_at))
-
-    def call(self, fn: Callable[[list], torch.Tensor], items: Sequence) -> torch.Tensor:
-        """`fn(items)` for a function of a list returning one row per item (e.g. an embedder),
-        batched with the other searches' calls to the same `fn` in this round."""
-        return self.batcher._submit(self, "fn", (fn, list(items)))
+        self.stats.tokens += int(args.input_ids.numel())
+        return self.batcher._submit(self, "lm", args)
 
 
 class BatchedCall:
-    """A list function (e.g. the sentence embedder) called through a client, so that the calls
-    of the searches of one round become one call."""
+    """`fn` (a function of a list returning one row per item, e.g. the sentence embedder) called
+    through a client: the calls of the searches of one round to the same `fn` become one call."""
 
     def __init__(self, client: Client, fn: Callable[[list], torch.Tensor]):
         self.client, self.fn = client, fn
 
-    def __call__(self, items):
-        return self.client.call(self.fn, items)
+    def __call__(self, items: Sequence) -> torch.Tensor:
+        return self.client.batcher._submit(self.client, "fn", (self.fn, list(items)))
 
 
 def side_by_side(jobs: Sequence[Callable[[int], Any]], workers: int | None = None,
@@ -195,18 +199,18 @@ class ForwardBatcher:
         jobs = list(jobs)
         n = len(jobs)
         workers = max(1, min(workers or n, n)) if n else 0
-        free: list[int] = []                 # slots of finished jobs, for the jobs after them
-        unfinished = [n]
+        free: list[int] = []                 # a heap: slots of finished jobs, for the jobs after them
+        finished = 0
 
         def work(i: int):
+            nonlocal finished
             with self._cond:
-                slot = i if i < workers else free.pop(0)
+                slot = i if i < workers else heapq.heappop(free)
             result = jobs[i](Client(self, slot))     # an error stops the batch: no slot to free
             with self._cond:
-                free.append(slot)
-                free.sort()
-                unfinished[0] -= 1
-                self._live = min(workers, unfinished[0])
+                heapq.heappush(free, slot)
+                finished += 1
+                self._live = min(workers, n - finished)
                 self._cond.notify_all()
             return result
 
@@ -244,14 +248,11 @@ class ForwardBatcher:
             raise
 
     def _execute(self, batch: list[_Request]) -> None:
-        fns: dict[int, list[_Request]] = {}
-        shapes = []
+        fns: dict[int, list[_Request]] = {}         # list-function calls by function
         for r in batch:
             if r.kind == "fn":
                 fns.setdefault(id(r.args[0]), []).append(r)
-            else:
-                shapes.append(r)
-        for group in self._groups(shapes):
+        for group in self._groups([r for r in batch if r.kind == "lm"]):
             try:
                 self._run_group(group)
             except Exception as exc:  # noqa: BLE001 - handed to the waiting workers (Ctrl-C: `_schedule`)
@@ -287,7 +288,8 @@ class ForwardBatcher:
         and fits the size caps; without packing, only same-shape plain rows stack; a 2D mask with
         holes runs alone on a windowed route (sliding windows count the holes, a tree does not)."""
         route = self.lm.route
-        if any(route.windowed and r.args[2] is not None and r.args[2].dim() == 2 for r in (sh, group[0])):
+        if any(route.windowed and r.args.attention_mask is not None and r.args.attention_mask.dim() == 2
+               for r in (sh, group[0])):
             return False
         rows, s, p = sum(r.rows for r in group), max(r.s for r in group), max(r.p for r in group)
         if not route.packed and not (sh.plain and group[0].plain and (sh.s, sh.p) == (s, p)):
@@ -300,19 +302,15 @@ class ForwardBatcher:
     # ------------------------------------------------------------------ one pass
     def _run_group(self, group: list[_Request]) -> None:
         lm, st = self.lm, self.stats
+        R, S, P = sum(sh.rows for sh in group), max(sh.s for sh in group), max(sh.p for sh in group)
         st.calls += 1
         st.requests += len(group)
-        real = sum(sh.rows * sh.s for sh in group)
-        st.real_tokens += real
+        st.real_tokens += sum(sh.rows * sh.s for sh in group)
+        st.padded_tokens += R * S
         if len(group) == 1:
-            st.padded_tokens += real
             group[0].result = lm.forward(*group[0].args)
             return
         st.merged_calls += 1
-        R = sum(sh.rows for sh in group)
-        S = max(sh.s for sh in group)
-        P = max(sh.p for sh in group)
-        st.padded_tokens += R * S
         pad = lm.tokenizer.pad_token_id or 0
         ids = torch.full((R, S), pad, dtype=torch.long)
         pos = torch.zeros((R, S), dtype=torch.long)
@@ -347,7 +345,8 @@ class ForwardBatcher:
         logits, kv = lm.forward(ids, padded or None, attention_mask=mask, position_ids=pos, logits_at=keep)
         for sh, (r0, b), w in zip(group, spans, wants):
             own = [(k[r0:r0 + b, :, P - sh.p:P + sh.s], v[r0:r0 + b, :, P - sh.p:P + sh.s]) for k, v in kv]
-            sh.result = (own_logits(logits[r0:r0 + b, :w.shape[1]], sh.args[3], sh.args[5]), own)
+            wanted = own_logits(logits[r0:r0 + b, :w.shape[1]], sh.args.all_logits, sh.args.logits_at)
+            sh.result = (wanted, own)
 
 
 # A forward request's part of a merged pass (`_run_group`: padded rows; `raintools.flow.packed_pass`:

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .batch import own_logits, request_mask, request_positions, side_by_side, wanted_logits
+from .batch import ForwardArgs, own_logits, request_mask, request_positions, side_by_side, wanted_logits
 from .models import ForwardStats, kv_cat, kv_gather, kv_len
 
 
@@ -36,17 +36,12 @@ class Aborted(Exception):
     """Another slot failed: this one unwinds."""
 
 
-def _request(input_ids, past=None, attention_mask=None, all_logits=False, position_ids=None,
-             logits_at=None) -> tuple:
-    return input_ids, past, attention_mask, all_logits, position_ids, logits_at
-
-
-def packed_pass(forward, reqs: Sequence[tuple]) -> list[tuple]:
-    """Forward requests `(ids [1, s], past, 4D mask or None, all_logits, positions, logits_at)` as
-    one pass: their pasts concatenated, their tokens in one sequence, each token seeing exactly its
-    own request's past and tokens (a 4D mask) at its own positions, so each computes what it would
-    alone (up to float rounding). Returns each request's (logits, KV) as its own pass would."""
-    lens = [(kv_len(r[1]), int(r[0].shape[1])) for r in reqs]
+def packed_pass(forward, reqs: Sequence[ForwardArgs]) -> list[tuple]:
+    """Forward requests of one row (ids [1, s], a 4D mask or none) as one pass: their pasts
+    concatenated, their tokens in one sequence, each token seeing exactly its own request's past
+    and tokens (a 4D mask) at its own positions, so each computes what it would alone (up to float
+    rounding). Returns each request's (logits, KV) as its own pass would."""
+    lens = [(kv_len(r.past), int(r.input_ids.shape[1])) for r in reqs]
     tp, ts = sum(p for p, _ in lens), sum(s for _, s in lens)
     mask = torch.zeros(ts, tp + ts, dtype=torch.bool)
     pos, want, po, so = [], [], 0, 0
@@ -56,27 +51,27 @@ def packed_pass(forward, reqs: Sequence[tuple]) -> list[tuple]:
         pos.append(request_positions(pids, p, s)[0])
         want.append(so + wanted_logits(s, all_logits, at)[0])
         po, so = po + p, so + s
-    logits, kv = forward(torch.cat([r[0] for r in reqs], dim=1), past=kv_cat([r[1] for r in reqs]) or None,
-                         attention_mask=mask[None, None], position_ids=torch.cat(pos)[None],
-                         logits_at=torch.cat(want)[None])
+    logits, kv = forward(torch.cat([r.input_ids for r in reqs], dim=1),
+                         past=kv_cat([r.past for r in reqs]) or None, attention_mask=mask[None, None],
+                         position_ids=torch.cat(pos)[None], logits_at=torch.cat(want)[None])
     out, at, so = [], 0, 0
     for r, (p, s), w in zip(reqs, lens, want):
-        out.append((own_logits(logits[:, at:at + len(w)], r[3], r[5]),
-                    kv_cat([r[1], kv_gather(kv, range(tp + so, tp + so + s))])))
+        out.append((own_logits(logits[:, at:at + len(w)], r.all_logits, r.logits_at),
+                    kv_cat([r.past, kv_gather(kv, range(tp + so, tp + so + s))])))
         at, so = at + len(w), so + s
     return out
 
 
 class Flow:
-    """The slots' schedule (module docstring); also the forward callable of the search's engine
-    (at every K) and of its judge at K > 1. `merge=False` runs the parked calls one by one (same
-    schedule): what the packing is compared with; calls of several rows or with 2D masks (the
-    "rows" route) always do. `concurrent`: the slots' requests run on their own threads
+    """The slots' schedule (module docstring), and the forward callable of the search's engine (at
+    every K) and of its judge at K > 1. `merge=False` runs the parked calls one by one (same
+    schedule), for comparison with the packing; calls of several rows or with 2D masks (the "rows"
+    route) always run so. `concurrent`: the slots' requests run on their own threads
     (`Engine.concurrent`).
 
-    `stats`: this search's own forward passes and tokens (`ForwardStats`), what `base` (the
-    counters `forward` counts in: the model's `lm.stats`, shared by every search on the model, or
-    a batch client's) gained during this search's calls (`counting`); passes run one at a time."""
+    `stats`: this search's own forward passes and tokens: what `base` (the counters `forward`
+    counts in: `lm.stats`, shared by every search on the model, or a batch client's) gained during
+    this search's calls (`counting`; passes run one at a time)."""
 
     def __init__(self, forward: Callable, base: ForwardStats, merge: bool = True, concurrent: bool = False):
         self.forward, self.base, self.merge, self.concurrent = forward, base, merge, concurrent
@@ -131,8 +126,10 @@ class Flow:
         try:
             yield
             answered = True
-        finally:       # back at its due tick; a failed request on its own thread too, before the
-            with self._cond:      # slot's unwinding touches the tree (its virtual loss, `in_flight`)
+        finally:
+            # back at its due tick; a failed request on its own thread too, before the slot's
+            # unwinding touches the tree (its virtual loss, `in_flight`)
+            with self._cond:
                 del self._busy[slot]
                 if answered or self.concurrent:
                     self._due[slot] = self._clock[slot] + max(1, int(ticks()))
@@ -146,7 +143,7 @@ class Flow:
         if slot not in self._busy:
             raise RuntimeError("a slot ran a forward pass outside a request (Flow.request)")
         with self._cond:
-            self._parked[slot] = _request(*args, **kwargs)
+            self._parked[slot] = ForwardArgs(*args, **kwargs)
             self._wait_turn(slot)
         out = self._results.pop(slot)
         if isinstance(out, BaseException):
@@ -164,9 +161,7 @@ class Flow:
         if self.slot is None:           # one simulation in flight: nobody to wake
             return
         with self._cond:
-            t = self._clock[self.slot]
-            for s in self._idle:
-                self._due[s] = t
+            self._due.update(dict.fromkeys(self._idle, self._clock[self.slot]))
             self._idle.clear()
 
     def _release(self) -> None:
@@ -209,6 +204,7 @@ class Flow:
         if len(slots) == 1:
             return slots[0]()
         self.error = None           # an earlier step's error (raised then) does not end this one
+        done: set[int] = set()
 
         def body(i):
             self._local.slot = i
@@ -226,7 +222,6 @@ class Flow:
                         self._turn = None
                     self._cond.notify_all()
 
-        done: set[int] = set()
         self._clock = dict.fromkeys(range(len(slots)), self.now)
         self._due = dict.fromkeys(range(len(slots)), self.now)
         side_by_side([body] * len(slots), serve=lambda: self._serve_or_unwind(done, len(slots)))
@@ -266,8 +261,7 @@ class Flow:
                         continue
                     if len(done) == k:
                         return
-                    for s in self._idle:           # nobody left to wake them
-                        self._due[s] = self.now
+                    self._due.update(dict.fromkeys(self._idle, self.now))     # nobody left to wake them
                     if not self._idle and self.error is None:
                         self.error = RuntimeError("the slots' schedule stalled")     # a bug
                     self._idle.clear()
@@ -278,8 +272,9 @@ class Flow:
                 self._results.update(zip([s for s, _ in batch], results))
                 self._runnable += [s for s, _ in batch]
 
-    def _pass(self, reqs: list[tuple]) -> list:
-        mergeable = [r[0].shape[0] == 1 and (r[2] is None or r[2].dim() == 4) for r in reqs]
+    def _pass(self, reqs: list[ForwardArgs]) -> list:
+        mergeable = [r.input_ids.shape[0] == 1 and (r.attention_mask is None or r.attention_mask.dim() == 4)
+                     for r in reqs]
         try:
             if self.merge and len(reqs) > 1 and all(mergeable):
                 self.passes += 1

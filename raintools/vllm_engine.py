@@ -67,8 +67,7 @@ class ClientStats:
 
 def _token_id(key) -> int:
     """A token of a `return_tokens_as_token_ids` answer ('token_id:123') or a prompt_logprobs key."""
-    s = str(key)
-    return int(s[9:]) if s.startswith("token_id:") else int(s)
+    return int(str(key).removeprefix("token_id:"))
 
 
 class VllmClient:
@@ -135,15 +134,22 @@ class VllmClient:
         view.stop = stop
         return view
 
-    def _completions(self, prompt, nseq: int, ids_len: int, **params) -> dict:
+    def _completions(self, prompt: list, **params) -> list[dict]:
+        """One /v1/completions request for `prompt` (token ids, or a list of such prompts sent as
+        one batch): its choices in order. A prompt longer than the server's context less
+        `max_tokens` is refused before it is sent."""
+        prompts = prompt if prompt and isinstance(prompt[0], list) else [prompt]
+        for ids in prompts:
+            if self.max_model_len and len(ids) + params["max_tokens"] > self.max_model_len:
+                raise self._too_long(f"{len(ids)} tokens plus {params['max_tokens']} new tokens")
         if self.stop is not None and self.stop.is_set():
             raise RuntimeError("Stopped: another search of this batch failed, or it was interrupted "
                                "(that error is the one raised).")
         body = {"model": self.model, "prompt": prompt, **params}
         t0 = time.perf_counter()
-        out = self._post("/v1/completions", body, ids_len)
-        self.stats.add(nseq, out.get("usage"), time.perf_counter() - t0)
-        return out
+        out = self._post("/v1/completions", body, max(map(len, prompts)))
+        self.stats.add(params.get("n", 1) * len(prompts), out.get("usage"), time.perf_counter() - t0)
+        return sorted(out["choices"], key=lambda c: c["index"])
 
     def map(self, fn: Callable, items: Sequence) -> list:
         """fn over items, `workers` at a time (results in order; the first error is raised)."""
@@ -191,10 +197,6 @@ class VllmClient:
                 f"{remote_ids[:8]}... there and {local[:8]}... here. Start the server with the same "
                 f"model (folder or hub id) as the local one, or load the local model the server serves.")
 
-    def _check_len(self, ids: Sequence[int], new: int) -> None:
-        if self.max_model_len and len(ids) + new > self.max_model_len:
-            raise self._too_long(f"{len(ids)} tokens plus {new} new tokens")
-
     def _too_long(self, prompt: str, detail: str = "") -> PromptError:
         return PromptError(f"A prompt of {prompt} does not fit the vLLM server's context of "
                            f"{self.max_model_len} tokens{detail}. Shorten the prompt, lower "
@@ -204,11 +206,9 @@ class VllmClient:
     def next_token(self, ids: Sequence[int], k: int) -> tuple[list[int], list[float]]:
         """Top-k next tokens at `ids` and their log-probabilities (full-vocabulary log-softmax,
         temperature 1), sorted by decreasing log-probability."""
-        ids = [int(t) for t in ids]
-        self._check_len(ids, 1)
-        out = self._completions(ids, 1, len(ids), max_tokens=1, temperature=0.0, logprobs=int(k),
-                                return_tokens_as_token_ids=True)
-        top = out["choices"][0]["logprobs"]["top_logprobs"][0]
+        choices = self._completions([int(t) for t in ids], max_tokens=1, temperature=0.0,
+                                    logprobs=int(k), return_tokens_as_token_ids=True)
+        top = choices[0]["logprobs"]["top_logprobs"][0]
         pairs = sorted(((_token_id(t), float(lp)) for t, lp in top.items()), key=lambda p: -p[1])[:k]
         return [t for t, _ in pairs], [lp for _, lp in pairs]
 
@@ -225,8 +225,6 @@ class VllmClient:
         at max_tokens. The log-probability of each sampled token is vLLM's raw one (full vocabulary,
         temperature 1), not that of the truncated sampling distribution; `logprobs`: also the top
         that many tokens' raw log-probabilities at each position (`Continuation.top`)."""
-        ids = [int(t) for t in ids]
-        self._check_len(ids, max_tokens)
         params = dict(max_tokens=int(max_tokens), n=int(n), temperature=float(temperature),
                       logprobs=int(logprobs), return_tokens_as_token_ids=True, ignore_eos=True,
                       stop_token_ids=[int(s) for s in stop_ids], skip_special_tokens=False)
@@ -234,9 +232,8 @@ class VllmClient:
             params["top_k"] = int(top_k)
         if seed is not None:
             params["seed"] = int(seed) & 0x7FFFFFFFFFFFFFFF
-        out = self._completions(ids, n, len(ids), **params)
         conts = []
-        for ch in sorted(out["choices"], key=lambda c: c["index"]):
+        for ch in self._completions([int(t) for t in ids], **params):
             lp = ch["logprobs"]
             conts.append(Continuation([_token_id(t) for t in lp["tokens"]],
                                       [float(x) for x in lp["token_logprobs"]],
@@ -256,13 +253,10 @@ class VllmClient:
         letters like `SelfEvaluator._letter_probs`. One request carries every order."""
         per_order = evaluator.prompt_ids(query, response)
         letters = [int(t) for t in evaluator.letter_ids]
-        for ids in per_order:
-            self._check_len(ids, 1)
-        out = self._completions(per_order, len(per_order), max(map(len, per_order)), max_tokens=1,
-                                temperature=0.0, logprobs=1, logprob_token_ids=letters,
-                                return_tokens_as_token_ids=True)
+        choices = self._completions(per_order, max_tokens=1, temperature=0.0, logprobs=1,
+                                    logprob_token_ids=letters, return_tokens_as_token_ids=True)
         rows = []
-        for ch in sorted(out["choices"], key=lambda c: c["index"]):
+        for ch in choices:
             top = {_token_id(t): float(lp) for t, lp in ch["logprobs"]["top_logprobs"][0].items()}
             missing = [t for t in letters if t not in top]
             if missing:
@@ -492,9 +486,9 @@ class VllmEngine:
             jobs.append(lambda: self._complete_server(req.completion))
         if req.length > 0:
             attempts = req.uniforms.shape[0]
-            seed = int(req.uniforms[0, 0] * (1 << 52)) if attempts else 0
             jobs.append(lambda: self._lines(base, 1, req.length, 0.0, 0))
             if attempts:
+                seed = int(req.uniforms[0, 0] * (1 << 52))
                 jobs.append(lambda: self._lines(base, attempts, req.length, self.temperature, seed))
         lines = [x for r in self.client.map(lambda f: f(), jobs) if isinstance(r, list) for x in r]
         return [t for t, _ in lines], [p for _, p in lines]

@@ -83,11 +83,10 @@ def is_cpu_build(python: str | Path | None) -> bool:
 def cpu_workaround(extra: Sequence[str], max_model_len: int | None) -> list[str]:
     """`CPU_WORKAROUND` for a server started with `extra` arguments (module docstring); no context
     given: no budget (vLLM's default then holds the model's context)."""
-    if any(a.split("=", 1)[0] in ("--enable-chunked-prefill", "--no-enable-chunked-prefill",
-                                  "--max-num-batched-tokens") for a in extra):
-        return []
     no_chunks, budget, tokens = CPU_WORKAROUND
-    return [no_chunks] + ([budget, str(max(int(tokens), int(max_model_len)))] if max_model_len else [])
+    if {a.split("=", 1)[0] for a in extra} & {"--enable-chunked-prefill", no_chunks, budget}:
+        return []
+    return [no_chunks, budget, str(max(int(tokens), int(max_model_len)))] if max_model_len else [no_chunks]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -96,13 +95,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def cpu_environment(env: dict | None = None) -> dict:
+def cpu_environment() -> dict:
     """Environment for vLLM's CPU build on a small shared machine: a 1 GiB KV cache (plenty for a
     135M model, the default is larger) and OpenMP threads not pinned to cores other processes use.
     Values already set by the user win."""
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
            "VLLM_LOGGING_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", **(os.environ if env is None else env)}
+           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", **os.environ}
     env.pop("PYTHONPATH", None)      # the server must not see raintools' environment
     return env
 
@@ -160,20 +159,18 @@ class VllmServer:
         log's tail if the process exits or the timeout passes)."""
         if self.proc is not None and self.proc.poll() is None:
             return self
-        if self.vllm is None or not Path(self.vllm).exists():
+        if self.vllm is None or not self.vllm.exists():
             raise VllmServerError(
                 "vLLM is not installed: no .venv-vllm with vllm in it and no RAINTOOLS_VLLM_PYTHON. "
                 "Run `make setup-vllm` (vLLM's CPU build in .venv-vllm), or point RAINTOOLS_VLLM_PYTHON "
                 "at the Python of an environment that has vllm.")
-        t0 = time.perf_counter()
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=cpu_environment(), start_new_session=True)
-        deadline = time.monotonic() + timeout
+        t0 = time.monotonic()
+        with open(self.log_path, "wb") as log:      # the child writes to its own copy
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         env=cpu_environment(), start_new_session=True)
         while True:
             if self.proc.poll() is not None:
                 code, self.proc = self.proc.returncode, None
-                self._close_log()
                 raise VllmServerError(f"The vLLM server exited with code {code} while "
                                       f"starting ({' '.join(self.command())}). Its log, "
                                       f"{self.log_path}, ends with:\n{self.log_tail()}")
@@ -182,13 +179,13 @@ class VllmServer:
                     break
             except httpx.HTTPError:
                 pass
-            if time.monotonic() > deadline:
+            if time.monotonic() > t0 + timeout:
                 self.stop()
                 raise VllmServerError(f"The vLLM server did not answer {self.url}/health within "
                                       f"{timeout:.0f} s. Its log, {self.log_path}, ends with:\n"
                                       f"{self.log_tail()}")
             time.sleep(1.0)
-        self.start_seconds = time.perf_counter() - t0
+        self.start_seconds = time.monotonic() - t0
         return self
 
     def log_tail(self, lines: int = 30) -> str:
@@ -197,11 +194,6 @@ class VllmServer:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
-
-    def _close_log(self):
-        log = getattr(self, "_log", None)
-        if log is not None and not log.closed:
-            log.close()
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM to the server's process group (vLLM shuts its engine process down; SIGINT would
@@ -216,7 +208,6 @@ class VllmServer:
                 proc.wait()
             except ProcessLookupError:
                 pass
-        self._close_log()
 
     def __enter__(self) -> "VllmServer":
         return self.start()
@@ -243,16 +234,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         max_model_len=a.max_model_len, max_logprobs=a.max_logprobs, extra=a.extra)
     print(f"starting: {' '.join(server.command())}\nlog: {server.log_path}", flush=True)
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, interrupt)     # `kill PID` stops the server too
-    signal.signal(signal.SIGINT, interrupt)      # also when started in the background (`... &`)
+    # both raise KeyboardInterrupt: `kill PID` stops the server too, and Ctrl-C also when started
+    # in the background (`... &`, where SIGINT is ignored)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         server.start()
         print(f"vLLM serves {server.model} on {server.url} (started in {server.start_seconds:.0f} s); "
               f"Ctrl-C or `kill {os.getpid()}` stops it.", flush=True)
-        while server.proc is not None and server.proc.poll() is None:
-            time.sleep(1.0)
+        server.proc.wait()
         print(f"the server exited; log: {server.log_path}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

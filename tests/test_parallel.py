@@ -229,15 +229,16 @@ def test_a_packed_pass_answers_each_request_as_its_own_pass(tiny_lm):
     """`packed_pass`: requests after pasts of different lengths, most without explicit positions
     (each token then sits right after its own past), one with positions and one asking for all
     its logits, packed into one forward pass: each gets the logits and KV of its own pass."""
-    from raintools.flow import _request, packed_pass
+    from raintools.batch import ForwardArgs
+    from raintools.flow import packed_pass
     from raintools.models import kv_len
 
     lm = tiny_lm
     pasts = [lm.forward(torch.tensor([list(range(3, 3 + n))]))[1] for n in (2, 7, 5, 11)]
-    reqs = [_request(torch.tensor([[40, 41, 42]]), pasts[0]),
-            _request(torch.tensor([[50]]), pasts[1]),
-            _request(torch.tensor([[60, 61]]), pasts[2], all_logits=True),
-            _request(torch.tensor([[70, 71]]), pasts[3], position_ids=torch.tensor([[11, 12]]))]
+    reqs = [ForwardArgs(torch.tensor([[40, 41, 42]]), pasts[0]),
+            ForwardArgs(torch.tensor([[50]]), pasts[1]),
+            ForwardArgs(torch.tensor([[60, 61]]), pasts[2], all_logits=True),
+            ForwardArgs(torch.tensor([[70, 71]]), pasts[3], position_ids=torch.tensor([[11, 12]]))]
     packed = packed_pass(lm.forward, reqs)
     for (ids, past, _, all_logits, pos, _), (logits, kv) in zip(reqs, packed):
         alone_logits, alone_kv = lm.forward(ids, past=past, all_logits=all_logits)
