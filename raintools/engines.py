@@ -115,8 +115,10 @@ class Completion:
         req.fed += 1
         return tok
 
-    def finish(self, state, advance) -> None:
-        """Go on alone: `advance(token, state) -> (logits, state)` per fed token."""
+    def finish(self, advance) -> None:
+        """Go on alone: `advance(token, state) -> (logits, state)` per fed token (`state`: None at
+        the first)."""
+        state = None
         while (tok := self.step()) is not None:
             self.logits, state = advance(tok, state)
 
@@ -335,7 +337,7 @@ class CachedEngine(TransformersEngine):
 
     def _finish_alone(self, comp: Completion, past: Callable[[], KV]) -> None:
         """One pass per token the completion feeds; the first after `past()`, made only then."""
-        comp.finish(None, lambda tok, kv: self._next([tok], kv if kv is not None else past()))
+        comp.finish(lambda tok, kv: self._next([tok], kv if kv is not None else past()))
 
     def commit(self, root, child):
         super().commit(root, child)
@@ -369,8 +371,7 @@ class ReferenceEngine(TransformersEngine):
     def expand(self, req):
         if (comp := req.completion) is not None:
             head = self.prefix_ids + comp.response
-            Completion(self.lm, comp, req.node.logits).finish(
-                None, lambda tok, kv: self._next(head + comp.out, kv))
+            Completion(self.lm, comp, req.node.logits).finish(lambda tok, kv: self._next(head + comp.out, kv))
         if req.length <= 0:
             return []
         node, length, uniforms, keep = req.node, req.length, req.uniforms, req.keep

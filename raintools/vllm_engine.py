@@ -419,8 +419,7 @@ class VllmEngine:
         if req.completion is not None:
             c = req.completion
             head = self.prefix_ids + c.response
-            Completion(self.lm, c, node.logits).finish(
-                None, lambda tok, state: (self._logits(head + c.out, True), None))
+            Completion(self.lm, c, node.logits).finish(lambda _, s: (self._logits(head + c.out, True), s))
         if req.length <= 0:
             return [], []
         attempts = req.uniforms.shape[0]
