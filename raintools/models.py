@@ -714,8 +714,8 @@ def kv_slice(kv: KV, start: int, end: int | None = None, row: int | None = None)
 
 def kv_gather(kv: KV, positions: Sequence[int]) -> KV:
     """The given sequence positions (all batch rows), copied into new tensors."""
-    index = torch.tensor(list(positions))
-    # layers may live on different devices (device_map="auto")
+    index = torch.tensor(list(positions), device=kv[0][0].device if kv else None)
+    # layers may live on different devices (device_map="auto"): `.to` copies only for those
     return [(k.index_select(-2, index.to(k.device)), v.index_select(-2, index.to(v.device)))
             for k, v in kv or ()]
 
