@@ -316,7 +316,7 @@ class ForwardBatcher:
         pos = torch.zeros((R, S), dtype=torch.long)
         mask = torch.zeros((R, 1, S, P + S), dtype=torch.bool)
         first = next((sh.args[1] for sh in group if sh.p > 0), [])      # a past: the layers' shapes
-        padded: KV = [(k.new_zeros(R, k.shape[1], P, k.shape[3]), v.new_zeros(R, k.shape[1], P, k.shape[3]))
+        padded: KV = [(k.new_zeros(R, k.shape[1], P, k.shape[3]), v.new_zeros(R, v.shape[1], P, v.shape[3]))
                       for k, v in first]        # each request's past left-padded to P
         wants: list[torch.Tensor] = []      # logits positions wanted per row
         spans, row = [], 0                   # (first row, rows) per request
