@@ -208,7 +208,7 @@ def test_committed_speed_summaries_are_the_scripts_summaries_of_the_committed_ro
 
     sys.path.insert(0, str(ROOT / "bench"))           # the script imports its folder's _common
     results = ROOT / "bench" / "results"
-    readme = (ROOT / "README.md").read_text()
+    readme = " ".join((ROOT / "README.md").read_text().split())    # reflowed lines alike
     summaries = {"rain_speed.csv": "idle-2026-12-07"}
     summaries.update({p.name: p.stem.removeprefix("rain_speed_")
                       for p in results.glob("rain_speed_final-*-prompt0.csv")})
