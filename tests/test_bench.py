@@ -103,6 +103,7 @@ def test_append_row_refuses_another_layout(tmp_path):
 def bench_module(name):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module                   # a script's dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -195,3 +196,30 @@ def test_the_k4_rerun_repeats_the_committed_k4_runs():
     assert len(both) == len(rerun) == 240
     for col in same:
         assert (both[col] == both[f"{col}_rerun"]).all(), col
+
+
+def test_committed_speed_summaries_are_the_scripts_summaries_of_the_committed_rows(tmp_path):
+    """bench/results/rain_speed.csv (the READMEs' 8-prompt table) and each prompt-0 rerun's summary
+    are what bench/rain_speed.py's `--summary-only` writes from the committed rows of their run in
+    rain_speed_prompts.csv now, and README.md quotes each run's wall speedups over the reference
+    style as the summary's values rounded to 0.1 (nothing edited by hand, no quoted ratio left from
+    an older run)."""
+    import shutil
+
+    sys.path.insert(0, str(ROOT / "bench"))           # the script imports its folder's _common
+    results = ROOT / "bench" / "results"
+    readme = " ".join((ROOT / "README.md").read_text().split())    # reflowed lines alike
+    summaries = {"rain_speed.csv": "idle-2026-12-07"}
+    summaries.update({p.name: p.stem.removeprefix("rain_speed_")
+                      for p in results.glob("rain_speed_final-*-prompt0.csv")})
+    assert len(summaries) >= 3
+    for name, run in summaries.items():
+        out = tmp_path / run
+        out.mkdir()
+        shutil.copy(results / "rain_speed_prompts.csv", out)
+        assert bench_module("rain_speed").main(["--summary-only", "--run", run, "--out", str(out)]) == 0
+        committed = pd.read_csv(results / name)
+        pd.testing.assert_frame_equal(pd.read_csv(out / "rain_speed.csv"), committed)
+        speedups = committed.set_index("variant").speedup_vs_reference
+        quoted = " / ".join(f"{speedups[f'fast_k{k}']:.1f}x" for k in (1, 4, 8))
+        assert quoted in readme, (name, quoted)
