@@ -208,3 +208,14 @@ def test_ablations_are_cumulative():
 def test_numbers_of_other_kinds():
     assert RainConfig(c=3).c == 3 and math.isfinite(RainConfig(c=1e300).c)
     assert refused(c=-float("inf")) == "c must be a finite number, got -inf."
+
+
+def test_the_clause_completion_budget_is_what_is_left_capped_and_none_without_completion():
+    """A clause completion may draw what is left of the response (never below 0), at most
+    clause_max_tokens (None: no cap, as the paper); nothing without complete_clause."""
+    assert [RainConfig().completion_budget(r) for r in (-3, 0, 1, 50)] == [0, 0, 1, 50]
+    capped = RainConfig(clause_max_tokens=4)
+    assert [capped.completion_budget(r) for r in (-3, 0, 3, 4, 5, 50)] == [0, 0, 3, 4, 4, 4]
+    assert RainConfig(clause_max_tokens=0).completion_budget(9) == 0
+    assert RainConfig(complete_clause=False).completion_budget(50) == 0
+    assert RainConfig(complete_clause=False, clause_max_tokens=4).completion_budget(50) == 0

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from raintools.config import RainConfig
+from raintools.sampling import TIE, keyed_rng
 from raintools.tree import (Bounds, Node, backup, embedding_variance_norm, most_visited,
                             needs_node_addition, reroot, sample_by_visits, select_child,
                             selection_score, set_priors, similarity_update, update_embedding)
@@ -417,6 +418,15 @@ def test_tie_rule_random_is_a_draw_keyed_by_seed_node_visits_and_flights():
         parent.fn, parent.virtual = 3, k
         by_flights.add(tie_rule("random", 0, parent, True)(tied))
     assert len(by_visits) > 1 and len(by_flights) > 1
+    by_node = set()                                                     # and with the node: two nodes
+    for uid in range(32):                                               # with the same counts draw
+        parent.uid, parent.fn, parent.virtual = uid, 3, 0               # apart
+        by_node.add(tie_rule("random", 0, parent, True)(tied))
+    assert len(by_node) > 1
+    # its own keyed stream (the purpose tag TIE keeps it apart from the other draws, test_sampling)
+    for seed in range(8):
+        n = keyed_rng(seed, TIE, parent.uid, parent.fn, parent.virtual).integers(len(tied))
+        assert tie_rule("random", seed, parent, False)(tied) is tied[int(n)]
 
 
 def test_reroot_mixes_the_new_roots_priors_with_uniform():
