@@ -51,10 +51,17 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "gpt_oss": ("gpt_oss", dict(_LLAMA, head_dim=8, num_local_experts=4, num_experts_per_tok=2,
                                 sliding_window=WINDOW,
                                 layer_types=["sliding_attention", "full_attention"])),
-    # chunked attention on the rotary layers, NoPE layers with temperature-tuned queries (Llama 4)
+    # Llama 4: chunked attention on the rotary layers, NoPE layers whose queries are scaled by
+    # their index in the cache (attention temperature tuning, in steps of floor_scale tokens: 8,192
+    # in the real models, shorter than the prompts here); and without chunking
     "llama4": ("llama4_text", dict(_LLAMA, head_dim=8, intermediate_size_mlp=64,
                                    num_local_experts=2, num_experts_per_tok=1,
-                                   attention_chunk_size=WINDOW, no_rope_layers=[1, 0])),
+                                   attention_chunk_size=WINDOW, no_rope_layers=[1, 0],
+                                   floor_scale=4)),
+    "llama4-nochunk": ("llama4_text", dict(_LLAMA, head_dim=8, intermediate_size_mlp=64,
+                                           num_local_experts=2, num_experts_per_tok=1,
+                                           attention_chunk_size=None, no_rope_layers=[1, 0],
+                                           floor_scale=4)),
     # partial rotary
     "phi": ("phi", dict(_LLAMA, partial_rotary_factor=0.5)),
     "gpt_neox": ("gpt_neox", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -109,7 +116,7 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 # What each family must get (raintools.routes): a packed token tree wherever it reproduces the
 # model's forward, one batch row per candidate for ALiBi and chunked attention, the reference
 # engine without a KV cache.
-ROWS = {"falcon-alibi", "bloom", "mpt", "llama4"}
+ROWS = {"falcon-alibi", "bloom", "mpt", "llama4", "llama4-nochunk"}
 RECURRENT = {"mamba", "jamba", "recurrent_gemma", "falcon_h1", "qwen3_next", "lfm2",
              "granitemoehybrid"}
 SLIDING = {"mistral", "starcoder2", "qwen2-swa", "gemma2", "gemma3", "cohere2", "gpt_oss"}
