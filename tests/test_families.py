@@ -163,6 +163,8 @@ def check_fast_paths(lm):
         lines = [P[:21], P[3:24]]
     batcher = ForwardBatcher(lm, call_cost=1e9)
     shapes = [_Request(i, "lm", r) for i, r in enumerate(reqs)]
+    # the size cap counts each past token's keys and values at their own sizes
+    assert shapes[1].kv_token_bytes == sum(k[0, :, :1].nbytes + v[0, :, :1].nbytes for k, v in kv_a)
     groups = batcher._groups(shapes)
     assert len(groups) == 1
     batcher._run_group(groups[0])
