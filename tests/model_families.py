@@ -103,13 +103,21 @@ FAMILIES: dict[str, tuple[str, dict]] = {
                                       linear_num_value_heads=2, linear_num_key_heads=2,
                                       linear_key_head_dim=8, linear_value_head_dim=8,
                                       layer_types=["linear_attention", "full_attention"])),
-    # short-convolution layers (LFM2), Mamba 2 layers with routed experts (Granite 4)
+    # short-convolution layers (LFM2), Mamba 2 layers with routed experts (Granite 4), Mamba 2
+    # layers with rotary attention layers (Bamba), with a shared attention block (Zamba 2)
     "lfm2": ("lfm2", dict(_LLAMA, block_multiple_of=16, layer_types=["conv", "full_attention"])),
     "granitemoehybrid": ("granitemoehybrid", dict(_LLAMA, num_local_experts=2, num_experts_per_tok=1,
                                                   shared_intermediate_size=32,
                                                   layer_types=["mamba", "attention"],
                                                   mamba_n_heads=4, mamba_d_head=16,
                                                   mamba_d_state=4, mamba_chunk_size=16)),
+    "bamba": ("bamba", dict(_LLAMA, attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=16,
+                            mamba_d_state=4, mamba_chunk_size=16)),
+    "zamba2": ("zamba2", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=4,
+                              layers_block_type=["mamba", "hybrid"], mamba_d_state=4,
+                              n_mamba_heads=4, chunk_size=16, adapter_rank=4,
+                              max_position_embeddings=CONTEXT)),
 }
 
 
@@ -118,7 +126,7 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 # engine without a KV cache.
 ROWS = {"falcon-alibi", "bloom", "mpt", "llama4", "llama4-nochunk"}
 RECURRENT = {"mamba", "jamba", "recurrent_gemma", "falcon_h1", "qwen3_next", "lfm2",
-             "granitemoehybrid"}
+             "granitemoehybrid", "bamba", "zamba2"}
 SLIDING = {"mistral", "starcoder2", "qwen2-swa", "gemma2", "gemma3", "cohere2", "gpt_oss"}
 
 
