@@ -1,8 +1,9 @@
 """Every model family exact or routed (issue #12).
 
 Tiny random models of many transformers families (tests/model_families.py: rotary and learned
-absolute positions, partial rotary, multi-query and grouped-query attention, soft-capping, sliding
-windows shorter than every prompt here, ALiBi, state-space and hybrid models). For each family with
+absolute positions, partial rotary, layers without positions, multi-query, grouped-query and
+multi-head latent attention, soft-capping, attention sinks, sliding windows shorter than every
+prompt here, chunked attention, ALiBi, state-space, convolution and hybrid models). For each family with
 a per-token KV cache, the fast engine's paths give the model's own next-token logits: a packed
 (or, on the "rows" route, row-per-candidate) rollout after a cached past, a cached decode step,
 the cached judge (judging prefix + the response and question endings), and a merged pass of two
