@@ -122,9 +122,12 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 
 
 # What each family must get (raintools.routes): a packed token tree wherever it reproduces the
-# model's forward, one batch row per candidate for ALiBi and chunked attention, the reference
-# engine without a KV cache.
-ROWS = {"falcon-alibi", "bloom", "mpt", "llama4", "llama4-nochunk"}
+# model's forward, one batch row per candidate for ALiBi, chunked attention and Llama 4's
+# temperature tuning, the reference engine without a KV cache. The rows families map to what their
+# route's reason names: the static rule, not the self-check (its trees are far shorter than a
+# real model's 8,192-token chunks and temperature steps).
+ROWS = {"falcon-alibi": "ALiBi", "bloom": "position ids", "mpt": "ALiBi", "llama4": "chunked",
+        "llama4-nochunk": "temperature tuning"}
 RECURRENT = {"mamba", "jamba", "recurrent_gemma", "falcon_h1", "qwen3_next", "lfm2",
              "granitemoehybrid", "bamba", "zamba2"}
 SLIDING = {"mistral", "starcoder2", "qwen2-swa", "gemma2", "gemma3", "cohere2", "gpt_oss"}

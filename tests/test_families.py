@@ -82,6 +82,7 @@ def test_each_family_gets_its_route(name, caplog):
         # said once in the log, with the reason
         assert [r.levelno for r in caplog.records] == [logging.WARNING]
         assert route.reason and route.reason in caplog.records[0].getMessage()
+        assert ROWS.get(name, "a per-token KV cache") in route.reason
     else:
         dev, noise = lm.packed_check()
         assert dev < TOL and noise < TOL
@@ -260,7 +261,7 @@ def test_bfloat16_self_evaluator_votes_equal_float32(embedded_lm):
         assert e16(query, response) == e32(query, response)
 
 
-@pytest.mark.parametrize("name", sorted(SLIDING | ROWS) + ["llama"])
+@pytest.mark.parametrize("name", sorted(SLIDING | set(ROWS)) + ["llama"])
 def test_parallel_simulations_on_windowed_and_rows_families(name):
     """Parallel rounds (several leaves' rollouts and judgements packed together, or one by one
     off the packed route) commit what the reference engine commits."""
