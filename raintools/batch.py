@@ -68,7 +68,7 @@ class _Request:
             self.plain = a.attention_mask is None and a.position_ids is None
             self.rows, self.s = map(int, a.input_ids.shape)
             self.p = kv_len(a.past)
-            self.kv_token_bytes = sum(k.shape[1] * k.shape[3] * k.element_size() * 2 for k, _ in a.past or ())
+            self.kv_token_bytes = sum(k[0, :, 0].nbytes + v[0, :, 0].nbytes for k, v in a.past or ())
 
 
 class Client:

@@ -358,6 +358,7 @@ class LanguageModel:
         # transformers' own models name the KV cache argument `cache`; older remote code `past_key_values`
         params = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._takes_positions = "position_ids" in params
 
     # -- basic facts
     @property
@@ -622,8 +623,19 @@ class LanguageModel:
             elif not all_logits:
                 logits = logits[:, -1]
             return logits, past
+        kwargs = {}
+        if past is not None and attention_mask is None and self._takes_positions:
+            # the positions after the past, as generate() passes them (Bamba's own default
+            # restarts at 0 after a cache); a cache without attention layers has no length to read
+            try:
+                p = past.get_seq_length()
+            except (AttributeError, ValueError):
+                p = None
+            if p is not None:
+                pos = torch.arange(p, p + s, device=input_ids.device)
+                kwargs["position_ids"] = pos.expand(len(input_ids), -1)
         logits, cache = self._run(input_ids, copy.deepcopy(past), all_logits, logits_at,
-                                  input_ids.shape[1] - s, attention_mask=attention_mask)
+                                  input_ids.shape[1] - s, attention_mask=attention_mask, **kwargs)
         return logits, (cache if cache is not None else TokenHistory(input_ids.cpu()))
 
     @torch.inference_mode()

@@ -11,8 +11,9 @@ nothing but the mask and the positions. Each model gets one of three routes:
   window into its mask from each token's true position; every layer keeps its whole KV).
 * ``rows`` - the model keeps a per-token KV cache but a packed tree would not reproduce its
   forward (ALiBi biases computed from a 2D mask or from key indices, no ``position_ids``, an
-  attention implementation that ignores 4D masks, chunked attention, windows that differ between
-  layers of one type, or a failed self-check): the same engine runs one batch row per candidate
+  attention implementation that ignores 4D masks, chunked attention, queries scaled by their
+  index in the cache (Llama 4's attention temperature tuning), windows that differ between layers
+  of one type, or a failed self-check): the same engine runs one batch row per candidate
   (plain decoding steps, the model's own masks), slower but exact.
 * ``reference`` - layers without a per-token KV (state-space, linear-attention, recurrent, hybrid
   models): a token tree cannot share their state, so RAIN runs through the reference-style engine
@@ -86,6 +87,7 @@ def static_route(model) -> Route:
                                 f"share")
     impl = getattr(cfg, "_attn_implementation", None) or getattr(model.config, "_attn_implementation", None)
     params = inspect.signature(model.forward).parameters
+    nope = getattr(cfg, "no_rope_layers", None) or ()        # per layer, 0: no rotary positions
     per_type: dict[str, set] = {}
     for t, w in zip(types, windows):
         per_type.setdefault(t, set()).add(w if t == "sliding_attention" else None)
@@ -99,6 +101,9 @@ def static_route(model) -> Route:
                   f"4D token-tree mask (sdpa, eager)")
     elif "chunked_attention" in per_type:
         reason = f"{name} has chunked-attention layers"
+    elif getattr(cfg, "attn_temperature_tuning", False) and 0 in nope:
+        reason = (f"{name} scales the queries of its layers without rotary positions by each token's "
+                  f"index in the cache (attention temperature tuning), not by its position")
     elif any(len(ws) > 1 for ws in per_type.values()):
         reason = f"{name} has sliding windows that differ between layers of one type"
     if reason:

@@ -20,8 +20,18 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "llama": ("llama", dict(_LLAMA)),
     "qwen3": ("qwen3", dict(_LLAMA, head_dim=8)),
     "olmo2": ("olmo2", dict(_LLAMA)),
+    "phi3": ("phi3", dict(_LLAMA)),
     # multi-query attention
     "granite": ("granite", dict(_LLAMA, num_key_value_heads=1)),
+    # multi-head latent attention (DeepSeek V3): the cache holds each layer's compressed latent as
+    # its keys and the shared rotary key as its values, two different head sizes; routed experts
+    "deepseek_v3": ("deepseek_v3", dict(_LLAMA, num_key_value_heads=4, kv_lora_rank=16,
+                                        q_lora_rank=None, qk_rope_head_dim=4, qk_nope_head_dim=8,
+                                        v_head_dim=6, n_routed_experts=4, n_shared_experts=1,
+                                        moe_intermediate_size=16, num_experts_per_tok=2, n_group=2,
+                                        topk_group=1, first_k_dense_replace=1)),
+    # layers without positions (NoPE): SmolLM3's no_rope_layers
+    "smollm3": ("smollm3", dict(_LLAMA, no_rope_layers=[1, 0])),
     # sliding windows: on every layer (Mistral, Starcoder2), on some layers (Qwen2's
     # max_window_layers, Gemma 2/3's layer_types), with soft-capping (Gemma 2)
     "mistral": ("mistral", dict(_LLAMA, sliding_window=WINDOW)),
@@ -36,12 +46,29 @@ FAMILIES: dict[str, tuple[str, dict]] = {
                                                 "sliding_attention"])),
     "cohere2": ("cohere2", dict(_LLAMA, sliding_window=WINDOW,
                                 layer_types=["sliding_attention", "full_attention"])),
+    # attention sinks (a learned logit per head in every softmax), alternating sliding and full
+    # layers, routed experts
+    "gpt_oss": ("gpt_oss", dict(_LLAMA, head_dim=8, num_local_experts=4, num_experts_per_tok=2,
+                                sliding_window=WINDOW,
+                                layer_types=["sliding_attention", "full_attention"])),
+    # Llama 4: chunked attention on the rotary layers, NoPE layers whose queries are scaled by
+    # their index in the cache (attention temperature tuning, in steps of floor_scale tokens: 8,192
+    # in the real models, shorter than the prompts here); and without chunking
+    "llama4": ("llama4_text", dict(_LLAMA, head_dim=8, intermediate_size_mlp=64,
+                                   num_local_experts=2, num_experts_per_tok=1,
+                                   attention_chunk_size=WINDOW, no_rope_layers=[1, 0],
+                                   floor_scale=4)),
+    "llama4-nochunk": ("llama4_text", dict(_LLAMA, head_dim=8, intermediate_size_mlp=64,
+                                           num_local_experts=2, num_experts_per_tok=1,
+                                           attention_chunk_size=None, no_rope_layers=[1, 0],
+                                           floor_scale=4)),
     # partial rotary
     "phi": ("phi", dict(_LLAMA, partial_rotary_factor=0.5)),
     "gpt_neox": ("gpt_neox", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                   num_attention_heads=4, rotary_pct=0.25,
                                   max_position_embeddings=CONTEXT)),
     "stablelm": ("stablelm", dict(_LLAMA, partial_rotary_factor=0.25)),
+    "gptj": ("gptj", dict(n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=CONTEXT)),
     # absolute learned positions
     "gpt2": ("gpt2", dict(n_embd=32, n_layer=2, n_head=4, n_positions=CONTEXT)),
     "gpt_bigcode": ("gpt_bigcode", dict(n_embd=32, n_layer=2, n_head=4, n_positions=CONTEXT,
@@ -76,14 +103,34 @@ FAMILIES: dict[str, tuple[str, dict]] = {
                                       linear_num_value_heads=2, linear_num_key_heads=2,
                                       linear_key_head_dim=8, linear_value_head_dim=8,
                                       layer_types=["linear_attention", "full_attention"])),
+    # short-convolution layers (LFM2), Mamba 2 layers with routed experts (Granite 4), Mamba 2
+    # layers with rotary attention layers (Bamba), with a shared attention block (Zamba 2)
+    "lfm2": ("lfm2", dict(_LLAMA, block_multiple_of=16, layer_types=["conv", "full_attention"])),
+    "granitemoehybrid": ("granitemoehybrid", dict(_LLAMA, num_local_experts=2, num_experts_per_tok=1,
+                                                  shared_intermediate_size=32,
+                                                  layer_types=["mamba", "attention"],
+                                                  mamba_n_heads=4, mamba_d_head=16,
+                                                  mamba_d_state=4, mamba_chunk_size=16)),
+    "bamba": ("bamba", dict(_LLAMA, attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=16,
+                            mamba_d_state=4, mamba_chunk_size=16)),
+    "zamba2": ("zamba2", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=4,
+                              layers_block_type=["mamba", "hybrid"], mamba_d_state=4,
+                              n_mamba_heads=4, chunk_size=16, adapter_rank=4,
+                              max_position_embeddings=CONTEXT)),
 }
 
 
 # What each family must get (raintools.routes): a packed token tree wherever it reproduces the
-# model's forward, one batch row per candidate for ALiBi, the reference engine without a KV cache.
-ROWS = {"falcon-alibi", "bloom", "mpt"}
-RECURRENT = {"mamba", "jamba", "recurrent_gemma", "falcon_h1", "qwen3_next"}
-SLIDING = {"mistral", "starcoder2", "qwen2-swa", "gemma2", "gemma3", "cohere2"}
+# model's forward, one batch row per candidate for ALiBi, chunked attention and Llama 4's
+# temperature tuning, the reference engine without a KV cache. The rows families map to what their
+# route's reason names: the static rule, not the self-check (its trees are far shorter than a
+# real model's 8,192-token chunks and temperature steps).
+ROWS = {"falcon-alibi": "ALiBi", "bloom": "position ids", "mpt": "ALiBi", "llama4": "chunked",
+        "llama4-nochunk": "temperature tuning"}
+RECURRENT = {"mamba", "jamba", "recurrent_gemma", "falcon_h1", "qwen3_next", "lfm2",
+             "granitemoehybrid", "bamba", "zamba2"}
+SLIDING = {"mistral", "starcoder2", "qwen2-swa", "gemma2", "gemma3", "cohere2", "gpt_oss"}
 
 
 def expected_route(name: str) -> str:

@@ -1,8 +1,9 @@
 """Every model family exact or routed (issue #12).
 
 Tiny random models of many transformers families (tests/model_families.py: rotary and learned
-absolute positions, partial rotary, multi-query and grouped-query attention, soft-capping, sliding
-windows shorter than every prompt here, ALiBi, state-space and hybrid models). For each family with
+absolute positions, partial rotary, layers without positions, multi-query, grouped-query and
+multi-head latent attention, soft-capping, attention sinks, sliding windows shorter than every
+prompt here, chunked attention, ALiBi, state-space, convolution and hybrid models). For each family with
 a per-token KV cache, the fast engine's paths give the model's own next-token logits: a packed
 (or, on the "rows" route, row-per-candidate) rollout after a cached past, a cached decode step,
 the cached judge (judging prefix + the response and question endings), and a merged pass of two
@@ -81,6 +82,7 @@ def test_each_family_gets_its_route(name, caplog):
         # said once in the log, with the reason
         assert [r.levelno for r in caplog.records] == [logging.WARNING]
         assert route.reason and route.reason in caplog.records[0].getMessage()
+        assert ROWS.get(name, "a per-token KV cache") in route.reason
     else:
         dev, noise = lm.packed_check()
         assert dev < TOL and noise < TOL
@@ -163,6 +165,8 @@ def check_fast_paths(lm):
         lines = [P[:21], P[3:24]]
     batcher = ForwardBatcher(lm, call_cost=1e9)
     shapes = [_Request(i, "lm", r) for i, r in enumerate(reqs)]
+    # the size cap counts each past token's keys and values at their own sizes
+    assert shapes[1].kv_token_bytes == sum(k[0, :, :1].nbytes + v[0, :, :1].nbytes for k, v in kv_a)
     groups = batcher._groups(shapes)
     assert len(groups) == 1
     batcher._run_group(groups[0])
@@ -257,7 +261,7 @@ def test_bfloat16_self_evaluator_votes_equal_float32(embedded_lm):
         assert e16(query, response) == e32(query, response)
 
 
-@pytest.mark.parametrize("name", sorted(SLIDING | ROWS) + ["llama"])
+@pytest.mark.parametrize("name", sorted(SLIDING | set(ROWS)) + ["llama"])
 def test_parallel_simulations_on_windowed_and_rows_families(name):
     """Parallel rounds (several leaves' rollouts and judgements packed together, or one by one
     off the packed route) commit what the reference engine commits."""
