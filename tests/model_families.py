@@ -118,6 +118,49 @@ FAMILIES: dict[str, tuple[str, dict]] = {
                               layers_block_type=["mamba", "hybrid"], mamba_d_state=4,
                               n_mamba_heads=4, chunk_size=16, adapter_rank=4,
                               max_position_embeddings=CONTEXT)),
+    # KV sharing between layers (Gemma 3n: the last layers reuse the keys and values of earlier
+    # ones, their cache layers hold none), with AltUp, per-layer inputs and sparse activations
+    "gemma3n": ("gemma3n_text", dict(_LLAMA, num_hidden_layers=4, head_dim=8, sliding_window=WINDOW,
+                                     layer_types=["sliding_attention", "full_attention"] * 2,
+                                     num_kv_shared_layers=2, altup_num_inputs=2, laurel_rank=4,
+                                     hidden_size_per_layer_input=4, vocab_size_per_layer_input=128,
+                                     activation_sparsity_pattern=[0.95, 0.0, 0.0, 0.0])),
+    # a sparse-attention indexer choosing which keys each query sees (DeepSeek V3.2: its cache keeps
+    # the indexer's keys too), multi-head latent attention; the indexer keeps fewer keys than a
+    # prompt. With 2 indexer heads of 8 dimensions, keys tie at a zero score (ReLU) and which of
+    # them top-k keeps depends on the sequence's length: the model's own forward then changes with
+    # later tokens; 8 heads of 16 avoid these ties.
+    "deepseek_v32": ("deepseek_v32", dict(_LLAMA, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=8,
+                                          qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6,
+                                          head_dim=4, n_routed_experts=4, n_shared_experts=1,
+                                          moe_intermediate_size=16, num_experts_per_tok=2, n_group=2,
+                                          topk_group=1, first_k_dense_replace=1, index_topk=WINDOW,
+                                          index_head_dim=16, index_n_heads=8)),
+    # lightning (linear) attention layers with softmax attention layers (MiniMax), Kimi Delta
+    # Attention layers with latent attention layers (Kimi Linear)
+    "minimax": ("minimax", dict(_LLAMA, head_dim=8, num_local_experts=2, num_experts_per_tok=1,
+                                block_size=4, layer_types=["linear_attention", "full_attention"])),
+    "kimi_linear": ("kimi_linear", dict(_LLAMA, num_key_value_heads=4, kv_lora_rank=16,
+                                        qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6,
+                                        moe_intermediate_size=16, num_local_experts=4,
+                                        num_experts_per_tok=2, linear_head_dim=8, linear_num_heads=4,
+                                        layer_types=["linear_attention", "full_attention"])),
+    # two attention sublayers per decoder layer (each its own cache layer), latent attention,
+    # zero-computation experts (LongCat-Flash)
+    "longcat_flash": ("longcat_flash", dict(hidden_size=32, num_layers=2, num_attention_heads=4,
+                                            num_key_value_heads=4, max_position_embeddings=CONTEXT,
+                                            ffn_hidden_size=64, q_lora_rank=8, kv_lora_rank=16,
+                                            qk_nope_head_dim=8, qk_rope_head_dim=4, head_dim=4,
+                                            v_head_dim=6, moe_topk=2, n_routed_experts=4,
+                                            zero_expert_num=2, expert_ffn_hidden_size=16)),
+    # sliding layers with rotary, full layers without (EXAONE 4), sliding and full layers (OLMo 3)
+    "exaone4": ("exaone4", dict(_LLAMA, num_hidden_layers=3, sliding_window=WINDOW,
+                                sliding_window_pattern=3)),
+    "olmo3": ("olmo3", dict(_LLAMA, sliding_window=WINDOW,
+                            layer_types=["sliding_attention", "full_attention"])),
+    # sinusoidal absolute positions (XGLM)
+    "xglm": ("xglm", dict(d_model=32, ffn_dim=64, num_layers=2, attention_heads=4,
+                          max_position_embeddings=CONTEXT)),
 }
 
 
@@ -129,8 +172,8 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 ROWS = {"falcon-alibi": "ALiBi", "bloom": "position ids", "mpt": "ALiBi", "llama4": "chunked",
         "llama4-nochunk": "temperature tuning"}
 RECURRENT = {"mamba", "jamba", "recurrent_gemma", "falcon_h1", "qwen3_next", "lfm2",
-             "granitemoehybrid", "bamba", "zamba2"}
-SLIDING = {"mistral", "starcoder2", "qwen2-swa", "gemma2", "gemma3", "cohere2", "gpt_oss"}
+             "granitemoehybrid", "bamba", "zamba2", "gemma3n", "deepseek_v32", "minimax", "kimi_linear"}
+SLIDING = {"mistral", "starcoder2", "qwen2-swa", "gemma2", "gemma3", "cohere2", "gpt_oss", "exaone4", "olmo3"}
 
 
 def expected_route(name: str) -> str:
