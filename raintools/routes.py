@@ -16,7 +16,7 @@ nothing but the mask and the positions. Each model gets one of three routes:
   of one type, or a failed self-check): the same engine runs one batch row per candidate
   (plain decoding steps, the model's own masks), slower but exact.
 * ``reference`` - layers without a per-token KV (state-space, linear-attention, recurrent, hybrid
-  models): a token tree cannot share their state, so RAIN runs through the reference-style engine
+  models; layers reusing another layer's KV; a sparse-attention indexer's own key cache): a token tree cannot share their state, so RAIN runs through the reference-style engine
   (the model's own cache object, copied before it is extended token by token; full
   recomputation for a model that returns no cache), and the judge reads each whole prompt.
 
@@ -83,6 +83,9 @@ def static_route(model) -> Route:
     other = sorted(set(types) - set(KV_LAYER_TYPES))
     if other or getattr(model, "_is_stateful", False):
         what = f"layers of type {', '.join(other)}" if other else "a recurrent state"
+        if "dummy" in other:        # transformers' type for a layer whose cache holds no KV
+            what += (" (layers without a KV of their own: they reuse another layer's keys and "
+                     "values, as in KV sharing, or have no attention)")
         return Route(REFERENCE, f"{name} has {what}, not a per-token KV cache that a token tree can "
                                 f"share")
     impl = getattr(cfg, "_attn_implementation", None) or getattr(model.config, "_attn_implementation", None)

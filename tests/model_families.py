@@ -14,6 +14,10 @@ CONTEXT = 4096          # the character-level judging prompt is ~2,000 tokens
 
 _LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=CONTEXT)
+_GEMMA3N = dict(_LLAMA, num_hidden_layers=4, head_dim=8, sliding_window=WINDOW,
+                layer_types=["sliding_attention", "full_attention"] * 2, altup_num_inputs=2,
+                laurel_rank=4, hidden_size_per_layer_input=4, vocab_size_per_layer_input=128,
+                activation_sparsity_pattern=[0.95, 0.0, 0.0, 0.0])
 
 FAMILIES: dict[str, tuple[str, dict]] = {
     # rotary, grouped-query attention
@@ -120,21 +124,20 @@ FAMILIES: dict[str, tuple[str, dict]] = {
                               max_position_embeddings=CONTEXT)),
     # KV sharing between layers (Gemma 3n: the last layers reuse the keys and values of earlier
     # ones, their cache layers hold none), with AltUp, per-layer inputs and sparse activations
-    "gemma3n": ("gemma3n_text", dict(_LLAMA, num_hidden_layers=4, head_dim=8, sliding_window=WINDOW,
-                                     layer_types=["sliding_attention", "full_attention"] * 2,
-                                     num_kv_shared_layers=2, altup_num_inputs=2, laurel_rank=4,
-                                     hidden_size_per_layer_input=4, vocab_size_per_layer_input=128,
-                                     activation_sparsity_pattern=[0.95, 0.0, 0.0, 0.0])),
+    "gemma3n": ("gemma3n_text", dict(_GEMMA3N, num_kv_shared_layers=2)),
+    # and without KV sharing: AltUp, per-layer inputs and sparse activations on the packed route
+    "gemma3n-noshare": ("gemma3n_text", dict(_GEMMA3N, num_kv_shared_layers=0)),
     # a sparse-attention indexer choosing which keys each query sees (DeepSeek V3.2: its cache keeps
     # the indexer's keys too), multi-head latent attention; the indexer keeps fewer keys than a
     # prompt. With 2 indexer heads of 8 dimensions, keys tie at a zero score (ReLU) and which of
     # them top-k keeps depends on the sequence's length: the model's own forward then changes with
     # later tokens; 8 heads of 16 avoid these ties.
-    "deepseek_v32": ("deepseek_v32", dict(_LLAMA, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=8,
-                                          qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6,
-                                          head_dim=4, n_routed_experts=4, n_shared_experts=1,
-                                          moe_intermediate_size=16, num_experts_per_tok=2, n_group=2,
-                                          topk_group=1, first_k_dense_replace=1, index_topk=WINDOW,
+    "deepseek_v32": ("deepseek_v32", dict(_LLAMA, num_key_value_heads=4, kv_lora_rank=16,
+                                          q_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=8,
+                                          v_head_dim=6, head_dim=4, n_routed_experts=4,
+                                          n_shared_experts=1, moe_intermediate_size=16,
+                                          num_experts_per_tok=2, n_group=2, topk_group=1,
+                                          first_k_dense_replace=1, index_topk=WINDOW,
                                           index_head_dim=16, index_n_heads=8)),
     # lightning (linear) attention layers with softmax attention layers (MiniMax), Kimi Delta
     # Attention layers with latent attention layers (Kimi Linear)
@@ -143,7 +146,8 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "kimi_linear": ("kimi_linear", dict(_LLAMA, num_key_value_heads=4, kv_lora_rank=16,
                                         qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6,
                                         moe_intermediate_size=16, num_local_experts=4,
-                                        num_experts_per_tok=2, linear_head_dim=8, linear_num_heads=4,
+                                        num_experts_per_tok=2, linear_head_dim=8,
+                                        linear_num_heads=4,
                                         layer_types=["linear_attention", "full_attention"])),
     # two attention sublayers per decoder layer (each its own cache layer), latent attention,
     # zero-computation experts (LongCat-Flash)
@@ -172,7 +176,8 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "jetmoe": ("jetmoe", dict(hidden_size=32, num_hidden_layers=2, num_key_value_heads=2,
                               kv_channels=8, intermediate_size=32, num_local_experts=4,
                               num_experts_per_tok=2, max_position_embeddings=CONTEXT)),
-    # routed experts with a sliding window on every layer (Mixtral); sliding and full layers (VaultGemma)
+    # routed experts with a sliding window on every layer (Mixtral); sliding and full layers
+    # (VaultGemma)
     "mixtral": ("mixtral", dict(_LLAMA, num_local_experts=4, num_experts_per_tok=2,
                                 sliding_window=WINDOW)),
     "vaultgemma": ("vaultgemma", dict(_LLAMA, head_dim=8, sliding_window=WINDOW,
@@ -186,12 +191,15 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 # temperature tuning, the reference engine without a KV cache. The rows families map to what their
 # route's reason names: the static rule, not the self-check (its trees are far shorter than a
 # real model's 8,192-token chunks and temperature steps).
+# reference families map to what their reason names beyond the layer types
+REASONS = {"gemma3n": "reuse another layer's keys and values"}
 ROWS = {"falcon-alibi": "ALiBi", "bloom": "position ids", "mpt": "ALiBi", "llama4": "chunked",
         "llama4-nochunk": "temperature tuning"}
 RECURRENT = {"mamba", "jamba", "recurrent_gemma", "falcon_h1", "qwen3_next", "lfm2",
-             "granitemoehybrid", "bamba", "zamba2", "gemma3n", "deepseek_v32", "minimax", "kimi_linear"}
-SLIDING = {"mistral", "starcoder2", "qwen2-swa", "gemma2", "gemma3", "cohere2", "gpt_oss", "exaone4", "olmo3",
-           "mixtral", "vaultgemma"}
+             "granitemoehybrid", "bamba", "zamba2", "gemma3n", "deepseek_v32", "minimax",
+             "kimi_linear"}
+SLIDING = {"mistral", "starcoder2", "qwen2-swa", "gemma2", "gemma3", "cohere2", "gpt_oss",
+           "exaone4", "olmo3", "mixtral", "vaultgemma", "gemma3n-noshare"}
 
 
 def expected_route(name: str) -> str:

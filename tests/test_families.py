@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_families import FAMILIES, RECURRENT, ROWS, SLIDING, WINDOW, build, expected_route
+from model_families import FAMILIES, REASONS, RECURRENT, ROWS, SLIDING, WINDOW, build, expected_route
 from raintools import ModelSupportError, RainConfig, SelfEvaluator, load_model, rain_generate
 from raintools import generate_vanilla, rain_generate_batch
 from raintools.batch import ForwardBatcher, _Request
@@ -85,6 +85,7 @@ def test_each_family_gets_its_route(name, caplog):
         assert [r.levelno for r in caplog.records] == [logging.WARNING]
         assert route.reason and route.reason in caplog.records[0].getMessage()
         assert ROWS.get(name, "a per-token KV cache") in route.reason
+        assert REASONS.get(name, "") in route.reason
     else:
         dev, noise = lm.packed_check()
         assert dev < TOL and noise < TOL
