@@ -11,7 +11,8 @@ nothing but the mask and the positions. Each model gets one of three routes:
   window into its mask from each token's true position; every layer keeps its whole KV).
 * ``rows`` - the model keeps a per-token KV cache but a packed tree would not reproduce its
   forward (ALiBi biases computed from a 2D mask or from key indices, no ``position_ids``, an
-  attention implementation that ignores 4D masks, chunked attention, queries scaled by their
+  attention implementation that ignores 4D masks, chunked attention, GPT-Neo's local attention
+  (windows by key index, not in its layer types), queries scaled by their
   index in the cache (Llama 4's attention temperature tuning), windows that differ between layers
   of one type, or a failed self-check): the same engine runs one batch row per candidate
   (plain decoding steps, the model's own masks), slower but exact.
@@ -104,6 +105,9 @@ def static_route(model) -> Route:
                   f"4D token-tree mask (sdpa, eager)")
     elif "chunked_attention" in per_type:
         reason = f"{name} has chunked-attention layers"
+    elif "local" in (getattr(cfg, "attention_layers", None) or ()):
+        reason = (f"{name} has local-attention layers whose window (window_size) is applied by key "
+                  f"index, not by position, and its layer types do not name them")
     elif getattr(cfg, "attn_temperature_tuning", False) and 0 in nope:
         reason = (f"{name} scales the queries of its layers without rotary positions by each token's "
                   f"index in the cache (attention temperature tuning), not by its position")

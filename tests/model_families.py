@@ -82,6 +82,11 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     # Falcon: rotary + multi-query, and the ALiBi variant
     "falcon": ("falcon", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                               multi_query=True, alibi=False, max_position_embeddings=CONTEXT)),
+    # GPT-Neo: local-attention layers (attention_layers, window_size) that transformers' layer
+    # types do not name, their window applied by key index
+    "gpt_neo": ("gpt_neo", dict(hidden_size=32, num_layers=2, num_heads=4, window_size=WINDOW,
+                                attention_types=[[["global", "local"], 1]],
+                                max_position_embeddings=CONTEXT)),
     # ALiBi
     "falcon-alibi": ("falcon", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                     multi_query=True, alibi=True, max_position_embeddings=CONTEXT)),
@@ -194,7 +199,7 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 # reference families map to what their reason names beyond the layer types
 REASONS = {"gemma3n": "reuse another layer's keys and values"}
 ROWS = {"falcon-alibi": "ALiBi", "bloom": "position ids", "mpt": "ALiBi", "llama4": "chunked",
-        "llama4-nochunk": "temperature tuning"}
+        "llama4-nochunk": "temperature tuning", "gpt_neo": "local-attention"}
 RECURRENT = {"mamba", "jamba", "recurrent_gemma", "falcon_h1", "qwen3_next", "lfm2",
              "granitemoehybrid", "bamba", "zamba2", "gemma3n", "deepseek_v32", "minimax",
              "kimi_linear"}

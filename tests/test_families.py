@@ -193,6 +193,17 @@ def test_rows_route_refuses_token_trees_and_merges_only_same_shapes():
     assert len(b._groups([_Request(i, "lm", r) for i, r in enumerate(reqs)])) == 2
 
 
+def test_gpt_neo_local_attention_with_its_real_window_runs_rows():
+    """GPT-Neo's local layers see 256 tokens, more than the self-check's tree: only the static rule
+    keeps it off packed trees, which would differ from its forward after 256 tokens."""
+    lm = build("gpt_neo", window_size=256)
+    assert lm.route.kind == "rows" and "local-attention" in lm.route.reason
+    P = list(np.random.default_rng(0).integers(3, lm.vocab_size, 300))
+    _, kv = lm.forward(torch.tensor([P[:280]]))
+    step, _ = lm.forward(torch.tensor([P[280:]]), past=kv)
+    assert diff(step[0], lm.full_logits(P)) < TOL
+
+
 def test_a_judging_prompt_longer_than_a_real_window():
     """Gemma 3's local layers see 512 tokens (1B) or 1,024: fewer than the packaged judging
     prompt (here ~2,000 character tokens). The cached judge still equals the full forward."""
