@@ -18,6 +18,9 @@ _GEMMA3N = dict(_LLAMA, num_hidden_layers=4, head_dim=8, sliding_window=WINDOW,
                 layer_types=["sliding_attention", "full_attention"] * 2, altup_num_inputs=2,
                 laurel_rank=4, hidden_size_per_layer_input=4, vocab_size_per_layer_input=128,
                 activation_sparsity_pattern=[0.95, 0.0, 0.0, 0.0])
+_GEMMA4 = dict(_LLAMA, num_hidden_layers=4, head_dim=8, global_head_dim=16, sliding_window=WINDOW,
+               layer_types=["sliding_attention", "full_attention"] * 2,
+               hidden_size_per_layer_input=4, vocab_size_per_layer_input=128)
 
 FAMILIES: dict[str, tuple[str, dict]] = {
     # rotary, grouped-query attention
@@ -188,6 +191,19 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "vaultgemma": ("vaultgemma", dict(_LLAMA, head_dim=8, sliding_window=WINDOW,
                                       query_pre_attn_scalar=8,
                                       layer_types=["sliding_attention", "full_attention"])),
+    # Gemma 4 (text): KV sharing; without it, full layers of another head size whose keys are
+    # their values (attention_k_eq_v), routed experts beside the MLP
+    "gemma4": ("gemma4_text", dict(_GEMMA4, num_kv_shared_layers=2)),
+    "gemma4-noshare": ("gemma4_text", dict(_GEMMA4, attention_k_eq_v=True, enable_moe_block=True,
+                                           num_experts=4, top_k_experts=2,
+                                           moe_intermediate_size=16)),
+    # MiMo-V2-Flash: attention sinks, sliding and full layers with their own rotary settings
+    # (partial), values of another head size than keys; Diff Transformer's differential attention
+    "mimo_v2_flash": ("mimo_v2_flash", dict(_LLAMA, head_dim=8, v_head_dim=6, sliding_window=WINDOW,
+                                            layer_types=["full_attention", "sliding_attention"],
+                                            n_routed_experts=4, num_experts_per_tok=2,
+                                            moe_intermediate_size=16)),
+    "diffllama": ("diffllama", dict(_LLAMA)),
 }
 
 
@@ -197,14 +213,16 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 # route's reason names: the static rule, not the self-check (its trees are far shorter than a
 # real model's 8,192-token chunks and temperature steps).
 # reference families map to what their reason names beyond the layer types
-REASONS = {"gemma3n": "reuse another layer's keys and values"}
+REASONS = {"gemma3n": "reuse another layer's keys and values",
+           "gemma4": "reuse another layer's keys and values"}
 ROWS = {"falcon-alibi": "ALiBi", "bloom": "position ids", "mpt": "ALiBi", "llama4": "chunked",
         "llama4-nochunk": "temperature tuning", "gpt_neo": "local-attention"}
 RECURRENT = {"mamba", "jamba", "recurrent_gemma", "falcon_h1", "qwen3_next", "lfm2",
              "granitemoehybrid", "bamba", "zamba2", "gemma3n", "deepseek_v32", "minimax",
-             "kimi_linear"}
+             "kimi_linear", "gemma4"}
 SLIDING = {"mistral", "starcoder2", "qwen2-swa", "gemma2", "gemma3", "cohere2", "gpt_oss",
-           "exaone4", "olmo3", "mixtral", "vaultgemma", "gemma3n-noshare"}
+           "exaone4", "olmo3", "mixtral", "vaultgemma", "gemma3n-noshare",
+           "gemma4-noshare", "mimo_v2_flash"}
 
 
 def expected_route(name: str) -> str:
