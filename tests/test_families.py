@@ -2,15 +2,15 @@
 
 Tiny random models of many transformers families (tests/model_families.py: rotary and learned
 absolute positions, partial rotary, layers without positions, multi-query, grouped-query and
-multi-head latent attention, soft-capping, attention sinks, sliding windows shorter than every prompt
-here, chunked attention, ALiBi, sinusoidal positions, two attention sublayers per layer, KV sharing
-between layers, a sparse-attention indexer, state-space, convolution, linear-attention and hybrid
-models). For each family with a per-token KV cache, the fast engine's paths give the model's own
-next-token logits: a packed (or, on the "rows" route, row-per-candidate) rollout after a cached
-past, a cached decode step, the cached judge (judging prefix + the response and question endings),
-and a merged pass of two searches. RAIN runs end to end from a saved folder (alone, batched, and
-with parallel rounds on the windowed and rows families), and the recurrent models take the
-reference route.
+multi-head latent attention, soft-capping, attention sinks, sliding windows shorter than every
+prompt here, chunked attention, local attention by key index, ALiBi, sinusoidal positions, two
+attention sublayers per layer, KV sharing between layers, a sparse-attention indexer, state-space,
+convolution, linear-attention and hybrid models). For each family with a per-token KV cache, the
+fast engine's paths give the model's own next-token logits: a packed (or, on the "rows" route,
+row-per-candidate) rollout after a cached past, a cached decode step, the cached judge (judging
+prefix + the response and question endings), and a merged pass of two searches. RAIN runs end to
+end from a saved folder (alone, batched, and with parallel rounds on the windowed and rows
+families), and the recurrent models take the reference route.
 """
 
 from __future__ import annotations
