@@ -173,24 +173,18 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     # sinusoidal absolute positions (XGLM)
     "xglm": ("xglm", dict(d_model=32, ffn_dim=64, num_layers=2, attention_heads=4,
                           max_position_embeddings=CONTEXT)),
-    # a parallel attention + MLP block, qk-norm, a logit scale (Cohere); partial rotary: GLM-4
-    # (interleaved), Nemotron, CodeGen (queries, keys and values interleaved in mp_num groups)
+    # a parallel attention + MLP block, qk-norm, a logit scale (Cohere); partial rotary with
+    # queries, keys and values interleaved in mp_num groups (CodeGen)
     "cohere": ("cohere", dict(_LLAMA, logit_scale=0.5, use_qk_norm=True)),
-    "glm4": ("glm4", dict(_LLAMA, head_dim=8, partial_rotary_factor=0.5)),
-    "nemotron": ("nemotron", dict(_LLAMA, head_dim=8, partial_rotary_factor=0.5)),
     "codegen": ("codegen", dict(n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=CONTEXT,
                                 n_ctx=CONTEXT)),
     # routed attention experts sharing one KV (JetMoE's mixture of attention heads)
     "jetmoe": ("jetmoe", dict(hidden_size=32, num_hidden_layers=2, num_key_value_heads=2,
                               kv_channels=8, intermediate_size=32, num_local_experts=4,
                               num_experts_per_tok=2, max_position_embeddings=CONTEXT)),
-    # routed experts with a sliding window on every layer (Mixtral); sliding and full layers
-    # (VaultGemma)
+    # routed experts with a sliding window on every layer (Mixtral)
     "mixtral": ("mixtral", dict(_LLAMA, num_local_experts=4, num_experts_per_tok=2,
                                 sliding_window=WINDOW)),
-    "vaultgemma": ("vaultgemma", dict(_LLAMA, head_dim=8, sliding_window=WINDOW,
-                                      query_pre_attn_scalar=8,
-                                      layer_types=["sliding_attention", "full_attention"])),
     # Gemma 4 (text): KV sharing; without it, full layers of another head size whose keys are
     # their values (attention_k_eq_v), routed experts beside the MLP
     "gemma4": ("gemma4_text", dict(_GEMMA4, num_kv_shared_layers=2)),
@@ -221,7 +215,7 @@ RECURRENT = {"mamba", "jamba", "recurrent_gemma", "falcon_h1", "qwen3_next", "lf
              "granitemoehybrid", "bamba", "zamba2", "gemma3n", "deepseek_v32", "minimax",
              "kimi_linear", "gemma4"}
 SLIDING = {"mistral", "starcoder2", "qwen2-swa", "gemma2", "gemma3", "cohere2", "gpt_oss",
-           "exaone4", "olmo3", "mixtral", "vaultgemma", "gemma3n-noshare",
+           "exaone4", "olmo3", "mixtral", "gemma3n-noshare",
            "gemma4-noshare", "mimo_v2_flash"}
 
 
