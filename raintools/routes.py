@@ -87,6 +87,9 @@ def static_route(model) -> Route:
         if "dummy" in other:        # transformers' type for a layer whose cache holds no KV
             what += (" (layers without a KV of their own: they reuse another layer's keys and "
                      "values, as in KV sharing, or have no attention)")
+        if "indexed_attention" in other:
+            what += (" (a sparse-attention indexer picks the keys each query sees, from a key "
+                     "cache of its own)")
         return Route(REFERENCE, f"{name} has {what}, not a per-token KV cache that a token tree can "
                                 f"share")
     impl = getattr(cfg, "_attn_implementation", None) or getattr(model.config, "_attn_implementation", None)

@@ -208,7 +208,8 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 # real model's 8,192-token chunks and temperature steps).
 # reference families map to what their reason names beyond the layer types
 REASONS = {"gemma3n": "reuse another layer's keys and values",
-           "gemma4": "reuse another layer's keys and values"}
+           "gemma4": "reuse another layer's keys and values",
+           "deepseek_v32": "sparse-attention indexer"}
 ROWS = {"falcon-alibi": "ALiBi", "bloom": "position ids", "mpt": "ALiBi", "llama4": "chunked",
         "llama4-nochunk": "temperature tuning", "gpt_neo": "local-attention"}
 RECURRENT = {"mamba", "jamba", "recurrent_gemma", "falcon_h1", "qwen3_next", "lfm2",
