@@ -11,12 +11,13 @@ nothing but the mask and the positions. Each model gets one of three routes:
   window into its mask from each token's true position; every layer keeps its whole KV).
 * ``rows`` - the model keeps a per-token KV cache but a packed tree would not reproduce its
   forward (ALiBi biases computed from a 2D mask or from key indices, no ``position_ids``, an
-  attention implementation that ignores 4D masks, chunked attention, queries scaled by their
+  attention implementation that ignores 4D masks, chunked attention, GPT-Neo's local attention
+  (windows by key index, not in its layer types), queries scaled by their
   index in the cache (Llama 4's attention temperature tuning), windows that differ between layers
   of one type, or a failed self-check): the same engine runs one batch row per candidate
   (plain decoding steps, the model's own masks), slower but exact.
 * ``reference`` - layers without a per-token KV (state-space, linear-attention, recurrent, hybrid
-  models): a token tree cannot share their state, so RAIN runs through the reference-style engine
+  models; layers reusing another layer's KV; a sparse-attention indexer's own key cache): a token tree cannot share their state, so RAIN runs through the reference-style engine
   (the model's own cache object, copied before it is extended token by token; full
   recomputation for a model that returns no cache), and the judge reads each whole prompt.
 
@@ -83,6 +84,12 @@ def static_route(model) -> Route:
     other = sorted(set(types) - set(KV_LAYER_TYPES))
     if other or getattr(model, "_is_stateful", False):
         what = f"layers of type {', '.join(other)}" if other else "a recurrent state"
+        if "dummy" in other:        # transformers' type for a layer whose cache holds no KV
+            what += (" (layers without a KV of their own: they reuse another layer's keys and "
+                     "values, as in KV sharing, or have no attention)")
+        if "indexed_attention" in other:
+            what += (" (a sparse-attention indexer picks the keys each query sees, from a key "
+                     "cache of its own)")
         return Route(REFERENCE, f"{name} has {what}, not a per-token KV cache that a token tree can "
                                 f"share")
     impl = getattr(cfg, "_attn_implementation", None) or getattr(model.config, "_attn_implementation", None)
@@ -101,6 +108,9 @@ def static_route(model) -> Route:
                   f"4D token-tree mask (sdpa, eager)")
     elif "chunked_attention" in per_type:
         reason = f"{name} has chunked-attention layers"
+    elif "local" in (getattr(cfg, "attention_layers", None) or ()):
+        reason = (f"{name} has local-attention layers whose window (window_size) is applied by key "
+                  f"index, not by position, and its layer types do not name them")
     elif getattr(cfg, "attn_temperature_tuning", False) and 0 in nope:
         reason = (f"{name} scales the queries of its layers without rotary positions by each token's "
                   f"index in the cache (attention temperature tuning), not by its position")

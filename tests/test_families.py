@@ -3,12 +3,14 @@
 Tiny random models of many transformers families (tests/model_families.py: rotary and learned
 absolute positions, partial rotary, layers without positions, multi-query, grouped-query and
 multi-head latent attention, soft-capping, attention sinks, sliding windows shorter than every
-prompt here, chunked attention, ALiBi, state-space, convolution and hybrid models). For each family with
-a per-token KV cache, the fast engine's paths give the model's own next-token logits: a packed
-(or, on the "rows" route, row-per-candidate) rollout after a cached past, a cached decode step,
-the cached judge (judging prefix + the response and question endings), and a merged pass of two
-searches. RAIN runs end to end from a saved folder (alone, batched, and with parallel rounds on
-the windowed and rows families), and the recurrent models take the reference route.
+prompt here, chunked attention, local attention by key index, ALiBi, sinusoidal positions, two
+attention sublayers per layer, KV sharing between layers, a sparse-attention indexer, state-space,
+convolution, linear-attention and hybrid models). For each family with a per-token KV cache, the
+fast engine's paths give the model's own next-token logits: a packed (or, on the "rows" route,
+row-per-candidate) rollout after a cached past, a cached decode step, the cached judge (judging
+prefix + the response and question endings), and a merged pass of two searches. RAIN runs end to
+end from a saved folder (alone, batched, and with parallel rounds on the windowed and rows
+families), and the recurrent models take the reference route.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_families import FAMILIES, RECURRENT, ROWS, SLIDING, WINDOW, build, expected_route
+from model_families import FAMILIES, REASONS, RECURRENT, ROWS, SLIDING, WINDOW, build, expected_route
 from raintools import ModelSupportError, RainConfig, SelfEvaluator, load_model, rain_generate
 from raintools import generate_vanilla, rain_generate_batch
 from raintools.batch import ForwardBatcher, _Request
@@ -83,6 +85,7 @@ def test_each_family_gets_its_route(name, caplog):
         assert [r.levelno for r in caplog.records] == [logging.WARNING]
         assert route.reason and route.reason in caplog.records[0].getMessage()
         assert ROWS.get(name, "a per-token KV cache") in route.reason
+        assert REASONS.get(name, "") in route.reason
     else:
         dev, noise = lm.packed_check()
         assert dev < TOL and noise < TOL
@@ -188,6 +191,17 @@ def test_rows_route_refuses_token_trees_and_merges_only_same_shapes():
             (torch.tensor([[P[12]]]), kv2, None, False, None, None)]
     b = ForwardBatcher(lm, call_cost=1e9)
     assert len(b._groups([_Request(i, "lm", r) for i, r in enumerate(reqs)])) == 2
+
+
+def test_gpt_neo_local_attention_with_its_real_window_runs_rows():
+    """GPT-Neo's local layers see 256 tokens, more than the self-check's tree: only the static rule
+    keeps it off packed trees, which would differ from its forward after 256 tokens."""
+    lm = build("gpt_neo", window_size=256)
+    assert lm.route.kind == "rows" and "local-attention" in lm.route.reason
+    P = list(np.random.default_rng(0).integers(3, lm.vocab_size, 300))
+    _, kv = lm.forward(torch.tensor([P[:280]]))
+    step, _ = lm.forward(torch.tensor([P[280:]]), past=kv)
+    assert diff(step[0], lm.full_logits(P)) < TOL
 
 
 def test_a_judging_prompt_longer_than_a_real_window():
