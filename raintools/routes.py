@@ -12,14 +12,15 @@ nothing but the mask and the positions. Each model gets one of three routes:
 * ``rows`` - the model keeps a per-token KV cache but a packed tree would not reproduce its
   forward (ALiBi biases computed from a 2D mask or from key indices, no ``position_ids``, an
   attention implementation that ignores 4D masks, chunked attention, GPT-Neo's local attention
-  (windows by key index, not in its layer types), queries scaled by their
-  index in the cache (Llama 4's attention temperature tuning), windows that differ between layers
-  of one type, or a failed self-check): the same engine runs one batch row per candidate
-  (plain decoding steps, the model's own masks), slower but exact.
+  (windows by key index, not in its layer types), queries scaled by their index in the cache
+  (Llama 4's attention temperature tuning), windows that differ between layers of one type, or a
+  failed self-check): the same engine runs one batch row per candidate (plain decoding steps, the
+  model's own masks), slower but exact.
 * ``reference`` - layers without a per-token KV (state-space, linear-attention, recurrent, hybrid
-  models; layers reusing another layer's KV; a sparse-attention indexer's own key cache): a token tree cannot share their state, so RAIN runs through the reference-style engine
-  (the model's own cache object, copied before it is extended token by token; full
-  recomputation for a model that returns no cache), and the judge reads each whole prompt.
+  models; layers reusing another layer's KV; a sparse-attention indexer's own key cache): a token
+  tree cannot share their state, so RAIN runs through the reference-style engine (the model's own
+  cache object, copied before it is extended token by token; full recomputation for a model that
+  returns no cache), and the judge reads each whole prompt.
 
 ``static_route`` reads the model's config (transformers' own per-layer types and windows, the
 attention implementation, the forward signature); `LanguageModel.route` then confirms a packed
