@@ -541,6 +541,58 @@ def test_eval_interrupted_by_a_killed_server_resumes_with_nothing_lost(tmp_path,
     assert not (out / GENERATED).exists()
 
 
+def test_an_eval_run_on_a_server_stops_its_own_searches_only(tmp_path, monkeypatch):
+    """A search's error stops an eval run's searches on a server (they send through the run's own
+    view of the model's shared client), not the shared client itself: another user of it in the
+    same process (another run, a notebook cell) sends a request while the run is stopping (from
+    the other search in flight, once it has been stopped) and gets its answer; the shared client's
+    own `stop` is never set."""
+    from raintools import RainConfig
+    from raintools.experiments import runner
+    from raintools.experiments.methods import MethodConfig
+    from raintools.vllm_engine import shared_client
+    from test_runner import write_csv
+    from test_search import letter_embedder
+
+    data = write_csv(tmp_path / "p.csv", EVAL_PROMPTS[:4])
+    url, state = tiny_vllm()
+    monkeypatch.setenv("RAINTOOLS_SERVER", url)
+    lm = runner.load_lm("tiny", device="cpu")
+    shared, embedded, other = shared_client(lm), [], []
+
+    def embedder(texts):                   # one call at a time (the runner locks it)
+        embedded.append(texts)
+        if len(embedded) == 4:             # early in the first two searches
+            raise ValueError("a search failed")
+        return letter_embedder(texts)
+
+    real = runner.generate_answer
+
+    def answer(*args, **kwargs):
+        try:
+            return real(*args, **kwargs)
+        except RuntimeError as exc:        # the other search, stopped by the run: it is stopping
+            assert str(exc).startswith("Stopped"), exc
+            try:
+                other.append(shared.next_token(lm.encode("Hello"), 3))
+            except RuntimeError as refused:
+                other.append(refused)
+            raise
+    monkeypatch.setattr(runner, "generate_answer", answer)
+    cfg = RainConfig.hh().replace(max_simulations=3, extra_simulations=1, min_visits=1)
+    mc = MethodConfig(rain=cfg, max_new_tokens=8, engine="vllm", embedder=embedder)
+    try:
+        with pytest.raises(ValueError, match="a search failed"):
+            runner.run_eval(data, ["rain"], ["refusal"], tmp_path / "out", model="tiny", lm=lm,
+                            device="cpu", method_config=mc, progress=False, concurrency=2)
+        # the other search was stopped, and meanwhile the other user's request was answered
+        assert len(other) == 1 and not isinstance(other[0], Exception), other
+        tokens, logprobs = other[0]
+        assert len(tokens) == len(logprobs) == 3 and shared.stop is None
+    finally:
+        _stop(state)
+
+
 def test_walks_in_flight_send_their_requests_side_by_side(monkeypatch):
     """K = 4 on a server (the vLLM engine is `concurrent`): the slots' requests go out side by side
     from their own threads, so the server sees more requests at once than one simulation's (K = 1)
