@@ -500,6 +500,8 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
     computed = 0
     import threading
 
+    from ..batch import WAKE_S
+
     keep_lock = threading.Lock()
 
     def generate(it, m, config=method_config, forget=True):
@@ -532,8 +534,9 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
             bar.set_postfix_str(f"{m} {it.id}", refresh=False)
             rec = generated.get(key)
             if key in side:
-                with ready:
-                    ready.wait_for(lambda: key in searched or stop.is_set())
+                with ready:              # in short waits, so that a Ctrl-C is taken (batch.WAKE_S)
+                    while not ready.wait_for(lambda: key in searched or stop.is_set(), WAKE_S):
+                        pass
                     rec = searched.pop(key, None)
             elif not stop.is_set() and not _usable(rec, task_obj, it):
                 rec = generate(it, m)
