@@ -97,6 +97,13 @@ class BatchedCall:
         return self.client.batcher._submit(self.client, "fn", (self.fn, list(items)))
 
 
+# The calling thread waits in steps of this many seconds. Python runs signal handlers in the main
+# thread only, between bytecodes; a Ctrl-C the kernel delivers to another thread (it may pick any)
+# does not interrupt the main thread's wait for a lock, so an untimed wait held it until the batch
+# ended (seen on a vLLM batch: a SIGINT not taken for 60 s).
+WAKE_S = 0.25
+
+
 def side_by_side(jobs: Sequence[Callable[[int], Any]], workers: int | None = None,
                  progress: bool = False, serve: Callable[[], None] | None = None,
                  stop: Callable[[], None] | None = None) -> list:
@@ -135,7 +142,8 @@ def side_by_side(jobs: Sequence[Callable[[int], Any]], workers: int | None = Non
         futures = [pool.submit(work, i) for i in range(len(jobs))]
         if serve is not None:
             serve()
-        wait(futures, return_when=FIRST_EXCEPTION)
+        while not errors and wait(futures, WAKE_S, FIRST_EXCEPTION).not_done:
+            pass                         # (short waits: see WAKE_S)
     except BaseException as exc:         # raised once the running jobs have ended
         halt(exc)
         raise

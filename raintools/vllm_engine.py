@@ -128,8 +128,9 @@ class VllmClient:
 
     def stopping(self, stop: threading.Event) -> "VllmClient":
         """This client (its server, connections, thread pool and counters) with its own `stop`:
-        the searches of one batch, which stop at their next request after the batch's first error
-        or Ctrl-C (`rain_generate_batch`)."""
+        the searches of one batch or eval run, which stop at their next request after its first
+        error or Ctrl-C (`rain_generate_batch`, the eval runner), while the client's other users
+        go on."""
         view = copy.copy(self)
         view.stop = stop
         return view

@@ -426,8 +426,15 @@ def tiny_vllm(kill_after=None):
     state = {"lock": threading.Lock(), "requests": 0, "in_flight": 0, "max_in_flight": 0,
              "kill_after": kill_after, "dead": False}
     handler = type("TinyVllmServer", (TinyVllm,), {"lm": lm, "state": state})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler, bind_and_activate=False)
     httpd.daemon_threads = True
+    # a listen backlog above the connections a client opens at once (VllmClient: workers + 4 = 36;
+    # vLLM's server: 2048). socketserver's default of 5 overflowed when a K = 4 batch sent its
+    # requests together (one connection each: HTTP/1.0) while the accepting thread waited for the
+    # GIL, and the kernel reset a connection: a ReadError the test took for the server failing
+    httpd.request_queue_size = 128
+    httpd.server_bind()
+    httpd.server_activate()
     state["httpd"] = httpd
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{httpd.server_address[1]}", state
@@ -541,6 +548,58 @@ def test_eval_interrupted_by_a_killed_server_resumes_with_nothing_lost(tmp_path,
     assert not (out / GENERATED).exists()
 
 
+def test_an_eval_run_on_a_server_stops_its_own_searches_only(tmp_path, monkeypatch):
+    """A search's error stops an eval run's searches on a server (they send through the run's own
+    view of the model's shared client), not the shared client itself: another user of it in the
+    same process (another run, a notebook cell) sends a request while the run is stopping (from
+    the other search in flight, once it has been stopped) and gets its answer; the shared client's
+    own `stop` is never set."""
+    from raintools import RainConfig
+    from raintools.experiments import runner
+    from raintools.experiments.methods import MethodConfig
+    from raintools.vllm_engine import shared_client
+    from test_runner import write_csv
+    from test_search import letter_embedder
+
+    data = write_csv(tmp_path / "p.csv", EVAL_PROMPTS[:4])
+    url, state = tiny_vllm()
+    monkeypatch.setenv("RAINTOOLS_SERVER", url)
+    lm = runner.load_lm("tiny", device="cpu")
+    shared, embedded, other = shared_client(lm), [], []
+
+    def embedder(texts):                   # one call at a time (the runner locks it)
+        embedded.append(texts)
+        if len(embedded) == 4:             # early in the first two searches
+            raise ValueError("a search failed")
+        return letter_embedder(texts)
+
+    real = runner.generate_answer
+
+    def answer(*args, **kwargs):
+        try:
+            return real(*args, **kwargs)
+        except RuntimeError as exc:        # the other search, stopped by the run: it is stopping
+            assert str(exc).startswith("Stopped"), exc
+            try:
+                other.append(shared.next_token(lm.encode("Hello"), 3))
+            except RuntimeError as refused:
+                other.append(refused)
+            raise
+    monkeypatch.setattr(runner, "generate_answer", answer)
+    cfg = RainConfig.hh().replace(max_simulations=3, extra_simulations=1, min_visits=1)
+    mc = MethodConfig(rain=cfg, max_new_tokens=8, engine="vllm", embedder=embedder)
+    try:
+        with pytest.raises(ValueError, match="a search failed"):
+            runner.run_eval(data, ["rain"], ["refusal"], tmp_path / "out", model="tiny", lm=lm,
+                            device="cpu", method_config=mc, progress=False, concurrency=2)
+        # the other search was stopped, and meanwhile the other user's request was answered
+        assert len(other) == 1 and not isinstance(other[0], Exception), other
+        tokens, logprobs = other[0]
+        assert len(tokens) == len(logprobs) == 3 and shared.stop is None
+    finally:
+        _stop(state)
+
+
 def test_walks_in_flight_send_their_requests_side_by_side(monkeypatch):
     """K = 4 on a server (the vLLM engine is `concurrent`): the slots' requests go out side by side
     from their own threads, so the server sees more requests at once than one simulation's (K = 1)
@@ -575,101 +634,63 @@ def test_walks_in_flight_send_their_requests_side_by_side(monkeypatch):
 
 
 VLLM_STOPS = r"""
-import faulthandler, json, os, signal, threading, time
-import torch
+import json
 from raintools import rain_generate_batch, search
 from raintools.experiments.runner import load_lm
+from server_stops import Case, serve
 from test_search import SMALL, letter_embedder, vowel_judge
-from test_vllm import EVAL_PROMPTS, tiny_vllm
+from test_vllm import EVAL_PROMPTS
 
-torch.set_num_threads(1)
-taken = []                                     # the server's request count when Ctrl-C was taken
-
-
-def on_sigint(signum, frame):                  # (a background job starts with SIGINT ignored)
-    taken.append(state["requests"])
-    signal.default_int_handler(signum, frame)
-
-
-signal.signal(signal.SIGINT, on_sigint)
-url, state = tiny_vllm()
-os.environ["RAINTOOLS_SERVER"] = url
+state = serve()
 lm, generate = load_lm("tiny", device="cpu"), search.rain_generate
 for where, k in [("interrupt", 1), ("error", 1), ("error", 4)]:
-    faulthandler.dump_traceback_later(60, exit=True)      # a hang: every thread's stack, then exit
-    judged, mark, late = [], [], []
+    case = Case(state, where, at=4, runs_on=search)     # early in the first two searches
 
     def judge(q, x):
-        judged.append(x)
-        if len(judged) == 4:                       # early in the first two searches
-            if where == "interrupt":               # Ctrl-C, taken by the calling thread: counted
-                taken.clear()                      # from then, however late a loaded CPU takes it
-                os.kill(os.getpid(), signal.SIGINT)
-                for _ in range(3000):
-                    if taken:
-                        break
-                    time.sleep(0.01)
-                mark.append(taken[0])
-                time.sleep(0.2)
-            else:
-                mark.append(state["requests"])
-                raise ValueError(where)
+        case.hit()
         return vowel_judge(q, x)
 
     def started(*a, **kw):                         # a job starts: its prompt's search
-        late.extend([1] if mark else [])
+        case.started()
         return generate(*a, **kw)
     search.rain_generate = started
-    try:
-        rain_generate_batch(lm, EVAL_PROMPTS[:4], SMALL.replace(parallel_simulations=k, max_new_tokens=8),
-                            evaluator=judge, embedder=letter_embedder, engine="vllm", concurrency=2)
-        got = None
-    except BaseException as exc:  # noqa: BLE001
-        got = repr(exc)
-    left = [t.name for t in threading.enumerate() if t.name.startswith("rain-search")]
-    time.sleep(0.3)                                # what a search left running would still send
-    print(json.dumps(dict(where=where, k=k, got=got, left=left, late=len(late),
-                          after=state["requests"] - mark[0])), flush=True)
+    r = case.result(lambda: rain_generate_batch(
+        lm, EVAL_PROMPTS[:4], SMALL.replace(parallel_simulations=k, max_new_tokens=8), evaluator=judge,
+        embedder=letter_embedder, engine="vllm", concurrency=2), ("rain-search",))
+    print(json.dumps(dict(r, k=k)), flush=True)
 """
 
 
 def test_a_batch_on_a_server_stops_on_ctrl_c_or_an_error():
     """rain_generate_batch on a server (4 prompts, 2 at once; K = 1 and 4): after a real SIGINT or
-    a search's error, no job starts, the running searches stop at their next request (the server
-    gets at most one more per search thread: measured 0), no search thread is left, and the caller
-    gets that error. In a subprocess against a TinyVllm (a hang is a timeout)."""
+    a search's error (the SIGINT delivered to a search's thread: the kernel may pick any), no job
+    starts, the running searches stop at their next request (after the run's stop the server gets
+    only the requests already past the check: at most one engine call's, 3, per slot of the 2
+    searches in flight; measured 0 to 3), no search thread is left, and the caller gets that error.
+    In a subprocess against a TinyVllm (tests/server_stops.py)."""
     from conftest import run_json_lines
 
-    # a case that hangs exits after 60 s; ~15 s in all on a loaded CPU
+    # a case that hangs exits after 120 s; ~15 s in all on a loaded CPU
     got = {(r["where"], r["k"]): r for r in run_json_lines(VLLM_STOPS, timeout=300)}
     assert len(got) == 3
     for (where, k), r in got.items():
-        assert r["got"] == ("KeyboardInterrupt()" if where == "interrupt" else "ValueError('error')"), r
-        assert r["left"] == [] and r["late"] == 0 and r["after"] <= 2 * k, r
+        assert r["stopped"] and r["got"] == ("KeyboardInterrupt()" if where == "interrupt"
+                                             else "ValueError('error')"), r
+        assert r["left"] == [] and r["late"] == 0 and r["after"] <= 3 * 2 * k, r
 
 
 EVAL_STOPS = r"""
-import faulthandler, json, os, signal, tempfile, threading, time
+import json, tempfile
 from pathlib import Path
-import torch
+from raintools import batch
 from raintools.experiments import runner
 from raintools.experiments.methods import MethodConfig
+from server_stops import Case, serve
 from test_runner import write_csv
 from test_search import SMALL, letter_embedder
-from test_vllm import EVAL_PROMPTS, tiny_vllm
+from test_vllm import EVAL_PROMPTS
 
-torch.set_num_threads(1)
-taken = []                                     # the server's request count when Ctrl-C was taken
-
-
-def on_sigint(signum, frame):                  # (a background job starts with SIGINT ignored)
-    taken.append(state["requests"])
-    signal.default_int_handler(signum, frame)
-
-
-signal.signal(signal.SIGINT, on_sigint)
-url, state = tiny_vllm()
-os.environ["RAINTOOLS_SERVER"] = url
+state = serve()
 tmp = Path(tempfile.mkdtemp())
 data = write_csv(tmp / "p.csv", EVAL_PROMPTS)                 # 6 prompts, 2 searches at once
 real = runner.generate_answer
@@ -690,41 +711,20 @@ def evaluate(out, embedder, k):
 # Ctrl-C and an error early in the first two searches; an error once two answers have ended (then
 # resumed: they are kept, not redone)
 for where, k, at in [("interrupt", 1, 4), ("error", 1, 30), ("error", 4, 4)]:
-    faulthandler.dump_traceback_later(60, exit=True)      # a hang: every thread's stack, then exit
-    embedded, mark, late, ended = [], [], [], []
+    case, ended = Case(state, where, at, runs_on=batch), []
 
     def embedder(texts):                           # called by the searches, in their threads
-        embedded.append(texts)
-        if len(embedded) == at:
-            if where == "interrupt":               # Ctrl-C, taken by the main thread: counted
-                taken.clear()                      # from then, however late a loaded CPU takes it
-                os.kill(os.getpid(), signal.SIGINT)
-                for _ in range(3000):
-                    if taken:
-                        break
-                    time.sleep(0.01)
-                mark.append(taken[0])
-                time.sleep(0.2)
-            else:
-                mark.append(state["requests"])
-                raise ValueError(where)
+        case.hit()
         return letter_embedder(texts)
 
     def started(lm, item, method, *args, **kwargs):    # an answer's search starts, and ends
-        late.extend([1] if mark else [])
+        case.started()
         rec = real(lm, item, method, *args, **kwargs)
         ended.append((rec["id"], rec["method"]))
         return rec
     runner.generate_answer = started
     out = tmp / f"{where}-{k}"
-    try:
-        evaluate(out, embedder, k)
-        got = None
-    except BaseException as exc:  # noqa: BLE001
-        got = repr(exc)
-    left = [t.name for t in threading.enumerate() if t.name.startswith(("rain-search", "raintools-eval"))]
-    time.sleep(0.3)                                # what a search left running would still send
-    after = state["requests"] - mark[0]
+    r = case.result(lambda: evaluate(out, embedder, k), ("rain-search", "raintools-eval"))
     kept = on_disk(out)
     runner.generate_answer = real
     resumed = None
@@ -734,24 +734,26 @@ for where, k, at in [("interrupt", 1, 4), ("error", 1, 30), ("error", 4, 4)]:
         resumed = dict(computed=run.computed, skipped=run.skipped,
                        rows=[(r["id"], r["method"]) for r in runner.read_records(out / runner.RESULTS)],
                        same=all(now[key] == text for key, text in kept.items()))
-    print(json.dumps(dict(where=where, k=k, got=got, left=left, late=len(late), after=after, kept=len(kept),
-                          lost=sorted(set(ended) - set(kept)), resumed=resumed)), flush=True)
+    print(json.dumps(dict(r, k=k, kept=len(kept), lost=sorted(set(ended) - set(kept)), resumed=resumed)),
+          flush=True)
 """
 
 
 def test_eval_on_a_server_stops_on_ctrl_c_or_an_error():
     """eval with RAIN on a server (6 prompts, 2 searches at once; K = 1 and 4): after a real SIGINT
-    or a search's error, no search starts, the running ones stop at their next request (the server
-    gets at most one more per search thread: measured 0), no search thread is left, the caller gets
+    (to a search's thread) or a search's error, no search starts, the running ones stop at their
+    next request (after the run's stop the server gets at most one engine call's requests, 3, per
+    slot of the 2 searches in flight; measured 0 to 3), no search thread is left, the caller gets
     that error, and every answer generated before is kept; the same command then completes the
-    rest without redoing any. In a subprocess against a TinyVllm (a hang is a timeout)."""
+    rest without redoing any. In a subprocess against a TinyVllm (tests/server_stops.py)."""
     from conftest import run_json_lines
 
     got = {(r["where"], r["k"]): r for r in run_json_lines(EVAL_STOPS, timeout=300)}
     assert len(got) == 3
     for (where, k), r in got.items():
-        assert r["got"] == ("KeyboardInterrupt()" if where == "interrupt" else "ValueError('error')"), r
-        assert r["left"] == [] and r["late"] == 0 and r["lost"] == [] and r["after"] <= 2 * k, r
+        assert r["stopped"] and r["got"] == ("KeyboardInterrupt()" if where == "interrupt"
+                                             else "ValueError('error')"), r
+        assert r["left"] == [] and r["late"] == 0 and r["lost"] == [] and r["after"] <= 3 * 2 * k, r
     resumed = got[("error", 1)]["resumed"]
     assert got[("error", 1)]["kept"] >= 1, got      # answers ended before the error: not redone
     assert resumed["rows"] == [[f"p-{i:04d}", "rain"] for i in range(6)], resumed

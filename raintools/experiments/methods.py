@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from ..config import RainConfig
 from ..errors import ConfigError
@@ -47,7 +47,10 @@ class MethodConfig:
     methods answer with the same length budget). `temperature` / `top_k`: sampling for `sampled`
     and the best-of-N candidates. `bon_n`: N of best-of-N. `engine`: RAIN's engine
     ("auto": fast where the model allows; "fast" or "reference"). `embedder`: optional callable list[str] -> Tensor for RAIN's
-    similarity update (default all-MiniLM-L6-v2)."""
+    similarity update (default all-MiniLM-L6-v2). `client`: the `VllmClient` RAIN's engine uses
+    when it runs on a vLLM server (default the model's shared one, `vllm_engine.shared_client`;
+    the eval runner gives its searches a view with the run's own stop, `VllmClient.stopping`).
+    `embedder` and `client` are runtime objects, not part of the run's identity (`to_dict`)."""
 
     rain: RainConfig = field(default_factory=RainConfig)
     max_new_tokens: int = 64
@@ -56,6 +59,7 @@ class MethodConfig:
     bon_n: int = 4
     engine: str = "auto"
     embedder: Callable | None = field(default=None, compare=False, repr=False)
+    client: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
@@ -111,7 +115,7 @@ def register_variant(name: str, base: str, **changes) -> str:
     runner records a variant's definition in run.json, so a resumed run cannot silently mix two
     definitions under one name. Returns `name`."""
     base_fn = get_method(base)
-    method_fields = {f.name for f in dataclasses.fields(MethodConfig)} - {"rain", "embedder"}
+    method_fields = {f.name for f in dataclasses.fields(MethodConfig)} - {"rain", "embedder", "client"}
     rain_fields = {f.name for f in dataclasses.fields(RainConfig)} - {"seed", "record_trace"}
     unknown = sorted(set(changes) - method_fields - rain_fields)
     if unknown:
@@ -199,12 +203,15 @@ def sampled(lm, prompt: str, task, config: MethodConfig, seed: int) -> RainResul
 @register_method("rain")
 def rain(lm, prompt: str, task, config: MethodConfig, seed: int) -> RainResult:
     """RAIN with the task's self-evaluator."""
-    from ..search import rain_generate
+    from ..search import make_engine, rain_generate, resolve_engine
+    from ..vllm_engine import ENGINE_MODES
 
     # the reference engine pairs with the straightforward, uncached judge passes
     evaluator = task_evaluator(lm, task, config, cached=config.engine != "reference")
-    return rain_generate(lm, prompt, config.rain_config(seed), evaluator=evaluator,
-                         embedder=config.embedder, engine=config.engine)
+    cfg, engine = config.rain_config(seed), config.engine
+    if config.client is not None and resolve_engine(lm, engine) in ENGINE_MODES:
+        engine = make_engine(lm, engine, cfg, client=config.client)     # on the given client
+    return rain_generate(lm, prompt, cfg, evaluator=evaluator, embedder=config.embedder, engine=engine)
 
 
 @register_method("bon")

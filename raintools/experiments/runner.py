@@ -36,8 +36,9 @@ their requests batched by the server), while the main thread judges and writes t
 data order, so the files are the ones a one-at-a-time run writes. Each answer goes to
 `generated/` the moment its search ends. The searches run on `raintools.batch.side_by_side`, the
 decoder's own path for a batch: the first error (of a search, a judge, the server) or Ctrl-C stops
-the run: no search starts after it, the running ones end at their next request to the server,
-and that error is raised once. A server that fails mid-run (killed, crashed) stops the run with
+the run: no search starts after it, the running ones end at their next request to the server
+(they send through the run's own view of the server's client, `VllmClient.stopping`: nothing else
+using that client is stopped), and that error is raised once. A server that fails mid-run (killed, crashed) stops the run with
 one `ServerError` naming the problem; every answer finished before it is kept, and the same
 command, once the server is back, resumes with the rest.
 
@@ -499,6 +500,8 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
     computed = 0
     import threading
 
+    from ..batch import WAKE_S
+
     keep_lock = threading.Lock()
 
     def generate(it, m, config=method_config, forget=True):
@@ -531,8 +534,9 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
             bar.set_postfix_str(f"{m} {it.id}", refresh=False)
             rec = generated.get(key)
             if key in side:
-                with ready:
-                    ready.wait_for(lambda: key in searched or stop.is_set())
+                with ready:              # in short waits, so that a Ctrl-C is taken (batch.WAKE_S)
+                    while not ready.wait_for(lambda: key in searched or stop.is_set(), WAKE_S):
+                        pass
                     rec = searched.pop(key, None)
             elif not stop.is_set() and not _usable(rec, task_obj, it):
                 rec = generate(it, m)
@@ -550,11 +554,14 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
             from ..vllm_engine import shared_client
 
             task_evaluator(lm, task_obj, method_config)      # the shared evaluator, made once, here
-            threaded = method_config
+            # the searches' requests go through a view of the server's client with the run's
+            # `stop`: once set, each of their requests raises instead of going out (anything else
+            # on that client, e.g. another run in this process, goes on)
+            threaded = method_config.replace(
+                client=(method_config.client or shared_client(lm)).stopping(stop))
             if method_config.rain.needs_embeddings:
                 from ..embed import load_embedder
-                threaded = method_config.replace(
-                    embedder=Locked(method_config.embedder or load_embedder()))
+                threaded = threaded.replace(embedder=Locked(method_config.embedder or load_embedder()))
 
             def search(i: int) -> None:
                 it, m = on_server_todo[i]
@@ -568,17 +575,10 @@ def _run(ctx, data, items, task_obj, methods, judges, out, column, limit, model_
                 with ready:
                     ready.notify_all()
 
-            # the searches' requests go through the model's shared client of the server; while
-            # they run it has the run's `stop`: once set, every request raises instead of going out
-            client = shared_client(lm)
-            before, client.stop = client.stop, stop
-            try:
-                # the one path of searches side by side (raintools.batch): on the first error of a
-                # search, or of this thread (Ctrl-C, a judge), no search starts after it, the running
-                # ones end at their next request, and that error is raised once they have ended
-                side_by_side([search] * len(on_server_todo), workers, serve=write_all, stop=halt)
-            finally:
-                client.stop = before
+            # the one path of searches side by side (raintools.batch): on the first error of a
+            # search, or of this thread (Ctrl-C, a judge), no search starts after it, the running
+            # ones end at their next request, and that error is raised once they have ended
+            side_by_side([search] * len(on_server_todo), workers, serve=write_all, stop=halt)
         else:
             write_all()
     finally:
