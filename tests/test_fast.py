@@ -160,7 +160,8 @@ def test_a_past_from_a_path_lacking_a_cache_is_refused_naming_the_node():
     engine.ensure(leaf)
     Forest.from_node(lm.forward, leaf)          # every cache there: accepted
     mid.kv = None
-    with pytest.raises(RuntimeError, match="Node 1 on the path to node 2 has no KV cache"):
+    with pytest.raises(RuntimeError, match=r"Node 1 on the path to node 2 has no KV cache; give it one "
+                                           r"first \(CachedEngine\.ensure\)\.$"):   # what to do, too
         Forest.from_node(lm.forward, leaf)
     with pytest.raises(RuntimeError, match="Node 1 "):
         engine.path_kv(leaf)                    # the past of the rows route and of `ensure`
