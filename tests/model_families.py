@@ -171,6 +171,10 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "olmo3": ("olmo3", dict(_LLAMA, sliding_window=WINDOW,
                             layer_types=["sliding_attention", "full_attention"])),
     # sinusoidal absolute positions (XGLM)
+    # dynamic mask attention: a learned per-key score added to the attention, each query keeping
+    # its top `keep_window_size` keys once it sees more (README: ties there depend on the pass);
+    # below that length, as here, a packed tree is exact
+    "doge": ("doge", dict(_LLAMA, keep_window_size=CONTEXT)),
     "xglm": ("xglm", dict(d_model=32, ffn_dim=64, num_layers=2, attention_heads=4,
                           max_position_embeddings=CONTEXT)),
     # a parallel attention + MLP block, qk-norm, a logit scale (Cohere); partial rotary with
