@@ -316,6 +316,23 @@ def test_a_progress_bar_only_when_asked(tiny_lm, capsys):
     assert "\rRAIN: " in err
 
 
+def test_no_progress_bar_on_a_terminal_unless_asked(tiny_lm, monkeypatch):
+    """Not asked, no bar even where stderr is a terminal (tqdm shows one there unless disabled)."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    search(tiny_lm, SMALL.replace(max_new_tokens=3)).run()
+    assert term.getvalue() == ""
+    search(tiny_lm, SMALL.replace(max_new_tokens=3)).run(progress=True)
+    assert "RAIN: " in term.getvalue()
+
+
 def test_rain_generate_passes_the_embedder_and_the_prompt_ids_on(tiny_lm):
     calls = []
     counted = lambda texts: calls.append(len(texts)) or letter_embedder(texts)    # noqa: E731
