@@ -359,6 +359,7 @@ class LanguageModel:
         params = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._takes_positions = "position_ids" in params
+        self._keep_window = getattr(self.model.config, "keep_window_size", None)    # Doge's
 
     # -- basic facts
     @property
@@ -559,6 +560,8 @@ class LanguageModel:
             why = " (engine='reference')" if route.kind == REFERENCE else ""
             raise ModelSupportError(f"{self.name}: {route.reason}, so it cannot take a token tree (4D "
                                     f"mask, explicit positions); run it on its {route.kind} route{why}.")
+        if self._keep_window is not None:
+            self._within_keep_window(input_ids, past, attention_mask)
         device = self.device
         input_ids = input_ids.to(device)
         if attention_mask is not None:
@@ -572,6 +575,23 @@ class LanguageModel:
         logits, cache = self._run(input_ids, kv_cache(past), all_logits, logits_at,
                                   attention_mask=attention_mask, position_ids=position_ids)
         return logits, [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _within_keep_window(self, input_ids, past, attention_mask):
+        """Refuse a pass in which a query sees more keys than `keep_window_size` (Doge's dynamic
+        mask attention): there each query keeps its top-scoring keys, top-k breaking ties by the
+        pass's length, so the model's own forward depends on how a sequence is split into passes
+        and no route reproduces it. Below it every key a query sees is kept: all routes are exact."""
+        m = attention_mask            # 2D padding or 4D boolean (True / 1 = may attend), or additive
+        seen = kv_len(past) + input_ids.shape[1] if m is None else int(
+            ((m == 0) if m.dim() == 4 and m.dtype != torch.bool else (m != 0)).sum(-1).max())
+        if seen > self._keep_window:
+            raise ModelSupportError(
+                f"{self.name}: a query here sees {seen} tokens, more than its keep_window_size of "
+                f"{self._keep_window}. Past that window {type(self.model).__name__}'s dynamic mask "
+                f"keeps each query's top-scoring keys, breaking ties by the length of the pass, so "
+                f"its own forward depends on how a sequence is split into passes and no route "
+                f"reproduces it: keep the prompt, response and judging prompt within "
+                f"{self._keep_window} tokens.")
 
     def _run(self, input_ids, cache, all_logits, logits_at, fed_again: int = 0, **kwargs):
         """The model's forward pass (with `cache` as its past, if any), counted. Returns the
