@@ -570,10 +570,10 @@ class LanguageModel:
             return self._state_forward(input_ids, past, attention_mask, all_logits, logits_at)
         if tree and attention_mask.dtype == torch.bool:
             attention_mask = self._additive(layer_masks(attention_mask, route))
-        if position_ids is not None:
-            position_ids = position_ids.to(device)
+        pos = self._after(kv_len(past), input_ids) if position_ids is None else {
+            "position_ids": position_ids.to(device)}
         logits, cache = self._run(input_ids, kv_cache(past), all_logits, logits_at,
-                                  attention_mask=attention_mask, position_ids=position_ids)
+                                  attention_mask=attention_mask, **pos)
         return logits, [(layer.keys, layer.values) for layer in cache.layers]
 
     def _within_keep_window(self, input_ids, past, attention_mask):
@@ -611,6 +611,15 @@ class LanguageModel:
         new_cache = getattr(out, "cache", None)
         return logits.float(), (getattr(out, "past_key_values", None) if new_cache is None else new_cache)
 
+    def _after(self, p: int, input_ids) -> dict:
+        """The position_ids of `input_ids` right after a past of `p` tokens, as generate() passes
+        them (without a padding mask), where the model takes them: its own default may ignore the
+        cache (Bamba's restarts at 0). Nothing after no past, where every default is 0, 1, ..."""
+        if not p or not self._takes_positions:
+            return {}
+        pos = torch.arange(p, p + input_ids.shape[1], device=input_ids.device)
+        return {"position_ids": pos.expand(len(input_ids), -1)}
+
     def _additive(self, mask):
         """Boolean 4D mask(s) as additive float masks (the sdpa and eager implementations both
         take these); a dict of masks per layer type stays a dict."""
@@ -643,19 +652,13 @@ class LanguageModel:
             elif not all_logits:
                 logits = logits[:, -1]
             return logits, past
-        kwargs = {}
-        if past is not None and attention_mask is None and self._takes_positions:
-            # the positions after the past, as generate() passes them (Bamba's own default
-            # restarts at 0 after a cache); a cache without attention layers has no length to read
-            try:
-                p = past.get_seq_length()
-            except (AttributeError, ValueError):
-                p = None
-            if p is not None:
-                pos = torch.arange(p, p + s, device=input_ids.device)
-                kwargs["position_ids"] = pos.expand(len(input_ids), -1)
+        try:                # a cache without attention layers has no length to read
+            p = past.get_seq_length() if past is not None else 0
+        except (AttributeError, ValueError):
+            p = 0
         logits, cache = self._run(input_ids, copy.deepcopy(past), all_logits, logits_at,
-                                  input_ids.shape[1] - s, attention_mask=attention_mask, **kwargs)
+                                  input_ids.shape[1] - s, attention_mask=attention_mask,
+                                  **self._after(p, input_ids))
         return logits, (cache if cache is not None else TokenHistory(input_ids.cpu()))
 
     @torch.inference_mode()
