@@ -359,6 +359,7 @@ class LanguageModel:
         params = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._takes_positions = "position_ids" in params
+        self._keep_window = getattr(self.model.config, "keep_window_size", None)    # Doge's
 
     # -- basic facts
     @property
@@ -559,6 +560,8 @@ class LanguageModel:
             why = " (engine='reference')" if route.kind == REFERENCE else ""
             raise ModelSupportError(f"{self.name}: {route.reason}, so it cannot take a token tree (4D "
                                     f"mask, explicit positions); run it on its {route.kind} route{why}.")
+        if self._keep_window is not None:
+            self._within_keep_window(input_ids, past, attention_mask)
         device = self.device
         input_ids = input_ids.to(device)
         if attention_mask is not None:
@@ -567,11 +570,28 @@ class LanguageModel:
             return self._state_forward(input_ids, past, attention_mask, all_logits, logits_at)
         if tree and attention_mask.dtype == torch.bool:
             attention_mask = self._additive(layer_masks(attention_mask, route))
-        if position_ids is not None:
-            position_ids = position_ids.to(device)
+        pos = self._after(kv_len(past), input_ids) if position_ids is None else {
+            "position_ids": position_ids.to(device)}
         logits, cache = self._run(input_ids, kv_cache(past), all_logits, logits_at,
-                                  attention_mask=attention_mask, position_ids=position_ids)
+                                  attention_mask=attention_mask, **pos)
         return logits, [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _within_keep_window(self, input_ids, past, attention_mask):
+        """Refuse a pass in which a query sees more keys than `keep_window_size` (Doge's dynamic
+        mask attention): there each query keeps its top-scoring keys, top-k breaking ties by the
+        pass's length, so the model's own forward depends on how a sequence is split into passes
+        and no route reproduces it. Below it every key a query sees is kept: all routes are exact."""
+        m = attention_mask            # 2D padding or 4D boolean (True / 1 = may attend), or additive
+        seen = kv_len(past) + input_ids.shape[1] if m is None else int(
+            ((m == 0) if m.dim() == 4 and m.dtype != torch.bool else (m != 0)).sum(-1).max())
+        if seen > self._keep_window:
+            raise ModelSupportError(
+                f"{self.name}: a query here sees {seen} tokens, more than its keep_window_size of "
+                f"{self._keep_window}. Past that window {type(self.model).__name__}'s dynamic mask "
+                f"keeps each query's top-scoring keys, breaking ties by the length of the pass, so "
+                f"its own forward depends on how a sequence is split into passes and no route "
+                f"reproduces it: keep the prompt, response and judging prompt within "
+                f"{self._keep_window} tokens.")
 
     def _run(self, input_ids, cache, all_logits, logits_at, fed_again: int = 0, **kwargs):
         """The model's forward pass (with `cache` as its past, if any), counted. Returns the
@@ -590,6 +610,15 @@ class LanguageModel:
             logits = logits[:, fed_again:] if all_logits else logits[:, -1, :]
         new_cache = getattr(out, "cache", None)
         return logits.float(), (getattr(out, "past_key_values", None) if new_cache is None else new_cache)
+
+    def _after(self, p: int, input_ids) -> dict:
+        """The position_ids of `input_ids` right after a past of `p` tokens, as generate() passes
+        them (without a padding mask), where the model takes them: its own default may ignore the
+        cache (Bamba's restarts at 0). Nothing after no past, where every default is 0, 1, ..."""
+        if not p or not self._takes_positions:
+            return {}
+        pos = torch.arange(p, p + input_ids.shape[1], device=input_ids.device)
+        return {"position_ids": pos.expand(len(input_ids), -1)}
 
     def _additive(self, mask):
         """Boolean 4D mask(s) as additive float masks (the sdpa and eager implementations both
@@ -623,19 +652,13 @@ class LanguageModel:
             elif not all_logits:
                 logits = logits[:, -1]
             return logits, past
-        kwargs = {}
-        if past is not None and attention_mask is None and self._takes_positions:
-            # the positions after the past, as generate() passes them (Bamba's own default
-            # restarts at 0 after a cache); a cache without attention layers has no length to read
-            try:
-                p = past.get_seq_length()
-            except (AttributeError, ValueError):
-                p = None
-            if p is not None:
-                pos = torch.arange(p, p + s, device=input_ids.device)
-                kwargs["position_ids"] = pos.expand(len(input_ids), -1)
+        try:                # a cache without attention layers has no length to read
+            p = past.get_seq_length() if past is not None else 0
+        except (AttributeError, ValueError):
+            p = 0
         logits, cache = self._run(input_ids, copy.deepcopy(past), all_logits, logits_at,
-                                  input_ids.shape[1] - s, attention_mask=attention_mask, **kwargs)
+                                  input_ids.shape[1] - s, attention_mask=attention_mask,
+                                  **self._after(p, input_ids))
         return logits, (cache if cache is not None else TokenHistory(input_ids.cpu()))
 
     @torch.inference_mode()

@@ -308,3 +308,64 @@ def test_the_fast_engine_refuses_a_model_without_a_per_token_kv():
     with pytest.raises(ModelSupportError,
                        match="The fast engine needs a per-token KV cache.*engine='reference'"):
         CachedEngine(model(name))
+
+
+DOGE_WINDOW = 32      # keep_window_size; the self-check's lines (25 tokens) stay below it
+LONG = "hello there, how are you today? I am fine, thanks"      # 49 tokens
+
+
+def test_doge_past_its_keep_window_is_refused_before_the_pass():
+    """Past `keep_window_size` keys Doge's own forward depends on how a sequence is split into
+    passes (shown here with the refusal switched off), so every pass in which a query would see
+    more keys is refused, before it runs: a forward from scratch, after a cached past, with a 2D
+    padding mask, a packed tree, and a RAIN run whose response crosses the window."""
+    lm = build("doge", keep_window_size=DOGE_WINDOW)
+    assert lm.route.packed
+    P, W = lm.encode(LONG), DOGE_WINDOW
+    window, lm._keep_window = lm._keep_window, None       # what the model does past the window
+    full, _ = lm.forward(torch.tensor([P]), all_logits=True)
+    _, kv = lm.forward(torch.tensor([P[:40]]))
+    split, _ = lm.forward(torch.tensor([P[40:]]), past=kv, all_logits=True)
+    assert diff(split, full[:, 40:]) > 10 * TOL
+    lm._keep_window = window
+    _, kv = lm.forward(torch.tensor([P[:W - 3]]))
+    at_window, _ = lm.forward(torch.tensor([P[W - 3:W]]), past=kv)      # W keys: still runs
+    assert diff(at_window[0], lm.full_logits(P[:W])) < TOL
+    ids, pos, mask, _ = token_tree(W - 3, P[W - 3:W - 1], [P[W - 1:W + 1], [7]])
+    passes = [dict(input_ids=torch.tensor([P[:W + 1]])),
+              dict(input_ids=torch.tensor([P[W - 3:W + 1]]), past=kv),
+              dict(input_ids=torch.tensor([P[W - 3:W + 1]]), past=kv,
+                   attention_mask=torch.ones(1, W + 1, dtype=torch.long)),
+              dict(input_ids=ids, past=kv, attention_mask=mask, position_ids=pos)]
+    calls = lm.stats.calls
+    for kwargs in passes:
+        with pytest.raises(ModelSupportError, match=f"{lm.name}: a query here sees {W + 1} tokens, "
+                                                    f"more than its keep_window_size of {W}"):
+            lm.forward(**kwargs)
+    assert lm.stats.calls == calls
+    with pytest.raises(ModelSupportError, match="keep_window_size"):
+        rain_generate(lm, "hi", CFG, evaluator=lambda q, x: 0.0, embedder=letter_embedder,
+                      prompt_ids=P[:W - 2])
+
+
+def test_doge_below_its_keep_window_equals_its_own_forward():
+    """Below the window every key a query sees is kept: a packed tree whose KV holds more tokens
+    than the window (each line within it), a padded row and a RAIN run are exact."""
+    lm = build("doge", keep_window_size=DOGE_WINDOW)
+    P = lm.encode(LONG)[:20]
+    eng = CachedEngine(lm, top_k=5)
+    root = eng.start(P)
+    cands = [c for c in eng.expand(Expansion(root, 4, np.random.default_rng(0).random((5, 4)),
+                                             keep=6)) if c.kv is not None]
+    assert len(cands) >= 3 and len(P) + 4 * len(cands) > DOGE_WINDOW
+    for c in cands:
+        assert diff(c.logits, lm.full_logits(P + list(c.tokens))) < TOL
+    pad = torch.tensor([[0] * 16 + P])          # left padding: the row sees 20 of 36 keys
+    got, _ = lm.forward(pad, attention_mask=torch.tensor([[0] * 16 + [1] * 20]))
+    assert diff(got[0], lm.full_logits(P)) < TOL
+    cfg = CFG.replace(max_new_tokens=4)
+    fast = rain_generate(lm, "hi", cfg, evaluator=lambda q, x: -len(x) / 10, embedder=letter_embedder,
+                         prompt_ids=P[:12])
+    ref = rain_generate(lm, "hi", cfg, evaluator=lambda q, x: -len(x) / 10, embedder=letter_embedder,
+                        prompt_ids=P[:12], engine="reference")
+    assert fast.stats["engine_route"] == "packed" and fast.token_sets == ref.token_sets
