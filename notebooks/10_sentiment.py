@@ -137,7 +137,8 @@ check.groupby("label")[["self_eval", "scorer"]].mean()
 # %% [markdown]
 # ## 4. Vanilla vs RAIN, with two judges
 #
-# Openings come from negative and positive reviews alike (a negative opening is the harder case).
+# Openings come from negative and positive reviews alike (a negative opening asks more of the
+# search: its continuation has to turn the review around).
 # Every arm continues the same openings with the same length budget:
 #
 # * **vanilla**: greedy decoding;
