@@ -177,7 +177,7 @@ print(f"{int(timeline.early_stop.sum())} of {len(timeline)} steps stopped early;
 # %% [markdown]
 # With the model's own judge the values rarely add up to a mean above `V`, so steps here run
 # their whole budget unless the count above says otherwise. Notebook 04 shows steps that stop
-# early on real text (a judge that says "good" often enough), and counts them.
+# early, with a clearly labelled *simulated* judge that says "good" often enough, and counts them.
 
 # %% [markdown]
 # ## 4. The same search from `model.generate`

@@ -251,16 +251,18 @@ timeline[timeline.added > 0].round(4).head(10)
 # the norm drifts down; when it drops below the line while everything looks bad, a child is added,
 # its first text pushes the norm up again, and the cycle repeats. With a judge that finds every
 # answer bad, addition is frequent (the counts above): it is the search's way out when all
-# options look bad and alike. With a judge that likes some child (section 3's first table), the
-# `q < 0` condition fails and nothing is added.
+# options look bad and alike. With a judge that likes some child, a node with any child valued
+# 0 or above fails the `q < 0` condition and gets nothing added (the `all_negative` and `fires`
+# columns of section 3's first table).
 
 # %% [markdown]
 # ## What to take away
 #
 # * Back-up is a running mean: values flow from the leaf to the root along the path just walked.
-# * The similarity update lets one evaluation count, a little, for near-duplicate siblings, so the
-#   search spends fewer simulations re-judging the same idea in other words; at the 0.95
-#   threshold it is rare.
+# * The similarity update lets one evaluation count, a little, for near-duplicate siblings: it is
+#   meant to spare the search re-judging the same idea in other words (a saving not measured here;
+#   notebook 07's ablation compares the search with and without it). At the 0.95 threshold it is
+#   rare: the counts above say how rare in this run.
 # * Node addition is a safety valve for when every option so far looks bad and they all say the
 #   same thing. Notebook 04 puts forward, evaluation and backward together with the rewind.
 
@@ -307,7 +309,7 @@ for factor in (1, 10):
           f"{(ran.variance_norm < factor * ran.threshold).sum()} of {len(ran)} simulations")
 
 # %% [markdown]
-# *Answer:* in all of them: the norms above are far below 0.3 (at most 0.055 in the committed full
+# *Answer:* in all of them: the norms above are far below that (at most 0.055 in the committed full
 # run, `figures/03_node_addition.csv`; the cell counts this run). At the longer
 # levels the similarity condition is nearly always met, and what decides is whether every child
 # looks bad.

@@ -224,8 +224,9 @@ for r in visited.itertuples():
 
 # %% [markdown]
 # Visits are the search's considered verdict, a single high value may be luck (the simulated
-# judge here is wrong 10% of the time); with the paper's budget (T = 50 on a GPU) the values have
-# time to redirect the visits.
+# judge here is wrong 10% of the time). With the paper's budget (T = 50 on a GPU) a step runs
+# more simulations after a lucky first value, so later values have more chances to redirect the
+# visits (not measured in this notebook).
 
 # %% [markdown]
 # ## 6. Explore it yourself

@@ -63,7 +63,8 @@ cfg = notebook_config(lm, max_new_tokens=MAX_NEW_TOKENS)
 # ## 1. A ground truth anyone can check
 #
 # Each prompt asks "What is a + b? Reply with the number only." for two numbers from 10 to 49
-# (`SumTruth.make`: 40 questions, drawn with a fixed seed). The rule (`SumTruth`):
+# (`SumTruth.make`: `N_PROMPTS` questions, 40 in full mode, drawn with a fixed seed). The rule
+# (`SumTruth`):
 #
 # * a response is **good** when the numbers it writes in digits include the sum, and no number
 #   other than the sum and the two operands;
@@ -207,6 +208,9 @@ runs[["method", "p", "prompt", "good", "response"]].assign(prompt=runs.prompt.st
 #   proposes allow within the budget. In the committed full run (`figures/05_evaluator_quality.csv`)
 #   RAIN was right on 5 of 40 questions at `p = 0.5`, 16 at `p = 0.9` and 24 at `p = 1`, greedy
 #   decoding on 12.
+# * None of this compares methods at equal cost: greedy decoding runs one pass per token, RAIN
+#   runs its simulations on top (the `simulations` column of the summary). Whether RAIN beats a
+#   method of the same counted cost, best-of-N with the same judge, is notebook 06's question.
 # * The model's own judge (the star) is drawn at its agreement where it gave a verdict, with its
 #   ties counted apart (legend and the line above): a tie is no verdict, not half a right one. When
 #   every judgement ties, the star stands left of the accuracy axis ("all ties"): the search then
@@ -252,4 +256,4 @@ print(f"share of right sums: always-wrong judge {inverted.good.mean():.2f}, "
 # %% [markdown]
 # *Answer:* worse. An always-wrong judge is as informative as a perfect one, but it points the
 # search away from the right sum, which RAIN then avoids whenever its candidates offer a wrong
-# one; the coin flip merely adds noise.
+# one; the coin flip merely adds noise. Eight questions show the direction at best, not its size.

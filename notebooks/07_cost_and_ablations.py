@@ -291,8 +291,9 @@ print(f"Full search: similarity updates in {100 * full.searches_with_similarity:
 #   pairs count as "the same idea";
 # * **a rule under which almost everything is bad** (`studies.RefusalTruth`: good only when the
 #   answer refuses, which the embedded model almost never does), judged by a perfect simulated
-#   judge (p = 1): every child of a node ends up tried and judged bad, the situation node
-#   addition is made for.
+#   judge (p = 1): a node whose children have all been tried finds them all judged bad, the
+#   situation node addition is made for (`mean_all_bad_checks` counts how often a test got there
+#   within the budget).
 
 # %%
 mech_items = items[:N_MECH]

@@ -23,7 +23,8 @@
 # (reported, not measured here: the `paper` rows of `figures/09_truthfulness.csv`).
 #
 # In this notebook you will:
-# 1. see the truthfulness self-evaluation prompt (our own few-shot text, `templates/truthful.txt`),
+# 1. see the truthfulness self-evaluation prompt (our own few-shot text,
+#    `raintools/templates/truthful.txt`),
 # 2. check whether the model can tell a reference true answer from a reference false one,
 # 3. answer TruthfulQA questions with vanilla decoding and with RAIN, steered by the model's own
 #    evaluator and by a clearly labelled *simulated* judge of known accuracy, and score every answer
@@ -130,7 +131,10 @@ check.head(8)
 #   paper's method), with the task's constants and a CPU-sized budget of simulations;
 # * **RAIN, simulated judge**: the same search steered by a *simulated* judge (`rt.SimulatedJudge`)
 #   that knows the scoring rule below and reports it correctly with probability p. It shows what
-#   the search does with an informative judge; it is not the model judging itself.
+#   the search does with an informative judge; it is not the model judging itself. Its arm is
+#   scored by the very rule it knows, and it computes more tokens than vanilla (the summary's
+#   `mean_tokens_computed`): its difference from vanilla says the search follows an informative
+#   judge, not that RAIN beats a decoder of equal cost (notebook 06 compares at equal cost).
 #
 # The scoring rule, for every arm (`studies.ReferenceTruth`, the task's `TruthfulnessJudge`): an
 # answer is **truthful** when its MiniLM embedding is closer to one of the question's correct
@@ -186,7 +190,7 @@ print(f"RAIN, own evaluator: {int(own_arm.judge_ties.sum())} of {int(own_arm.jud
 # no value, no steering. Nearly, because at the longer levels the greedy rollout (best token by
 # token) need not be the candidate of highest prior; the line above counts the answers that
 # equal vanilla's (in the committed full runs: 39 of 40 in notebook 09, 40 of 40 in 10, every
-# value 0 in both: `figures/notebooks/09_truthfulness.html`, `10_sentiment.html`).
+# value 0 in both: `figures/notebooks/09_truthfulness.html`, `figures/notebooks/10_sentiment.html`).
 
 # %% [markdown]
 # The answers (first questions), with the reference answer the rule found closest to vanilla's:
@@ -232,7 +236,7 @@ save_figure(fig, "09_truthfulness", pd.concat([pd.DataFrame(PAPER_TRUTHFULQA).as
 # ## What to take away
 #
 # * The same search aligns for a different goal by changing one thing: the question the model
-#   asks itself (`templates/truthful.txt`). Nothing else in RAIN changes.
+#   asks itself (`raintools/templates/truthful.txt`). Nothing else in RAIN changes.
 # * RAIN can only move towards what its judge sees. Section 3 measured how well the embedded
 #   model's own judge separates true from false answers, and section 4 what RAIN did with it and
 #   with a simulated judge of accuracy p; the printed differences say which of them, here, changed

@@ -95,8 +95,8 @@ print(f"\n{lm.name} on {lm.device}, loaded in {lm.load_seconds:.1f} s")
 # %% [markdown]
 # ## 2. A self-evaluation question with three options
 #
-# The sentiment template (`templates/sentiment.txt`, our own few-shot reviews) offers three
-# options. They are asked in two orders, (positive, neutral, negative) and reversed, so the
+# The sentiment template (`raintools/templates/sentiment.txt`, our own few-shot reviews) offers
+# three options. They are asked in two orders, (positive, neutral, negative) and reversed, so the
 # positive and negative letters swap while "neutral" stays in the middle. Each order votes +1
 # (positive), -1 (negative) or 0 (neutral); `v` is the mean. A model that always answers with the
 # same letter therefore scores 0, as it would with two options. The end of the prompt:
@@ -137,7 +137,8 @@ check.groupby("label")[["self_eval", "scorer"]].mean()
 # %% [markdown]
 # ## 4. Vanilla vs RAIN, with two judges
 #
-# Openings come from negative and positive reviews alike (a negative opening is the harder case).
+# Openings come from negative and positive reviews alike (a negative opening asks more of the
+# search: its continuation has to turn the review around).
 # Every arm continues the same openings with the same length budget:
 #
 # * **vanilla**: greedy decoding;
@@ -145,7 +146,10 @@ check.groupby("label")[["self_eval", "scorer"]].mean()
 #   paper's method), with the task's constants (`RainConfig.sentiment()`) and a CPU-sized budget;
 # * **RAIN, simulated judge**: the same search steered by a *simulated* judge (`rt.SimulatedJudge`)
 #   that knows the scoring rule below and reports it correctly with probability p. It shows what
-#   the search does with an informative judge; it is not the model judging itself.
+#   the search does with an informative judge; it is not the model judging itself. Its arm is
+#   scored by the very rule it knows, and it computes more tokens than vanilla (the summary's
+#   `mean_tokens_computed`): its difference from vanilla says the search follows an informative
+#   judge, not that RAIN beats a decoder of equal cost (notebook 06 compares at equal cost).
 #
 # The scoring rule, for every arm (`studies.SentimentTruth`, the task's `SentimentJudge`): a
 # continuation is **positive** when VADER's compound score of the continuation alone is above 0.
@@ -199,7 +203,7 @@ print(f"RAIN, own evaluator: {int(own_arm.judge_ties.sum())} of {int(own_arm.jud
 # no value, no steering. Nearly, because at the longer levels the greedy rollout (best token by
 # token) need not be the candidate of highest prior; the line above counts the answers that
 # equal vanilla's (in the committed full runs: 39 of 40 in notebook 09, 40 of 40 in 10, every
-# value 0 in both: `figures/notebooks/09_truthfulness.html`, `10_sentiment.html`).
+# value 0 in both: `figures/notebooks/09_truthfulness.html`, `figures/notebooks/10_sentiment.html`).
 
 # %% [markdown]
 # The continuations (first openings), with VADER's score:
