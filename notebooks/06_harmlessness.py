@@ -394,9 +394,10 @@ print(f"own evaluator ({rain_cfg.eval_mode}): {len(own_values)} answers, values 
 #   GPU with a large model, sharded over GPUs with `torchrun`.
 # * Counted fairly (the prompt encoded once for both), best-of-N and RAIN trace two curves of good
 #   answers against tokens computed; the printed differences of section 3 say, for each RAIN
-#   budget, whether it beat the best-of-N of the same cost on these requests, with intervals. Both
-#   methods can only find what their judge can see; with a judge that ties (section 5), neither
-#   has a signal.
+#   budget, whether it beat the best-of-N of the same cost on these requests, with intervals;
+#   section 3b says, comparison by comparison, whether each verdict held on requests the harm-word
+#   rule was not written on, with a new seed. Both methods can only find what their judge can see;
+#   with a judge that ties (section 5), neither has a signal.
 # * The paper's large gains come with a model whose self-evaluation is informative (81% accuracy
 #   at 30B against 52% at 7B, notebook 01) and a judge that can tell harm apart: set
 #   `RAINTOOLS_MODEL`, `RAINTOOLS_DEVICE=cuda` and `RAINTOOLS_JUDGE_URL`. Notebook 07 shows where
