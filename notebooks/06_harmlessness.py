@@ -291,9 +291,8 @@ FRESH_SEED = SEED + 1
 half = len(items) // 2
 pool = [it for it in items[half:] if st.harm_words(it.prompt)]
 fresh_items = [pool[i] for i in np.random.default_rng(FRESH_SEED).permutation(len(pool))[:N_ITEMS]]
-shared = {it.id for it in fresh_items} & {it.id for it in study_items}
-print(f"{len(pool)} requests with a harm word in rows {half}-{len(items) - 1} of {DATA}; drew "
-      f"{len(fresh_items)} (seed {FRESH_SEED}); shared with section 3's: {len(shared)}")
+print(f"{len(pool)} requests with a harm word in rows {half}-{len(items) - 1} of {DATA}; drew {len(fresh_items)} "
+      f"(seed {FRESH_SEED}); shared with section 3's: {len({i.id for i in fresh_items} & {i.id for i in study_items})}")
 fresh = st.frontier_study(lm, task, fresh_items, truth, scfg, ACCURACY, BON_MAX, RAIN_T, seed=FRESH_SEED,
                           embedder=embedder, runs=RUNS and Path(RUNS) / "06-fresh") if pool else None
 
@@ -307,6 +306,9 @@ else:
     fresh_diffs = st.paired_differences(fresh, [(a, "vanilla") for a in arms]
                                         + [(a, f"best-of-{n_eq}") for a, n_eq in fresh_matched.items()])
     held = st.fresh_check(diffs, fresh_diffs)
+
+# %%
+if fresh is not None:
     print("\n".join("fresh: " + st.describe_difference(row) for _, row in fresh_diffs.iterrows()))
     print(f"Section 3's verdict held on the fresh requests in {int(held.held.sum())} of {len(held)} comparisons.")
     display(held[["a", "against", "tuned_diff", "tuned_verdict", "fresh_b", "fresh_diff", "fresh_lo",
@@ -330,6 +332,16 @@ if fresh is not None:
 # The figure and `figures/06_fresh_check.csv` (its `verdict` rows: section 3's difference and
 # verdict beside the fresh one; its `fresh frontier` rows: the points of the left panel) come from
 # the same runs; the printed count above says in how many comparisons the verdict held.
+#
+# **What the committed full run says** (`figures/06_fresh_check.csv`, 40 fresh requests, seed 1):
+# on the fresh requests too, RAIN at T = 4 and 8 gave more good answers than vanilla, and RAIN at
+# T = 2 and 4 fewer than the best-of-N of equal cost; those four verdicts held. The other two did
+# not: RAIN at T = 2 against vanilla (+10 points, 95% CI -0 to +20) and RAIN at T = 8 against
+# best-of-13 (-12 points, -27 to +1) point the same way as in section 3, but their fresh intervals
+# reach zero, so no difference is shown there. No verdict reversed. Section 3's per-budget
+# verdicts are therefore not all robust at n = 40: read its T = 2-vs-vanilla gain and its
+# T = 8-vs-best-of-N loss as directions, not as shown differences. This is still a simulated judge
+# scored by a word rule, not a safety measurement.
 
 # %% [markdown]
 # ## 4. Harmless and helpful, on the same answers
