@@ -69,6 +69,7 @@ RUNS = os.environ.get("RAINTOOLS_RUNS") or None   # keep run folders here (resum
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -95,6 +96,14 @@ from raintools.views.plots import save_figure
 # 4 take the first `N_ITEMS` prompts that contain a **harm word** (`studies.HARM_WORDS`, a stated
 # list: 'steal', 'drugs', 'kill', ...), so that every item has something for a harmlessness rule
 # to check.
+#
+# **Where the rule comes from.** `HARM_WORDS` was written by hand, in one commit (8031f62, with
+# the code of sections 3 and 4 and before their first full run), and has not changed since. No
+# record says which prompts its author read, and this notebook had scored the split's first prompts
+# before (under an earlier key-word rule), so the list may fit the very requests sections 3 and 4
+# score (the first 40 with a harm word lie in rows 0-124 of the split's 2,312). Section 3b
+# therefore repeats section 3's comparison on requests from the split's second half, which no
+# rule of this project was written on, with a new seed.
 
 # %%
 task = get_task("harmless")
@@ -265,6 +274,76 @@ show.pivot(index="id", columns="arm", values="response").join(
     show[show.arm == "vanilla"].set_index("id")[["prompt", "found"]]).head(10)
 
 # %% [markdown]
+# ### 3b. The same comparison on requests the rule never saw
+#
+# The requests above are the split's first ones with a harm word, and the rule was written with
+# that split at hand (section 1). Here the same comparison (vanilla, best-of-N for N = 1 ..
+# `BON_MAX`, RAIN at each T; same rule, the same **simulated** judge of accuracy p, same lengths
+# and budgets) runs on `N_ITEMS` other requests: those with a harm word in the **second half** of
+# `harmless-base/test` (rows 1,156 on), drawn at random with seed `SEED + 1`, and with the new seed
+# `SEED + 1` for the samples, the searches and the judge's coins. Each request is one pair in each
+# comparison, so the intervals (Newcombe's, as above) are over requests. A verdict **held** when
+# the fresh interval says the same as section 3's: both exclude zero on the same side, or both
+# include it.
+
+# %%
+FRESH_SEED = SEED + 1
+half = len(items) // 2
+pool = [it for it in items[half:] if st.harm_words(it.prompt)]
+fresh_items = [pool[i] for i in np.random.default_rng(FRESH_SEED).permutation(len(pool))[:N_ITEMS]]
+print(f"{len(pool)} requests with a harm word in rows {half}-{len(items) - 1} of {DATA}; drew {len(fresh_items)} "
+      f"(seed {FRESH_SEED}); shared with section 3's: {len({i.id for i in fresh_items} & {i.id for i in study_items})}")
+fresh = st.frontier_study(lm, task, fresh_items, truth, scfg, ACCURACY, BON_MAX, RAIN_T, seed=FRESH_SEED,
+                          embedder=embedder, runs=RUNS and Path(RUNS) / "06-fresh") if pool else None
+
+# %%
+if fresh is None:
+    print(f"{DATA} has no request with a harm word in its second half: no fresh check (it needs "
+          f"HH-RLHF's harmless-base/test under the data folder).")
+else:
+    fresh_cost = fresh.groupby("arm", sort=False).tokens_computed.mean()
+    fresh_matched = {a: st.equal_compute(fresh.dropna(subset=["n"]), fresh_cost[a]) for a in arms}
+    fresh_diffs = st.paired_differences(fresh, [(a, "vanilla") for a in arms]
+                                        + [(a, f"best-of-{n_eq}") for a, n_eq in fresh_matched.items()])
+    held = st.fresh_check(diffs, fresh_diffs)
+
+# %%
+if fresh is not None:
+    print("\n".join("fresh: " + st.describe_difference(row) for _, row in fresh_diffs.iterrows()))
+    print(f"Section 3's verdict held on the fresh requests in {int(held.held.sum())} of {len(held)} comparisons.")
+    display(held[["a", "against", "tuned_diff", "tuned_verdict", "fresh_b", "fresh_diff", "fresh_lo",
+                  "fresh_hi", "fresh_verdict", "held"]].round(3))
+
+# %%
+if fresh is not None:
+    fresh_points = st.frontier(fresh)
+    fig, axes = sp.subplots(2, widths=[1.2, 1.25], figsize=(13, 4.8))
+    sp.plot_compute_frontier(fresh_points, axes[0], curve=[f"best-of-N, {st.judge_label(ACCURACY)}",
+                                                           f"RAIN (T = {', '.join(map(str, RAIN_T))})"],
+                             title=f"Fresh requests, seed {FRESH_SEED}: simulated judge, p = {ACCURACY}\n"
+                                   f"{lm.name}, n={len(fresh_items)} requests (rows {half} on)")
+    sp.plot_differences(fresh_diffs, axes[1], title="Paired differences on the fresh requests")
+    fig.tight_layout()
+    save_figure(fig, "06_fresh_check", pd.concat([held.assign(part="verdict", seed=FRESH_SEED),
+                                                  fresh_points.assign(part="fresh frontier", seed=FRESH_SEED)],
+                                                 ignore_index=True))
+
+# %% [markdown]
+# The figure and `figures/06_fresh_check.csv` (its `verdict` rows: section 3's difference and
+# verdict beside the fresh one; its `fresh frontier` rows: the points of the left panel) come from
+# the same runs; the printed count above says in how many comparisons the verdict held.
+#
+# **What the committed full run says** (`figures/06_fresh_check.csv`, 40 fresh requests, seed 1):
+# on the fresh requests too, RAIN at T = 4 and 8 gave more good answers than vanilla, and RAIN at
+# T = 2 and 4 fewer than the best-of-N of equal cost; those four verdicts held. The other two did
+# not: RAIN at T = 2 against vanilla (+10 points, 95% CI -0 to +20) and RAIN at T = 8 against
+# best-of-13 (-12 points, -27 to +1) point the same way as in section 3, but their fresh intervals
+# reach zero, so no difference is shown there. No verdict reversed. Section 3's per-budget
+# verdicts are therefore not all robust at n = 40: read its T = 2-vs-vanilla gain and its
+# T = 8-vs-best-of-N loss as directions, not as shown differences. This is still a simulated judge
+# scored by a word rule, not a safety measurement.
+
+# %% [markdown]
 # ## 4. Harmless and helpful, on the same answers
 #
 # The paper's first figure puts each method at a point (harmless rate, helpful rate): an aligned
@@ -327,9 +406,10 @@ print(f"own evaluator ({rain_cfg.eval_mode}): {len(own_values)} answers, values 
 #   GPU with a large model, sharded over GPUs with `torchrun`.
 # * Counted fairly (the prompt encoded once for both), best-of-N and RAIN trace two curves of good
 #   answers against tokens computed; the printed differences of section 3 say, for each RAIN
-#   budget, whether it beat the best-of-N of the same cost on these requests, with intervals. Both
-#   methods can only find what their judge can see; with a judge that ties (section 5), neither
-#   has a signal.
+#   budget, whether it beat the best-of-N of the same cost on these requests, with intervals;
+#   section 3b says, comparison by comparison, whether each verdict held on requests the harm-word
+#   rule was not written on, with a new seed. Both methods can only find what their judge can see;
+#   with a judge that ties (section 5), neither has a signal.
 # * The paper's large gains come with a model whose self-evaluation is informative (81% accuracy
 #   at 30B against 52% at 7B, notebook 01) and a judge that can tell harm apart: set
 #   `RAINTOOLS_MODEL`, `RAINTOOLS_DEVICE=cuda` and `RAINTOOLS_JUDGE_URL`. Notebook 07 shows where

@@ -146,6 +146,15 @@ print(f"vanilla without a KV cache took {sec['vanilla (no KV cache)'] / sec['van
 # probability p (a fixed coin per text). The rule is crude on purpose: you can check every label by
 # reading. It also rewards evasive or odd text that avoids the words: it measures whether the
 # search finds what its judge asks for, not whether an answer is safe.
+#
+# **Where the rule comes from, and what it was not checked on.** The key words are a request's
+# words minus a hand-written list of function words (`studies.STOPWORDS`, commit ba5c967), which
+# was extended by four lines of everyday words ('figure', 'find', 'look', 'stuff', ...) in
+# commit 7a14d71, the commit that rebuilt this notebook on these same AdvBench requests (the first
+# `N_ITEMS` rows, seed `SEED`). No record says which requests the list was read against, so it may
+# fit them, and this notebook's verdicts (the T and V sweeps, the ablation's differences) are
+# measured on those requests only. Notebook 06 repeats its comparison on requests no rule was
+# written on (its section 3b); this notebook's verdicts have **not** been checked that way.
 
 # %%
 truth = st.KeywordTruth()

@@ -716,6 +716,34 @@ def describe_difference(row, what: str = "good answers", unit: str = "points") -
             f"(95% CI {100 * row['lo']:+.0f} to {100 * row['hi']:+.0f}, n = {row['n']}); {verdict}.")
 
 
+def difference_verdict(row) -> str:
+    """'a higher', 'a lower' (the 95% interval excludes zero) or 'no difference shown'."""
+    if not row["excludes_zero"]:
+        return "no difference shown"
+    return "a higher" if row["diff"] > 0 else "a lower"
+
+
+def fresh_check(tuned: pd.DataFrame, fresh: pd.DataFrame) -> pd.DataFrame:
+    """Each comparison of `tuned` (`paired_differences` rows on the requests a rule was written
+    on) beside the same comparison on `fresh` requests, matched on `a` and on `b`'s kind: 'vanilla'
+    or, for any 'best-of-N', 'best-of-N of equal cost' (its N may differ between the two sets).
+    `held`: the fresh verdict (`difference_verdict`) is the tuned one."""
+    def kind(b: str) -> str:
+        return "best-of-N of equal cost" if str(b).startswith("best-of-") else str(b)
+
+    cols = ["b", "n", "diff", "lo", "hi", "a_only", "b_only", "verdict"]
+    sides = [d.assign(against=d.b.map(kind), verdict=d.apply(difference_verdict, axis=1))
+             .set_index(["a", "against"])[cols].add_prefix(f"{name}_") for name, d in
+             (("tuned", tuned), ("fresh", fresh))]
+    both = sides[0].join(sides[1], how="inner").reset_index()
+    if len(both) != len(tuned) or both.duplicated(["a", "against"]).any():
+        from ..errors import RainToolsError
+
+        raise RainToolsError("fresh_check: each tuned comparison needs exactly one fresh comparison "
+                             f"(tuned {len(tuned)}, matched {len(both)}).")
+    return both.assign(held=both.tuned_verdict == both.fresh_verdict)
+
+
 def frontier(df: pd.DataFrame) -> pd.DataFrame:
     """Points for `plot_compute_frontier`: the rate of good answers (Wilson) and mean tokens
     computed per (family, label). Rows without a family (vanilla, RAIN arms) are their own
