@@ -623,9 +623,9 @@ class LanguageModel:
         return logits.float(), (getattr(out, "past_key_values", None) if new_cache is None else new_cache)
 
     def _after(self, p: int, input_ids) -> dict:
-        """The position_ids of `input_ids` right after a past of `p` tokens, as generate() passes
-        them (without a padding mask), where the model takes them: its own default may ignore the
-        cache (Bamba's restarts at 0). Nothing after no past, where every default is 0, 1, ..."""
+        """The position_ids of `input_ids` right after a past of `p` tokens (padding counted as
+        positions, as the models' own cache-based defaults count it), where the model takes them:
+        its own default may ignore the cache (Bamba's restarts at 0). Nothing after no past."""
         if not p or not self._takes_positions:
             return {}
         pos = torch.arange(p, p + input_ids.shape[1], device=input_ids.device)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import RainToolsError
 from ..experiments.stats import (auc, auc_interval, paired_difference,  # noqa: F401 - re-exported
                                  ratio_summary, wilson_interval)
 
@@ -737,8 +738,6 @@ def fresh_check(tuned: pd.DataFrame, fresh: pd.DataFrame) -> pd.DataFrame:
              (("tuned", tuned), ("fresh", fresh))]
     both = sides[0].join(sides[1], how="inner").reset_index()
     if len(both) != len(tuned) or both.duplicated(["a", "against"]).any():
-        from ..errors import RainToolsError
-
         raise RainToolsError("fresh_check: each tuned comparison needs exactly one fresh comparison "
                              f"(tuned {len(tuned)}, matched {len(both)}).")
     return both.assign(held=both.tuned_verdict == both.fresh_verdict)
